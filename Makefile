@@ -1,0 +1,33 @@
+# Makefile for eventstream (PGXS)
+#
+# Build out of tree with VPATH so that the source stays untouched:
+#   make -f /path/to/src/Makefile VPATH=/path/to/src
+# test/run.sh does that for you; see README.md.
+
+MODULE_big = eventstream
+OBJS = \
+	src/eventstream.o \
+	src/rowjson.o \
+	src/capture.o \
+	src/condition.o \
+	src/document.o
+
+EXTENSION = eventstream
+DATA = sql/eventstream--1.0.sql
+PGFILEDESC = "eventstream - stream table changes between PostgreSQL sites"
+
+SHLIB_LINK += -lcurl -lmicrohttpd
+PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+
+# Every test layer runs against its own temporary instance with the library
+# preloaded, so none of them depends on a running server or a free fixed port.
+REGRESS = capture diff children conditions consumers serve retention errors
+REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
+ISOLATION = out_of_order_commit concurrent_capture
+ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/eventstream.conf
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,974 @@
+/* sql/eventstream--1.0.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION eventstream" to load this file. \quit
+
+/*
+ * Objects whose name starts with "_" are private: they may change between
+ * versions and are not granted to PUBLIC.  Every public object has a
+ * COMMENT.  All functions run with a fixed search_path.
+ */
+
+CREATE FUNCTION eventstream._assert_preloaded() RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_assert_preloaded';
+SELECT eventstream._assert_preloaded();
+
+------------------------------------------------------------------------------
+-- Site identity
+------------------------------------------------------------------------------
+
+CREATE TABLE eventstream.site (
+	singleton		boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+	site_id			uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	last_prune_at	timestamptz,
+	pruned_horizon	xid8
+);
+INSERT INTO eventstream.site DEFAULT VALUES;
+COMMENT ON TABLE eventstream.site IS
+	'This site: its stable site_id (made at CREATE EXTENSION, used to prevent loops) and update-log pruning state.';
+
+------------------------------------------------------------------------------
+-- Producer side: the Event Update Log
+------------------------------------------------------------------------------
+
+CREATE SEQUENCE eventstream.update_log_id_seq;
+CREATE TABLE eventstream.update_log (
+	id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('eventstream.update_log_id_seq'),
+	update_type	text NOT NULL CHECK (update_type IN ('Create', 'Update', 'Delete')),
+	ref_table	text NOT NULL,
+	docname		text NOT NULL,
+	data		jsonb,
+	txid		xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+	origin		uuid,
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE eventstream.update_log_id_seq OWNED BY eventstream.update_log.id;
+-- Serving finds a window of transactions by txid; the condition backlog
+-- finds the history of one document.
+CREATE INDEX update_log_txid_idx ON eventstream.update_log (txid);
+CREATE INDEX update_log_doc_idx ON eventstream.update_log (ref_table COLLATE "C", docname COLLATE "C", id);
+COMMENT ON TABLE eventstream.update_log IS
+	'Event Update Log: one row per Create, Update (four-key diff) or Delete of a subscribed document, written by the capture trigger in the changing transaction.';
+COMMENT ON COLUMN eventstream.update_log.txid IS
+	'Top-level transaction that wrote the log; delivery follows commit order through snapshots of it.';
+COMMENT ON COLUMN eventstream.update_log.origin IS
+	'site_id of the site the change was applied from, NULL for a local change; never served back to that site.';
+
+------------------------------------------------------------------------------
+-- Producer side: registered consumers and their subscriptions
+------------------------------------------------------------------------------
+
+CREATE TABLE eventstream.consumer (
+	consumer_url	text PRIMARY KEY,
+	api_key			text,
+	role			regrole NOT NULL,
+	site_id			uuid NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	last_pull_at	timestamptz,
+	acked_page		bigint NOT NULL DEFAULT 0,
+	served_page		bigint NOT NULL DEFAULT 0,
+	acked_snapshot	pg_snapshot NOT NULL,
+	acked_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	aged_out		boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE eventstream.consumer IS
+	'Event Consumer: one row per site that registered to pull from this one.';
+COMMENT ON COLUMN eventstream.consumer.role IS
+	'Role of the API key the consumer registered with: what it may read, and who evaluates its conditions.';
+COMMENT ON COLUMN eventstream.consumer.acked_snapshot IS
+	'Every log visible in this snapshot has been acknowledged by the consumer (its next pull carried a later cursor).';
+COMMENT ON COLUMN eventstream.consumer.aged_out IS
+	'Set when logs the consumer had not acknowledged were pruned after eventstream.retention_period; its pulls then fail until it is removed and registered again.';
+
+CREATE TABLE eventstream.consumer_table (
+	consumer_url		text NOT NULL REFERENCES eventstream.consumer ON DELETE CASCADE ON UPDATE CASCADE,
+	ref_table			text NOT NULL,
+	status				text NOT NULL DEFAULT 'Pending'
+						CHECK (status IN ('Pending', 'Approved', 'Rejected')),
+	unsubscribed		boolean NOT NULL DEFAULT false,
+	condition			text,
+	approved_snapshot	pg_snapshot,
+	condition_error		text,
+	condition_error_at	timestamptz,
+	PRIMARY KEY (consumer_url, ref_table)
+);
+COMMENT ON TABLE eventstream.consumer_table IS
+	'Event Consumer Document Type: one row per table a consumer subscribed to; the producer admin sets status.';
+COMMENT ON COLUMN eventstream.consumer_table.approved_snapshot IS
+	'Taken when the subscription (re)became Approved and subscribed: logs committed before it are not served (the initial sync covers them).';
+COMMENT ON COLUMN eventstream.consumer_table.condition_error IS
+	'Latest error raised by the condition; documents whose condition fails are not served.';
+
+-- Which consumers were served which log ("Consumers" of an Update Log).
+-- page ties a receipt to the pull that served it: a consumer that pulls the
+-- same page again (it did not apply it) gets it again.
+CREATE TABLE eventstream.update_log_consumer (
+	update_log_id	bigint NOT NULL,
+	consumer_url	text NOT NULL REFERENCES eventstream.consumer ON DELETE CASCADE ON UPDATE CASCADE,
+	page			bigint NOT NULL,
+	PRIMARY KEY (update_log_id, consumer_url)
+);
+CREATE INDEX update_log_consumer_page_idx ON eventstream.update_log_consumer (consumer_url, page);
+COMMENT ON TABLE eventstream.update_log_consumer IS
+	'Read receipts: which consumer was served which update log.';
+
+------------------------------------------------------------------------------
+-- Producer side: document structure
+------------------------------------------------------------------------------
+
+CREATE TABLE eventstream.child_table (
+	child		regclass PRIMARY KEY,
+	parent		regclass NOT NULL,
+	fk_name		name NOT NULL
+);
+COMMENT ON TABLE eventstream.child_table IS
+	'Child tables: their rows are part of the parent''s document, found through foreign key fk_name.';
+
+CREATE TABLE eventstream.dynamic_link (
+	tbl			regclass NOT NULL,
+	type_column	name NOT NULL,
+	key_column	name NOT NULL,
+	PRIMARY KEY (tbl, key_column)
+);
+COMMENT ON TABLE eventstream.dynamic_link IS
+	'Dynamic links: key_column holds the docname of a row of the table named in type_column.';
+
+------------------------------------------------------------------------------
+-- C functions
+------------------------------------------------------------------------------
+
+CREATE FUNCTION eventstream._capture() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_capture';
+COMMENT ON FUNCTION eventstream._capture() IS
+	'Capture trigger; installed and removed by eventstream, never by hand.';
+
+CREATE FUNCTION eventstream._set_origin(origin uuid) RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_set_origin';
+
+CREATE FUNCTION eventstream._check_condition(tbl regclass, condition text) RETURNS text
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_check_condition';
+
+CREATE FUNCTION eventstream._condition_allows(consumer text, tbl regclass, ref_table text,
+		condition text, role regrole, docname text, log jsonb) RETURNS boolean
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_condition_allows';
+
+CREATE FUNCTION eventstream._document(tbl regclass, docname text) RETURNS jsonb
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_document';
+
+------------------------------------------------------------------------------
+-- Helpers
+------------------------------------------------------------------------------
+
+-- The wire name of a table: schema-qualified, quoted only where needed.
+CREATE FUNCTION eventstream._wire_name(tbl regclass) RETURNS text
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('%I.%I', n.nspname, c.relname)
+	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = tbl
+$$;
+
+-- Primary key columns of tbl in key order (empty when there is none).
+CREATE FUNCTION eventstream._pk_attnums(tbl regclass) RETURNS int2[]
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce((SELECT i.indkey::int2[] FROM pg_index i
+					  WHERE i.indrelid = tbl AND i.indisprimary), '{}')
+$$;
+
+-- Resolve a table named by a user or a consumer; errors say what is wrong.
+CREATE FUNCTION eventstream._resolve_table(name text) RETURNS regclass
+	LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+	tbl regclass;
+	kind "char";
+BEGIN
+	IF name IS NULL OR btrim(name) = '' THEN
+		RAISE EXCEPTION 'table name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	BEGIN
+		tbl := to_regclass(name);
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'invalid table name "%"', name USING ERRCODE = 'invalid_name';
+	END;
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table "%" does not exist', name USING ERRCODE = 'undefined_table';
+	END IF;
+	SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+	IF kind = 'p' THEN
+		RAISE EXCEPTION 'partitioned table "%" cannot be streamed', name
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Stream its partitions, or a plain table.';
+	ELSIF kind <> 'r' THEN
+		RAISE EXCEPTION '"%" is not a table', name USING ERRCODE = 'wrong_object_type';
+	END IF;
+	RETURN tbl;
+END
+$$;
+
+-- A table that can be subscribed to: it exists, has a primary key and is
+-- not registered as a child table.
+CREATE FUNCTION eventstream._subscribable_table(name text) RETURNS regclass
+	LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+	tbl regclass := eventstream._resolve_table(name);
+	parent regclass;
+BEGIN
+	IF cardinality(eventstream._pk_attnums(tbl)) = 0 THEN
+		RAISE EXCEPTION 'table "%" has no primary key', eventstream._wire_name(tbl)
+			USING ERRCODE = 'invalid_table_definition',
+				  HINT = 'eventstream identifies documents by their primary key; add one.';
+	END IF;
+	SELECT c.parent INTO parent FROM eventstream.child_table c WHERE c.child = tbl;
+	IF FOUND THEN
+		RAISE EXCEPTION 'table "%" is a child table of "%"', eventstream._wire_name(tbl), eventstream._wire_name(parent)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Subscribe to the parent table; child rows travel inside its documents.';
+	END IF;
+	RETURN tbl;
+END
+$$;
+
+-- Child FK columns of the registered foreign key, in parent key order, as
+-- "3,1": the form the capture trigger takes.  NULL if the key is gone.
+CREATE FUNCTION eventstream._fk_attnums(child regclass, parent regclass, fk_name name) RETURNS text
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT string_agg(con.conkey[k]::text, ',' ORDER BY p.ord)
+	  FROM pg_constraint con
+	 CROSS JOIN LATERAL unnest(eventstream._pk_attnums(parent)) WITH ORDINALITY AS p(attnum, ord)
+	 CROSS JOIN LATERAL generate_subscripts(con.confkey, 1) AS k
+	 WHERE con.conrelid = child AND con.conname = fk_name AND con.contype = 'f'
+	   AND con.confrelid = parent AND con.confkey[k] = p.attnum
+$$;
+
+-- Query returning the child rows of the parent whose docname is $1.
+CREATE FUNCTION eventstream._child_rows_query(child regclass, parent regclass) RETURNS text
+	LANGUAGE plpgsql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	fk int2[] := string_to_array(eventstream._fk_attnums(child, parent, (SELECT c.fk_name FROM eventstream.child_table c WHERE c.child = $1)), ',')::int2[];
+	pk int2[] := eventstream._pk_attnums(child);
+	cond text;
+	ord text;
+BEGIN
+	SELECT string_agg(CASE WHEN cardinality(fk) = 1
+						   THEN format('%I OPERATOR(pg_catalog.=) $1::%s', a.attname, format_type(a.atttypid, a.atttypmod))
+						   ELSE format('%I OPERATOR(pg_catalog.=) ($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) %s)::%s',
+									   a.attname, f.ord - 1, format_type(a.atttypid, a.atttypmod)) END,
+					  ' AND ' ORDER BY f.ord)
+	  INTO cond
+	  FROM unnest(fk) WITH ORDINALITY AS f(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = child AND a.attnum = f.attnum;
+	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) INTO ord
+	  FROM unnest(pk) WITH ORDINALITY AS k(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = child AND a.attnum = k.attnum;
+	RETURN format('SELECT * FROM ONLY %s WHERE %s ORDER BY %s', child, cond, ord);
+END
+$$;
+
+-- Canonical wire name for a table name given by a user: the existing
+-- table's wire name, or the text itself for a table that is gone.
+CREATE FUNCTION eventstream._canonical_table_name(name text) RETURNS text
+	LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+	tbl regclass;
+BEGIN
+	BEGIN
+		tbl := to_regclass(name);
+	EXCEPTION WHEN OTHERS THEN
+		tbl := NULL;
+	END;
+	RETURN coalesce(eventstream._wire_name(tbl), name);
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Capture triggers: present exactly while needed
+------------------------------------------------------------------------------
+
+/*
+ * Install, replace or remove eventstream_capture triggers so that exactly the
+ * tables some consumer has an Approved, subscribed subscription to, and their
+ * registered child tables, carry one with up-to-date arguments.
+ */
+CREATE FUNCTION eventstream._sync_capture() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	-- Serialize concurrent reconfigurations.
+	PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+	FOR r IN
+		WITH docs AS (
+			SELECT DISTINCT to_regclass(ct.ref_table) AS tbl
+			  FROM eventstream.consumer_table ct
+			 WHERE ct.status = 'Approved' AND NOT ct.unsubscribed
+		), children AS (
+			SELECT c.child, c.parent, eventstream._fk_attnums(c.child, c.parent, c.fk_name) AS fk
+			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+		), desired AS (
+			SELECT d.tbl,
+				   ARRAY['doc'] || coalesce((SELECT array_agg(ch.child::oid::text || ':' || ch.fk ORDER BY ch.child::oid)
+											   FROM children ch WHERE ch.parent = d.tbl AND ch.fk IS NOT NULL),
+											'{}') AS args
+			  FROM docs d WHERE d.tbl IS NOT NULL
+			UNION ALL
+			SELECT ch.child, ARRAY['child', ch.parent::oid::text, ch.fk]
+			  FROM children ch WHERE ch.fk IS NOT NULL
+		), existing AS (
+			SELECT t.tgrelid::regclass AS tbl, t.tgargs
+			  FROM pg_trigger t
+			 WHERE t.tgname = 'eventstream_capture' AND t.tgparentid = 0
+		)
+		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs,
+			   (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
+				  FROM unnest(d.args) WITH ORDINALITY AS x(a, i)) AS want
+		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl
+	LOOP
+		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
+			CONTINUE;
+		END IF;
+		IF r.tgargs IS NOT NULL THEN
+			EXECUTE format('DROP TRIGGER eventstream_capture ON %s', r.tbl);
+		END IF;
+		IF r.args IS NOT NULL THEN
+			EXECUTE format('CREATE TRIGGER eventstream_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+						   'FOR EACH ROW EXECUTE FUNCTION eventstream._capture(%s)',
+						   r.tbl, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(r.args) a));
+		END IF;
+	END LOOP;
+END
+$$;
+
+-- Keep capture in step with every change of subscriptions or structure,
+-- whether made through the functions below or by UPDATE on the tables.
+CREATE FUNCTION eventstream._config_changed() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM eventstream._sync_capture();
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventstream.consumer_table
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._config_changed();
+CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventstream.child_table
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._config_changed();
+
+-- Stamp the start of every approved period of a subscription.
+CREATE FUNCTION eventstream._consumer_table_approval() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.status = 'Approved' AND NOT NEW.unsubscribed THEN
+		IF TG_OP = 'INSERT' OR OLD.status <> 'Approved' OR OLD.unsubscribed THEN
+			NEW.approved_snapshot := pg_current_snapshot();
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER approval BEFORE INSERT OR UPDATE ON eventstream.consumer_table
+	FOR EACH ROW EXECUTE FUNCTION eventstream._consumer_table_approval();
+
+------------------------------------------------------------------------------
+-- Public API: document structure
+------------------------------------------------------------------------------
+
+CREATE FUNCTION eventstream.add_child_table(parent regclass, child regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	fk name;
+	existing regclass;
+BEGIN
+	IF parent IS NULL OR child IS NULL THEN
+		RAISE EXCEPTION 'parent and child must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM eventstream._resolve_table(parent::text);
+	PERFORM eventstream._resolve_table(child::text);
+	IF parent = child THEN
+		RAISE EXCEPTION 'a table cannot be its own child table' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF cardinality(eventstream._pk_attnums(parent)) = 0 THEN
+		RAISE EXCEPTION 'table "%" has no primary key', eventstream._wire_name(parent)
+			USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	IF cardinality(eventstream._pk_attnums(child)) = 0 THEN
+		RAISE EXCEPTION 'table "%" has no primary key', eventstream._wire_name(child)
+			USING ERRCODE = 'invalid_table_definition',
+				  HINT = 'Child rows are identified by their own primary key in diffs.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.child_table c WHERE c.child = add_child_table.parent) THEN
+		RAISE EXCEPTION 'table "%" is itself a child table', eventstream._wire_name(parent)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Documents have one level of child tables.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.child_table c WHERE c.parent = add_child_table.child) THEN
+		RAISE EXCEPTION 'table "%" has child tables of its own', eventstream._wire_name(child)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Documents have one level of child tables.';
+	END IF;
+	SELECT c.parent INTO existing FROM eventstream.child_table c WHERE c.child = add_child_table.child;
+	IF FOUND AND existing <> add_child_table.parent THEN
+		RAISE EXCEPTION 'table "%" is already a child table of "%"', eventstream._wire_name(child), eventstream._wire_name(existing)
+			USING ERRCODE = 'duplicate_object';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+				WHERE ct.ref_table = eventstream._wire_name(child)) THEN
+		RAISE EXCEPTION 'table "%" has subscriptions of its own', eventstream._wire_name(child)
+			USING ERRCODE = 'object_in_use',
+				  HINT = 'A child table travels inside its parent''s documents and cannot be subscribed to directly.';
+	END IF;
+
+	-- The foreign key from child to the parent's whole primary key.
+	SELECT con.conname INTO fk
+	  FROM pg_constraint con
+	 WHERE con.contype = 'f' AND con.conrelid = add_child_table.child AND con.confrelid = add_child_table.parent
+	   AND (SELECT array_agg(x ORDER BY x) FROM unnest(con.confkey) x)
+		   = (SELECT array_agg(x ORDER BY x) FROM unnest(eventstream._pk_attnums(add_child_table.parent)) x)
+	 ORDER BY con.conname
+	 LIMIT 1;
+	IF fk IS NULL THEN
+		RAISE EXCEPTION 'table "%" has no foreign key to the primary key of "%"',
+			eventstream._wire_name(child), eventstream._wire_name(parent)
+			USING ERRCODE = 'invalid_foreign_key',
+				  HINT = 'Add a FOREIGN KEY from the child rows to the parent''s primary key (ideally ON DELETE CASCADE).';
+	END IF;
+
+	INSERT INTO eventstream.child_table (child, parent, fk_name) VALUES (add_child_table.child, add_child_table.parent, fk)
+		ON CONFLICT ON CONSTRAINT child_table_pkey DO UPDATE SET fk_name = EXCLUDED.fk_name;
+END
+$$;
+COMMENT ON FUNCTION eventstream.add_child_table(regclass, regclass) IS
+	'Make child''s rows part of parent''s documents (nested under the child''s table name); child needs a foreign key to parent''s primary key.';
+
+CREATE FUNCTION eventstream.remove_child_table(child regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM eventstream.child_table c WHERE c.child = remove_child_table.child;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table "%" is not a registered child table', child USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION eventstream.remove_child_table(regclass) IS
+	'Stop treating child''s rows as part of their parent''s documents.';
+
+CREATE FUNCTION eventstream.add_dynamic_link(tbl regclass, type_column name, key_column name) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	col name;
+BEGIN
+	IF tbl IS NULL OR type_column IS NULL OR key_column IS NULL THEN
+		RAISE EXCEPTION 'tbl, type_column and key_column must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM eventstream._resolve_table(tbl::text);
+	FOREACH col IN ARRAY ARRAY[type_column, key_column] LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+						WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+			RAISE EXCEPTION 'column "%" of table "%" does not exist', col, eventstream._wire_name(tbl)
+				USING ERRCODE = 'undefined_column';
+		END IF;
+	END LOOP;
+	IF type_column = key_column THEN
+		RAISE EXCEPTION 'type_column and key_column must differ' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO eventstream.dynamic_link (tbl, type_column, key_column)
+		VALUES (tbl, type_column, key_column)
+		ON CONFLICT ON CONSTRAINT dynamic_link_pkey DO UPDATE SET type_column = EXCLUDED.type_column;
+END
+$$;
+COMMENT ON FUNCTION eventstream.add_dynamic_link(regclass, name, name) IS
+	'Register a dynamic link: key_column holds the docname of a row of the table named in type_column.';
+
+------------------------------------------------------------------------------
+-- Public API: approving consumers (producer admin)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION eventstream._set_status(consumer_url text, ref_table text, status text) RETURNS void
+	LANGUAGE plpgsql
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM eventstream.consumer c WHERE c.consumer_url = _set_status.consumer_url) THEN
+		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'SELECT consumer_url FROM eventstream.consumer lists the registered consumers.';
+	END IF;
+	UPDATE eventstream.consumer_table ct SET status = _set_status.status
+	 WHERE ct.consumer_url = _set_status.consumer_url
+	   AND ct.ref_table = eventstream._canonical_table_name(_set_status.ref_table);
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'consumer "%" has no subscription to table "%"', consumer_url, ref_table
+			USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+
+CREATE FUNCTION eventstream.approve(consumer_url text, ref_table text) RETURNS void
+	LANGUAGE sql
+	BEGIN ATOMIC
+		SELECT eventstream._set_status(consumer_url, ref_table, 'Approved');
+	END;
+COMMENT ON FUNCTION eventstream.approve(text, text) IS
+	'Approve a consumer''s subscription to a table: its changes are logged and served from now on.';
+
+CREATE FUNCTION eventstream.reject(consumer_url text, ref_table text) RETURNS void
+	LANGUAGE sql
+	BEGIN ATOMIC
+		SELECT eventstream._set_status(consumer_url, ref_table, 'Rejected');
+	END;
+COMMENT ON FUNCTION eventstream.reject(text, text) IS
+	'Reject a consumer''s subscription to a table: nothing of it is ever served.';
+
+CREATE FUNCTION eventstream.remove_consumer(consumer_url text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM eventstream.consumer c WHERE c.consumer_url = remove_consumer.consumer_url;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION eventstream.remove_consumer(text) IS
+	'Forget a consumer, its subscriptions and receipts; it may register again.';
+
+------------------------------------------------------------------------------
+-- Consumer registration (called by the HTTP endpoint)
+------------------------------------------------------------------------------
+
+/*
+ * Register a consumer, or update its subscriptions.  Idempotent.
+ * tables: JSON array of table names or of objects
+ *   {"ref_table": name, "condition": text, "unsubscribed": bool}.
+ * Tables missing from the list are dropped from the subscription; new ones
+ * start Pending; existing ones keep their status.  Returns the consumer's
+ * cursor to start from and the statuses.
+ */
+CREATE FUNCTION eventstream._register_consumer(consumer_url text, site_id uuid, api_key text,
+		role regrole, tables jsonb) RETURNS jsonb
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	url text := rtrim(btrim(consumer_url), '/');
+	c eventstream.consumer;
+	item jsonb;
+	name text;
+	tbl regclass;
+	cond text;
+	wanted text[] := '{}';
+BEGIN
+	IF url IS NULL OR url !~ '^https?://[^/\s]+' THEN
+		RAISE EXCEPTION 'invalid consumer URL "%"', consumer_url
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A site URL looks like http://host:port or https://host.';
+	END IF;
+	IF site_id IS NULL OR role IS NULL THEN
+		RAISE EXCEPTION 'site_id and role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF tables IS NULL OR jsonb_typeof(tables) <> 'array' THEN
+		RAISE EXCEPTION 'tables must be a JSON array' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = url FOR UPDATE;
+	IF FOUND AND c.api_key IS DISTINCT FROM _register_consumer.api_key THEN
+		RAISE EXCEPTION 'consumer "%" is registered with another API key', url
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Register with the key it was registered with, or have the producer remove it with eventstream.remove_consumer().';
+	END IF;
+	IF NOT FOUND THEN
+		INSERT INTO eventstream.consumer (consumer_url, api_key, role, site_id, acked_snapshot)
+			VALUES (url, _register_consumer.api_key, _register_consumer.role, _register_consumer.site_id,
+					pg_current_snapshot())
+			RETURNING * INTO c;
+	ELSE
+		UPDATE eventstream.consumer SET site_id = _register_consumer.site_id, role = _register_consumer.role
+		 WHERE eventstream.consumer.consumer_url = url RETURNING * INTO c;
+	END IF;
+
+	FOR item IN SELECT * FROM jsonb_array_elements(tables) LOOP
+		IF jsonb_typeof(item) = 'string' THEN
+			item := jsonb_build_object('ref_table', item);
+		ELSIF jsonb_typeof(item) <> 'object' OR jsonb_typeof(item->'ref_table') IS DISTINCT FROM 'string' THEN
+			RAISE EXCEPTION 'invalid table entry %', item
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Each entry is a table name or {"ref_table": name, "condition": text, "unsubscribed": bool}.';
+		END IF;
+		-- Names on the wire are schema-qualified; a bare name means public.
+		name := item->>'ref_table';
+		BEGIN
+			IF cardinality(parse_ident(name)) = 1 THEN
+				name := 'public.' || name;
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			RAISE EXCEPTION 'invalid table name "%"', name USING ERRCODE = 'invalid_name';
+		END;
+		tbl := eventstream._subscribable_table(name);
+		IF NOT has_table_privilege(c.role, tbl, 'SELECT') THEN
+			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._wire_name(tbl)
+				USING ERRCODE = 'insufficient_privilege',
+					  HINT = 'GRANT SELECT on the table to the role of the consumer''s API key.';
+		END IF;
+		cond := eventstream._check_condition(tbl, item->>'condition');
+		name := eventstream._wire_name(tbl);
+		IF name = ANY (wanted) THEN
+			RAISE EXCEPTION 'table "%" is listed twice', name USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		wanted := wanted || name;
+		INSERT INTO eventstream.consumer_table AS ct (consumer_url, ref_table, unsubscribed, condition)
+			VALUES (url, name, coalesce((item->>'unsubscribed')::boolean, false), cond)
+			ON CONFLICT ON CONSTRAINT consumer_table_pkey DO UPDATE
+				SET unsubscribed = EXCLUDED.unsubscribed, condition = EXCLUDED.condition
+				WHERE (ct.unsubscribed, ct.condition) IS DISTINCT FROM (EXCLUDED.unsubscribed, EXCLUDED.condition);
+	END LOOP;
+	DELETE FROM eventstream.consumer_table ct
+	 WHERE ct.consumer_url = url AND ct.ref_table <> ALL (wanted);
+
+	RETURN jsonb_build_object(
+		'consumer_url', url,
+		'producer_site_id', (SELECT s.site_id FROM eventstream.site s),
+		'cursor', format('v1/%s/%s', greatest(c.acked_page, 1), c.acked_snapshot),
+		'tables', eventstream._consumer_tables(url));
+END
+$$;
+
+-- The statuses of a consumer's subscriptions, as sent with every reply.
+CREATE FUNCTION eventstream._consumer_tables(consumer_url text) RETURNS jsonb
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', ct.ref_table, 'status', ct.status,
+												 'unsubscribed', ct.unsubscribed, 'condition', ct.condition)
+							  ORDER BY ct.ref_table), '[]')
+	  FROM eventstream.consumer_table ct
+	 WHERE ct.consumer_url = _consumer_tables.consumer_url
+$$;
+
+------------------------------------------------------------------------------
+-- Serving updates
+------------------------------------------------------------------------------
+
+/*
+ * The next page of updates for a consumer.
+ *
+ * Cursor: "v1/<page>/<from>[/<to>/<after_id>]" (opaque to consumers).  A page
+ * belongs to the window of transactions visible in snapshot <to> but not in
+ * <from>, so a transaction that took its log ids early and committed late is
+ * still delivered; within a window, logs go in id order, which is the
+ * producer's order for every document (row locks order its writers).  A
+ * window larger than a page is continued after <after_id>.  Pulling with a
+ * cursor acknowledges everything before it.
+ */
+CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT 100)
+		RETURNS jsonb
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c eventstream.consumer;
+	site eventstream.site;
+	parts text[];
+	pageno bigint;
+	s_from pg_snapshot;
+	s_to pg_snapshot;
+	after_id bigint;
+	lim integer := "limit";
+	ids bigint[] := '{}';
+	receipted bigint[] := '{}';
+	r record;
+	more boolean := false;
+	last_id bigint;
+	allowed boolean;
+	block bigint[];
+	conditioned boolean;
+	result jsonb;
+BEGIN
+	IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
+		RAISE EXCEPTION 'limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull.consumer_url FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
+	END IF;
+	IF c.aged_out THEN
+		RAISE EXCEPTION 'consumer "%" fell behind the update log''s retention', consumer_url
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'It did not pull for longer than eventstream.retention_period, and updates it had not acknowledged were pruned.',
+				  HINT = 'Remove it with eventstream.remove_consumer() on the producer and register it again; then resync its tables.';
+	END IF;
+
+	BEGIN
+		parts := string_to_array(cursor, '/');
+		IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (3, 5) THEN
+			RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+		END IF;
+		pageno := parts[2]::bigint;
+		s_from := parts[3]::pg_snapshot;
+		IF cardinality(parts) = 5 THEN
+			s_to := parts[4]::pg_snapshot;
+			after_id := parts[5]::bigint;
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'invalid cursor "%"', cursor
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass the cursor returned by the previous pull, or by registration, unchanged.';
+	END;
+	IF pageno < c.acked_page OR pageno > c.served_page + 1 THEN
+		RAISE EXCEPTION 'cursor "%" is not current for consumer "%"', cursor, consumer_url
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Page %s was acknowledged; pages %s to %s can be pulled.', c.acked_page - 1, c.acked_page, c.served_page + 1),
+				  HINT = 'Pull with the cursor stored with the updates you last applied.';
+	END IF;
+
+	-- Acknowledge what came before this cursor; forget receipts of pages
+	-- served after it (the consumer did not apply them).
+	UPDATE eventstream.consumer SET acked_page = pageno, acked_snapshot = s_from, acked_at = now(),
+									last_pull_at = now(), served_page = pageno
+	 WHERE eventstream.consumer.consumer_url = c.consumer_url;
+	DELETE FROM eventstream.update_log_consumer uc
+	 WHERE uc.consumer_url = c.consumer_url AND uc.page >= pageno;
+
+	SELECT * INTO site FROM eventstream.site;
+	IF s_to IS NULL THEN
+		s_to := pg_current_snapshot();
+		-- Skip straight to the first log of the window.
+		SELECT min(l.id) - 1 INTO after_id
+		  FROM eventstream.update_log l
+		 WHERE l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
+		   AND NOT pg_visible_in_snapshot(l.txid, s_from) AND pg_visible_in_snapshot(l.txid, s_to);
+	END IF;
+
+	SELECT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+					WHERE ct.consumer_url = c.consumer_url AND ct.condition IS NOT NULL
+					  AND ct.status = 'Approved' AND NOT ct.unsubscribed)
+	  INTO conditioned;
+
+	IF after_id IS NOT NULL THEN
+		FOR r IN
+			SELECT l.id, l.update_type, l.ref_table, l.docname, l.txid, s.condition, s.tbl
+			  FROM eventstream.update_log l
+			  JOIN (SELECT ct.ref_table, ct.condition, ct.approved_snapshot, to_regclass(ct.ref_table) AS tbl
+					  FROM eventstream.consumer_table ct
+					 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved'
+					   AND NOT ct.unsubscribed) s ON s.ref_table = l.ref_table
+			 WHERE l.id > after_id
+			   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
+			   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
+			   AND NOT pg_visible_in_snapshot(l.txid, s.approved_snapshot)
+			   AND l.origin IS DISTINCT FROM c.site_id
+			   AND s.tbl IS NOT NULL AND has_table_privilege(c.role, s.tbl, 'SELECT')
+			 ORDER BY l.id
+			 LIMIT lim + 1
+		LOOP
+			IF cardinality(ids) >= lim THEN
+				more := true;
+				EXIT;
+			END IF;
+			IF r.condition IS NULL THEN
+				ids := ids || r.id;
+				last_id := r.id;
+				CONTINUE;
+			END IF;
+
+			-- Conditioned table: the document's current state decides.
+			allowed := eventstream._condition_allows(c.consumer_url, r.tbl, r.ref_table, r.condition, c.role,
+													 r.docname, jsonb_build_object('id', r.id, 'update_type', r.update_type,
+																				   'ref_table', r.ref_table, 'docname', r.docname));
+			IF allowed IS NULL THEN
+				-- Gone: tell consumers that have it, and only them.
+				allowed := EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
+									 JOIN eventstream.update_log l2 ON l2.id = uc.update_log_id
+									WHERE uc.consumer_url = c.consumer_url
+									  AND l2.ref_table = r.ref_table AND l2.docname = r.docname);
+			END IF;
+			IF allowed THEN
+				block := eventstream._backlog(c.consumer_url, c.site_id, r.ref_table, r.docname, r.id, s_to);
+				IF block IS NULL THEN
+					-- Its history is incomplete: send the whole document instead.
+					block := ARRAY[-r.id];
+				ELSE
+					block := block || r.id;
+				END IF;
+				IF cardinality(ids) > 0 AND cardinality(ids) + cardinality(block) > lim THEN
+					more := true;
+					EXIT;
+				END IF;
+				ids := ids || block;
+				INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
+					SELECT abs(b), c.consumer_url, pageno FROM unnest(block) b
+					ON CONFLICT DO NOTHING;
+				receipted := receipted || block;
+			END IF;
+			last_id := r.id;
+		END LOOP;
+	END IF;
+
+	INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
+		SELECT i, c.consumer_url, pageno FROM unnest(ids) i
+		 WHERE i > 0 AND NOT (i = ANY (receipted));
+
+	-- A negative id stands for "the whole current document" (see above).
+	SELECT coalesce(jsonb_agg(jsonb_build_object(
+				'id', l.id,
+				'update_type', CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,
+				'ref_table', l.ref_table,
+				'docname', l.docname,
+				'data', CASE WHEN u.id < 0 THEN eventstream._document(to_regclass(l.ref_table), l.docname) ELSE l.data END,
+				'origin', coalesce(l.origin, site.site_id),
+				'created_at', l.created_at) ORDER BY u.ord), '[]')
+	  INTO result
+	  FROM unnest(ids) WITH ORDINALITY AS u(id, ord)
+	  JOIN eventstream.update_log l ON l.id = abs(u.id);
+
+	RETURN jsonb_build_object(
+		'updates', result,
+		'cursor', CASE WHEN more THEN format('v1/%s/%s/%s/%s', pageno + 1, s_from, s_to, last_id)
+					   ELSE format('v1/%s/%s', pageno + 1, s_to) END,
+		'more', more,
+		'tables', eventstream._consumer_tables(c.consumer_url));
+END
+$$;
+
+/*
+ * The unread history of one document before log before_id, for a consumer
+ * that is about to be served that log: the ids to send first, in order.
+ * NULL when the consumer never received the document and its retained
+ * history does not start with a Create (created before logging began, or
+ * pruned); the caller then sends the current document as a Create.
+ */
+CREATE FUNCTION eventstream._backlog(consumer_url text, consumer_site uuid, ref_table text,
+		docname text, before_id bigint, s_to pg_snapshot) RETURNS bigint[]
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	received boolean;
+	start_id bigint;
+	result bigint[];
+BEGIN
+	SELECT EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
+					 JOIN eventstream.update_log l ON l.id = uc.update_log_id
+					WHERE uc.consumer_url = _backlog.consumer_url
+					  AND l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname)
+	  INTO received;
+	IF NOT received THEN
+		-- Replay from the latest Create, if there is one.
+		SELECT max(l.id) INTO start_id
+		  FROM eventstream.update_log l
+		 WHERE l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname
+		   AND l.id <= before_id AND l.update_type = 'Create';
+		IF start_id IS NULL THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') INTO result
+	  FROM eventstream.update_log l
+	 WHERE l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname
+	   AND l.id < before_id AND l.id >= coalesce(start_id, 0)
+	   AND pg_visible_in_snapshot(l.txid, s_to)
+	   AND l.origin IS DISTINCT FROM consumer_site
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
+						WHERE uc.update_log_id = l.id AND uc.consumer_url = _backlog.consumer_url);
+	RETURN result;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Retention
+------------------------------------------------------------------------------
+
+/*
+ * Delete the logs every consumer has acknowledged, and their receipts.
+ * Consumers that have not pulled within eventstream.retention_period stop
+ * holding logs back and are marked aged_out if that loses them anything.
+ * Logs a condition withheld from a consumer are kept (within the retention
+ * period) so the document's history can be replayed if it starts to match.
+ * Returns the number of logs deleted.
+ */
+CREATE FUNCTION eventstream.prune() RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	retention interval := current_setting('eventstream.retention_period')::interval;
+	horizon xid8;
+	deleted bigint;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('eventstream.prune'));
+	SELECT least(min(pg_snapshot_xmin(c.acked_snapshot)), pg_snapshot_xmin(pg_current_snapshot()))
+	  INTO horizon
+	  FROM eventstream.consumer c
+	 WHERE c.acked_at > now() - retention AND NOT c.aged_out
+	   AND EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed);
+	horizon := coalesce(horizon, pg_snapshot_xmin(pg_current_snapshot()));
+
+	UPDATE eventstream.consumer c SET aged_out = true
+	 WHERE NOT c.aged_out AND c.acked_at <= now() - retention
+	   AND pg_snapshot_xmin(c.acked_snapshot) < horizon
+	   AND EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed)
+	   AND EXISTS (SELECT 1 FROM eventstream.update_log l
+					WHERE l.txid >= pg_snapshot_xmin(c.acked_snapshot) AND l.txid < horizon);
+
+	WITH gone AS (
+		DELETE FROM eventstream.update_log l
+		 WHERE l.txid < horizon
+		   AND NOT EXISTS (
+				SELECT 1
+				  FROM eventstream.consumer_table ct
+				  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
+				 WHERE ct.ref_table = l.ref_table AND ct.condition IS NOT NULL
+				   AND ct.status = 'Approved' AND NOT ct.unsubscribed
+				   AND NOT c.aged_out AND c.acked_at > now() - retention
+				   AND l.created_at > now() - retention
+				   AND NOT EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
+									WHERE uc.update_log_id = l.id AND uc.consumer_url = c.consumer_url))
+		RETURNING l.id
+	), receipts AS (
+		DELETE FROM eventstream.update_log_consumer uc USING gone WHERE uc.update_log_id = gone.id
+	)
+	SELECT count(*) INTO deleted FROM gone;
+
+	UPDATE eventstream.site
+	   SET last_prune_at = now(),
+		   pruned_horizon = CASE WHEN deleted > 0 THEN greatest(pruned_horizon, horizon) ELSE pruned_horizon END;
+	RETURN deleted;
+END
+$$;
+COMMENT ON FUNCTION eventstream.prune() IS
+	'Delete update logs every consumer has acknowledged; returns how many.  The background worker runs it periodically.';
+
+------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA eventstream FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstream FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('eventstream.site', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer_table', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.child_table', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.dynamic_link', '');

@@ -1,0 +1,1024 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.c
+ *	  The capture trigger: records Create / Update / Delete of subscribed
+ *	  documents into eventstream.update_log, in the changing transaction.
+ *
+ * eventstream._capture() is an AFTER ROW trigger installed by
+ * eventstream._sync_capture() on every table that some consumer has an
+ * Approved, not unsubscribed subscription to (a "document table"), and on the
+ * child tables registered for it.  Its arguments carry everything that does
+ * not change while the trigger exists:
+ *
+ *	  document table:  'doc', '<child oid>:<attnum>[,<attnum>...]', ...
+ *		one argument per registered child table, naming the child's foreign
+ *		key columns in the order of the parent's primary key columns;
+ *	  child table:	   'child', '<parent oid>', '<attnum>[,<attnum>...]'
+ *		this child's foreign key columns in parent primary key order.
+ *
+ * What gets logged (data is jsonb, see rowjson.c for value rendering):
+ *	  INSERT on a document table  Create, the row plus one array per child
+ *								  table (keyed by the child's wire name)
+ *	  UPDATE on a document table  Update with the four-key diff, only the
+ *								  changed columns in "changed"; nothing when
+ *								  no column changed (typed comparison); a
+ *								  changed primary key is Delete + Create
+ *	  DELETE on a document table  Delete, data NULL
+ *	  child INSERT/UPDATE/DELETE  Update of the parent document with
+ *								  "added" / "row_changed" / "removed"; a
+ *								  child row deleted because its parent is
+ *								  gone (cascade) logs nothing
+ *
+ * The hot path (a document table without children) runs no SPI and no
+ * planner: the log tuple is formed directly and inserted with
+ * simple_heap_insert() plus index_insert() on the log's indexes, whose
+ * descriptors are cached per backend.  The caches are dropped by a relcache
+ * invalidation callback, so DDL on a captured table or on the log (and DROP
+ * EXTENSION) is picked up by the next row.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/capture.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "nodes/execnodes.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+#include "utils/xid8.h"
+
+#include "eventstream.h"
+
+PG_FUNCTION_INFO_V1(eventstream_capture);
+
+/* Columns of eventstream.update_log, in order. */
+enum
+{
+	LOG_ID,
+	LOG_UPDATE_TYPE,
+	LOG_REF_TABLE,
+	LOG_DOCNAME,
+	LOG_DATA,
+	LOG_TXID,
+	LOG_ORIGIN,
+	LOG_CREATED_AT,
+	LOG_NATTS
+};
+
+#define ES_MAX_KEYS INDEX_MAX_KEYS
+
+/* Cached description of eventstream.update_log and its indexes. */
+typedef struct EsLogTable
+{
+	bool		valid;
+	Oid			relid;
+	Oid			seqid;
+	int			nindexes;
+	Oid		   *indexoids;
+	IndexInfo **indexinfos;
+} EsLogTable;
+
+/* A child table as seen from its parent's trigger. */
+typedef struct EsChild
+{
+	Oid			relid;
+	char	   *ref_table;		/* wire name, the key in the parent's Create */
+	int			nfk;
+	AttrNumber	fk[ES_MAX_KEYS];	/* child FK columns in parent key order */
+	char	   *rows_sql;		/* SELECT * FROM child WHERE fk = $n */
+	Oid			argtypes[ES_MAX_KEYS];	/* parent key types */
+	SPIPlanPtr	rows_plan;		/* rows_sql, prepared on first use */
+	EsEncoder  *enc;			/* for the plan's result rows, built lazily */
+} EsChild;
+
+/* Per-trigger cache entry, keyed by trigger OID. */
+typedef struct EsTrigger
+{
+	Oid			tgoid;			/* hash key */
+	bool		valid;
+	Oid			relid;
+	char	   *ref_table;
+	EsEncoder  *enc;			/* for this table's rows, with its primary key */
+	bool		is_child;
+	/* document table */
+	int			nchildren;
+	EsChild    *children;
+	/* child table */
+	Oid			parent_relid;
+	char	   *parent_ref_table;
+	int			nfk;
+	int			fkcol[ES_MAX_KEYS]; /* indexes into enc->columns */
+	char	   *parent_sql;		/* SELECT 1 FROM parent WHERE pk = $n */
+	Oid			parent_argtypes[ES_MAX_KEYS];
+	SPIPlanPtr	parent_plan;	/* parent_sql, prepared on first use */
+	MemoryContext cxt;			/* owns everything above */
+} EsTrigger;
+
+static HTAB *es_triggers = NULL;
+static EsLogTable es_log = {false};
+static MemoryContext es_capture_cxt = NULL;
+
+static void es_capture_init(void);
+static void es_relcache_callback(Datum arg, Oid relid);
+static void es_log_table_load(void);
+static EsTrigger *es_trigger_lookup(TriggerData *trigdata);
+static void es_trigger_build(EsTrigger *entry, TriggerData *trigdata);
+static void es_parse_attnums(const char *str, AttrNumber *out, int *n);
+static char *es_key_condition(Relation rel, const AttrNumber *attnums, int n);
+static void es_log_insert(const char *update_type, const char *ref_table,
+						  const char *docname, Jsonb *data);
+static void es_capture_doc(EsTrigger *t, TriggerData *trigdata);
+static void es_capture_child(EsTrigger *t, TriggerData *trigdata);
+static Jsonb *es_document(EsTrigger *t, HeapTuple tuple, TupleDesc tupdesc);
+static bool es_parent_exists(EsTrigger *t, HeapTuple tuple, TupleDesc tupdesc);
+static bool es_keys_equal(EsEncoder *enc, const int *colidx, int n,
+						  HeapTuple a, HeapTuple b, TupleDesc tupdesc);
+
+/*
+ * es_capture_init
+ *		Create the backend's capture caches on first use.
+ */
+static void
+es_capture_init(void)
+{
+	HASHCTL		ctl;
+
+	if (es_triggers != NULL)
+		return;
+	es_capture_cxt = AllocSetContextCreate(CacheMemoryContext,
+										   "eventstream capture cache",
+										   ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(EsTrigger);
+	ctl.hcxt = es_capture_cxt;
+	es_triggers = hash_create("eventstream triggers", 16, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	CacheRegisterRelcacheCallback(es_relcache_callback, (Datum) 0);
+}
+
+/*
+ * es_relcache_callback
+ *		Drop cached state that depends on relation relid (all on InvalidOid).
+ *
+ * Runs inside invalidation processing: it must not do catalog access or
+ * error out, so it only marks entries invalid; they are rebuilt on use.
+ */
+static void
+es_relcache_callback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	EsTrigger  *t;
+	int			i;
+
+	if (!OidIsValid(relid) || relid == es_log.relid)
+		es_log.valid = false;
+	for (i = 0; es_log.valid && i < es_log.nindexes; i++)
+		if (es_log.indexoids[i] == relid)
+			es_log.valid = false;
+
+	hash_seq_init(&status, es_triggers);
+	while ((t = hash_seq_search(&status)) != NULL)
+	{
+		bool		hit = !OidIsValid(relid) || t->relid == relid ||
+			t->parent_relid == relid;
+
+		for (i = 0; !hit && i < t->nchildren; i++)
+			hit = (t->children[i].relid == relid);
+		if (hit)
+			t->valid = false;
+	}
+}
+
+/*
+ * es_log_table_load
+ *		(Re)load the cached OIDs and IndexInfos of eventstream.update_log.
+ *
+ * Only plain column indexes are supported: the log is written without an
+ * executor, so expression and partial indexes cannot be maintained.
+ */
+static void
+es_log_table_load(void)
+{
+	Oid			nsp;
+	Relation	rel;
+	List	   *indexes;
+	ListCell   *lc;
+	MemoryContext oldcxt;
+	int			i = 0;
+
+	nsp = get_namespace_oid(EVENTSTREAM_SCHEMA, false);
+	es_log.relid = get_relname_relid(EVENTSTREAM_LOG_TABLE, nsp);
+	es_log.seqid = get_relname_relid("update_log_id_seq", nsp);
+	if (!OidIsValid(es_log.relid) || !OidIsValid(es_log.seqid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("eventstream.update_log does not exist"),
+				 errhint("Reinstall the extension with DROP EXTENSION eventstream CASCADE; CREATE EXTENSION eventstream.")));
+
+	rel = table_open(es_log.relid, AccessShareLock);
+	if (RelationGetDescr(rel)->natts != LOG_NATTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("eventstream.update_log has an unexpected definition"),
+				 errdetail("Expected %d columns, found %d.", LOG_NATTS,
+						   RelationGetDescr(rel)->natts)));
+	indexes = RelationGetIndexList(rel);
+
+	if (es_log.indexoids)
+		pfree(es_log.indexoids);
+	if (es_log.indexinfos)
+	{
+		for (i = 0; i < es_log.nindexes; i++)
+			pfree(es_log.indexinfos[i]);
+		pfree(es_log.indexinfos);
+	}
+	oldcxt = MemoryContextSwitchTo(es_capture_cxt);
+	es_log.nindexes = list_length(indexes);
+	es_log.indexoids = palloc(sizeof(Oid) * Max(es_log.nindexes, 1));
+	es_log.indexinfos = palloc(sizeof(IndexInfo *) * Max(es_log.nindexes, 1));
+	i = 0;
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		IndexInfo  *ii = BuildIndexInfo(idx);
+
+		if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("eventstream.update_log cannot have expression or partial indexes"),
+					 errdetail("Index \"%s\" is one.", RelationGetRelationName(idx)),
+					 errhint("Drop that index; the capture trigger maintains only plain column indexes.")));
+		es_log.indexoids[i] = lfirst_oid(lc);
+		es_log.indexinfos[i] = ii;
+		i++;
+		index_close(idx, AccessShareLock);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	list_free(indexes);
+	table_close(rel, AccessShareLock);
+	es_log.valid = true;
+}
+
+/*
+ * es_log_insert
+ *		Append one row to eventstream.update_log in the current transaction.
+ *
+ * update_type, ref_table and docname are copied; data may be NULL (Delete).
+ */
+static void
+es_log_insert(const char *update_type, const char *ref_table,
+			  const char *docname, Jsonb *data)
+{
+	Datum		values[LOG_NATTS];
+	bool		nulls[LOG_NATTS];
+	Relation	rel;
+	HeapTuple	tup;
+	int			i;
+
+	if (!es_log.valid)
+		es_log_table_load();
+
+	memset(nulls, 0, sizeof(nulls));
+	values[LOG_ID] = Int64GetDatum(nextval_internal(es_log.seqid, false));
+	values[LOG_UPDATE_TYPE] = CStringGetTextDatum(update_type);
+	values[LOG_REF_TABLE] = CStringGetTextDatum(ref_table);
+	values[LOG_DOCNAME] = CStringGetTextDatum(docname);
+	if (data)
+		values[LOG_DATA] = JsonbPGetDatum(data);
+	else
+		nulls[LOG_DATA] = true;
+	values[LOG_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	if (es_apply_origin_set)
+		values[LOG_ORIGIN] = UUIDPGetDatum(&es_apply_origin);
+	else
+		nulls[LOG_ORIGIN] = true;
+	values[LOG_CREATED_AT] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+
+	rel = table_open(es_log.relid, RowExclusiveLock);
+	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	simple_heap_insert(rel, tup);
+
+	for (i = 0; i < es_log.nindexes; i++)
+	{
+		IndexInfo  *ii = es_log.indexinfos[i];
+		Relation	idx = index_open(es_log.indexoids[i], RowExclusiveLock);
+		Datum		ivalues[INDEX_MAX_KEYS];
+		bool		inulls[INDEX_MAX_KEYS];
+		int			k;
+
+		for (k = 0; k < ii->ii_NumIndexAttrs; k++)
+		{
+			int			a = ii->ii_IndexAttrNumbers[k] - 1;
+
+			ivalues[k] = values[a];
+			inulls[k] = nulls[a];
+		}
+		index_insert(idx, ivalues, inulls, &tup->t_self, rel,
+					 ii->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+					 false, ii);
+		index_close(idx, NoLock);
+	}
+	table_close(rel, NoLock);
+}
+
+/*
+ * es_parse_attnums
+ *		Parse "3,1,2" into attribute numbers.
+ */
+static void
+es_parse_attnums(const char *str, AttrNumber *out, int *n)
+{
+	char	   *copy = pstrdup(str);
+	char	   *tok;
+	char	   *save = NULL;
+
+	*n = 0;
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	{
+		if (*n >= ES_MAX_KEYS)
+			elog(ERROR, "too many key columns in capture trigger argument");
+		out[(*n)++] = (AttrNumber) pg_strtoint32(tok);
+	}
+	if (*n == 0)
+		elog(ERROR, "invalid capture trigger argument \"%s\"", str);
+}
+
+/*
+ * es_key_condition
+ *		"col1 = $1 AND col2 = $2" for the given columns of rel.
+ */
+static char *
+es_key_condition(Relation rel, const AttrNumber *attnums, int n)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < n; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnums[i] - 1);
+
+		appendStringInfo(&buf, "%s%s OPERATOR(pg_catalog.=) $%d",
+						 i > 0 ? " AND " : "",
+						 quote_identifier(NameStr(att->attname)), i + 1);
+	}
+	return buf.data;
+}
+
+/*
+ * es_pk_attnums
+ *		The primary key columns of rel in key order; errors if it has none.
+ */
+static int
+es_pk_attnums(Relation rel, AttrNumber *out)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx;
+	int			i,
+				n;
+
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
+				 errhint("eventstream identifies documents by their primary key; add one.")));
+	idx = index_open(pkoid, AccessShareLock);
+	n = idx->rd_index->indnkeyatts;
+	for (i = 0; i < n; i++)
+		out[i] = idx->rd_index->indkey.values[i];
+	index_close(idx, AccessShareLock);
+	return n;
+}
+
+/*
+ * es_trigger_build
+ *		Fill a cache entry from the trigger's arguments and the relation.
+ *
+ * Everything is allocated in a context of its own, so a rebuild after
+ * invalidation frees the old state wholesale.
+ */
+static void
+es_trigger_build(EsTrigger *t, TriggerData *trigdata)
+{
+	Trigger    *trig = trigdata->tg_trigger;
+	Relation	rel = trigdata->tg_relation;
+	AttrNumber	pk[ES_MAX_KEYS];
+	int			npk;
+	MemoryContext oldcxt;
+	int			i;
+
+	if (t->cxt)
+	{
+		if (t->parent_plan)
+			SPI_freeplan(t->parent_plan);
+		for (i = 0; i < t->nchildren; i++)
+			if (t->children[i].rows_plan)
+				SPI_freeplan(t->children[i].rows_plan);
+		MemoryContextDelete(t->cxt);
+	}
+	memset(((char *) t) + sizeof(Oid), 0, sizeof(EsTrigger) - sizeof(Oid));
+	t->cxt = AllocSetContextCreate(es_capture_cxt, "eventstream trigger",
+								   ALLOCSET_SMALL_SIZES);
+	oldcxt = MemoryContextSwitchTo(t->cxt);
+
+	if (trig->tgnargs < 1 ||
+		(strcmp(trig->tgargs[0], "doc") != 0 && strcmp(trig->tgargs[0], "child") != 0) ||
+		(strcmp(trig->tgargs[0], "child") == 0 && trig->tgnargs != 3))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("eventstream._capture: invalid trigger arguments on \"%s\"",
+						RelationGetRelationName(rel)),
+				 errhint("Capture triggers are managed by eventstream; do not create them by hand.")));
+
+	t->relid = RelationGetRelid(rel);
+	t->ref_table = es_qualified_relname(rel);
+	npk = es_pk_attnums(rel, pk);
+	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
+	t->is_child = (strcmp(trig->tgargs[0], "child") == 0);
+
+	if (t->is_child)
+	{
+		AttrNumber	fk[ES_MAX_KEYS];
+		int			nfk;
+		Relation	parent;
+
+		t->parent_relid = pg_strtoint32(trig->tgargs[1]);
+		es_parse_attnums(trig->tgargs[2], fk, &nfk);
+		for (i = 0; i < nfk; i++)
+		{
+			int			j;
+
+			t->fkcol[i] = -1;
+			for (j = 0; j < t->enc->ncolumns; j++)
+				if (t->enc->columns[j].attnum == fk[i])
+					t->fkcol[i] = j;
+			if (t->fkcol[i] < 0)
+				elog(ERROR, "capture trigger names missing column %d", fk[i]);
+		}
+
+		parent = table_open(t->parent_relid, AccessShareLock);
+		t->parent_ref_table = es_qualified_relname(parent);
+		npk = es_pk_attnums(parent, pk);
+		if (npk != nfk)
+			elog(ERROR, "capture trigger key of \"%s\" does not match its parent",
+				 RelationGetRelationName(rel));
+		for (i = 0; i < nfk; i++)
+			t->parent_argtypes[i] = t->enc->columns[t->fkcol[i]].typid;
+		t->nfk = nfk;
+		t->parent_sql = psprintf("SELECT 1 FROM ONLY %s WHERE %s",
+								 t->parent_ref_table,
+								 es_key_condition(parent, pk, npk));
+		table_close(parent, AccessShareLock);
+	}
+	else
+	{
+		t->nchildren = trig->tgnargs - 1;
+		t->children = palloc0(sizeof(EsChild) * Max(t->nchildren, 1));
+		for (i = 0; i < t->nchildren; i++)
+		{
+			EsChild    *c = &t->children[i];
+			char	   *arg = pstrdup(trig->tgargs[i + 1]);
+			char	   *colon = strchr(arg, ':');
+			Relation	crel;
+			int			k2;
+
+			if (colon == NULL)
+				elog(ERROR, "invalid capture trigger argument \"%s\"", arg);
+			*colon = '\0';
+			c->relid = pg_strtoint32(arg);
+			es_parse_attnums(colon + 1, c->fk, &c->nfk);
+			if (c->nfk != npk)
+				elog(ERROR, "capture trigger key of child %u does not match \"%s\"",
+					 c->relid, RelationGetRelationName(rel));
+			crel = table_open(c->relid, AccessShareLock);
+			c->ref_table = es_qualified_relname(crel);
+			{
+				AttrNumber	cpk[ES_MAX_KEYS];
+				int			ncpk = es_pk_attnums(crel, cpk);
+				StringInfoData order;
+				int			k;
+
+				initStringInfo(&order);
+				for (k = 0; k < ncpk; k++)
+					appendStringInfo(&order, "%s%s", k > 0 ? ", " : "",
+									 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(crel), cpk[k] - 1)->attname)));
+				c->rows_sql = psprintf("SELECT * FROM ONLY %s WHERE %s ORDER BY %s",
+									   c->ref_table,
+									   es_key_condition(crel, c->fk, c->nfk),
+									   order.data);
+			}
+			for (k2 = 0; k2 < npk; k2++)
+				c->argtypes[k2] = t->enc->columns[t->enc->pk[k2]].typid;
+			table_close(crel, AccessShareLock);
+		}
+	}
+	MemoryContextSwitchTo(oldcxt);
+	t->valid = true;
+}
+
+/*
+ * es_trigger_lookup
+ *		The valid cache entry for the firing trigger, built if needed.
+ */
+static EsTrigger *
+es_trigger_lookup(TriggerData *trigdata)
+{
+	bool		found;
+	EsTrigger  *t;
+
+	es_capture_init();
+	t = hash_search(es_triggers, &trigdata->tg_trigger->tgoid, HASH_ENTER, &found);
+	if (!found)
+		memset(((char *) t) + sizeof(Oid), 0, sizeof(EsTrigger) - sizeof(Oid));
+	if (!t->valid)
+		es_trigger_build(t, trigdata);
+	return t;
+}
+
+/*
+ * es_any_null
+ *		Whether any of the n columns colidx[] of tuple is NULL.
+ */
+static bool
+es_any_null(EsEncoder *enc, const int *colidx, int n, HeapTuple tuple,
+			TupleDesc tupdesc)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (heap_attisnull(tuple, enc->columns[colidx[i]].attnum, tupdesc))
+			return true;
+	return false;
+}
+
+/*
+ * es_keys_equal
+ *		Whether columns colidx[] hold equal values in tuples a and b.
+ */
+static bool
+es_keys_equal(EsEncoder *enc, const int *colidx, int n, HeapTuple a,
+			  HeapTuple b, TupleDesc tupdesc)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		EsColumn   *col = &enc->columns[colidx[i]];
+		bool		na,
+					nb;
+		Datum		da = heap_getattr(a, col->attnum, tupdesc, &na);
+		Datum		db = heap_getattr(b, col->attnum, tupdesc, &nb);
+
+		if (na != nb || (!na && !es_values_equal(col, da, db)))
+			return false;
+	}
+	return true;
+}
+
+/* The four parts of an Update diff, always all present. */
+#define DIFF_CHANGED		0x01
+#define DIFF_ADDED			0x02
+#define DIFF_REMOVED		0x04
+#define DIFF_ROW_CHANGED	0x08
+
+/*
+ * es_diff_part_begin
+ *		Open part "name" of a diff; for child parts also open the array of
+ *		rows under the child table's key.
+ */
+static void
+es_diff_part_begin(JsonbParseState **st, const char *name, const char *child)
+{
+	es_push_key(st, name, strlen(name));
+	pushJsonbValue(st, WJB_BEGIN_OBJECT, NULL);
+	if (child)
+	{
+		es_push_key(st, child, strlen(child));
+		pushJsonbValue(st, WJB_BEGIN_ARRAY, NULL);
+	}
+}
+
+/*
+ * es_diff_part_end
+ *		Close what es_diff_part_begin opened.
+ */
+static void
+es_diff_part_end(JsonbParseState **st, bool child)
+{
+	if (child)
+		pushJsonbValue(st, WJB_END_ARRAY, NULL);
+	pushJsonbValue(st, WJB_END_OBJECT, NULL);
+}
+
+/*
+ * es_diff_finish
+ *		Add the parts not in "present" as empty objects and close the diff.
+ */
+static Jsonb *
+es_diff_finish(JsonbParseState **st, int present)
+{
+	static const struct
+	{
+		int			bit;
+		const char *name;
+	}			parts[] = {
+		{DIFF_CHANGED, "changed"},
+		{DIFF_ADDED, "added"},
+		{DIFF_REMOVED, "removed"},
+		{DIFF_ROW_CHANGED, "row_changed"},
+	};
+	int			i;
+
+	for (i = 0; i < (int) lengthof(parts); i++)
+	{
+		if (present & parts[i].bit)
+			continue;
+		es_diff_part_begin(st, parts[i].name, NULL);
+		es_diff_part_end(st, false);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(st, WJB_END_OBJECT, NULL));
+}
+
+/*
+ * es_changed_columns
+ *		Fill out[] with the indexes of the columns whose values differ
+ *		between old and new (IS DISTINCT FROM semantics); returns how many.
+ */
+static int
+es_changed_columns(EsEncoder *enc, HeapTuple old, HeapTuple new,
+				   TupleDesc tupdesc, int *out)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < enc->ncolumns; i++)
+	{
+		EsColumn   *col = &enc->columns[i];
+		bool		on,
+					nn;
+		Datum		od = heap_getattr(old, col->attnum, tupdesc, &on);
+		Datum		nd = heap_getattr(new, col->attnum, tupdesc, &nn);
+
+		if (on != nn || (!on && !es_values_equal(col, od, nd)))
+			out[n++] = i;
+	}
+	return n;
+}
+
+/*
+ * es_document
+ *		The whole document for a Create: the row, plus one array of rows per
+ *		registered child table.
+ *
+ * Child rows are read with a saved plan through SPI, in the trigger's
+ * snapshot; only tables with children pay for it.
+ */
+static Jsonb *
+es_document(EsTrigger *t, HeapTuple tuple, TupleDesc tupdesc)
+{
+	JsonbParseState *st = NULL;
+	MemoryContext callercxt = CurrentMemoryContext;
+	HeapTuple **rows = NULL;
+	TupleDesc  *descs = NULL;
+	uint64	   *nrows = NULL;
+	int			i;
+
+	es_row_to_jsonb(&st, t->enc, tuple, tupdesc, false);
+	if (t->nchildren == 0)
+		return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
+
+	rows = palloc0(sizeof(HeapTuple *) * t->nchildren);
+	descs = palloc0(sizeof(TupleDesc) * t->nchildren);
+	nrows = palloc0(sizeof(uint64) * t->nchildren);
+
+	SPI_connect();
+	for (i = 0; i < t->nchildren; i++)
+	{
+		EsChild    *c = &t->children[i];
+		Datum		values[ES_MAX_KEYS];
+		char		nulls[ES_MAX_KEYS];
+		int			k;
+		uint64		row;
+		int			rc;
+		MemoryContext spicxt;
+
+		if (c->rows_plan == NULL)
+		{
+			SPIPlanPtr	plan = SPI_prepare(c->rows_sql, c->nfk, c->argtypes);
+
+			if (plan == NULL)
+				elog(ERROR, "SPI_prepare failed for \"%s\": %s", c->rows_sql,
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(plan);
+			c->rows_plan = plan;
+		}
+		for (k = 0; k < c->nfk; k++)
+		{
+			bool		isnull;
+
+			values[k] = heap_getattr(tuple, t->enc->columns[t->enc->pk[k]].attnum,
+									 tupdesc, &isnull);
+			nulls[k] = isnull ? 'n' : ' ';
+		}
+		rc = SPI_execute_plan(c->rows_plan, values, nulls, true, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+
+		spicxt = MemoryContextSwitchTo(callercxt);
+		descs[i] = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+		nrows[i] = SPI_processed;
+		rows[i] = palloc(sizeof(HeapTuple) * Max(SPI_processed, 1));
+		for (row = 0; row < SPI_processed; row++)
+			rows[i][row] = heap_copytuple(SPI_tuptable->vals[row]);
+		MemoryContextSwitchTo(spicxt);
+	}
+	SPI_finish();
+
+	for (i = 0; i < t->nchildren; i++)
+	{
+		EsChild    *c = &t->children[i];
+		uint64		k;
+
+		if (c->enc == NULL)
+			c->enc = es_encoder_build(descs[i], NULL, 0, t->cxt);
+		es_push_key(&st, c->ref_table, strlen(c->ref_table));
+		pushJsonbValue(&st, WJB_BEGIN_ARRAY, NULL);
+		for (k = 0; k < nrows[i]; k++)
+			es_row_to_jsonb(&st, c->enc, rows[i][k], descs[i], true);
+		pushJsonbValue(&st, WJB_END_ARRAY, NULL);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
+}
+
+/*
+ * es_parent_exists
+ *		Whether the parent row referenced by child row tuple still exists,
+ *		as seen by a fresh snapshot (so a cascaded delete sees it gone).
+ */
+static bool
+es_parent_exists(EsTrigger *t, HeapTuple tuple, TupleDesc tupdesc)
+{
+	Datum		values[ES_MAX_KEYS];
+	char		nulls[ES_MAX_KEYS];
+	int			k;
+	int			rc;
+	bool		exists;
+
+	if (es_any_null(t->enc, t->fkcol, t->nfk, tuple, tupdesc))
+		return false;
+	for (k = 0; k < t->nfk; k++)
+	{
+		bool		isnull;
+
+		values[k] = heap_getattr(tuple, t->enc->columns[t->fkcol[k]].attnum,
+								 tupdesc, &isnull);
+		nulls[k] = ' ';
+	}
+
+	SPI_connect();
+	if (t->parent_plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(t->parent_sql, t->nfk, t->parent_argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", t->parent_sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		t->parent_plan = plan;
+	}
+	rc = SPI_execute_plan(t->parent_plan, values, nulls, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	exists = (SPI_processed > 0);
+	SPI_finish();
+	return exists;
+}
+
+/*
+ * es_capture_doc
+ *		Log a change of a row of a document table.
+ */
+static void
+es_capture_doc(EsTrigger *t, TriggerData *trigdata)
+{
+	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	EsEncoder  *enc = t->enc;
+	HeapTuple	old = trigdata->tg_trigtuple;
+	HeapTuple	new = trigdata->tg_newtuple;
+	int		   *changed;
+	int			nchanged;
+	JsonbParseState *st = NULL;
+	int			i;
+
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		es_log_insert("Create", t->ref_table,
+					  es_docname(enc, enc->pk, enc->npk, old, tupdesc),
+					  es_document(t, old, tupdesc));
+		return;
+	}
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+	{
+		es_log_insert("Delete", t->ref_table,
+					  es_docname(enc, enc->pk, enc->npk, old, tupdesc), NULL);
+		return;
+	}
+
+	/* UPDATE.  A new primary key is a different document. */
+	if (!es_keys_equal(enc, enc->pk, enc->npk, old, new, tupdesc))
+	{
+		es_log_insert("Delete", t->ref_table,
+					  es_docname(enc, enc->pk, enc->npk, old, tupdesc), NULL);
+		es_log_insert("Create", t->ref_table,
+					  es_docname(enc, enc->pk, enc->npk, new, tupdesc),
+					  es_document(t, new, tupdesc));
+		return;
+	}
+
+	changed = palloc(sizeof(int) * Max(enc->ncolumns, 1));
+	nchanged = es_changed_columns(enc, old, new, tupdesc, changed);
+	if (nchanged == 0)
+		return;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	es_diff_part_begin(&st, "changed", NULL);
+	for (i = 0; i < nchanged; i++)
+	{
+		EsColumn   *col = &enc->columns[changed[i]];
+		bool		isnull;
+		Datum		d = heap_getattr(new, col->attnum, tupdesc, &isnull);
+
+		es_push_key(&st, col->name, col->namelen);
+		es_push_value(&st, col, d, isnull, WJB_VALUE);
+	}
+	es_diff_part_end(&st, false);
+	es_log_insert("Update", t->ref_table,
+				  es_docname(enc, enc->pk, enc->npk, new, tupdesc),
+				  es_diff_finish(&st, DIFF_CHANGED));
+}
+
+/*
+ * es_log_child_change
+ *		Log an Update of the parent of child row tuple with one part:
+ *		DIFF_ADDED (the whole row) or DIFF_REMOVED (the row's docname).
+ *		With both bits, old is removed and new added in the same diff.
+ */
+static void
+es_log_child_change(EsTrigger *t, int parts, HeapTuple old, HeapTuple new,
+					TupleDesc tupdesc)
+{
+	JsonbParseState *st = NULL;
+	HeapTuple	ref = (parts & DIFF_ADDED) ? new : old;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	if (parts & DIFF_ADDED)
+	{
+		es_diff_part_begin(&st, "added", t->ref_table);
+		es_row_to_jsonb(&st, t->enc, new, tupdesc, true);
+		es_diff_part_end(&st, true);
+	}
+	if (parts & DIFF_REMOVED)
+	{
+		JsonbValue	v;
+
+		es_diff_part_begin(&st, "removed", t->ref_table);
+		v.type = jbvString;
+		v.val.string.val = es_docname(t->enc, t->enc->pk, t->enc->npk, old, tupdesc);
+		v.val.string.len = strlen(v.val.string.val);
+		pushJsonbValue(&st, WJB_ELEM, &v);
+		es_diff_part_end(&st, true);
+	}
+	es_log_insert("Update", t->parent_ref_table,
+				  es_docname(t->enc, t->fkcol, t->nfk, ref, tupdesc),
+				  es_diff_finish(&st, parts));
+}
+
+/*
+ * es_capture_child
+ *		Log a change of a child row as an Update of its parent document.
+ */
+static void
+es_capture_child(EsTrigger *t, TriggerData *trigdata)
+{
+	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	EsEncoder  *enc = t->enc;
+	HeapTuple	old = trigdata->tg_trigtuple;
+	HeapTuple	new = trigdata->tg_newtuple;
+	int		   *changed;
+	int			nchanged;
+	JsonbParseState *st = NULL;
+	int			i;
+
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		if (!es_any_null(enc, t->fkcol, t->nfk, old, tupdesc))
+			es_log_child_change(t, DIFF_ADDED, NULL, old, tupdesc);
+		return;
+	}
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+	{
+		/* A row deleted along with its parent: the parent's Delete says it. */
+		if (es_parent_exists(t, old, tupdesc))
+			es_log_child_change(t, DIFF_REMOVED, old, NULL, tupdesc);
+		return;
+	}
+
+	/* UPDATE.  Moved to another parent: removed there, added here. */
+	if (!es_keys_equal(enc, t->fkcol, t->nfk, old, new, tupdesc))
+	{
+		if (es_parent_exists(t, old, tupdesc))
+			es_log_child_change(t, DIFF_REMOVED, old, NULL, tupdesc);
+		if (!es_any_null(enc, t->fkcol, t->nfk, new, tupdesc))
+			es_log_child_change(t, DIFF_ADDED, NULL, new, tupdesc);
+		return;
+	}
+	if (es_any_null(enc, t->fkcol, t->nfk, new, tupdesc))
+		return;
+
+	/* A new key for the row: the old row is removed and the new one added. */
+	if (!es_keys_equal(enc, enc->pk, enc->npk, old, new, tupdesc))
+	{
+		es_log_child_change(t, DIFF_ADDED | DIFF_REMOVED, old, new, tupdesc);
+		return;
+	}
+
+	changed = palloc(sizeof(int) * Max(enc->ncolumns, 1));
+	nchanged = es_changed_columns(enc, old, new, tupdesc, changed);
+	if (nchanged == 0)
+		return;
+
+	/* row_changed: the changed columns plus the row's key columns. */
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	es_diff_part_begin(&st, "row_changed", t->ref_table);
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < enc->ncolumns; i++)
+	{
+		EsColumn   *col = &enc->columns[i];
+		bool		want = false;
+		int			k;
+		bool		isnull;
+		Datum		d;
+
+		for (k = 0; !want && k < nchanged; k++)
+			want = (changed[k] == i);
+		for (k = 0; !want && k < enc->npk; k++)
+			want = (enc->pk[k] == i);
+		if (!want)
+			continue;
+		d = heap_getattr(new, col->attnum, tupdesc, &isnull);
+		es_push_key(&st, col->name, col->namelen);
+		es_push_value(&st, col, d, isnull, WJB_VALUE);
+	}
+	pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	es_diff_part_end(&st, true);
+	es_log_insert("Update", t->parent_ref_table,
+				  es_docname(enc, t->fkcol, t->nfk, new, tupdesc),
+				  es_diff_finish(&st, DIFF_ROW_CHANGED));
+}
+
+/*
+ * eventstream_capture
+ *		The AFTER ROW trigger function eventstream._capture().
+ */
+Datum
+eventstream_capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	EsTrigger  *t;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("eventstream._capture: not called by trigger manager")));
+	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("eventstream._capture: must be fired AFTER ... FOR EACH ROW")));
+
+	t = es_trigger_lookup(trigdata);
+	if (t->is_child)
+		es_capture_child(t, trigdata);
+	else
+		es_capture_doc(t, trigdata);
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,449 @@
+/*-------------------------------------------------------------------------
+ *
+ * condition.c
+ *	  Consumer conditions: validation when subscribed, evaluation when
+ *	  serving.
+ *
+ * A condition is consumer-supplied text, so it is untrusted input.  It is
+ * either one SQL boolean expression over the document row aliased "doc"
+ * (e.g. "doc.public" or "doc.docstatus = 1"), or "cmd: schema.function"
+ * naming a function (consumer text, doc jsonb, update_log jsonb) returning
+ * boolean.
+ *
+ * Validation (eventstream._check_condition) makes sure the text cannot
+ * escape the parentheses it is later wrapped in: the core scanner must see
+ * balanced parentheses and no ";", the raw parser must see exactly one
+ * SELECT of one expression, and parse analysis against the table must
+ * accept it as a boolean WHERE clause.
+ *
+ * Evaluation (eventstream._condition_allows) runs the expression against
+ * the document's current row in a subtransaction that is always rolled
+ * back, as the consumer's role, with transaction_read_only on and
+ * SECURITY_RESTRICTED_OPERATION set, so a condition can neither write nor
+ * change session state nor read what the consumer's role cannot.  An error
+ * denies the document and is recorded in eventstream.consumer_table.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/condition.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/keywords.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/parse_func.h"
+#include "parser/parser.h"
+#include "parser/scanner.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/syscache.h"
+
+#include "eventstream.h"
+
+PG_FUNCTION_INFO_V1(eventstream_check_condition);
+PG_FUNCTION_INFO_V1(eventstream_condition_allows);
+
+#define CMD_PREFIX "cmd:"
+
+static Oid	es_condition_function(const char *spec, bool missing_ok);
+static void es_check_expression_tokens(const char *cond);
+static void es_check_expression_shape(const char *cond);
+static void es_condition_error_context(void *arg);
+
+/*
+ * es_is_cmd
+ *		Whether condition (already trimmed) is a "cmd:" condition.
+ */
+static bool
+es_is_cmd(const char *cond)
+{
+	return pg_strncasecmp(cond, CMD_PREFIX, strlen(CMD_PREFIX)) == 0;
+}
+
+/*
+ * es_condition_function
+ *		Resolve the function named by a "cmd:" condition.
+ *
+ * It must take (text, jsonb, jsonb) and return a single boolean.  With
+ * missing_ok, InvalidOid is returned for a missing function instead of an
+ * error (wrong return types still error).
+ */
+static Oid
+es_condition_function(const char *spec, bool missing_ok)
+{
+	const char *name = spec + strlen(CMD_PREFIX);
+	Oid			argtypes[3] = {TEXTOID, JSONBOID, JSONBOID};
+	List	   *names;
+	Oid			fn;
+
+	while (*name == ' ' || *name == '\t' || *name == '\n')
+		name++;
+	if (*name == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("condition \"%s\" names no function", spec),
+				 errhint("Write cmd: schema.function, for a function (consumer text, doc jsonb, update_log jsonb) returning boolean.")));
+	names = stringToQualifiedNameList(name);
+	fn = LookupFuncName(names, 3, argtypes, true);
+	if (!OidIsValid(fn))
+	{
+		if (missing_ok)
+			return InvalidOid;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s(text, jsonb, jsonb) does not exist",
+						NameListToString(names)),
+				 errhint("A cmd: condition names a function (consumer text, doc jsonb, update_log jsonb) returning boolean.")));
+	}
+	if (get_func_rettype(fn) != BOOLOID || get_func_retset(fn))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("function %s must return boolean",
+						format_procedure(fn)),
+				 errhint("A cmd: condition names a function (consumer text, doc jsonb, update_log jsonb) returning boolean.")));
+	return fn;
+}
+
+/*
+ * es_check_expression_tokens
+ *		Reject text whose tokens could end the expression early: unbalanced
+ *		parentheses or a ";".  Comments and literals are single tokens (or
+ *		none), so they cannot hide either.
+ */
+static void
+es_check_expression_tokens(const char *cond)
+{
+	core_yyscan_t scanner;
+	core_yy_extra_type extra;
+	core_YYSTYPE yylval;
+	YYLTYPE		yylloc;
+	int			depth = 0;
+	int			ntokens = 0;
+
+	scanner = scanner_init(cond, &extra, &ScanKeywords, ScanKeywordTokens);
+	for (;;)
+	{
+		int			tok = core_yylex(&yylval, &yylloc, scanner);
+
+		if (tok == 0)
+			break;
+		ntokens++;
+		if (tok == '(')
+			depth++;
+		else if (tok == ')' && --depth < 0)
+			break;
+		else if (tok == ';')
+			ereport(ERROR,
+					(errcode(ERRCODE_SYNTAX_ERROR),
+					 errmsg("condition must be a single boolean expression"),
+					 errdetail("It contains \";\", which would start another statement.")));
+	}
+	scanner_finish(scanner);
+	if (depth != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("condition must be a single boolean expression"),
+				 errdetail("Its parentheses are not balanced.")));
+	if (ntokens == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("condition must be a single boolean expression"),
+				 errdetail("It is empty.")));
+}
+
+/*
+ * es_check_expression_shape
+ *		The raw parser must see "SELECT (cond)" as one plain SELECT of one
+ *		target and nothing else.
+ */
+static void
+es_check_expression_shape(const char *cond)
+{
+	List	   *raw = raw_parser(psprintf("SELECT (\n%s\n)", cond), RAW_PARSE_DEFAULT);
+	RawStmt    *rs;
+	SelectStmt *s;
+
+	if (list_length(raw) == 1)
+	{
+		rs = linitial_node(RawStmt, raw);
+		if (IsA(rs->stmt, SelectStmt))
+		{
+			s = (SelectStmt *) rs->stmt;
+			if (s->op == SETOP_NONE && list_length(s->targetList) == 1 &&
+				s->fromClause == NIL && s->whereClause == NULL &&
+				s->groupClause == NIL && s->havingClause == NULL &&
+				s->windowClause == NIL && s->valuesLists == NIL &&
+				s->sortClause == NIL && s->limitOffset == NULL &&
+				s->limitCount == NULL && s->lockingClause == NIL &&
+				s->withClause == NULL && s->distinctClause == NIL &&
+				s->intoClause == NULL)
+				return;
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_SYNTAX_ERROR),
+			 errmsg("condition must be a single boolean expression")));
+}
+
+/*
+ * es_condition_error_context
+ *		Error context for checking a condition.
+ */
+static void
+es_condition_error_context(void *arg)
+{
+	errcontext("condition \"%s\"", (const char *) arg);
+}
+
+/*
+ * eventstream_check_condition
+ *		eventstream._check_condition(tbl regclass, condition text) → text
+ *
+ * Returns the condition trimmed, NULL for a NULL or blank one, or raises a
+ * clear error.  Must be called inside SPI-capable context (any SQL call).
+ */
+Datum
+eventstream_check_condition(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *cond;
+	ErrorContextCallback errcb;
+
+	if (PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	cond = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	while (*cond == ' ' || *cond == '\t' || *cond == '\n' || *cond == '\r')
+		cond++;
+	{
+		int			len = strlen(cond);
+
+		while (len > 0 && (cond[len - 1] == ' ' || cond[len - 1] == '\t' ||
+						   cond[len - 1] == '\n' || cond[len - 1] == '\r'))
+			cond[--len] = '\0';
+		if (len == 0)
+			PG_RETURN_NULL();
+	}
+
+	errcb.callback = es_condition_error_context;
+	errcb.arg = cond;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	if (es_is_cmd(cond))
+		(void) es_condition_function(cond, false);
+	else
+	{
+		Relation	rel;
+		char	   *sql;
+
+		es_check_expression_tokens(cond);
+		es_check_expression_shape(cond);
+
+		rel = table_open(relid, AccessShareLock);
+		sql = psprintf("SELECT 1 FROM ONLY %s AS doc WHERE (\n%s\n)",
+					   es_qualified_relname(rel), cond);
+		table_close(rel, AccessShareLock);
+		SPI_connect();
+		if (SPI_prepare(sql, 0, NULL) == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_finish();
+	}
+
+	error_context_stack = errcb.previous;
+	PG_RETURN_TEXT_P(cstring_to_text(cond));
+}
+
+/*
+ * es_docname_match
+ *		SQL matching rel's primary key (aliased doc) against a docname given
+ *		as text parameter $paramno: "doc.id = $2::integer", or for composite
+ *		keys "doc.a = ($2::jsonb->>0)::text AND doc.b = ...".
+ */
+char *
+es_docname_match(Relation rel, int paramno)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx;
+	StringInfoData buf;
+	int			n,
+				i;
+
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel))));
+	idx = index_open(pkoid, AccessShareLock);
+	n = idx->rd_index->indnkeyatts;
+	initStringInfo(&buf);
+	for (i = 0; i < n; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel),
+											  idx->rd_index->indkey.values[i] - 1);
+		char	   *type = format_type_be_qualified(att->atttypid);
+
+		if (n == 1)
+			appendStringInfo(&buf, "doc.%s OPERATOR(pg_catalog.=) $%d::%s",
+							 quote_identifier(NameStr(att->attname)), paramno, type);
+		else
+			appendStringInfo(&buf, "%sdoc.%s OPERATOR(pg_catalog.=) ($%d::pg_catalog.jsonb OPERATOR(pg_catalog.->>) %d)::%s",
+							 i > 0 ? " AND " : "",
+							 quote_identifier(NameStr(att->attname)), paramno, i, type);
+	}
+	index_close(idx, AccessShareLock);
+	return buf.data;
+}
+
+/*
+ * es_record_condition_error
+ *		Remember the latest condition error where the producer admin sees it.
+ */
+static void
+es_record_condition_error(text *consumer, text *ref_table, const char *msg)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+
+	values[0] = PointerGetDatum(consumer);
+	values[1] = PointerGetDatum(ref_table);
+	values[2] = CStringGetTextDatum(msg);
+	SPI_connect();
+	SPI_execute_with_args("UPDATE eventstream.consumer_table"
+						  "   SET condition_error = $3, condition_error_at = pg_catalog.now()"
+						  " WHERE consumer_url = $1 AND ref_table = $2",
+						  3, argtypes, values, NULL, false, 0);
+	SPI_finish();
+}
+
+/*
+ * eventstream_condition_allows
+ *		eventstream._condition_allows(consumer text, tbl regclass,
+ *			ref_table text, condition text, role regrole, docname text,
+ *			log jsonb) → boolean
+ *
+ * true: the document exists and satisfies the condition; false: it exists
+ * and does not, or evaluating the condition failed (the error is recorded
+ * and a WARNING logged); NULL: the document no longer exists.
+ */
+Datum
+eventstream_condition_allows(PG_FUNCTION_ARGS)
+{
+	text	   *consumer = PG_GETARG_TEXT_PP(0);
+	Oid			relid = PG_GETARG_OID(1);
+	text	   *ref_table = PG_GETARG_TEXT_PP(2);
+	char	   *cond = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	Oid			role = PG_GETARG_OID(4);
+	Datum		docname = PG_GETARG_DATUM(5);
+	Datum		log = PG_GETARG_DATUM(6);
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Oid			save_userid;
+	int			save_sec;
+	volatile int result = -1;	/* -1 missing, 0 false, 1 true */
+	char	   *errmsg_copy = NULL;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+
+	PG_TRY();
+	{
+		Relation	rel;
+		char	   *sql;
+		char	   *match;
+		char	   *relname;
+		Oid			argtypes[3] = {TEXTOID, TEXTOID, JSONBOID};
+		Datum		values[3];
+		int			rc;
+
+		rel = table_open(relid, AccessShareLock);
+		match = es_docname_match(rel, 2);
+		relname = es_qualified_relname(rel);
+		table_close(rel, AccessShareLock);
+
+		if (es_is_cmd(cond))
+		{
+			Oid			fn = es_condition_function(cond, false);
+
+			sql = psprintf("SELECT %s.%s($1, pg_catalog.to_jsonb(doc), $3) FROM ONLY %s AS doc WHERE %s",
+						   quote_identifier(get_namespace_name(get_func_namespace(fn))),
+						   quote_identifier(get_func_name(fn)), relname, match);
+		}
+		else
+			sql = psprintf("SELECT (\n%s\n) FROM ONLY %s AS doc WHERE %s",
+						   cond, relname, match);
+
+		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		(void) set_config_option("transaction_read_only", "on", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		(void) set_config_option("search_path", "pg_catalog, public", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+
+		values[0] = PointerGetDatum(consumer);
+		values[1] = docname;
+		values[2] = log;
+		SPI_connect();
+		rc = SPI_execute_with_args(sql, 3, argtypes, values, NULL, true, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed > 0)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull);
+
+			result = (!isnull && DatumGetBool(d)) ? 1 : 0;
+		}
+		SPI_finish();
+
+		/* Whatever the condition did, it did not happen. */
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		errmsg_copy = pstrdup(edata->message);
+		FreeErrorData(edata);
+		result = 0;
+	}
+	PG_END_TRY();
+	SetUserIdAndSecContext(save_userid, save_sec);
+
+	if (errmsg_copy)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("condition of consumer \"%s\" on table \"%s\" failed: %s",
+						text_to_cstring(consumer), text_to_cstring(ref_table),
+						errmsg_copy),
+				 errdetail("The document is not served to that consumer.")));
+		es_record_condition_error(consumer, ref_table, errmsg_copy);
+	}
+	if (result < 0)
+		PG_RETURN_NULL();
+	PG_RETURN_BOOL(result == 1);
+}

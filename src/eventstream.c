@@ -1,0 +1,140 @@
+/*-------------------------------------------------------------------------
+ *
+ * eventstream.c
+ *	  Module entry point: settings, the preload check and the apply origin.
+ *
+ * _PG_init defines the eventstream.* settings.  The extension requires
+ * shared_preload_libraries = 'eventstream' (its background workers can only
+ * be registered from there); CREATE EXTENSION calls
+ * eventstream._assert_preloaded() first so that a missing preload is a clear
+ * error instead of a site that silently never syncs.
+ *
+ * The apply origin is the site a change being applied came from.  While it
+ * is set, the capture trigger stamps every log it writes with it, so the log
+ * is never served back to that site (loop prevention) but can still be
+ * passed on to others.  It lives only until the end of the transaction.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/eventstream.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/uuid.h"
+
+#include "eventstream.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(eventstream_assert_preloaded);
+PG_FUNCTION_INFO_V1(eventstream_set_origin);
+
+/* Whether the library was loaded through shared_preload_libraries. */
+bool		es_preloaded = false;
+
+/* Origin stamped on logs written by this transaction, if set. */
+bool		es_apply_origin_set = false;
+pg_uuid_t	es_apply_origin;
+
+/* GUC: how long an idle consumer holds back pruning of the update log. */
+static int	es_retention_period = 7 * 24 * 3600;
+
+static bool es_xact_callback_registered = false;
+
+static void es_xact_callback(XactEvent event, void *arg);
+
+/*
+ * _PG_init
+ *		Define settings; note whether we are being preloaded.
+ */
+void
+_PG_init(void)
+{
+	es_preloaded = process_shared_preload_libraries_in_progress;
+
+	DefineCustomIntVariable("eventstream.retention_period",
+							"How long the update log is kept for a consumer that does not pull.",
+							"Logs every consumer has acknowledged are pruned at once; a consumer "
+							"that has not pulled for longer than this stops holding logs back and "
+							"must re-register.",
+							&es_retention_period,
+							7 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("eventstream");
+}
+
+/*
+ * eventstream_assert_preloaded
+ *		Error out unless the library is in shared_preload_libraries.
+ */
+Datum
+eventstream_assert_preloaded(PG_FUNCTION_ARGS)
+{
+	if (!es_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("eventstream must be loaded via shared_preload_libraries"),
+				 errhint("Add eventstream to shared_preload_libraries in postgresql.conf and restart the server.")));
+	PG_RETURN_VOID();
+}
+
+/*
+ * es_xact_callback
+ *		Forget the apply origin when the transaction ends, however it ends.
+ */
+static void
+es_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			es_apply_origin_set = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * eventstream_set_origin
+ *		eventstream._set_origin(origin uuid): stamp the logs written by the
+ *		rest of this transaction with origin (NULL: local changes again).
+ *
+ * Reserved to the apply path and superusers (EXECUTE is revoked from
+ * PUBLIC): whoever sets it decides which site never sees these changes.
+ */
+Datum
+eventstream_set_origin(PG_FUNCTION_ARGS)
+{
+	if (!es_xact_callback_registered)
+	{
+		RegisterXactCallback(es_xact_callback, NULL);
+		es_xact_callback_registered = true;
+	}
+	if (PG_ARGISNULL(0))
+		es_apply_origin_set = false;
+	else
+	{
+		memcpy(&es_apply_origin, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
+		es_apply_origin_set = true;
+	}
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# test/setup.sh -- install what eventstream needs, then build and install it.
+#
+# Sourced by test/demo.sh and test/run.sh (not meant to be run alone).  On a
+# fresh Debian 12 machine it installs the packages below with apt, copies the
+# source into a build directory owned by the postgres user (PostgreSQL
+# refuses to run as root, and so do its test tools), builds there as postgres
+# and installs as root.  Afterwards these variables are set:
+#   ES_SRC      the source tree
+#   ES_BUILD    the build directory (owned by postgres)
+#   PG_BIN      PostgreSQL 15's bin directory
+#   as_pg       prefix that runs a command as the postgres user
+set -euo pipefail
+
+ES_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BIN=/usr/lib/postgresql/15/bin
+ES_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libmicrohttpd-dev libipc-run-perl curl"
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "eventstream: run this as root (or with sudo): it installs packages and the extension." >&2
+	exit 1
+fi
+
+missing=""
+for p in $ES_PACKAGES; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "== installing:$missing"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+ES_BUILD=${ES_BUILD:-$(mktemp -d /tmp/eventstream-build.XXXXXX)}
+chmod 755 "$ES_BUILD"
+# Copy the tree (not .git) so the postgres user can read and write it
+# wherever the checkout lives.
+tar -C "$ES_SRC" --exclude=.git -cf - . | tar -C "$ES_BUILD" -xf -
+chown -R postgres:postgres "$ES_BUILD"
+
+as_pg="runuser -u postgres --"
+echo "== building in $ES_BUILD"
+(cd "$ES_BUILD" && $as_pg make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no >/dev/null)
+(cd "$ES_BUILD" && make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no install >/dev/null)
+export PATH="$PG_BIN:$PATH"
