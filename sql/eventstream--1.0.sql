@@ -218,7 +218,15 @@ AS $$
 DECLARE
 	tbl regclass := eventstream._resolve_table(name);
 	parent regclass;
+	nsp name;
 BEGIN
+	SELECT n.nspname INTO nsp FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = tbl;
+	IF nsp IN ('pg_catalog', 'information_schema', 'eventstream', 'pg_toast') OR nsp LIKE 'pg_temp%' THEN
+		RAISE EXCEPTION 'table "%" cannot be streamed', eventstream._wire_name(tbl)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'System, temporary and eventstream''s own tables cannot be subscribed to.';
+	END IF;
 	IF cardinality(eventstream._pk_attnums(tbl)) = 0 THEN
 		RAISE EXCEPTION 'table "%" has no primary key', eventstream._wire_name(tbl)
 			USING ERRCODE = 'invalid_table_definition',
@@ -508,6 +516,9 @@ CREATE FUNCTION eventstream._set_status(consumer_url text, ref_table text, statu
 	LANGUAGE plpgsql
 AS $$
 BEGIN
+	IF ref_table IS NULL THEN
+		RAISE EXCEPTION 'ref_table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
 	IF NOT EXISTS (SELECT 1 FROM eventstream.consumer c WHERE c.consumer_url = _set_status.consumer_url) THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url
 			USING ERRCODE = 'undefined_object',
@@ -718,9 +729,13 @@ BEGIN
 				  HINT = 'Remove it with eventstream.remove_consumer() on the producer and register it again; then resync its tables.';
 	END IF;
 
+	IF cursor IS NULL THEN
+		RAISE EXCEPTION 'cursor must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+			HINT = 'Start from the cursor returned by registration.';
+	END IF;
 	BEGIN
 		parts := string_to_array(cursor, '/');
-		IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (3, 5) THEN
+		IF cursor IS NULL OR parts[1] <> 'v1' OR cardinality(parts) NOT IN (3, 5) THEN
 			RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
 		END IF;
 		pageno := parts[2]::bigint;
@@ -735,9 +750,9 @@ BEGIN
 				  HINT = 'Pass the cursor returned by the previous pull, or by registration, unchanged.';
 	END;
 	IF pageno < c.acked_page OR pageno > c.served_page + 1 THEN
-		RAISE EXCEPTION 'cursor "%" is not current for consumer "%"', cursor, consumer_url
+		RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
 			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = format('Page %s was acknowledged; pages %s to %s can be pulled.', c.acked_page - 1, c.acked_page, c.served_page + 1),
+				  DETAIL = format('Pages before %s were acknowledged; pages %s to %s can be pulled.', c.acked_page, c.acked_page, c.served_page + 1),
 				  HINT = 'Pull with the cursor stored with the updates you last applied.';
 	END IF;
 

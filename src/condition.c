@@ -79,7 +79,9 @@ es_is_cmd(const char *cond)
  * es_condition_function
  *		Resolve the function named by a "cmd:" condition.
  *
- * It must take (text, jsonb, jsonb) and return a single boolean.  With
+ * It must take (text, jsonb, jsonb) and return a single boolean; a name
+ * without a schema is looked up in public, not along search_path (which is
+ * pinned while serving).  With
  * missing_ok, InvalidOid is returned for a missing function instead of an
  * error (wrong return types still error).
  */
@@ -99,6 +101,9 @@ es_condition_function(const char *spec, bool missing_ok)
 				 errmsg("condition \"%s\" names no function", spec),
 				 errhint("Write cmd: schema.function, for a function (consumer text, doc jsonb, update_log jsonb) returning boolean.")));
 	names = stringToQualifiedNameList(name);
+	/* Like table names on the wire, a bare name means schema public. */
+	if (list_length(names) == 1)
+		names = lcons(makeString(pstrdup("public")), names);
 	fn = LookupFuncName(names, 3, argtypes, true);
 	if (!OidIsValid(fn))
 	{

@@ -1,0 +1,134 @@
+-- Capture: the update log is written by the C trigger in the changing
+-- transaction, only for approved subscriptions, with txid and origin.
+\set SHOW_CONTEXT never
+CREATE EXTENSION eventstream;
+SET timezone = 'UTC';
+
+SELECT count(*) AS sites, bool_and(site_id IS NOT NULL) AS has_id FROM eventstream.site;
+
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TABLE item (
+	code	text PRIMARY KEY,
+	name	text,
+	active	boolean,
+	qty		posint,
+	price	numeric(10,2),
+	ratio	float8,
+	born	date,
+	seen	timestamptz,
+	tags	text[],
+	extra	jsonb,
+	raw		json,
+	feel	mood
+);
+CREATE TABLE line (inv text, pos int, note text, PRIMARY KEY (inv, pos));
+CREATE TABLE untouched (id int PRIMARY KEY);
+CREATE ROLE es_sub;
+GRANT SELECT ON item, line, untouched TO es_sub;
+
+-- A compact view of the log for the tests.
+CREATE FUNCTION show_log() RETURNS TABLE (update_type text, ref_table text, docname text, data jsonb)
+LANGUAGE sql AS $$
+	SELECT update_type, ref_table, docname, data FROM eventstream.update_log ORDER BY id
+$$;
+
+-- Test helpers: register a consumer remembering its cursor, and pull with
+-- the remembered cursor as the consumer would.
+CREATE TABLE cursors (consumer text PRIMARY KEY, cur text NOT NULL);
+CREATE FUNCTION register(consumer text, site uuid, tables jsonb, key text DEFAULT 'key-a',
+						 role text DEFAULT 'es_sub') RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+	r jsonb := eventstream._register_consumer(consumer, site, key, role::regrole, tables);
+BEGIN
+	INSERT INTO cursors VALUES (r->>'consumer_url', r->>'cursor') ON CONFLICT DO NOTHING;
+	RETURN r->'tables';
+END $$;
+CREATE FUNCTION pull(consumer text, lim int DEFAULT 100)
+RETURNS TABLE (n bigint, update_type text, ref_table text, docname text, data jsonb, more boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+	r jsonb := eventstream._pull(consumer, (SELECT c.cur FROM cursors c WHERE c.consumer = pull.consumer), lim);
+BEGIN
+	UPDATE cursors c SET cur = r->>'cursor' WHERE c.consumer = pull.consumer;
+	RETURN QUERY
+		SELECT u.ord, u.e->>'update_type', u.e->>'ref_table', u.e->>'docname', u.e->'data', (r->>'more')::boolean
+		  FROM jsonb_array_elements(r->'updates') WITH ORDINALITY AS u(e, ord);
+END $$;
+
+SELECT register('http://consumer-a:8000/', '00000000-0000-0000-0000-00000000000a',
+				'["item", "public.line", "untouched"]');
+
+-- Pending: no trigger, nothing logged.
+SELECT count(*) AS capture_triggers FROM pg_trigger WHERE tgname = 'eventstream_capture';
+INSERT INTO item (code, name) VALUES ('pending', 'not logged');
+SELECT count(*) AS logs FROM eventstream.update_log;
+
+SELECT eventstream.approve('http://consumer-a:8000', 'item');
+SELECT eventstream.approve('http://consumer-a:8000', 'line');
+SELECT tgrelid::regclass AS captured FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+
+-- Create: the whole row, values as typed JSON, date/times in ISO 8601
+-- whatever DateStyle says.
+SET DateStyle = 'SQL, DMY';
+INSERT INTO item VALUES ('A-1', 'Apple', true, 3, 1.50, 0.25, '2026-01-31', '2026-01-31 10:11:12.5+00',
+						 '{red,green}', '{"k": [1, 2]}', '{"raw": true}', 'happy');
+INSERT INTO item (code, ratio, price) VALUES ('nan', 'NaN', 'NaN');
+RESET DateStyle;
+SELECT * FROM show_log();
+
+-- Composite keys: docname is a JSON array of the key values in key order.
+INSERT INTO line VALUES ('INV-1', 2, 'two');
+SELECT docname, docname::jsonb AS parsed FROM eventstream.update_log WHERE ref_table = 'public.line';
+
+-- txid is the writing transaction; a rolled back change leaves no log.
+BEGIN;
+INSERT INTO item (code) VALUES ('tx');
+SELECT txid = pg_current_xact_id() AS same_txid, origin IS NULL AS local
+  FROM eventstream.update_log WHERE docname = 'tx';
+COMMIT;
+BEGIN;
+INSERT INTO item (code) VALUES ('rolled-back');
+ROLLBACK;
+SELECT count(*) AS rolled_back_logs FROM eventstream.update_log WHERE docname = 'rolled-back';
+
+-- Origin: set by the apply path for one transaction, then forgotten.
+BEGIN;
+SELECT eventstream._set_origin('00000000-0000-0000-0000-0000000000bb');
+INSERT INTO item (code) VALUES ('from-b');
+COMMIT;
+INSERT INTO item (code) VALUES ('local-again');
+SELECT docname, origin FROM eventstream.update_log WHERE docname IN ('from-b', 'local-again') ORDER BY id;
+BEGIN;
+SELECT eventstream._set_origin('00000000-0000-0000-0000-0000000000bb');
+ROLLBACK;
+INSERT INTO item (code) VALUES ('after-abort');
+SELECT origin IS NULL AS origin_cleared_by_abort FROM eventstream.update_log WHERE docname = 'after-abort';
+
+-- The origin setter is not for everybody.
+SET ROLE es_sub;
+SELECT eventstream._set_origin(NULL);
+RESET ROLE;
+
+-- Tables that are not approved are not captured.
+INSERT INTO untouched VALUES (1);
+SELECT count(*) AS untouched_logs FROM eventstream.update_log WHERE ref_table = 'public.untouched';
+
+-- Schema changes are picked up by the next row.
+ALTER TABLE item ADD COLUMN added_later text DEFAULT 'x';
+INSERT INTO item (code) VALUES ('after-alter');
+SELECT data->>'added_later' AS new_column FROM eventstream.update_log WHERE docname = 'after-alter';
+ALTER TABLE item DROP COLUMN raw;
+INSERT INTO item (code) VALUES ('after-drop');
+SELECT data ? 'raw' AS dropped_column_present FROM eventstream.update_log WHERE docname = 'after-drop';
+
+-- Trigger protocol violations are reported, not crashed on.
+CREATE TABLE wrong (id int PRIMARY KEY);
+CREATE TRIGGER bad BEFORE INSERT ON wrong FOR EACH ROW EXECUTE FUNCTION eventstream._capture('doc');
+INSERT INTO wrong VALUES (1);
+DROP TRIGGER bad ON wrong;
+CREATE TRIGGER bad AFTER INSERT ON wrong FOR EACH ROW EXECUTE FUNCTION eventstream._capture('nonsense');
+INSERT INTO wrong VALUES (1);
+DROP TABLE wrong;
+SELECT eventstream._capture();

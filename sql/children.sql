@@ -1,0 +1,78 @@
+-- Child tables: their rows are part of the parent's document.
+\set SHOW_CONTEXT never
+TRUNCATE eventstream.update_log;
+CREATE TABLE invoice (id int PRIMARY KEY, customer text);
+CREATE TABLE invoice_item (
+	invoice_id	int REFERENCES invoice ON DELETE CASCADE ON UPDATE CASCADE,
+	line		int,
+	item		text,
+	qty			int,
+	PRIMARY KEY (invoice_id, line)
+);
+CREATE TABLE orphan_item (id int PRIMARY KEY, invoice_id int);
+GRANT SELECT ON invoice, invoice_item, orphan_item TO es_sub;
+
+-- Registration errors.
+SELECT eventstream.add_child_table('invoice', 'orphan_item');
+SELECT eventstream.add_child_table('invoice', 'invoice');
+SELECT eventstream.add_child_table('invoice', 'no_such_table');
+SELECT eventstream.add_child_table('invoice', 'untouched');
+
+SELECT eventstream.add_child_table('invoice', 'invoice_item');
+SELECT child, parent, fk_name FROM eventstream.child_table;
+-- The child cannot be subscribed on its own, nor get children itself.
+SELECT register('http://consumer-a:8000', '00000000-0000-0000-0000-00000000000a',
+				'["item", "line", "untouched", "public.invoice_item"]');
+SELECT eventstream.add_child_table('invoice_item', 'orphan_item');
+
+SELECT register('http://consumer-a:8000', '00000000-0000-0000-0000-00000000000a',
+				'["item", "line", "untouched", "public.invoice"]');
+SELECT eventstream.approve('http://consumer-a:8000', 'invoice');
+SELECT tgrelid::regclass AS captured, pg_get_triggerdef(oid) ~ 'child' AS as_child
+  FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+
+-- A parent and its rows inserted by separate statements: Create, then one
+-- Update with "added" per row.
+INSERT INTO invoice VALUES (1, 'ACME');
+INSERT INTO invoice_item VALUES (1, 1, 'apple', 2), (1, 2, 'pear', 1);
+-- row_changed: the changed columns plus the row's key.
+UPDATE invoice_item SET qty = 5 WHERE line = 2;
+UPDATE invoice_item SET qty = 5 WHERE line = 2;
+-- removed: the row's docname.
+DELETE FROM invoice_item WHERE line = 1;
+SELECT update_type, ref_table, docname, data FROM eventstream.update_log ORDER BY id;
+
+-- A Create carries the rows that exist when the parent row is logged.
+TRUNCATE eventstream.update_log;
+ALTER TABLE invoice_item ALTER CONSTRAINT invoice_item_invoice_id_fkey DEFERRABLE;
+BEGIN;
+SET CONSTRAINTS ALL DEFERRED;
+INSERT INTO invoice_item VALUES (2, 1, 'plum', 7);
+INSERT INTO invoice VALUES (2, 'Initech');
+COMMIT;
+SELECT update_type, docname, data FROM eventstream.update_log ORDER BY id;
+
+-- A row moved to another parent: removed there, added here.
+TRUNCATE eventstream.update_log;
+UPDATE invoice_item SET invoice_id = 1 WHERE invoice_id = 2;
+SELECT update_type, docname, data - 'changed' - 'row_changed' AS data FROM eventstream.update_log ORDER BY id;
+
+-- Deleting a parent logs one Delete, not one removal per cascaded row.
+TRUNCATE eventstream.update_log;
+SELECT count(*) AS rows_before FROM invoice_item WHERE invoice_id = 1;
+DELETE FROM invoice WHERE id = 1;
+SELECT update_type, docname, data FROM eventstream.update_log ORDER BY id;
+
+-- The document as served to readers matches the Create format.
+INSERT INTO invoice VALUES (3, 'Hooli');
+INSERT INTO invoice_item VALUES (3, 1, 'fig', 1), (3, 2, 'kiwi', 2);
+SELECT eventstream._document('invoice', '3');
+SELECT eventstream._document('invoice', '404') IS NULL AS missing_document;
+SELECT eventstream._document('line', '["INV-9",1]') IS NULL AS missing_composite;
+
+-- Dynamic links are registered and checked.
+CREATE TABLE todo (id int PRIMARY KEY, ref_type text, ref_name text);
+SELECT eventstream.add_dynamic_link('todo', 'ref_type', 'ref_name');
+SELECT eventstream.add_dynamic_link('todo', 'ref_type', 'nope');
+SELECT eventstream.add_dynamic_link('todo', 'ref_type', 'ref_type');
+SELECT tbl, type_column, key_column FROM eventstream.dynamic_link;

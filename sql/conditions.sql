@@ -1,0 +1,92 @@
+-- Conditions: untrusted consumer input, validated when subscribed and
+-- evaluated on the producer, as the consumer's role, read-only.
+\set SHOW_CONTEXT never
+TRUNCATE eventstream.update_log;
+CREATE TABLE note (id int PRIMARY KEY, title text, public boolean NOT NULL DEFAULT false,
+				   content text, n int DEFAULT 1);
+CREATE TABLE secret (id int PRIMARY KEY);
+GRANT SELECT ON note TO es_sub;
+CREATE FUNCTION wrong_args(doc jsonb) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE FUNCTION not_bool(consumer text, doc jsonb, update_log jsonb) RETURNS int LANGUAGE sql AS 'SELECT 1';
+
+-- Anything but one boolean expression over doc is refused.
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "doc.public; DROP TABLE note"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "doc.public) OR (true"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "(doc.public"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "true FROM pg_authid"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "doc.id"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "doc.nope = 1"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "doc.public /* open"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "cmd: no_such_function"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "cmd: public.wrong_args"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "cmd: not_bool"}]');
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "cmd:"}]');
+SELECT count(*) AS consumers_left_behind FROM eventstream.consumer WHERE consumer_url = 'http://consumer-c:8000';
+
+-- A valid condition is stored trimmed; a blank one means none.
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "  doc.public\n"}]');
+SELECT eventstream.approve('http://consumer-c:8000', 'note');
+
+-- Only documents that satisfy the condition now are served.
+INSERT INTO note VALUES (1, 'one', false, 'draft');
+UPDATE note SET content = 'edited' WHERE id = 1;
+INSERT INTO note VALUES (2, 'two', true, 'public from the start');
+SELECT * FROM pull('http://consumer-c:8000');
+
+-- When a document starts to match, its unread history comes first, in order.
+UPDATE note SET public = true WHERE id = 1;
+SELECT n, update_type, docname, data->'changed' AS changed, data->>'content' AS content
+  FROM pull('http://consumer-c:8000');
+-- ... and is not sent again.
+UPDATE note SET content = 'final' WHERE id = 1;
+SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-c:8000');
+SELECT l.docname, l.update_type, count(*) AS receipts
+  FROM eventstream.update_log_consumer uc JOIN eventstream.update_log l ON l.id = uc.update_log_id
+ WHERE uc.consumer_url = 'http://consumer-c:8000' GROUP BY l.id, l.docname, l.update_type ORDER BY l.id;
+
+-- A document the consumer has hears about its end even if it no longer
+-- matches; one it never had does not.
+UPDATE note SET public = false, content = 'hidden' WHERE id = 1;
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+DELETE FROM note WHERE id = 1;
+INSERT INTO note VALUES (3, 'three', false);
+DELETE FROM note WHERE id = 3;
+SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-c:8000');
+
+-- A document whose history is not in the log arrives whole, as a Create.
+SELECT eventstream.reject('http://consumer-c:8000', 'note');
+INSERT INTO note VALUES (10, 'ten', true, 'written while nobody listened');
+SELECT eventstream.approve('http://consumer-c:8000', 'note');
+UPDATE note SET title = 'TEN' WHERE id = 10;
+SELECT n, update_type, docname, data FROM pull('http://consumer-c:8000');
+
+-- cmd: conditions call (consumer, doc, update_log).
+CREATE FUNCTION is_odd_note(consumer text, doc jsonb, update_log jsonb) RETURNS boolean
+LANGUAGE sql AS $$ SELECT (doc->>'id')::int % 2 = 1 AND consumer LIKE 'http://consumer-c%' AND update_log ? 'update_type' $$;
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "cmd: public.is_odd_note"}]');
+INSERT INTO note VALUES (4, 'four'), (5, 'five');
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+
+-- A condition that fails denies the document, and the error is kept.
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "1 / (doc.n - 1) = 1"}]');
+INSERT INTO note (id, n) VALUES (7, 1), (8, 2);
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT condition, condition_error FROM eventstream.consumer_table WHERE consumer_url = 'http://consumer-c:8000';
+
+-- It cannot write, nor read what the consumer's role cannot read.
+CREATE FUNCTION sneaky(consumer text, doc jsonb, update_log jsonb) RETURNS boolean
+LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.secret VALUES ((doc->>'id')::int); RETURN true; END $$;
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "cmd: public.sneaky"}]');
+INSERT INTO note (id) VALUES (9);
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT condition_error FROM eventstream.consumer_table WHERE consumer_url = 'http://consumer-c:8000';
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "(SELECT count(*) FROM public.secret) >= 0"}]');
+INSERT INTO note (id) VALUES (11);
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT condition_error FROM eventstream.consumer_table WHERE consumer_url = 'http://consumer-c:8000';
+SELECT count(*) AS secret_rows FROM secret;
+
+-- Removing the condition serves everything again.
+SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "   "}]');
+INSERT INTO note (id) VALUES (12);
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');

@@ -1,0 +1,41 @@
+-- Retention: acknowledged logs are pruned; an idle consumer ages out with
+-- a clear error instead of silently missing updates.
+\set SHOW_CONTEXT never
+SELECT eventstream.remove_consumer(consumer_url) FROM eventstream.consumer
+ WHERE consumer_url NOT IN ('http://consumer-f', 'http://consumer-g');
+TRUNCATE eventstream.update_log, eventstream.update_log_consumer;
+INSERT INTO ledger SELECT g, 0 FROM generate_series(200, 204) g;
+
+-- Nothing is pruned before both consumers acknowledged it.
+SELECT eventstream.prune() AS pruned;
+SELECT count(*) AS served FROM pull('http://consumer-f');
+SELECT eventstream.prune() AS pruned;
+SELECT count(*) AS served FROM pull('http://consumer-g');
+SELECT eventstream.prune() AS pruned;
+-- Pulling with the newer cursors acknowledges the pages before them.
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-g');
+SELECT eventstream.prune() AS pruned;
+SELECT count(*) AS logs_left, (SELECT count(*) FROM eventstream.update_log_consumer) AS receipts_left
+  FROM eventstream.update_log;
+
+-- consumer-g stops pulling for longer than the retention period.
+INSERT INTO ledger SELECT g, 0 FROM generate_series(300, 302) g;
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT eventstream.prune() AS pruned_while_g_is_recent;
+UPDATE eventstream.consumer SET acked_at = now() - interval '8 days' WHERE consumer_url = 'http://consumer-g';
+SELECT eventstream.prune() AS pruned_after_g_aged;
+SELECT consumer_url, aged_out FROM eventstream.consumer ORDER BY 1;
+SELECT count(*) FROM pull('http://consumer-g');
+-- Recovery as the hint says.
+SELECT eventstream.remove_consumer('http://consumer-g');
+DELETE FROM cursors WHERE consumer = 'http://consumer-g';
+SELECT register('http://consumer-g', '00000000-0000-0000-0000-0000000000a9', '["ledger"]');
+SELECT eventstream.approve('http://consumer-g', 'ledger');
+INSERT INTO ledger VALUES (400, 0);
+SELECT n, docname FROM pull('http://consumer-g');
+
+-- The retention period is a server-wide setting (postgresql.conf, reload).
+SHOW eventstream.retention_period;
+SET eventstream.retention_period = '1s';

@@ -1,0 +1,58 @@
+-- Serving: pages, cursors, origins, approval windows, privileges.
+\set SHOW_CONTEXT never
+TRUNCATE eventstream.update_log;
+CREATE TABLE ledger (id int PRIMARY KEY, amount int);
+GRANT SELECT ON ledger TO es_sub;
+SELECT register('http://consumer-f', '00000000-0000-0000-0000-00000000000f', '["ledger"]');
+SELECT eventstream.approve('http://consumer-f', 'ledger');
+INSERT INTO ledger SELECT g, g * 10 FROM generate_series(1, 5) g;
+
+-- Pages of two: "more" until the window is drained, nothing twice.
+SELECT n, docname, more FROM pull('http://consumer-f', 2);
+SELECT n, docname, more FROM pull('http://consumer-f', 2);
+SELECT n, docname, more FROM pull('http://consumer-f', 2);
+SELECT n, docname, more FROM pull('http://consumer-f', 2);
+
+-- The same cursor again gives the same page (the consumer did not apply
+-- it); receipts are not duplicated.
+UPDATE ledger SET amount = amount + 1 WHERE id <= 2;
+SELECT cur AS saved FROM cursors WHERE consumer = 'http://consumer-f' \gset
+SELECT e->>'docname' AS docname FROM jsonb_array_elements(eventstream._pull('http://consumer-f', :'saved', 10)->'updates') e;
+SELECT e->>'docname' AS docname FROM jsonb_array_elements(eventstream._pull('http://consumer-f', :'saved', 10)->'updates') e;
+SELECT count(*) AS receipts, count(DISTINCT update_log_id) AS distinct_logs
+  FROM eventstream.update_log_consumer WHERE consumer_url = 'http://consumer-f';
+SELECT n, docname FROM pull('http://consumer-f');
+SELECT n, docname FROM pull('http://consumer-f');
+
+-- A cursor older than the acknowledged one, or garbage, is refused.
+SELECT eventstream._pull('http://consumer-f', :'saved', 10);
+SELECT eventstream._pull('http://consumer-f', 'v1/oops', 10);
+SELECT eventstream._pull('http://consumer-f', NULL, 10);
+SELECT eventstream._pull('http://consumer-f', 'v1/1/1:1:', 0);
+SELECT eventstream._pull('http://nobody', 'v1/1/1:1:', 10);
+
+-- Changes applied from a site are never served back to it, but are served
+-- to others, with their origin.
+SELECT register('http://consumer-g', '00000000-0000-0000-0000-0000000000a9', '["ledger"]');
+SELECT eventstream.approve('http://consumer-g', 'ledger');
+BEGIN;
+SELECT eventstream._set_origin('00000000-0000-0000-0000-00000000000f');
+INSERT INTO ledger VALUES (100, 1);
+COMMIT;
+INSERT INTO ledger VALUES (101, 1);
+SELECT n, docname FROM pull('http://consumer-f');
+SELECT e->>'docname' AS docname,
+	   CASE WHEN e->>'origin' = (SELECT site_id::text FROM eventstream.site) THEN 'this site' ELSE e->>'origin' END AS origin
+  FROM cursors c, jsonb_array_elements(eventstream._pull(c.consumer, c.cur, 10)->'updates') e
+ WHERE c.consumer = 'http://consumer-g';
+
+-- A table the consumer's role can no longer read is not served.
+REVOKE SELECT ON ledger FROM es_sub;
+INSERT INTO ledger VALUES (102, 1);
+SELECT n, docname FROM pull('http://consumer-f');
+GRANT SELECT ON ledger TO es_sub;
+INSERT INTO ledger VALUES (103, 1);
+SELECT n, docname FROM pull('http://consumer-f');
+
+-- Statuses travel with every page.
+SELECT eventstream._pull(c.consumer, c.cur, 1)->'tables' AS tables FROM cursors c WHERE c.consumer = 'http://consumer-f';
