@@ -56,9 +56,17 @@ SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://con
 -- A document whose history is not in the log arrives whole, as a Create.
 SELECT eventstream.reject('http://consumer-c:8000', 'note');
 INSERT INTO note VALUES (10, 'ten', true, 'written while nobody listened');
+INSERT INTO note VALUES (13, 'thirteen', false, 'also unheard');
 SELECT eventstream.approve('http://consumer-c:8000', 'note');
 UPDATE note SET title = 'TEN' WHERE id = 10;
+UPDATE note SET title = 'THIRTEEN' WHERE id = 13;
 SELECT n, update_type, docname, data FROM pull('http://consumer-c:8000');
+-- The Create stands for the history before it: that is never replayed.
+UPDATE note SET public = true WHERE id = 13;
+UPDATE note SET content = 'heard' WHERE id = 13;
+SELECT n, update_type, docname, data FROM pull('http://consumer-c:8000');
+UPDATE note SET content = 'heard again' WHERE id = 13;
+SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-c:8000');
 
 -- cmd: conditions call (consumer, doc, update_log).
 CREATE FUNCTION is_odd_note(consumer text, doc jsonb, update_log jsonb) RETURNS boolean

@@ -712,7 +712,6 @@ DECLARE
 	last_id bigint;
 	allowed boolean;
 	block bigint[];
-	conditioned boolean;
 	result jsonb;
 BEGIN
 	IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
@@ -774,11 +773,6 @@ BEGIN
 		   AND NOT pg_visible_in_snapshot(l.txid, s_from) AND pg_visible_in_snapshot(l.txid, s_to);
 	END IF;
 
-	SELECT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
-					WHERE ct.consumer_url = c.consumer_url AND ct.condition IS NOT NULL
-					  AND ct.status = 'Approved' AND NOT ct.unsubscribed)
-	  INTO conditioned;
-
 	IF after_id IS NOT NULL THEN
 		FOR r IN
 			SELECT l.id, l.update_type, l.ref_table, l.docname, l.txid, s.condition, s.tbl
@@ -812,10 +806,11 @@ BEGIN
 																				   'ref_table', r.ref_table, 'docname', r.docname));
 			IF allowed IS NULL THEN
 				-- Gone: tell consumers that have it, and only them.
-				allowed := EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
-									 JOIN eventstream.update_log l2 ON l2.id = uc.update_log_id
-									WHERE uc.consumer_url = c.consumer_url
-									  AND l2.ref_table = r.ref_table AND l2.docname = r.docname);
+				allowed := EXISTS (SELECT 1 FROM eventstream.update_log l2
+									WHERE l2.ref_table = r.ref_table AND l2.docname = r.docname
+									  AND EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
+												   WHERE uc.update_log_id = l2.id
+													 AND uc.consumer_url = c.consumer_url));
 			END IF;
 			IF allowed THEN
 				block := eventstream._backlog(c.consumer_url, c.site_id, r.ref_table, r.docname, r.id, s_to);
@@ -833,6 +828,13 @@ BEGIN
 				INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
 					SELECT abs(b), c.consumer_url, pageno FROM unnest(block) b
 					ON CONFLICT DO NOTHING;
+				IF block[1] < 0 THEN
+					-- The whole document covers its history: never replay it.
+					INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
+						SELECT l2.id, c.consumer_url, pageno FROM eventstream.update_log l2
+						 WHERE l2.ref_table = r.ref_table AND l2.docname = r.docname AND l2.id < r.id
+						ON CONFLICT DO NOTHING;
+				END IF;
 				receipted := receipted || block;
 			END IF;
 			last_id := r.id;
@@ -882,10 +884,10 @@ DECLARE
 	start_id bigint;
 	result bigint[];
 BEGIN
-	SELECT EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
-					 JOIN eventstream.update_log l ON l.id = uc.update_log_id
-					WHERE uc.consumer_url = _backlog.consumer_url
-					  AND l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname)
+	SELECT EXISTS (SELECT 1 FROM eventstream.update_log l
+					WHERE l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname
+					  AND EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
+								   WHERE uc.update_log_id = l.id AND uc.consumer_url = _backlog.consumer_url))
 	  INTO received;
 	IF NOT received THEN
 		-- Replay from the latest Create, if there is one.
