@@ -54,8 +54,8 @@ is(trigger_count(), '1', 'approval installs the capture trigger');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM eventstream.update_log'),
 	'0', 'nothing was logged before approval');
 
-# Pull with the saved cursor, store the returned one, and return the
-# response (text), for checks with jsonb operators done by the caller.
+# Pull with the saved cursor, store the returned one, and return the whole
+# response; the Perl sub pull() keeps each response in table "pulled".
 $node->safe_psql('postgres', qq{
 	CREATE FUNCTION pull(lim int DEFAULT 100) RETURNS jsonb LANGUAGE plpgsql AS \$\$
 	DECLARE
@@ -240,6 +240,72 @@ is(updates_of($p5),
 		'Delete|4|null'),
 	'after resubscribing, new changes are delivered again (and only those)');
 is(updates_of(pull()), '', 'and only once');
+
+# ---------------------------------------------------------------------------
+# Apply origin: a change applied from the consumer's own site is never
+# served back to it; the origin lasts until the end of the transaction.
+# ---------------------------------------------------------------------------
+
+my $other_site = '00000000-0000-0000-0000-0000000000d4';
+$node->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT eventstream._set_origin('$site_id');
+	INSERT INTO t VALUES (6, 'from consumer', 6);
+	COMMIT;
+	BEGIN;
+	SELECT eventstream._set_origin('$other_site');
+	INSERT INTO t VALUES (7, 'from elsewhere', 7);
+	COMMIT;
+	INSERT INTO t VALUES (8, 'local', 8);
+});
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(docname || '|' || coalesce(origin::text, 'NULL'), ',' ORDER BY id)
+	  FROM eventstream.update_log WHERE docname IN ('6', '7', '8')}),
+	"6|$site_id,7|$other_site,8|NULL", 'logs are stamped with the apply origin of their transaction');
+my $p6 = pull();
+is($node->safe_psql('postgres', qq{
+	SELECT string_agg(concat_ws('|', u->>'update_type', u->>'docname', u->>'origin'), ',' ORDER BY o)
+	  FROM pulled, jsonb_array_elements(r->'updates') WITH ORDINALITY AS x(u, o) WHERE n = $p6}),
+	"Create|7|$other_site,Create|8|" . $node->safe_psql('postgres', 'SELECT site_id FROM eventstream.site'),
+	'a change from the consumer\'s own site is not served back to it');
+
+# ---------------------------------------------------------------------------
+# Crash: committed logs survive crash recovery, with their index entries
+# (the capture trigger writes the log and its indexes directly).
+# ---------------------------------------------------------------------------
+
+$node->safe_psql('postgres', q{
+	UPDATE t SET v = 'eight' WHERE id = 8;
+	DELETE FROM t WHERE id = 7;
+	CREATE EXTENSION amcheck;
+});
+my $log_before_crash = $node->safe_psql('postgres', q{
+	SELECT string_agg(concat_ws('|', id, update_type, docname, data, txid, origin), ',' ORDER BY id)
+	  FROM eventstream.update_log});
+$node->stop('immediate');
+$node->start;
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(concat_ws('|', id, update_type, docname, data, txid, origin), ',' ORDER BY id)
+	  FROM eventstream.update_log}),
+	$log_before_crash, 'update log survives a crash');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(c.relname || '=ok', ',' ORDER BY c.relname)
+	  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid,
+		   LATERAL bt_index_check(i.indexrelid, true)   -- errors out on any missing entry
+	 WHERE i.indrelid = 'eventstream.update_log'::regclass}),
+	'update_log_doc_idx=ok,update_log_pkey=ok,update_log_txid_idx=ok',
+	'update log indexes are intact and cover every log after recovery');
+is($node->safe_psql('postgres', q{
+	SET enable_seqscan = off;
+	SELECT count(*) FROM eventstream.update_log l
+	 WHERE l.ref_table COLLATE "C" = 'public.t' AND l.docname COLLATE "C" = '8'}),
+	'2', 'the document index finds the logs of one document');
+my $p7 = pull();
+is(updates_of($p7),
+	join("\n",
+		'Update|8|{"added": {}, "changed": {"v": "eight"}, "removed": {}, "row_changed": {}}',
+		'Delete|7|null'),
+	'pull after the crash delivers exactly the changes since the last pull');
 
 # Rejecting stops capture too.
 $node->safe_psql('postgres', qq{SELECT eventstream.reject('$consumer', 'public.t')});
