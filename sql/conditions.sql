@@ -53,6 +53,20 @@ INSERT INTO note VALUES (3, 'three', false);
 DELETE FROM note WHERE id = 3;
 SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-c:8000');
 
+-- Pulling a page again (the consumer did not apply it) replays the same
+-- history again.
+INSERT INTO note VALUES (20, 'twenty', false, 'a');
+UPDATE note SET content = 'b' WHERE id = 20;
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+UPDATE note SET public = true WHERE id = 20;
+SELECT cur AS saved FROM cursors WHERE consumer = 'http://consumer-c:8000' \gset
+SELECT e->>'update_type' AS update_type, e->>'docname' AS docname, e->'data'->'changed' AS changed
+  FROM jsonb_array_elements(eventstream._pull('http://consumer-c:8000', :'saved', 10)->'updates') e;
+SELECT e->>'update_type' AS update_type, e->>'docname' AS docname, e->'data'->'changed' AS changed
+  FROM jsonb_array_elements(eventstream._pull('http://consumer-c:8000', :'saved', 10)->'updates') e;
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+
 -- A document whose history is not in the log arrives whole, as a Create.
 SELECT eventstream.reject('http://consumer-c:8000', 'note');
 INSERT INTO note VALUES (10, 'ten', true, 'written while nobody listened');

@@ -44,10 +44,9 @@ CREATE TABLE eventstream.update_log (
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 ALTER SEQUENCE eventstream.update_log_id_seq OWNED BY eventstream.update_log.id;
--- Serving finds a window of transactions by txid; the condition backlog
--- finds the history of one document.
+-- Serving finds the start of a window of transactions by txid.  Every index
+-- here is paid for by every captured row: keep them few.
 CREATE INDEX update_log_txid_idx ON eventstream.update_log (txid);
-CREATE INDEX update_log_doc_idx ON eventstream.update_log (ref_table COLLATE "C", docname COLLATE "C", id);
 COMMENT ON TABLE eventstream.update_log IS
 	'Event Update Log: one row per Create, Update (four-key diff) or Delete of a subscribed document, written by the capture trigger in the changing transaction.';
 COMMENT ON COLUMN eventstream.update_log.txid IS
@@ -112,6 +111,34 @@ CREATE TABLE eventstream.update_log_consumer (
 CREATE INDEX update_log_consumer_page_idx ON eventstream.update_log_consumer (consumer_url, page);
 COMMENT ON TABLE eventstream.update_log_consumer IS
 	'Read receipts: which consumer was served which update log.';
+
+-- Conditioned subscriptions only.  consumer_document: the documents a
+-- consumer has been served (so it keeps hearing about them, their Delete
+-- included, after they stop matching).  withheld: logs a condition kept from
+-- a consumer, replayed when the document starts to match.  page / served_page
+-- tie each change to the pull that made it, so pulling a page again (the
+-- consumer did not apply it) undoes it first.
+CREATE TABLE eventstream.consumer_document (
+	consumer_url	text NOT NULL REFERENCES eventstream.consumer ON DELETE CASCADE ON UPDATE CASCADE,
+	ref_table		text NOT NULL,
+	docname			text NOT NULL,
+	page			bigint NOT NULL,
+	PRIMARY KEY (consumer_url, ref_table, docname)
+);
+COMMENT ON TABLE eventstream.consumer_document IS
+	'Documents of conditioned subscriptions that a consumer has been served.';
+CREATE TABLE eventstream.withheld (
+	consumer_url	text NOT NULL REFERENCES eventstream.consumer ON DELETE CASCADE ON UPDATE CASCADE,
+	ref_table		text NOT NULL,
+	docname			text NOT NULL,
+	update_log_id	bigint NOT NULL,
+	page			bigint NOT NULL,
+	served_page		bigint,
+	PRIMARY KEY (consumer_url, ref_table, docname, update_log_id)
+);
+CREATE INDEX withheld_log_idx ON eventstream.withheld (update_log_id);
+COMMENT ON TABLE eventstream.withheld IS
+	'Update logs a condition kept from a consumer; served_page is set once they were replayed.';
 
 ------------------------------------------------------------------------------
 -- Producer side: document structure
@@ -655,6 +682,16 @@ BEGIN
 	END LOOP;
 	DELETE FROM eventstream.consumer_table ct
 	 WHERE ct.consumer_url = url AND ct.ref_table <> ALL (wanted);
+	DELETE FROM eventstream.withheld w
+	 WHERE w.consumer_url = url
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+					    WHERE ct.consumer_url = url AND ct.ref_table = w.ref_table
+						  AND ct.condition IS NOT NULL AND NOT ct.unsubscribed);
+	DELETE FROM eventstream.consumer_document d
+	 WHERE d.consumer_url = url
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+					    WHERE ct.consumer_url = url AND ct.ref_table = d.ref_table
+						  AND ct.condition IS NOT NULL AND NOT ct.unsubscribed);
 
 	RETURN jsonb_build_object(
 		'consumer_url', url,
@@ -706,12 +743,13 @@ DECLARE
 	after_id bigint;
 	lim integer := "limit";
 	ids bigint[] := '{}';
-	receipted bigint[] := '{}';
 	r record;
 	more boolean := false;
 	last_id bigint;
 	allowed boolean;
 	block bigint[];
+	held boolean;
+	start_id bigint;
 	result jsonb;
 BEGIN
 	IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
@@ -762,6 +800,12 @@ BEGIN
 	 WHERE eventstream.consumer.consumer_url = c.consumer_url;
 	DELETE FROM eventstream.update_log_consumer uc
 	 WHERE uc.consumer_url = c.consumer_url AND uc.page >= pageno;
+	DELETE FROM eventstream.consumer_document d
+	 WHERE d.consumer_url = c.consumer_url AND d.page >= pageno;
+	DELETE FROM eventstream.withheld w
+	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < pageno);
+	UPDATE eventstream.withheld w SET served_page = NULL
+	 WHERE w.consumer_url = c.consumer_url AND w.served_page >= pageno;
 
 	SELECT * INTO site FROM eventstream.site;
 	IF s_to IS NULL THEN
@@ -801,49 +845,62 @@ BEGIN
 			END IF;
 
 			-- Conditioned table: the document's current state decides.
+			held := EXISTS (SELECT 1 FROM eventstream.consumer_document d
+							 WHERE d.consumer_url = c.consumer_url
+							   AND d.ref_table = r.ref_table AND d.docname = r.docname);
 			allowed := eventstream._condition_allows(c.consumer_url, r.tbl, r.ref_table, r.condition, c.role,
 													 r.docname, jsonb_build_object('id', r.id, 'update_type', r.update_type,
 																				   'ref_table', r.ref_table, 'docname', r.docname));
-			IF allowed IS NULL THEN
-				-- Gone: tell consumers that have it, and only them.
-				allowed := EXISTS (SELECT 1 FROM eventstream.update_log l2
-									WHERE l2.ref_table = r.ref_table AND l2.docname = r.docname
-									  AND EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
-												   WHERE uc.update_log_id = l2.id
-													 AND uc.consumer_url = c.consumer_url));
-			END IF;
-			IF allowed THEN
-				block := eventstream._backlog(c.consumer_url, c.site_id, r.ref_table, r.docname, r.id, s_to);
-				IF block IS NULL THEN
-					-- Its history is incomplete: send the whole document instead.
-					block := ARRAY[-r.id];
-				ELSE
-					block := block || r.id;
-				END IF;
-				IF cardinality(ids) > 0 AND cardinality(ids) + cardinality(block) > lim THEN
-					more := true;
-					EXIT;
-				END IF;
-				ids := ids || block;
-				INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
-					SELECT abs(b), c.consumer_url, pageno FROM unnest(block) b
+			-- A document that is gone: tell the consumer if it has it.
+			allowed := coalesce(allowed, held);
+			IF NOT allowed THEN
+				INSERT INTO eventstream.withheld (consumer_url, ref_table, docname, update_log_id, page)
+					VALUES (c.consumer_url, r.ref_table, r.docname, r.id, pageno)
 					ON CONFLICT DO NOTHING;
-				IF block[1] < 0 THEN
-					-- The whole document covers its history: never replay it.
-					INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
-						SELECT l2.id, c.consumer_url, pageno FROM eventstream.update_log l2
-						 WHERE l2.ref_table = r.ref_table AND l2.docname = r.docname AND l2.id < r.id
-						ON CONFLICT DO NOTHING;
-				END IF;
-				receipted := receipted || block;
+				last_id := r.id;
+				CONTINUE;
 			END IF;
+
+			-- Its history the consumer has not seen goes first: what was
+			-- withheld since it was last served, or, for a document it never
+			-- had, everything since the latest withheld Create.  Without such
+			-- a Create the history is incomplete (the document predates the
+			-- subscription, or its logs were pruned): the consumer gets the
+			-- whole current document as a Create instead (negative id).
+			SELECT coalesce(array_agg(w.update_log_id ORDER BY w.update_log_id), '{}'),
+				   max(w.update_log_id) FILTER (WHERE l2.update_type = 'Create')
+			  INTO block, start_id
+			  FROM eventstream.withheld w
+			  JOIN eventstream.update_log l2 ON l2.id = w.update_log_id
+			 WHERE w.consumer_url = c.consumer_url AND w.ref_table = r.ref_table
+			   AND w.docname = r.docname AND w.served_page IS NULL;
+			IF r.update_type = 'Create' THEN
+				block := ARRAY[r.id];
+			ELSIF held THEN
+				block := block || r.id;
+			ELSIF start_id IS NOT NULL THEN
+				block := ARRAY(SELECT x FROM unnest(block) x WHERE x >= start_id ORDER BY x) || r.id;
+			ELSE
+				block := ARRAY[-r.id];
+			END IF;
+			IF cardinality(ids) > 0 AND cardinality(ids) + cardinality(block) > lim THEN
+				more := true;
+				EXIT;
+			END IF;
+			ids := ids || block;
+			UPDATE eventstream.withheld w SET served_page = pageno
+			 WHERE w.consumer_url = c.consumer_url AND w.ref_table = r.ref_table
+			   AND w.docname = r.docname AND w.served_page IS NULL;
+			INSERT INTO eventstream.consumer_document (consumer_url, ref_table, docname, page)
+				VALUES (c.consumer_url, r.ref_table, r.docname, pageno)
+				ON CONFLICT DO NOTHING;
 			last_id := r.id;
 		END LOOP;
 	END IF;
 
 	INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
-		SELECT i, c.consumer_url, pageno FROM unnest(ids) i
-		 WHERE i > 0 AND NOT (i = ANY (receipted));
+		SELECT abs(i), c.consumer_url, pageno FROM unnest(ids) i
+		ON CONFLICT DO NOTHING;
 
 	-- A negative id stands for "the whole current document" (see above).
 	SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -864,50 +921,6 @@ BEGIN
 					   ELSE format('v1/%s/%s', pageno + 1, s_to) END,
 		'more', more,
 		'tables', eventstream._consumer_tables(c.consumer_url));
-END
-$$;
-
-/*
- * The unread history of one document before log before_id, for a consumer
- * that is about to be served that log: the ids to send first, in order.
- * NULL when the consumer never received the document and its retained
- * history does not start with a Create (created before logging began, or
- * pruned); the caller then sends the current document as a Create.
- */
-CREATE FUNCTION eventstream._backlog(consumer_url text, consumer_site uuid, ref_table text,
-		docname text, before_id bigint, s_to pg_snapshot) RETURNS bigint[]
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	received boolean;
-	start_id bigint;
-	result bigint[];
-BEGIN
-	SELECT EXISTS (SELECT 1 FROM eventstream.update_log l
-					WHERE l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname
-					  AND EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
-								   WHERE uc.update_log_id = l.id AND uc.consumer_url = _backlog.consumer_url))
-	  INTO received;
-	IF NOT received THEN
-		-- Replay from the latest Create, if there is one.
-		SELECT max(l.id) INTO start_id
-		  FROM eventstream.update_log l
-		 WHERE l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname
-		   AND l.id <= before_id AND l.update_type = 'Create';
-		IF start_id IS NULL THEN
-			RETURN NULL;
-		END IF;
-	END IF;
-	SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') INTO result
-	  FROM eventstream.update_log l
-	 WHERE l.ref_table = _backlog.ref_table AND l.docname = _backlog.docname
-	   AND l.id < before_id AND l.id >= coalesce(start_id, 0)
-	   AND pg_visible_in_snapshot(l.txid, s_to)
-	   AND l.origin IS DISTINCT FROM consumer_site
-	   AND NOT EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
-						WHERE uc.update_log_id = l.id AND uc.consumer_url = _backlog.consumer_url);
-	RETURN result;
 END
 $$;
 
@@ -952,19 +965,17 @@ BEGIN
 	WITH gone AS (
 		DELETE FROM eventstream.update_log l
 		 WHERE l.txid < horizon
-		   AND NOT EXISTS (
+		   AND NOT (l.created_at > now() - retention AND EXISTS (
 				SELECT 1
-				  FROM eventstream.consumer_table ct
-				  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
-				 WHERE ct.ref_table = l.ref_table AND ct.condition IS NOT NULL
-				   AND ct.status = 'Approved' AND NOT ct.unsubscribed
-				   AND NOT c.aged_out AND c.acked_at > now() - retention
-				   AND l.created_at > now() - retention
-				   AND NOT EXISTS (SELECT 1 FROM eventstream.update_log_consumer uc
-									WHERE uc.update_log_id = l.id AND uc.consumer_url = c.consumer_url))
+				  FROM eventstream.withheld w
+				  JOIN eventstream.consumer c ON c.consumer_url = w.consumer_url
+				 WHERE w.update_log_id = l.id AND w.served_page IS NULL
+				   AND NOT c.aged_out AND c.acked_at > now() - retention))
 		RETURNING l.id
 	), receipts AS (
 		DELETE FROM eventstream.update_log_consumer uc USING gone WHERE uc.update_log_id = gone.id
+	), held_back AS (
+		DELETE FROM eventstream.withheld w USING gone WHERE w.update_log_id = gone.id
 	)
 	SELECT count(*) INTO deleted FROM gone;
 
