@@ -7,6 +7,7 @@
 MODULE_big = eventstream
 OBJS = \
 	src/eventstream.o \
+	src/shmem.o \
 	src/rowjson.o \
 	src/capture.o \
 	src/condition.o \

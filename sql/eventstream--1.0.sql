@@ -22,7 +22,7 @@ CREATE TABLE eventstream.site (
 	site_id			uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	last_prune_at	timestamptz,
-	pruned_horizon	xid8
+	pruned_below	bigint
 );
 INSERT INTO eventstream.site DEFAULT VALUES;
 COMMENT ON TABLE eventstream.site IS
@@ -44,9 +44,9 @@ CREATE TABLE eventstream.update_log (
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 ALTER SEQUENCE eventstream.update_log_id_seq OWNED BY eventstream.update_log.id;
--- Serving finds the start of a window of transactions by txid.  Every index
--- here is paid for by every captured row: keep them few.
-CREATE INDEX update_log_txid_idx ON eventstream.update_log (txid);
+-- Every index here is paid for by every captured row: the primary key is
+-- the only one.  Serving finds where a window starts from a low bound kept
+-- in shared memory (src/shmem.c), not from an index on txid.
 COMMENT ON TABLE eventstream.update_log IS
 	'Event Update Log: one row per Create, Update (four-key diff) or Delete of a subscribed document, written by the capture trigger in the changing transaction.';
 COMMENT ON COLUMN eventstream.update_log.txid IS
@@ -68,6 +68,7 @@ CREATE TABLE eventstream.consumer (
 	acked_page		bigint NOT NULL DEFAULT 0,
 	served_page		bigint NOT NULL DEFAULT 0,
 	acked_snapshot	pg_snapshot NOT NULL,
+	acked_low		bigint NOT NULL,
 	acked_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	aged_out		boolean NOT NULL DEFAULT false
 );
@@ -77,6 +78,8 @@ COMMENT ON COLUMN eventstream.consumer.role IS
 	'Role of the API key the consumer registered with: what it may read, and who evaluates its conditions.';
 COMMENT ON COLUMN eventstream.consumer.acked_snapshot IS
 	'Every log visible in this snapshot has been acknowledged by the consumer (its next pull carried a later cursor).';
+COMMENT ON COLUMN eventstream.consumer.acked_low IS
+	'Every log with a lower id is visible in acked_snapshot, hence acknowledged.';
 COMMENT ON COLUMN eventstream.consumer.aged_out IS
 	'Set when logs the consumer had not acknowledged were pruned after eventstream.retention_period; its pulls then fail until it is removed and registered again.';
 
@@ -182,6 +185,19 @@ CREATE FUNCTION eventstream._condition_allows(consumer text, tbl regclass, ref_t
 
 CREATE FUNCTION eventstream._document(tbl regclass, docname text) RETURNS jsonb
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_document';
+
+CREATE FUNCTION eventstream._log_low_bound(seq_next bigint) RETURNS bigint
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_log_low_bound';
+
+-- Lower bound of the ids of logs not yet committed (NULL: unknown right
+-- now).  Take it before the snapshot it goes with.
+CREATE FUNCTION eventstream._low_bound() RETURNS bigint
+	LANGUAGE sql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT eventstream._log_low_bound((SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END
+										 FROM eventstream.update_log_id_seq s))
+$$;
 
 ------------------------------------------------------------------------------
 -- Helpers
@@ -616,6 +632,7 @@ DECLARE
 	tbl regclass;
 	cond text;
 	wanted text[] := '{}';
+	low bigint;
 BEGIN
 	IF url IS NULL OR url !~ '^https?://[^/\s]+' THEN
 		RAISE EXCEPTION 'invalid consumer URL "%"', consumer_url
@@ -636,9 +653,11 @@ BEGIN
 				  HINT = 'Register with the key it was registered with, or have the producer remove it with eventstream.remove_consumer().';
 	END IF;
 	IF NOT FOUND THEN
-		INSERT INTO eventstream.consumer (consumer_url, api_key, role, site_id, acked_snapshot)
+		-- The low bound first, then the snapshot it goes with.
+		low := coalesce(eventstream._low_bound(), 0);
+		INSERT INTO eventstream.consumer (consumer_url, api_key, role, site_id, acked_snapshot, acked_low)
 			VALUES (url, _register_consumer.api_key, _register_consumer.role, _register_consumer.site_id,
-					pg_current_snapshot())
+					pg_current_snapshot(), low)
 			RETURNING * INTO c;
 	ELSE
 		UPDATE eventstream.consumer SET site_id = _register_consumer.site_id, role = _register_consumer.role
@@ -696,7 +715,7 @@ BEGIN
 	RETURN jsonb_build_object(
 		'consumer_url', url,
 		'producer_site_id', (SELECT s.site_id FROM eventstream.site s),
-		'cursor', format('v1/%s/%s', greatest(c.acked_page, 1), c.acked_snapshot),
+		'cursor', format('v1/%s/%s/%s', greatest(c.acked_page, 1), c.acked_snapshot, c.acked_low),
 		'tables', eventstream._consumer_tables(url));
 END
 $$;
@@ -720,13 +739,16 @@ $$;
 /*
  * The next page of updates for a consumer.
  *
- * Cursor: "v1/<page>/<from>[/<to>/<after_id>]" (opaque to consumers).  A page
- * belongs to the window of transactions visible in snapshot <to> but not in
- * <from>, so a transaction that took its log ids early and committed late is
- * still delivered; within a window, logs go in id order, which is the
- * producer's order for every document (row locks order its writers).  A
- * window larger than a page is continued after <after_id>.  Pulling with a
- * cursor acknowledges everything before it.
+ * Cursor: "v1/<page>/<from>/<low>[/<to>/<to_low>/<after_id>]" (opaque to
+ * consumers).  A page belongs to the window of transactions visible in
+ * snapshot <to> but not in <from>, so a transaction that took its log ids
+ * early and committed late is still delivered; within a window, logs go in
+ * id order, which is the producer's order for every document (row locks
+ * order its writers).  <low> is a lower bound of the ids of logs not
+ * visible in <from>, taken just before it (src/shmem.c), so a window is
+ * read from the primary key starting there.  A window larger than a page is
+ * continued after <after_id>.  Pulling with a cursor acknowledges
+ * everything before it.
  */
 CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT 100)
 		RETURNS jsonb
@@ -740,6 +762,8 @@ DECLARE
 	pageno bigint;
 	s_from pg_snapshot;
 	s_to pg_snapshot;
+	low_from bigint;
+	low_to bigint;
 	after_id bigint;
 	lim integer := "limit";
 	ids bigint[] := '{}';
@@ -772,14 +796,16 @@ BEGIN
 	END IF;
 	BEGIN
 		parts := string_to_array(cursor, '/');
-		IF cursor IS NULL OR parts[1] <> 'v1' OR cardinality(parts) NOT IN (3, 5) THEN
+		IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (4, 7) THEN
 			RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
 		END IF;
 		pageno := parts[2]::bigint;
 		s_from := parts[3]::pg_snapshot;
-		IF cardinality(parts) = 5 THEN
-			s_to := parts[4]::pg_snapshot;
-			after_id := parts[5]::bigint;
+		low_from := parts[4]::bigint;
+		IF cardinality(parts) = 7 THEN
+			s_to := parts[5]::pg_snapshot;
+			low_to := parts[6]::bigint;
+			after_id := parts[7]::bigint;
 		END IF;
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'invalid cursor "%"', cursor
@@ -795,8 +821,8 @@ BEGIN
 
 	-- Acknowledge what came before this cursor; forget receipts of pages
 	-- served after it (the consumer did not apply them).
-	UPDATE eventstream.consumer SET acked_page = pageno, acked_snapshot = s_from, acked_at = now(),
-									last_pull_at = now(), served_page = pageno
+	UPDATE eventstream.consumer SET acked_page = pageno, acked_snapshot = s_from, acked_low = low_from,
+									acked_at = now(), last_pull_at = now(), served_page = pageno
 	 WHERE eventstream.consumer.consumer_url = c.consumer_url;
 	DELETE FROM eventstream.update_log_consumer uc
 	 WHERE uc.consumer_url = c.consumer_url AND uc.page >= pageno;
@@ -809,15 +835,14 @@ BEGIN
 
 	SELECT * INTO site FROM eventstream.site;
 	IF s_to IS NULL THEN
+		-- A new window: its end, with the low bound taken just before it
+		-- (the older bound is lower, so it will do when unknown).
+		low_to := coalesce(eventstream._low_bound(), low_from);
 		s_to := pg_current_snapshot();
-		-- Skip straight to the first log of the window.
-		SELECT min(l.id) - 1 INTO after_id
-		  FROM eventstream.update_log l
-		 WHERE l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
-		   AND NOT pg_visible_in_snapshot(l.txid, s_from) AND pg_visible_in_snapshot(l.txid, s_to);
+		after_id := low_from - 1;
 	END IF;
 
-	IF after_id IS NOT NULL THEN
+	BEGIN
 		FOR r IN
 			SELECT l.id, l.update_type, l.ref_table, l.docname, l.txid, s.condition, s.tbl
 			  FROM eventstream.update_log l
@@ -896,7 +921,7 @@ BEGIN
 				ON CONFLICT DO NOTHING;
 			last_id := r.id;
 		END LOOP;
-	END IF;
+	END;
 
 	INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
 		SELECT abs(i), c.consumer_url, pageno FROM unnest(ids) i
@@ -917,8 +942,8 @@ BEGIN
 
 	RETURN jsonb_build_object(
 		'updates', result,
-		'cursor', CASE WHEN more THEN format('v1/%s/%s/%s/%s', pageno + 1, s_from, s_to, last_id)
-					   ELSE format('v1/%s/%s', pageno + 1, s_to) END,
+		'cursor', CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
+					   ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END,
 		'more', more,
 		'tables', eventstream._consumer_tables(c.consumer_url));
 END
@@ -942,29 +967,30 @@ CREATE FUNCTION eventstream.prune() RETURNS bigint
 AS $$
 DECLARE
 	retention interval := current_setting('eventstream.retention_period')::interval;
-	horizon xid8;
+	horizon bigint;
 	deleted bigint;
 BEGIN
 	PERFORM pg_advisory_xact_lock(hashtext('eventstream.prune'));
-	SELECT least(min(pg_snapshot_xmin(c.acked_snapshot)), pg_snapshot_xmin(pg_current_snapshot()))
-	  INTO horizon
+	-- Every log below a consumer's acked_low is acknowledged by it.
+	SELECT min(c.acked_low) INTO horizon
 	  FROM eventstream.consumer c
 	 WHERE c.acked_at > now() - retention AND NOT c.aged_out
 	   AND EXISTS (SELECT 1 FROM eventstream.consumer_table ct
 					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed);
-	horizon := coalesce(horizon, pg_snapshot_xmin(pg_current_snapshot()));
+	horizon := least(horizon, eventstream._low_bound());
+	IF horizon IS NULL THEN
+		RETURN 0;
+	END IF;
 
 	UPDATE eventstream.consumer c SET aged_out = true
-	 WHERE NOT c.aged_out AND c.acked_at <= now() - retention
-	   AND pg_snapshot_xmin(c.acked_snapshot) < horizon
+	 WHERE NOT c.aged_out AND c.acked_at <= now() - retention AND c.acked_low < horizon
 	   AND EXISTS (SELECT 1 FROM eventstream.consumer_table ct
 					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed)
-	   AND EXISTS (SELECT 1 FROM eventstream.update_log l
-					WHERE l.txid >= pg_snapshot_xmin(c.acked_snapshot) AND l.txid < horizon);
+	   AND EXISTS (SELECT 1 FROM eventstream.update_log l WHERE l.id >= c.acked_low AND l.id < horizon);
 
 	WITH gone AS (
 		DELETE FROM eventstream.update_log l
-		 WHERE l.txid < horizon
+		 WHERE l.id < horizon
 		   AND NOT (l.created_at > now() - retention AND EXISTS (
 				SELECT 1
 				  FROM eventstream.withheld w
@@ -981,7 +1007,7 @@ BEGIN
 
 	UPDATE eventstream.site
 	   SET last_prune_at = now(),
-		   pruned_horizon = CASE WHEN deleted > 0 THEN greatest(pruned_horizon, horizon) ELSE pruned_horizon END;
+		   pruned_below = CASE WHEN deleted > 0 THEN greatest(pruned_below, horizon) ELSE pruned_below END;
 	RETURN deleted;
 END
 $$;

@@ -53,7 +53,6 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "nodes/execnodes.h"
@@ -298,7 +297,7 @@ es_log_insert(const char *update_type, const char *ref_table,
 		es_log_table_load();
 
 	memset(nulls, 0, sizeof(nulls));
-	values[LOG_ID] = Int64GetDatum(nextval_internal(es_log.seqid, false));
+	values[LOG_ID] = Int64GetDatum(es_next_log_id(es_log.seqid));
 	values[LOG_UPDATE_TYPE] = CStringGetTextDatum(update_type);
 	values[LOG_REF_TABLE] = CStringGetTextDatum(ref_table);
 	values[LOG_DOCNAME] = CStringGetTextDatum(docname);

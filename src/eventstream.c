@@ -62,6 +62,8 @@ void
 _PG_init(void)
 {
 	es_preloaded = process_shared_preload_libraries_in_progress;
+	if (es_preloaded)
+		es_shmem_init();
 
 	DefineCustomIntVariable("eventstream.retention_period",
 							"How long the update log is kept for a consumer that does not pull.",

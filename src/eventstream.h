@@ -92,6 +92,10 @@ extern char *es_docname(EsEncoder *enc, const int *colidx, int ncols,
 						HeapTuple tuple, TupleDesc tupdesc);
 extern char *es_qualified_relname(Relation rel);
 
+/* src/shmem.c */
+extern void es_shmem_init(void);
+extern int64 es_next_log_id(Oid seqid);
+
 /* src/condition.c */
 extern char *es_docname_match(Relation rel, int paramno);
 

@@ -1,0 +1,256 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  Shared memory: where each backend's open transaction starts in the
+ *	  update log, so serving can find a window without a txid index.
+ *
+ * Serving delivers the logs of the transactions that committed between two
+ * snapshots.  To find them without scanning the log or indexing txid, every
+ * cursor also carries a low bound L taken just before its snapshot S: every
+ * log not visible in S has id >= L.  L is the minimum of
+ *	  - the update log sequence's next value, read first, and
+ *	  - the first log id of every transaction of this database that has
+ *		written a log and not yet ended, read from one slot per backend.
+ * A transaction publishes ES_ID_PENDING in its slot before it draws its first
+ * id and the id itself afterwards, so a reader that read the sequence before
+ * a writer drew its id either sees the writer's slot (pending or published)
+ * or the writer's id is larger than the sequence value it read.  A reader
+ * that meets a pending slot retries briefly, then reports "unknown", and
+ * the caller falls back to an older bound (any older bound is lower).
+ *
+ * Slots are written only by their own backend (dboid once, first_id at the
+ * first log of a transaction and at its end) and read without locks; each
+ * sits on its own cache line.  Two-phase commit of a transaction that wrote
+ * logs is refused: once prepared it would outlive the backend's slot.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/shmem.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/twophase.h"
+#include "access/xact.h"
+#include "commands/sequence.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+
+#include "eventstream.h"
+
+PG_FUNCTION_INFO_V1(eventstream_log_low_bound);
+
+#define ES_ID_PENDING	PG_UINT64_MAX
+
+typedef union EsSlot
+{
+	struct
+	{
+		Oid			dboid;		/* database of the backend using the slot */
+		pg_atomic_uint64 first_id;	/* 0: none; ES_ID_PENDING: drawing */
+	}			s;
+	char		pad[PG_CACHE_LINE_SIZE];
+} EsSlot;
+
+typedef struct EsShared
+{
+	int			nslots;
+	EsSlot		slots[FLEXIBLE_ARRAY_MEMBER];
+} EsShared;
+
+static EsShared *es_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* Whether this backend's slot holds something for the current transaction. */
+static bool es_slot_used = false;
+static bool es_callback_registered = false;
+
+static void es_shmem_request(void);
+static void es_shmem_startup(void);
+static Size es_shmem_size(void);
+static void es_slot_xact_callback(XactEvent event, void *arg);
+
+/*
+ * es_shmem_size
+ *		One slot per PGPROC (every backend, auxiliary and prepared-xact proc).
+ */
+static Size
+es_shmem_size(void)
+{
+	int			nslots = MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+
+	return add_size(offsetof(EsShared, slots), mul_size(nslots, sizeof(EsSlot)));
+}
+
+/*
+ * es_shmem_init
+ *		Install the hooks; called from _PG_init while preloading.
+ */
+void
+es_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = es_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = es_shmem_startup;
+}
+
+/*
+ * es_shmem_request
+ *		shmem_request_hook: reserve our space.
+ */
+static void
+es_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(es_shmem_size());
+}
+
+/*
+ * es_shmem_startup
+ *		shmem_startup_hook: create or attach to the shared state.
+ */
+static void
+es_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	es_shared = ShmemInitStruct("eventstream", es_shmem_size(), &found);
+	if (!found)
+	{
+		int			i;
+
+		es_shared->nslots = MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+		for (i = 0; i < es_shared->nslots; i++)
+		{
+			es_shared->slots[i].s.dboid = InvalidOid;
+			pg_atomic_init_u64(&es_shared->slots[i].s.first_id, 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * es_slot_xact_callback
+ *		Clear the slot when the transaction ends; refuse PREPARE.
+ */
+static void
+es_slot_xact_callback(XactEvent event, void *arg)
+{
+	if (!es_slot_used)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot prepare a transaction that changed tables captured by eventstream"),
+					 errhint("Commit it directly instead of with PREPARE TRANSACTION.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			pg_atomic_write_u64(&es_shared->slots[MyProc->pgprocno].s.first_id, 0);
+			es_slot_used = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * es_next_log_id
+ *		Draw the next update log id from seqid, publishing the first one of
+ *		the transaction in this backend's slot (see the file header).
+ */
+int64
+es_next_log_id(Oid seqid)
+{
+	EsSlot	   *slot;
+	int64		id;
+
+	if (es_slot_used)
+		return nextval_internal(seqid, false);
+
+	if (es_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("eventstream must be loaded via shared_preload_libraries"),
+				 errhint("Add eventstream to shared_preload_libraries in postgresql.conf and restart the server.")));
+	if (!es_callback_registered)
+	{
+		RegisterXactCallback(es_slot_xact_callback, NULL);
+		es_callback_registered = true;
+	}
+
+	slot = &es_shared->slots[MyProc->pgprocno];
+	slot->s.dboid = MyDatabaseId;
+	es_slot_used = true;
+	pg_write_barrier();
+	pg_atomic_write_u64(&slot->s.first_id, ES_ID_PENDING);
+	pg_memory_barrier();
+	id = nextval_internal(seqid, false);
+	pg_atomic_write_u64(&slot->s.first_id, (uint64) id);
+	return id;
+}
+
+/*
+ * eventstream_log_low_bound
+ *		eventstream._log_low_bound(seq_next bigint) → bigint
+ *
+ * A lower bound of the ids of all logs of this database that are not yet
+ * committed.  seq_next must be the next value of the update log sequence,
+ * read by the caller before this call (the argument is evaluated first).
+ * NULL when a transaction was caught drawing its first id: the caller then
+ * uses an older bound.
+ */
+Datum
+eventstream_log_low_bound(PG_FUNCTION_ARGS)
+{
+	uint64		low = (uint64) PG_GETARG_INT64(0);
+	int			attempt;
+	int			i;
+
+	if (es_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("eventstream must be loaded via shared_preload_libraries")));
+
+	pg_memory_barrier();
+	for (i = 0; i < es_shared->nslots; i++)
+	{
+		EsSlot	   *slot = &es_shared->slots[i];
+		uint64		v = pg_atomic_read_u64(&slot->s.first_id);
+
+		/* A drawing writer is done within microseconds; wait a little. */
+		for (attempt = 0; v == ES_ID_PENDING && attempt < 1000; attempt++)
+		{
+			pg_spin_delay();
+			v = pg_atomic_read_u64(&slot->s.first_id);
+		}
+		if (v == 0)
+			continue;
+		pg_read_barrier();
+		if (slot->s.dboid != MyDatabaseId)
+			continue;
+		if (v == ES_ID_PENDING)
+			PG_RETURN_NULL();
+		if (v < low)
+			low = v;
+	}
+	PG_RETURN_INT64((int64) low);
+}
