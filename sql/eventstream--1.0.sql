@@ -32,9 +32,11 @@ COMMENT ON TABLE eventstream.site IS
 -- Producer side: the Event Update Log
 ------------------------------------------------------------------------------
 
+-- The sequence hands out blocks of ids, not ids (src/shmem.c); the id
+-- column has no default.
 CREATE SEQUENCE eventstream.update_log_id_seq;
 CREATE TABLE eventstream.update_log (
-	id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('eventstream.update_log_id_seq'),
+	id			bigint PRIMARY KEY,
 	update_type	text NOT NULL CHECK (update_type IN ('Create', 'Update', 'Delete')),
 	ref_table	text NOT NULL,
 	docname		text NOT NULL,
@@ -186,7 +188,7 @@ CREATE FUNCTION eventstream._condition_allows(consumer text, tbl regclass, ref_t
 CREATE FUNCTION eventstream._document(tbl regclass, docname text) RETURNS jsonb
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_document';
 
-CREATE FUNCTION eventstream._log_low_bound(seq_next bigint) RETURNS bigint
+CREATE FUNCTION eventstream._log_low_bound(seq regclass, seq_next bigint) RETURNS bigint
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_log_low_bound';
 
 -- Lower bound of the ids of logs not yet committed (NULL: unknown right
@@ -195,7 +197,8 @@ CREATE FUNCTION eventstream._low_bound() RETURNS bigint
 	LANGUAGE sql VOLATILE
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT eventstream._log_low_bound((SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END
+	SELECT eventstream._log_low_bound('eventstream.update_log_id_seq',
+									  (SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END
 										 FROM eventstream.update_log_id_seq s))
 $$;
 

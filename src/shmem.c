@@ -1,14 +1,26 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.c
- *	  Shared memory: where each backend's open transaction starts in the
- *	  update log, so serving can find a window without a txid index.
+ *	  Shared memory: update log ids, and where each backend's open
+ *	  transaction starts in the update log, so serving can find a window
+ *	  without a txid index.
+ *
+ * Ids.  Update log ids must grow in the order they are drawn, across all
+ * backends of a database (serving relies on it for per-document order), and
+ * never be drawn twice, even after a crash.  Drawing them from a sequence
+ * row by row puts the sequence's buffer lock on every captured write; here
+ * the sequence hands out blocks of ES_ID_BLOCK ids instead (id = block *
+ * ES_ID_BLOCK + n), and the ids of the current block are drawn under a
+ * spinlock from a per-database entry in shared memory.  A block number is
+ * WAL-logged by the sequence before any id of it is used, so after a crash
+ * the sequence resumes past every block in use; a block drawn by a backend
+ * that lost the race to install it is discarded (a gap, nothing more).
  *
  * Serving delivers the logs of the transactions that committed between two
  * snapshots.  To find them without scanning the log or indexing txid, every
  * cursor also carries a low bound L taken just before its snapshot S: every
  * log not visible in S has id >= L.  L is the minimum of
- *	  - the update log sequence's next value, read first, and
+ *	  - the next id to be drawn, read first, and
  *	  - the first log id of every transaction of this database that has
  *		written a log and not yet ended, read from one slot per backend.
  * A transaction publishes ES_ID_PENDING in its slot before it draws its first
@@ -40,6 +52,7 @@
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/builtins.h"
 
 #include "eventstream.h"
@@ -47,6 +60,18 @@
 PG_FUNCTION_INFO_V1(eventstream_log_low_bound);
 
 #define ES_ID_PENDING	PG_UINT64_MAX
+#define ES_ID_BLOCK		1024
+#define ES_MAX_DATABASES 64
+
+/* Id allocation state of one database (see the file header). */
+typedef struct EsDbIds
+{
+	Oid			dboid;			/* InvalidOid: entry unused */
+	Oid			seqid;			/* the sequence the blocks come from */
+	slock_t		mutex;			/* protects next_id and block_end */
+	int64		next_id;
+	int64		block_end;		/* 0: no block installed since startup */
+} EsDbIds;
 
 typedef union EsSlot
 {
@@ -60,11 +85,14 @@ typedef union EsSlot
 
 typedef struct EsShared
 {
+	slock_t		dbs_mutex;		/* protects assigning dbs[] entries */
+	EsDbIds		dbs[ES_MAX_DATABASES];
 	int			nslots;
 	EsSlot		slots[FLEXIBLE_ARRAY_MEMBER];
 } EsShared;
 
 static EsShared *es_shared = NULL;
+static EsDbIds *es_my_ids = NULL;	/* this backend's database entry */
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -132,6 +160,12 @@ es_shmem_startup(void)
 	{
 		int			i;
 
+		SpinLockInit(&es_shared->dbs_mutex);
+		for (i = 0; i < ES_MAX_DATABASES; i++)
+		{
+			es_shared->dbs[i].dboid = InvalidOid;
+			SpinLockInit(&es_shared->dbs[i].mutex);
+		}
 		es_shared->nslots = MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
 		for (i = 0; i < es_shared->nslots; i++)
 		{
@@ -173,9 +207,96 @@ es_slot_xact_callback(XactEvent event, void *arg)
 }
 
 /*
+ * es_db_ids
+ *		This database's id allocation entry, or NULL when all entries are
+ *		taken (ids then come from the sequence one block each).
+ *
+ * An entry made for another sequence (the extension was dropped and
+ * created again) starts over.
+ */
+static EsDbIds *
+es_db_ids(Oid seqid)
+{
+	int			i;
+	EsDbIds    *free_entry = NULL;
+
+	if (es_my_ids != NULL && es_my_ids->seqid == seqid)
+		return es_my_ids;
+
+	SpinLockAcquire(&es_shared->dbs_mutex);
+	es_my_ids = NULL;
+	for (i = 0; i < ES_MAX_DATABASES; i++)
+	{
+		EsDbIds    *e = &es_shared->dbs[i];
+
+		if (e->dboid == MyDatabaseId)
+		{
+			es_my_ids = e;
+			break;
+		}
+		if (e->dboid == InvalidOid && free_entry == NULL)
+			free_entry = e;
+	}
+	if (es_my_ids == NULL && free_entry != NULL)
+	{
+		es_my_ids = free_entry;
+		es_my_ids->dboid = MyDatabaseId;
+		es_my_ids->seqid = InvalidOid;
+	}
+	if (es_my_ids != NULL && es_my_ids->seqid != seqid)
+	{
+		SpinLockAcquire(&es_my_ids->mutex);
+		es_my_ids->seqid = seqid;
+		es_my_ids->next_id = 0;
+		es_my_ids->block_end = 0;
+		SpinLockRelease(&es_my_ids->mutex);
+	}
+	SpinLockRelease(&es_shared->dbs_mutex);
+	return es_my_ids;
+}
+
+/*
+ * es_draw_id
+ *		Draw the next id for this database.
+ */
+static int64
+es_draw_id(Oid seqid)
+{
+	EsDbIds    *e = es_db_ids(seqid);
+
+	if (e == NULL)
+		return nextval_internal(seqid, false) * ES_ID_BLOCK;
+
+	for (;;)
+	{
+		int64		block;
+
+		SpinLockAcquire(&e->mutex);
+		if (e->next_id < e->block_end)
+		{
+			int64		id = e->next_id++;
+
+			SpinLockRelease(&e->mutex);
+			return id;
+		}
+		SpinLockRelease(&e->mutex);
+
+		/* Refill, outside the spinlock: nextval takes locks and may WAL-log. */
+		block = nextval_internal(seqid, false);
+		SpinLockAcquire(&e->mutex);
+		if (e->next_id >= e->block_end && block * ES_ID_BLOCK >= e->block_end)
+		{
+			e->next_id = block * ES_ID_BLOCK;
+			e->block_end = e->next_id + ES_ID_BLOCK;
+		}
+		SpinLockRelease(&e->mutex);
+	}
+}
+
+/*
  * es_next_log_id
- *		Draw the next update log id from seqid, publishing the first one of
- *		the transaction in this backend's slot (see the file header).
+ *		Draw the next update log id, publishing the first one of the
+ *		transaction in this backend's slot (see the file header).
  */
 int64
 es_next_log_id(Oid seqid)
@@ -184,7 +305,7 @@ es_next_log_id(Oid seqid)
 	int64		id;
 
 	if (es_slot_used)
-		return nextval_internal(seqid, false);
+		return es_draw_id(seqid);
 
 	if (es_shared == NULL)
 		ereport(ERROR,
@@ -203,32 +324,45 @@ es_next_log_id(Oid seqid)
 	pg_write_barrier();
 	pg_atomic_write_u64(&slot->s.first_id, ES_ID_PENDING);
 	pg_memory_barrier();
-	id = nextval_internal(seqid, false);
+	id = es_draw_id(seqid);
 	pg_atomic_write_u64(&slot->s.first_id, (uint64) id);
 	return id;
 }
 
 /*
  * eventstream_log_low_bound
- *		eventstream._log_low_bound(seq_next bigint) → bigint
+ *		eventstream._log_low_bound(seq regclass, seq_next bigint) → bigint
  *
  * A lower bound of the ids of all logs of this database that are not yet
- * committed.  seq_next must be the next value of the update log sequence,
- * read by the caller before this call (the argument is evaluated first).
+ * committed.  seq_next must be the next value (block number) of the update
+ * log sequence seq, read by the caller before this call (arguments are
+ * evaluated first); it counts when no block is in use since startup.
  * NULL when a transaction was caught drawing its first id: the caller then
  * uses an older bound.
  */
 Datum
 eventstream_log_low_bound(PG_FUNCTION_ARGS)
 {
-	uint64		low = (uint64) PG_GETARG_INT64(0);
+	Oid			seqid = PG_GETARG_OID(0);
+	uint64		low = (uint64) PG_GETARG_INT64(1) * ES_ID_BLOCK;
 	int			attempt;
 	int			i;
+	EsDbIds    *e;
 
 	if (es_shared == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("eventstream must be loaded via shared_preload_libraries")));
+
+	/* The next id to be drawn: from the current block, if there is one. */
+	e = es_db_ids(seqid);
+	if (e != NULL)
+	{
+		SpinLockAcquire(&e->mutex);
+		if (e->block_end > 0)
+			low = (uint64) e->next_id;
+		SpinLockRelease(&e->mutex);
+	}
 
 	pg_memory_barrier();
 	for (i = 0; i < es_shared->nslots; i++)
