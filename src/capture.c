@@ -94,6 +94,7 @@ typedef struct EsLogTable
 	int			nindexes;
 	Oid		   *indexoids;
 	IndexInfo **indexinfos;
+	bool	   *check_unique;	/* probe for duplicates on insert */
 } EsLogTable;
 
 /* A child table as seen from its parent's trigger. */
@@ -116,6 +117,7 @@ typedef struct EsTrigger
 	bool		valid;
 	Oid			relid;
 	char	   *ref_table;
+	text	   *ref_table_text;	/* ref_table as a text datum */
 	EsEncoder  *enc;			/* for this table's rows, with its primary key */
 	bool		is_child;
 	/* document table */
@@ -124,6 +126,7 @@ typedef struct EsTrigger
 	/* child table */
 	Oid			parent_relid;
 	char	   *parent_ref_table;
+	text	   *parent_ref_table_text;
 	int			nfk;
 	int			fkcol[ES_MAX_KEYS]; /* indexes into enc->columns */
 	char	   *parent_sql;		/* SELECT 1 FROM parent WHERE pk = $n */
@@ -143,7 +146,7 @@ static EsTrigger *es_trigger_lookup(TriggerData *trigdata);
 static void es_trigger_build(EsTrigger *entry, TriggerData *trigdata);
 static void es_parse_attnums(const char *str, AttrNumber *out, int *n);
 static char *es_key_condition(Relation rel, const AttrNumber *attnums, int n);
-static void es_log_insert(const char *update_type, const char *ref_table,
+static void es_log_insert(const char *update_type, text *ref_table,
 						  const char *docname, Jsonb *data);
 static void es_capture_doc(EsTrigger *t, TriggerData *trigdata);
 static void es_capture_child(EsTrigger *t, TriggerData *trigdata);
@@ -249,11 +252,13 @@ es_log_table_load(void)
 		for (i = 0; i < es_log.nindexes; i++)
 			pfree(es_log.indexinfos[i]);
 		pfree(es_log.indexinfos);
+		pfree(es_log.check_unique);
 	}
 	oldcxt = MemoryContextSwitchTo(es_capture_cxt);
 	es_log.nindexes = list_length(indexes);
 	es_log.indexoids = palloc(sizeof(Oid) * Max(es_log.nindexes, 1));
 	es_log.indexinfos = palloc(sizeof(IndexInfo *) * Max(es_log.nindexes, 1));
+	es_log.check_unique = palloc(sizeof(bool) * Max(es_log.nindexes, 1));
 	i = 0;
 	foreach(lc, indexes)
 	{
@@ -268,6 +273,9 @@ es_log_table_load(void)
 					 errhint("Drop that index; the capture trigger maintains only plain column indexes.")));
 		es_log.indexoids[i] = lfirst_oid(lc);
 		es_log.indexinfos[i] = ii;
+		/* ids are unique by construction (es_next_log_id): no probe there */
+		es_log.check_unique[i] = ii->ii_Unique &&
+			!(ii->ii_NumIndexAttrs == 1 && ii->ii_IndexAttrNumbers[0] == LOG_ID + 1);
 		i++;
 		index_close(idx, AccessShareLock);
 	}
@@ -278,13 +286,34 @@ es_log_table_load(void)
 }
 
 /*
+ * es_update_type_text
+ *		The update_type value as text, built once per backend.
+ */
+static text *
+es_update_type_text(const char *update_type)
+{
+	static text *values[3] = {NULL, NULL, NULL};
+	int			i = (update_type[0] == 'C') ? 0 : (update_type[0] == 'U') ? 1 : 2;
+
+	if (values[i] == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		values[i] = cstring_to_text(update_type);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	return values[i];
+}
+
+/*
  * es_log_insert
  *		Append one row to eventstream.update_log in the current transaction.
  *
- * update_type, ref_table and docname are copied; data may be NULL (Delete).
+ * update_type is "Create", "Update" or "Delete"; ref_table is the wire
+ * name as text (prebuilt per trigger); data may be NULL (Delete).
  */
 static void
-es_log_insert(const char *update_type, const char *ref_table,
+es_log_insert(const char *update_type, text *ref_table,
 			  const char *docname, Jsonb *data)
 {
 	Datum		values[LOG_NATTS];
@@ -298,8 +327,8 @@ es_log_insert(const char *update_type, const char *ref_table,
 
 	memset(nulls, 0, sizeof(nulls));
 	values[LOG_ID] = Int64GetDatum(es_next_log_id(es_log.seqid));
-	values[LOG_UPDATE_TYPE] = CStringGetTextDatum(update_type);
-	values[LOG_REF_TABLE] = CStringGetTextDatum(ref_table);
+	values[LOG_UPDATE_TYPE] = PointerGetDatum(es_update_type_text(update_type));
+	values[LOG_REF_TABLE] = PointerGetDatum(ref_table);
 	values[LOG_DOCNAME] = CStringGetTextDatum(docname);
 	if (data)
 		values[LOG_DATA] = JsonbPGetDatum(data);
@@ -332,7 +361,7 @@ es_log_insert(const char *update_type, const char *ref_table,
 			inulls[k] = nulls[a];
 		}
 		index_insert(idx, ivalues, inulls, &tup->t_self, rel,
-					 ii->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+					 es_log.check_unique[i] ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
 					 false, ii);
 		index_close(idx, NoLock);
 	}
@@ -450,6 +479,7 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 
 	t->relid = RelationGetRelid(rel);
 	t->ref_table = es_qualified_relname(rel);
+	t->ref_table_text = cstring_to_text(t->ref_table);
 	npk = es_pk_attnums(rel, pk);
 	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
 	t->is_child = (strcmp(trig->tgargs[0], "child") == 0);
@@ -476,6 +506,7 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 
 		parent = table_open(t->parent_relid, AccessShareLock);
 		t->parent_ref_table = es_qualified_relname(parent);
+		t->parent_ref_table_text = cstring_to_text(t->parent_ref_table);
 		npk = es_pk_attnums(parent, pk);
 		if (npk != nfk)
 			elog(ERROR, "capture trigger key of \"%s\" does not match its parent",
@@ -830,14 +861,14 @@ es_capture_doc(EsTrigger *t, TriggerData *trigdata)
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
-		es_log_insert("Create", t->ref_table,
+		es_log_insert("Create", t->ref_table_text,
 					  es_docname(enc, enc->pk, enc->npk, old, tupdesc),
 					  es_document(t, old, tupdesc));
 		return;
 	}
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
-		es_log_insert("Delete", t->ref_table,
+		es_log_insert("Delete", t->ref_table_text,
 					  es_docname(enc, enc->pk, enc->npk, old, tupdesc), NULL);
 		return;
 	}
@@ -845,9 +876,9 @@ es_capture_doc(EsTrigger *t, TriggerData *trigdata)
 	/* UPDATE.  A new primary key is a different document. */
 	if (!es_keys_equal(enc, enc->pk, enc->npk, old, new, tupdesc))
 	{
-		es_log_insert("Delete", t->ref_table,
+		es_log_insert("Delete", t->ref_table_text,
 					  es_docname(enc, enc->pk, enc->npk, old, tupdesc), NULL);
-		es_log_insert("Create", t->ref_table,
+		es_log_insert("Create", t->ref_table_text,
 					  es_docname(enc, enc->pk, enc->npk, new, tupdesc),
 					  es_document(t, new, tupdesc));
 		return;
@@ -870,7 +901,7 @@ es_capture_doc(EsTrigger *t, TriggerData *trigdata)
 		es_push_value(&st, col, d, isnull, WJB_VALUE);
 	}
 	es_diff_part_end(&st, false);
-	es_log_insert("Update", t->ref_table,
+	es_log_insert("Update", t->ref_table_text,
 				  es_docname(enc, enc->pk, enc->npk, new, tupdesc),
 				  es_diff_finish(&st, DIFF_CHANGED));
 }
@@ -906,7 +937,7 @@ es_log_child_change(EsTrigger *t, int parts, HeapTuple old, HeapTuple new,
 		pushJsonbValue(&st, WJB_ELEM, &v);
 		es_diff_part_end(&st, true);
 	}
-	es_log_insert("Update", t->parent_ref_table,
+	es_log_insert("Update", t->parent_ref_table_text,
 				  es_docname(t->enc, t->fkcol, t->nfk, ref, tupdesc),
 				  es_diff_finish(&st, parts));
 }
@@ -989,7 +1020,7 @@ es_capture_child(EsTrigger *t, TriggerData *trigdata)
 	}
 	pushJsonbValue(&st, WJB_END_OBJECT, NULL);
 	es_diff_part_end(&st, true);
-	es_log_insert("Update", t->parent_ref_table,
+	es_log_insert("Update", t->parent_ref_table_text,
 				  es_docname(enc, t->fkcol, t->nfk, new, tupdesc),
 				  es_diff_finish(&st, DIFF_ROW_CHANGED));
 }
