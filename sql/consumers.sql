@@ -55,7 +55,9 @@ SELECT 'public.customer'::regclass IN (SELECT captured()) AS captured_for_e;
 UPDATE customer SET name = 'seen by e only' WHERE id = 2;
 SELECT n, update_type, docname FROM pull('http://consumer-d');
 SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-e');
+SELECT count(*) AS receipts_of_e FROM eventstream.update_log_consumer WHERE consumer_url = 'http://consumer-e';
 SELECT eventstream.remove_consumer('http://consumer-e');
+SELECT count(*) AS receipts_of_e FROM eventstream.update_log_consumer WHERE consumer_url = 'http://consumer-e';
 SELECT eventstream.remove_consumer('http://consumer-e');
 SELECT 'public.customer'::regclass IN (SELECT captured()) AS captured_after_all_left;
 

@@ -1,8 +1,21 @@
 -- Retention: acknowledged logs are pruned; an idle consumer ages out with
 -- a clear error instead of silently missing updates.
 \set SHOW_CONTEXT never
+SELECT register('http://consumer-h', '00000000-0000-0000-0000-0000000000a8',
+				'[{"ref_table": "note", "condition": "doc.public"}]');
+SELECT eventstream.approve('http://consumer-h', 'note');
+INSERT INTO note (id, public) VALUES (30, false), (31, true);
+SELECT n, update_type, docname FROM pull('http://consumer-h');
+SELECT (SELECT count(*) FROM eventstream.withheld WHERE consumer_url = 'http://consumer-h') AS h_withheld,
+	   (SELECT count(*) FROM eventstream.consumer_document WHERE consumer_url = 'http://consumer-h') AS h_documents,
+	   (SELECT count(*) FROM eventstream.update_log_consumer WHERE consumer_url = 'http://consumer-h') AS h_receipts;
 SELECT eventstream.remove_consumer(consumer_url) FROM eventstream.consumer
  WHERE consumer_url NOT IN ('http://consumer-f', 'http://consumer-g');
+-- Removing a consumer removes everything kept for it.
+SELECT (SELECT count(*) FROM eventstream.withheld) AS withheld,
+	   (SELECT count(*) FROM eventstream.consumer_document) AS documents,
+	   (SELECT count(*) FROM eventstream.update_log_consumer
+		 WHERE consumer_url NOT IN ('http://consumer-f', 'http://consumer-g')) AS receipts;
 TRUNCATE eventstream.update_log, eventstream.update_log_consumer;
 INSERT INTO ledger SELECT g, 0 FROM generate_series(200, 204) g;
 
