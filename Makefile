@@ -11,7 +11,8 @@ OBJS = \
 	src/rowjson.o \
 	src/capture.o \
 	src/condition.o \
-	src/document.o
+	src/document.o \
+	src/worker.o
 
 EXTENSION = eventstream
 DATA = sql/eventstream--1.0.sql

@@ -13,6 +13,11 @@ CREATE FUNCTION eventstream._assert_preloaded() RETURNS void
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_assert_preloaded';
 SELECT eventstream._assert_preloaded();
 
+-- This database's worker starts when CREATE EXTENSION commits.
+CREATE FUNCTION eventstream._start_worker() RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_start_worker';
+SELECT eventstream._start_worker();
+
 ------------------------------------------------------------------------------
 -- Site identity
 ------------------------------------------------------------------------------

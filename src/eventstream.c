@@ -63,7 +63,10 @@ _PG_init(void)
 {
 	es_preloaded = process_shared_preload_libraries_in_progress;
 	if (es_preloaded)
+	{
 		es_shmem_init();
+		es_workers_init();
+	}
 
 	DefineCustomIntVariable("eventstream.retention_period",
 							"How long the update log is kept for a consumer that does not pull.",

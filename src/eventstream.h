@@ -96,6 +96,12 @@ extern char *es_qualified_relname(Relation rel);
 extern void es_shmem_init(void);
 extern int64 es_next_log_id(Oid seqid);
 
+/* src/worker.c */
+extern int	es_prune_interval;
+extern void es_workers_init(void);
+extern Size es_workers_shmem_size(void);
+extern void es_workers_shmem_init(void);
+
 /* src/condition.c */
 extern char *es_docname_match(Relation rel, int paramno);
 

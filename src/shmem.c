@@ -140,6 +140,7 @@ es_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(es_shmem_size());
+	RequestAddinShmemSpace(es_workers_shmem_size());
 }
 
 /*
@@ -173,6 +174,7 @@ es_shmem_startup(void)
 			pg_atomic_init_u64(&es_shared->slots[i].s.first_id, 0);
 		}
 	}
+	es_workers_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -16,7 +16,7 @@ my $site_id  = '00000000-0000-0000-0000-0000000000c3';
 
 my $node = PostgreSQL::Test::Cluster->new('producer');
 $node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'eventstream'");
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'eventstream'\neventstream.prune_interval = 0");
 $node->start;
 
 $node->safe_psql('postgres', q{

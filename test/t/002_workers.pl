@@ -1,0 +1,111 @@
+# Background workers: the launcher, one site worker per database with the
+# extension, periodic pruning, surviving errors, DROP EXTENSION and DROP
+# DATABASE while the worker runs, and restarts.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+my $node = PostgreSQL::Test::Cluster->new('workers');
+$node->init;
+$node->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'eventstream'
+eventstream.prune_interval = 1
+});
+$node->start;
+
+my $workers_in = sub {
+	my ($db) = @_;
+	return qq{SELECT (SELECT count(*) FROM pg_stat_activity
+			   WHERE backend_type = 'eventstream worker' AND datname = '$db')};
+};
+
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'eventstream launcher'"),
+	'the launcher runs');
+
+# CREATE EXTENSION starts the database's worker at commit.
+$node->safe_psql('postgres', 'CREATE DATABASE site1');
+my $t0 = time;
+$node->safe_psql('site1', 'CREATE EXTENSION eventstream');
+ok($node->poll_query_until('site1', $workers_in->('site1') . ' = 1'), 'CREATE EXTENSION starts a worker');
+my $startup = time - $t0;
+cmp_ok($startup, '<', 5, "the worker is up ${startup}s after CREATE EXTENSION");
+
+# A database without the extension keeps no worker.
+ok($node->poll_query_until('postgres', $workers_in->('postgres') . ' = 0'),
+	'no worker stays in a database without the extension');
+
+# The worker prunes what every consumer acknowledged.
+$node->safe_psql('site1', q{
+	CREATE TABLE t (id int PRIMARY KEY, v text);
+	CREATE ROLE sub1;
+	GRANT SELECT ON t TO sub1;
+	CREATE TABLE cur AS
+		SELECT eventstream._register_consumer('http://c1', gen_random_uuid(), 'k', 'sub1', '["public.t"]')->>'cursor' AS c;
+	SELECT eventstream.approve('http://c1', 't');
+	INSERT INTO t SELECT g, 'x' FROM generate_series(1, 10) g;
+});
+is($node->safe_psql('site1', 'SELECT count(*) FROM eventstream.update_log'), '10', 'ten logs');
+$node->safe_psql('site1', q{
+	UPDATE cur SET c = eventstream._pull('http://c1', c, 100)->>'cursor';
+	UPDATE cur SET c = eventstream._pull('http://c1', c, 100)->>'cursor';
+});
+ok($node->poll_query_until('site1', 'SELECT count(*) = 0 FROM eventstream.update_log'),
+	'the worker pruned the acknowledged logs');
+
+# An error in a duty is logged; the worker backs off and carries on.
+my $pid = $node->safe_psql('site1',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'site1'");
+my $offset = -s $node->logfile;
+$node->safe_psql('site1', 'ALTER FUNCTION eventstream.prune() RENAME TO prune_away');
+ok($node->wait_for_log(qr/function eventstream\.prune\(\) does not exist/, $offset),
+	'a failing duty is logged');
+$node->safe_psql('site1', 'ALTER FUNCTION eventstream.prune_away() RENAME TO prune');
+is($node->safe_psql('site1',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'site1'"),
+	$pid, 'the worker survived the error');
+$node->safe_psql('site1', q{
+	INSERT INTO t VALUES (11, 'y');
+	UPDATE cur SET c = eventstream._pull('http://c1', c, 100)->>'cursor';
+	UPDATE cur SET c = eventstream._pull('http://c1', c, 100)->>'cursor';
+});
+ok($node->poll_query_until('site1', 'SELECT count(*) = 0 FROM eventstream.update_log'),
+	'and goes on pruning once the cause is gone');
+
+# SIGHUP: settings are reloaded, the worker stays.
+$node->safe_psql('postgres', 'ALTER SYSTEM SET eventstream.prune_interval = 2');
+$node->reload;
+ok($node->poll_query_until('site1', $workers_in->('site1') . ' = 1'), 'the worker survives a reload');
+
+# After a server restart the launcher brings the worker back.
+$node->restart;
+ok($node->poll_query_until('site1', $workers_in->('site1') . ' = 1'), 'the worker is back after a restart');
+
+# DROP EXTENSION stops it promptly; CREATE EXTENSION brings it back.
+$offset = -s $node->logfile;
+$node->safe_psql('site1', 'DROP EXTENSION eventstream CASCADE');
+ok($node->poll_query_until('site1', $workers_in->('site1') . ' = 0'), 'DROP EXTENSION stops the worker');
+ok($node->wait_for_log(qr/eventstream worker for database "site1" exiting/, $offset),
+	'and it says why');
+$node->safe_psql('site1', 'CREATE EXTENSION eventstream');
+ok($node->poll_query_until('site1', $workers_in->('site1') . ' = 1'), 'CREATE EXTENSION starts it again');
+
+# DROP DATABASE does not wait for the worker.
+$t0 = time;
+$node->safe_psql('postgres', 'DROP DATABASE site1');
+my $dropped = time - $t0;
+cmp_ok($dropped, '<', 5, "DROP DATABASE with a running worker took ${dropped}s");
+is($node->safe_psql('postgres', $workers_in->('site1')), '0', 'no worker is left for the dropped database');
+
+# Nor does ALTER DATABASE ... RENAME.
+$node->safe_psql('postgres', 'CREATE DATABASE site2');
+$node->safe_psql('site2', 'CREATE EXTENSION eventstream');
+ok($node->poll_query_until('site2', $workers_in->('site2') . ' = 1'), 'worker in site2');
+$node->safe_psql('postgres', 'ALTER DATABASE site2 RENAME TO site3');
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'site3'"), '1',
+	'a database with a worker can be renamed');
+
+done_testing();
