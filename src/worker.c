@@ -352,29 +352,36 @@ eventstream_start_worker(PG_FUNCTION_ARGS)
 }
 
 /*
- * es_template_of
- *		The TEMPLATE option of a CREATE DATABASE, or NULL.
+ * es_option / es_has_option
+ *		The option called name in a list of DefElems (NULL if absent).
  */
-static char *
-es_template_of(CreatedbStmt *stmt)
+static DefElem *
+es_option(List *options, const char *name)
 {
 	ListCell   *lc;
 
-	foreach(lc, stmt->options)
+	foreach(lc, options)
 	{
 		DefElem    *opt = lfirst_node(DefElem, lc);
 
-		if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
-			return defGetString(opt);
+		if (strcmp(opt->defname, name) == 0 && opt->arg != NULL)
+			return opt;
 	}
 	return NULL;
+}
+
+static bool
+es_has_option(List *options, const char *name)
+{
+	return es_option(options, name) != NULL;
 }
 
 /*
  * es_process_utility
  *		ProcessUtility hook: free databases from their site worker before
- *		commands that need them to themselves, and wake the worker after
- *		DROP EXTENSION eventstream.
+ *		commands that need them to themselves (DROP DATABASE, ALTER DATABASE
+ *		RENAME / SET TABLESPACE, CREATE DATABASE ... TEMPLATE), and wake the
+ *		worker after DROP EXTENSION eventstream.
  */
 static void
 es_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -387,12 +394,14 @@ es_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 	if (IsA(stmt, DropdbStmt))
 		dbname = ((DropdbStmt *) stmt)->dbname;
-	else if (IsA(stmt, AlterDatabaseStmt))
+	else if (IsA(stmt, AlterDatabaseStmt) &&
+			 es_has_option(((AlterDatabaseStmt *) stmt)->options, "tablespace"))
 		dbname = ((AlterDatabaseStmt *) stmt)->dbname;
 	else if (IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_DATABASE)
 		dbname = ((RenameStmt *) stmt)->subname;
-	else if (IsA(stmt, CreatedbStmt))
-		dbname = es_template_of((CreatedbStmt *) stmt);
+	else if (IsA(stmt, CreatedbStmt) &&
+			 es_has_option(((CreatedbStmt *) stmt)->options, "template"))
+		dbname = defGetString(es_option(((CreatedbStmt *) stmt)->options, "template"));
 	else if (IsA(stmt, DropStmt) && ((DropStmt *) stmt)->removeType == OBJECT_EXTENSION)
 	{
 		ListCell   *lc;
@@ -480,6 +489,22 @@ es_launcher_cycle(void)
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
+
+	/* Forget databases that are gone. */
+	SpinLockAcquire(&es_workers->mutex);
+	{
+		int			i;
+
+		for (i = 0; i < ES_MAX_SITES; i++)
+		{
+			EsSiteWorker *site = &es_workers->sites[i];
+
+			if (site->dboid != InvalidOid && site->pid == 0 &&
+				!list_member_oid(dbs, site->dboid))
+				site->dboid = InvalidOid;
+		}
+	}
+	SpinLockRelease(&es_workers->mutex);
 
 	foreach(lc, dbs)
 	{
@@ -610,6 +635,11 @@ eventstream_worker_main(Datum main_arg)
 		site->procno = MyProc->pgprocno;
 	}
 	SpinLockRelease(&es_workers->mutex);
+	if (site == NULL)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("eventstream cannot run a worker for database \"%s\"", dbname),
+				 errdetail("At most %d databases per server can have an eventstream worker.", ES_MAX_SITES)));
 	if (other_running)
 		proc_exit(0);
 	before_shmem_exit(es_worker_detach, ObjectIdGetDatum(dboid));
