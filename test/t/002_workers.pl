@@ -108,4 +108,15 @@ $node->safe_psql('postgres', 'ALTER DATABASE site2 RENAME TO site3');
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'site3'"), '1',
 	'a database with a worker can be renamed');
 
+# Nor does CREATE DATABASE ... TEMPLATE of a database with a worker.
+$node->safe_psql('postgres', 'CREATE DATABASE site5');
+$node->safe_psql('site5', 'CREATE EXTENSION eventstream');
+ok($node->poll_query_until('site5', $workers_in->('site5') . ' = 1'), 'worker in site5');
+$t0 = time;
+$node->safe_psql('postgres', 'CREATE DATABASE site6 TEMPLATE site5');
+my $copied = time - $t0;
+cmp_ok($copied, '<', 10, "CREATE DATABASE ... TEMPLATE of a database with a worker took ${copied}s");
+is($node->safe_psql('site6', "SELECT extname FROM pg_extension WHERE extname = 'eventstream'"),
+	'eventstream', 'the copy has the extension');
+
 done_testing();
