@@ -76,3 +76,13 @@ SELECT eventstream.add_dynamic_link('todo', 'ref_type', 'ref_name');
 SELECT eventstream.add_dynamic_link('todo', 'ref_type', 'nope');
 SELECT eventstream.add_dynamic_link('todo', 'ref_type', 'ref_type');
 SELECT tbl, type_column, key_column FROM eventstream.dynamic_link;
+
+-- Dropping a child table unregisters it; its parent keeps being captured.
+CREATE TABLE extra_item (id int PRIMARY KEY, invoice_id int REFERENCES invoice ON DELETE CASCADE);
+SELECT eventstream.add_child_table('invoice', 'extra_item');
+INSERT INTO invoice VALUES (4, 'Pied Piper');
+DROP TABLE extra_item;
+SELECT child FROM eventstream.child_table ORDER BY 1;
+INSERT INTO invoice VALUES (5, 'Raviga');
+SELECT docname, data ? 'public.extra_item' AS has_extra, data ? 'public.invoice_item' AS has_items
+  FROM eventstream.update_log WHERE docname IN ('4', '5') AND update_type = 'Create' ORDER BY docname;

@@ -443,6 +443,28 @@ $$;
 CREATE TRIGGER approval BEFORE INSERT OR UPDATE ON eventstream.consumer_table
 	FOR EACH ROW EXECUTE FUNCTION eventstream._consumer_table_approval();
 
+-- Forget child tables and dynamic links of dropped tables; the DELETE
+-- resyncs the capture triggers of their parents.
+CREATE FUNCTION eventstream._on_sql_drop() RETURNS event_trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	gone oid[];
+BEGIN
+	SELECT array_agg(d.objid) INTO gone
+	  FROM pg_event_trigger_dropped_objects() d
+	 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.object_type = 'table';
+	IF gone IS NULL THEN
+		RETURN;
+	END IF;
+	DELETE FROM eventstream.child_table c WHERE c.child::oid = ANY (gone) OR c.parent::oid = ANY (gone);
+	DELETE FROM eventstream.dynamic_link l WHERE l.tbl::oid = ANY (gone);
+END
+$$;
+CREATE EVENT TRIGGER eventstream_sql_drop ON sql_drop
+	EXECUTE FUNCTION eventstream._on_sql_drop();
+
 ------------------------------------------------------------------------------
 -- Public API: document structure
 ------------------------------------------------------------------------------

@@ -250,15 +250,17 @@ es_log_table_load(void)
 	if (es_log.indexinfos)
 	{
 		for (i = 0; i < es_log.nindexes; i++)
-			pfree(es_log.indexinfos[i]);
+			if (es_log.indexinfos[i])
+				pfree(es_log.indexinfos[i]);
 		pfree(es_log.indexinfos);
 		pfree(es_log.check_unique);
 	}
 	oldcxt = MemoryContextSwitchTo(es_capture_cxt);
 	es_log.nindexes = list_length(indexes);
 	es_log.indexoids = palloc(sizeof(Oid) * Max(es_log.nindexes, 1));
-	es_log.indexinfos = palloc(sizeof(IndexInfo *) * Max(es_log.nindexes, 1));
-	es_log.check_unique = palloc(sizeof(bool) * Max(es_log.nindexes, 1));
+	/* zeroed: an error below leaves entries a reload must not free */
+	es_log.indexinfos = palloc0(sizeof(IndexInfo *) * Max(es_log.nindexes, 1));
+	es_log.check_unique = palloc0(sizeof(bool) * Max(es_log.nindexes, 1));
 	i = 0;
 	foreach(lc, indexes)
 	{
@@ -504,7 +506,15 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 				elog(ERROR, "capture trigger names missing column %d", fk[i]);
 		}
 
-		parent = table_open(t->parent_relid, AccessShareLock);
+		parent = try_table_open(t->parent_relid, AccessShareLock);
+		if (parent == NULL)
+		{
+			/* The parent is gone: nothing to log until the next resync. */
+			t->parent_relid = InvalidOid;
+			MemoryContextSwitchTo(oldcxt);
+			t->valid = true;
+			return;
+		}
 		t->parent_ref_table = es_qualified_relname(parent);
 		t->parent_ref_table_text = cstring_to_text(t->parent_ref_table);
 		npk = es_pk_attnums(parent, pk);
@@ -521,12 +531,15 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	}
 	else
 	{
-		t->nchildren = trig->tgnargs - 1;
-		t->children = palloc0(sizeof(EsChild) * Max(t->nchildren, 1));
-		for (i = 0; i < t->nchildren; i++)
+		/*
+		 * A child table dropped since the trigger was made is skipped (the
+		 * sql_drop event trigger also unregisters it and resyncs).
+		 */
+		t->children = palloc0(sizeof(EsChild) * Max(trig->tgnargs - 1, 1));
+		for (i = 1; i < trig->tgnargs; i++)
 		{
-			EsChild    *c = &t->children[i];
-			char	   *arg = pstrdup(trig->tgargs[i + 1]);
+			EsChild    *c = &t->children[t->nchildren];
+			char	   *arg = pstrdup(trig->tgargs[i]);
 			char	   *colon = strchr(arg, ':');
 			Relation	crel;
 			int			k2;
@@ -539,7 +552,10 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 			if (c->nfk != npk)
 				elog(ERROR, "capture trigger key of child %u does not match \"%s\"",
 					 c->relid, RelationGetRelationName(rel));
-			crel = table_open(c->relid, AccessShareLock);
+			crel = try_table_open(c->relid, AccessShareLock);
+			if (crel == NULL)
+				continue;
+			t->nchildren++;
 			c->ref_table = es_qualified_relname(crel);
 			{
 				AttrNumber	cpk[ES_MAX_KEYS];
@@ -958,6 +974,8 @@ es_capture_child(EsTrigger *t, TriggerData *trigdata)
 	JsonbParseState *st = NULL;
 	int			i;
 
+	if (!OidIsValid(t->parent_relid))
+		return;
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
 		if (!es_any_null(enc, t->fkcol, t->nfk, old, tupdesc))
