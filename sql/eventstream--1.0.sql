@@ -804,7 +804,6 @@ DECLARE
 	after_id bigint;
 	lim integer := "limit";
 	ids bigint[] := '{}';
-	r record;
 	more boolean := false;
 	last_id bigint;
 	allowed boolean;
@@ -813,6 +812,11 @@ DECLARE
 	start_id bigint;
 	t_names text[];
 	t_conds text[];
+	c_ids bigint[] := '{}';
+	c_types text[];
+	c_tables text[];
+	c_docs text[];
+	cond text;
 	t_snaps pg_snapshot[];
 	t_oids regclass[];
 	result jsonb;
@@ -894,62 +898,53 @@ BEGIN
 		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed
 		   AND to_regclass(ct.ref_table) IS NOT NULL
 		   AND has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT');
-		IF cardinality(t_names) = 0 THEN
-			NULL;		-- nothing servable: the window passes empty
-		ELSIF NOT EXISTS (SELECT 1 FROM unnest(t_conds) x WHERE x IS NOT NULL) THEN
-			-- No condition involved: the page is the next lim logs.
-			ids := ARRAY(
-				SELECT l.id
-				  FROM eventstream.update_log l
-				 WHERE l.id > after_id
-				   AND l.ref_table = ANY (t_names)
-				   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
-				   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
-				   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
-				   AND l.origin IS DISTINCT FROM c.site_id
-				 ORDER BY l.id
-				 LIMIT lim + 1);
-			more := cardinality(ids) > lim;
-			ids := ids[1:lim];
+		-- The candidates: the next lim + 1 logs of the window for this
+		-- consumer, in id order.
+		IF cardinality(t_names) > 0 THEN
+			SELECT coalesce(array_agg(x.id ORDER BY x.id), '{}'), array_agg(x.update_type ORDER BY x.id),
+				   array_agg(x.ref_table ORDER BY x.id), array_agg(x.docname ORDER BY x.id)
+			  INTO c_ids, c_types, c_tables, c_docs
+			  FROM (SELECT l.id, l.update_type, l.ref_table, l.docname
+					  FROM eventstream.update_log l
+					 WHERE l.id > after_id
+					   AND l.ref_table = ANY (t_names)
+					   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
+					   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
+					   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
+					   AND l.origin IS DISTINCT FROM c.site_id
+					 ORDER BY l.id
+					 LIMIT lim + 1) x;
+		END IF;
+		more := cardinality(c_ids) > lim;
+
+		IF NOT EXISTS (SELECT 1 FROM unnest(t_conds) x WHERE x IS NOT NULL) THEN
+			-- No condition involved: the page is the first lim candidates.
+			ids := c_ids[1:lim];
 			last_id := ids[cardinality(ids)];
 		ELSE
-			FOR r IN
-				SELECT l.id, l.update_type, l.ref_table, l.docname,
-					   t_conds[array_position(t_names, l.ref_table)] AS condition,
-					   t_oids[array_position(t_names, l.ref_table)] AS tbl
-				  FROM eventstream.update_log l
-				 WHERE l.id > after_id
-				   AND l.ref_table = ANY (t_names)
-				   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
-				   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
-				   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
-				   AND l.origin IS DISTINCT FROM c.site_id
-				 ORDER BY l.id
-			LOOP
-				IF cardinality(ids) >= lim THEN
-					more := true;
-					EXIT;
-				END IF;
-				IF r.condition IS NULL THEN
-					ids := ids || r.id;
-					last_id := r.id;
+			FOR i IN 1 .. least(cardinality(c_ids), lim) LOOP
+				cond := t_conds[array_position(t_names, c_tables[i])];
+				IF cond IS NULL THEN
+					ids := ids || c_ids[i];
+					last_id := c_ids[i];
 					CONTINUE;
 				END IF;
 
 				-- Conditioned table: the document's current state decides.
 				held := EXISTS (SELECT 1 FROM eventstream.consumer_document d
 								 WHERE d.consumer_url = c.consumer_url
-								   AND d.ref_table = r.ref_table AND d.docname = r.docname);
-				allowed := eventstream._condition_allows(c.consumer_url, r.tbl, r.ref_table, r.condition, c.role,
-														 r.docname, jsonb_build_object('id', r.id, 'update_type', r.update_type,
-																					   'ref_table', r.ref_table, 'docname', r.docname));
+								   AND d.ref_table = c_tables[i] AND d.docname = c_docs[i]);
+				allowed := eventstream._condition_allows(c.consumer_url, t_oids[array_position(t_names, c_tables[i])],
+														 c_tables[i], cond, c.role, c_docs[i],
+														 jsonb_build_object('id', c_ids[i], 'update_type', c_types[i],
+																			'ref_table', c_tables[i], 'docname', c_docs[i]));
 				-- A document that is gone: tell the consumer if it has it.
 				allowed := coalesce(allowed, held);
 				IF NOT allowed THEN
 					INSERT INTO eventstream.withheld (consumer_url, ref_table, docname, update_log_id, page)
-						VALUES (c.consumer_url, r.ref_table, r.docname, r.id, pageno)
+						VALUES (c.consumer_url, c_tables[i], c_docs[i], c_ids[i], pageno)
 						ON CONFLICT DO NOTHING;
-					last_id := r.id;
+					last_id := c_ids[i];
 					CONTINUE;
 				END IF;
 
@@ -964,16 +959,16 @@ BEGIN
 				  INTO block, start_id
 				  FROM eventstream.withheld w
 				  JOIN eventstream.update_log l2 ON l2.id = w.update_log_id
-				 WHERE w.consumer_url = c.consumer_url AND w.ref_table = r.ref_table
-				   AND w.docname = r.docname AND w.served_page IS NULL;
-				IF r.update_type = 'Create' THEN
-					block := ARRAY[r.id];
+				 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
+				   AND w.docname = c_docs[i] AND w.served_page IS NULL;
+				IF c_types[i] = 'Create' THEN
+					block := ARRAY[c_ids[i]];
 				ELSIF held THEN
-					block := block || r.id;
+					block := block || c_ids[i];
 				ELSIF start_id IS NOT NULL THEN
-					block := ARRAY(SELECT x FROM unnest(block) x WHERE x >= start_id ORDER BY x) || r.id;
+					block := ARRAY(SELECT x FROM unnest(block) x WHERE x >= start_id ORDER BY x) || c_ids[i];
 				ELSE
-					block := ARRAY[-r.id];
+					block := ARRAY[-c_ids[i]];
 				END IF;
 				IF cardinality(ids) > 0 AND cardinality(ids) + cardinality(block) > lim THEN
 					more := true;
@@ -981,12 +976,12 @@ BEGIN
 				END IF;
 				ids := ids || block;
 				UPDATE eventstream.withheld w SET served_page = pageno
-				 WHERE w.consumer_url = c.consumer_url AND w.ref_table = r.ref_table
-				   AND w.docname = r.docname AND w.served_page IS NULL;
+				 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
+				   AND w.docname = c_docs[i] AND w.served_page IS NULL;
 				INSERT INTO eventstream.consumer_document (consumer_url, ref_table, docname, page)
-					VALUES (c.consumer_url, r.ref_table, r.docname, pageno)
+					VALUES (c.consumer_url, c_tables[i], c_docs[i], pageno)
 					ON CONFLICT DO NOTHING;
-				last_id := r.id;
+				last_id := c_ids[i];
 			END LOOP;
 		END IF;
 	END;
