@@ -12,6 +12,7 @@ OBJS = \
 	src/capture.o \
 	src/condition.o \
 	src/document.o \
+	src/http.o \
 	src/worker.o
 
 EXTENSION = eventstream

@@ -47,6 +47,10 @@ bool		es_preloaded = false;
 bool		es_apply_origin_set = false;
 pg_uuid_t	es_apply_origin;
 
+/* GUCs: this site's HTTP endpoint (per database, ALTER DATABASE ... SET). */
+int			es_http_port = 0;
+char	   *es_http_listen_address = NULL;
+
 /* GUC: how long an idle consumer holds back pruning of the update log. */
 static int	es_retention_period = 7 * 24 * 3600;
 
@@ -78,6 +82,24 @@ _PG_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventstream.http_port",
+							"TCP port of this database's HTTP endpoint (0: none).",
+							"Set it per database with ALTER DATABASE ... SET; the site's worker "
+							"listens there from its next start.",
+							&es_http_port,
+							0, 0, 65535,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstream.http_listen_address",
+							   "IPv4 address the HTTP endpoint listens on.",
+							   NULL,
+							   &es_http_listen_address,
+							   "127.0.0.1",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("eventstream");
 }

@@ -17,6 +17,7 @@
 #ifndef EVENTSTREAM_H
 #define EVENTSTREAM_H
 
+#include "access/htup.h"
 #include "access/tupdesc.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -95,6 +96,17 @@ extern char *es_qualified_relname(Relation rel);
 /* src/shmem.c */
 extern void es_shmem_init(void);
 extern int64 es_next_log_id(Oid seqid);
+
+/* src/eventstream.c */
+extern int	es_http_port;
+extern char *es_http_listen_address;
+
+/* src/http.c */
+extern bool es_http_start(const char *address, int port, const char *site_id);
+extern int	es_http_socket(void);
+extern long es_http_timeout(void);
+extern void es_http_run(void);
+extern void es_http_stop(void);
 
 /* src/worker.c */
 extern int	es_prune_interval;

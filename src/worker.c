@@ -600,6 +600,43 @@ es_worker_duties(TimestampTz *last_prune)
 }
 
 /*
+ * es_worker_site_id
+ *		This site's site_id as text (in TopMemoryContext), or NULL when the
+ *		extension is not installed.
+ */
+static char *
+es_worker_site_id(void)
+{
+	char	   *result = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("eventstream", true)))
+	{
+		SPI_connect();
+		if (SPI_execute("SELECT site_id::text FROM eventstream.site", true, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1)
+			result = MemoryContextStrdup(TopMemoryContext,
+										 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return result;
+}
+
+/*
+ * es_worker_http_stop
+ *		before_shmem_exit callback: close the HTTP server.
+ */
+static void
+es_worker_http_stop(int code, Datum arg)
+{
+	es_http_stop();
+}
+
+/*
  * eventstream_worker_main
  *		Entry point of a site worker; main_arg is its database's OID.
  */
@@ -644,6 +681,15 @@ eventstream_worker_main(Datum main_arg)
 		proc_exit(0);
 	before_shmem_exit(es_worker_detach, ObjectIdGetDatum(dboid));
 
+	/* This site's HTTP endpoint, when its database has a port. */
+	if (es_http_port > 0)
+	{
+		char	   *site_id = es_worker_site_id();
+
+		if (site_id != NULL && es_http_start(es_http_listen_address, es_http_port, site_id))
+			before_shmem_exit(es_worker_http_stop, (Datum) 0);
+	}
+
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
 
@@ -671,6 +717,9 @@ eventstream_worker_main(Datum main_arg)
 	for (;;)
 	{
 		long		timeout = es_prune_interval > 0 ? es_prune_interval * 1000L : ES_LAUNCHER_NAP_MS;
+		long		http_timeout;
+		int			sock;
+		int			rc;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -693,8 +742,22 @@ eventstream_worker_main(Datum main_arg)
 		MemoryContextReset(loop_cxt);
 		backoff_ms = 0;
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		/* Wait for the latch, a duty's time, or HTTP traffic. */
+		for (;;)
+		{
+			sock = es_http_socket();
+			http_timeout = es_http_timeout();
+			rc = WaitLatchOrSocket(MyLatch,
+								   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
+								   (sock >= 0 ? WL_SOCKET_READABLE : 0),
+								   sock,
+								   (http_timeout >= 0 && http_timeout < timeout) ? http_timeout : timeout,
+								   PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			es_http_run();
+			CHECK_FOR_INTERRUPTS();
+			if (rc & (WL_LATCH_SET | WL_TIMEOUT))
+				break;
+		}
 	}
 }
