@@ -9,11 +9,13 @@
  * es_http_run() whenever it wakes.  Request handlers therefore run on the
  * worker's stack, between its transactions.
  *
- * This is the first part of the endpoint: the health check, and the rule
- * that every other path under /api/eventstream/v1/ answers 401 until API
- * keys exist.  Handlers must not raise PostgreSQL errors (a longjmp through
- * libmicrohttpd frames would corrupt it): they allocate nothing from
- * PostgreSQL and format replies into local buffers.
+ * Endpoints so far: health (no key), POST consumers (register or update
+ * the calling consumer) and GET updates (its next page).  Everything under
+ * /api/eventstream/v1/ but health needs "Authorization: token key:secret"
+ * (or Basic with the same pair), checked before routing.  An API request
+ * runs in a transaction of its own inside PG_TRY (es_http_api): an ERROR
+ * becomes a JSON error reply and never longjmps through libmicrohttpd
+ * frames.  Request state and replies are malloc'd, and bodies are capped.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -30,11 +32,31 @@
 #include <netinet/in.h>
 #include <stdarg.h>
 
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/base64.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
 #include "eventstream.h"
 
 #define ES_API_PREFIX	"/api/eventstream/v1/"
+#define ES_MAX_BODY		(1024 * 1024)	/* request bodies above this: 413 */
+
+/* Per-request state, malloc'd (no PostgreSQL allocation in MHD frames). */
+typedef struct EsRequest
+{
+	char	   *body;
+	size_t		len;
+	bool		too_large;
+} EsRequest;
 
 static struct MHD_Daemon *es_daemon = NULL;
+static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
 static char es_site_id[64];
 
 /*
@@ -87,31 +109,293 @@ es_http_error(struct MHD_Connection *conn, unsigned int status,
 }
 
 /*
+ * es_http_status_for
+ *		HTTP status for an error raised while serving a request.
+ */
+static unsigned int
+es_http_status_for(int sqlerrcode)
+{
+	switch (sqlerrcode)
+	{
+		case ERRCODE_INSUFFICIENT_PRIVILEGE:
+			return MHD_HTTP_FORBIDDEN;
+		case ERRCODE_UNDEFINED_OBJECT:
+		case ERRCODE_UNDEFINED_TABLE:
+			return MHD_HTTP_NOT_FOUND;
+		case ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE:
+			return MHD_HTTP_CONFLICT;
+		default:
+			break;
+	}
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_DATA_EXCEPTION:
+		case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:
+		case ERRCODE_INVALID_TEXT_REPRESENTATION:
+			return MHD_HTTP_BAD_REQUEST;
+		default:
+			return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+/*
+ * es_http_credentials
+ *		Split "token key:secret" or "Basic base64(key:secret)" into key and
+ *		secret (palloc'd).  False when the header is missing or malformed.
+ */
+static bool
+es_http_credentials(const char *header, char **key, char **secret)
+{
+	char	   *pair;
+	char	   *colon;
+
+	if (header == NULL)
+		return false;
+	if (pg_strncasecmp(header, "token ", 6) == 0)
+		pair = pstrdup(header + 6);
+	else if (pg_strncasecmp(header, "basic ", 6) == 0)
+	{
+		const char *enc = header + 6;
+		int			enclen = strlen(enc);
+		int			len = pg_b64_dec_len(enclen);
+
+		pair = palloc(len + 1);
+		len = pg_b64_decode(enc, enclen, pair, len);
+		if (len < 0)
+			return false;
+		pair[len] = '\0';
+	}
+	else
+		return false;
+	colon = strchr(pair, ':');
+	if (colon == NULL)
+		return false;
+	*colon = '\0';
+	*key = pair;
+	*secret = colon + 1;
+	return true;
+}
+
+/*
+ * es_http_query
+ *		Run one SQL statement with text arguments and return the text of
+ *		the first column of its one row (NULL for NULL).  Inside SPI.
+ */
+static char *
+es_http_query(const char *sql, int nargs, const char **args)
+{
+	Oid			types[8];
+	Datum		values[8];
+	char		nulls[8];
+	int			i;
+
+	for (i = 0; i < nargs; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
+		nulls[i] = args[i] ? ' ' : 'n';
+	}
+	if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 1) < 0 ||
+		SPI_processed != 1)
+		elog(ERROR, "unexpected result from \"%s\"", sql);
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * es_http_api
+ *		Serve an authenticated API request in a transaction of its own.
+ *		Returns the HTTP status and sets *reply (malloc'd JSON).
+ *
+ * Called from the access handler, i.e. from the worker's wait loop with no
+ * transaction open.  Any ERROR is caught here and becomes a JSON error
+ * reply: nothing longjmps through libmicrohttpd.
+ */
+static unsigned int
+es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
+			const char *body, char **reply)
+{
+	MemoryContext callercxt = MemoryContextSwitchTo(es_request_cxt);
+	MemoryContext oldcxt = es_request_cxt;
+	volatile unsigned int status = MHD_HTTP_OK;
+	char	   *volatile result = NULL;
+
+	PG_TRY();
+	{
+		char	   *key;
+		char	   *secret;
+		const char *args[5];
+		char	   *role;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_connect();
+
+		args[0] = NULL;
+		if (!es_http_credentials(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
+								 &key, &secret))
+			role = NULL;
+		else
+		{
+			args[0] = key;
+			args[1] = secret;
+			role = es_http_query("SELECT eventstream._check_api_key($1, $2)::text", 2, args);
+		}
+
+		if (role == NULL)
+		{
+			status = MHD_HTTP_UNAUTHORIZED;
+			result = "{\"error\": {\"code\": \"unauthorized\", \"message\": \"A valid API key is required.\"}}";
+		}
+		else if (strcmp(url, ES_API_PREFIX "consumers") == 0 && strcmp(method, "POST") == 0)
+		{
+			/* Register or update the calling consumer: {consumer_url, site_id, tables}. */
+			args[1] = role;
+			args[2] = body ? body : "";
+			result = es_http_query("SELECT eventstream._register_consumer(b->>'consumer_url', (b->>'site_id')::uuid,"
+								   "  $1, $2::regrole, b->'tables')::text"
+								   "  FROM (SELECT $3::jsonb AS b) r", 3, args);
+		}
+		else if (strcmp(url, ES_API_PREFIX "updates") == 0 && strcmp(method, "GET") == 0)
+		{
+			const char *consumer = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "consumer");
+			const char *cursor = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "cursor");
+			const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+			char	   *owner;
+
+			args[1] = consumer;
+			owner = es_http_query("SELECT (SELECT c.api_key = $1 FROM eventstream.consumer c"
+								  " WHERE c.consumer_url = $2)::text", 2, args);
+			if (owner == NULL)
+			{
+				status = MHD_HTTP_NOT_FOUND;
+				result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such consumer.\"}}";
+			}
+			else if (strcmp(owner, "true") != 0)
+			{
+				status = MHD_HTTP_FORBIDDEN;
+				result = "{\"error\": {\"code\": \"forbidden\", \"message\": \"This consumer was registered with another key.\"}}";
+			}
+			else
+			{
+				args[0] = consumer;
+				args[1] = cursor;
+				args[2] = limit ? limit : "100";
+				result = es_http_query("SELECT eventstream._pull($1, $2, $3::integer)::text", 3, args);
+			}
+		}
+		else
+		{
+			status = MHD_HTTP_NOT_FOUND;
+			result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such endpoint.\"}}";
+		}
+
+		/* Out of SPI memory before it goes away. */
+		*reply = strdup(result);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		StringInfoData buf;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		status = es_http_status_for(edata->sqlerrcode);
+		initStringInfo(&buf);
+		appendStringInfo(&buf, "{\"error\": {\"code\": \"%s\", \"message\": ",
+						 unpack_sql_state(edata->sqlerrcode));
+		escape_json(&buf, edata->message);
+		if (edata->hint)
+		{
+			appendStringInfoString(&buf, ", \"hint\": ");
+			escape_json(&buf, edata->hint);
+		}
+		appendStringInfoString(&buf, "}}");
+		*reply = strdup(buf.data);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(callercxt);
+	MemoryContextReset(es_request_cxt);
+	return status;
+}
+
+/*
+ * es_http_request_done
+ *		Free a request's state when libmicrohttpd is done with it.
+ */
+static void
+es_http_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+					 enum MHD_RequestTerminationCode toe)
+{
+	EsRequest  *req = *con_cls;
+
+	if (req)
+	{
+		free(req->body);
+		free(req);
+		*con_cls = NULL;
+	}
+}
+
+/*
  * es_http_handler
  *		libmicrohttpd's access handler.
  *
- * The first call for a request only marks it (queueing a reply there would
- * make libmicrohttpd close keep-alive connections); the reply is queued
- * once the upload, if any, has been consumed.
+ * The first call for a request only sets up its state (queueing a reply
+ * there would make libmicrohttpd close keep-alive connections); later calls
+ * collect the body, up to ES_MAX_BODY; the reply is queued once it is all
+ * there.
  */
 static enum MHD_Result
 es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 				const char *method, const char *version, const char *upload_data,
 				size_t *upload_data_size, void **con_cls)
 {
-	static int	marker;
+	EsRequest  *req = *con_cls;
+	char	   *reply = NULL;
+	unsigned int status;
+	enum MHD_Result ret;
 
-	if (*con_cls == NULL)
+	if (req == NULL)
 	{
-		*con_cls = &marker;
+		req = calloc(1, sizeof(EsRequest));
+		if (req == NULL)
+			return MHD_NO;
+		*con_cls = req;
 		return MHD_YES;
 	}
 	if (*upload_data_size != 0)
 	{
-		*upload_data_size = 0;	/* nothing accepts a body yet */
+		if (req->too_large || req->len + *upload_data_size > ES_MAX_BODY)
+			req->too_large = true;
+		else
+		{
+			char	   *grown = realloc(req->body, req->len + *upload_data_size + 1);
+
+			if (grown == NULL)
+				req->too_large = true;
+			else
+			{
+				req->body = grown;
+				memcpy(req->body + req->len, upload_data, *upload_data_size);
+				req->len += *upload_data_size;
+				req->body[req->len] = '\0';
+			}
+		}
+		*upload_data_size = 0;
 		return MHD_YES;
 	}
 
+	if (req->too_large)
+		return es_http_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "too_large",
+							 "The request body is too large.");
 	if (strcmp(url, ES_API_PREFIX "health") == 0)
 	{
 		char		body[256];
@@ -123,10 +407,15 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 				 es_site_id, EVENTSTREAM_VERSION);
 		return es_http_reply(conn, MHD_HTTP_OK, body);
 	}
-	if (strncmp(url, ES_API_PREFIX, strlen(ES_API_PREFIX)) == 0)
-		return es_http_error(conn, MHD_HTTP_UNAUTHORIZED, "unauthorized",
-							 "A valid API key is required.");
-	return es_http_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "No such endpoint.");
+	if (strncmp(url, ES_API_PREFIX, strlen(ES_API_PREFIX)) != 0)
+		return es_http_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "No such endpoint.");
+
+	status = es_http_api(conn, method, url, req->body, &reply);
+	if (reply == NULL)
+		return es_http_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "Out of memory.");
+	ret = es_http_reply(conn, status, reply);
+	free(reply);
+	return ret;
 }
 
 /*
@@ -140,6 +429,9 @@ es_http_start(const char *address, int port, const char *site_id)
 	struct sockaddr_in addr;
 
 	strlcpy(es_site_id, site_id, sizeof(es_site_id));
+	if (es_request_cxt == NULL)
+		es_request_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream request",
+											   ALLOCSET_DEFAULT_SIZES);
 	memset(&addr, 0, sizeof(addr));
 	addr.sin_family = AF_INET;
 	addr.sin_port = htons((uint16) port);
@@ -159,6 +451,7 @@ es_http_start(const char *address, int port, const char *site_id)
 								 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
 								 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int) 1,
 								 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 120,
+								 MHD_OPTION_NOTIFY_COMPLETED, es_http_request_done, NULL,
 								 MHD_OPTION_END);
 	if (es_daemon == NULL)
 	{

@@ -63,6 +63,71 @@ IPC::Run::run([ 'curl', '-s', '-w', '<%{http_code} %{num_connects}>',
 is(join(',', $stdout =~ /<(\d+ \d+)>/g), '200 1,200 0,200 0',
 	'keep-alive: three requests, one connection');
 
+# Authenticated API: a key for a role that may read the table.
+$node->safe_psql('site', q{
+	CREATE ROLE branch;
+	CREATE TABLE item (code text PRIMARY KEY, name text);
+	GRANT SELECT ON item TO branch;
+	CREATE ROLE other;
+});
+my ($key, $secret) = split /\|/, $node->safe_psql('site',
+	"SELECT api_key || '|' || api_secret FROM eventstream.create_api_key('branch')");
+my ($key2, $secret2) = split /\|/, $node->safe_psql('site',
+	"SELECT api_key || '|' || api_secret FROM eventstream.create_api_key('other')");
+
+# curl with a body and an Authorization header: (status, body)
+sub api
+{
+	my ($method, $url, $auth, $data) = @_;
+	my @cmd = ('curl', '-s', '-X', $method, '-w', "\n%{http_code}", '--max-time', '10');
+	push @cmd, ('-H', "Authorization: $auth") if defined $auth;
+	push @cmd, ('-H', 'Content-Type: application/json', '--data-binary', $data) if defined $data;
+	my ($out, $err);
+	IPC::Run::run([ @cmd, $url ], '>', \$out, '2>', \$err);
+	my @lines = split /\n/, ($out // '');
+	my $code = pop @lines // '';
+	return ($code, join("\n", @lines));
+}
+
+my $registration = '{"consumer_url": "http://branch-1:8000", "site_id": "00000000-0000-0000-0000-0000000000b1", "tables": ["public.item"]}';
+($status, $body) = api('POST', "$base/consumers", "token $key:wrong", $registration);
+is($status, '401', 'a wrong secret is refused');
+($status, $body) = api('POST', "$base/consumers", "token $key:$secret", $registration);
+is($status, '200', 'registration with the right key');
+like($body, qr/"status": "Pending"/, 'subscriptions start Pending');
+my ($cursor) = $body =~ /"cursor": "([^"]+)"/;
+ok($cursor, 'registration returns a cursor');
+
+($status, $body) = api('POST', "$base/consumers", "token $key:$secret", '{"consumer_url": ');
+is($status, '400', 'malformed JSON is a 400');
+like($body, qr/"code": "22P02"/, 'with the SQLSTATE as code');
+my $big = PostgreSQL::Test::Utils::tempdir() . '/big.json';
+PostgreSQL::Test::Utils::append_to_file($big, 'x' x (2 * 1024 * 1024));
+($status, $body) = api('POST', "$base/consumers", "token $key:$secret", "\@$big");
+is($status, '413', 'an oversized body is a 413');
+
+$node->safe_psql('site', q{
+	SELECT eventstream.approve('http://branch-1:8000', 'item');
+	INSERT INTO item VALUES ('A', 'apple'), ('B', 'banana');
+});
+sub uri_escape { my ($v) = @_; $v =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord($1))/ge; return $v; }
+my $q = 'consumer=' . uri_escape('http://branch-1:8000') . '&cursor=' . uri_escape($cursor) . '&limit=10';
+($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
+is($status, '200', 'pull with the registering key');
+like($body, qr/"docname": "A".*"docname": "B"/s, 'the updates arrive in order');
+
+require MIME::Base64;
+my $basic = 'Basic ' . MIME::Base64::encode_base64("$key:$secret", '');
+($status, $body) = api('GET', "$base/updates?$q", $basic);
+is($status, '200', 'Basic authentication with the same pair works');
+
+($status, $body) = api('GET', "$base/updates?$q", "token $key2:$secret2");
+is($status, '403', "another key cannot pull this consumer's stream");
+
+$node->safe_psql('site', "SELECT eventstream.revoke_api_key('$key')");
+($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
+is($status, '401', 'a revoked key is refused');
+
 # The worker keeps serving after a restart of the server.
 $node->restart;
 foreach my $i (1 .. 300)
