@@ -1014,6 +1014,40 @@ BEGIN
 END
 $$;
 
+/*
+ * One document with its children, for the documents endpoint: the table
+ * must be readable by the API key's role.
+ */
+CREATE FUNCTION eventstream._serve_document(ref_table text, docname text, role regrole) RETURNS jsonb
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	name text := ref_table;
+	tbl regclass;
+	doc jsonb;
+BEGIN
+	BEGIN
+		IF cardinality(parse_ident(name)) = 1 THEN
+			name := 'public.' || name;
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'invalid table name "%"', ref_table USING ERRCODE = 'invalid_name';
+	END;
+	tbl := eventstream._subscribable_table(name);
+	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
+		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	doc := eventstream._document(tbl, docname);
+	IF doc IS NULL THEN
+		RAISE EXCEPTION 'document "%" of table "%" does not exist', docname, eventstream._wire_name(tbl)
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN doc;
+END
+$$;
+
 ------------------------------------------------------------------------------
 -- Retention
 ------------------------------------------------------------------------------

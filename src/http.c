@@ -10,7 +10,8 @@
  * worker's stack, between its transactions.
  *
  * Endpoints so far: health (no key), POST consumers (register or update
- * the calling consumer) and GET updates (its next page).  Everything under
+ * the calling consumer), GET updates (its next page) and GET
+ * documents/<table>/<docname> (one document with its children).  Everything under
  * /api/eventstream/v1/ but health needs "Authorization: token key:secret"
  * (or Basic with the same pair), checked before routing.  An API request
  * runs in a transaction of its own inside PG_TRY (es_http_api): an ERROR
@@ -283,6 +284,19 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 				args[2] = limit ? limit : "100";
 				result = es_http_query("SELECT eventstream._pull($1, $2, $3::integer)::text", 3, args);
 			}
+		}
+		else if (strncmp(url, ES_API_PREFIX "documents/", strlen(ES_API_PREFIX "documents/")) == 0 &&
+				 strchr(url + strlen(ES_API_PREFIX "documents/"), '/') != NULL &&
+				 strcmp(method, "GET") == 0)
+		{
+			/* documents/<table>/<docname>: the docname is the rest of the path. */
+			const char *rest = url + strlen(ES_API_PREFIX "documents/");
+			const char *slash = strchr(rest, '/');
+
+			args[0] = pnstrdup(rest, slash - rest);
+			args[1] = slash + 1;
+			args[2] = role;
+			result = es_http_query("SELECT eventstream._serve_document($1, $2, $3::regrole)::text", 3, args);
 		}
 		else
 		{

@@ -124,6 +124,27 @@ is($status, '200', 'Basic authentication with the same pair works');
 ($status, $body) = api('GET', "$base/updates?$q", "token $key2:$secret2");
 is($status, '403', "another key cannot pull this consumer's stream");
 
+# One document with its children.
+$node->safe_psql('site', q{
+	CREATE TABLE item_price (code text REFERENCES item ON DELETE CASCADE, list text, rate int,
+							 PRIMARY KEY (code, list));
+	GRANT SELECT ON item_price TO branch;
+	SELECT eventstream.add_child_table('item', 'item_price');
+	INSERT INTO item VALUES ('C/1', 'cherry');
+	INSERT INTO item_price VALUES ('C/1', 'retail', 3);
+});
+($status, $body) = api('GET', "$base/documents/public.item/" . uri_escape('C/1'), "token $key:$secret");
+is($status, '200', 'a document by table and docname');
+like($body, qr/"name": "cherry"/, 'with its fields');
+like($body, qr/"public\.item_price": \[\{[^]]*"rate": 3/, 'and its child rows');
+($status, $body) = api('GET', "$base/documents/item/nope", "token $key:$secret");
+is($status, '404', 'a missing document is a 404');
+($status, $body) = api('GET', "$base/documents/public.item/A", "token $key2:$secret2");
+is($status, '403', 'a role that cannot read the table gets a 403');
+($status, $body) = api('GET', "$base/documents/" . uri_escape('item; DROP TABLE item') . "/A", "token $key:$secret");
+is($status, '400', 'an injection attempt in the table name is a 400');
+is($node->safe_psql('site', "SELECT count(*) FROM item"), '3', 'and harmless');
+
 $node->safe_psql('site', "SELECT eventstream.revoke_api_key('$key')");
 ($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
 is($status, '401', 'a revoked key is refused');
