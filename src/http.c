@@ -58,6 +58,7 @@ typedef struct EsRequest
 
 static struct MHD_Daemon *es_daemon = NULL;
 static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
+static bool es_in_run = false;	/* inside MHD_run, i.e. maybe in a handler */
 static char es_site_id[64];
 
 /*
@@ -517,17 +518,25 @@ void
 es_http_run(void)
 {
 	if (es_daemon != NULL)
+	{
+		es_in_run = true;
 		(void) MHD_run(es_daemon);
+		es_in_run = false;
+	}
 }
 
 /*
  * es_http_stop
  *		Close the server (on worker exit).
+ *
+ * A FATAL error (SIGTERM) raised inside a handler exits the process from
+ * within MHD_run; stopping the daemon from under itself there is not safe,
+ * so the process exit closes its sockets instead.
  */
 void
 es_http_stop(void)
 {
-	if (es_daemon != NULL)
+	if (es_daemon != NULL && !es_in_run)
 	{
 		MHD_stop_daemon(es_daemon);
 		es_daemon = NULL;
