@@ -293,6 +293,26 @@ BEGIN
 END
 $$;
 
+-- A subscribable table named on the wire: schema-qualified, or a bare name
+-- meaning public (never resolved along search_path).
+CREATE FUNCTION eventstream._wire_table(name text) RETURNS regclass
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	qualified text := name;
+BEGIN
+	BEGIN
+		IF cardinality(parse_ident(name)) = 1 THEN
+			qualified := 'public.' || name;
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'invalid table name "%"', name USING ERRCODE = 'invalid_name';
+	END;
+	RETURN eventstream._subscribable_table(qualified);
+END
+$$;
+
 -- Child FK columns of the registered foreign key, in parent key order, as
 -- "3,1": the form the capture trigger takes.  NULL if the key is gone.
 CREATE FUNCTION eventstream._fk_attnums(child regclass, parent regclass, fk_name name) RETURNS text
@@ -705,16 +725,7 @@ BEGIN
 				USING ERRCODE = 'invalid_parameter_value',
 					  HINT = 'Each entry is a table name or {"ref_table": name, "condition": text, "unsubscribed": bool}.';
 		END IF;
-		-- Names on the wire are schema-qualified; a bare name means public.
-		name := item->>'ref_table';
-		BEGIN
-			IF cardinality(parse_ident(name)) = 1 THEN
-				name := 'public.' || name;
-			END IF;
-		EXCEPTION WHEN OTHERS THEN
-			RAISE EXCEPTION 'invalid table name "%"', name USING ERRCODE = 'invalid_name';
-		END;
-		tbl := eventstream._subscribable_table(name);
+		tbl := eventstream._wire_table(item->>'ref_table');
 		IF NOT has_table_privilege(c.role, tbl, 'SELECT') THEN
 			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._wire_name(tbl)
 				USING ERRCODE = 'insufficient_privilege',
@@ -1023,18 +1034,9 @@ CREATE FUNCTION eventstream._serve_document(ref_table text, docname text, role r
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	name text := ref_table;
-	tbl regclass;
+	tbl regclass := eventstream._wire_table(ref_table);
 	doc jsonb;
 BEGIN
-	BEGIN
-		IF cardinality(parse_ident(name)) = 1 THEN
-			name := 'public.' || name;
-		END IF;
-	EXCEPTION WHEN OTHERS THEN
-		RAISE EXCEPTION 'invalid table name "%"', ref_table USING ERRCODE = 'invalid_name';
-	END;
-	tbl := eventstream._subscribable_table(name);
 	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
 		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
 			USING ERRCODE = 'insufficient_privilege';
