@@ -106,6 +106,8 @@ extern bool es_http_start(const char *address, int port, const char *site_id);
 extern int	es_http_socket(void);
 extern long es_http_timeout(void);
 extern void es_http_run(void);
+extern void es_http_wake(bool all);
+extern bool es_http_parked(void);
 extern void es_http_stop(void);
 
 /* src/worker.c */
@@ -113,6 +115,7 @@ extern int	es_prune_interval;
 extern void es_workers_init(void);
 extern Size es_workers_shmem_size(void);
 extern void es_workers_shmem_init(void);
+extern void es_wake_site(Oid dboid);
 
 /* src/condition.c */
 extern char *es_docname_match(Relation rel, int paramno);

@@ -42,6 +42,7 @@
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "eventstream.h"
 
@@ -54,7 +55,16 @@ typedef struct EsRequest
 	char	   *body;
 	size_t		len;
 	bool		too_large;
+	TimestampTz deadline;		/* long-poll: answer by then (0: not waiting) */
+	struct MHD_Connection *conn;
+	bool		parked;			/* suspended, on es_parked */
+	struct EsRequest *next;		/* next parked request */
 } EsRequest;
+
+#define ES_MAX_WAIT_S	300		/* longest long-poll accepted */
+
+/* Long-polls parked until a commit writes logs or their deadline passes. */
+static EsRequest *es_parked = NULL;
 
 static struct MHD_Daemon *es_daemon = NULL;
 static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
@@ -214,7 +224,7 @@ es_http_query(const char *sql, int nargs, const char **args)
  */
 static unsigned int
 es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
-			const char *body, char **reply)
+			const char *body, bool may_park, char **reply)
 {
 	MemoryContext callercxt = MemoryContextSwitchTo(es_request_cxt);
 	MemoryContext oldcxt = es_request_cxt;
@@ -283,7 +293,13 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 				args[0] = consumer;
 				args[1] = cursor;
 				args[2] = limit ? limit : "100";
-				result = es_http_query("SELECT eventstream._pull($1, $2, $3::integer)::text", 3, args);
+				args[3] = may_park ? "true" : "false";
+				/* '' = nothing yet and the caller may wait for more */
+				result = es_http_query("SELECT CASE WHEN $4::boolean AND jsonb_array_length(p->'updates') = 0"
+									   "            THEN '' ELSE p::text END"
+									   "  FROM eventstream._pull($1, $2, $3::integer) p", 4, args);
+				if (result != NULL && result[0] == '\0')
+					status = 0;
 			}
 		}
 		else if (strncmp(url, ES_API_PREFIX "documents/", strlen(ES_API_PREFIX "documents/")) == 0 &&
@@ -353,6 +369,17 @@ es_http_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	if (req)
 	{
+		if (req->parked)
+		{
+			EsRequest **p;
+
+			for (p = &es_parked; *p; p = &(*p)->next)
+				if (*p == req)
+				{
+					*p = req->next;
+					break;
+				}
+		}
 		free(req->body);
 		free(req);
 		*con_cls = NULL;
@@ -425,9 +452,31 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	if (strncmp(url, ES_API_PREFIX, strlen(ES_API_PREFIX)) != 0)
 		return es_http_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "No such endpoint.");
 
-	status = es_http_api(conn, method, url, req->body, &reply);
+	/* Long-poll: a first GET of updates may ask to wait up to wait= seconds. */
+	if (req->deadline == 0 && strcmp(url, ES_API_PREFIX "updates") == 0)
+	{
+		const char *wait = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "wait");
+		int			secs = wait ? atoi(wait) : 0;
+
+		if (secs > 0)
+			req->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														Min(secs, ES_MAX_WAIT_S) * 1000);
+	}
+	status = es_http_api(conn, method, url, req->body,
+						 req->deadline > GetCurrentTimestamp(), &reply);
 	if (reply == NULL)
 		return es_http_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "Out of memory.");
+	if (status == 0)
+	{
+		/* Nothing yet: park until a commit writes logs or the deadline. */
+		free(reply);
+		req->conn = conn;
+		req->parked = true;
+		req->next = es_parked;
+		es_parked = req;
+		MHD_suspend_connection(conn);
+		return MHD_YES;
+	}
 	ret = es_http_reply(conn, status, reply);
 	free(reply);
 	return ret;
@@ -459,7 +508,7 @@ es_http_start(const char *address, int port, const char *site_id)
 		return false;
 	}
 
-	es_daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
+	es_daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME,
 								 (uint16) port, NULL, NULL,
 								 es_http_handler, NULL,
 								 MHD_OPTION_EXTERNAL_LOGGER, es_http_logger, NULL,
@@ -505,9 +554,60 @@ es_http_timeout(void)
 {
 	MHD_UNSIGNED_LONG_LONG ms;
 
-	if (es_daemon == NULL || MHD_get_timeout(es_daemon, &ms) != MHD_YES)
+	long		result = -1;
+	EsRequest  *req;
+	TimestampTz now;
+
+	if (es_daemon == NULL)
 		return -1;
-	return ms > (MHD_UNSIGNED_LONG_LONG) LONG_MAX ? LONG_MAX : (long) ms;
+	if (MHD_get_timeout(es_daemon, &ms) == MHD_YES)
+		result = ms > (MHD_UNSIGNED_LONG_LONG) LONG_MAX ? LONG_MAX : (long) ms;
+	now = GetCurrentTimestamp();
+	for (req = es_parked; req; req = req->next)
+	{
+		long		left = (long) TimestampDifferenceMilliseconds(now, req->deadline);
+
+		if (result < 0 || left < result)
+			result = left;
+	}
+	return result;
+}
+
+/*
+ * es_http_parked
+ *		Whether long-polls are parked.
+ */
+bool
+es_http_parked(void)
+{
+	return es_parked != NULL;
+}
+
+/*
+ * es_http_wake
+ *		Resume parked long-polls: all of them (a commit wrote logs), or only
+ *		those whose deadline has passed.  They are answered by the next
+ *		es_http_run().
+ */
+void
+es_http_wake(bool all)
+{
+	EsRequest **p = &es_parked;
+	TimestampTz now = GetCurrentTimestamp();
+
+	while (*p)
+	{
+		EsRequest  *req = *p;
+
+		if (all || req->deadline <= now)
+		{
+			*p = req->next;
+			req->parked = false;
+			MHD_resume_connection(req->conn);
+		}
+		else
+			p = &req->next;
+	}
 }
 
 /*

@@ -197,6 +197,11 @@ es_slot_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			pg_atomic_write_u64(&es_shared->slots[MyProc->pgprocno].s.first_id, 0);
+			es_slot_used = false;
+			/* New logs are visible: wake the site's long-polls. */
+			es_wake_site(MyDatabaseId);
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:

@@ -82,6 +82,8 @@ typedef struct EsSiteWorker
 	int			procno;			/* its PGPROC number, to set its latch */
 	bool		no_extension;	/* probed: the database lacks the extension */
 	TimestampTz hold_until;		/* the launcher leaves it alone until then */
+	volatile bool has_waiters;	/* long-polls are parked: wake at commit */
+	volatile bool recheck;		/* DROP EXTENSION committed: look again */
 } EsSiteWorker;
 
 typedef struct EsWorkers
@@ -314,11 +316,42 @@ es_worker_xact_callback(XactEvent event, void *arg)
 		SpinLockAcquire(&es_workers->mutex);
 		site = es_site(MyDatabaseId, false);
 		if (site && site->pid != 0)
+		{
 			procno = site->procno;
+			site->recheck = true;
+		}
 		SpinLockRelease(&es_workers->mutex);
 		if (procno >= 0)
 			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 	}
+}
+
+/*
+ * es_wake_site
+ *		Set the latch of dboid's site worker, if one runs: a transaction
+ *		that wrote update logs committed (parked long-polls re-check).
+ *		Lock-free: called at every commit of a capturing transaction, and a
+ *		stale read only costs a spurious or missed-by-one-cycle wake-up.
+ */
+void
+es_wake_site(Oid dboid)
+{
+	static int	cached = -1;
+	int			i;
+
+	if (es_workers == NULL)
+		return;
+	if (cached < 0 || es_workers->sites[cached].dboid != dboid)
+	{
+		cached = -1;
+		for (i = 0; i < ES_MAX_SITES; i++)
+			if (es_workers->sites[i].dboid == dboid)
+				cached = i;
+		if (cached < 0)
+			return;
+	}
+	if (es_workers->sites[cached].pid != 0 && es_workers->sites[cached].has_waiters)
+		SetLatch(&ProcGlobal->allProcs[es_workers->sites[cached].procno].procLatch);
 }
 
 /*
@@ -649,6 +682,7 @@ eventstream_worker_main(Datum main_arg)
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
 	TimestampTz last_prune = GetCurrentTimestamp();
+	TimestampTz last_duties = 0;
 	int			backoff_ms = 0;
 	char	   *dbname;
 
@@ -729,6 +763,8 @@ eventstream_worker_main(Datum main_arg)
 		}
 
 		MemoryContextSwitchTo(loop_cxt);
+		site->recheck = false;
+		last_duties = GetCurrentTimestamp();
 		if (!es_worker_duties(&last_prune))
 		{
 			SpinLockAcquire(&es_workers->mutex);
@@ -745,18 +781,27 @@ eventstream_worker_main(Datum main_arg)
 		/* Wait for the latch, a duty's time, or HTTP traffic. */
 		for (;;)
 		{
+			long		left = timeout -
+				(long) TimestampDifferenceMilliseconds(last_duties, GetCurrentTimestamp());
+
 			sock = es_http_socket();
 			http_timeout = es_http_timeout();
+			if (left < 0)
+				left = 0;
 			rc = WaitLatchOrSocket(MyLatch,
 								   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
 								   (sock >= 0 ? WL_SOCKET_READABLE : 0),
 								   sock,
-								   (http_timeout >= 0 && http_timeout < timeout) ? http_timeout : timeout,
+								   (http_timeout >= 0 && http_timeout < left) ? http_timeout : left,
 								   PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			/* A commit that wrote logs sets the latch: parked polls re-check. */
+			es_http_wake((rc & WL_LATCH_SET) != 0);
 			es_http_run();
+			site->has_waiters = es_http_parked();
 			CHECK_FOR_INTERRUPTS();
-			if (rc & (WL_LATCH_SET | WL_TIMEOUT))
+			if (ConfigReloadPending || site->recheck ||
+				TimestampDifferenceExceeds(last_duties, GetCurrentTimestamp(), timeout))
 				break;
 		}
 	}

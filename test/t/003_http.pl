@@ -6,6 +6,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes ();
 
 my $node = PostgreSQL::Test::Cluster->new('http');
 $node->init;
@@ -144,6 +145,33 @@ is($status, '403', 'a role that cannot read the table gets a 403');
 ($status, $body) = api('GET', "$base/documents/" . uri_escape('item; DROP TABLE item') . "/A", "token $key:$secret");
 is($status, '400', 'an injection attempt in the table name is a 400');
 is($node->safe_psql('site', "SELECT count(*) FROM item"), '3', 'and harmless');
+
+# Long-poll: a pull that finds nothing waits, and is answered as soon as a
+# commit writes a log; one that times out answers with no updates.
+($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
+my ($next) = $body =~ /"cursor": "([^"]+)"/;
+my $q2 = 'consumer=' . uri_escape('http://branch-1:8000') . '&cursor=' . uri_escape($next) . '&limit=10';
+my $t0 = Time::HiRes::time();
+($status, $body) = api('GET', "$base/updates?$q2&wait=1", "token $key:$secret");
+my $waited = Time::HiRes::time() - $t0;
+is($status, '200', 'a long-poll that times out answers 200');
+like($body, qr/"updates": \[\]/, 'with no updates');
+cmp_ok($waited, '>=', 0.9, "after waiting (${waited}s)");
+my $before = $node->safe_psql('site',
+	"SELECT last_pull_at FROM eventstream.consumer WHERE consumer_url = 'http://branch-1:8000'");
+my ($out, $err) = ('', '');
+my $poll = IPC::Run::start([ 'curl', '-s', '--max-time', '30', '-H', "Authorization: token $key:$secret",
+	"$base/updates?$q2&wait=20" ], '>', \$out, '2>', \$err);
+# The poll has pulled (found nothing, committed) and is parked once
+# last_pull_at moved.
+ok($node->poll_query_until('site', "SELECT last_pull_at > '$before' FROM eventstream.consumer"
+	. " WHERE consumer_url = 'http://branch-1:8000'"), 'the long-poll pulled and parked');
+$t0 = Time::HiRes::time();
+$node->safe_psql('site', "INSERT INTO item VALUES ('D', 'date')");
+$poll->finish;
+my $woke = Time::HiRes::time() - $t0;
+like($out, qr/"docname": "D"/, 'the parked long-poll gets the new update');
+cmp_ok($woke, '<', 5, "within ${woke}s of the commit, not at its 20 s deadline");
 
 $node->safe_psql('site', "SELECT eventstream.revoke_api_key('$key')");
 ($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
