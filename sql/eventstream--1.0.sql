@@ -1050,6 +1050,34 @@ BEGIN
 END
 $$;
 
+-- Producer side: how each consumer is doing.
+CREATE VIEW eventstream.consumer_status AS
+SELECT c.consumer_url,
+	   c.role,
+	   c.site_id,
+	   c.created_at,
+	   c.last_pull_at,
+	   now() - c.acked_at AS cursor_age,
+	   (SELECT count(*)
+		  FROM eventstream.update_log l
+		  JOIN eventstream.consumer_table ct
+			ON ct.consumer_url = c.consumer_url AND ct.ref_table = l.ref_table
+		   AND ct.status = 'Approved' AND NOT ct.unsubscribed
+		 WHERE l.id >= c.acked_low
+		   AND NOT pg_visible_in_snapshot(l.txid, c.acked_snapshot)
+		   AND NOT pg_visible_in_snapshot(l.txid, ct.approved_snapshot)
+		   AND l.origin IS DISTINCT FROM c.site_id) AS updates_waiting,
+	   (SELECT count(*) FROM eventstream.consumer_table ct
+		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed) AS tables_approved,
+	   (SELECT count(*) FROM eventstream.consumer_table ct
+		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Pending' AND NOT ct.unsubscribed) AS tables_pending,
+	   (SELECT count(*) FROM eventstream.consumer_table ct
+		 WHERE ct.consumer_url = c.consumer_url AND ct.condition_error IS NOT NULL) AS condition_errors,
+	   c.aged_out
+  FROM eventstream.consumer c;
+COMMENT ON VIEW eventstream.consumer_status IS
+	'Per consumer: last pull, age of its acknowledged cursor, updates waiting for it (an upper bound when conditions withhold some), subscriptions, condition errors, aged out.';
+
 ------------------------------------------------------------------------------
 -- Retention
 ------------------------------------------------------------------------------

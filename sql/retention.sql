@@ -32,6 +32,14 @@ SELECT eventstream.prune() AS pruned;
 SELECT count(*) AS logs_left, (SELECT count(*) FROM eventstream.update_log_consumer) AS receipts_left
   FROM eventstream.update_log;
 
+-- consumer_status shows what waits for each consumer.
+INSERT INTO ledger VALUES (250, 0), (251, 0);
+SELECT consumer_url, updates_waiting, tables_approved, tables_pending, aged_out, last_pull_at IS NOT NULL AS pulled
+  FROM eventstream.consumer_status ORDER BY 1;
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT consumer_url, updates_waiting FROM eventstream.consumer_status ORDER BY 1;
+
 -- consumer-g stops pulling for longer than the retention period.
 INSERT INTO ledger SELECT g, 0 FROM generate_series(300, 302) g;
 SELECT count(*) FROM pull('http://consumer-f');
