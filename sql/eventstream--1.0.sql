@@ -221,12 +221,13 @@ AS $$
 	 WHERE c.oid = tbl
 $$;
 
--- Primary key columns of tbl in key order (empty when there is none).
+-- Primary key columns of tbl in key order (empty when there is none), as
+-- an ordinary 1-based array (int2vector casts to a 0-based one).
 CREATE FUNCTION eventstream._pk_attnums(tbl regclass) RETURNS int2[]
 	LANGUAGE sql STABLE STRICT
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce((SELECT i.indkey::int2[] FROM pg_index i
+	SELECT coalesce((SELECT ARRAY(SELECT unnest(i.indkey::int2[])) FROM pg_index i
 					  WHERE i.indrelid = tbl AND i.indisprimary), '{}')
 $$;
 
@@ -1048,6 +1049,60 @@ BEGIN
 	END IF;
 	RETURN doc;
 END
+$$;
+
+/*
+ * Docnames of the rows of a table matching equality filters {"column":
+ * value, ...} (values compared as text), for mapping dependencies.  The
+ * role must be able to read the table; columns must exist.
+ */
+CREATE FUNCTION eventstream._serve_filtered(ref_table text, filters jsonb, "limit" integer, role regrole)
+		RETURNS jsonb
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tbl regclass := eventstream._wire_table(ref_table);
+	conds text := 'true';
+	f record;
+	result jsonb;
+BEGIN
+	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
+		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF filters IS NULL OR jsonb_typeof(filters) <> 'object' THEN
+		RAISE EXCEPTION 'filters must be a JSON object of column: value' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF "limit" IS NULL OR "limit" < 1 OR "limit" > 1000 THEN
+		RAISE EXCEPTION 'limit must be between 1 and 1000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR f IN SELECT * FROM jsonb_each(filters) LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = f.key
+						  AND a.attnum > 0 AND NOT a.attisdropped) THEN
+			RAISE EXCEPTION 'column "%" of table "%" does not exist', f.key, eventstream._wire_name(tbl)
+				USING ERRCODE = 'undefined_column';
+		END IF;
+		conds := conds || format(' AND doc.%I::text IS NOT DISTINCT FROM %L', f.key, filters->>f.key);
+	END LOOP;
+	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY d), ''[]'') FROM (SELECT eventstream._docname_of(%L, to_jsonb(doc)) AS d'
+				   ' FROM ONLY %s AS doc WHERE %s LIMIT %s) x', tbl, tbl, conds, "limit")
+		INTO result;
+	RETURN jsonb_build_object('docnames', result);
+END
+$$;
+
+-- The docname of a row given as jsonb (primary key in key order).
+CREATE FUNCTION eventstream._docname_of(tbl regclass, row_data jsonb) RETURNS text
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN cardinality(k) = 1 THEN row_data->>(SELECT a.attname FROM pg_attribute a
+															 WHERE a.attrelid = tbl AND a.attnum = k[1])
+				ELSE (SELECT jsonb_agg(row_data->a.attname ORDER BY x.ord)::text
+						FROM unnest(k) WITH ORDINALITY x(attnum, ord)
+						JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = x.attnum) END
+	  FROM eventstream._pk_attnums(tbl) k
 $$;
 
 -- Producer side: how each consumer is doing.

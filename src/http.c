@@ -11,7 +11,8 @@
  *
  * Endpoints so far: health (no key), POST consumers (register or update
  * the calling consumer), GET updates (its next page) and GET
- * documents/<table>/<docname> (one document with its children).  Everything under
+ * documents/<table>/<docname> (one document with its children) and GET
+ * documents/<table>?filters= (docnames matching equality filters).  Everything under
  * /api/eventstream/v1/ but health needs "Authorization: token key:secret"
  * (or Basic with the same pair), checked before routing.  An API request
  * runs in a transaction of its own inside PG_TRY (es_http_api): an ERROR
@@ -314,6 +315,20 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			args[1] = slash + 1;
 			args[2] = role;
 			result = es_http_query("SELECT eventstream._serve_document($1, $2, $3::regrole)::text", 3, args);
+		}
+		else if (strncmp(url, ES_API_PREFIX "documents/", strlen(ES_API_PREFIX "documents/")) == 0 &&
+				 strcmp(method, "GET") == 0)
+		{
+			/* documents/<table>?filters=<json>&limit=<n>: matching docnames. */
+			const char *filters = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "filters");
+			const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+
+			args[0] = url + strlen(ES_API_PREFIX "documents/");
+			args[1] = filters ? filters : "{}";
+			args[2] = limit ? limit : "20";
+			args[3] = role;
+			result = es_http_query("SELECT eventstream._serve_filtered($1, $2::jsonb, $3::integer, $4::regrole)::text",
+								   4, args);
 		}
 		else
 		{

@@ -173,6 +173,22 @@ my $woke = Time::HiRes::time() - $t0;
 like($out, qr/"docname": "D"/, 'the parked long-poll gets the new update');
 cmp_ok($woke, '<', 5, "within ${woke}s of the commit, not at its 20 s deadline");
 
+# Documents by equality filters (mapping dependencies).
+($status, $body) = api('GET', "$base/documents/public.item?filters=" . uri_escape('{"name": "cherry"}'),
+	"token $key:$secret");
+is($status, '200', 'documents by filters');
+like($body, qr/"docnames": \["C\/1"\]/, 'gives the matching docnames');
+($status, $body) = api('GET', "$base/documents/public.item?filters=" . uri_escape('{"nope": 1}'),
+	"token $key:$secret");
+is($status, '400', 'an unknown filter column is a 400');
+($status, $body) = api('GET', "$base/documents/public.item?filters=" . uri_escape(q{{"name\"; DROP TABLE item; --": 1}}),
+	"token $key:$secret");
+is($status, '400', 'an injection attempt in a filter is a 400');
+($status, $body) = api('GET', "$base/documents/public.item?filters=" . uri_escape(q{{"name": "x' OR '1'='1"}}),
+	"token $key:$secret");
+like($body, qr/"docnames": \[\]/, 'a filter value cannot widen the match');
+is($node->safe_psql('site', "SELECT count(*) FROM item"), '4', 'the table is intact');
+
 $node->safe_psql('site', "SELECT eventstream.revoke_api_key('$key')");
 ($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
 is($status, '401', 'a revoked key is refused');
