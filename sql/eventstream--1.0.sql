@@ -1092,6 +1092,56 @@ BEGIN
 END
 $$;
 
+/*
+ * A page of the existing documents of a table in primary key order, after
+ * the docname "after" (NULL: from the start), for a consumer's initial sync.
+ */
+CREATE FUNCTION eventstream._serve_snapshot(ref_table text, after text, "limit" integer, role regrole)
+		RETURNS jsonb
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tbl regclass := eventstream._wire_table(ref_table);
+	keys text;
+	bound text;
+	names text[];
+	docs jsonb;
+BEGIN
+	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
+		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF "limit" IS NULL OR "limit" < 1 OR "limit" > 1000 THEN
+		RAISE EXCEPTION 'limit must be between 1 and 1000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT string_agg(format('doc.%I', a.attname), ', ' ORDER BY k.ord),
+		   string_agg(CASE WHEN cardinality(eventstream._pk_attnums(tbl)) = 1
+						   THEN format('$1::%s', format_type(a.atttypid, a.atttypmod))
+						   ELSE format('($1::jsonb->>%s)::%s', k.ord - 1, format_type(a.atttypid, a.atttypmod)) END,
+					  ', ' ORDER BY k.ord)
+	  INTO keys, bound
+	  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum;
+	BEGIN
+		EXECUTE format('SELECT array_agg(eventstream._docname_of(%L, to_jsonb(doc)) ORDER BY %s)'
+					   '  FROM (SELECT * FROM ONLY %s AS doc WHERE $1 IS NULL OR (%s) > (%s) ORDER BY %s LIMIT %s) doc',
+					   tbl, keys, tbl, keys, bound, keys, "limit" + 1)
+			INTO names USING after;
+	EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range THEN
+		RAISE EXCEPTION 'invalid docname "%" for table "%"', after, eventstream._wire_name(tbl)
+			USING ERRCODE = 'invalid_parameter_value';
+	END;
+	names := coalesce(names, '{}');
+	SELECT coalesce(jsonb_agg(jsonb_build_object('docname', n, 'data', eventstream._document(tbl, n)) ORDER BY o), '[]')
+	  INTO docs
+	  FROM unnest(names[1:"limit"]) WITH ORDINALITY AS x(n, o);
+	RETURN jsonb_build_object('documents', docs,
+							  'next', names[least(cardinality(names), "limit")],
+							  'more', cardinality(names) > "limit");
+END
+$$;
+
 -- The docname of a row given as jsonb (primary key in key order).
 CREATE FUNCTION eventstream._docname_of(tbl regclass, row_data jsonb) RETURNS text
 	LANGUAGE sql STABLE

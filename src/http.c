@@ -12,7 +12,8 @@
  * Endpoints so far: health (no key), POST consumers (register or update
  * the calling consumer), GET updates (its next page) and GET
  * documents/<table>/<docname> (one document with its children) and GET
- * documents/<table>?filters= (docnames matching equality filters).  Everything under
+ * documents/<table>?filters= (docnames matching equality filters) and GET
+ * snapshot/<table>?after= (pages of existing documents, initial sync).  Everything under
  * /api/eventstream/v1/ but health needs "Authorization: token key:secret"
  * (or Basic with the same pair), checked before routing.  An API request
  * runs in a transaction of its own inside PG_TRY (es_http_api): an ERROR
@@ -315,6 +316,20 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			args[1] = slash + 1;
 			args[2] = role;
 			result = es_http_query("SELECT eventstream._serve_document($1, $2, $3::regrole)::text", 3, args);
+		}
+		else if (strncmp(url, ES_API_PREFIX "snapshot/", strlen(ES_API_PREFIX "snapshot/")) == 0 &&
+				 strcmp(method, "GET") == 0)
+		{
+			/* snapshot/<table>?after=<docname>&limit=<n>: existing documents. */
+			const char *after = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "after");
+			const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+
+			args[0] = url + strlen(ES_API_PREFIX "snapshot/");
+			args[1] = after;
+			args[2] = limit ? limit : "100";
+			args[3] = role;
+			result = es_http_query("SELECT eventstream._serve_snapshot($1, $2, $3::integer, $4::regrole)::text",
+								   4, args);
 		}
 		else if (strncmp(url, ES_API_PREFIX "documents/", strlen(ES_API_PREFIX "documents/")) == 0 &&
 				 strcmp(method, "GET") == 0)

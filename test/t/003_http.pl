@@ -189,6 +189,21 @@ is($status, '400', 'an injection attempt in a filter is a 400');
 like($body, qr/"docnames": \[\]/, 'a filter value cannot widen the match');
 is($node->safe_psql('site', "SELECT count(*) FROM item"), '4', 'the table is intact');
 
+# Pages of existing documents (initial sync), in key order.
+($status, $body) = api('GET', "$base/snapshot/public.item?limit=2", "token $key:$secret");
+is($status, '200', 'a snapshot page');
+like($body, qr/"documents": \[\{"data": \{"code": "A".*"docname": "A".*"docname": "B"/s, 'first page in key order');
+like($body, qr/"more": true/, 'with more to come');
+my ($after) = $body =~ /"next": "([^"]+)"/;
+($status, $body) = api('GET', "$base/snapshot/public.item?limit=2&after=" . uri_escape($after), "token $key:$secret");
+like($body, qr/"public\.item_price": \[\{"code": "C\/1", "list": "retail", "rate": 3\}\]\}, "docname": "C\/1"\}, \{.*"docname": "D"/s,
+	'the next page, children included');
+like($body, qr/"more": false/, 'and the end');
+($status, $body) = api('GET', "$base/snapshot/public.item?limit=0", "token $key:$secret");
+is($status, '400', 'a bad limit is a 400');
+($status, $body) = api('GET', "$base/snapshot/public.item", "token $key2:$secret2");
+is($status, '403', 'a role that cannot read the table gets no snapshot');
+
 $node->safe_psql('site', "SELECT eventstream.revoke_api_key('$key')");
 ($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
 is($status, '401', 'a revoked key is refused');
