@@ -833,9 +833,7 @@ DECLARE
 	t_oids regclass[];
 	result jsonb;
 BEGIN
-	IF lim IS NULL OR lim < 1 OR lim > 10000 THEN
-		RAISE EXCEPTION 'limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM eventstream._check_limit(lim, 10000);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull.consumer_url FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
@@ -1026,6 +1024,34 @@ BEGIN
 END
 $$;
 
+-- A table named on the wire that the API key's role may read.
+CREATE FUNCTION eventstream._readable_table(ref_table text, role regrole) RETURNS regclass
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tbl regclass := eventstream._wire_table(ref_table);
+BEGIN
+	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
+		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN tbl;
+END
+$$;
+
+-- A page size between 1 and max.
+CREATE FUNCTION eventstream._check_limit(lim integer, max integer) RETURNS void
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF lim IS NULL OR lim < 1 OR lim > max THEN
+		RAISE EXCEPTION 'limit must be between 1 and %', max USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END
+$$;
+
 /*
  * One document with its children, for the documents endpoint: the table
  * must be readable by the API key's role.
@@ -1035,13 +1061,9 @@ CREATE FUNCTION eventstream._serve_document(ref_table text, docname text, role r
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	tbl regclass := eventstream._wire_table(ref_table);
+	tbl regclass := eventstream._readable_table(ref_table, role);
 	doc jsonb;
 BEGIN
-	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
-		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
 	doc := eventstream._document(tbl, docname);
 	IF doc IS NULL THEN
 		RAISE EXCEPTION 'document "%" of table "%" does not exist', docname, eventstream._wire_name(tbl)
@@ -1062,21 +1084,15 @@ CREATE FUNCTION eventstream._serve_filtered(ref_table text, filters jsonb, "limi
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	tbl regclass := eventstream._wire_table(ref_table);
+	tbl regclass := eventstream._readable_table(ref_table, role);
 	conds text := 'true';
 	f record;
 	result jsonb;
 BEGIN
-	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
-		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
 	IF filters IS NULL OR jsonb_typeof(filters) <> 'object' THEN
 		RAISE EXCEPTION 'filters must be a JSON object of column: value' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF "limit" IS NULL OR "limit" < 1 OR "limit" > 1000 THEN
-		RAISE EXCEPTION 'limit must be between 1 and 1000' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM eventstream._check_limit("limit", 1000);
 	FOR f IN SELECT * FROM jsonb_each(filters) LOOP
 		IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = f.key
 						  AND a.attnum > 0 AND NOT a.attisdropped) THEN
@@ -1102,19 +1118,13 @@ CREATE FUNCTION eventstream._serve_snapshot(ref_table text, after text, "limit" 
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	tbl regclass := eventstream._wire_table(ref_table);
+	tbl regclass := eventstream._readable_table(ref_table, role);
 	keys text;
 	bound text;
 	names text[];
 	docs jsonb;
 BEGIN
-	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
-		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
-	IF "limit" IS NULL OR "limit" < 1 OR "limit" > 1000 THEN
-		RAISE EXCEPTION 'limit must be between 1 and 1000' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM eventstream._check_limit("limit", 1000);
 	SELECT string_agg(format('doc.%I', a.attname), ', ' ORDER BY k.ord),
 		   string_agg(CASE WHEN cardinality(eventstream._pk_attnums(tbl)) = 1
 						   THEN format('$1::%s', format_type(a.atttypid, a.atttypmod))
