@@ -132,3 +132,18 @@ CREATE TRIGGER bad AFTER INSERT ON wrong FOR EACH ROW EXECUTE FUNCTION eventstre
 INSERT INTO wrong VALUES (1);
 DROP TABLE wrong;
 SELECT eventstream._capture();
+
+-- A transaction that wrote logs cannot be prepared (it would outlive its
+-- backend's low-bound slot).
+BEGIN;
+INSERT INTO item (code) VALUES ('prepared');
+PREPARE TRANSACTION 'es_prepared';
+SELECT count(*) AS prepared_logs FROM eventstream.update_log WHERE docname = 'prepared';
+
+-- The log is written without an executor: expression indexes on it are
+-- refused clearly, and writes work again once the index is gone.
+CREATE INDEX update_log_expr ON eventstream.update_log ((docname || '!'));
+INSERT INTO item (code) VALUES ('expr-index');
+DROP INDEX eventstream.update_log_expr;
+INSERT INTO item (code) VALUES ('no-expr-index');
+SELECT docname FROM eventstream.update_log WHERE docname LIKE '%expr-index' ORDER BY id;

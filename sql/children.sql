@@ -86,3 +86,11 @@ SELECT child FROM eventstream.child_table ORDER BY 1;
 INSERT INTO invoice VALUES (5, 'Raviga');
 SELECT docname, data ? 'public.extra_item' AS has_extra, data ? 'public.invoice_item' AS has_items
   FROM eventstream.update_log WHERE docname IN ('4', '5') AND update_type = 'Create' ORDER BY docname;
+
+-- Unregistering a child table removes its capture; its rows leave the
+-- parent's documents.
+SELECT eventstream.remove_child_table('invoice_item');
+SELECT tgrelid::regclass AS captured FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+INSERT INTO invoice VALUES (6, 'Endframe');
+SELECT data ? 'public.invoice_item' AS has_items FROM eventstream.update_log WHERE docname = '6';
+SELECT eventstream.remove_child_table('invoice_item');
