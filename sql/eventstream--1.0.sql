@@ -109,17 +109,26 @@ COMMENT ON COLUMN eventstream.consumer_table.approved_snapshot IS
 COMMENT ON COLUMN eventstream.consumer_table.condition_error IS
 	'Latest error raised by the condition; documents whose condition fails are not served.';
 
--- Which consumers were served which log ("Consumers" of an Update Log).
--- page ties a receipt to the pull that served it: a consumer that pulls the
--- same page again (it did not apply it) gets it again.
-CREATE TABLE eventstream.update_log_consumer (
-	update_log_id	bigint NOT NULL,
-	consumer_url	text NOT NULL,		-- no foreign key: checking it per served log costs
-	page			bigint NOT NULL,	-- more than the insert; remove_consumer cleans up
-	PRIMARY KEY (update_log_id, consumer_url)
+-- Which consumers were served which log ("Consumers" of an Update Log): one
+-- receipt per page served, listing its logs.  page ties it to the pull that
+-- served it: a consumer that pulls the same page again (it did not apply
+-- it) gets it again.  One row per page instead of one per log keeps the
+-- cost of a receipt off the serving path.
+CREATE TABLE eventstream.served_page (
+	consumer_url	text NOT NULL,		-- no foreign key: remove_consumer cleans up
+	page			bigint NOT NULL,
+	log_ids			bigint[] NOT NULL,
+	max_log_id		bigint,
+	PRIMARY KEY (consumer_url, page)
 );
-CREATE INDEX update_log_consumer_page_idx ON eventstream.update_log_consumer (consumer_url, page);
-COMMENT ON TABLE eventstream.update_log_consumer IS
+-- Arrays of ids compress well but slowly: serving is what counts here.
+ALTER TABLE eventstream.served_page ALTER COLUMN log_ids SET STORAGE EXTERNAL;
+COMMENT ON TABLE eventstream.served_page IS
+	'Read receipts, one row per page a consumer was served; see the view update_log_consumer.';
+CREATE VIEW eventstream.update_log_consumer AS
+	SELECT i AS update_log_id, sp.consumer_url, sp.page
+	  FROM eventstream.served_page sp, unnest(sp.log_ids) i;
+COMMENT ON VIEW eventstream.update_log_consumer IS
 	'Read receipts: which consumer was served which update log.';
 
 -- Conditioned subscriptions only.  consumer_document: the documents a
@@ -653,7 +662,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
 	END IF;
-	DELETE FROM eventstream.update_log_consumer x WHERE x.consumer_url = remove_consumer.consumer_url;
+	DELETE FROM eventstream.served_page x WHERE x.consumer_url = remove_consumer.consumer_url;
 	DELETE FROM eventstream.consumer_document x WHERE x.consumer_url = remove_consumer.consumer_url;
 	DELETE FROM eventstream.withheld x WHERE x.consumer_url = remove_consumer.consumer_url;
 END
@@ -781,6 +790,26 @@ $$;
 -- Serving updates
 ------------------------------------------------------------------------------
 
+-- The JSON texts of update logs, in the order of ids, as served.  A
+-- negative id stands for "the whole current document" of that log, served
+-- as a Create.  Built as text: parsing into jsonb only to print it again
+-- would cost more than building it.
+CREATE FUNCTION eventstream._log_texts(ids bigint[], site_id uuid) RETURNS text[]
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(array_agg(json_build_object(
+				'id', l.id,
+				'update_type', CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,
+				'ref_table', l.ref_table,
+				'docname', l.docname,
+				'data', CASE WHEN u.id < 0 THEN eventstream._document(to_regclass(l.ref_table), l.docname) ELSE l.data END,
+				'origin', coalesce(l.origin, site_id),
+				'created_at', l.created_at)::text ORDER BY u.ord), '{}')
+	  FROM unnest(ids) WITH ORDINALITY AS u(id, ord)
+	  JOIN eventstream.update_log l ON l.id = abs(u.id)
+$$;
+
 /*
  * The next page of updates for a consumer.
  *
@@ -795,8 +824,8 @@ $$;
  * continued after <after_id>.  Pulling with a cursor acknowledges
  * everything before it.
  */
-CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT 100)
-		RETURNS jsonb
+CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer,
+										OUT page text, OUT served integer)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- Walk the primary key in order and stop after a page; estimates of the
@@ -831,10 +860,14 @@ DECLARE
 	cond text;
 	t_snaps pg_snapshot[];
 	t_oids regclass[];
-	result jsonb;
+	texts text[] := '{}';
+	block_texts text[];
+	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
+	bytes bigint := 0;
+	block_bytes bigint;
 BEGIN
 	PERFORM eventstream._check_limit(lim, 10000);
-	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull.consumer_url FOR UPDATE;
+	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
 	END IF;
@@ -879,8 +912,8 @@ BEGIN
 	UPDATE eventstream.consumer SET acked_page = pageno, acked_snapshot = s_from, acked_low = low_from,
 									acked_at = now(), last_pull_at = now(), served_page = pageno
 	 WHERE eventstream.consumer.consumer_url = c.consumer_url;
-	DELETE FROM eventstream.update_log_consumer uc
-	 WHERE uc.consumer_url = c.consumer_url AND uc.page >= pageno;
+	DELETE FROM eventstream.served_page sp
+	 WHERE sp.consumer_url = c.consumer_url AND sp.page >= pageno;
 	DELETE FROM eventstream.consumer_document d
 	 WHERE d.consumer_url = c.consumer_url AND d.page >= pageno;
 	DELETE FROM eventstream.withheld w
@@ -928,14 +961,34 @@ BEGIN
 		more := cardinality(c_ids) > lim;
 
 		IF NOT EXISTS (SELECT 1 FROM unnest(t_conds) x WHERE x IS NOT NULL) THEN
-			-- No condition involved: the page is the first lim candidates.
+			-- No condition involved: the page is the first lim candidates,
+			-- cut where it reaches eventstream.http_max_response_size.
 			ids := c_ids[1:lim];
+			texts := eventstream._log_texts(ids, site.site_id);
+			FOR i IN 1 .. cardinality(texts) LOOP
+				bytes := bytes + octet_length(texts[i]) + 2;
+				IF bytes > max_bytes AND i > 1 THEN
+					ids := ids[1:i - 1];
+					texts := texts[1:i - 1];
+					more := true;
+					EXIT;
+				END IF;
+			END LOOP;
 			last_id := ids[cardinality(ids)];
 		ELSE
+			texts := '{}';
 			FOR i IN 1 .. least(cardinality(c_ids), lim) LOOP
 				cond := t_conds[array_position(t_names, c_tables[i])];
 				IF cond IS NULL THEN
+					block_texts := eventstream._log_texts(ARRAY[c_ids[i]], site.site_id);
+					block_bytes := octet_length(block_texts[1]) + 2;
+					IF cardinality(ids) > 0 AND bytes + block_bytes > max_bytes THEN
+						more := true;
+						EXIT;
+					END IF;
 					ids := ids || c_ids[i];
+					texts[cardinality(texts) + 1] := block_texts[1];	-- appended in place
+					bytes := bytes + block_bytes;
 					last_id := c_ids[i];
 					CONTINUE;
 				END IF;
@@ -980,11 +1033,18 @@ BEGIN
 				ELSE
 					block := ARRAY[-c_ids[i]];
 				END IF;
-				IF cardinality(ids) > 0 AND cardinality(ids) + cardinality(block) > lim THEN
+				block_texts := eventstream._log_texts(block, site.site_id);
+				block_bytes := (SELECT sum(octet_length(x) + 2) FROM unnest(block_texts) x);
+				IF cardinality(ids) > 0 AND
+				   (cardinality(ids) + cardinality(block) > lim OR bytes + block_bytes > max_bytes) THEN
 					more := true;
 					EXIT;
 				END IF;
 				ids := ids || block;
+				FOR j IN 1 .. cardinality(block_texts) LOOP
+					texts[cardinality(texts) + 1] := block_texts[j];
+				END LOOP;
+				bytes := bytes + block_bytes;
 				UPDATE eventstream.withheld w SET served_page = pageno
 				 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
 				   AND w.docname = c_docs[i] AND w.served_page IS NULL;
@@ -998,30 +1058,29 @@ BEGIN
 
 	-- Receipts of pages from this one on were deleted above, and a withheld
 	-- log is replayed once: no receipt can exist yet.
-	INSERT INTO eventstream.update_log_consumer (update_log_id, consumer_url, page)
-		SELECT abs(i), c.consumer_url, pageno FROM unnest(ids) i;
+	IF cardinality(ids) > 0 THEN
+		INSERT INTO eventstream.served_page (consumer_url, page, log_ids, max_log_id)
+			SELECT c.consumer_url, pageno, array_agg(abs(i)), max(abs(i)) FROM unnest(ids) i;
+	END IF;
 
-	-- A negative id stands for "the whole current document" (see above).
-	-- Built as json text and parsed once: much cheaper than jsonb_agg.
-	SELECT ('[' || coalesce(string_agg(json_build_object(
-				'id', l.id,
-				'update_type', CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,
-				'ref_table', l.ref_table,
-				'docname', l.docname,
-				'data', CASE WHEN u.id < 0 THEN eventstream._document(to_regclass(l.ref_table), l.docname) ELSE l.data END,
-				'origin', coalesce(l.origin, site.site_id),
-				'created_at', l.created_at)::text, ',' ORDER BY u.ord), '') || ']')::jsonb
-	  INTO result
-	  FROM unnest(ids) WITH ORDINALITY AS u(id, ord)
-	  JOIN eventstream.update_log l ON l.id = abs(u.id);
-
-	RETURN jsonb_build_object(
-		'updates', result,
-		'cursor', CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
-					   ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END,
-		'more', more,
-		'tables', eventstream._consumer_tables(c.consumer_url));
+	served := cardinality(ids);
+	page := format('{"updates": [%s], "cursor": %s, "more": %s, "tables": %s}',
+				   array_to_string(texts, ', '),
+				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
+								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
+				   to_json(more),
+				   eventstream._consumer_tables(c.consumer_url));
 END
+$$;
+
+-- The next page for a consumer as jsonb, for SQL callers; the HTTP
+-- endpoint sends _pull_page's text as it is.
+CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT 100)
+		RETURNS jsonb
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT p.page::jsonb FROM eventstream._pull_page(consumer_url, cursor, "limit") p
 $$;
 
 -- A table named on the wire that the API key's role may read.
@@ -1122,7 +1181,10 @@ DECLARE
 	keys text;
 	bound text;
 	names text[];
-	docs jsonb;
+	docs jsonb[];
+	more boolean;
+	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
+	bytes bigint := 0;
 BEGIN
 	PERFORM eventstream._check_limit("limit", 1000);
 	SELECT string_agg(format('doc.%I', a.attname), ', ' ORDER BY k.ord),
@@ -1143,12 +1205,24 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END;
 	names := coalesce(names, '{}');
-	SELECT coalesce(jsonb_agg(jsonb_build_object('docname', n, 'data', eventstream._document(tbl, n)) ORDER BY o), '[]')
+	more := cardinality(names) > "limit";
+	names := names[1:"limit"];
+	SELECT coalesce(array_agg(jsonb_build_object('docname', n, 'data', eventstream._document(tbl, n)) ORDER BY o), '{}')
 	  INTO docs
-	  FROM unnest(names[1:"limit"]) WITH ORDINALITY AS x(n, o);
-	RETURN jsonb_build_object('documents', docs,
-							  'next', names[least(cardinality(names), "limit")],
-							  'more', cardinality(names) > "limit");
+	  FROM unnest(names) WITH ORDINALITY AS x(n, o);
+	-- The page ends where it reaches eventstream.http_max_response_size.
+	FOR i IN 1 .. cardinality(docs) LOOP
+		bytes := bytes + octet_length(docs[i]::text) + 2;
+		IF bytes > max_bytes AND i > 1 THEN
+			docs := docs[1:i - 1];
+			names := names[1:i - 1];
+			more := true;
+			EXIT;
+		END IF;
+	END LOOP;
+	RETURN jsonb_build_object('documents', to_jsonb(docs),
+							  'next', names[cardinality(names)],
+							  'more', more);
 END
 $$;
 
@@ -1242,12 +1316,16 @@ BEGIN
 				 WHERE w.update_log_id = l.id AND w.served_page IS NULL
 				   AND NOT c.aged_out AND c.acked_at > now() - retention))
 		RETURNING l.id
-	), receipts AS (
-		DELETE FROM eventstream.update_log_consumer uc USING gone WHERE uc.update_log_id = gone.id
 	), held_back AS (
 		DELETE FROM eventstream.withheld w USING gone WHERE w.update_log_id = gone.id
 	)
 	SELECT count(*) INTO deleted FROM gone;
+
+	-- Receipts go with the last of their logs (a page may hold replayed
+	-- withheld logs that are kept longer than the rest).
+	DELETE FROM eventstream.served_page sp
+	 WHERE sp.max_log_id < horizon
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.update_log l WHERE l.id = ANY (sp.log_ids));
 
 	UPDATE eventstream.site
 	   SET last_prune_at = now(),

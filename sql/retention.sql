@@ -16,7 +16,7 @@ SELECT (SELECT count(*) FROM eventstream.withheld) AS withheld,
 	   (SELECT count(*) FROM eventstream.consumer_document) AS documents,
 	   (SELECT count(*) FROM eventstream.update_log_consumer
 		 WHERE consumer_url NOT IN ('http://consumer-f', 'http://consumer-g')) AS receipts;
-TRUNCATE eventstream.update_log, eventstream.update_log_consumer;
+TRUNCATE eventstream.update_log, eventstream.served_page;
 INSERT INTO ledger SELECT g, 0 FROM generate_series(200, 204) g;
 
 -- Nothing is pruned before both consumers acknowledged it.

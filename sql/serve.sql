@@ -56,3 +56,33 @@ SELECT n, docname FROM pull('http://consumer-f');
 
 -- Statuses travel with every page.
 SELECT eventstream._pull(c.consumer, c.cur, 1)->'tables' AS tables FROM cursors c WHERE c.consumer = 'http://consumer-f';
+
+-- A page stops growing at eventstream.http_max_response_size; one update
+-- larger than that still goes, alone.
+CREATE TABLE blob (id int PRIMARY KEY, body text);
+GRANT SELECT ON blob TO es_sub;
+SELECT register('http://consumer-s', '00000000-0000-0000-0000-0000000000b5', '["blob"]');
+SELECT eventstream.approve('http://consumer-s', 'blob');
+INSERT INTO blob SELECT g, repeat(md5(g::text), 500) FROM generate_series(1, 10) g;	-- 16 kB each
+INSERT INTO blob VALUES (11, repeat(md5('big'), 3000));								-- 96 kB
+SET eventstream.http_max_response_size = '64kB';
+SELECT n, docname, more FROM pull('http://consumer-s', 100);
+SELECT n, docname, more FROM pull('http://consumer-s', 100);
+SELECT n, docname, more FROM pull('http://consumer-s', 100);
+SELECT n, docname, more FROM pull('http://consumer-s', 100);
+-- The same with a condition on the table (documents are judged one by one).
+SELECT register('http://consumer-t', '00000000-0000-0000-0000-0000000000b6',
+				'[{"ref_table": "blob", "condition": "id > 2"}]');
+SELECT eventstream.approve('http://consumer-t', 'blob');
+UPDATE blob SET body = body || 'x';
+SELECT n, docname, more FROM pull('http://consumer-t', 100);
+SELECT n, docname, more FROM pull('http://consumer-t', 100);
+SELECT n, docname, more FROM pull('http://consumer-t', 100);
+SELECT n, docname, more FROM pull('http://consumer-t', 100);
+-- Initial-sync pages of documents stop growing there too.
+SELECT jsonb_array_length(p->'documents') AS documents, p->>'next' AS next, p->'more' AS more
+  FROM eventstream._serve_snapshot('blob', NULL, 100, 'es_sub') p;
+SELECT jsonb_array_length(p->'documents') AS documents, p->>'next' AS next, p->'more' AS more
+  FROM eventstream._serve_snapshot('blob', '8', 100, 'es_sub') p;
+SET eventstream.http_max_response_size = '32kB';	-- below the minimum
+RESET eventstream.http_max_response_size;

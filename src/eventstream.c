@@ -50,6 +50,10 @@ pg_uuid_t	es_apply_origin;
 /* GUCs: this site's HTTP endpoint (per database, ALTER DATABASE ... SET). */
 int			es_http_port = 0;
 char	   *es_http_listen_address = NULL;
+char	   *es_http_tls_cert_file = NULL;
+char	   *es_http_tls_key_file = NULL;
+int			es_http_max_request_size = 1024;	/* kB */
+static int	es_http_max_response_size = 8192;	/* kB, read by _pull_page */
 
 /* GUC: how long an idle consumer holds back pruning of the update log. */
 static int	es_retention_period = 7 * 24 * 3600;
@@ -100,6 +104,40 @@ _PG_init(void)
 							   PGC_SUSET,
 							   0,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("eventstream.http_tls_cert_file",
+							   "PEM certificate (chain) of the HTTP endpoint; with a key file, it serves HTTPS only.",
+							   "Relative paths are relative to the data directory.",
+							   &es_http_tls_cert_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstream.http_tls_key_file",
+							   "PEM private key of the HTTP endpoint's certificate.",
+							   "Relative paths are relative to the data directory.",
+							   &es_http_tls_key_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstream.http_max_request_size",
+							"Largest request body the HTTP endpoint accepts; larger ones get 413.",
+							NULL,
+							&es_http_max_request_size,
+							1024, 1, 1024 * 1024,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstream.http_max_response_size",
+							"Size a page of updates or documents stops growing at.",
+							"A page ends before the update or document that would take it past "
+							"this size; it always holds at least one, however large.",
+							&es_http_max_response_size,
+							8192, 64, 1024 * 1024,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("eventstream");
 }

@@ -100,6 +100,9 @@ extern int64 es_next_log_id(Oid seqid);
 /* src/eventstream.c */
 extern int	es_http_port;
 extern char *es_http_listen_address;
+extern char *es_http_tls_cert_file;
+extern char *es_http_tls_key_file;
+extern int	es_http_max_request_size;
 
 /* src/http.c */
 extern bool es_http_start(const char *address, int port, const char *site_id);

@@ -40,6 +40,7 @@
 #include "common/base64.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
@@ -49,7 +50,6 @@
 #include "eventstream.h"
 
 #define ES_API_PREFIX	"/api/eventstream/v1/"
-#define ES_MAX_BODY		(1024 * 1024)	/* request bodies above this: 413 */
 
 /* Per-request state, malloc'd (no PostgreSQL allocation in MHD frames). */
 typedef struct EsRequest
@@ -72,6 +72,8 @@ static struct MHD_Daemon *es_daemon = NULL;
 static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
 static bool es_in_run = false;	/* inside MHD_run, i.e. maybe in a handler */
 static char es_site_id[64];
+static char *es_tls_cert = NULL;	/* PEM texts, kept while the daemon runs */
+static char *es_tls_key = NULL;
 
 /*
  * es_http_logger
@@ -297,9 +299,8 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 				args[2] = limit ? limit : "100";
 				args[3] = may_park ? "true" : "false";
 				/* '' = nothing yet and the caller may wait for more */
-				result = es_http_query("SELECT CASE WHEN $4::boolean AND jsonb_array_length(p->'updates') = 0"
-									   "            THEN '' ELSE p::text END"
-									   "  FROM eventstream._pull($1, $2, $3::integer) p", 4, args);
+				result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 THEN '' ELSE p.page END"
+									   "  FROM eventstream._pull_page($1, $2, $3::integer) p", 4, args);
 				if (result != NULL && result[0] == '\0')
 					status = 0;
 			}
@@ -422,7 +423,7 @@ es_http_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
  *
  * The first call for a request only sets up its state (queueing a reply
  * there would make libmicrohttpd close keep-alive connections); later calls
- * collect the body, up to ES_MAX_BODY; the reply is queued once it is all
+ * collect the body, up to eventstream.http_max_request_size; the reply is queued once it is all
  * there.
  */
 static enum MHD_Result
@@ -445,7 +446,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	}
 	if (*upload_data_size != 0)
 	{
-		if (req->too_large || req->len + *upload_data_size > ES_MAX_BODY)
+		if (req->too_large ||
+			req->len + *upload_data_size > (size_t) es_http_max_request_size * 1024)
 			req->too_large = true;
 		else
 		{
@@ -513,14 +515,50 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 }
 
 /*
+ * es_http_read_pem
+ *		Read a PEM file whole into TopMemoryContext.  NULL, with a WARNING,
+ *		when it cannot be read.
+ */
+static char *
+es_http_read_pem(const char *setting, const char *path)
+{
+	FILE	   *f;
+	StringInfoData buf;
+	char		chunk[4096];
+	size_t		n;
+	MemoryContext oldcxt;
+
+	f = AllocateFile(path, "r");
+	if (f == NULL)
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\" named by %s: %m", path, setting)));
+		return NULL;
+	}
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	initStringInfo(&buf);
+	MemoryContextSwitchTo(oldcxt);
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		appendBinaryStringInfo(&buf, chunk, n);
+	FreeFile(f);
+	return buf.data;
+}
+
+/*
  * es_http_start
- *		Start listening on address:port for this site.  Returns false (with
- *		a WARNING) when that is not possible; the worker carries on without.
+ *		Start listening on address:port for this site, with TLS when
+ *		eventstream.http_tls_cert_file and _key_file are set.  Returns false
+ *		(with a WARNING) when that is not possible; the worker carries on
+ *		without an endpoint rather than serving plain HTTP by mistake.
  */
 bool
 es_http_start(const char *address, int port, const char *site_id)
 {
 	struct sockaddr_in addr;
+	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+	bool		tls = (es_http_tls_cert_file[0] != '\0' || es_http_tls_key_file[0] != '\0');
+	struct MHD_OptionItem tls_options[3];
 
 	strlcpy(es_site_id, site_id, sizeof(es_site_id));
 	if (es_request_cxt == NULL)
@@ -538,7 +576,43 @@ es_http_start(const char *address, int port, const char *site_id)
 		return false;
 	}
 
-	es_daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME,
+	memset(tls_options, 0, sizeof(tls_options));
+	tls_options[0].option = MHD_OPTION_END;
+	if (tls)
+	{
+		if (es_http_tls_cert_file[0] == '\0' || es_http_tls_key_file[0] == '\0')
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("eventstream.http_tls_cert_file and eventstream.http_tls_key_file must be set together"),
+					 errdetail("The HTTP endpoint on port %d is not started.", port)));
+			return false;
+		}
+		if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("libmicrohttpd was built without TLS support"),
+					 errdetail("The HTTP endpoint on port %d is not started.", port)));
+			return false;
+		}
+		if (es_tls_cert)
+			pfree(es_tls_cert);
+		if (es_tls_key)
+			pfree(es_tls_key);
+		es_tls_cert = es_http_read_pem("eventstream.http_tls_cert_file", es_http_tls_cert_file);
+		es_tls_key = es_http_read_pem("eventstream.http_tls_key_file", es_http_tls_key_file);
+		if (es_tls_cert == NULL || es_tls_key == NULL)
+			return false;
+		flags |= MHD_USE_TLS;
+		tls_options[0].option = MHD_OPTION_HTTPS_MEM_CERT;
+		tls_options[0].ptr_value = es_tls_cert;
+		tls_options[1].option = MHD_OPTION_HTTPS_MEM_KEY;
+		tls_options[1].ptr_value = es_tls_key;
+		tls_options[2].option = MHD_OPTION_END;
+	}
+
+	es_daemon = MHD_start_daemon(flags,
 								 (uint16) port, NULL, NULL,
 								 es_http_handler, NULL,
 								 MHD_OPTION_EXTERNAL_LOGGER, es_http_logger, NULL,
@@ -546,17 +620,19 @@ es_http_start(const char *address, int port, const char *site_id)
 								 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int) 1,
 								 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 120,
 								 MHD_OPTION_NOTIFY_COMPLETED, es_http_request_done, NULL,
+								 MHD_OPTION_ARRAY, tls_options,
 								 MHD_OPTION_END);
 	if (es_daemon == NULL)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("could not start the eventstream HTTP server on %s:%d", address, port),
-				 errhint("Check that the port is free and eventstream.http_listen_address is an address of this machine.")));
+				 tls ? errhint("Check that the port is free, that eventstream.http_listen_address is an address of this machine, and that the certificate and key files hold a matching PEM certificate and key.")
+				 : errhint("Check that the port is free and eventstream.http_listen_address is an address of this machine.")));
 		return false;
 	}
 	ereport(LOG,
-			(errmsg("eventstream HTTP server listening on %s:%d", address, port)));
+			(errmsg("eventstream %s server listening on %s:%d", tls ? "HTTPS" : "HTTP", address, port)));
 	return true;
 }
 
