@@ -681,6 +681,7 @@ eventstream_worker_main(Datum main_arg)
 	bool		other_running;
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
+	WaitEventSet *wait_set;
 	TimestampTz last_prune = GetCurrentTimestamp();
 	TimestampTz last_duties = 0;
 	int			backoff_ms = 0;
@@ -728,6 +729,16 @@ eventstream_worker_main(Datum main_arg)
 									 ALLOCSET_DEFAULT_SIZES);
 
 	/*
+	 * One wait set for the worker's life: its latch, postmaster death and
+	 * the HTTP server's epoll descriptor (which stands for all its sockets).
+	 */
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (es_http_socket() >= 0)
+		AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
+
+	/*
 	 * Survive errors: log, abort, back off, carry on (the model is
 	 * bgwriter.c).  A FATAL (SIGTERM) still ends the worker.
 	 */
@@ -752,8 +763,6 @@ eventstream_worker_main(Datum main_arg)
 	{
 		long		timeout = es_prune_interval > 0 ? es_prune_interval * 1000L : ES_LAUNCHER_NAP_MS;
 		long		http_timeout;
-		int			sock;
-		int			rc;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -783,20 +792,23 @@ eventstream_worker_main(Datum main_arg)
 		{
 			long		left = timeout -
 				(long) TimestampDifferenceMilliseconds(last_duties, GetCurrentTimestamp());
+			WaitEvent	events[3];
+			bool		latch_set = false;
+			int			nevents;
 
-			sock = es_http_socket();
 			http_timeout = es_http_timeout();
 			if (left < 0)
 				left = 0;
-			rc = WaitLatchOrSocket(MyLatch,
-								   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
-								   (sock >= 0 ? WL_SOCKET_READABLE : 0),
-								   sock,
-								   (http_timeout >= 0 && http_timeout < left) ? http_timeout : left,
-								   PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
+			nevents = WaitEventSetWait(wait_set,
+									   (http_timeout >= 0 && http_timeout < left) ? http_timeout : left,
+									   events, lengthof(events), PG_WAIT_EXTENSION);
+			for (int i = 0; i < nevents; i++)
+				if (events[i].events & WL_LATCH_SET)
+					latch_set = true;
+			if (latch_set)
+				ResetLatch(MyLatch);
 			/* A commit that wrote logs sets the latch: parked polls re-check. */
-			es_http_wake((rc & WL_LATCH_SET) != 0);
+			es_http_wake(latch_set);
 			es_http_run();
 			site->has_waiters = es_http_parked();
 			CHECK_FOR_INTERRUPTS();
