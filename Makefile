@@ -14,6 +14,8 @@ OBJS = \
 	src/document.o \
 	src/http.o \
 	src/keys.o \
+	src/client.o \
+	src/apply.o \
 	src/worker.o
 
 EXTENSION = eventstream

@@ -780,9 +780,11 @@ CREATE FUNCTION eventstream._consumer_tables(consumer_url text) RETURNS jsonb
 	SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', ct.ref_table, 'status', ct.status,
-												 'unsubscribed', ct.unsubscribed, 'condition', ct.condition)
+												 'unsubscribed', ct.unsubscribed, 'condition', ct.condition,
+												 'readable', coalesce(has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT'), false))
 							  ORDER BY ct.ref_table), '[]')
 	  FROM eventstream.consumer_table ct
+	  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
 	 WHERE ct.consumer_url = _consumer_tables.consumer_url
 $$;
 

@@ -52,6 +52,9 @@
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
 
 #include "eventstream.h"
 
@@ -334,6 +337,26 @@ es_record_condition_error(text *consumer, text *ref_table, const char *msg)
 	SPI_finish();
 }
 
+/* GUC: longest a condition may run for one document (ms). */
+int			es_condition_timeout = 100;
+
+static TimeoutId es_condition_timer = MAX_TIMEOUTS;
+static volatile sig_atomic_t es_condition_timed_out = false;
+
+/*
+ * es_condition_timeout_handler
+ *		Timer handler: cancel the condition that is running, the way
+ *		statement_timeout does.
+ */
+static void
+es_condition_timeout_handler(void)
+{
+	es_condition_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
 /*
  * eventstream_condition_allows
  *		eventstream._condition_allows(consumer text, tbl regclass,
@@ -403,7 +426,19 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 		values[1] = docname;
 		values[2] = log;
 		SPI_connect();
+		if (es_condition_timer == MAX_TIMEOUTS)
+			es_condition_timer = RegisterTimeout(USER_TIMEOUT, es_condition_timeout_handler);
+		es_condition_timed_out = false;
+		if (es_condition_timeout > 0)
+			enable_timeout_after(es_condition_timer, es_condition_timeout);
 		rc = SPI_execute_with_args(sql, 3, argtypes, values, NULL, true, 1);
+		disable_timeout(es_condition_timer, false);
+		if (es_condition_timed_out)
+		{
+			/* Fired too late to cancel anything: forget it. */
+			es_condition_timed_out = false;
+			QueryCancelPending = false;
+		}
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
 		if (SPI_processed > 0)
@@ -425,18 +460,33 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 	{
 		ErrorData  *edata;
 
+		disable_timeout(es_condition_timer, false);
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
-		errmsg_copy = pstrdup(edata->message);
+		if (es_condition_timed_out)
+			errmsg_copy = psprintf("the condition ran longer than eventstream.condition_timeout (%d ms)",
+								   es_condition_timeout);
+		else
+			errmsg_copy = pstrdup(edata->message);
+		es_condition_timed_out = false;
 		FreeErrorData(edata);
 		result = 0;
 	}
 	PG_END_TRY();
 	SetUserIdAndSecContext(save_userid, save_sec);
+
+	/*
+	 * Session-level advisory locks survive the rollback of the
+	 * subtransaction.  The site worker holds none of its own, so whatever
+	 * it holds now the condition took: release it, or the producer's admin
+	 * functions could wait on the worker forever.
+	 */
+	if (es_in_site_worker)
+		LockReleaseSession(USER_LOCKMETHOD);
 
 	if (errmsg_copy)
 	{

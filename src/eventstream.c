@@ -51,6 +51,7 @@ pg_uuid_t	es_apply_origin;
 int			es_http_port = 0;
 char	   *es_http_listen_address = NULL;
 char	   *es_http_tls_cert_file = NULL;
+char	   *es_site_url = NULL;
 char	   *es_http_tls_key_file = NULL;
 int			es_http_max_request_size = 1024;	/* kB */
 static int	es_http_max_response_size = 8192;	/* kB, read by _pull_page */
@@ -137,6 +138,42 @@ _PG_init(void)
 							8192, 64, 1024 * 1024,
 							PGC_SUSET,
 							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("eventstream.site_url",
+							   "How other sites reach this one; consumers register under it.",
+							   "Empty: http://127.0.0.1:<eventstream.http_port>, or site:<site_id> "
+							   "without a port.",
+							   &es_site_url,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("eventstream.ca_file",
+							   "PEM file of the certificate authorities that producers' certificates "
+							   "are checked against (empty: the system's).",
+							   NULL,
+							   &es_ca_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("eventstream.client_max_response_size",
+							"Largest response accepted from a producer.",
+							NULL,
+							&es_client_max_response_size,
+							64 * 1024, 64, 1024 * 1024,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventstream.condition_timeout",
+							"Longest a consumer's condition may run for one document (0: no limit).",
+							"A condition that runs longer denies the document and records the error.",
+							&es_condition_timeout,
+							100, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("eventstream");

@@ -101,8 +101,29 @@ extern int64 es_next_log_id(Oid seqid);
 extern int	es_http_port;
 extern char *es_http_listen_address;
 extern char *es_http_tls_cert_file;
+extern char *es_site_url;
+extern int	es_condition_timeout;
+extern bool es_in_site_worker;
 extern char *es_http_tls_key_file;
 extern int	es_http_max_request_size;
+
+/* src/client.c */
+typedef struct EsResponse
+{
+	char	   *data;			/* malloc'd, NUL-terminated */
+	size_t		len;
+	size_t		cap;
+	size_t		max;			/* eventstream.client_max_response_size */
+	bool		too_large;
+	struct curl_slist *headers;
+} EsResponse;
+
+extern char *es_ca_file;
+extern int	es_client_max_response_size;
+extern void es_client_init(void);
+extern void es_client_setup(void *curl, const char *url, const char *auth,
+							EsResponse *resp, long timeout_s);
+extern char *es_client_failure(int code, EsResponse *resp, const char *url);
 
 /* src/http.c */
 extern bool es_http_start(const char *address, int port, const char *site_id);

@@ -33,6 +33,7 @@
 #include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 
 #include "access/xact.h"
@@ -42,6 +43,7 @@
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
+#include "mb/pg_wchar.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -71,6 +73,7 @@ static EsRequest *es_parked = NULL;
 static struct MHD_Daemon *es_daemon = NULL;
 static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
 static bool es_in_run = false;	/* inside MHD_run, i.e. maybe in a handler */
+static bool es_shutting_down = false;	/* answer everything 503 */
 static char es_site_id[64];
 static char *es_tls_cert = NULL;	/* PEM texts, kept while the daemon runs */
 static char *es_tls_key = NULL;
@@ -140,6 +143,8 @@ es_http_status_for(int sqlerrcode)
 			return MHD_HTTP_NOT_FOUND;
 		case ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE:
 			return MHD_HTTP_CONFLICT;
+		case ERRCODE_STATEMENT_TOO_COMPLEX:	/* e.g. JSON nested too deeply */
+			return MHD_HTTP_BAD_REQUEST;
 		default:
 			break;
 	}
@@ -207,6 +212,9 @@ es_http_query(const char *sql, int nargs, const char **args)
 
 	for (i = 0; i < nargs; i++)
 	{
+		/* Request bytes become text only when valid in the database encoding. */
+		if (args[i])
+			(void) pg_verifymbstr(args[i], strlen(args[i]), false);
 		types[i] = TEXTOID;
 		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
 		nulls[i] = args[i] ? ' ' : 'n';
@@ -467,9 +475,26 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 		return MHD_YES;
 	}
 
+	if (es_shutting_down)
+	{
+		struct MHD_Response *resp;
+		const char *msg = "{\"error\": {\"code\": \"shutting_down\", \"message\": \"The site is shutting down; retry later.\"}}";
+
+		resp = MHD_create_response_from_buffer(strlen(msg), (void *) msg, MHD_RESPMEM_PERSISTENT);
+		if (resp == NULL)
+			return MHD_NO;
+		MHD_add_response_header(resp, "Content-Type", "application/json");
+		MHD_add_response_header(resp, "Connection", "close");
+		ret = MHD_queue_response(conn, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+		MHD_destroy_response(resp);
+		return ret;
+	}
 	if (req->too_large)
 		return es_http_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "too_large",
 							 "The request body is too large.");
+	if (req->body && memchr(req->body, '\0', req->len) != NULL)
+		return es_http_error(conn, MHD_HTTP_BAD_REQUEST, "22021",
+							 "The request body contains a NUL byte.");
 	if (strcmp(url, ES_API_PREFIX "health") == 0)
 	{
 		char		body[256];
@@ -744,6 +769,31 @@ es_http_stop(void)
 {
 	if (es_daemon != NULL && !es_in_run)
 	{
+		/*
+		 * Parked long-polls are told the site is going away (503) rather
+		 * than cut off: resume them and let libmicrohttpd answer and write
+		 * for a few rounds.  No transaction is started for a 503.
+		 */
+		es_shutting_down = true;
+		if (es_parked != NULL)
+		{
+			int			epfd = es_http_socket();
+			const union MHD_DaemonInfo *info;
+			struct pollfd pfd;
+
+			es_http_wake(true);
+			/* Up to half a second, until every connection is closed. */
+			for (int i = 0; i < 50; i++)
+			{
+				(void) MHD_run(es_daemon);
+				info = MHD_get_daemon_info(es_daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+				if (info == NULL || info->num_connections == 0)
+					break;
+				pfd.fd = epfd;
+				pfd.events = POLLIN;
+				(void) poll(&pfd, 1, 10);
+			}
+		}
 		MHD_stop_daemon(es_daemon);
 		es_daemon = NULL;
 	}

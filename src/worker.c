@@ -95,6 +95,9 @@ typedef struct EsWorkers
 
 static EsWorkers *es_workers = NULL;
 
+/* Whether this process is a site worker. */
+bool		es_in_site_worker = false;
+
 /* GUC: seconds between two prunes by a site worker (0: never). */
 int			es_prune_interval = 60;
 
@@ -692,6 +695,7 @@ eventstream_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("eventstream worker");
+	es_in_site_worker = true;
 
 	StartTransactionCommand();
 	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
@@ -807,6 +811,8 @@ eventstream_worker_main(Datum main_arg)
 					latch_set = true;
 			if (latch_set)
 				ResetLatch(MyLatch);
+			/* SIGTERM: exit here, not from inside a request handler. */
+			CHECK_FOR_INTERRUPTS();
 			/* A commit that wrote logs sets the latch: parked polls re-check. */
 			es_http_wake(latch_set);
 			es_http_run();

@@ -1,0 +1,225 @@
+/*-------------------------------------------------------------------------
+ *
+ * client.c
+ *	  The consumer's HTTP client: requests to producers with libcurl.
+ *
+ * es_client_setup() applies the options every request to a producer
+ * shares (timeouts, TLS verification against eventstream.ca_file, a cap
+ * on the response body); the background worker drives such handles with
+ * a multi handle (src/pull.c), and eventstream._http_request() runs one
+ * from SQL, blocking, for the configuration functions (add_producer,
+ * subscribe, ...) and sync_now().
+ *
+ * libcurl frames must never be crossed by a longjmp: callbacks only copy
+ * bytes and report interrupts by returning a failure, and every handle is
+ * cleaned up in PG_FINALLY.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/client.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "access/htup_details.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+
+#include "eventstream.h"
+
+PG_FUNCTION_INFO_V1(eventstream_http_request);
+
+/* GUCs (defined in eventstream.c). */
+char	   *es_ca_file = NULL;
+int			es_client_max_response_size = 64 * 1024;	/* kB */
+
+static bool es_curl_initialized = false;
+
+/*
+ * es_client_init
+ *		Initialise libcurl once per process.
+ */
+void
+es_client_init(void)
+{
+	if (!es_curl_initialized)
+	{
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not initialize libcurl")));
+		es_curl_initialized = true;
+	}
+}
+
+/*
+ * es_client_write
+ *		libcurl write callback: append to the EsResponse, refusing bodies
+ *		above the cap (returning less than given fails the transfer).
+ */
+static size_t
+es_client_write(char *data, size_t size, size_t nmemb, void *userdata)
+{
+	EsResponse *resp = (EsResponse *) userdata;
+	size_t		n = size * nmemb;
+
+	if (resp->len + n > resp->max)
+	{
+		resp->too_large = true;
+		return 0;
+	}
+	if (resp->len + n + 1 > resp->cap)
+	{
+		size_t		cap = Max(resp->cap * 2, resp->len + n + 1);
+		char	   *grown;
+
+		cap = Max(cap, 16384);
+		grown = realloc(resp->data, cap);
+		if (grown == NULL)
+			return 0;
+		resp->data = grown;
+		resp->cap = cap;
+	}
+	memcpy(resp->data + resp->len, data, n);
+	resp->len += n;
+	resp->data[resp->len] = '\0';
+	return n;
+}
+
+/*
+ * es_client_progress
+ *		libcurl progress callback: abort the transfer when the backend has
+ *		an interrupt pending (query cancel, SIGTERM); the caller then runs
+ *		CHECK_FOR_INTERRUPTS() outside libcurl.
+ */
+static int
+es_client_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
+				   curl_off_t ultotal, curl_off_t ulnow)
+{
+	return INTERRUPTS_PENDING_CONDITION() ? 1 : 0;
+}
+
+/*
+ * es_client_setup
+ *		Apply the common options to an easy handle for url; resp collects
+ *		the body (malloc'd; the caller frees resp->data).  timeout_s bounds
+ *		the whole transfer (a long-poll passes its wait plus a margin).
+ */
+void
+es_client_setup(void *curl, const char *url, const char *auth,
+				EsResponse *resp, long timeout_s)
+{
+	memset(resp, 0, sizeof(EsResponse));
+	resp->max = (size_t) es_client_max_response_size * 1024;
+	curl_easy_setopt(curl, CURLOPT_URL, url);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, es_client_write);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, resp);
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT, timeout_s);
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (es_ca_file && es_ca_file[0] != '\0')
+		curl_easy_setopt(curl, CURLOPT_CAINFO, es_ca_file);
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "eventstream/" EVENTSTREAM_VERSION);
+	if (auth)
+	{
+		char	   *header = psprintf("Authorization: token %s", auth);
+
+		resp->headers = curl_slist_append(NULL, header);
+		resp->headers = curl_slist_append(resp->headers, "Content-Type: application/json");
+		curl_easy_setopt(curl, CURLOPT_HTTPHEADER, resp->headers);
+		pfree(header);
+	}
+}
+
+/*
+ * es_client_failure
+ *		The text of a failed transfer, for last_error and error messages.
+ */
+char *
+es_client_failure(int code, EsResponse *resp, const char *url)
+{
+	if (resp->too_large)
+		return psprintf("the response from %s is larger than eventstream.client_max_response_size (%d kB)",
+						url, es_client_max_response_size);
+	return psprintf("could not reach %s: %s", url, curl_easy_strerror((CURLcode) code));
+}
+
+/*
+ * eventstream_http_request
+ *		_http_request(method, url, auth, body, timeout_s) -> (status, body):
+ *		one blocking request from SQL.  A transfer that fails (no answer,
+ *		refused certificate, body too large) is an ERROR; any HTTP status is
+ *		returned.  Superuser only (not granted to PUBLIC).
+ */
+Datum
+eventstream_http_request(PG_FUNCTION_ARGS)
+{
+	char	   *method = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *auth = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *body = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	int			timeout_s = PG_ARGISNULL(4) ? 30 : PG_GETARG_INT32(4);
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	CURL	   *volatile curl = NULL;
+	EsResponse	resp;
+	CURLcode	code = CURLE_OK;
+	long		status = 0;
+	char	   *failure = NULL;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	es_client_init();
+	memset(&resp, 0, sizeof(resp));
+
+	PG_TRY();
+	{
+		curl = curl_easy_init();
+		if (curl == NULL)
+			elog(ERROR, "could not create a libcurl handle");
+		es_client_setup(curl, url, auth, &resp, timeout_s);
+		curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+		curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, es_client_progress);
+		curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+		if (body)
+		{
+			curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+			curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
+		}
+		code = curl_easy_perform(curl);
+		CHECK_FOR_INTERRUPTS();
+		if (code != CURLE_OK)
+			failure = es_client_failure(code, &resp, url);
+		else
+		{
+			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+			values[0] = Int32GetDatum((int32) status);
+			values[1] = CStringGetTextDatum(resp.data ? resp.data : "");
+		}
+	}
+	PG_FINALLY();
+	{
+		if (curl)
+			curl_easy_cleanup(curl);
+		curl_slist_free_all(resp.headers);
+		free(resp.data);
+	}
+	PG_END_TRY();
+
+	if (failure)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("%s", failure),
+				 errhint("Check the producer's URL, that its eventstream.http_port is set, and that it is running.")));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
