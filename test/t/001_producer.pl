@@ -31,7 +31,7 @@ $node->safe_psql('postgres', q{
 my $reg = $node->safe_psql('postgres', qq{
 	SELECT eventstream._register_consumer('$consumer', '$site_id', 'key', 'reader', '["public.t"]')->'tables'
 });
-is($reg, '[{"status": "Pending", "condition": null, "ref_table": "public.t", "unsubscribed": false}]',
+is($reg, '[{"status": "Pending", "readable": true, "condition": null, "ref_table": "public.t", "unsubscribed": false}]',
 	'registration: subscription is Pending');
 
 sub trigger_count
@@ -208,7 +208,7 @@ is($node->safe_psql('postgres', 'SELECT eventstream.prune()'), '0', 'prune with 
 is($node->safe_psql('postgres', qq{
 	SELECT eventstream._register_consumer('$consumer', '$site_id', 'key', 'reader',
 		'[{"ref_table": "public.t", "unsubscribed": true}]')->'tables'}),
-	'[{"status": "Approved", "condition": null, "ref_table": "public.t", "unsubscribed": true}]',
+	'[{"status": "Approved", "readable": true, "condition": null, "ref_table": "public.t", "unsubscribed": true}]',
 	'unsubscribe keeps the approval');
 is(trigger_count(), '0', 'unsubscribing removes the capture trigger');
 
@@ -225,7 +225,7 @@ is($node->safe_psql('postgres', qq{SELECT r->'tables'->0->>'unsubscribed' FROM p
 
 is($node->safe_psql('postgres', qq{
 	SELECT eventstream._register_consumer('$consumer', '$site_id', 'key', 'reader', '["public.t"]')->'tables'}),
-	'[{"status": "Approved", "condition": null, "ref_table": "public.t", "unsubscribed": false}]',
+	'[{"status": "Approved", "readable": true, "condition": null, "ref_table": "public.t", "unsubscribed": false}]',
 	'resubscribe');
 is(trigger_count(), '1', 'resubscribing brings the capture trigger back');
 
