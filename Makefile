@@ -15,6 +15,7 @@ OBJS = \
 	src/http.o \
 	src/keys.o \
 	src/client.o \
+	src/pull.o \
 	src/apply.o \
 	src/worker.o
 

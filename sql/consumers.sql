@@ -44,8 +44,14 @@ SELECT eventstream.reject('http://consumer-d', NULL);
 UPDATE eventstream.consumer_table SET status = 'Maybe' WHERE consumer_url = 'http://consumer-d';
 \set VERBOSITY default
 
--- Another API key cannot take over a registered consumer.
-SELECT register('http://consumer-d', '00000000-0000-0000-0000-00000000000d', '["customer"]', 'someone-else');
+-- A key of another role cannot take over a registered consumer; a new key
+-- of the same role can (the consumer replaced its keys with set_keys()).
+CREATE ROLE es_other;
+GRANT SELECT ON customer TO es_other;
+SELECT register('http://consumer-d', '00000000-0000-0000-0000-00000000000d', '["customer"]', 'someone-else', 'es_other');
+SELECT register('http://consumer-d', '00000000-0000-0000-0000-00000000000d', '["customer"]', 'key-a2');
+SELECT api_key FROM eventstream.consumer WHERE consumer_url = 'http://consumer-d';
+SELECT register('http://consumer-d', '00000000-0000-0000-0000-00000000000d', '["customer"]', 'key-a');
 
 -- Two consumers: capture stays while any of them is approved and subscribed.
 SELECT register('http://consumer-e', '00000000-0000-0000-0000-00000000000e', '["customer"]');

@@ -710,7 +710,7 @@ BEGIN
 	END IF;
 
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = url FOR UPDATE;
-	IF FOUND AND c.api_key IS DISTINCT FROM _register_consumer.api_key THEN
+	IF FOUND AND c.api_key IS DISTINCT FROM _register_consumer.api_key AND c.role <> _register_consumer.role THEN
 		RAISE EXCEPTION 'consumer "%" is registered with another API key', url
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'Register with the key it was registered with, or have the producer remove it with eventstream.remove_consumer().';
@@ -723,7 +723,8 @@ BEGIN
 					pg_current_snapshot(), low)
 			RETURNING * INTO c;
 	ELSE
-		UPDATE eventstream.consumer SET site_id = _register_consumer.site_id, role = _register_consumer.role
+		-- Same key, or a new key of the same role (set_keys() on the consumer).
+		UPDATE eventstream.consumer SET site_id = _register_consumer.site_id, api_key = _register_consumer.api_key
 		 WHERE eventstream.consumer.consumer_url = url RETURNING * INTO c;
 	END IF;
 
@@ -1066,11 +1067,12 @@ BEGIN
 	END IF;
 
 	served := cardinality(ids);
-	page := format('{"updates": [%s], "cursor": %s, "more": %s, "tables": %s}',
+	-- "complete": the page ends its window, i.e. a set of whole transactions.
+	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "tables": %s}',
 				   array_to_string(texts, ', '),
 				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
 								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
-				   to_json(more),
+				   to_json(more), to_json(NOT more),
 				   eventstream._consumer_tables(c.consumer_url));
 END
 $$;
@@ -1430,6 +1432,918 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- Consumer side: the producers this site subscribes to
+------------------------------------------------------------------------------
+
+CREATE TABLE eventstream.producer (
+	producer_url		text PRIMARY KEY,
+	api_key				text NOT NULL,
+	api_secret			text NOT NULL,
+	subscriber			regrole NOT NULL,
+	enabled				boolean NOT NULL DEFAULT true,
+	producer_site_id	uuid NOT NULL,
+	cursor				text NOT NULL,
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	last_pull_at		timestamptz,
+	last_success_at		timestamptz,
+	last_error			text,
+	last_error_at		timestamptz,
+	synced_count		bigint NOT NULL DEFAULT 0,
+	failed_count		bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE eventstream.producer IS
+	'Event Producer: one row per site this one pulls from.  The secret is readable by superusers only.';
+COMMENT ON COLUMN eventstream.producer.subscriber IS
+	'Role the updates from this producer are applied as.';
+COMMENT ON COLUMN eventstream.producer.cursor IS
+	'Where the next pull starts; stored in the transaction that applied the updates before it.';
+
+CREATE TABLE eventstream.producer_table (
+	producer_url		text NOT NULL REFERENCES eventstream.producer ON DELETE CASCADE,
+	ref_table			text NOT NULL,
+	local_table			regclass NOT NULL,
+	status				text NOT NULL DEFAULT 'Pending'
+						CHECK (status IN ('Pending', 'Approved', 'Rejected')),
+	use_same_name		boolean NOT NULL DEFAULT true,
+	unsubscribe			boolean NOT NULL DEFAULT false,
+	mapping				text,
+	condition			text,
+	readable			boolean NOT NULL DEFAULT true,
+	PRIMARY KEY (producer_url, ref_table)
+);
+COMMENT ON TABLE eventstream.producer_table IS
+	'Event Producer Document Type: one row per subscribed table; status is mirrored from the producer.';
+COMMENT ON COLUMN eventstream.producer_table.ref_table IS
+	'The table''s name on the producer (schema.table).';
+COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
+	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
+
+-- Pages of a window the consumer has not received whole yet.  A window
+-- holds whole producer transactions; it is applied in one local
+-- transaction once its last page is in.
+CREATE TABLE eventstream.inbox (
+	producer_url		text NOT NULL REFERENCES eventstream.producer ON DELETE CASCADE,
+	seq					bigint GENERATED ALWAYS AS IDENTITY,
+	page				jsonb NOT NULL,
+	PRIMARY KEY (producer_url, seq)
+);
+COMMENT ON TABLE eventstream.inbox IS
+	'Pages of an incomplete window, kept until the window''s last page arrives.';
+
+CREATE TABLE eventstream.sync_log (
+	id					bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	update_type			text NOT NULL,
+	ref_table			text NOT NULL,
+	status				text NOT NULL CHECK (status IN ('Synced', 'Failed')),
+	producer_url		text NOT NULL,
+	docname				text,
+	remote_docname		text,
+	use_same_name		boolean,
+	data				jsonb,
+	error				text,
+	note				text,
+	update_log_id		bigint,
+	remote_ref_table	text NOT NULL,
+	origin				uuid,
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	resynced_at			timestamptz
+);
+CREATE INDEX sync_log_failed_idx ON eventstream.sync_log (producer_url) WHERE status = 'Failed';
+COMMENT ON TABLE eventstream.sync_log IS
+	'Event Sync Log: one row per update received, Synced or Failed; Failed ones can be resynced.';
+COMMENT ON COLUMN eventstream.sync_log.note IS
+	'What the apply did besides the obvious, e.g. a Delete of a row that was already gone.';
+
+CREATE TABLE eventstream.remote_document (
+	local_table			regclass NOT NULL,
+	local_docname		text NOT NULL,
+	producer_url		text NOT NULL,
+	remote_docname		text NOT NULL,
+	PRIMARY KEY (producer_url, local_table, remote_docname),
+	UNIQUE (local_table, local_docname)
+);
+COMMENT ON TABLE eventstream.remote_document IS
+	'For subscriptions with use_same_name = false: the producer and key behind each local row.';
+
+-- This site's URL as consumers register it.
+CREATE FUNCTION eventstream._site_url() RETURNS text
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(nullif(rtrim(current_setting('eventstream.site_url'), '/'), ''),
+					CASE WHEN current_setting('eventstream.http_port')::integer > 0
+						 THEN 'http://127.0.0.1:' || current_setting('eventstream.http_port')
+						 ELSE 'http://' || (SELECT s.site_id FROM eventstream.site s) || '.invalid' END)
+$$;
+
+CREATE FUNCTION eventstream._http_request(method text, url text, auth text, body text, timeout_s integer,
+										  OUT status integer, OUT body text)
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_http_request';
+CREATE FUNCTION eventstream._exec_as(role regrole, query text, arg jsonb) RETURNS jsonb
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_exec_as';
+CREATE FUNCTION eventstream._wake_worker() RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_wake_worker';
+
+-- One request to a producer's API; its JSON answer, or the producer's
+-- error raised here with its SQLSTATE.
+CREATE FUNCTION eventstream._producer_call(producer_url text, api_key text, api_secret text,
+										   method text, path text, body jsonb DEFAULT NULL)
+		RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	j jsonb;
+	code text;
+	msg text;
+BEGIN
+	SELECT * INTO r FROM eventstream._http_request(method, producer_url || '/api/eventstream/v1/' || path,
+												   api_key || ':' || api_secret, body::text, 30);
+	BEGIN
+		j := r.body::jsonb;
+	EXCEPTION WHEN OTHERS THEN
+		j := NULL;
+	END;
+	IF r.status = 200 AND jsonb_typeof(j) = 'object' THEN
+		RETURN j;
+	END IF;
+	msg := coalesce(j->'error'->>'message', left(r.body, 200));
+	code := j->'error'->>'code';
+	IF r.status = 401 THEN
+		RAISE EXCEPTION 'producer "%" refused the API key', producer_url
+			USING ERRCODE = 'invalid_authorization_specification', DETAIL = msg,
+				  HINT = 'Check the key and secret (eventstream.set_keys()) and that the key is not revoked on the producer.';
+	ELSIF r.status = 200 THEN
+		RAISE EXCEPTION 'producer "%" answered with something that is not a JSON object', producer_url
+			USING ERRCODE = 'invalid_text_representation', HINT = 'Check that the URL is the producer''s site URL.';
+	ELSIF code ~ '^[0-9A-Z]{5}$' THEN
+		RAISE EXCEPTION 'producer "%": %', producer_url, msg USING ERRCODE = code,
+			HINT = coalesce(j->'error'->>'hint', '');
+	ELSE
+		RAISE EXCEPTION 'producer "%" answered HTTP %: %', producer_url, r.status, msg
+			USING ERRCODE = 'connection_exception',
+				  HINT = 'Check that the URL is the producer''s site URL and that eventstream.http_port is set there.';
+	END IF;
+END
+$$;
+
+-- A local table for a producer's table name, checked for the apply.
+CREATE FUNCTION eventstream._local_table(ref_table text, subscriber regrole) RETURNS regclass
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tbl regclass;
+	priv text;
+BEGIN
+	tbl := to_regclass(CASE WHEN position('.' IN ref_table) > 0 THEN ref_table ELSE 'public.' || ref_table END);
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table "%" does not exist on this site', ref_table
+			USING ERRCODE = 'undefined_table',
+				  HINT = 'Create it here with the same columns as on the producer before subscribing.';
+	END IF;
+	IF cardinality(eventstream._pk_attnums(tbl)) IS NULL THEN
+		RAISE EXCEPTION 'table "%" has no primary key', tbl USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	FOREACH priv IN ARRAY ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] LOOP
+		IF NOT has_table_privilege(subscriber, tbl, priv) THEN
+			RAISE EXCEPTION 'role "%" cannot % table "%"', subscriber, lower(priv), tbl
+				USING ERRCODE = 'insufficient_privilege',
+					  HINT = 'GRANT SELECT, INSERT, UPDATE, DELETE on the table to the subscriber role.';
+		END IF;
+	END LOOP;
+	RETURN tbl;
+END
+$$;
+
+-- Tell the producer what this site subscribes to (registration is
+-- idempotent on the producer), and mirror the statuses it answers with.
+CREATE FUNCTION eventstream._push_subscriptions(producer_url text) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	reply jsonb;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _push_subscriptions.producer_url FOR UPDATE;
+	reply := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'POST', 'consumers',
+		jsonb_build_object('consumer_url', eventstream._site_url(),
+						   'site_id', (SELECT s.site_id FROM eventstream.site s),
+						   'tables', (SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', t.ref_table,
+																				   'condition', t.condition,
+																				   'unsubscribed', t.unsubscribe)
+														 ORDER BY t.ref_table), '[]')
+										FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url)));
+	PERFORM eventstream._mirror_statuses(p.producer_url, reply->'tables');
+	RETURN reply;
+END
+$$;
+
+CREATE FUNCTION eventstream._mirror_statuses(producer_url text, tables jsonb) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	UPDATE eventstream.producer_table t
+	   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true)
+	  FROM jsonb_array_elements(coalesce(tables, '[]')) x
+	 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
+	   AND (t.status, t.readable) IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true));
+$$;
+
+CREATE FUNCTION eventstream.add_producer(producer_url text, api_key text, api_secret text,
+										 subscriber regrole, tables text[]) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	url text := rtrim(btrim(producer_url), '/');
+	health jsonb;
+	reply jsonb;
+	name text;
+	wire text;
+BEGIN
+	IF url IS NULL OR url !~ '^https?://[^/\s]+$' THEN
+		RAISE EXCEPTION 'invalid producer URL "%"', producer_url
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A site URL looks like http://host:port or https://host, without a path.';
+	END IF;
+	IF coalesce(api_key, '') = '' OR coalesce(api_secret, '') = '' THEN
+		RAISE EXCEPTION 'api_key and api_secret must be given' USING ERRCODE = 'null_value_not_allowed',
+			HINT = 'The producer''s admin makes them with eventstream.create_api_key().';
+	END IF;
+	IF subscriber IS NULL THEN
+		RAISE EXCEPTION 'subscriber must be given' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = subscriber) THEN
+		RAISE EXCEPTION 'subscriber "%" is a superuser', subscriber
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Updates are applied with the subscriber''s privileges: use a role that may write only the subscribed tables.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.producer x WHERE x.producer_url = url) THEN
+		RAISE EXCEPTION 'producer "%" is already added', url
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Change it with eventstream.subscribe(), unsubscribe() or set_keys(), or remove it with eventstream.remove_producer().';
+	END IF;
+	IF tables IS NULL OR cardinality(tables) = 0 THEN
+		RAISE EXCEPTION 'tables must list at least one table' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	INSERT INTO eventstream.producer (producer_url, api_key, api_secret, subscriber, producer_site_id, cursor)
+		VALUES (url, api_key, api_secret, subscriber, '00000000-0000-0000-0000-000000000000', '');
+	FOREACH name IN ARRAY tables LOOP
+		wire := CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END;
+		IF EXISTS (SELECT 1 FROM eventstream.producer_table t WHERE t.producer_url = url AND t.ref_table = wire) THEN
+			RAISE EXCEPTION 'table "%" is listed twice', wire USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table)
+			VALUES (url, wire, eventstream._local_table(wire, subscriber));
+	END LOOP;
+
+	-- Only now the network: the producer's identity, then registration.
+	-- Nothing of the above is committed unless both succeed, and
+	-- registering again later is harmless on the producer.
+	health := (SELECT CASE WHEN r.status = 200 THEN r.body::jsonb END
+				 FROM eventstream._http_request('GET', url || '/api/eventstream/v1/health', NULL, NULL, 30) r);
+	IF health IS NULL OR health->>'site_id' IS NULL THEN
+		RAISE EXCEPTION '"%" is not an eventstream site', url
+			USING ERRCODE = 'connection_exception',
+				  HINT = 'Check the URL, and that eventstream.http_port is set for the producer''s database.';
+	END IF;
+	IF (health->>'site_id')::uuid = (SELECT s.site_id FROM eventstream.site s) THEN
+		RAISE EXCEPTION 'a site cannot subscribe to itself' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	reply := eventstream._push_subscriptions(url);
+	UPDATE eventstream.producer x SET producer_site_id = (health->>'site_id')::uuid, cursor = reply->>'cursor'
+	 WHERE x.producer_url = url;
+	PERFORM eventstream._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION eventstream.add_producer(text, text, text, regrole, text[]) IS
+	'Register this site with a producer (over HTTP, before committing) and subscribe to its tables; they start Pending.';
+
+CREATE FUNCTION eventstream._producer_row(producer_url text) RETURNS eventstream.producer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = rtrim(btrim(_producer_row.producer_url), '/')
+	   FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'producer "%" is not added', producer_url
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'SELECT producer_url FROM eventstream.producer lists them; eventstream.add_producer() adds one.';
+	END IF;
+	RETURN p;
+END
+$$;
+
+CREATE FUNCTION eventstream.subscribe(producer_url text, ref_table text, use_same_name boolean DEFAULT true,
+									  mapping text DEFAULT NULL, condition text DEFAULT NULL) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	wire text := CASE WHEN position('.' IN btrim(ref_table)) > 0 THEN btrim(ref_table) ELSE 'public.' || btrim(ref_table) END;
+BEGIN
+	IF mapping IS NOT NULL THEN
+		RAISE EXCEPTION 'mappings are not supported yet' USING ERRCODE = 'feature_not_supported';
+	END IF;
+	INSERT INTO eventstream.producer_table AS t (producer_url, ref_table, local_table, use_same_name, condition)
+		VALUES (p.producer_url, wire, eventstream._local_table(wire, p.subscriber),
+				coalesce(subscribe.use_same_name, true), subscribe.condition)
+		ON CONFLICT (producer_url, ref_table) DO UPDATE
+			SET unsubscribe = false, use_same_name = EXCLUDED.use_same_name, condition = EXCLUDED.condition;
+	PERFORM eventstream._push_subscriptions(p.producer_url);
+	PERFORM eventstream._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION eventstream.subscribe(text, text, boolean, text, text) IS
+	'Subscribe to one more table of a producer, or change a subscription (condition, naming); told to the producer at once.';
+
+CREATE FUNCTION eventstream.unsubscribe(producer_url text, ref_table text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	wire text := CASE WHEN position('.' IN btrim(ref_table)) > 0 THEN btrim(ref_table) ELSE 'public.' || btrim(ref_table) END;
+BEGIN
+	UPDATE eventstream.producer_table t SET unsubscribe = true
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM eventstream._push_subscriptions(p.producer_url);
+END
+$$;
+COMMENT ON FUNCTION eventstream.unsubscribe(text, text) IS
+	'Stop receiving a table from a producer (the producer stops serving it at once); subscribe() resumes.';
+
+CREATE FUNCTION eventstream.set_keys(producer_url text, api_key text, api_secret text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+BEGIN
+	IF coalesce(api_key, '') = '' OR coalesce(api_secret, '') = '' THEN
+		RAISE EXCEPTION 'api_key and api_secret must be given' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	UPDATE eventstream.producer x SET api_key = set_keys.api_key, api_secret = set_keys.api_secret, last_error = NULL
+	 WHERE x.producer_url = p.producer_url;
+	-- Proves the new key and moves the registration over to it.
+	PERFORM eventstream._push_subscriptions(p.producer_url);
+	PERFORM eventstream._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION eventstream.set_keys(text, text, text) IS
+	'Replace the API key and secret used with a producer (checked with the producer before committing).';
+
+CREATE FUNCTION eventstream.remove_producer(producer_url text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+BEGIN
+	-- Tell the producer to stop serving us, if it can be reached.
+	BEGIN
+		UPDATE eventstream.producer_table t SET unsubscribe = true WHERE t.producer_url = p.producer_url;
+		PERFORM eventstream._push_subscriptions(p.producer_url);
+	EXCEPTION WHEN OTHERS THEN
+		RAISE WARNING 'could not tell producer "%" to stop serving this site: %', p.producer_url, SQLERRM
+			USING HINT = 'Its admin can remove this consumer with eventstream.remove_consumer().';
+	END;
+	DELETE FROM eventstream.producer x WHERE x.producer_url = p.producer_url;
+	PERFORM eventstream._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION eventstream.remove_producer(text) IS
+	'Stop pulling from a producer and forget its subscriptions (the sync log and remote names are kept).';
+
+CREATE FUNCTION eventstream._urlencode(s text) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(string_agg(CASE WHEN b BETWEEN 48 AND 57 OR b BETWEEN 65 AND 90 OR b BETWEEN 97 AND 122
+									 OR b IN (45, 46, 95, 126)
+								THEN chr(b) ELSE '%' || upper(lpad(to_hex(b), 2, '0')) END, '' ORDER BY i), '')
+	  FROM (SELECT i, get_byte(convert_to(s, 'UTF8'), i) AS b
+			  FROM generate_series(0, octet_length(convert_to(s, 'UTF8')) - 1) i) x
+$$;
+
+-- The path of the next pull for a producer.
+CREATE FUNCTION eventstream._pull_path(cursor text, wait integer) RETURNS text
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('updates?consumer=%s&cursor=%s&limit=1000%s', eventstream._urlencode(eventstream._site_url()),
+				  eventstream._urlencode(cursor), CASE WHEN wait > 0 THEN '&wait=' || wait ELSE '' END)
+$$;
+
+------------------------------------------------------------------------------
+-- Consumer side: applying updates
+------------------------------------------------------------------------------
+
+-- Names of the columns a row may set: real, not generated, among names.
+CREATE FUNCTION eventstream._columns(tbl regclass, names text[]) RETURNS text[]
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}')
+	  FROM pg_attribute a
+	 WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+	   AND a.attname = ANY (names)
+$$;
+
+CREATE FUNCTION eventstream._pk_names(tbl regclass) RETURNS text[]
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT array_agg(a.attname::text ORDER BY x.ord)
+	  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY x(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = x.attnum
+$$;
+
+-- The key columns of a row of tbl, as a JSON object, from its docname.
+CREATE FUNCTION eventstream._key_of(tbl regclass, docname text) RETURNS jsonb
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pk text[] := eventstream._pk_names(tbl);
+	parts jsonb;
+BEGIN
+	IF docname IS NULL THEN
+		RETURN NULL;
+	ELSIF cardinality(pk) = 1 THEN
+		RETURN jsonb_build_object(pk[1], docname);
+	END IF;
+	parts := docname::jsonb;
+	IF jsonb_typeof(parts) <> 'array' OR jsonb_array_length(parts) <> cardinality(pk) THEN
+		RAISE EXCEPTION 'docname "%" does not name a row of "%"', docname, tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Its key has %s columns: a docname is then a JSON array of their values.', cardinality(pk));
+	END IF;
+	RETURN (SELECT jsonb_object_agg(pk[i], parts->(i - 1)) FROM generate_subscripts(pk, 1) i);
+END
+$$;
+
+-- "t.a = k.a AND t.b = k.b" over the key columns of tbl.
+CREATE FUNCTION eventstream._key_match(tbl regclass) RETURNS text
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') FROM unnest(eventstream._pk_names(tbl)) c
+$$;
+
+-- Insert a row, or update the row with its key (key NULL: the table's
+-- defaults make the key).  Runs as the subscriber.  {"row", "inserted"}.
+CREATE FUNCTION eventstream._upsert_row(subscriber regrole, tbl regclass, row_data jsonb, key jsonb) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pk text[] := eventstream._pk_names(tbl);
+	data jsonb := row_data - pk;
+	cols text[];
+	rest text[];
+	result jsonb;
+BEGIN
+	IF key IS NOT NULL THEN
+		data := data || key;
+	END IF;
+	cols := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(data)));
+	rest := ARRAY(SELECT c FROM unnest(cols) c WHERE c <> ALL (pk));
+	result := eventstream._exec_as(subscriber, format(
+		'INSERT INTO %s AS t (%s) SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r %s '
+		'RETURNING pg_catalog.jsonb_build_object(''row'', pg_catalog.to_jsonb(t.*), ''inserted'', t.xmax::text = ''0'')',
+		tbl,
+		(SELECT string_agg(format('%I', c), ', ') FROM unnest(cols) c),
+		(SELECT string_agg(format('r.%I', c), ', ') FROM unnest(cols) c),
+		tbl,
+		CASE WHEN key IS NULL THEN ''
+			 WHEN cardinality(rest) = 0 THEN format('ON CONFLICT (%s) DO NOTHING',
+													(SELECT string_agg(format('%I', c), ', ') FROM unnest(pk) c))
+			 ELSE format('ON CONFLICT (%s) DO UPDATE SET %s',
+						 (SELECT string_agg(format('%I', c), ', ') FROM unnest(pk) c),
+						 (SELECT string_agg(format('%1$I = EXCLUDED.%1$I', c), ', ') FROM unnest(rest) c)) END),
+		data);
+	IF result IS NULL THEN
+		-- ON CONFLICT DO NOTHING: the row is there and has nothing else.
+		result := jsonb_build_object('row', key, 'inserted', false);
+	END IF;
+	RETURN result;
+END
+$$;
+
+-- A local child table of parent named on the wire, and how its foreign key
+-- columns take the parent's: {"child column": "parent column"}.
+CREATE FUNCTION eventstream._child_link(child_name text, parent regclass, OUT child regclass, OUT link jsonb)
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	child := to_regclass(child_name);
+	IF child IS NULL THEN
+		RAISE EXCEPTION 'child table "%" does not exist on this site', child_name
+			USING ERRCODE = 'undefined_table', HINT = 'Create it here with the same columns as on the producer.';
+	END IF;
+	SELECT count(*), min(l::text)::jsonb INTO n, link
+	  FROM (SELECT jsonb_object_agg(ca.attname, pa.attname) AS l
+			  FROM pg_constraint c
+			  CROSS JOIN LATERAL unnest(c.conkey, c.confkey) u(ck, pk)
+			  JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u.ck
+			  JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u.pk
+			 WHERE c.contype = 'f' AND c.conrelid = child AND c.confrelid = parent
+			 GROUP BY c.oid) x;
+	IF n <> 1 THEN
+		RAISE EXCEPTION 'table "%" needs exactly one foreign key to "%" to hold its child rows (it has %)', child, parent, n
+			USING ERRCODE = 'invalid_foreign_key';
+	END IF;
+END
+$$;
+
+-- The foreign key values a child row takes from its (local) parent row.
+CREATE FUNCTION eventstream._parent_values(link jsonb, parent_row jsonb) RETURNS jsonb
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(jsonb_object_agg(l.key, parent_row->(l.value #>> '{}')), '{}') FROM jsonb_each(link) l
+$$;
+
+-- Apply one update to the local tables, as the producer's subscriber.
+-- Raises on failure (the caller keeps it to the update's subtransaction).
+CREATE FUNCTION eventstream._apply_doc(p eventstream.producer, pt eventstream.producer_table, upd jsonb,
+									   OUT docname text, OUT note text)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tbl regclass := pt.local_table;
+	who regrole := p.subscriber;
+	remote text := upd->>'docname';
+	data jsonb := upd->'data';
+	pk text[] := eventstream._pk_names(tbl);
+	own text[];
+	key jsonb;
+	cur jsonb;
+	res jsonb;
+	ch record;
+	lk record;
+	r jsonb;
+	k jsonb;
+	notes text[] := '{}';
+BEGIN
+	IF pt.use_same_name THEN
+		key := eventstream._key_of(tbl, remote);
+	ELSE
+		SELECT eventstream._key_of(tbl, d.local_docname) INTO key
+		  FROM eventstream.remote_document d
+		 WHERE d.producer_url = p.producer_url AND d.local_table = tbl AND d.remote_docname = remote;
+	END IF;
+
+	CASE upd->>'update_type'
+	WHEN 'Create' THEN
+		IF jsonb_typeof(data) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'a Create needs the document as a JSON object' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		own := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(data)));
+		res := eventstream._upsert_row(who, tbl,
+			(SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') FROM jsonb_each(data) e WHERE e.key = ANY (own)),
+			key);
+		cur := res->'row';
+		IF NOT (res->>'inserted')::boolean THEN
+			notes := notes || 'the row existed: it now has the producer''s values'::text;
+		END IF;
+		IF NOT pt.use_same_name AND key IS NULL THEN
+			INSERT INTO eventstream.remote_document (local_table, local_docname, producer_url, remote_docname)
+				VALUES (tbl, eventstream._docname_of(tbl, cur), p.producer_url, remote);
+		END IF;
+		-- Child rows: the document's, replacing what was there.
+		FOR ch IN SELECT e.key, e.value FROM jsonb_each(data) e
+				   WHERE e.key <> ALL (own) AND jsonb_typeof(e.value) = 'array' LOOP
+			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
+			IF NOT (res->>'inserted')::boolean THEN
+				PERFORM eventstream._exec_as(who, format(
+					'DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s',
+					lk.child, lk.child,
+					(SELECT string_agg(format('t.%1$I = k.%1$I', l.key), ' AND ') FROM jsonb_each(lk.link) l)),
+					eventstream._parent_values(lk.link, cur));
+			END IF;
+			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
+				r := r || eventstream._parent_values(lk.link, cur);
+				PERFORM eventstream._upsert_row(who, lk.child, r,
+					(SELECT jsonb_object_agg(c, r->c) FROM unnest(eventstream._pk_names(lk.child)) c));
+			END LOOP;
+		END LOOP;
+
+	WHEN 'Update' THEN
+		IF jsonb_typeof(data) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'an Update needs the four-key diff as a JSON object' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		IF key IS NOT NULL THEN
+			cur := eventstream._exec_as(who, format(
+				'SELECT pg_catalog.to_jsonb(t.*) FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s',
+				tbl, tbl, eventstream._key_match(tbl)), key);
+		END IF;
+		IF cur IS NULL THEN
+			RAISE EXCEPTION 'no row of "%" here for document "%"', tbl, remote
+				USING ERRCODE = 'no_data_found',
+					  HINT = 'The document never reached this site (it predates the subscription, or was deleted here). Resync this entry once the row exists.';
+		END IF;
+		own := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(coalesce(data->'changed', '{}'))));
+		own := ARRAY(SELECT c FROM unnest(own) c WHERE c <> ALL (pk));
+		IF cardinality(own) > 0 THEN
+			cur := eventstream._exec_as(who, format(
+				'UPDATE %s t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->''set'') s) '
+				'  FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->''key'') k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
+				tbl,
+				(SELECT string_agg(format('%I', c), ', ') FROM unnest(own) c),
+				(SELECT string_agg(format('s.%I', c), ', ') FROM unnest(own) c),
+				tbl, tbl, eventstream._key_match(tbl)),
+				jsonb_build_object('set', data->'changed', 'key', key));
+		END IF;
+		-- Child rows: removed, changed, added.
+		FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(data->'removed', '{}')) e LOOP
+			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
+			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
+				k := eventstream._key_of(lk.child, r #>> '{}');
+				k := k || (SELECT coalesce(jsonb_object_agg(x.key, x.value), '{}')
+							 FROM jsonb_each(eventstream._parent_values(lk.link, cur)) x WHERE x.key IN (SELECT jsonb_object_keys(k)));
+				IF eventstream._exec_as(who, format(
+						'DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
+						lk.child, lk.child, eventstream._key_match(lk.child)), k) IS NULL THEN
+					notes := notes || format('removed row %s of %s was not here', r #>> '{}', lk.child);
+				END IF;
+			END LOOP;
+		END LOOP;
+		FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(data->'row_changed', '{}')) e LOOP
+			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
+			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
+				r := r || (SELECT coalesce(jsonb_object_agg(x.key, x.value), '{}')
+							 FROM jsonb_each(eventstream._parent_values(lk.link, cur)) x
+							WHERE x.key = ANY (eventstream._pk_names(lk.child)));
+				own := ARRAY(SELECT c FROM unnest(eventstream._columns(lk.child, ARRAY(SELECT jsonb_object_keys(r)))) c
+							  WHERE c <> ALL (eventstream._pk_names(lk.child)));
+				IF cardinality(own) = 0 THEN
+					CONTINUE;
+				END IF;
+				IF eventstream._exec_as(who, format(
+						'UPDATE %s t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) s) '
+						'  FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
+						lk.child,
+						(SELECT string_agg(format('%I', c), ', ') FROM unnest(own) c),
+						(SELECT string_agg(format('s.%I', c), ', ') FROM unnest(own) c),
+						lk.child, lk.child, eventstream._key_match(lk.child)), r) IS NULL THEN
+					notes := notes || format('changed row %s of %s was not here',
+											 eventstream._docname_of(lk.child, r), lk.child);
+				END IF;
+			END LOOP;
+		END LOOP;
+		FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(data->'added', '{}')) e LOOP
+			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
+			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
+				r := r || eventstream._parent_values(lk.link, cur);
+				PERFORM eventstream._upsert_row(who, lk.child, r,
+					(SELECT jsonb_object_agg(c, r->c) FROM unnest(eventstream._pk_names(lk.child)) c));
+			END LOOP;
+		END LOOP;
+
+	WHEN 'Delete' THEN
+		IF key IS NOT NULL THEN
+			cur := eventstream._exec_as(who, format(
+				'DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
+				tbl, tbl, eventstream._key_match(tbl)), key);
+		END IF;
+		IF cur IS NULL THEN
+			notes := notes || 'the row was not here: nothing to delete'::text;
+		END IF;
+		IF NOT pt.use_same_name THEN
+			DELETE FROM eventstream.remote_document d
+			 WHERE d.producer_url = p.producer_url AND d.local_table = tbl AND d.remote_docname = remote;
+		END IF;
+		docname := CASE WHEN cur IS NOT NULL THEN eventstream._docname_of(tbl, cur)
+						WHEN pt.use_same_name THEN remote END;
+		note := array_to_string(notes, '; ');
+		RETURN;
+	ELSE
+		RAISE EXCEPTION 'unknown update_type "%"', upd->>'update_type' USING ERRCODE = 'invalid_parameter_value';
+	END CASE;
+	docname := eventstream._docname_of(tbl, cur);
+	note := nullif(array_to_string(notes, '; '), '');
+END
+$$;
+
+-- Apply one update in a subtransaction of its own and log it.
+CREATE FUNCTION eventstream._apply_one(p eventstream.producer, upd jsonb) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pt eventstream.producer_table;
+	st text := 'Synced';
+	err text;
+	detail text;
+	dn text;
+	nt text;
+BEGIN
+	SELECT * INTO pt FROM eventstream.producer_table t
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = upd->>'ref_table';
+	BEGIN
+		IF pt.local_table IS NULL THEN
+			RAISE EXCEPTION 'table "%" is not subscribed from this producer', upd->>'ref_table'
+				USING ERRCODE = 'undefined_table';
+		END IF;
+		PERFORM eventstream._set_origin((upd->>'origin')::uuid);
+		SELECT x.docname, x.note INTO dn, nt FROM eventstream._apply_doc(p, pt, upd) x;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+		st := 'Failed';
+		err := err || CASE WHEN coalesce(detail, '') <> '' THEN E'\n' || detail ELSE '' END;
+		IF pt.use_same_name THEN
+			dn := upd->>'docname';
+		END IF;
+	END;
+	INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url, docname, remote_docname,
+									  use_same_name, data, error, note, update_log_id, remote_ref_table, origin)
+		VALUES (upd->>'update_type', coalesce(pt.local_table::text, upd->>'ref_table'), st, p.producer_url, dn,
+				upd->>'docname', pt.use_same_name, upd->'data', err, nt, (upd->>'id')::bigint, upd->>'ref_table',
+				(upd->>'origin')::uuid);
+	RETURN st;
+END
+$$;
+
+-- Apply a page pulled with cursor sent_cursor, and store its next cursor,
+-- in the calling transaction.  A page that does not end its window is
+-- kept in the inbox until the window's last page arrives: a window holds
+-- whole producer transactions, applied in one local transaction.
+-- Returns the number of updates applied, or -1 when the cursor moved on
+-- meanwhile (another session applied that page): nothing is done then.
+CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, page jsonb) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	u jsonb;
+	staged jsonb;
+	n integer := 0;
+	failed integer := 0;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_page.producer_url FOR UPDATE;
+	IF NOT FOUND OR p.cursor IS DISTINCT FROM sent_cursor THEN
+		RETURN -1;
+	END IF;
+	IF jsonb_typeof(page) IS DISTINCT FROM 'object' OR jsonb_typeof(page->'updates') IS DISTINCT FROM 'array'
+	   OR jsonb_typeof(page->'cursor') IS DISTINCT FROM 'string' OR jsonb_typeof(page->'more') IS DISTINCT FROM 'boolean' THEN
+		RAISE EXCEPTION 'producer "%" sent a malformed page', p.producer_url
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A page is {"updates": [...], "cursor": "...", "more": true|false, ...}.';
+	END IF;
+	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
+	IF coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean) THEN
+		FOR staged IN SELECT i.page FROM eventstream.inbox i WHERE i.producer_url = p.producer_url ORDER BY i.seq LOOP
+			FOR u IN SELECT * FROM jsonb_array_elements(staged) LOOP
+				IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
+				n := n + 1;
+			END LOOP;
+		END LOOP;
+		DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url;
+		FOR u IN SELECT * FROM jsonb_array_elements(page->'updates') LOOP
+			IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
+			n := n + 1;
+		END LOOP;
+	ELSIF jsonb_array_length(page->'updates') > 0 THEN
+		INSERT INTO eventstream.inbox (producer_url, page) VALUES (p.producer_url, page->'updates');
+	END IF;
+	UPDATE eventstream.producer x
+	   SET cursor = page->>'cursor', last_pull_at = now(), last_success_at = now(),
+		   last_error = NULL, last_error_at = NULL,
+		   synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed
+	 WHERE x.producer_url = p.producer_url;
+	RETURN n;
+END
+$$;
+
+CREATE FUNCTION eventstream.sync_now(producer_url text) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	page jsonb;
+	total integer := 0;
+BEGIN
+	LOOP
+		page := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET',
+										   eventstream._pull_path(p.cursor, 0));
+		total := total + greatest(eventstream._apply_page(p.producer_url, p.cursor, page), 0);
+		EXIT WHEN NOT coalesce((page->>'more')::boolean, false);
+		SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = p.producer_url;
+	END LOOP;
+	RETURN total;
+END
+$$;
+COMMENT ON FUNCTION eventstream.sync_now(text) IS
+	'Pull and apply everything a producer has for this site now, in the calling transaction; returns how many updates were processed.';
+
+CREATE FUNCTION eventstream.resync(sync_log_id bigint) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	l eventstream.sync_log;
+	p eventstream.producer;
+	pt eventstream.producer_table;
+	st text := 'Synced';
+	err text;
+	detail text;
+	dn text;
+	nt text;
+	upd jsonb;
+BEGIN
+	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync log % does not exist', sync_log_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF l.status <> 'Failed' THEN
+		RAISE EXCEPTION 'sync log % is %, not Failed', sync_log_id, l.status
+			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
+	END IF;
+	p := eventstream._producer_row(l.producer_url);
+	upd := jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
+							  'docname', l.remote_docname, 'data', l.data, 'origin', l.origin);
+	SELECT * INTO pt FROM eventstream.producer_table t
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = l.remote_ref_table;
+	BEGIN
+		IF pt.local_table IS NULL THEN
+			RAISE EXCEPTION 'table "%" is not subscribed from this producer', l.remote_ref_table
+				USING ERRCODE = 'undefined_table';
+		END IF;
+		PERFORM eventstream._set_origin(l.origin);
+		SELECT x.docname, x.note INTO dn, nt FROM eventstream._apply_doc(p, pt, upd) x;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+		st := 'Failed';
+		err := err || CASE WHEN coalesce(detail, '') <> '' THEN E'\n' || detail ELSE '' END;
+	END;
+	UPDATE eventstream.sync_log x
+	   SET status = st, error = err, note = coalesce(nt, x.note), docname = coalesce(dn, x.docname), resynced_at = now()
+	 WHERE x.id = l.id;
+	IF st = 'Synced' THEN
+		UPDATE eventstream.producer x SET failed_count = x.failed_count - 1, synced_count = x.synced_count + 1
+		 WHERE x.producer_url = p.producer_url;
+	END IF;
+	RETURN st;
+END
+$$;
+COMMENT ON FUNCTION eventstream.resync(bigint) IS
+	'Apply a Failed sync log entry again, exactly as it was received; returns and stores the new status.';
+
+CREATE FUNCTION eventstream.remote_name(local_table regclass, local_docname text,
+										OUT producer_url text, OUT remote_docname text)
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT d.producer_url, d.remote_docname FROM eventstream.remote_document d
+	 WHERE d.local_table = remote_name.local_table AND d.local_docname = remote_name.local_docname
+$$;
+COMMENT ON FUNCTION eventstream.remote_name(regclass, text) IS
+	'The producer and producer-side docname of a local row that got its own key (use_same_name = false).';
+
+CREATE VIEW eventstream.producer_status AS
+SELECT p.producer_url,
+	   CASE WHEN NOT p.enabled THEN 'disabled'
+			WHEN p.last_error IS NOT NULL THEN 'failing'
+			WHEN p.last_success_at IS NULL THEN 'starting'
+			ELSE 'streaming' END AS state,
+	   (SELECT coalesce(sum(jsonb_array_length(i.page)), 0) FROM eventstream.inbox i
+		 WHERE i.producer_url = p.producer_url) AS updates_received_not_applied,
+	   now() - p.last_success_at AS since_last_success,
+	   p.last_pull_at,
+	   p.last_success_at,
+	   p.last_error,
+	   p.last_error_at,
+	   p.synced_count,
+	   (SELECT count(*) FROM eventstream.sync_log l WHERE l.producer_url = p.producer_url AND l.status = 'Failed') AS failed_now,
+	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.status = 'Approved'
+		   AND NOT t.unsubscribe) AS tables_approved,
+	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.status = 'Pending'
+		   AND NOT t.unsubscribe) AS tables_pending
+  FROM eventstream.producer p;
+COMMENT ON VIEW eventstream.producer_status IS
+	'Per producer: state, what is received but not applied yet, last success and error, failed updates.';
+
+------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------
 
@@ -1441,3 +2355,7 @@ SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer_table', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.child_table', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.dynamic_link', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.producer', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.producer_table', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.sync_log', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.remote_document', '');

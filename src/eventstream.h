@@ -125,6 +125,14 @@ extern void es_client_setup(void *curl, const char *url, const char *auth,
 							EsResponse *resp, long timeout_s);
 extern char *es_client_failure(int code, EsResponse *resp, const char *url);
 
+/* src/pull.c */
+extern int	es_pull_init(void);
+extern void es_pull_refresh(void);
+extern void es_pull_start_due(void);
+extern void es_pull_run(void);
+extern long es_pull_timeout(void);
+extern void es_pull_shutdown(void);
+
 /* src/http.c */
 extern bool es_http_start(const char *address, int port, const char *site_id);
 extern int	es_http_socket(void);

@@ -70,6 +70,7 @@ PGDLLEXPORT void eventstream_launcher_main(Datum main_arg);
 PGDLLEXPORT void eventstream_worker_main(Datum main_arg);
 
 PG_FUNCTION_INFO_V1(eventstream_start_worker);
+PG_FUNCTION_INFO_V1(eventstream_wake_worker);
 
 #define ES_MAX_SITES		64
 #define ES_LAUNCHER_NAP_MS	60000
@@ -388,6 +389,18 @@ eventstream_start_worker(PG_FUNCTION_ARGS)
 }
 
 /*
+ * eventstream_wake_worker
+ *		eventstream._wake_worker(): wake this database's worker when the
+ *		calling transaction commits, so that it reads its producers again.
+ */
+Datum
+eventstream_wake_worker(PG_FUNCTION_ARGS)
+{
+	es_request_at_commit(false);
+	PG_RETURN_VOID();
+}
+
+/*
  * es_option / es_has_option
  *		The option called name in a list of DefElems (NULL if absent).
  */
@@ -673,6 +686,16 @@ es_worker_http_stop(int code, Datum arg)
 }
 
 /*
+ * es_worker_pull_stop
+ *		before_shmem_exit callback: drop the pulls in flight.
+ */
+static void
+es_worker_pull_stop(int code, Datum arg)
+{
+	es_pull_shutdown();
+}
+
+/*
  * eventstream_worker_main
  *		Entry point of a site worker; main_arg is its database's OID.
  */
@@ -685,9 +708,10 @@ eventstream_worker_main(Datum main_arg)
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
 	WaitEventSet *wait_set;
+	int			pull_fd;
 	TimestampTz last_prune = GetCurrentTimestamp();
 	TimestampTz last_duties = 0;
-	int			backoff_ms = 0;
+	volatile int backoff_ms = 0;	/* survives the longjmp of an error */
 	char	   *dbname;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -733,12 +757,16 @@ eventstream_worker_main(Datum main_arg)
 									 ALLOCSET_DEFAULT_SIZES);
 
 	/*
-	 * One wait set for the worker's life: its latch, postmaster death and
-	 * the HTTP server's epoll descriptor (which stands for all its sockets).
+	 * One wait set for the worker's life: its latch, postmaster death, the
+	 * epoll set of its pulls and the HTTP server's epoll descriptor (each
+	 * stands for all its sockets).
 	 */
-	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	pull_fd = es_pull_init();
+	before_shmem_exit(es_worker_pull_stop, (Datum) 0);
+	wait_set = CreateWaitEventSet(TopMemoryContext, 4);
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, pull_fd, NULL, NULL);
 	if (es_http_socket() >= 0)
 		AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
 
@@ -788,6 +816,9 @@ eventstream_worker_main(Datum main_arg)
 							dbname)));
 			proc_exit(0);
 		}
+		/* The producers to pull from, as they are now. */
+		es_pull_refresh();
+		es_pull_start_due();
 		MemoryContextReset(loop_cxt);
 		backoff_ms = 0;
 
@@ -796,11 +827,14 @@ eventstream_worker_main(Datum main_arg)
 		{
 			long		left = timeout -
 				(long) TimestampDifferenceMilliseconds(last_duties, GetCurrentTimestamp());
-			WaitEvent	events[3];
+			WaitEvent	events[4];
 			bool		latch_set = false;
 			int			nevents;
+			long		pull_timeout = es_pull_timeout();
 
 			http_timeout = es_http_timeout();
+			if (pull_timeout >= 0 && (http_timeout < 0 || pull_timeout < http_timeout))
+				http_timeout = pull_timeout;
 			if (left < 0)
 				left = 0;
 			nevents = WaitEventSetWait(wait_set,
@@ -817,6 +851,7 @@ eventstream_worker_main(Datum main_arg)
 			es_http_wake(latch_set);
 			es_http_run();
 			site->has_waiters = es_http_parked();
+			es_pull_run();
 			CHECK_FOR_INTERRUPTS();
 			if (ConfigReloadPending || site->recheck ||
 				TimestampDifferenceExceeds(last_duties, GetCurrentTimestamp(), timeout))

@@ -1,0 +1,529 @@
+/*-------------------------------------------------------------------------
+ *
+ * pull.c
+ *	  Consumer side of the site worker: pulling from producers with a
+ *	  libcurl multi handle driven from the worker's wait loop.
+ *
+ * Every enabled producer has at most one request in flight: a pull with
+ * the stored cursor, long-polling (wait=) when the previous page said
+ * there was nothing more.  libcurl's sockets are kept in an epoll set of
+ * our own (CURLMOPT_SOCKETFUNCTION), whose descriptor the worker waits on
+ * beside its latch and the HTTP server; CURLMOPT_TIMERFUNCTION gives the
+ * longest the worker may sleep.  A page that arrives is applied by
+ * eventstream._apply_page() in a transaction of its own, which also stores
+ * the next cursor: the network is never used inside a transaction, and a
+ * crash between the two loses nothing (the page is pulled again).  A
+ * producer that fails (unreachable, HTTP error, malformed page, apply
+ * error) gets last_error and is retried after an exponential backoff with
+ * jitter.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/pull.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "eventstream.h"
+
+#define ES_LONGPOLL_S		25		/* wait= of a pull that may park */
+#define ES_MIN_BACKOFF_MS	1000
+#define ES_MAX_BACKOFF_MS	300000
+
+/* One producer this site pulls from (malloc'd strings). */
+typedef struct EsProducer
+{
+	char	   *url;
+	char	   *auth;			/* key:secret */
+	char	   *cursor;
+	bool		seen;			/* still in the table at the last refresh */
+	bool		drained;		/* the last page had nothing more: long-poll */
+	CURL	   *easy;			/* request in flight, or NULL */
+	char	   *sent_cursor;	/* the cursor that request carries */
+	EsResponse	resp;
+	TimestampTz next_attempt;
+	int			backoff_ms;
+	struct EsProducer *next;
+} EsProducer;
+
+static EsProducer *es_producers = NULL;
+static CURLM *es_multi = NULL;
+static int	es_curl_epfd = -1;
+static long es_curl_timer_ms = -1;	/* from CURLMOPT_TIMERFUNCTION */
+static TimestampTz es_curl_timer_set = 0;
+static char *es_consumer_url = NULL;	/* this site, URL-encoded */
+static MemoryContext es_pull_cxt = NULL;	/* reset on every es_pull_run() */
+
+/*
+ * es_pull_socket_cb
+ *		CURLMOPT_SOCKETFUNCTION: keep libcurl's sockets in our epoll set.
+ */
+static int
+es_pull_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = s;
+	if (what == CURL_POLL_REMOVE)
+	{
+		(void) epoll_ctl(es_curl_epfd, EPOLL_CTL_DEL, s, NULL);
+		return 0;
+	}
+	ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+	if (epoll_ctl(es_curl_epfd, EPOLL_CTL_MOD, s, &ev) != 0 &&
+		epoll_ctl(es_curl_epfd, EPOLL_CTL_ADD, s, &ev) != 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * es_pull_timer_cb
+ *		CURLMOPT_TIMERFUNCTION: remember when libcurl wants to be called.
+ */
+static int
+es_pull_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	es_curl_timer_ms = timeout_ms;
+	es_curl_timer_set = GetCurrentTimestamp();
+	return 0;
+}
+
+/*
+ * es_pull_init
+ *		Set up the multi handle and its epoll set; returns the descriptor
+ *		the worker waits on.  Once per worker.
+ */
+int
+es_pull_init(void)
+{
+	es_client_init();
+	es_pull_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream pulls",
+										ALLOCSET_DEFAULT_SIZES);
+	es_curl_epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (es_curl_epfd < 0)
+		ereport(ERROR,
+				(errcode_for_socket_access(),
+				 errmsg("could not create an epoll set for pulls: %m")));
+	es_multi = curl_multi_init();
+	if (es_multi == NULL)
+		elog(ERROR, "could not create a libcurl multi handle");
+	curl_multi_setopt(es_multi, CURLMOPT_SOCKETFUNCTION, es_pull_socket_cb);
+	curl_multi_setopt(es_multi, CURLMOPT_TIMERFUNCTION, es_pull_timer_cb);
+	return es_curl_epfd;
+}
+
+/*
+ * es_pull_cancel
+ *		Drop a producer's request in flight, if any.
+ */
+static void
+es_pull_cancel(EsProducer *p)
+{
+	if (p->easy)
+	{
+		curl_multi_remove_handle(es_multi, p->easy);
+		curl_easy_cleanup(p->easy);
+		p->easy = NULL;
+	}
+	curl_slist_free_all(p->resp.headers);
+	p->resp.headers = NULL;
+	free(p->resp.data);
+	p->resp.data = NULL;
+	free(p->sent_cursor);
+	p->sent_cursor = NULL;
+}
+
+/*
+ * es_set_str
+ *		Replace a malloc'd string.
+ */
+static void
+es_set_str(char **dst, const char *src)
+{
+	free(*dst);
+	*dst = src ? strdup(src) : NULL;
+	if (src && *dst == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+}
+
+/*
+ * es_pull_refresh
+ *		Read the enabled producers and this site's URL, in a transaction of
+ *		its own; start tracking new producers and forget removed ones.  A
+ *		changed cursor (sync_now() ran, or the producer was re-added) is
+ *		taken over when no request is in flight.
+ */
+void
+es_pull_refresh(void)
+{
+	EsProducer *p;
+	EsProducer **pp;
+	uint64		i;
+
+	for (p = es_producers; p; p = p->next)
+		p->seen = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute("SELECT eventstream._site_url()", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read this site's URL");
+	{
+		char	   *url = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		char	   *enc = curl_easy_escape(NULL, url, 0);
+
+		es_set_str(&es_consumer_url, enc);
+		curl_free(enc);
+	}
+	if (SPI_execute("SELECT producer_url, api_key || ':' || api_secret, cursor"
+					"  FROM eventstream.producer WHERE enabled AND cursor <> ''",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the producers");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *url = SPI_getvalue(tup, desc, 1);
+		char	   *auth = SPI_getvalue(tup, desc, 2);
+		char	   *cursor = SPI_getvalue(tup, desc, 3);
+
+		for (p = es_producers; p; p = p->next)
+			if (strcmp(p->url, url) == 0)
+				break;
+		if (p == NULL)
+		{
+			p = calloc(1, sizeof(EsProducer));
+			if (p == NULL)
+				ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+			es_set_str(&p->url, url);
+			p->next = es_producers;
+			es_producers = p;
+		}
+		p->seen = true;
+		if (p->auth == NULL || strcmp(p->auth, auth) != 0)
+		{
+			/* New keys: retry at once. */
+			es_set_str(&p->auth, auth);
+			p->next_attempt = 0;
+			p->backoff_ms = 0;
+			es_pull_cancel(p);
+		}
+		if (p->easy == NULL && (p->cursor == NULL || strcmp(p->cursor, cursor) != 0))
+		{
+			es_set_str(&p->cursor, cursor);
+			p->drained = false;
+		}
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/* Forget producers that were removed or disabled. */
+	pp = &es_producers;
+	while (*pp)
+	{
+		p = *pp;
+		if (!p->seen)
+		{
+			*pp = p->next;
+			es_pull_cancel(p);
+			free(p->url);
+			free(p->auth);
+			free(p->cursor);
+			free(p);
+		}
+		else
+			pp = &p->next;
+	}
+}
+
+/*
+ * es_pull_start_due
+ *		Start a pull for every producer that has none in flight and is not
+ *		backing off.
+ */
+void
+es_pull_start_due(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	EsProducer *p;
+
+	for (p = es_producers; p; p = p->next)
+	{
+		char	   *enc;
+		char	   *url;
+		long		wait = p->drained ? ES_LONGPOLL_S : 0;
+
+		if (p->easy != NULL || p->next_attempt > now || p->cursor == NULL || es_consumer_url == NULL)
+			continue;
+		p->easy = curl_easy_init();
+		if (p->easy == NULL)
+			continue;
+		enc = curl_easy_escape(p->easy, p->cursor, 0);
+		url = psprintf("%s/api/eventstream/v1/updates?consumer=%s&cursor=%s&limit=1000%s",
+					   p->url, es_consumer_url, enc,
+					   wait > 0 ? psprintf("&wait=%ld", wait) : "");
+		curl_free(enc);
+		es_client_setup(p->easy, url, p->auth, &p->resp, wait + 30);
+		curl_easy_setopt(p->easy, CURLOPT_PRIVATE, p);
+		es_set_str(&p->sent_cursor, p->cursor);
+		pfree(url);
+		if (curl_multi_add_handle(es_multi, p->easy) != CURLM_OK)
+			es_pull_cancel(p);
+	}
+}
+
+/*
+ * es_pull_failed
+ *		Record a producer's failure and schedule its retry with exponential
+ *		backoff and jitter.  Runs its own transaction.
+ */
+static void
+es_pull_failed(EsProducer *p, const char *error)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	double		jitter = 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
+
+	p->backoff_ms = p->backoff_ms == 0 ? ES_MIN_BACKOFF_MS : Min(p->backoff_ms * 2, ES_MAX_BACKOFF_MS);
+	p->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (long) (p->backoff_ms * jitter));
+	p->drained = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	values[0] = CStringGetTextDatum(p->url);
+	values[1] = CStringGetTextDatum(error);
+	SPI_execute_with_args("UPDATE eventstream.producer SET last_error = $2, last_error_at = pg_catalog.now(),"
+						  "       last_pull_at = pg_catalog.now()"
+						  " WHERE producer_url = $1",
+						  2, argtypes, values, NULL, false, 0);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * es_pull_apply
+ *		Apply a page (the response body) in a transaction of its own.
+ *		Returns NULL on success, or the error's message (palloc'd in the
+ *		caller's context).  On success, takes the producer's next cursor
+ *		and sets *more when the page said more was waiting.
+ */
+static char *
+es_pull_apply(EsProducer *p, bool *more)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *volatile error = NULL;
+
+	PG_TRY();
+	{
+		Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+		Datum		values[3];
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "applying updates from a producer");
+		SPI_connect();
+		values[0] = CStringGetTextDatum(p->url);
+		values[1] = CStringGetTextDatum(p->sent_cursor);
+		values[2] = CStringGetTextDatum(p->resp.data ? p->resp.data : "");
+		/* The page is parsed once; _apply_page checks its shape. */
+		if (SPI_execute_with_args("SELECT x.n, (SELECT p.cursor FROM eventstream.producer p"
+								  "              WHERE p.producer_url = $1),"
+								  "       coalesce(pg.j->>'more', 'false')"
+								  "  FROM (SELECT $3::jsonb AS j) pg,"
+								  "       LATERAL eventstream._apply_page($1, $2, pg.j) x(n)",
+								  3, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not apply a page");
+		es_set_str(&p->cursor, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+		*more = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "true") == 0;
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_stat(false);
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+		error = psprintf("could not apply updates from %s: %s", p->url, edata->message);
+		FreeErrorData(edata);
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_END_TRY();
+	return error;
+}
+
+/*
+ * es_pull_done
+ *		A producer's request finished: apply its page or record why not.
+ */
+static void
+es_pull_done(EsProducer *p, CURLcode code)
+{
+	long		status = 0;
+	char	   *error = NULL;
+
+	curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_multi_remove_handle(es_multi, p->easy);
+	curl_easy_cleanup(p->easy);
+	p->easy = NULL;
+
+	if (code != CURLE_OK)
+		error = es_client_failure(code, &p->resp, p->url);
+	else if (status != 200)
+		error = psprintf("%s answered HTTP %ld: %.300s", p->url, status,
+						 p->resp.data ? p->resp.data : "");
+	else
+	{
+		bool		more = false;
+
+		error = es_pull_apply(p, &more);
+		if (error == NULL)
+		{
+			p->drained = !more;
+			p->backoff_ms = 0;
+			p->next_attempt = 0;
+		}
+	}
+	if (error)
+	{
+		ereport(LOG,
+				(errmsg("eventstream: pulling from %s failed: %s", p->url, error)));
+		es_pull_failed(p, error);
+	}
+	curl_slist_free_all(p->resp.headers);
+	p->resp.headers = NULL;
+	free(p->resp.data);
+	p->resp.data = NULL;
+}
+
+/*
+ * es_pull_run
+ *		Let libcurl progress on what is ready (or on its timer), then deal
+ *		with finished requests and start the ones that are due.  Called from
+ *		the worker's loop, outside any transaction.
+ */
+void
+es_pull_run(void)
+{
+	struct epoll_event events[16];
+	int			n;
+	int			running;
+	CURLMsg    *msg;
+	int			left;
+	MemoryContext oldcxt;
+
+	if (es_multi == NULL)
+		return;
+	MemoryContextReset(es_pull_cxt);
+	oldcxt = MemoryContextSwitchTo(es_pull_cxt);
+	n = epoll_wait(es_curl_epfd, events, lengthof(events), 0);
+	for (int i = 0; i < n; i++)
+	{
+		int			mask = ((events[i].events & EPOLLIN) ? CURL_CSELECT_IN : 0) |
+			((events[i].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+			((events[i].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+
+		curl_multi_socket_action(es_multi, events[i].data.fd, mask, &running);
+	}
+	if (es_curl_timer_ms >= 0 &&
+		TimestampDifferenceExceeds(es_curl_timer_set, GetCurrentTimestamp(), es_curl_timer_ms))
+	{
+		es_curl_timer_ms = -1;
+		curl_multi_socket_action(es_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+
+	while ((msg = curl_multi_info_read(es_multi, &left)) != NULL)
+	{
+		EsProducer *p = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &p);
+		if (p)
+			es_pull_done(p, msg->data.result);
+	}
+	es_pull_start_due();
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * es_pull_timeout
+ *		Milliseconds until the pulls need the worker again (-1: no limit).
+ */
+long
+es_pull_timeout(void)
+{
+	long		result = -1;
+	TimestampTz now = GetCurrentTimestamp();
+	EsProducer *p;
+
+	if (es_curl_timer_ms >= 0)
+	{
+		result = es_curl_timer_ms -
+			(long) TimestampDifferenceMilliseconds(es_curl_timer_set, now);
+		if (result < 0)
+			result = 0;
+	}
+	for (p = es_producers; p; p = p->next)
+	{
+		if (p->easy == NULL)
+		{
+			long		left = p->next_attempt > now ?
+				(long) TimestampDifferenceMilliseconds(now, p->next_attempt) : 0;
+
+			if (result < 0 || left < result)
+				result = left;
+		}
+	}
+	return result;
+}
+
+/*
+ * es_pull_shutdown
+ *		Drop every request (on worker exit).
+ */
+void
+es_pull_shutdown(void)
+{
+	EsProducer *p;
+
+	for (p = es_producers; p; p = p->next)
+		es_pull_cancel(p);
+	if (es_multi)
+		curl_multi_cleanup(es_multi);
+	es_multi = NULL;
+	if (es_curl_epfd >= 0)
+		close(es_curl_epfd);
+	es_curl_epfd = -1;
+}
