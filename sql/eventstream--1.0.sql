@@ -77,7 +77,8 @@ CREATE TABLE eventstream.consumer (
 	acked_snapshot	pg_snapshot NOT NULL,
 	acked_low		bigint NOT NULL,
 	acked_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	aged_out		boolean NOT NULL DEFAULT false
+	aged_out		boolean NOT NULL DEFAULT false,
+	sent_tables		jsonb
 );
 COMMENT ON TABLE eventstream.consumer IS
 	'Event Consumer: one row per site that registered to pull from this one.';
@@ -87,6 +88,8 @@ COMMENT ON COLUMN eventstream.consumer.acked_snapshot IS
 	'Every log visible in this snapshot has been acknowledged by the consumer (its next pull carried a later cursor).';
 COMMENT ON COLUMN eventstream.consumer.acked_low IS
 	'Every log with a lower id is visible in acked_snapshot, hence acknowledged.';
+COMMENT ON COLUMN eventstream.consumer.sent_tables IS
+	'Subscription statuses as last told to the consumer: a long-poll answers at once when they change.';
 COMMENT ON COLUMN eventstream.consumer.aged_out IS
 	'Set when logs the consumer had not acknowledged were pruned after eventstream.retention_period; its pulls then fail until it is removed and registered again.';
 
@@ -448,6 +451,8 @@ CREATE FUNCTION eventstream._config_changed() RETURNS trigger
 AS $$
 BEGIN
 	PERFORM eventstream._sync_capture();
+	-- Parked long-polls answer at once with the new statuses.
+	PERFORM eventstream._wake_worker();
 	RETURN NULL;
 END
 $$;
@@ -767,6 +772,7 @@ BEGIN
 					    WHERE ct.consumer_url = url AND ct.ref_table = d.ref_table
 						  AND ct.condition IS NOT NULL AND NOT ct.unsubscribed);
 
+	UPDATE eventstream.consumer x SET sent_tables = eventstream._consumer_tables(url) WHERE x.consumer_url = url;
 	RETURN jsonb_build_object(
 		'consumer_url', url,
 		'producer_site_id', (SELECT s.site_id FROM eventstream.site s),
@@ -828,13 +834,16 @@ $$;
  * everything before it.
  */
 CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer,
-										OUT page text, OUT served integer)
+										OUT page text, OUT served integer, OUT news boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- Walk the primary key in order and stop after a page; estimates of the
 	-- snapshot filters are blind and would otherwise pick bitmap + sort.
 	SET enable_bitmapscan = off
 	SET enable_seqscan = off
+	-- With seq scans "off", the scan of a sequence elsewhere in the page
+	-- costs enough to be JIT-compiled on every pull (~25 ms).
+	SET jit = off
 AS $$
 DECLARE
 	c eventstream.consumer;
@@ -865,6 +874,7 @@ DECLARE
 	t_oids regclass[];
 	texts text[] := '{}';
 	block_texts text[];
+	tables_now jsonb;
 	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
 	bytes bigint := 0;
 	block_bytes bigint;
@@ -1067,13 +1077,18 @@ BEGIN
 	END IF;
 
 	served := cardinality(ids);
+	tables_now := eventstream._consumer_tables(c.consumer_url);
+	news := tables_now IS DISTINCT FROM c.sent_tables;
+	IF news THEN
+		UPDATE eventstream.consumer x SET sent_tables = tables_now WHERE x.consumer_url = c.consumer_url;
+	END IF;
 	-- "complete": the page ends its window, i.e. a set of whole transactions.
 	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "tables": %s}',
 				   array_to_string(texts, ', '),
 				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
 								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
 				   to_json(more), to_json(NOT more),
-				   eventstream._consumer_tables(c.consumer_url));
+				   tables_now);
 END
 $$;
 
@@ -1469,12 +1484,17 @@ CREATE TABLE eventstream.producer_table (
 	mapping				text,
 	condition			text,
 	readable			boolean NOT NULL DEFAULT true,
+	initial_sync		boolean NOT NULL DEFAULT true,
+	snapshot_pending	boolean NOT NULL DEFAULT false,
+	snapshot_after		text,
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
 	'Event Producer Document Type: one row per subscribed table; status is mirrored from the producer.';
 COMMENT ON COLUMN eventstream.producer_table.ref_table IS
 	'The table''s name on the producer (schema.table).';
+COMMENT ON COLUMN eventstream.producer_table.snapshot_pending IS
+	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 
@@ -1485,10 +1505,11 @@ CREATE TABLE eventstream.inbox (
 	producer_url		text NOT NULL REFERENCES eventstream.producer ON DELETE CASCADE,
 	seq					bigint GENERATED ALWAYS AS IDENTITY,
 	page				jsonb NOT NULL,
+	complete			boolean NOT NULL,
 	PRIMARY KEY (producer_url, seq)
 );
 COMMENT ON TABLE eventstream.inbox IS
-	'Pages of an incomplete window, kept until the window''s last page arrives.';
+	'Pages received but not applied yet: an incomplete window, or updates that wait for an initial sync.';
 
 CREATE TABLE eventstream.sync_log (
 	id					bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -1646,14 +1667,20 @@ CREATE FUNCTION eventstream._mirror_statuses(producer_url text, tables jsonb) RE
 	SET search_path = pg_catalog, pg_temp
 AS $$
 	UPDATE eventstream.producer_table t
-	   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true)
+	   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
+		   -- Newly approved: copy the rows that exist (initial sync).
+		   snapshot_pending = t.snapshot_pending OR
+			   (x->>'status' = 'Approved' AND t.status <> 'Approved' AND t.initial_sync AND NOT t.unsubscribe),
+		   snapshot_after = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+								 ELSE t.snapshot_after END
 	  FROM jsonb_array_elements(coalesce(tables, '[]')) x
 	 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
 	   AND (t.status, t.readable) IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true));
 $$;
 
 CREATE FUNCTION eventstream.add_producer(producer_url text, api_key text, api_secret text,
-										 subscriber regrole, tables text[]) RETURNS void
+										 subscriber regrole, tables text[], initial_sync boolean DEFAULT true)
+		RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1697,8 +1724,8 @@ BEGIN
 		IF EXISTS (SELECT 1 FROM eventstream.producer_table t WHERE t.producer_url = url AND t.ref_table = wire) THEN
 			RAISE EXCEPTION 'table "%" is listed twice', wire USING ERRCODE = 'invalid_parameter_value';
 		END IF;
-		INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table)
-			VALUES (url, wire, eventstream._local_table(wire, subscriber));
+		INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, initial_sync)
+			VALUES (url, wire, eventstream._local_table(wire, subscriber), coalesce(add_producer.initial_sync, true));
 	END LOOP;
 
 	-- Only now the network: the producer's identity, then registration.
@@ -1720,8 +1747,8 @@ BEGIN
 	PERFORM eventstream._wake_worker();
 END
 $$;
-COMMENT ON FUNCTION eventstream.add_producer(text, text, text, regrole, text[]) IS
-	'Register this site with a producer (over HTTP, before committing) and subscribe to its tables; they start Pending.';
+COMMENT ON FUNCTION eventstream.add_producer(text, text, text, regrole, text[], boolean) IS
+	'Register this site with a producer (over HTTP, before committing) and subscribe to its tables; they start Pending.  initial_sync: copy the rows that exist once approved.';
 
 CREATE FUNCTION eventstream._producer_row(producer_url text) RETURNS eventstream.producer
 	LANGUAGE plpgsql
@@ -1742,7 +1769,8 @@ END
 $$;
 
 CREATE FUNCTION eventstream.subscribe(producer_url text, ref_table text, use_same_name boolean DEFAULT true,
-									  mapping text DEFAULT NULL, condition text DEFAULT NULL) RETURNS void
+									  mapping text DEFAULT NULL, condition text DEFAULT NULL,
+									  initial_sync boolean DEFAULT true) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1753,17 +1781,24 @@ BEGIN
 	IF mapping IS NOT NULL THEN
 		RAISE EXCEPTION 'mappings are not supported yet' USING ERRCODE = 'feature_not_supported';
 	END IF;
-	INSERT INTO eventstream.producer_table AS t (producer_url, ref_table, local_table, use_same_name, condition)
+	INSERT INTO eventstream.producer_table AS t (producer_url, ref_table, local_table, use_same_name, condition,
+												 initial_sync)
 		VALUES (p.producer_url, wire, eventstream._local_table(wire, p.subscriber),
-				coalesce(subscribe.use_same_name, true), subscribe.condition)
+				coalesce(subscribe.use_same_name, true), subscribe.condition, coalesce(subscribe.initial_sync, true))
 		ON CONFLICT (producer_url, ref_table) DO UPDATE
-			SET unsubscribe = false, use_same_name = EXCLUDED.use_same_name, condition = EXCLUDED.condition;
+			SET unsubscribe = false, use_same_name = EXCLUDED.use_same_name, condition = EXCLUDED.condition,
+				initial_sync = EXCLUDED.initial_sync,
+				-- What changed while unsubscribed (or what a new condition admits) is copied again.
+				snapshot_pending = t.snapshot_pending OR (t.status = 'Approved' AND EXCLUDED.initial_sync
+														   AND (t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition)),
+				snapshot_after = CASE WHEN t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition
+									  THEN NULL ELSE t.snapshot_after END;
 	PERFORM eventstream._push_subscriptions(p.producer_url);
 	PERFORM eventstream._wake_worker();
 END
 $$;
-COMMENT ON FUNCTION eventstream.subscribe(text, text, boolean, text, text) IS
-	'Subscribe to one more table of a producer, or change a subscription (condition, naming); told to the producer at once.';
+COMMENT ON FUNCTION eventstream.subscribe(text, text, boolean, text, text, boolean) IS
+	'Subscribe to one more table of a producer, or change a subscription (condition, naming); told to the producer at once.  initial_sync: copy the rows that exist once approved.';
 
 CREATE FUNCTION eventstream.unsubscribe(producer_url text, ref_table text) RETURNS void
 	LANGUAGE plpgsql
@@ -2144,7 +2179,7 @@ END
 $$;
 
 -- Apply one update in a subtransaction of its own and log it.
-CREATE FUNCTION eventstream._apply_one(p eventstream.producer, upd jsonb) RETURNS text
+CREATE FUNCTION eventstream._apply_one(p eventstream.producer, upd jsonb, why text DEFAULT NULL) RETURNS text
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2176,16 +2211,50 @@ BEGIN
 	INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url, docname, remote_docname,
 									  use_same_name, data, error, note, update_log_id, remote_ref_table, origin)
 		VALUES (upd->>'update_type', coalesce(pt.local_table::text, upd->>'ref_table'), st, p.producer_url, dn,
-				upd->>'docname', pt.use_same_name, upd->'data', err, nt, (upd->>'id')::bigint, upd->>'ref_table',
+				upd->>'docname', pt.use_same_name, upd->'data', err,
+				nullif(concat_ws('; ', why, nt), ''), (upd->>'id')::bigint, upd->>'ref_table',
 				(upd->>'origin')::uuid);
 	RETURN st;
 END
 $$;
 
--- Apply a page pulled with cursor sent_cursor, and store its next cursor,
--- in the calling transaction.  A page that does not end its window is
--- kept in the inbox until the window's last page arrives: a window holds
--- whole producer transactions, applied in one local transaction.
+-- Apply the pages of the inbox up to the last one that ends a window.
+-- Returns how many updates were processed; counts them on the producer.
+CREATE FUNCTION eventstream._apply_inbox(p eventstream.producer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	upto bigint;
+	staged jsonb;
+	u jsonb;
+	n integer := 0;
+	failed integer := 0;
+BEGIN
+	SELECT max(i.seq) INTO upto FROM eventstream.inbox i WHERE i.producer_url = p.producer_url AND i.complete;
+	IF upto IS NULL THEN
+		RETURN 0;
+	END IF;
+	FOR staged IN SELECT i.page FROM eventstream.inbox i
+				   WHERE i.producer_url = p.producer_url AND i.seq <= upto ORDER BY i.seq LOOP
+		FOR u IN SELECT * FROM jsonb_array_elements(staged) LOOP
+			IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
+			n := n + 1;
+		END LOOP;
+	END LOOP;
+	DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url AND i.seq <= upto;
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed
+	 WHERE x.producer_url = p.producer_url;
+	RETURN n;
+END
+$$;
+
+-- Apply a page of updates pulled with cursor sent_cursor, and store its
+-- next cursor, in the calling transaction.  A window holds whole producer
+-- transactions and is applied in one local transaction: a page that does
+-- not end its window waits in the inbox for the rest, and so does every
+-- page while an initial sync of the producer's tables is under way.
 -- Returns the number of updates applied, or -1 when the cursor moved on
 -- meanwhile (another session applied that page): nothing is done then.
 CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, page jsonb) RETURNS integer
@@ -2195,9 +2264,9 @@ AS $$
 DECLARE
 	p eventstream.producer;
 	u jsonb;
-	staged jsonb;
 	n integer := 0;
 	failed integer := 0;
+	complete boolean;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_page.producer_url FOR UPDATE;
 	IF NOT FOUND OR p.cursor IS DISTINCT FROM sent_cursor THEN
@@ -2210,27 +2279,144 @@ BEGIN
 				  DETAIL = 'A page is {"updates": [...], "cursor": "...", "more": true|false, ...}.';
 	END IF;
 	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
-	IF coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean) THEN
-		FOR staged IN SELECT i.page FROM eventstream.inbox i WHERE i.producer_url = p.producer_url ORDER BY i.seq LOOP
-			FOR u IN SELECT * FROM jsonb_array_elements(staged) LOOP
-				IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
-				n := n + 1;
-			END LOOP;
-		END LOOP;
-		DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url;
+	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
+	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					    WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+		-- The usual case: a whole window, applied at once.
 		FOR u IN SELECT * FROM jsonb_array_elements(page->'updates') LOOP
 			IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
 			n := n + 1;
 		END LOOP;
-	ELSIF jsonb_array_length(page->'updates') > 0 THEN
-		INSERT INTO eventstream.inbox (producer_url, page) VALUES (p.producer_url, page->'updates');
+		UPDATE eventstream.producer x
+		   SET synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed
+		 WHERE x.producer_url = p.producer_url;
+	ELSE
+		IF jsonb_array_length(page->'updates') > 0 OR complete THEN
+			INSERT INTO eventstream.inbox (producer_url, page, complete)
+				VALUES (p.producer_url, page->'updates', complete);
+		END IF;
+		IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+						WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+			n := eventstream._apply_inbox(p);
+		END IF;
 	END IF;
 	UPDATE eventstream.producer x
 	   SET cursor = page->>'cursor', last_pull_at = now(), last_success_at = now(),
-		   last_error = NULL, last_error_at = NULL,
-		   synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed
+		   last_error = NULL, last_error_at = NULL
 	 WHERE x.producer_url = p.producer_url;
 	RETURN n;
+END
+$$;
+
+-- Apply a page of a table's existing documents (initial sync), fetched
+-- after sent_after; when it is the last, apply what waited in the inbox.
+CREATE FUNCTION eventstream._apply_snapshot_page(producer_url text, ref_table text, sent_after text, page jsonb)
+		RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	pt eventstream.producer_table;
+	d jsonb;
+	n integer := 0;
+	failed integer := 0;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_snapshot_page.producer_url FOR UPDATE;
+	SELECT * INTO pt FROM eventstream.producer_table t
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = _apply_snapshot_page.ref_table;
+	IF NOT FOUND OR NOT pt.snapshot_pending OR pt.snapshot_after IS DISTINCT FROM sent_after THEN
+		RETURN -1;
+	END IF;
+	IF jsonb_typeof(page) IS DISTINCT FROM 'object' OR jsonb_typeof(page->'documents') IS DISTINCT FROM 'array'
+	   OR jsonb_typeof(page->'more') IS DISTINCT FROM 'boolean' THEN
+		RAISE EXCEPTION 'producer "%" sent a malformed snapshot page', p.producer_url
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A snapshot page is {"documents": [{"docname": ..., "data": {...}}, ...], "next": "...", "more": true|false}.';
+	END IF;
+	FOR d IN SELECT * FROM jsonb_array_elements(page->'documents') LOOP
+		IF eventstream._apply_one(p, jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
+														'docname', d->>'docname', 'data', d->'data',
+														'origin', p.producer_site_id),
+								  'initial sync') = 'Failed' THEN
+			failed := failed + 1;
+		END IF;
+		n := n + 1;
+	END LOOP;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_after = coalesce(page->>'next', t.snapshot_after),
+		   snapshot_pending = (page->>'more')::boolean
+	 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed,
+		   last_pull_at = now(), last_success_at = now(), last_error = NULL, last_error_at = NULL
+	 WHERE x.producer_url = p.producer_url;
+	IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+		n := n + eventstream._apply_inbox(p);
+	END IF;
+	RETURN n;
+END
+$$;
+
+-- What to ask a producer for next: a page of a table's existing rows
+-- while an initial sync is under way, otherwise the next page of updates.
+CREATE FUNCTION eventstream._next_request(producer_url text, OUT path text, OUT kind text)
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	pt eventstream.producer_table;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _next_request.producer_url;
+	SELECT * INTO pt FROM eventstream.producer_table t
+	 WHERE t.producer_url = p.producer_url AND t.snapshot_pending
+	 ORDER BY t.ref_table LIMIT 1;
+	IF FOUND THEN
+		kind := 'snapshot';
+		path := format('snapshot/%s?limit=100%s', eventstream._urlencode(pt.ref_table),
+					   CASE WHEN pt.snapshot_after IS NOT NULL
+							THEN '&after=' || eventstream._urlencode(pt.snapshot_after) ELSE '' END);
+	ELSE
+		kind := 'updates';
+		path := eventstream._pull_path(p.cursor, 0);
+	END IF;
+END
+$$;
+
+-- Apply the answer to the request for sent_path (see _next_request) and
+-- say what to ask next, and whether at once (more) or by long-polling.
+-- n is -1 when the answer is stale (someone else applied it already).
+CREATE FUNCTION eventstream._apply_response(producer_url text, sent_path text, body jsonb,
+											OUT n integer, OUT next_path text, OUT more boolean)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	r record;
+	pt eventstream.producer_table;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_response.producer_url FOR UPDATE;
+	IF NOT FOUND THEN
+		n := -1;
+		RETURN;
+	END IF;
+	SELECT * INTO r FROM eventstream._next_request(p.producer_url);
+	IF r.path IS DISTINCT FROM sent_path THEN
+		n := -1;
+	ELSIF r.kind = 'snapshot' THEN
+		SELECT * INTO pt FROM eventstream.producer_table t
+		 WHERE t.producer_url = p.producer_url AND t.snapshot_pending ORDER BY t.ref_table LIMIT 1;
+		n := eventstream._apply_snapshot_page(p.producer_url, pt.ref_table, pt.snapshot_after, body);
+	ELSE
+		n := eventstream._apply_page(p.producer_url, p.cursor, body);
+	END IF;
+	SELECT * INTO r FROM eventstream._next_request(p.producer_url);
+	next_path := r.path;
+	more := r.kind = 'snapshot' OR coalesce((body->>'more')::boolean, false) OR n < 0;
 END
 $$;
 
@@ -2240,15 +2426,17 @@ CREATE FUNCTION eventstream.sync_now(producer_url text) RETURNS integer
 AS $$
 DECLARE
 	p eventstream.producer := eventstream._producer_row(producer_url);
-	page jsonb;
+	path text := (SELECT r.path FROM eventstream._next_request(p.producer_url) r);
+	body jsonb;
+	res record;
 	total integer := 0;
 BEGIN
 	LOOP
-		page := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET',
-										   eventstream._pull_path(p.cursor, 0));
-		total := total + greatest(eventstream._apply_page(p.producer_url, p.cursor, page), 0);
-		EXIT WHEN NOT coalesce((page->>'more')::boolean, false);
-		SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = p.producer_url;
+		body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
+		SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body);
+		total := total + greatest(res.n, 0);
+		path := res.next_path;
+		EXIT WHEN NOT res.more;
 	END LOOP;
 	RETURN total;
 END

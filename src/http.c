@@ -307,7 +307,8 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 				args[2] = limit ? limit : "100";
 				args[3] = may_park ? "true" : "false";
 				/* '' = nothing yet and the caller may wait for more */
-				result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 THEN '' ELSE p.page END"
+				result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news"
+									   "            THEN '' ELSE p.page END"
 									   "  FROM eventstream._pull_page($1, $2, $3::integer) p", 4, args);
 				if (result != NULL && result[0] == '\0')
 					status = 0;
@@ -443,6 +444,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	char	   *reply = NULL;
 	unsigned int status;
 	enum MHD_Result ret;
+	bool		may_park;
 
 	if (req == NULL)
 	{
@@ -519,8 +521,16 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 			req->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														Min(secs, ES_MAX_WAIT_S) * 1000);
 	}
-	status = es_http_api(conn, method, url, req->body,
-						 req->deadline > GetCurrentTimestamp(), &reply);
+	may_park = req->deadline > GetCurrentTimestamp();
+
+	/*
+	 * A pull that may park announces it first: a commit from now on wakes
+	 * the worker, even one that lands between this pull's snapshot and the
+	 * parking (it would otherwise be missed until the deadline).
+	 */
+	if (may_park)
+		es_worker_expect_waiters();
+	status = es_http_api(conn, method, url, req->body, may_park, &reply);
 	if (reply == NULL)
 		return es_http_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "Out of memory.");
 	if (status == 0)

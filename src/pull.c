@@ -4,14 +4,15 @@
  *	  Consumer side of the site worker: pulling from producers with a
  *	  libcurl multi handle driven from the worker's wait loop.
  *
- * Every enabled producer has at most one request in flight: a pull with
- * the stored cursor, long-polling (wait=) when the previous page said
- * there was nothing more.  libcurl's sockets are kept in an epoll set of
+ * Every enabled producer has at most one request in flight: what
+ * eventstream._next_request() says (a page of a table's existing rows
+ * during an initial sync, otherwise the next page of updates, long-polling
+ * with wait= when the previous page said there was nothing more).  libcurl's sockets are kept in an epoll set of
  * our own (CURLMOPT_SOCKETFUNCTION), whose descriptor the worker waits on
  * beside its latch and the HTTP server; CURLMOPT_TIMERFUNCTION gives the
- * longest the worker may sleep.  A page that arrives is applied by
- * eventstream._apply_page() in a transaction of its own, which also stores
- * the next cursor: the network is never used inside a transaction, and a
+ * longest the worker may sleep.  An answer is applied by
+ * eventstream._apply_response() in a transaction of its own, which also
+ * stores the next cursor: the network is never used inside a transaction, and a
  * crash between the two loses nothing (the page is pulled again).  A
  * producer that fails (unreachable, HTTP error, malformed page, apply
  * error) gets last_error and is retried after an exponential backoff with
@@ -52,11 +53,11 @@ typedef struct EsProducer
 {
 	char	   *url;
 	char	   *auth;			/* key:secret */
-	char	   *cursor;
+	char	   *path;			/* what to ask for next (see _next_request) */
 	bool		seen;			/* still in the table at the last refresh */
 	bool		drained;		/* the last page had nothing more: long-poll */
 	CURL	   *easy;			/* request in flight, or NULL */
-	char	   *sent_cursor;	/* the cursor that request carries */
+	char	   *sent_path;		/* the path that request asked for */
 	EsResponse	resp;
 	TimestampTz next_attempt;
 	int			backoff_ms;
@@ -68,7 +69,6 @@ static CURLM *es_multi = NULL;
 static int	es_curl_epfd = -1;
 static long es_curl_timer_ms = -1;	/* from CURLMOPT_TIMERFUNCTION */
 static TimestampTz es_curl_timer_set = 0;
-static char *es_consumer_url = NULL;	/* this site, URL-encoded */
 static MemoryContext es_pull_cxt = NULL;	/* reset on every es_pull_run() */
 
 /*
@@ -147,8 +147,8 @@ es_pull_cancel(EsProducer *p)
 	p->resp.headers = NULL;
 	free(p->resp.data);
 	p->resp.data = NULL;
-	free(p->sent_cursor);
-	p->sent_cursor = NULL;
+	free(p->sent_path);
+	p->sent_path = NULL;
 }
 
 /*
@@ -166,10 +166,10 @@ es_set_str(char **dst, const char *src)
 
 /*
  * es_pull_refresh
- *		Read the enabled producers and this site's URL, in a transaction of
- *		its own; start tracking new producers and forget removed ones.  A
- *		changed cursor (sync_now() ran, or the producer was re-added) is
- *		taken over when no request is in flight.
+ *		Read the enabled producers, in a transaction of its own; start
+ *		tracking new producers and forget removed ones.  What to ask a
+ *		producer for next is taken over when no request is in flight (it
+ *		changes when sync_now() ran, or a subscription changed).
  */
 void
 es_pull_refresh(void)
@@ -185,17 +185,9 @@ es_pull_refresh(void)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	if (SPI_execute("SELECT eventstream._site_url()", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read this site's URL");
-	{
-		char	   *url = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		char	   *enc = curl_easy_escape(NULL, url, 0);
-
-		es_set_str(&es_consumer_url, enc);
-		curl_free(enc);
-	}
-	if (SPI_execute("SELECT producer_url, api_key || ':' || api_secret, cursor"
-					"  FROM eventstream.producer WHERE enabled AND cursor <> ''",
+	if (SPI_execute("SELECT p.producer_url, p.api_key || ':' || p.api_secret, r.path"
+					"  FROM eventstream.producer p, LATERAL eventstream._next_request(p.producer_url) r"
+					" WHERE p.enabled AND p.cursor <> ''",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the producers");
 	for (i = 0; i < SPI_processed; i++)
@@ -204,7 +196,7 @@ es_pull_refresh(void)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		char	   *url = SPI_getvalue(tup, desc, 1);
 		char	   *auth = SPI_getvalue(tup, desc, 2);
-		char	   *cursor = SPI_getvalue(tup, desc, 3);
+		char	   *path = SPI_getvalue(tup, desc, 3);
 
 		for (p = es_producers; p; p = p->next)
 			if (strcmp(p->url, url) == 0)
@@ -227,9 +219,11 @@ es_pull_refresh(void)
 			p->backoff_ms = 0;
 			es_pull_cancel(p);
 		}
-		if (p->easy == NULL && (p->cursor == NULL || strcmp(p->cursor, cursor) != 0))
+		if (p->path == NULL || strcmp(p->path, path) != 0)
 		{
-			es_set_str(&p->cursor, cursor);
+			/* Something else moved it on: a parked poll is stale too. */
+			es_pull_cancel(p);
+			es_set_str(&p->path, path);
 			p->drained = false;
 		}
 	}
@@ -248,7 +242,7 @@ es_pull_refresh(void)
 			es_pull_cancel(p);
 			free(p->url);
 			free(p->auth);
-			free(p->cursor);
+			free(p->path);
 			free(p);
 		}
 		else
@@ -269,23 +263,21 @@ es_pull_start_due(void)
 
 	for (p = es_producers; p; p = p->next)
 	{
-		char	   *enc;
 		char	   *url;
-		long		wait = p->drained ? ES_LONGPOLL_S : 0;
+		long		wait;
 
-		if (p->easy != NULL || p->next_attempt > now || p->cursor == NULL || es_consumer_url == NULL)
+		if (p->easy != NULL || p->next_attempt > now || p->path == NULL)
 			continue;
+		/* Only a pull of updates that found nothing last time may park. */
+		wait = (p->drained && strncmp(p->path, "updates?", 8) == 0) ? ES_LONGPOLL_S : 0;
 		p->easy = curl_easy_init();
 		if (p->easy == NULL)
 			continue;
-		enc = curl_easy_escape(p->easy, p->cursor, 0);
-		url = psprintf("%s/api/eventstream/v1/updates?consumer=%s&cursor=%s&limit=1000%s",
-					   p->url, es_consumer_url, enc,
+		url = psprintf("%s/api/eventstream/v1/%s%s", p->url, p->path,
 					   wait > 0 ? psprintf("&wait=%ld", wait) : "");
-		curl_free(enc);
 		es_client_setup(p->easy, url, p->auth, &p->resp, wait + 30);
 		curl_easy_setopt(p->easy, CURLOPT_PRIVATE, p);
-		es_set_str(&p->sent_cursor, p->cursor);
+		es_set_str(&p->sent_path, p->path);
 		pfree(url);
 		if (curl_multi_add_handle(es_multi, p->easy) != CURLM_OK)
 			es_pull_cancel(p);
@@ -327,8 +319,8 @@ es_pull_failed(EsProducer *p, const char *error)
  * es_pull_apply
  *		Apply a page (the response body) in a transaction of its own.
  *		Returns NULL on success, or the error's message (palloc'd in the
- *		caller's context).  On success, takes the producer's next cursor
- *		and sets *more when the page said more was waiting.
+ *		caller's context).  On success, takes what to ask for next and sets
+ *		*more when it should be asked at once (no long-poll).
  */
 static char *
 es_pull_apply(EsProducer *p, bool *more)
@@ -347,19 +339,15 @@ es_pull_apply(EsProducer *p, bool *more)
 		pgstat_report_activity(STATE_RUNNING, "applying updates from a producer");
 		SPI_connect();
 		values[0] = CStringGetTextDatum(p->url);
-		values[1] = CStringGetTextDatum(p->sent_cursor);
+		values[1] = CStringGetTextDatum(p->sent_path);
 		values[2] = CStringGetTextDatum(p->resp.data ? p->resp.data : "");
-		/* The page is parsed once; _apply_page checks its shape. */
-		if (SPI_execute_with_args("SELECT x.n, (SELECT p.cursor FROM eventstream.producer p"
-								  "              WHERE p.producer_url = $1),"
-								  "       coalesce(pg.j->>'more', 'false')"
-								  "  FROM (SELECT $3::jsonb AS j) pg,"
-								  "       LATERAL eventstream._apply_page($1, $2, pg.j) x(n)",
+		if (SPI_execute_with_args("SELECT r.next_path, r.more"
+								  "  FROM eventstream._apply_response($1, $2, $3::jsonb) r",
 								  3, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not apply a page");
-		es_set_str(&p->cursor, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
-		*more = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "true") == 0;
+		es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		*more = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0;
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();

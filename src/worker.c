@@ -96,8 +96,9 @@ typedef struct EsWorkers
 
 static EsWorkers *es_workers = NULL;
 
-/* Whether this process is a site worker. */
+/* Whether this process is a site worker, and its shared entry. */
 bool		es_in_site_worker = false;
+static EsSiteWorker *es_my_site = NULL;
 
 /* GUC: seconds between two prunes by a site worker (0: never). */
 int			es_prune_interval = 60;
@@ -686,6 +687,21 @@ es_worker_http_stop(int code, Datum arg)
 }
 
 /*
+ * es_worker_expect_waiters
+ *		A long-poll is about to look for updates and may park: from now on
+ *		commits that write logs must set this worker's latch.
+ */
+void
+es_worker_expect_waiters(void)
+{
+	if (es_my_site != NULL)
+	{
+		es_my_site->has_waiters = true;
+		pg_memory_barrier();
+	}
+}
+
+/*
  * es_worker_pull_stop
  *		before_shmem_exit callback: drop the pulls in flight.
  */
@@ -743,6 +759,7 @@ eventstream_worker_main(Datum main_arg)
 	if (other_running)
 		proc_exit(0);
 	before_shmem_exit(es_worker_detach, ObjectIdGetDatum(dboid));
+	es_my_site = site;
 
 	/* This site's HTTP endpoint, when its database has a port. */
 	if (es_http_port > 0)
