@@ -1505,6 +1505,7 @@ CREATE TABLE eventstream.inbox (
 	producer_url		text NOT NULL REFERENCES eventstream.producer ON DELETE CASCADE,
 	seq					bigint GENERATED ALWAYS AS IDENTITY,
 	page				jsonb NOT NULL,
+	deps				jsonb NOT NULL DEFAULT '[]',
 	complete			boolean NOT NULL,
 	PRIMARY KEY (producer_url, seq)
 );
@@ -2179,7 +2180,8 @@ END
 $$;
 
 -- Apply one update in a subtransaction of its own and log it.
-CREATE FUNCTION eventstream._apply_one(p eventstream.producer, upd jsonb, why text DEFAULT NULL) RETURNS text
+CREATE FUNCTION eventstream._apply_one(p eventstream.producer, upd jsonb, why text DEFAULT NULL,
+									   dependency boolean DEFAULT false) RETURNS text
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2193,6 +2195,13 @@ DECLARE
 BEGIN
 	SELECT * INTO pt FROM eventstream.producer_table t
 	 WHERE t.producer_url = p.producer_url AND t.ref_table = upd->>'ref_table';
+	IF NOT FOUND AND dependency THEN
+		-- A row of a table that is not subscribed: same name, same key.
+		pt.producer_url := p.producer_url;
+		pt.ref_table := upd->>'ref_table';
+		pt.local_table := to_regclass(upd->>'ref_table');
+		pt.use_same_name := true;
+	END IF;
 	BEGIN
 		IF pt.local_table IS NULL THEN
 			RAISE EXCEPTION 'table "%" is not subscribed from this producer', upd->>'ref_table'
@@ -2218,6 +2227,162 @@ BEGIN
 END
 $$;
 
+-- The rows that the updates (or snapshot documents) of an answer refer to
+-- and that are not here: through foreign keys and registered dynamic links
+-- of the rows and their child rows, plus the row an Update is for when it
+-- is missing.  Documents created by the answer itself, and those in have
+-- (fetched already: [{"ref_table", "docname", "data"}]), count as here.
+-- Returns [{"ref_table", "docname"}] to fetch from the producer.
+CREATE FUNCTION eventstream._missing_documents(producer_url text, body jsonb, have jsonb DEFAULT '[]')
+		RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	docs jsonb;
+	u jsonb;
+	tbl regclass;
+	own text[];
+	rows jsonb;				-- [{"t": regclass oid, "r": row}]
+	ch record;
+	x record;
+	fk record;
+	key jsonb;
+	rt regclass;
+	dn text;
+	known text[] := '{}';	-- "wire\ndocname" here or to be fetched
+	result jsonb := '[]';
+BEGIN
+	-- Everything as {"update_type", "ref_table", "docname", "data"}.
+	IF body ? 'documents' THEN
+		docs := (SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', body->>'ref_table',
+															  'docname', d->>'docname', 'data', d->'data')), '[]')
+				   FROM jsonb_array_elements(body->'documents') d);
+	ELSE
+		docs := coalesce(body->'updates', '[]');
+	END IF;
+	docs := docs || (SELECT coalesce(jsonb_agg(h || '{"update_type": "Create", "dependency": true}'), '[]')
+					   FROM jsonb_array_elements(have) h WHERE h->'data' IS NOT NULL AND h->'data' <> 'null');
+	-- Whatever the answer creates, or was fetched, counts as here.
+	known := ARRAY(SELECT (d->>'ref_table') || E'\n' || (d->>'docname') FROM jsonb_array_elements(docs) d
+					WHERE d->>'update_type' = 'Create')
+			 || ARRAY(SELECT (h->>'ref_table') || E'\n' || (h->>'docname') FROM jsonb_array_elements(have) h);
+
+	FOR u IN SELECT * FROM jsonb_array_elements(docs) LOOP
+		IF coalesce((u->>'dependency')::boolean, false) THEN
+			tbl := to_regclass(u->>'ref_table');
+		ELSE
+			SELECT t.local_table INTO tbl FROM eventstream.producer_table t
+			 WHERE t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table';
+		END IF;
+		CONTINUE WHEN tbl IS NULL OR jsonb_typeof(u->'data') IS DISTINCT FROM 'object';
+		rows := '[]';
+		IF u->>'update_type' = 'Create' THEN
+			own := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(u->'data')));
+			rows := jsonb_build_array(jsonb_build_object('t', tbl::oid, 'r', u->'data'));
+			FOR ch IN SELECT e.key, e.value FROM jsonb_each(u->'data') e
+					   WHERE e.key <> ALL (own) AND jsonb_typeof(e.value) = 'array' AND to_regclass(e.key) IS NOT NULL LOOP
+				rows := rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', to_regclass(ch.key)::oid, 'r', r)), '[]')
+								   FROM jsonb_array_elements(ch.value) r);
+			END LOOP;
+		ELSIF u->>'update_type' = 'Update' THEN
+			-- The row itself: an Update of a row that is not here brings it.
+			IF NOT ((u->>'ref_table') || E'\n' || (u->>'docname')) = ANY (known)
+			   AND NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+								WHERE t.producer_url = _missing_documents.producer_url
+								  AND t.ref_table = u->>'ref_table' AND NOT t.use_same_name)
+			   AND NOT eventstream._row_exists(tbl, eventstream._key_of(tbl, u->>'docname')) THEN
+				result := result || jsonb_build_object('ref_table', u->>'ref_table', 'docname', u->>'docname');
+				known := known || ((u->>'ref_table') || E'\n' || (u->>'docname'));
+			END IF;
+			rows := jsonb_build_array(jsonb_build_object('t', tbl::oid, 'r', coalesce(u->'data'->'changed', '{}')));
+			FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(u->'data'->'added', '{}')) e
+					   WHERE to_regclass(e.key) IS NOT NULL AND jsonb_typeof(e.value) = 'array'
+					  UNION ALL
+					  SELECT e.key, e.value FROM jsonb_each(coalesce(u->'data'->'row_changed', '{}')) e
+					   WHERE to_regclass(e.key) IS NOT NULL AND jsonb_typeof(e.value) = 'array' LOOP
+				rows := rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', to_regclass(ch.key)::oid, 'r', r)), '[]')
+								   FROM jsonb_array_elements(ch.value) r);
+			END LOOP;
+		END IF;
+
+		FOR x IN SELECT (e->>'t')::oid::regclass AS t, e->'r' AS r FROM jsonb_array_elements(rows) e
+				  WHERE jsonb_typeof(e->'r') = 'object' LOOP
+			-- Foreign keys to a primary key, with every column given and set.
+			FOR fk IN SELECT c.confrelid::regclass AS rt,
+							 array_agg(ca.attname::text ORDER BY u2.ord) AS cols,
+							 array_agg(pa.attname::text ORDER BY u2.ord) AS refcols
+						FROM pg_constraint c
+						CROSS JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY u2(ck, pk, ord)
+						JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u2.ck
+						JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u2.pk
+					   WHERE c.contype = 'f' AND c.conrelid = x.t
+					   GROUP BY c.oid, c.confrelid LOOP
+				CONTINUE WHEN EXISTS (SELECT 1 FROM unnest(fk.cols) c WHERE x.r->c IS NULL OR x.r->c = 'null');
+				CONTINUE WHEN fk.refcols::text[] <> eventstream._pk_names(fk.rt);
+				key := (SELECT jsonb_object_agg(fk.refcols[i], x.r->fk.cols[i]) FROM generate_subscripts(fk.cols, 1) i);
+				dn := eventstream._docname_of(fk.rt, key);
+				CONTINUE WHEN (eventstream._wire_name(fk.rt) || E'\n' || dn) = ANY (known);
+				known := known || (eventstream._wire_name(fk.rt) || E'\n' || dn);
+				IF NOT eventstream._row_exists(fk.rt, key) THEN
+					result := result || jsonb_build_object('ref_table', eventstream._wire_name(fk.rt), 'docname', dn);
+				END IF;
+			END LOOP;
+			-- Dynamic links registered here: the type column names the table.
+			FOR fk IN SELECT l.type_column, l.key_column FROM eventstream.dynamic_link l WHERE l.tbl = x.t LOOP
+				CONTINUE WHEN x.r->>(fk.type_column::text) IS NULL OR x.r->>(fk.key_column::text) IS NULL;
+				rt := to_regclass(CASE WHEN position('.' IN x.r->>(fk.type_column::text)) > 0
+									   THEN x.r->>(fk.type_column::text)
+									   ELSE 'public.' || (x.r->>(fk.type_column::text)) END);
+				CONTINUE WHEN rt IS NULL;
+				dn := x.r->>(fk.key_column::text);
+				CONTINUE WHEN (eventstream._wire_name(rt) || E'\n' || dn) = ANY (known);
+				known := known || (eventstream._wire_name(rt) || E'\n' || dn);
+				IF NOT eventstream._row_exists(rt, eventstream._key_of(rt, dn)) THEN
+					result := result || jsonb_build_object('ref_table', eventstream._wire_name(rt), 'docname', dn);
+				END IF;
+			END LOOP;
+		END LOOP;
+	END LOOP;
+	RETURN result;
+END
+$$;
+
+CREATE FUNCTION eventstream._row_exists(tbl regclass, key jsonb) RETURNS boolean
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	found boolean;
+BEGIN
+	EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s)',
+				   tbl, tbl, eventstream._key_match(tbl))
+		INTO found USING key;
+	RETURN found;
+END
+$$;
+
+-- Apply fetched dependencies, deepest first, each as a Create of its own.
+CREATE FUNCTION eventstream._apply_deps(p eventstream.producer, deps jsonb) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d jsonb;
+	n integer := 0;
+BEGIN
+	FOR d IN SELECT e FROM jsonb_array_elements(coalesce(deps, '[]')) WITH ORDINALITY x(e, o)
+			  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null' ORDER BY o DESC LOOP
+		PERFORM eventstream._apply_one(p, jsonb_build_object('update_type', 'Create', 'ref_table', d->>'ref_table',
+															 'docname', d->>'docname', 'data', d->'data',
+															 'origin', p.producer_site_id),
+									   'dependency', true);
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+
 -- Apply the pages of the inbox up to the last one that ends a window.
 -- Returns how many updates were processed; counts them on the producer.
 CREATE FUNCTION eventstream._apply_inbox(p eventstream.producer) RETURNS integer
@@ -2226,7 +2391,7 @@ CREATE FUNCTION eventstream._apply_inbox(p eventstream.producer) RETURNS integer
 AS $$
 DECLARE
 	upto bigint;
-	staged jsonb;
+	staged record;
 	u jsonb;
 	n integer := 0;
 	failed integer := 0;
@@ -2235,9 +2400,10 @@ BEGIN
 	IF upto IS NULL THEN
 		RETURN 0;
 	END IF;
-	FOR staged IN SELECT i.page FROM eventstream.inbox i
+	FOR staged IN SELECT i.page, i.deps FROM eventstream.inbox i
 				   WHERE i.producer_url = p.producer_url AND i.seq <= upto ORDER BY i.seq LOOP
-		FOR u IN SELECT * FROM jsonb_array_elements(staged) LOOP
+		n := n + eventstream._apply_deps(p, staged.deps);
+		FOR u IN SELECT * FROM jsonb_array_elements(staged.page) LOOP
 			IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
 			n := n + 1;
 		END LOOP;
@@ -2257,7 +2423,8 @@ $$;
 -- page while an initial sync of the producer's tables is under way.
 -- Returns the number of updates applied, or -1 when the cursor moved on
 -- meanwhile (another session applied that page): nothing is done then.
-CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, page jsonb) RETURNS integer
+CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, page jsonb, deps jsonb DEFAULT '[]')
+		RETURNS integer
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2284,6 +2451,7 @@ BEGIN
 	   AND NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
 					    WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
 		-- The usual case: a whole window, applied at once.
+		n := eventstream._apply_deps(p, deps);
 		FOR u IN SELECT * FROM jsonb_array_elements(page->'updates') LOOP
 			IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
 			n := n + 1;
@@ -2293,8 +2461,8 @@ BEGIN
 		 WHERE x.producer_url = p.producer_url;
 	ELSE
 		IF jsonb_array_length(page->'updates') > 0 OR complete THEN
-			INSERT INTO eventstream.inbox (producer_url, page, complete)
-				VALUES (p.producer_url, page->'updates', complete);
+			INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
+				VALUES (p.producer_url, page->'updates', coalesce(deps, '[]'), complete);
 		END IF;
 		IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
 						WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
@@ -2311,7 +2479,8 @@ $$;
 
 -- Apply a page of a table's existing documents (initial sync), fetched
 -- after sent_after; when it is the last, apply what waited in the inbox.
-CREATE FUNCTION eventstream._apply_snapshot_page(producer_url text, ref_table text, sent_after text, page jsonb)
+CREATE FUNCTION eventstream._apply_snapshot_page(producer_url text, ref_table text, sent_after text, page jsonb,
+												 deps jsonb DEFAULT '[]')
 		RETURNS integer
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -2335,6 +2504,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A snapshot page is {"documents": [{"docname": ..., "data": {...}}, ...], "next": "...", "more": true|false}.';
 	END IF;
+	n := eventstream._apply_deps(p, deps);
 	FOR d IN SELECT * FROM jsonb_array_elements(page->'documents') LOOP
 		IF eventstream._apply_one(p, jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
 														'docname', d->>'docname', 'data', d->'data',
@@ -2389,7 +2559,7 @@ $$;
 -- Apply the answer to the request for sent_path (see _next_request) and
 -- say what to ask next, and whether at once (more) or by long-polling.
 -- n is -1 when the answer is stale (someone else applied it already).
-CREATE FUNCTION eventstream._apply_response(producer_url text, sent_path text, body jsonb,
+CREATE FUNCTION eventstream._apply_response(producer_url text, sent_path text, body jsonb, deps jsonb DEFAULT '[]',
 											OUT n integer, OUT next_path text, OUT more boolean)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -2410,13 +2580,65 @@ BEGIN
 	ELSIF r.kind = 'snapshot' THEN
 		SELECT * INTO pt FROM eventstream.producer_table t
 		 WHERE t.producer_url = p.producer_url AND t.snapshot_pending ORDER BY t.ref_table LIMIT 1;
-		n := eventstream._apply_snapshot_page(p.producer_url, pt.ref_table, pt.snapshot_after, body);
+		n := eventstream._apply_snapshot_page(p.producer_url, pt.ref_table, pt.snapshot_after,
+											  body || jsonb_build_object('ref_table', pt.ref_table), deps);
 	ELSE
-		n := eventstream._apply_page(p.producer_url, p.cursor, body);
+		n := eventstream._apply_page(p.producer_url, p.cursor, body, deps);
 	END IF;
 	SELECT * INTO r FROM eventstream._next_request(p.producer_url);
 	next_path := r.path;
 	more := r.kind = 'snapshot' OR coalesce((body->>'more')::boolean, false) OR n < 0;
+END
+$$;
+
+-- _missing_documents for an answer as received: a snapshot page is of the
+-- table whose initial sync is under way.
+CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jsonb) RETURNS jsonb
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT eventstream._missing_documents(producer_url,
+		CASE WHEN body ? 'documents'
+			 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
+															WHERE t.producer_url = _missing_for.producer_url
+															  AND t.snapshot_pending
+															ORDER BY t.ref_table LIMIT 1))
+			 ELSE body END,
+		have)
+$$;
+
+-- Fetch, from the calling session, what an answer refers to and is not
+-- here (see _missing_documents), round after round (dependencies of
+-- dependencies), at most 10 rounds.  A document the producer does not
+-- serve is recorded with "data": null and "error".
+CREATE FUNCTION eventstream._fetch_missing(p eventstream.producer, path text, body jsonb) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	deps jsonb := '[]';
+	want jsonb;
+	w jsonb;
+	doc jsonb;
+	err text;
+BEGIN
+	FOR round IN 1 .. 10 LOOP
+		want := eventstream._missing_for(p.producer_url, body, deps);
+		EXIT WHEN jsonb_array_length(want) = 0;
+		FOR w IN SELECT * FROM jsonb_array_elements(want) LOOP
+			BEGIN
+				doc := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET',
+					format('documents/%s/%s', eventstream._urlencode(w->>'ref_table'), eventstream._urlencode(w->>'docname')));
+				err := NULL;
+			EXCEPTION WHEN OTHERS THEN
+				doc := NULL;
+				err := SQLERRM;
+			END;
+			deps := deps || jsonb_build_object('ref_table', w->>'ref_table', 'docname', w->>'docname',
+											   'data', doc, 'error', err);
+		END LOOP;
+	END LOOP;
+	RETURN deps;
 END
 $$;
 
@@ -2428,12 +2650,14 @@ DECLARE
 	p eventstream.producer := eventstream._producer_row(producer_url);
 	path text := (SELECT r.path FROM eventstream._next_request(p.producer_url) r);
 	body jsonb;
+	deps jsonb;
 	res record;
 	total integer := 0;
 BEGIN
 	LOOP
 		body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
-		SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body);
+		deps := eventstream._fetch_missing(p, path, body);
+		SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body, deps);
 		total := total + greatest(res.n, 0);
 		path := res.next_path;
 		EXIT WHEN NOT res.more;

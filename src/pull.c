@@ -37,7 +37,9 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "nodes/pg_list.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -59,10 +61,29 @@ typedef struct EsProducer
 	CURL	   *easy;			/* request in flight, or NULL */
 	char	   *sent_path;		/* the path that request asked for */
 	EsResponse	resp;
+	char	   *body;			/* an answer waiting for its dependencies */
+	char	   *deps;			/* JSON array of the documents fetched for it */
+	int			rounds;			/* fetch rounds so far */
+	int			fetching;		/* fetches in flight */
 	TimestampTz next_attempt;
 	int			backoff_ms;
 	struct EsProducer *next;
 } EsProducer;
+
+/* A fetch of one document an answer refers to (a dependency). */
+typedef struct EsFetch
+{
+	EsProducer *producer;		/* NULL once the producer is gone */
+	char	   *ref_table;
+	char	   *docname;
+	CURL	   *easy;
+	EsResponse	resp;
+	struct EsFetch *next;
+} EsFetch;
+
+#define ES_MAX_FETCH_ROUNDS	10
+
+static EsFetch *es_fetches = NULL;
 
 static EsProducer *es_producers = NULL;
 static CURLM *es_multi = NULL;
@@ -149,6 +170,14 @@ es_pull_cancel(EsProducer *p)
 	p->resp.data = NULL;
 	free(p->sent_path);
 	p->sent_path = NULL;
+	free(p->body);
+	p->body = NULL;
+	free(p->deps);
+	p->deps = NULL;
+	p->fetching = 0;
+	for (EsFetch *f = es_fetches; f; f = f->next)
+		if (f->producer == p)
+			f->producer = NULL;	/* dropped when it finishes */
 }
 
 /*
@@ -219,7 +248,7 @@ es_pull_refresh(void)
 			p->backoff_ms = 0;
 			es_pull_cancel(p);
 		}
-		if (p->path == NULL || strcmp(p->path, path) != 0)
+		if (p->body == NULL && (p->path == NULL || strcmp(p->path, path) != 0))
 		{
 			/* Something else moved it on: a parked poll is stale too. */
 			es_pull_cancel(p);
@@ -266,7 +295,7 @@ es_pull_start_due(void)
 		char	   *url;
 		long		wait;
 
-		if (p->easy != NULL || p->next_attempt > now || p->path == NULL)
+		if (p->easy != NULL || p->body != NULL || p->next_attempt > now || p->path == NULL)
 			continue;
 		/* Only a pull of updates that found nothing last time may park. */
 		wait = (p->drained && strncmp(p->path, "updates?", 8) == 0) ? ES_LONGPOLL_S : 0;
@@ -276,7 +305,6 @@ es_pull_start_due(void)
 		url = psprintf("%s/api/eventstream/v1/%s%s", p->url, p->path,
 					   wait > 0 ? psprintf("&wait=%ld", wait) : "");
 		es_client_setup(p->easy, url, p->auth, &p->resp, wait + 30);
-		curl_easy_setopt(p->easy, CURLOPT_PRIVATE, p);
 		es_set_str(&p->sent_path, p->path);
 		pfree(url);
 		if (curl_multi_add_handle(es_multi, p->easy) != CURLM_OK)
@@ -330,8 +358,8 @@ es_pull_apply(EsProducer *p, bool *more)
 
 	PG_TRY();
 	{
-		Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
-		Datum		values[3];
+		Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Datum		values[4];
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
@@ -340,10 +368,11 @@ es_pull_apply(EsProducer *p, bool *more)
 		SPI_connect();
 		values[0] = CStringGetTextDatum(p->url);
 		values[1] = CStringGetTextDatum(p->sent_path);
-		values[2] = CStringGetTextDatum(p->resp.data ? p->resp.data : "");
+		values[2] = CStringGetTextDatum(p->body);
+		values[3] = CStringGetTextDatum(p->deps ? p->deps : "[]");
 		if (SPI_execute_with_args("SELECT r.next_path, r.more"
-								  "  FROM eventstream._apply_response($1, $2, $3::jsonb) r",
-								  3, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
+								  "  FROM eventstream._apply_response($1, $2, $3::jsonb, $4::jsonb) r",
+								  4, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not apply a page");
 		es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -372,8 +401,216 @@ es_pull_apply(EsProducer *p, bool *more)
 }
 
 /*
+ * es_pull_finish
+ *		Apply the answer a producer is holding (with the dependencies
+ *		fetched for it), or record why not, and let its next request go.
+ */
+static void
+es_pull_finish(EsProducer *p, char *error)
+{
+	bool		more = false;
+
+	if (error == NULL)
+		error = es_pull_apply(p, &more);
+	free(p->body);
+	p->body = NULL;
+	free(p->deps);
+	p->deps = NULL;
+	if (error == NULL)
+	{
+		p->drained = !more;
+		p->backoff_ms = 0;
+		p->next_attempt = 0;
+	}
+	else
+	{
+		ereport(LOG,
+				(errmsg("eventstream: pulling from %s failed: %s", p->url, error)));
+		es_pull_failed(p, error);
+	}
+}
+
+/*
+ * es_pull_missing
+ *		The documents the held answer refers to that are not here yet
+ *		(eventstream._missing_for), as a list of palloc'd {table, docname}
+ *		pairs; in a read-only transaction of its own.
+ */
+static List *
+es_pull_missing(EsProducer *p)
+{
+	List	   *result = NIL;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	MemoryContext cxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	values[0] = CStringGetTextDatum(p->url);
+	values[1] = CStringGetTextDatum(p->body);
+	values[2] = CStringGetTextDatum(p->deps ? p->deps : "[]");
+	if (SPI_execute_with_args("SELECT w->>'ref_table', w->>'docname'"
+							  "  FROM jsonb_array_elements(eventstream._missing_for($1, $2::jsonb, $3::jsonb)) w",
+							  3, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for missing documents");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		result = lappend(result, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		result = lappend(result, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return result;
+}
+
+/*
+ * es_pull_deps_round
+ *		Start fetching what the held answer still lacks; apply it when
+ *		nothing is missing (or after ES_MAX_FETCH_ROUNDS rounds: what is
+ *		still missing then fails the updates that need it).
+ */
+static void
+es_pull_deps_round(EsProducer *p)
+{
+	List	   *volatile missing = NIL;
+	char	   *volatile error = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+	ListCell   *lc;
+
+	if (p->rounds < ES_MAX_FETCH_ROUNDS)
+	{
+		PG_TRY();
+		{
+			missing = es_pull_missing(p);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(cxt);
+			error = psprintf("could not check the dependencies of updates from %s: %s", p->url, edata->message);
+			FreeErrorData(edata);
+		}
+		PG_END_TRY();
+	}
+	if (error != NULL || missing == NIL)
+	{
+		es_pull_finish(p, error);
+		return;
+	}
+	p->rounds++;
+	for (lc = list_head(missing); lc != NULL; lc = lnext(missing, lnext(missing, lc)))
+	{
+		const char *table = lfirst(lc);
+		const char *docname = lfirst(lnext(missing, lc));
+		EsFetch    *f = calloc(1, sizeof(EsFetch));
+		char	   *t_enc;
+		char	   *d_enc;
+		char	   *url;
+
+		if (f == NULL || (f->easy = curl_easy_init()) == NULL)
+		{
+			free(f);
+			continue;
+		}
+		f->producer = p;
+		f->ref_table = strdup(table);
+		f->docname = strdup(docname);
+		t_enc = curl_easy_escape(f->easy, table, 0);
+		d_enc = curl_easy_escape(f->easy, docname, 0);
+		url = psprintf("%s/api/eventstream/v1/documents/%s/%s", p->url, t_enc, d_enc);
+		curl_free(t_enc);
+		curl_free(d_enc);
+		es_client_setup(f->easy, url, p->auth, &f->resp, 30);
+		curl_easy_setopt(f->easy, CURLOPT_PRIVATE, f);
+		if (f->ref_table == NULL || f->docname == NULL ||
+			curl_multi_add_handle(es_multi, f->easy) != CURLM_OK)
+		{
+			curl_easy_cleanup(f->easy);
+			curl_slist_free_all(f->resp.headers);
+			free(f->ref_table);
+			free(f->docname);
+			free(f);
+			continue;
+		}
+		f->next = es_fetches;
+		es_fetches = f;
+		p->fetching++;
+	}
+	if (p->fetching == 0)
+		es_pull_finish(p, NULL);
+}
+
+/*
+ * es_fetch_done
+ *		A dependency fetch finished: note the document (or why there is
+ *		none) with the held answer; start the next round after the last.
+ */
+static void
+es_fetch_done(EsFetch *f, CURLcode code)
+{
+	EsProducer *p = f->producer;
+	EsFetch   **ff;
+	long		status = 0;
+
+	curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_multi_remove_handle(es_multi, f->easy);
+	curl_easy_cleanup(f->easy);
+	for (ff = &es_fetches; *ff; ff = &(*ff)->next)
+		if (*ff == f)
+		{
+			*ff = f->next;
+			break;
+		}
+
+	if (p != NULL)
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, p->deps && strcmp(p->deps, "[]") != 0 ? p->deps : "[");
+		if (buf.len > 1)
+			buf.data[--buf.len] = '\0';	/* drop the closing ] */
+		if (buf.len > 1)
+			appendStringInfoString(&buf, ", ");
+		appendStringInfoString(&buf, "{\"ref_table\": ");
+		escape_json(&buf, f->ref_table);
+		appendStringInfoString(&buf, ", \"docname\": ");
+		escape_json(&buf, f->docname);
+		if (code == CURLE_OK && status == 200 && f->resp.data)
+			appendStringInfo(&buf, ", \"data\": %s", f->resp.data);
+		else
+		{
+			appendStringInfoString(&buf, ", \"data\": null, \"error\": ");
+			escape_json(&buf, code != CURLE_OK ? es_client_failure(code, &f->resp, p->url)
+						: psprintf("HTTP %ld: %.200s", status, f->resp.data ? f->resp.data : ""));
+		}
+		appendStringInfoString(&buf, "}]");
+		es_set_str(&p->deps, buf.data);
+		if (--p->fetching == 0)
+			es_pull_deps_round(p);
+	}
+	curl_slist_free_all(f->resp.headers);
+	free(f->resp.data);
+	free(f->ref_table);
+	free(f->docname);
+	free(f);
+}
+
+/*
  * es_pull_done
- *		A producer's request finished: apply its page or record why not.
+ *		A producer's request finished: hold its answer and look for what it
+ *		refers to that is not here, or record why there is no answer.
  */
 static void
 es_pull_done(EsProducer *p, CURLcode code)
@@ -391,28 +628,24 @@ es_pull_done(EsProducer *p, CURLcode code)
 	else if (status != 200)
 		error = psprintf("%s answered HTTP %ld: %.300s", p->url, status,
 						 p->resp.data ? p->resp.data : "");
-	else
-	{
-		bool		more = false;
-
-		error = es_pull_apply(p, &more);
-		if (error == NULL)
-		{
-			p->drained = !more;
-			p->backoff_ms = 0;
-			p->next_attempt = 0;
-		}
-	}
-	if (error)
-	{
-		ereport(LOG,
-				(errmsg("eventstream: pulling from %s failed: %s", p->url, error)));
-		es_pull_failed(p, error);
-	}
 	curl_slist_free_all(p->resp.headers);
 	p->resp.headers = NULL;
-	free(p->resp.data);
+	if (error)
+	{
+		free(p->resp.data);
+		p->resp.data = NULL;
+		es_pull_finish(p, error);
+		return;
+	}
+	/* Keep the answer while its dependencies are fetched. */
+	free(p->body);
+	p->body = p->resp.data ? p->resp.data : strdup("");
 	p->resp.data = NULL;
+	free(p->deps);
+	p->deps = NULL;
+	p->rounds = 0;
+	p->fetching = 0;
+	es_pull_deps_round(p);
 }
 
 /*
@@ -453,13 +686,21 @@ es_pull_run(void)
 
 	while ((msg = curl_multi_info_read(es_multi, &left)) != NULL)
 	{
-		EsProducer *p = NULL;
+		void	   *owner = NULL;
+		EsProducer *p;
+		CURL	   *easy = msg->easy_handle;
+		CURLcode	result = msg->data.result;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &p);
-		if (p)
-			es_pull_done(p, msg->data.result);
+		curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &owner);
+		for (p = es_producers; p; p = p->next)
+			if (p->easy == easy)
+				break;
+		if (p != NULL)
+			es_pull_done(p, result);
+		else if (owner != NULL)
+			es_fetch_done((EsFetch *) owner, result);
 	}
 	es_pull_start_due();
 	MemoryContextSwitchTo(oldcxt);
@@ -485,7 +726,7 @@ es_pull_timeout(void)
 	}
 	for (p = es_producers; p; p = p->next)
 	{
-		if (p->easy == NULL)
+		if (p->easy == NULL && p->body == NULL)
 		{
 			long		left = p->next_attempt > now ?
 				(long) TimestampDifferenceMilliseconds(now, p->next_attempt) : 0;
@@ -508,6 +749,19 @@ es_pull_shutdown(void)
 
 	for (p = es_producers; p; p = p->next)
 		es_pull_cancel(p);
+	while (es_fetches)
+	{
+		EsFetch    *f = es_fetches;
+
+		es_fetches = f->next;
+		curl_multi_remove_handle(es_multi, f->easy);
+		curl_easy_cleanup(f->easy);
+		curl_slist_free_all(f->resp.headers);
+		free(f->resp.data);
+		free(f->ref_table);
+		free(f->docname);
+		free(f);
+	}
 	if (es_multi)
 		curl_multi_cleanup(es_multi);
 	es_multi = NULL;

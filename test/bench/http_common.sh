@@ -239,6 +239,16 @@ register_consumer() {
 	cursor=$(json_field cursor <<<"$body")
 	[ -n "$cursor" ] || bench_die "registering $url: no cursor in $body"
 	psql_bench -c "SELECT eventstream.approve('$url', 'public.t')" >/dev/null
+	# The approval is news for the consumer: its next pull answers at once
+	# with the new status.  Take that pull here, so that callers start from
+	# a cursor whose next pull waits for updates.
+	body=$(curl -s -w '\n%{http_code}' --max-time 30 -H "Authorization: token $KEY:$SECRET" \
+		"$BASE/updates?consumer=$(uri_escape "$url")&cursor=$(uri_escape "$cursor")&limit=1")
+	code=${body##*$'\n'}
+	body=${body%$'\n'*}
+	[ "$code" = 200 ] || bench_die "first pull of $url: HTTP $code: $body"
+	[ "$(json_count updates <<<"$body")" = 0 ] || bench_die "first pull of $url: expected no updates yet: $body"
+	cursor=$(json_field cursor <<<"$body")
 	echo "$cursor"
 }
 
