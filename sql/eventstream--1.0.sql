@@ -1190,7 +1190,8 @@ $$;
  * A page of the existing documents of a table in primary key order, after
  * the docname "after" (NULL: from the start), for a consumer's initial sync.
  */
-CREATE FUNCTION eventstream._serve_snapshot(ref_table text, after text, "limit" integer, role regrole)
+CREATE FUNCTION eventstream._serve_snapshot(ref_table text, after text, "limit" integer, role regrole,
+											consumer text DEFAULT NULL)
 		RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -1202,6 +1203,9 @@ DECLARE
 	names text[];
 	docs jsonb[];
 	more boolean;
+	ct eventstream.consumer_table;
+	last_name text;
+	cut boolean := false;
 	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
 	bytes bigint := 0;
 BEGIN
@@ -1226,6 +1230,28 @@ BEGIN
 	names := coalesce(names, '{}');
 	more := cardinality(names) > "limit";
 	names := names[1:"limit"];
+	last_name := names[cardinality(names)];
+	IF consumer IS NOT NULL THEN
+		-- For a consumer's initial sync: only an approved subscription, and
+		-- only the documents its condition admits (which it then holds).
+		SELECT * INTO ct FROM eventstream.consumer_table x
+		 WHERE x.consumer_url = consumer AND x.ref_table = eventstream._wire_name(tbl)
+		   AND x.status = 'Approved' AND NOT x.unsubscribed;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'consumer "%" has no approved subscription to table "%"', consumer, eventstream._wire_name(tbl)
+				USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		IF ct.condition IS NOT NULL THEN
+			names := ARRAY(SELECT n FROM unnest(names) WITH ORDINALITY x(n, o)
+							WHERE eventstream._condition_allows(consumer, tbl, ct.ref_table, ct.condition, role, n,
+																jsonb_build_object('update_type', 'Create',
+																				   'ref_table', ct.ref_table, 'docname', n))
+							ORDER BY o);
+			INSERT INTO eventstream.consumer_document (consumer_url, ref_table, docname, page)
+				SELECT consumer, ct.ref_table, n, 0 FROM unnest(names) n
+				ON CONFLICT DO NOTHING;
+		END IF;
+	END IF;
 	SELECT coalesce(array_agg(jsonb_build_object('docname', n, 'data', eventstream._document(tbl, n)) ORDER BY o), '{}')
 	  INTO docs
 	  FROM unnest(names) WITH ORDINALITY AS x(n, o);
@@ -1236,11 +1262,14 @@ BEGIN
 			docs := docs[1:i - 1];
 			names := names[1:i - 1];
 			more := true;
+			cut := true;
 			EXIT;
 		END IF;
 	END LOOP;
+	-- "next" moves past the documents a condition left out, not past those
+	-- the size cut left for the next page.
 	RETURN jsonb_build_object('documents', to_jsonb(docs),
-							  'next', names[cardinality(names)],
+							  'next', CASE WHEN cut THEN names[cardinality(names)] ELSE last_name END,
 							  'more', more);
 END
 $$;
@@ -1252,7 +1281,8 @@ CREATE FUNCTION eventstream._docname_of(tbl regclass, row_data jsonb) RETURNS te
 AS $$
 	SELECT CASE WHEN cardinality(k) = 1 THEN row_data->>(SELECT a.attname FROM pg_attribute a
 															 WHERE a.attrelid = tbl AND a.attnum = k[1])
-				ELSE (SELECT jsonb_agg(row_data->a.attname ORDER BY x.ord)::text
+				-- compact, as the capture trigger writes it: ["INV-1",2]
+				ELSE (SELECT '[' || string_agg((row_data->a.attname)::text, ',' ORDER BY x.ord) || ']'
 						FROM unnest(k) WITH ORDINALITY x(attnum, ord)
 						JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = x.attnum) END
 	  FROM eventstream._pk_attnums(tbl) k
@@ -1561,8 +1591,13 @@ $$;
 CREATE FUNCTION eventstream._http_request(method text, url text, auth text, body text, timeout_s integer,
 										  OUT status integer, OUT body text)
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_http_request';
-CREATE FUNCTION eventstream._exec_as(role regrole, query text, arg jsonb) RETURNS jsonb
-	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_exec_as';
+CREATE FUNCTION eventstream._apply_updates(producer_url text, subscriber regrole, updates jsonb, why text,
+										   dependency boolean) RETURNS integer[]
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_apply_updates';
+CREATE FUNCTION eventstream._apply_update(producer_url text, subscriber regrole, upd jsonb, dependency boolean,
+										  OUT status text, OUT error text, OUT docname text, OUT note text,
+										  OUT local_table regclass)
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_apply_update';
 CREATE FUNCTION eventstream._wake_worker() RETURNS void
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_wake_worker';
 
@@ -1786,7 +1821,7 @@ BEGIN
 												 initial_sync)
 		VALUES (p.producer_url, wire, eventstream._local_table(wire, p.subscriber),
 				coalesce(subscribe.use_same_name, true), subscribe.condition, coalesce(subscribe.initial_sync, true))
-		ON CONFLICT (producer_url, ref_table) DO UPDATE
+		ON CONFLICT ON CONSTRAINT producer_table_pkey DO UPDATE
 			SET unsubscribe = false, use_same_name = EXCLUDED.use_same_name, condition = EXCLUDED.condition,
 				initial_sync = EXCLUDED.initial_sync,
 				-- What changed while unsubscribed (or what a new condition admits) is copied again.
@@ -1939,294 +1974,6 @@ AS $$
 	SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') FROM unnest(eventstream._pk_names(tbl)) c
 $$;
 
--- Insert a row, or update the row with its key (key NULL: the table's
--- defaults make the key).  Runs as the subscriber.  {"row", "inserted"}.
-CREATE FUNCTION eventstream._upsert_row(subscriber regrole, tbl regclass, row_data jsonb, key jsonb) RETURNS jsonb
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	pk text[] := eventstream._pk_names(tbl);
-	data jsonb := row_data - pk;
-	cols text[];
-	rest text[];
-	result jsonb;
-BEGIN
-	IF key IS NOT NULL THEN
-		data := data || key;
-	END IF;
-	cols := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(data)));
-	rest := ARRAY(SELECT c FROM unnest(cols) c WHERE c <> ALL (pk));
-	result := eventstream._exec_as(subscriber, format(
-		'INSERT INTO %s AS t (%s) SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r %s '
-		'RETURNING pg_catalog.jsonb_build_object(''row'', pg_catalog.to_jsonb(t.*), ''inserted'', t.xmax::text = ''0'')',
-		tbl,
-		(SELECT string_agg(format('%I', c), ', ') FROM unnest(cols) c),
-		(SELECT string_agg(format('r.%I', c), ', ') FROM unnest(cols) c),
-		tbl,
-		CASE WHEN key IS NULL THEN ''
-			 WHEN cardinality(rest) = 0 THEN format('ON CONFLICT (%s) DO NOTHING',
-													(SELECT string_agg(format('%I', c), ', ') FROM unnest(pk) c))
-			 ELSE format('ON CONFLICT (%s) DO UPDATE SET %s',
-						 (SELECT string_agg(format('%I', c), ', ') FROM unnest(pk) c),
-						 (SELECT string_agg(format('%1$I = EXCLUDED.%1$I', c), ', ') FROM unnest(rest) c)) END),
-		data);
-	IF result IS NULL THEN
-		-- ON CONFLICT DO NOTHING: the row is there and has nothing else.
-		result := jsonb_build_object('row', key, 'inserted', false);
-	END IF;
-	RETURN result;
-END
-$$;
-
--- A local child table of parent named on the wire, and how its foreign key
--- columns take the parent's: {"child column": "parent column"}.
-CREATE FUNCTION eventstream._child_link(child_name text, parent regclass, OUT child regclass, OUT link jsonb)
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	n integer;
-BEGIN
-	child := to_regclass(child_name);
-	IF child IS NULL THEN
-		RAISE EXCEPTION 'child table "%" does not exist on this site', child_name
-			USING ERRCODE = 'undefined_table', HINT = 'Create it here with the same columns as on the producer.';
-	END IF;
-	SELECT count(*), min(l::text)::jsonb INTO n, link
-	  FROM (SELECT jsonb_object_agg(ca.attname, pa.attname) AS l
-			  FROM pg_constraint c
-			  CROSS JOIN LATERAL unnest(c.conkey, c.confkey) u(ck, pk)
-			  JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u.ck
-			  JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u.pk
-			 WHERE c.contype = 'f' AND c.conrelid = child AND c.confrelid = parent
-			 GROUP BY c.oid) x;
-	IF n <> 1 THEN
-		RAISE EXCEPTION 'table "%" needs exactly one foreign key to "%" to hold its child rows (it has %)', child, parent, n
-			USING ERRCODE = 'invalid_foreign_key';
-	END IF;
-END
-$$;
-
--- The foreign key values a child row takes from its (local) parent row.
-CREATE FUNCTION eventstream._parent_values(link jsonb, parent_row jsonb) RETURNS jsonb
-	LANGUAGE sql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT coalesce(jsonb_object_agg(l.key, parent_row->(l.value #>> '{}')), '{}') FROM jsonb_each(link) l
-$$;
-
--- Apply one update to the local tables, as the producer's subscriber.
--- Raises on failure (the caller keeps it to the update's subtransaction).
-CREATE FUNCTION eventstream._apply_doc(p eventstream.producer, pt eventstream.producer_table, upd jsonb,
-									   OUT docname text, OUT note text)
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	tbl regclass := pt.local_table;
-	who regrole := p.subscriber;
-	remote text := upd->>'docname';
-	data jsonb := upd->'data';
-	pk text[] := eventstream._pk_names(tbl);
-	own text[];
-	key jsonb;
-	cur jsonb;
-	res jsonb;
-	ch record;
-	lk record;
-	r jsonb;
-	k jsonb;
-	notes text[] := '{}';
-BEGIN
-	IF pt.use_same_name THEN
-		key := eventstream._key_of(tbl, remote);
-	ELSE
-		SELECT eventstream._key_of(tbl, d.local_docname) INTO key
-		  FROM eventstream.remote_document d
-		 WHERE d.producer_url = p.producer_url AND d.local_table = tbl AND d.remote_docname = remote;
-	END IF;
-
-	CASE upd->>'update_type'
-	WHEN 'Create' THEN
-		IF jsonb_typeof(data) IS DISTINCT FROM 'object' THEN
-			RAISE EXCEPTION 'a Create needs the document as a JSON object' USING ERRCODE = 'invalid_parameter_value';
-		END IF;
-		own := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(data)));
-		res := eventstream._upsert_row(who, tbl,
-			(SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') FROM jsonb_each(data) e WHERE e.key = ANY (own)),
-			key);
-		cur := res->'row';
-		IF NOT (res->>'inserted')::boolean THEN
-			notes := notes || 'the row existed: it now has the producer''s values'::text;
-		END IF;
-		IF NOT pt.use_same_name AND key IS NULL THEN
-			INSERT INTO eventstream.remote_document (local_table, local_docname, producer_url, remote_docname)
-				VALUES (tbl, eventstream._docname_of(tbl, cur), p.producer_url, remote);
-		END IF;
-		-- Child rows: the document's, replacing what was there.
-		FOR ch IN SELECT e.key, e.value FROM jsonb_each(data) e
-				   WHERE e.key <> ALL (own) AND jsonb_typeof(e.value) = 'array' LOOP
-			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
-			IF NOT (res->>'inserted')::boolean THEN
-				PERFORM eventstream._exec_as(who, format(
-					'DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s',
-					lk.child, lk.child,
-					(SELECT string_agg(format('t.%1$I = k.%1$I', l.key), ' AND ') FROM jsonb_each(lk.link) l)),
-					eventstream._parent_values(lk.link, cur));
-			END IF;
-			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
-				r := r || eventstream._parent_values(lk.link, cur);
-				PERFORM eventstream._upsert_row(who, lk.child, r,
-					(SELECT jsonb_object_agg(c, r->c) FROM unnest(eventstream._pk_names(lk.child)) c));
-			END LOOP;
-		END LOOP;
-
-	WHEN 'Update' THEN
-		IF jsonb_typeof(data) IS DISTINCT FROM 'object' THEN
-			RAISE EXCEPTION 'an Update needs the four-key diff as a JSON object' USING ERRCODE = 'invalid_parameter_value';
-		END IF;
-		IF key IS NOT NULL THEN
-			cur := eventstream._exec_as(who, format(
-				'SELECT pg_catalog.to_jsonb(t.*) FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s',
-				tbl, tbl, eventstream._key_match(tbl)), key);
-		END IF;
-		IF cur IS NULL THEN
-			RAISE EXCEPTION 'no row of "%" here for document "%"', tbl, remote
-				USING ERRCODE = 'no_data_found',
-					  HINT = 'The document never reached this site (it predates the subscription, or was deleted here). Resync this entry once the row exists.';
-		END IF;
-		own := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(coalesce(data->'changed', '{}'))));
-		own := ARRAY(SELECT c FROM unnest(own) c WHERE c <> ALL (pk));
-		IF cardinality(own) > 0 THEN
-			cur := eventstream._exec_as(who, format(
-				'UPDATE %s t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->''set'') s) '
-				'  FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->''key'') k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
-				tbl,
-				(SELECT string_agg(format('%I', c), ', ') FROM unnest(own) c),
-				(SELECT string_agg(format('s.%I', c), ', ') FROM unnest(own) c),
-				tbl, tbl, eventstream._key_match(tbl)),
-				jsonb_build_object('set', data->'changed', 'key', key));
-		END IF;
-		-- Child rows: removed, changed, added.
-		FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(data->'removed', '{}')) e LOOP
-			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
-			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
-				k := eventstream._key_of(lk.child, r #>> '{}');
-				k := k || (SELECT coalesce(jsonb_object_agg(x.key, x.value), '{}')
-							 FROM jsonb_each(eventstream._parent_values(lk.link, cur)) x WHERE x.key IN (SELECT jsonb_object_keys(k)));
-				IF eventstream._exec_as(who, format(
-						'DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
-						lk.child, lk.child, eventstream._key_match(lk.child)), k) IS NULL THEN
-					notes := notes || format('removed row %s of %s was not here', r #>> '{}', lk.child);
-				END IF;
-			END LOOP;
-		END LOOP;
-		FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(data->'row_changed', '{}')) e LOOP
-			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
-			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
-				r := r || (SELECT coalesce(jsonb_object_agg(x.key, x.value), '{}')
-							 FROM jsonb_each(eventstream._parent_values(lk.link, cur)) x
-							WHERE x.key = ANY (eventstream._pk_names(lk.child)));
-				own := ARRAY(SELECT c FROM unnest(eventstream._columns(lk.child, ARRAY(SELECT jsonb_object_keys(r)))) c
-							  WHERE c <> ALL (eventstream._pk_names(lk.child)));
-				IF cardinality(own) = 0 THEN
-					CONTINUE;
-				END IF;
-				IF eventstream._exec_as(who, format(
-						'UPDATE %s t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) s) '
-						'  FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
-						lk.child,
-						(SELECT string_agg(format('%I', c), ', ') FROM unnest(own) c),
-						(SELECT string_agg(format('s.%I', c), ', ') FROM unnest(own) c),
-						lk.child, lk.child, eventstream._key_match(lk.child)), r) IS NULL THEN
-					notes := notes || format('changed row %s of %s was not here',
-											 eventstream._docname_of(lk.child, r), lk.child);
-				END IF;
-			END LOOP;
-		END LOOP;
-		FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(data->'added', '{}')) e LOOP
-			SELECT * INTO lk FROM eventstream._child_link(ch.key, tbl);
-			FOR r IN SELECT * FROM jsonb_array_elements(ch.value) LOOP
-				r := r || eventstream._parent_values(lk.link, cur);
-				PERFORM eventstream._upsert_row(who, lk.child, r,
-					(SELECT jsonb_object_agg(c, r->c) FROM unnest(eventstream._pk_names(lk.child)) c));
-			END LOOP;
-		END LOOP;
-
-	WHEN 'Delete' THEN
-		IF key IS NOT NULL THEN
-			cur := eventstream._exec_as(who, format(
-				'DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s RETURNING pg_catalog.to_jsonb(t.*)',
-				tbl, tbl, eventstream._key_match(tbl)), key);
-		END IF;
-		IF cur IS NULL THEN
-			notes := notes || 'the row was not here: nothing to delete'::text;
-		END IF;
-		IF NOT pt.use_same_name THEN
-			DELETE FROM eventstream.remote_document d
-			 WHERE d.producer_url = p.producer_url AND d.local_table = tbl AND d.remote_docname = remote;
-		END IF;
-		docname := CASE WHEN cur IS NOT NULL THEN eventstream._docname_of(tbl, cur)
-						WHEN pt.use_same_name THEN remote END;
-		note := array_to_string(notes, '; ');
-		RETURN;
-	ELSE
-		RAISE EXCEPTION 'unknown update_type "%"', upd->>'update_type' USING ERRCODE = 'invalid_parameter_value';
-	END CASE;
-	docname := eventstream._docname_of(tbl, cur);
-	note := nullif(array_to_string(notes, '; '), '');
-END
-$$;
-
--- Apply one update in a subtransaction of its own and log it.
-CREATE FUNCTION eventstream._apply_one(p eventstream.producer, upd jsonb, why text DEFAULT NULL,
-									   dependency boolean DEFAULT false) RETURNS text
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	pt eventstream.producer_table;
-	st text := 'Synced';
-	err text;
-	detail text;
-	dn text;
-	nt text;
-BEGIN
-	SELECT * INTO pt FROM eventstream.producer_table t
-	 WHERE t.producer_url = p.producer_url AND t.ref_table = upd->>'ref_table';
-	IF NOT FOUND AND dependency THEN
-		-- A row of a table that is not subscribed: same name, same key.
-		pt.producer_url := p.producer_url;
-		pt.ref_table := upd->>'ref_table';
-		pt.local_table := to_regclass(upd->>'ref_table');
-		pt.use_same_name := true;
-	END IF;
-	BEGIN
-		IF pt.local_table IS NULL THEN
-			RAISE EXCEPTION 'table "%" is not subscribed from this producer', upd->>'ref_table'
-				USING ERRCODE = 'undefined_table';
-		END IF;
-		PERFORM eventstream._set_origin((upd->>'origin')::uuid);
-		SELECT x.docname, x.note INTO dn, nt FROM eventstream._apply_doc(p, pt, upd) x;
-	EXCEPTION WHEN OTHERS THEN
-		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-		st := 'Failed';
-		err := err || CASE WHEN coalesce(detail, '') <> '' THEN E'\n' || detail ELSE '' END;
-		IF pt.use_same_name THEN
-			dn := upd->>'docname';
-		END IF;
-	END;
-	INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url, docname, remote_docname,
-									  use_same_name, data, error, note, update_log_id, remote_ref_table, origin)
-		VALUES (upd->>'update_type', coalesce(pt.local_table::text, upd->>'ref_table'), st, p.producer_url, dn,
-				upd->>'docname', pt.use_same_name, upd->'data', err,
-				nullif(concat_ws('; ', why, nt), ''), (upd->>'id')::bigint, upd->>'ref_table',
-				(upd->>'origin')::uuid);
-	RETURN st;
-END
-$$;
-
 -- The rows that the updates (or snapshot documents) of an answer refer to
 -- and that are not here: through foreign keys and registered dynamic links
 -- of the rows and their child rows, plus the row an Update is for when it
@@ -2240,17 +1987,8 @@ CREATE FUNCTION eventstream._missing_documents(producer_url text, body jsonb, ha
 AS $$
 DECLARE
 	docs jsonb;
-	u jsonb;
-	tbl regclass;
-	own text[];
-	rows jsonb;				-- [{"t": regclass oid, "r": row}]
-	ch record;
-	x record;
-	fk record;
-	key jsonb;
-	rt regclass;
-	dn text;
-	known text[] := '{}';	-- "wire\ndocname" here or to be fetched
+	r record;
+	gone jsonb[];
 	result jsonb := '[]';
 BEGIN
 	-- Everything as {"update_type", "ref_table", "docname", "data"}.
@@ -2262,87 +2000,84 @@ BEGIN
 		docs := coalesce(body->'updates', '[]');
 	END IF;
 	docs := docs || (SELECT coalesce(jsonb_agg(h || '{"update_type": "Create", "dependency": true}'), '[]')
-					   FROM jsonb_array_elements(have) h WHERE h->'data' IS NOT NULL AND h->'data' <> 'null');
-	-- Whatever the answer creates, or was fetched, counts as here.
-	known := ARRAY(SELECT (d->>'ref_table') || E'\n' || (d->>'docname') FROM jsonb_array_elements(docs) d
-					WHERE d->>'update_type' = 'Create')
-			 || ARRAY(SELECT (h->>'ref_table') || E'\n' || (h->>'docname') FROM jsonb_array_elements(have) h);
+					   FROM jsonb_array_elements(coalesce(have, '[]')) h WHERE h->'data' IS NOT NULL AND h->'data' <> 'null');
 
-	FOR u IN SELECT * FROM jsonb_array_elements(docs) LOOP
-		IF coalesce((u->>'dependency')::boolean, false) THEN
-			tbl := to_regclass(u->>'ref_table');
-		ELSE
-			SELECT t.local_table INTO tbl FROM eventstream.producer_table t
-			 WHERE t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table';
-		END IF;
-		CONTINUE WHEN tbl IS NULL OR jsonb_typeof(u->'data') IS DISTINCT FROM 'object';
-		rows := '[]';
-		IF u->>'update_type' = 'Create' THEN
-			own := eventstream._columns(tbl, ARRAY(SELECT jsonb_object_keys(u->'data')));
-			rows := jsonb_build_array(jsonb_build_object('t', tbl::oid, 'r', u->'data'));
-			FOR ch IN SELECT e.key, e.value FROM jsonb_each(u->'data') e
-					   WHERE e.key <> ALL (own) AND jsonb_typeof(e.value) = 'array' AND to_regclass(e.key) IS NOT NULL LOOP
-				rows := rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', to_regclass(ch.key)::oid, 'r', r)), '[]')
-								   FROM jsonb_array_elements(ch.value) r);
-			END LOOP;
-		ELSIF u->>'update_type' = 'Update' THEN
-			-- The row itself: an Update of a row that is not here brings it.
-			IF NOT ((u->>'ref_table') || E'\n' || (u->>'docname')) = ANY (known)
-			   AND NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
-								WHERE t.producer_url = _missing_documents.producer_url
-								  AND t.ref_table = u->>'ref_table' AND NOT t.use_same_name)
-			   AND NOT eventstream._row_exists(tbl, eventstream._key_of(tbl, u->>'docname')) THEN
-				result := result || jsonb_build_object('ref_table', u->>'ref_table', 'docname', u->>'docname');
-				known := known || ((u->>'ref_table') || E'\n' || (u->>'docname'));
-			END IF;
-			rows := jsonb_build_array(jsonb_build_object('t', tbl::oid, 'r', coalesce(u->'data'->'changed', '{}')));
-			FOR ch IN SELECT e.key, e.value FROM jsonb_each(coalesce(u->'data'->'added', '{}')) e
-					   WHERE to_regclass(e.key) IS NOT NULL AND jsonb_typeof(e.value) = 'array'
-					  UNION ALL
-					  SELECT e.key, e.value FROM jsonb_each(coalesce(u->'data'->'row_changed', '{}')) e
-					   WHERE to_regclass(e.key) IS NOT NULL AND jsonb_typeof(e.value) = 'array' LOOP
-				rows := rows || (SELECT coalesce(jsonb_agg(jsonb_build_object('t', to_regclass(ch.key)::oid, 'r', r)), '[]')
-								   FROM jsonb_array_elements(ch.value) r);
-			END LOOP;
-		END IF;
-
-		FOR x IN SELECT (e->>'t')::oid::regclass AS t, e->'r' AS r FROM jsonb_array_elements(rows) e
-				  WHERE jsonb_typeof(e->'r') = 'object' LOOP
-			-- Foreign keys to a primary key, with every column given and set.
-			FOR fk IN SELECT c.confrelid::regclass AS rt,
-							 array_agg(ca.attname::text ORDER BY u2.ord) AS cols,
-							 array_agg(pa.attname::text ORDER BY u2.ord) AS refcols
-						FROM pg_constraint c
-						CROSS JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY u2(ck, pk, ord)
-						JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u2.ck
-						JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u2.pk
-					   WHERE c.contype = 'f' AND c.conrelid = x.t
-					   GROUP BY c.oid, c.confrelid LOOP
-				CONTINUE WHEN EXISTS (SELECT 1 FROM unnest(fk.cols) c WHERE x.r->c IS NULL OR x.r->c = 'null');
-				CONTINUE WHEN fk.refcols::text[] <> eventstream._pk_names(fk.rt);
-				key := (SELECT jsonb_object_agg(fk.refcols[i], x.r->fk.cols[i]) FROM generate_subscripts(fk.cols, 1) i);
-				dn := eventstream._docname_of(fk.rt, key);
-				CONTINUE WHEN (eventstream._wire_name(fk.rt) || E'\n' || dn) = ANY (known);
-				known := known || (eventstream._wire_name(fk.rt) || E'\n' || dn);
-				IF NOT eventstream._row_exists(fk.rt, key) THEN
-					result := result || jsonb_build_object('ref_table', eventstream._wire_name(fk.rt), 'docname', dn);
-				END IF;
-			END LOOP;
-			-- Dynamic links registered here: the type column names the table.
-			FOR fk IN SELECT l.type_column, l.key_column FROM eventstream.dynamic_link l WHERE l.tbl = x.t LOOP
-				CONTINUE WHEN x.r->>(fk.type_column::text) IS NULL OR x.r->>(fk.key_column::text) IS NULL;
-				rt := to_regclass(CASE WHEN position('.' IN x.r->>(fk.type_column::text)) > 0
-									   THEN x.r->>(fk.type_column::text)
-									   ELSE 'public.' || (x.r->>(fk.type_column::text)) END);
-				CONTINUE WHEN rt IS NULL;
-				dn := x.r->>(fk.key_column::text);
-				CONTINUE WHEN (eventstream._wire_name(rt) || E'\n' || dn) = ANY (known);
-				known := known || (eventstream._wire_name(rt) || E'\n' || dn);
-				IF NOT eventstream._row_exists(rt, eventstream._key_of(rt, dn)) THEN
-					result := result || jsonb_build_object('ref_table', eventstream._wire_name(rt), 'docname', dn);
-				END IF;
-			END LOOP;
-		END LOOP;
+	-- Set-wise: the rows the answer writes, the keys they refer to, and
+	-- which of those are neither here, nor created by the answer, nor
+	-- fetched already; one existence query per referenced table.
+	FOR r IN
+		WITH d AS (
+			SELECT u->>'update_type' AS kind, u->>'ref_table' AS ref, u->>'docname' AS docname, u->'data' AS data,
+				   CASE WHEN coalesce((u->>'dependency')::boolean, false) THEN to_regclass(u->>'ref_table')
+						ELSE (SELECT t.local_table FROM eventstream.producer_table t
+							   WHERE t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table') END AS tbl,
+				   coalesce((SELECT t.use_same_name FROM eventstream.producer_table t
+							  WHERE t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table'), true) AS same
+			  FROM jsonb_array_elements(docs) u
+			 WHERE jsonb_typeof(u->'data') = 'object'
+		), here AS (				-- created by the answer, or fetched
+			SELECT ref, docname FROM d WHERE kind = 'Create'
+			UNION SELECT h->>'ref_table', h->>'docname' FROM jsonb_array_elements(coalesce(have, '[]')) h
+		), rows AS (
+			SELECT d.tbl, d.data AS r FROM d WHERE d.kind = 'Create' AND d.tbl IS NOT NULL
+			UNION ALL
+			SELECT to_regclass(e.key), er
+			  FROM d, jsonb_each(d.data) e, jsonb_array_elements(e.value) er
+			 WHERE d.kind = 'Create' AND jsonb_typeof(e.value) = 'array' AND to_regclass(e.key) IS NOT NULL
+			UNION ALL
+			SELECT d.tbl, d.data->'changed' FROM d WHERE d.kind = 'Update' AND d.tbl IS NOT NULL
+			UNION ALL
+			SELECT to_regclass(e.key), er
+			  FROM d, jsonb_each(coalesce(d.data->'added', '{}') || coalesce(d.data->'row_changed', '{}')) e,
+				   jsonb_array_elements(e.value) er
+			 WHERE d.kind = 'Update' AND jsonb_typeof(e.value) = 'array' AND to_regclass(e.key) IS NOT NULL
+		), fks AS (					-- foreign keys to primary keys
+			SELECT c.conrelid AS tbl, c.confrelid::regclass AS rt,
+				   array_agg(ca.attname::text ORDER BY u2.ord) AS cols,
+				   array_agg(pa.attname::text ORDER BY u2.ord) AS refcols
+			  FROM pg_constraint c
+			  CROSS JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY u2(ck, pk, ord)
+			  JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u2.ck
+			  JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u2.pk
+			 WHERE c.contype = 'f' AND c.conrelid IN (SELECT DISTINCT rows.tbl FROM rows)
+			 GROUP BY c.oid, c.conrelid, c.confrelid
+		), refs AS (
+			SELECT DISTINCT fks.rt,
+				   (SELECT jsonb_object_agg(fks.refcols[i], rows.r->fks.cols[i]) FROM generate_subscripts(fks.cols, 1) i) AS key
+			  FROM rows JOIN fks ON fks.tbl = rows.tbl
+			 WHERE fks.refcols = eventstream._pk_names(fks.rt)
+			   AND NOT EXISTS (SELECT 1 FROM unnest(fks.cols) c WHERE rows.r->c IS NULL OR rows.r->c = 'null')
+			UNION
+			-- dynamic links registered here: the type column names the table
+			SELECT x.rt, eventstream._key_of(x.rt, x.name)
+			  FROM (SELECT to_regclass(CASE WHEN position('.' IN rows.r->>l.type_column::text) > 0
+											THEN rows.r->>l.type_column::text
+											ELSE 'public.' || (rows.r->>l.type_column::text) END) AS rt,
+						   rows.r->>l.key_column::text AS name
+					  FROM rows JOIN eventstream.dynamic_link l ON l.tbl = rows.tbl
+					 WHERE rows.r->>l.type_column::text IS NOT NULL AND rows.r->>l.key_column::text IS NOT NULL) x
+			 WHERE x.rt IS NOT NULL
+			UNION
+			-- the row an Update is for (same name; not created by the answer)
+			SELECT d.tbl, eventstream._key_of(d.tbl, d.docname)
+			  FROM d
+			 WHERE d.kind = 'Update' AND d.tbl IS NOT NULL AND d.same
+			   AND NOT EXISTS (SELECT 1 FROM here WHERE here.ref = d.ref AND here.docname = d.docname)
+		)
+		SELECT refs.rt, array_agg(refs.key) AS keys
+		  FROM refs
+		 WHERE NOT EXISTS (SELECT 1 FROM here
+							WHERE here.ref = eventstream._wire_name(refs.rt)
+							  AND here.docname = eventstream._docname_of(refs.rt, refs.key))
+		 GROUP BY refs.rt
+	LOOP
+		EXECUTE format('SELECT array_agg(k.j) FROM unnest($1) k(j)'
+					   ' WHERE NOT EXISTS (SELECT 1 FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, k.j) k2 WHERE %s)',
+					   r.rt, r.rt, replace(eventstream._key_match(r.rt), 'k.', 'k2.'))
+			INTO gone USING r.keys;
+		result := result || (SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', eventstream._wire_name(r.rt),
+																		  'docname', eventstream._docname_of(r.rt, g))), '[]')
+							   FROM unnest(gone) g);
 	END LOOP;
 	RETURN result;
 END
@@ -2368,18 +2103,19 @@ CREATE FUNCTION eventstream._apply_deps(p eventstream.producer, deps jsonb) RETU
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	d jsonb;
-	n integer := 0;
+	r integer[];
 BEGIN
-	FOR d IN SELECT e FROM jsonb_array_elements(coalesce(deps, '[]')) WITH ORDINALITY x(e, o)
-			  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null' ORDER BY o DESC LOOP
-		PERFORM eventstream._apply_one(p, jsonb_build_object('update_type', 'Create', 'ref_table', d->>'ref_table',
-															 'docname', d->>'docname', 'data', d->'data',
-															 'origin', p.producer_site_id),
-									   'dependency', true);
-		n := n + 1;
-	END LOOP;
-	RETURN n;
+	r := eventstream._apply_updates(p.producer_url, p.subscriber,
+		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', e->>'ref_table',
+													  'docname', e->>'docname', 'data', e->'data',
+													  'origin', p.producer_site_id) ORDER BY o DESC), '[]')
+		   FROM jsonb_array_elements(coalesce(deps, '[]')) WITH ORDINALITY x(e, o)
+		  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null'),
+		'dependency', true);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN r[1];
 END
 $$;
 
@@ -2392,7 +2128,7 @@ AS $$
 DECLARE
 	upto bigint;
 	staged record;
-	u jsonb;
+	r integer[];
 	n integer := 0;
 	failed integer := 0;
 BEGIN
@@ -2403,10 +2139,9 @@ BEGIN
 	FOR staged IN SELECT i.page, i.deps FROM eventstream.inbox i
 				   WHERE i.producer_url = p.producer_url AND i.seq <= upto ORDER BY i.seq LOOP
 		n := n + eventstream._apply_deps(p, staged.deps);
-		FOR u IN SELECT * FROM jsonb_array_elements(staged.page) LOOP
-			IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
-			n := n + 1;
-		END LOOP;
+		r := eventstream._apply_updates(p.producer_url, p.subscriber, staged.page, NULL, false);
+		n := n + r[1];
+		failed := failed + r[2];
 	END LOOP;
 	DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url AND i.seq <= upto;
 	UPDATE eventstream.producer x
@@ -2430,9 +2165,8 @@ CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, pag
 AS $$
 DECLARE
 	p eventstream.producer;
-	u jsonb;
+	r integer[];
 	n integer := 0;
-	failed integer := 0;
 	complete boolean;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_page.producer_url FOR UPDATE;
@@ -2452,12 +2186,10 @@ BEGIN
 					    WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
 		-- The usual case: a whole window, applied at once.
 		n := eventstream._apply_deps(p, deps);
-		FOR u IN SELECT * FROM jsonb_array_elements(page->'updates') LOOP
-			IF eventstream._apply_one(p, u) = 'Failed' THEN failed := failed + 1; END IF;
-			n := n + 1;
-		END LOOP;
+		r := eventstream._apply_updates(p.producer_url, p.subscriber, page->'updates', NULL, false);
+		n := n + r[1];
 		UPDATE eventstream.producer x
-		   SET synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed
+		   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
 		 WHERE x.producer_url = p.producer_url;
 	ELSE
 		IF jsonb_array_length(page->'updates') > 0 OR complete THEN
@@ -2488,7 +2220,7 @@ AS $$
 DECLARE
 	p eventstream.producer;
 	pt eventstream.producer_table;
-	d jsonb;
+	r integer[];
 	n integer := 0;
 	failed integer := 0;
 BEGIN
@@ -2505,21 +2237,20 @@ BEGIN
 				  DETAIL = 'A snapshot page is {"documents": [{"docname": ..., "data": {...}}, ...], "next": "...", "more": true|false}.';
 	END IF;
 	n := eventstream._apply_deps(p, deps);
-	FOR d IN SELECT * FROM jsonb_array_elements(page->'documents') LOOP
-		IF eventstream._apply_one(p, jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
-														'docname', d->>'docname', 'data', d->'data',
-														'origin', p.producer_site_id),
-								  'initial sync') = 'Failed' THEN
-			failed := failed + 1;
-		END IF;
-		n := n + 1;
-	END LOOP;
+	r := eventstream._apply_updates(p.producer_url, p.subscriber,
+		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
+													  'docname', d->>'docname', 'data', d->'data',
+													  'origin', p.producer_site_id) ORDER BY o), '[]')
+		   FROM jsonb_array_elements(page->'documents') WITH ORDINALITY x(d, o)),
+		'initial sync', false);
+	n := n + r[1];
+	failed := r[2];
 	UPDATE eventstream.producer_table t
 	   SET snapshot_after = coalesce(page->>'next', t.snapshot_after),
 		   snapshot_pending = (page->>'more')::boolean
 	 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
 	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed,
+	   SET synced_count = x.synced_count + r[1] - failed, failed_count = x.failed_count + failed,
 		   last_pull_at = now(), last_success_at = now(), last_error = NULL, last_error_at = NULL
 	 WHERE x.producer_url = p.producer_url;
 	IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
@@ -2546,7 +2277,8 @@ BEGIN
 	 ORDER BY t.ref_table LIMIT 1;
 	IF FOUND THEN
 		kind := 'snapshot';
-		path := format('snapshot/%s?limit=100%s', eventstream._urlencode(pt.ref_table),
+		path := format('snapshot/%s?limit=100&consumer=%s%s', eventstream._urlencode(pt.ref_table),
+					   eventstream._urlencode(eventstream._site_url()),
 					   CASE WHEN pt.snapshot_after IS NOT NULL
 							THEN '&after=' || eventstream._urlencode(pt.snapshot_after) ELSE '' END);
 	ELSE
@@ -2675,13 +2407,7 @@ AS $$
 DECLARE
 	l eventstream.sync_log;
 	p eventstream.producer;
-	pt eventstream.producer_table;
-	st text := 'Synced';
-	err text;
-	detail text;
-	dn text;
-	nt text;
-	upd jsonb;
+	r record;
 BEGIN
 	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -2692,30 +2418,20 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
 	END IF;
 	p := eventstream._producer_row(l.producer_url);
-	upd := jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
-							  'docname', l.remote_docname, 'data', l.data, 'origin', l.origin);
-	SELECT * INTO pt FROM eventstream.producer_table t
-	 WHERE t.producer_url = p.producer_url AND t.ref_table = l.remote_ref_table;
-	BEGIN
-		IF pt.local_table IS NULL THEN
-			RAISE EXCEPTION 'table "%" is not subscribed from this producer', l.remote_ref_table
-				USING ERRCODE = 'undefined_table';
-		END IF;
-		PERFORM eventstream._set_origin(l.origin);
-		SELECT x.docname, x.note INTO dn, nt FROM eventstream._apply_doc(p, pt, upd) x;
-	EXCEPTION WHEN OTHERS THEN
-		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-		st := 'Failed';
-		err := err || CASE WHEN coalesce(detail, '') <> '' THEN E'\n' || detail ELSE '' END;
-	END;
+	-- The update exactly as it was received.
+	SELECT * INTO r FROM eventstream._apply_update(p.producer_url, p.subscriber,
+		jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
+						   'docname', l.remote_docname, 'data', l.data, 'origin', l.origin),
+		coalesce(l.note, '') LIKE 'dependency%');
 	UPDATE eventstream.sync_log x
-	   SET status = st, error = err, note = coalesce(nt, x.note), docname = coalesce(dn, x.docname), resynced_at = now()
+	   SET status = r.status, error = r.error, note = coalesce(r.note, x.note),
+		   docname = coalesce(r.docname, x.docname), resynced_at = now()
 	 WHERE x.id = l.id;
-	IF st = 'Synced' THEN
+	IF r.status = 'Synced' THEN
 		UPDATE eventstream.producer x SET failed_count = x.failed_count - 1, synced_count = x.synced_count + 1
 		 WHERE x.producer_url = p.producer_url;
 	END IF;
-	RETURN st;
+	RETURN r.status;
 END
 $$;
 COMMENT ON FUNCTION eventstream.resync(bigint) IS

@@ -1,15 +1,24 @@
 /*-------------------------------------------------------------------------
  *
  * apply.c
- *	  Consumer side: running the writes of an apply as the subscriber role.
+ *	  Consumer side: applying updates received from a producer.
  *
- * The apply logic (sql/eventstream--1.0.sql, _apply_update) runs as the
- * extension owner, since it keeps the sync log and the cursor; the writes
- * it makes to user tables must carry the privileges of the producer's
- * subscriber role instead, triggers and constraints included.  PL/pgSQL
- * cannot switch roles inside a SECURITY DEFINER function, so those writes
- * go through _exec_as(), which switches the current user around one
- * statement the way PostgreSQL core does for maintenance commands.
+ * eventstream._apply_updates() applies a list of updates (Create with the
+ * whole document, Update with Frappe's four-key diff, Delete) to the local
+ * tables, each in a subtransaction of its own, and writes one sync_log row
+ * per update in the calling transaction: a failing update becomes a Failed
+ * entry and the others go on.  _apply_update() applies one update the same
+ * way without logging it (resync).
+ *
+ * Writes to user tables run as the producer's subscriber role (the user id
+ * is switched around each statement, SECURITY_LOCAL_USERID_CHANGE); the
+ * bookkeeping (sync_log, remote_document) runs as the caller, the
+ * extension's owner.  Every statement takes one jsonb parameter and
+ * returns one jsonb value; their texts depend only on the table and the
+ * set of columns given, so their plans are prepared once and kept (the
+ * plan cache revalidates them after DDL).  Table descriptions are cached
+ * too and dropped, with the plans, after any relcache invalidation, at the
+ * start of the next update (never while one is being applied).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -20,61 +29,1225 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/uuid.h"
 
 #include "eventstream.h"
 
-PG_FUNCTION_INFO_V1(eventstream_exec_as);
+PG_FUNCTION_INFO_V1(eventstream_apply_updates);
+PG_FUNCTION_INFO_V1(eventstream_apply_update);
+
+#define ES_PLAN_KEY		4096	/* longer statements are planned each time */
+
+/* A local table as the apply sees it. */
+typedef struct EsTable
+{
+	Oid			relid;			/* hash key */
+	char	   *qualname;		/* quoted, schema-qualified */
+	int			ncols;			/* columns a row may set (not generated) */
+	char	  **cols;
+	int			npk;			/* primary key columns */
+	char	  **pk;
+} EsTable;
+
+typedef struct EsPlan
+{
+	char		sql[ES_PLAN_KEY];	/* hash key */
+	SPIPlanPtr	plan;
+} EsPlan;
+
+static MemoryContext es_apply_cxt = NULL;	/* EsTable contents */
+static HTAB *es_tables = NULL;
+static HTAB *es_plans = NULL;
+static bool es_apply_stale = false;
+
+/* What one _apply_updates() call applies for. */
+typedef struct EsApply
+{
+	text	   *producer_url;
+	Oid			subscriber;
+	bool		dependency;		/* rows of tables not subscribed: same name */
+} EsApply;
 
 /*
- * eventstream_exec_as
- *		_exec_as(role, query, arg jsonb) -> jsonb: run query, with $1 bound
- *		to arg, as role; return the first column of its first row (NULL
- *		when it returns none).
- *
- * The user id is switched with SECURITY_LOCAL_USERID_CHANGE, so the
- * statement cannot SET ROLE its way back; an ERROR restores the previous
- * user through the (sub)transaction abort that follows it.  Not granted
- * to PUBLIC: only the apply functions call it.
+ * es_apply_invalidate
+ *		Relcache callback: descriptions and plans may be out of date; drop
+ *		them at the next safe point.
  */
-Datum
-eventstream_exec_as(PG_FUNCTION_ARGS)
+static void
+es_apply_invalidate(Datum arg, Oid relid)
 {
-	Oid			role = PG_GETARG_OID(0);
-	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	es_apply_stale = true;
+}
+
+/*
+ * es_apply_reset
+ *		Set up, or drop and set up again, the caches.  Only between updates.
+ */
+static void
+es_apply_reset(void)
+{
+	HASHCTL		ctl;
+
+	if (es_apply_cxt == NULL)
+	{
+		es_apply_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream apply cache",
+											 ALLOCSET_DEFAULT_SIZES);
+		CacheRegisterRelcacheCallback(es_apply_invalidate, (Datum) 0);
+	}
+	else if (!es_apply_stale && es_tables != NULL)
+		return;
+
+	if (es_plans != NULL)
+	{
+		HASH_SEQ_STATUS status;
+		EsPlan	   *p;
+
+		hash_seq_init(&status, es_plans);
+		while ((p = hash_seq_search(&status)) != NULL)
+			if (p->plan)
+				SPI_freeplan(p->plan);
+		hash_destroy(es_plans);
+	}
+	if (es_tables != NULL)
+		hash_destroy(es_tables);
+	MemoryContextReset(es_apply_cxt);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(EsTable);
+	ctl.hcxt = es_apply_cxt;
+	es_tables = hash_create("eventstream apply tables", 64, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = ES_PLAN_KEY;
+	ctl.entrysize = sizeof(EsPlan);
+	ctl.hcxt = es_apply_cxt;
+	es_plans = hash_create("eventstream apply plans", 64, &ctl,
+						   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	es_apply_stale = false;
+}
+
+/*
+ * es_table
+ *		The description of a local table (cached).
+ */
+static EsTable *
+es_table(Oid relid)
+{
+	EsTable    *t;
+	bool		found;
+	Relation	rel;
+	TupleDesc	desc;
+	Oid			pkindex;
+	MemoryContext old;
+
+	t = hash_search(es_tables, &relid, HASH_ENTER, &found);
+	if (found)
+		return t;
+
+	rel = RelationIdGetRelation(relid);
+	if (!RelationIsValid(rel))
+	{
+		hash_search(es_tables, &relid, HASH_REMOVE, NULL);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u does not exist", relid)));
+	}
+	old = MemoryContextSwitchTo(es_apply_cxt);
+	desc = RelationGetDescr(rel);
+	t->qualname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+											 RelationGetRelationName(rel));
+	t->cols = palloc(sizeof(char *) * Max(desc->natts, 1));
+	t->ncols = 0;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && att->attgenerated == '\0')
+			t->cols[t->ncols++] = pstrdup(NameStr(att->attname));
+	}
+	pkindex = RelationGetPrimaryKeyIndex(rel);
+	t->npk = 0;
+	t->pk = NULL;
+	if (OidIsValid(pkindex))
+	{
+		Relation	idx = RelationIdGetRelation(pkindex);
+
+		t->npk = idx->rd_index->indnkeyatts;
+		t->pk = palloc(sizeof(char *) * t->npk);
+		for (int i = 0; i < t->npk; i++)
+			t->pk[i] = pstrdup(NameStr(TupleDescAttr(desc, idx->rd_index->indkey.values[i] - 1)->attname));
+		RelationClose(idx);
+	}
+	MemoryContextSwitchTo(old);
+	RelationClose(rel);
+	if (t->npk == 0)
+	{
+		char	   *name = t->qualname;
+
+		hash_search(es_tables, &relid, HASH_REMOVE, NULL);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table %s has no primary key", name)));
+	}
+	return t;
+}
+
+/*
+ * es_run
+ *		Run sql with $1 = arg (jsonb) as role (InvalidOid: the current user)
+ *		and return the first column of its first row, a jsonb copied into
+ *		the current memory context (NULL: no row, or SQL NULL).  The caller
+ *		is connected to SPI.
+ */
+static Jsonb *
+es_run(Oid role, const char *sql, Jsonb *arg)
+{
 	Oid			argtypes[1] = {JSONBOID};
-	Datum		args[1];
+	Datum		values[1];
 	char		nulls[1];
+	SPIPlanPtr	plan = NULL;
+	EsPlan	   *entry = NULL;
 	Oid			save_userid;
-	int			save_sec_context;
-	Datum		result = (Datum) 0;
-	bool		isnull = true;
+	int			save_sec;
 	int			rc;
+	Jsonb	   *result = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
 
-	args[0] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
-	nulls[0] = PG_ARGISNULL(2) ? 'n' : ' ';
+	values[0] = PointerGetDatum(arg);
+	nulls[0] = arg ? ' ' : 'n';
+	if (strlen(sql) < ES_PLAN_KEY)
+	{
+		bool		found;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(role, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		entry = hash_search(es_plans, sql, HASH_ENTER, &found);
+		if (!found)
+			entry->plan = NULL;
+		plan = entry->plan;
+	}
+	if (plan == NULL)
+	{
+		plan = SPI_prepare(sql, 1, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (entry)
+		{
+			SPI_keepplan(plan);
+			entry->plan = plan;
+		}
+	}
 
-	SPI_connect();
-	rc = SPI_execute_with_args(query, 1, argtypes, args, nulls, false, 0);
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	if (OidIsValid(role))
+		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	SetUserIdAndSecContext(save_userid, save_sec);
 	if (rc < 0)
-		elog(ERROR, "could not run \"%s\": %s", query, SPI_result_code_string(rc));
+		elog(ERROR, "could not run \"%s\": %s", sql, SPI_result_code_string(rc));
 	if (SPI_tuptable != NULL && SPI_processed > 0)
 	{
-		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
 		if (!isnull)
-			result = SPI_datumTransfer(result, false, -1);
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			result = DatumGetJsonbPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	if (SPI_tuptable)
+		SPI_freetuptable(SPI_tuptable);
+	if (entry == NULL)
+		SPI_freeplan(plan);
+	return result;
+}
+
+/* jsonb helpers */
+
+static Jsonb *
+es_jsonb_parse(const char *text)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}
+
+static Jsonb *
+es_field(Jsonb *j, const char *key)
+{
+	Datum		d;
+
+	if (j == NULL || !JB_ROOT_IS_OBJECT(j))
+		return NULL;
+	d = DirectFunctionCall2(jsonb_object_field, JsonbPGetDatum(j), CStringGetTextDatum(key));
+	return d ? DatumGetJsonbP(d) : NULL;
+}
+
+/* The field key of object j as text (NULL when absent or null). */
+static char *
+es_field_text(Jsonb *j, const char *key)
+{
+	JsonbValue	k;
+	JsonbValue *v;
+
+	if (j == NULL || !JB_ROOT_IS_OBJECT(j))
+		return NULL;
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	v = findJsonbValueFromContainer(&j->root, JB_FOBJECT, &k);
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvBool)
+		return pstrdup(v->val.boolean ? "true" : "false");
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	return JsonbToCString(NULL, &es_field(j, key)->root, VARSIZE(j));
+}
+
+/* The text of a scalar jsonb (a string without its quotes). */
+static char *
+es_scalar_text(Jsonb *j)
+{
+	JsonbValue	v;
+
+	if (j == NULL)
+		return NULL;
+	if (!JsonbExtractScalar(&j->root, &v))
+		return JsonbToCString(NULL, &j->root, VARSIZE(j));
+	if (v.type == jbvString)
+		return pnstrdup(v.val.string.val, v.val.string.len);
+	if (v.type == jbvNull)
+		return NULL;
+	return JsonbToCString(NULL, &j->root, VARSIZE(j));
+}
+
+static bool
+es_is_object(Jsonb *j)
+{
+	return j != NULL && JB_ROOT_IS_OBJECT(j) && !JB_ROOT_IS_SCALAR(j);
+}
+
+static bool
+es_is_array(Jsonb *j)
+{
+	return j != NULL && JB_ROOT_IS_ARRAY(j) && !JB_ROOT_IS_SCALAR(j);
+}
+
+static Jsonb *
+es_concat(Jsonb *a, Jsonb *b)
+{
+	if (a == NULL)
+		return b;
+	if (b == NULL)
+		return a;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(a), JsonbPGetDatum(b)));
+}
+
+static Jsonb *
+es_without(Jsonb *j, char **keys, int n)
+{
+	for (int i = 0; i < n && j; i++)
+		j = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(j), CStringGetTextDatum(keys[i])));
+	return j;
+}
+
+/* The top-level keys of object j. */
+static List *
+es_keys(Jsonb *j)
+{
+	List	   *keys = NIL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (!es_is_object(j))
+		return NIL;
+	it = JsonbIteratorInit(&j->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (tok == WJB_KEY)
+			keys = lappend(keys, pnstrdup(v.val.string.val, v.val.string.len));
+	return keys;
+}
+
+/* The elements of array j. */
+static List *
+es_elements(Jsonb *j)
+{
+	List	   *elems = NIL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (!es_is_array(j))
+		return NIL;
+	it = JsonbIteratorInit(&j->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (tok == WJB_ELEM)
+			elems = lappend(elems, JsonbValueToJsonb(&v));
+	return elems;
+}
+
+/* {"k": text} as jsonb; a NULL value becomes JSON null. */
+static void
+es_json_pair(StringInfo buf, const char *key, const char *value)
+{
+	appendStringInfoString(buf, buf->len > 1 ? ", " : "");
+	escape_json(buf, key);
+	appendStringInfoString(buf, ": ");
+	if (value)
+		escape_json(buf, value);
+	else
+		appendStringInfoString(buf, "null");
+}
+
+/* The key columns of a row of t, as an object, from its docname. */
+static Jsonb *
+es_key_of(EsTable *t, const char *docname)
+{
+	StringInfoData buf;
+	List	   *parts;
+
+	if (docname == NULL)
+		return NULL;
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	if (t->npk == 1)
+		es_json_pair(&buf, t->pk[0], docname);
+	else
+	{
+		Jsonb	   *arr = docname[0] == '[' ? es_jsonb_parse(docname) : NULL;
+
+		parts = es_elements(arr);
+		if (list_length(parts) != t->npk)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("docname \"%s\" does not name a row of %s", docname, t->qualname),
+					 errdetail("Its key has %d columns: a docname is then a JSON array of their values.", t->npk)));
+		for (int i = 0; i < t->npk; i++)
+		{
+			Jsonb	   *e = list_nth(parts, i);
+
+			appendStringInfoString(&buf, buf.len > 1 ? ", " : "");
+			escape_json(&buf, t->pk[i]);
+			appendStringInfo(&buf, ": %s", JsonbToCString(NULL, &e->root, VARSIZE(e)));
+		}
+	}
+	appendStringInfoChar(&buf, '}');
+	return es_jsonb_parse(buf.data);
+}
+
+/* The docname of a row of t (the producer's format: compact JSON array). */
+static char *
+es_docname_of(EsTable *t, Jsonb *row)
+{
+	StringInfoData buf;
+
+	if (row == NULL)
+		return NULL;
+	if (t->npk == 1)
+		return es_field_text(row, t->pk[0]);
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	for (int i = 0; i < t->npk; i++)
+	{
+		Jsonb	   *v = es_field(row, t->pk[i]);
+
+		if (i > 0)
+			appendStringInfoChar(&buf, ',');
+		appendStringInfoString(&buf, v ? JsonbToCString(NULL, &v->root, VARSIZE(v)) : "null");
+	}
+	appendStringInfoChar(&buf, ']');
+	return buf.data;
+}
+
+/* The key columns of row, as an object (NULL if one is missing). */
+static Jsonb *
+es_key_from_row(EsTable *t, Jsonb *row)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < t->npk; i++)
+	{
+		Jsonb	   *v = es_field(row, t->pk[i]);
+
+		if (v == NULL)
+			return NULL;
+		appendStringInfoString(&buf, i > 0 ? ", " : "");
+		escape_json(&buf, t->pk[i]);
+		appendStringInfo(&buf, ": %s", JsonbToCString(NULL, &v->root, VARSIZE(v)));
+	}
+	appendStringInfoChar(&buf, '}');
+	return es_jsonb_parse(buf.data);
+}
+
+/* "t.a = k.a AND ..." over the primary key. */
+static char *
+es_key_match(EsTable *t)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, "%st.%s = k.%s", i > 0 ? " AND " : "",
+						 quote_identifier(t->pk[i]), quote_identifier(t->pk[i]));
+	return buf.data;
+}
+
+static bool
+es_is_pk(EsTable *t, const char *col)
+{
+	for (int i = 0; i < t->npk; i++)
+		if (strcmp(t->pk[i], col) == 0)
+			return true;
+	return false;
+}
+
+/* The columns of t that object j gives, in table order (pk excluded if asked). */
+static List *
+es_given_columns(EsTable *t, Jsonb *j, bool skip_pk)
+{
+	List	   *keys = es_keys(j);
+	List	   *cols = NIL;
+
+	for (int i = 0; i < t->ncols; i++)
+	{
+		ListCell   *lc;
+
+		if (skip_pk && es_is_pk(t, t->cols[i]))
+			continue;
+		foreach(lc, keys)
+			if (strcmp(lfirst(lc), t->cols[i]) == 0)
+			{
+				cols = lappend(cols, t->cols[i]);
+				break;
+			}
+	}
+	return cols;
+}
+
+/*
+ * es_upsert
+ *		Insert row into t, or update the row with the same key; key NULL:
+ *		the table's defaults make the key.  As the subscriber.  Returns the
+ *		row as stored; *inserted tells which.
+ */
+static Jsonb *
+es_upsert(EsApply *a, EsTable *t, Jsonb *row, Jsonb *key, bool *inserted)
+{
+	StringInfoData sql;
+	List	   *cols;
+	ListCell   *lc;
+	bool		rest = false;
+	Jsonb	   *res;
+
+	if (key != NULL)
+		row = es_concat(es_without(row, t->pk, t->npk), key);
+	cols = es_given_columns(t, row, key == NULL);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s AS t (", t->qualname);
+	foreach(lc, cols)
+		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	if (cols == NIL)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "INSERT INTO %s AS t DEFAULT VALUES", t->qualname);
+	}
+	else
+	{
+		appendStringInfoString(&sql, ") SELECT ");
+		foreach(lc, cols)
+			appendStringInfo(&sql, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+		appendStringInfo(&sql, " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r", t->qualname);
+	}
+	if (key != NULL)
+	{
+		appendStringInfoString(&sql, " ON CONFLICT (");
+		for (int i = 0; i < t->npk; i++)
+			appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", quote_identifier(t->pk[i]));
+		appendStringInfoString(&sql, ") DO ");
+		foreach(lc, cols)
+		{
+			if (es_is_pk(t, lfirst(lc)))
+				continue;
+			appendStringInfo(&sql, "%s%s = EXCLUDED.%s", rest ? ", " : "UPDATE SET ",
+							 quote_identifier(lfirst(lc)), quote_identifier(lfirst(lc)));
+			rest = true;
+		}
+		if (!rest)
+			appendStringInfoString(&sql, "NOTHING");
+	}
+	appendStringInfoString(&sql, " RETURNING pg_catalog.jsonb_build_object('row', pg_catalog.to_jsonb(t.*),"
+						   " 'inserted', t.xmax::text = '0')");
+	res = es_run(a->subscriber, sql.data, row);
+	if (res == NULL)
+	{
+		/* ON CONFLICT DO NOTHING: the row is there and has nothing else. */
+		*inserted = false;
+		return key;
+	}
+	*inserted = strcmp(es_field_text(res, "inserted"), "true") == 0;
+	return es_field(res, "row");
+}
+
+/* The row of t with key, as the subscriber (NULL if none). */
+static Jsonb *
+es_select(EsApply *a, EsTable *t, Jsonb *key)
+{
+	return es_run(a->subscriber,
+				  psprintf("SELECT pg_catalog.to_jsonb(t.*) FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s",
+						   t->qualname, t->qualname, es_key_match(t)),
+				  key);
+}
+
+/* Delete the row of t with key; the row deleted, or NULL. */
+static Jsonb *
+es_delete(EsApply *a, EsTable *t, Jsonb *key)
+{
+	return es_run(a->subscriber,
+				  psprintf("DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s"
+						   " RETURNING pg_catalog.to_jsonb(t.*)",
+						   t->qualname, t->qualname, es_key_match(t)),
+				  key);
+}
+
+/* Set the columns that set gives on the row of t with key; the row, or NULL. */
+static Jsonb *
+es_update(EsApply *a, EsTable *t, Jsonb *set, Jsonb *key)
+{
+	List	   *cols = es_given_columns(t, set, true);
+	StringInfoData sql;
+	StringInfoData arg;
+	ListCell   *lc;
+
+	if (cols == NIL)
+		return es_select(a, t, key);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s t SET (", t->qualname);
+	foreach(lc, cols)
+		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	appendStringInfoString(&sql, ") = (SELECT ");
+	foreach(lc, cols)
+		appendStringInfo(&sql, "%ss.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	appendStringInfo(&sql, " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->'s') s)"
+					 " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->'k') k WHERE %s"
+					 " RETURNING pg_catalog.to_jsonb(t.*)",
+					 t->qualname, t->qualname, es_key_match(t));
+	initStringInfo(&arg);
+	appendStringInfo(&arg, "{\"s\": %s, \"k\": %s}",
+					 JsonbToCString(NULL, &set->root, VARSIZE(set)),
+					 JsonbToCString(NULL, &key->root, VARSIZE(key)));
+	return es_run(a->subscriber, sql.data, es_jsonb_parse(arg.data));
+}
+
+/*
+ * es_child_link
+ *		A local child table of parent, named on the wire, and how its
+ *		foreign key columns take the parent's: {"child col": "parent col"}.
+ */
+static EsTable *
+es_child_link(const char *child_name, EsTable *parent, Oid parent_relid, Jsonb **link)
+{
+	Oid			child;
+	Jsonb	   *res;
+	StringInfoData arg;
+
+	child = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(child_name)),
+							 NoLock, true);
+	if (!OidIsValid(child))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("child table \"%s\" does not exist on this site", child_name),
+				 errhint("Create it here with the same columns as on the producer.")));
+	initStringInfo(&arg);
+	appendStringInfo(&arg, "{\"c\": %u, \"p\": %u}", child, parent_relid);
+	res = es_run(InvalidOid,
+				 "SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'link', pg_catalog.min(l::text)::jsonb)"
+				 "  FROM (SELECT pg_catalog.jsonb_object_agg(ca.attname, pa.attname) AS l"
+				 "          FROM pg_catalog.pg_constraint c"
+				 "          CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(c.conkey), pg_catalog.unnest(c.confkey)) u(ck, pk)"
+				 "          JOIN pg_catalog.pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u.ck"
+				 "          JOIN pg_catalog.pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u.pk"
+				 "         WHERE c.contype = 'f' AND c.conrelid = ($1->>'c')::oid AND c.confrelid = ($1->>'p')::oid"
+				 "         GROUP BY c.oid) x",
+				 es_jsonb_parse(arg.data));
+	if (strcmp(es_field_text(res, "n"), "1") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FOREIGN_KEY),
+				 errmsg("table %s needs exactly one foreign key to %s to hold its child rows (it has %s)",
+						es_table(child)->qualname, parent->qualname, es_field_text(res, "n"))));
+	*link = es_field(res, "link");
+	return es_table(child);
+}
+
+/* The foreign key values a child row takes from its parent row. */
+static Jsonb *
+es_parent_values(Jsonb *link, Jsonb *parent_row, EsTable *only_pk_of)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	List	   *keys = es_keys(link);
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	foreach(lc, keys)
+	{
+		char	   *ccol = lfirst(lc);
+		char	   *pcol = es_field_text(link, ccol);
+		Jsonb	   *v = es_field(parent_row, pcol);
+
+		if (only_pk_of && !es_is_pk(only_pk_of, ccol))
+			continue;
+		appendStringInfoString(&buf, buf.len > 1 ? ", " : "");
+		escape_json(&buf, ccol);
+		appendStringInfo(&buf, ": %s", v ? JsonbToCString(NULL, &v->root, VARSIZE(v)) : "null");
+	}
+	appendStringInfoChar(&buf, '}');
+	return es_jsonb_parse(buf.data);
+}
+
+/* Add a note to *notes. */
+static void es_note(StringInfo notes, const char *fmt,...) pg_attribute_printf(2, 3);
+
+static void
+es_note(StringInfo notes, const char *fmt,...)
+{
+	va_list		args;
+
+	if (notes->len > 0)
+		appendStringInfoString(notes, "; ");
+	for (;;)
+	{
+		int			needed;
+
+		va_start(args, fmt);
+		needed = appendStringInfoVA(notes, fmt, args);
+		va_end(args);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(notes, needed);
+	}
+}
+
+/*
+ * es_apply_doc
+ *		Apply one update to the local tables.  Raises on failure (the caller
+ *		keeps it to the update's subtransaction).  Sets *local (the local
+ *		table), *docname (the local docname) and notes.
+ */
+static void
+es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo notes)
+{
+	char	   *type = es_field_text(upd, "update_type");
+	char	   *ref = es_field_text(upd, "ref_table");
+	char	   *remote = es_field_text(upd, "docname");
+	Jsonb	   *data = es_field(upd, "data");
+	StringInfoData arg;
+	Jsonb	   *pt;
+	Oid			relid;
+	bool		same_name;
+	EsTable    *t;
+	Jsonb	   *key = NULL;
+	Jsonb	   *cur = NULL;
+	char	   *origin = es_field_text(upd, "origin");
+
+	if (type == NULL || ref == NULL || remote == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an update needs update_type, ref_table and docname")));
+
+	/* The subscription, or (a dependency) the table of the same name. */
+	initStringInfo(&arg);
+	appendStringInfoChar(&arg, '{');
+	es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
+	es_json_pair(&arg, "t", ref);
+	appendStringInfoChar(&arg, '}');
+	pt = es_run(InvalidOid,
+				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name)"
+				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
+				es_jsonb_parse(arg.data));
+	if (pt != NULL)
+	{
+		relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(es_field_text(pt, "relid"))));
+		same_name = strcmp(es_field_text(pt, "same"), "true") == 0;
+	}
+	else if (a->dependency)
+	{
+		relid = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(ref)), NoLock, true);
+		same_name = true;
+		if (!OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("table \"%s\" does not exist on this site", ref),
+					 errhint("Rows of the producer's tables that subscribed rows refer to are copied into tables of the same name.")));
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table \"%s\" is not subscribed from this producer", ref)));
+	*local = relid;
+	t = es_table(relid);
+
+	/* Changes applied here carry the site they came from (no loops). */
+	if (origin)
+	{
+		pg_uuid_t  *u = DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(origin)));
+
+		memcpy(&es_apply_origin, u, sizeof(pg_uuid_t));
+		es_apply_origin_set = true;
+	}
+
+	/* The local row's key. */
+	if (same_name)
+		key = es_key_of(t, remote);
+	else
+	{
+		Jsonb	   *found;
+
+		resetStringInfo(&arg);
+		appendStringInfo(&arg, "{\"r\": %u", relid);
+		es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
+		es_json_pair(&arg, "d", remote);
+		appendStringInfoChar(&arg, '}');
+		found = es_run(InvalidOid,
+					   "SELECT pg_catalog.jsonb_build_object('v', d.local_docname) FROM eventstream.remote_document d"
+					   " WHERE d.producer_url = $1->>'p' AND d.local_table = ($1->>'r')::oid::regclass"
+					   "   AND d.remote_docname = $1->>'d'",
+					   es_jsonb_parse(arg.data));
+		if (found)
+			key = es_key_of(t, es_field_text(found, "v"));
+	}
+
+	if (strcmp(type, "Create") == 0)
+	{
+		bool		inserted;
+		List	   *keys;
+		ListCell   *lc;
+
+		if (!es_is_object(data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a Create needs the document as a JSON object")));
+		cur = es_upsert(a, t, data, key, &inserted);
+		if (!inserted)
+			es_note(notes, "the row existed: it now has the producer's values");
+		if (!same_name && key == NULL)
+		{
+			resetStringInfo(&arg);
+			appendStringInfo(&arg, "{\"r\": %u", relid);
+			es_json_pair(&arg, "l", es_docname_of(t, cur));
+			es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
+			es_json_pair(&arg, "d", remote);
+			appendStringInfoChar(&arg, '}');
+			(void) es_run(InvalidOid,
+						  "INSERT INTO eventstream.remote_document (local_table, local_docname, producer_url, remote_docname)"
+						  " VALUES (($1->>'r')::oid::regclass, $1->>'l', $1->>'p', $1->>'d')",
+						  es_jsonb_parse(arg.data));
+		}
+		/* Child rows: the document's, replacing what was there. */
+		keys = es_keys(data);
+		foreach(lc, keys)
+		{
+			char	   *name = lfirst(lc);
+			Jsonb	   *rows = es_field(data, name);
+			Jsonb	   *link;
+			EsTable    *ct;
+			ListCell   *rc;
+			bool		is_col = false;
+
+			for (int i = 0; i < t->ncols; i++)
+				if (strcmp(t->cols[i], name) == 0)
+					is_col = true;
+			if (is_col || !es_is_array(rows))
+				continue;
+			ct = es_child_link(name, t, relid, &link);
+			if (!inserted)
+			{
+				Jsonb	   *fk = es_parent_values(link, cur, NULL);
+				List	   *fkcols = es_keys(fk);
+				StringInfoData sql;
+				ListCell   *fc;
+
+				initStringInfo(&sql);
+				appendStringInfo(&sql, "DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE ",
+								 ct->qualname, ct->qualname);
+				foreach(fc, fkcols)
+					appendStringInfo(&sql, "%st.%s = k.%s", foreach_current_index(fc) > 0 ? " AND " : "",
+									 quote_identifier(lfirst(fc)), quote_identifier(lfirst(fc)));
+				(void) es_run(a->subscriber, sql.data, fk);
+			}
+			foreach(rc, es_elements(rows))
+			{
+				Jsonb	   *r = es_concat(lfirst(rc), es_parent_values(link, cur, NULL));
+				bool		ins;
+
+				(void) es_upsert(a, ct, r, es_key_from_row(ct, r), &ins);
+			}
+		}
+	}
+	else if (strcmp(type, "Update") == 0)
+	{
+		Jsonb	   *changed;
+		static const char *const parts[] = {"removed", "row_changed", "added"};
+
+		if (!es_is_object(data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("an Update needs the four-key diff as a JSON object")));
+		if (key != NULL)
+			cur = es_select(a, t, key);
+		if (cur == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NO_DATA_FOUND),
+					 errmsg("no row of %s here for document \"%s\"", t->qualname, remote),
+					 errhint("The producer did not serve it either. Resync this entry once the row exists.")));
+		changed = es_field(data, "changed");
+		if (es_is_object(changed))
+			cur = es_update(a, t, changed, key);
+
+		/* Child rows: removed, changed, added. */
+		for (int p = 0; p < lengthof(parts); p++)
+		{
+			Jsonb	   *part = es_field(data, parts[p]);
+			ListCell   *lc;
+
+			if (!es_is_object(part))
+				continue;
+			foreach(lc, es_keys(part))
+			{
+				char	   *name = lfirst(lc);
+				Jsonb	   *link;
+				EsTable    *ct = es_child_link(name, t, relid, &link);
+				ListCell   *rc;
+
+				foreach(rc, es_elements(es_field(part, name)))
+				{
+					Jsonb	   *r = lfirst(rc);
+
+					if (p == 0)
+					{
+						/* removed: docnames of child rows */
+						char	   *dn = es_scalar_text(r);
+						Jsonb	   *k = es_concat(es_key_of(ct, dn), es_parent_values(link, cur, ct));
+
+						if (es_delete(a, ct, k) == NULL)
+							es_note(notes, "removed row %s of %s was not here", dn, ct->qualname);
+					}
+					else if (p == 1)
+					{
+						/* row_changed: changed columns plus the row's key */
+						Jsonb	   *rr = es_concat(r, es_parent_values(link, cur, ct));
+						Jsonb	   *k = es_key_from_row(ct, rr);
+
+						if (k == NULL || es_update(a, ct, rr, k) == NULL)
+							es_note(notes, "changed row %s of %s was not here", es_docname_of(ct, rr), ct->qualname);
+					}
+					else
+					{
+						/* added: whole rows */
+						Jsonb	   *rr = es_concat(r, es_parent_values(link, cur, NULL));
+						bool		ins;
+
+						(void) es_upsert(a, ct, rr, es_key_from_row(ct, rr), &ins);
+					}
+				}
+			}
+		}
+	}
+	else if (strcmp(type, "Delete") == 0)
+	{
+		if (key != NULL)
+			cur = es_delete(a, t, key);
+		if (cur == NULL)
+			es_note(notes, "the row was not here: nothing to delete");
+		if (!same_name)
+		{
+			resetStringInfo(&arg);
+			appendStringInfo(&arg, "{\"r\": %u", relid);
+			es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
+			es_json_pair(&arg, "d", remote);
+			appendStringInfoChar(&arg, '}');
+			(void) es_run(InvalidOid,
+						  "DELETE FROM eventstream.remote_document d"
+						  " WHERE d.producer_url = $1->>'p' AND d.local_table = ($1->>'r')::oid::regclass"
+						  "   AND d.remote_docname = $1->>'d'",
+						  es_jsonb_parse(arg.data));
+		}
+		*docname = cur ? es_docname_of(t, cur) : (same_name ? remote : NULL);
+		return;
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown update_type \"%s\"", type)));
+	*docname = es_docname_of(t, cur);
+}
+
+/* Outcome of one update. */
+typedef struct EsOutcome
+{
+	bool		ok;
+	Oid			local;
+	char	   *docname;
+	char	   *error;
+	int			sqlerrcode;
+	char	   *note;
+} EsOutcome;
+
+/*
+ * es_apply_one
+ *		Apply one update in a subtransaction of its own; an error is caught
+ *		and described in the outcome.  The caller is connected to SPI.
+ */
+static void
+es_apply_one(EsApply *a, Jsonb *upd, EsOutcome *out)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	StringInfoData notes;
+
+	memset(out, 0, sizeof(EsOutcome));
+	initStringInfo(&notes);
+	es_apply_reset();
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		es_apply_doc(a, upd, &out->local, &out->docname, &notes);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		out->ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		out->ok = false;
+		out->sqlerrcode = edata->sqlerrcode;
+		out->error = edata->detail ? psprintf("%s\n%s", edata->message, edata->detail) : pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	out->note = notes.len > 0 ? notes.data : NULL;
+}
+
+/*
+ * es_log_outcome
+ *		Write the sync_log row of an update.  why: a note on why it was
+ *		applied (initial sync, dependency), or NULL.
+ */
+static void
+es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
+{
+	StringInfoData arg;
+	char	   *note = out->note;
+
+	if (why)
+		note = note ? psprintf("%s; %s", why, note) : (char *) why;
+	initStringInfo(&arg);
+	appendStringInfoChar(&arg, '{');
+	es_json_pair(&arg, "_s", out->ok ? "Synced" : "Failed");
+	es_json_pair(&arg, "_l", OidIsValid(out->local) ? psprintf("%u", out->local) : NULL);
+	es_json_pair(&arg, "_d", out->docname);
+	es_json_pair(&arg, "_e", out->error);
+	es_json_pair(&arg, "_n", note);
+	es_json_pair(&arg, "_p", text_to_cstring(a->producer_url));
+	appendStringInfoChar(&arg, '}');
+	(void) es_run(InvalidOid,
+				  "INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url, docname,"
+				  "    remote_docname, use_same_name, data, error, note, update_log_id, remote_ref_table, origin)"
+				  " SELECT $1->>'update_type', coalesce(($1->>'_l')::oid::regclass::text, $1->>'ref_table'),"
+				  "        $1->>'_s', $1->>'_p',"
+				  "        coalesce($1->>'_d', CASE WHEN x.same THEN $1->>'docname' END), $1->>'docname', x.same,"
+				  "        $1->'data', $1->>'_e', $1->>'_n', ($1->>'id')::bigint, $1->>'ref_table',"
+				  "        ($1->>'origin')::uuid"
+				  "   FROM (SELECT coalesce((SELECT t.use_same_name FROM eventstream.producer_table t"
+				  "                          WHERE t.producer_url = $1->>'_p' AND t.ref_table = $1->>'ref_table'),"
+				  "                         true) AS same) x",
+				  es_concat(upd, es_jsonb_parse(arg.data)));
+}
+
+/*
+ * eventstream_apply_updates
+ *		_apply_updates(producer_url text, subscriber regrole, updates jsonb,
+ *		why text, dependency boolean) -> integer[] {processed, failed}:
+ *		apply each update in its own subtransaction and log it.
+ */
+Datum
+eventstream_apply_updates(PG_FUNCTION_ARGS)
+{
+	EsApply		a;
+	Jsonb	   *updates = PG_GETARG_JSONB_P(2);
+	char	   *why = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext per_update;
+	int			n = 0;
+	int			failed = 0;
+	Datum		counts[2];
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	ListCell   *lc2;
+
+	a.producer_url = PG_GETARG_TEXT_PP(0);
+	a.subscriber = PG_GETARG_OID(1);
+	a.dependency = PG_GETARG_BOOL(4);
+	if (!es_is_array(updates))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("updates must be a JSON array")));
+
+	per_update = AllocSetContextCreate(cxt, "eventstream update", ALLOCSET_DEFAULT_SIZES);
+	SPI_connect();
+	if (a.dependency)
+	{
+		/*
+		 * Rows fetched because others refer to them may refer to each
+		 * other: apply in passes, retrying those that miss a row another
+		 * one brings, as long as a pass makes progress.
+		 */
+		List	   *pending = es_elements(updates);
+
+		while (pending != NIL)
+		{
+			List	   *retry = NIL;
+			List	   *outcomes = NIL;
+			bool		progress = false;
+			ListCell   *lc;
+
+			foreach(lc, pending)
+			{
+				EsOutcome  *out = palloc(sizeof(EsOutcome));
+
+				CHECK_FOR_INTERRUPTS();
+				es_apply_one(&a, lfirst(lc), out);
+				if (out->ok)
+				{
+					es_log_outcome(&a, lfirst(lc), out, why);
+					n++;
+					progress = true;
+				}
+				else if (out->sqlerrcode == ERRCODE_FOREIGN_KEY_VIOLATION)
+				{
+					retry = lappend(retry, lfirst(lc));
+					outcomes = lappend(outcomes, out);
+				}
+				else
+				{
+					es_log_outcome(&a, lfirst(lc), out, why);
+					n++;
+					failed++;
+				}
+			}
+			if (!progress)
+			{
+				forboth(lc, retry, lc2, outcomes)
+				{
+					es_log_outcome(&a, lfirst(lc), lfirst(lc2), why);
+					n++;
+					failed++;
+				}
+				retry = NIL;
+			}
+			pending = retry;
+		}
+	}
+	it = a.dependency ? NULL : JsonbIteratorInit(&updates->root);
+	while (it != NULL && (tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		Jsonb	   *upd;
+		EsOutcome	out;
+
+		if (tok != WJB_ELEM)
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(per_update);
+		upd = JsonbValueToJsonb(&v);
+		if (!es_is_object(upd))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("an update must be a JSON object")));
+		es_apply_one(&a, upd, &out);
+		es_log_outcome(&a, upd, &out, why);
+		n++;
+		if (!out.ok)
+			failed++;
+		MemoryContextSwitchTo(cxt);
+		MemoryContextReset(per_update);
 	}
 	SPI_finish();
+	MemoryContextSwitchTo(cxt);
+	MemoryContextDelete(per_update);
+	counts[0] = Int32GetDatum(n);
+	counts[1] = Int32GetDatum(failed);
+	PG_RETURN_ARRAYTYPE_P(construct_array(counts, 2, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+}
 
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	if (isnull)
-		PG_RETURN_NULL();
-	PG_RETURN_DATUM(result);
+/*
+ * eventstream_apply_update
+ *		_apply_update(producer_url text, subscriber regrole, upd jsonb)
+ *		-> (status, error, docname, note, local_table): apply one update in
+ *		a subtransaction, without logging it (resync).
+ */
+Datum
+eventstream_apply_update(PG_FUNCTION_ARGS)
+{
+	EsApply		a;
+	Jsonb	   *upd = PG_GETARG_JSONB_P(2);
+	EsOutcome	out;
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	a.producer_url = PG_GETARG_TEXT_PP(0);
+	a.subscriber = PG_GETARG_OID(1);
+	a.dependency = PG_GETARG_BOOL(3);
+	SPI_connect();
+	es_apply_one(&a, upd, &out);
+	SPI_finish();
+	values[0] = CStringGetTextDatum(out.ok ? "Synced" : "Failed");
+	nulls[1] = out.error == NULL;
+	values[1] = out.error ? CStringGetTextDatum(out.error) : (Datum) 0;
+	nulls[2] = out.docname == NULL;
+	values[2] = out.docname ? CStringGetTextDatum(out.docname) : (Datum) 0;
+	nulls[3] = out.note == NULL;
+	values[3] = out.note ? CStringGetTextDatum(out.note) : (Datum) 0;
+	nulls[4] = !OidIsValid(out.local);
+	values[4] = ObjectIdGetDatum(out.local);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

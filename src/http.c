@@ -247,7 +247,7 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 	{
 		char	   *key;
 		char	   *secret;
-		const char *args[5];
+		const char *args[6];
 		char	   *role;
 
 		SetCurrentStatementStartTimestamp();
@@ -330,16 +330,42 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 		else if (strncmp(url, ES_API_PREFIX "snapshot/", strlen(ES_API_PREFIX "snapshot/")) == 0 &&
 				 strcmp(method, "GET") == 0)
 		{
-			/* snapshot/<table>?after=<docname>&limit=<n>: existing documents. */
+			/*
+			 * snapshot/<table>?after=<docname>&limit=<n>[&consumer=<url>]:
+			 * existing documents; for a consumer (its initial sync), only
+			 * with the key it registered with, and only what it may have.
+			 */
 			const char *after = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "after");
 			const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+			const char *consumer = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "consumer");
+			char	   *owner = NULL;
 
-			args[0] = url + strlen(ES_API_PREFIX "snapshot/");
-			args[1] = after;
-			args[2] = limit ? limit : "100";
-			args[3] = role;
-			result = es_http_query("SELECT eventstream._serve_snapshot($1, $2, $3::integer, $4::regrole)::text",
-								   4, args);
+			if (consumer != NULL)
+			{
+				args[1] = consumer;
+				owner = es_http_query("SELECT (SELECT c.api_key = $1 FROM eventstream.consumer c"
+									  " WHERE c.consumer_url = $2)::text", 2, args);
+			}
+			if (consumer != NULL && owner == NULL)
+			{
+				status = MHD_HTTP_NOT_FOUND;
+				result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such consumer.\"}}";
+			}
+			else if (consumer != NULL && strcmp(owner, "true") != 0)
+			{
+				status = MHD_HTTP_FORBIDDEN;
+				result = "{\"error\": {\"code\": \"forbidden\", \"message\": \"This consumer was registered with another key.\"}}";
+			}
+			else
+			{
+				args[0] = url + strlen(ES_API_PREFIX "snapshot/");
+				args[1] = after;
+				args[2] = limit ? limit : "100";
+				args[3] = role;
+				args[4] = consumer;
+				result = es_http_query("SELECT eventstream._serve_snapshot($1, $2, $3::integer, $4::regrole, $5)::text",
+									   5, args);
+			}
 		}
 		else if (strncmp(url, ES_API_PREFIX "documents/", strlen(ES_API_PREFIX "documents/")) == 0 &&
 				 strcmp(method, "GET") == 0)

@@ -498,7 +498,7 @@ es_pull_deps_round(EsProducer *p)
 			FlushErrorState();
 			AbortCurrentTransaction();
 			MemoryContextSwitchTo(cxt);
-			error = psprintf("could not check the dependencies of updates from %s: %s", p->url, edata->message);
+			error = psprintf("could not read the answer from %s: %s", p->url, edata->message);
 			FreeErrorData(edata);
 		}
 		PG_END_TRY();
