@@ -1539,6 +1539,7 @@ CREATE TABLE eventstream.inbox (
 	complete			boolean NOT NULL,
 	PRIMARY KEY (producer_url, seq)
 );
+ALTER TABLE eventstream.inbox ALTER COLUMN page SET STORAGE EXTERNAL;	-- written once, read once
 COMMENT ON TABLE eventstream.inbox IS
 	'Pages received but not applied yet: an incomplete window, or updates that wait for an initial sync.';
 
@@ -2001,6 +2002,19 @@ BEGIN
 	END IF;
 	docs := docs || (SELECT coalesce(jsonb_agg(h || '{"update_type": "Create", "dependency": true}'), '[]')
 					   FROM jsonb_array_elements(coalesce(have, '[]')) h WHERE h->'data' IS NOT NULL AND h->'data' <> 'null');
+
+	-- The usual case, quickly: only Creates and Deletes, of tables that
+	-- refer to nothing, without child rows.
+	IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(docs) u WHERE u->>'update_type' = 'Update')
+	   AND NOT EXISTS (SELECT 1
+						 FROM (SELECT DISTINCT u->>'ref_table' AS ref FROM jsonb_array_elements(docs) u) x
+						WHERE EXISTS (SELECT 1 FROM pg_constraint c
+									   WHERE c.contype = 'f' AND c.conrelid = to_regclass(x.ref))
+						   OR EXISTS (SELECT 1 FROM eventstream.dynamic_link l WHERE l.tbl = to_regclass(x.ref))
+						   OR EXISTS (SELECT 1 FROM pg_constraint c
+									   WHERE c.contype = 'f' AND c.confrelid = to_regclass(x.ref))) THEN
+		RETURN '[]';
+	END IF;
 
 	-- Set-wise: the rows the answer writes, the keys they refer to, and
 	-- which of those are neither here, nor created by the answer, nor

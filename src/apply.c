@@ -37,6 +37,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -79,6 +80,18 @@ static MemoryContext es_apply_cxt = NULL;	/* EsTable contents */
 static HTAB *es_tables = NULL;
 static HTAB *es_plans = NULL;
 static bool es_apply_stale = false;
+static SPIPlanPtr es_log_plan = NULL;	/* the sync_log INSERT, kept */
+
+/* A subscription as the apply needs it. */
+typedef struct EsSub
+{
+	char	   *ref_table;		/* the producer's name */
+	Oid			relid;			/* InvalidOid: not subscribed */
+	bool		same_name;
+} EsSub;
+
+/* sync_log rows waiting to be inserted, as column arrays. */
+#define ES_LOG_COLS 13
 
 /* What one _apply_updates() call applies for. */
 typedef struct EsApply
@@ -86,6 +99,13 @@ typedef struct EsApply
 	text	   *producer_url;
 	Oid			subscriber;
 	bool		dependency;		/* rows of tables not subscribed: same name */
+	List	   *subs;			/* EsSub, looked up once per call */
+	MemoryContext subs_cxt;		/* where they live */
+	MemoryContext batch_cxt;	/* the pending sync_log rows */
+	int			nlog;
+	int			maxlog;
+	Datum	   *log[ES_LOG_COLS];
+	bool	   *lognull[ES_LOG_COLS];
 } EsApply;
 
 /*
@@ -130,6 +150,9 @@ es_apply_reset(void)
 	}
 	if (es_tables != NULL)
 		hash_destroy(es_tables);
+	if (es_log_plan != NULL)
+		SPI_freeplan(es_log_plan);
+	es_log_plan = NULL;
 	MemoryContextReset(es_apply_cxt);
 
 	memset(&ctl, 0, sizeof(ctl));
@@ -247,7 +270,8 @@ es_run(Oid role, const char *sql, Jsonb *arg)
 	}
 	if (plan == NULL)
 	{
-		plan = SPI_prepare(sql, 1, argtypes);
+		/* Custom plans would be made anew for every row. */
+		plan = SPI_prepare_cursor(sql, 1, argtypes, CURSOR_OPT_GENERIC_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 		if (entry)
@@ -556,8 +580,36 @@ es_given_columns(EsTable *t, Jsonb *j, bool skip_pk)
  *		the table's defaults make the key.  As the subscriber.  Returns the
  *		row as stored; *inserted tells which.
  */
+static Jsonb *es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted);
+
 static Jsonb *
 es_upsert(EsApply *a, EsTable *t, Jsonb *row, Jsonb *key, bool *inserted)
+{
+	Jsonb	   *res;
+
+	if (key != NULL)
+		row = es_concat(es_without(row, t->pk, t->npk), key);
+	res = es_upsert_core(a, t, row, key != NULL, inserted);
+	return res ? res : key;
+}
+
+/* es_upsert of a row whose key columns are all there. */
+static Jsonb *
+es_upsert_as_is(EsApply *a, EsTable *t, Jsonb *row, bool *inserted)
+{
+	Jsonb	   *res = es_upsert_core(a, t, row, true, inserted);
+
+	return res ? res : es_key_from_row(t, row);
+}
+
+/*
+ * es_upsert_core
+ *		The statement of es_upsert: keyed, ON CONFLICT on the primary key;
+ *		otherwise a plain INSERT without the key columns.  NULL when the row
+ *		was there and had nothing else to set.
+ */
+static Jsonb *
+es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 {
 	StringInfoData sql;
 	List	   *cols;
@@ -565,9 +617,7 @@ es_upsert(EsApply *a, EsTable *t, Jsonb *row, Jsonb *key, bool *inserted)
 	bool		rest = false;
 	Jsonb	   *res;
 
-	if (key != NULL)
-		row = es_concat(es_without(row, t->pk, t->npk), key);
-	cols = es_given_columns(t, row, key == NULL);
+	cols = es_given_columns(t, row, !keyed);
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "INSERT INTO %s AS t (", t->qualname);
@@ -585,7 +635,7 @@ es_upsert(EsApply *a, EsTable *t, Jsonb *row, Jsonb *key, bool *inserted)
 			appendStringInfo(&sql, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
 		appendStringInfo(&sql, " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r", t->qualname);
 	}
-	if (key != NULL)
+	if (keyed)
 	{
 		appendStringInfoString(&sql, " ON CONFLICT (");
 		for (int i = 0; i < t->npk; i++)
@@ -609,10 +659,20 @@ es_upsert(EsApply *a, EsTable *t, Jsonb *row, Jsonb *key, bool *inserted)
 	{
 		/* ON CONFLICT DO NOTHING: the row is there and has nothing else. */
 		*inserted = false;
-		return key;
+		return NULL;
 	}
 	*inserted = strcmp(es_field_text(res, "inserted"), "true") == 0;
 	return es_field(res, "row");
+}
+
+/* es_upsert of a row that carries its own key. */
+static Jsonb *
+es_upsert_keyed(EsApply *a, EsTable *t, Jsonb *row, bool *inserted)
+{
+	for (int i = 0; i < t->npk; i++)
+		if (es_field(row, t->pk[i]) == NULL)
+			return es_upsert(a, t, row, es_key_from_row(t, row), inserted);
+	return es_upsert_as_is(a, t, row, inserted);
 }
 
 /* The row of t with key, as the subscriber (NULL if none). */
@@ -755,6 +815,48 @@ es_note(StringInfo notes, const char *fmt,...)
 }
 
 /*
+ * es_sub
+ *		The subscription to a producer's table (looked up once per call,
+ *		in the call's memory).
+ */
+static EsSub *
+es_sub(EsApply *a, const char *ref)
+{
+	ListCell   *lc;
+	EsSub	   *sub;
+	Jsonb	   *pt;
+	StringInfoData arg;
+	MemoryContext old;
+
+	foreach(lc, a->subs)
+	{
+		sub = lfirst(lc);
+		if (strcmp(sub->ref_table, ref) == 0)
+			return sub;
+	}
+	initStringInfo(&arg);
+	appendStringInfoChar(&arg, '{');
+	es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
+	es_json_pair(&arg, "t", ref);
+	appendStringInfoChar(&arg, '}');
+	pt = es_run(InvalidOid,
+				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name)"
+				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
+				es_jsonb_parse(arg.data));
+	old = MemoryContextSwitchTo(a->subs_cxt);
+	sub = palloc0(sizeof(EsSub));
+	sub->ref_table = pstrdup(ref);
+	if (pt != NULL)
+	{
+		sub->relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(es_field_text(pt, "relid"))));
+		sub->same_name = strcmp(es_field_text(pt, "same"), "true") == 0;
+	}
+	a->subs = lappend(a->subs, sub);
+	MemoryContextSwitchTo(old);
+	return sub;
+}
+
+/*
  * es_apply_doc
  *		Apply one update to the local tables.  Raises on failure (the caller
  *		keeps it to the update's subtransaction).  Sets *local (the local
@@ -768,7 +870,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	char	   *remote = es_field_text(upd, "docname");
 	Jsonb	   *data = es_field(upd, "data");
 	StringInfoData arg;
-	Jsonb	   *pt;
+	EsSub	   *sub;
 	Oid			relid;
 	bool		same_name;
 	EsTable    *t;
@@ -783,18 +885,11 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 
 	/* The subscription, or (a dependency) the table of the same name. */
 	initStringInfo(&arg);
-	appendStringInfoChar(&arg, '{');
-	es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
-	es_json_pair(&arg, "t", ref);
-	appendStringInfoChar(&arg, '}');
-	pt = es_run(InvalidOid,
-				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name)"
-				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
-				es_jsonb_parse(arg.data));
-	if (pt != NULL)
+	sub = es_sub(a, ref);
+	if (OidIsValid(sub->relid))
 	{
-		relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(es_field_text(pt, "relid"))));
-		same_name = strcmp(es_field_text(pt, "same"), "true") == 0;
+		relid = sub->relid;
+		same_name = sub->same_name;
 	}
 	else if (a->dependency)
 	{
@@ -822,9 +917,9 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		es_apply_origin_set = true;
 	}
 
-	/* The local row's key. */
+	/* The local row's key (a Create of the same name carries it). */
 	if (same_name)
-		key = es_key_of(t, remote);
+		key = strcmp(type, "Create") == 0 ? NULL : es_key_of(t, remote);
 	else
 	{
 		Jsonb	   *found;
@@ -853,7 +948,8 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("a Create needs the document as a JSON object")));
-		cur = es_upsert(a, t, data, key, &inserted);
+		/* Same name: the document carries its key; no need to merge it in. */
+		cur = same_name ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, key, &inserted);
 		if (!inserted)
 			es_note(notes, "the row existed: it now has the producer's values");
 		if (!same_name && key == NULL)
@@ -1065,39 +1161,117 @@ es_apply_one(EsApply *a, Jsonb *upd, EsOutcome *out)
 }
 
 /*
+ * es_log_flush
+ *		Insert the pending sync_log rows with one statement.
+ */
+static void
+es_log_flush(EsApply *a)
+{
+	static const Oid elemtypes[ES_LOG_COLS] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID,
+	JSONBOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, UUIDOID};
+	Datum		values[ES_LOG_COLS];
+	int			rc;
+
+	if (a->nlog == 0)
+		return;
+	if (es_log_plan == NULL)
+	{
+		Oid			argtypes[ES_LOG_COLS];
+		SPIPlanPtr	plan;
+
+		for (int c = 0; c < ES_LOG_COLS; c++)
+			argtypes[c] = get_array_type(elemtypes[c]);
+		plan = SPI_prepare("INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url, docname,"
+						   "    remote_docname, use_same_name, data, error, note, update_log_id, remote_ref_table, origin)"
+						   " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+						   "    pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7),"
+						   "    pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11),"
+						   "    pg_catalog.unnest($12), pg_catalog.unnest($13))",
+						   ES_LOG_COLS, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the sync_log insert: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		es_log_plan = plan;
+	}
+	for (int c = 0; c < ES_LOG_COLS; c++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+		int			dims[1] = {a->nlog};
+		int			lbs[1] = {1};
+
+		get_typlenbyvalalign(elemtypes[c], &typlen, &typbyval, &typalign);
+		values[c] = PointerGetDatum(construct_md_array(a->log[c], a->lognull[c], 1, dims, lbs,
+													   elemtypes[c], typlen, typbyval, typalign));
+	}
+	rc = SPI_execute_plan(es_log_plan, values, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "could not write the sync log: %s", SPI_result_code_string(rc));
+	a->nlog = 0;
+	MemoryContextReset(a->batch_cxt);
+}
+
+/*
  * es_log_outcome
- *		Write the sync_log row of an update.  why: a note on why it was
- *		applied (initial sync, dependency), or NULL.
+ *		Queue the sync_log row of an update (flushed every 1000 and at the
+ *		end of the call).  why: a note on why it was applied (initial sync,
+ *		dependency), or NULL.
  */
 static void
 es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
 {
-	StringInfoData arg;
+	MemoryContext old = MemoryContextSwitchTo(a->batch_cxt);
 	char	   *note = out->note;
+	char	   *ref = es_field_text(upd, "ref_table");
+	char	   *remote = es_field_text(upd, "docname");
+	char	   *type = es_field_text(upd, "update_type");
+	char	   *id = es_field_text(upd, "id");
+	char	   *origin = es_field_text(upd, "origin");
+	Jsonb	   *data = es_field(upd, "data");
+	EsSub	   *sub = ref ? es_sub(a, ref) : NULL;
+	bool		same = sub == NULL || !OidIsValid(sub->relid) || sub->same_name;
+	char	   *docname = out->docname ? pstrdup(out->docname) : (same ? remote : NULL);
+	int			i;
 
 	if (why)
-		note = note ? psprintf("%s; %s", why, note) : (char *) why;
-	initStringInfo(&arg);
-	appendStringInfoChar(&arg, '{');
-	es_json_pair(&arg, "_s", out->ok ? "Synced" : "Failed");
-	es_json_pair(&arg, "_l", OidIsValid(out->local) ? psprintf("%u", out->local) : NULL);
-	es_json_pair(&arg, "_d", out->docname);
-	es_json_pair(&arg, "_e", out->error);
-	es_json_pair(&arg, "_n", note);
-	es_json_pair(&arg, "_p", text_to_cstring(a->producer_url));
-	appendStringInfoChar(&arg, '}');
-	(void) es_run(InvalidOid,
-				  "INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url, docname,"
-				  "    remote_docname, use_same_name, data, error, note, update_log_id, remote_ref_table, origin)"
-				  " SELECT $1->>'update_type', coalesce(($1->>'_l')::oid::regclass::text, $1->>'ref_table'),"
-				  "        $1->>'_s', $1->>'_p',"
-				  "        coalesce($1->>'_d', CASE WHEN x.same THEN $1->>'docname' END), $1->>'docname', x.same,"
-				  "        $1->'data', $1->>'_e', $1->>'_n', ($1->>'id')::bigint, $1->>'ref_table',"
-				  "        ($1->>'origin')::uuid"
-				  "   FROM (SELECT coalesce((SELECT t.use_same_name FROM eventstream.producer_table t"
-				  "                          WHERE t.producer_url = $1->>'_p' AND t.ref_table = $1->>'ref_table'),"
-				  "                         true) AS same) x",
-				  es_concat(upd, es_jsonb_parse(arg.data)));
+		note = note ? psprintf("%s; %s", why, note) : pstrdup(why);
+	else if (note)
+		note = pstrdup(note);
+	if (a->nlog == a->maxlog)
+	{
+		MemoryContextSwitchTo(a->subs_cxt);
+		a->maxlog = a->maxlog == 0 ? 64 : a->maxlog * 2;
+		for (int c = 0; c < ES_LOG_COLS; c++)
+		{
+			a->log[c] = a->log[c] ? repalloc(a->log[c], sizeof(Datum) * a->maxlog) : palloc(sizeof(Datum) * a->maxlog);
+			a->lognull[c] = a->lognull[c] ? repalloc(a->lognull[c], sizeof(bool) * a->maxlog) : palloc(sizeof(bool) * a->maxlog);
+		}
+		MemoryContextSwitchTo(a->batch_cxt);
+	}
+	i = a->nlog++;
+#define ES_SET_TEXT(c, v) (a->lognull[c][i] = ((v) == NULL), a->log[c][i] = (v) ? CStringGetTextDatum(v) : (Datum) 0)
+	ES_SET_TEXT(0, type ? type : "?");
+	ES_SET_TEXT(1, OidIsValid(out->local) ? es_table(out->local)->qualname : ref ? ref : "?");
+	ES_SET_TEXT(2, out->ok ? "Synced" : "Failed");
+	ES_SET_TEXT(3, text_to_cstring(a->producer_url));
+	ES_SET_TEXT(4, docname);
+	ES_SET_TEXT(5, remote);
+	a->lognull[6][i] = false;
+	a->log[6][i] = BoolGetDatum(same);
+	a->lognull[7][i] = data == NULL;
+	a->log[7][i] = data ? PointerGetDatum(data) : (Datum) 0;
+	ES_SET_TEXT(8, out->error ? pstrdup(out->error) : NULL);
+	ES_SET_TEXT(9, note);
+	a->lognull[10][i] = id == NULL;
+	a->log[10][i] = id ? DirectFunctionCall1(int8in, CStringGetDatum(id)) : (Datum) 0;
+	ES_SET_TEXT(11, ref ? ref : "?");
+	a->lognull[12][i] = origin == NULL;
+	a->log[12][i] = origin ? DirectFunctionCall1(uuid_in, CStringGetDatum(origin)) : (Datum) 0;
+#undef ES_SET_TEXT
+	MemoryContextSwitchTo(old);
+	if (a->nlog >= 1000)
+		es_log_flush(a);
 }
 
 /*
@@ -1131,6 +1305,12 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 				 errmsg("updates must be a JSON array")));
 
 	per_update = AllocSetContextCreate(cxt, "eventstream update", ALLOCSET_DEFAULT_SIZES);
+	a.subs = NIL;
+	a.nlog = a.maxlog = 0;
+	memset(a.log, 0, sizeof(a.log));
+	memset(a.lognull, 0, sizeof(a.lognull));
+	a.batch_cxt = AllocSetContextCreate(cxt, "eventstream sync log rows", ALLOCSET_DEFAULT_SIZES);
+	a.subs_cxt = cxt;
 	SPI_connect();
 	if (a.dependency)
 	{
@@ -1208,9 +1388,11 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(cxt);
 		MemoryContextReset(per_update);
 	}
+	es_log_flush(&a);
 	SPI_finish();
 	MemoryContextSwitchTo(cxt);
 	MemoryContextDelete(per_update);
+	MemoryContextDelete(a.batch_cxt);
 	counts[0] = Int32GetDatum(n);
 	counts[1] = Int32GetDatum(failed);
 	PG_RETURN_ARRAYTYPE_P(construct_array(counts, 2, INT4OID, sizeof(int32), true, TYPALIGN_INT));
@@ -1234,9 +1416,11 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	memset(&a, 0, sizeof(a));
 	a.producer_url = PG_GETARG_TEXT_PP(0);
 	a.subscriber = PG_GETARG_OID(1);
 	a.dependency = PG_GETARG_BOOL(3);
+	a.subs_cxt = CurrentMemoryContext;
 	SPI_connect();
 	es_apply_one(&a, upd, &out);
 	SPI_finish();
