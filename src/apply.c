@@ -308,6 +308,73 @@ es_run(Oid role, const char *sql, Jsonb *arg)
 	return result;
 }
 
+/*
+ * es_run_range
+ *		es_run for statements over a range of a JSON array: $1 = arr,
+ *		$2 = first, $3 = last element (1-based), as role.
+ */
+static Jsonb *
+es_run_range(Oid role, const char *sql, Jsonb *arr, int first, int last)
+{
+	Oid			argtypes[3] = {JSONBOID, INT4OID, INT4OID};
+	Datum		values[3];
+	SPIPlanPtr	plan = NULL;
+	EsPlan	   *entry = NULL;
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
+	Jsonb	   *result = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	values[0] = PointerGetDatum(arr);
+	values[1] = Int32GetDatum(first);
+	values[2] = Int32GetDatum(last);
+	if (strlen(sql) < ES_PLAN_KEY)
+	{
+		bool		found;
+
+		entry = hash_search(es_plans, sql, HASH_ENTER, &found);
+		if (!found)
+			entry->plan = NULL;
+		plan = entry->plan;
+	}
+	if (plan == NULL)
+	{
+		plan = SPI_prepare_cursor(sql, 3, argtypes, CURSOR_OPT_GENERIC_PLAN);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (entry)
+		{
+			SPI_keepplan(plan);
+			entry->plan = plan;
+		}
+	}
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	SetUserIdAndSecContext(save_userid, save_sec);
+	if (rc < 0)
+		elog(ERROR, "could not run \"%s\": %s", sql, SPI_result_code_string(rc));
+	if (SPI_tuptable != NULL && SPI_processed > 0)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			result = DatumGetJsonbPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	if (SPI_tuptable)
+		SPI_freetuptable(SPI_tuptable);
+	if (entry == NULL)
+		SPI_freeplan(plan);
+	return result;
+}
+
 /* jsonb helpers */
 
 static Jsonb *
@@ -1274,6 +1341,151 @@ es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
 		es_log_flush(a);
 }
 
+#define ES_MIN_BATCH	16		/* shorter runs of Creates go row by row */
+#define ES_MAX_BATCH	1000
+
+/*
+ * es_batch_key
+ *		For an update that may be applied in a batch of Creates (same name,
+ *		no child rows), the key of the batch it may join: subscription,
+ *		origin and the columns it gives.  NULL otherwise.
+ */
+static char *
+es_batch_key(EsApply *a, Jsonb *upd)
+{
+	char	   *type = es_field_text(upd, "update_type");
+	char	   *ref = es_field_text(upd, "ref_table");
+	char	   *origin = es_field_text(upd, "origin");
+	Jsonb	   *data = es_field(upd, "data");
+	EsSub	   *sub;
+	EsTable    *t;
+	StringInfoData key;
+	ListCell   *lc;
+	List	   *keys;
+
+	if (type == NULL || strcmp(type, "Create") != 0 || ref == NULL || !es_is_object(data) ||
+		es_field_text(upd, "docname") == NULL)
+		return NULL;
+	sub = es_sub(a, ref);
+	if (!OidIsValid(sub->relid) || !sub->same_name)
+		return NULL;
+	t = es_table(sub->relid);
+	keys = es_keys(data);
+	initStringInfo(&key);
+	appendStringInfo(&key, "%u/%s", sub->relid, origin ? origin : "");
+	foreach(lc, keys)
+	{
+		bool		is_col = false;
+
+		for (int i = 0; i < t->ncols; i++)
+			if (strcmp(t->cols[i], lfirst(lc)) == 0)
+				is_col = true;
+		if (is_col)
+			appendStringInfo(&key, "/%s", (char *) lfirst(lc));
+		else if (es_is_array(es_field(data, lfirst(lc))))
+			return NULL;		/* child rows: row by row */
+	}
+	for (int i = 0; i < t->npk; i++)
+		if (es_field(data, t->pk[i]) == NULL)
+			return NULL;
+	return key.data;
+}
+
+/*
+ * es_apply_batch
+ *		Apply updates first..last (1-based, in page) -- Creates of one table,
+ *		as es_batch_key found -- with one statement, in one subtransaction.
+ *		False (nothing applied) when that fails for any reason: the caller
+ *		then applies them row by row.  *existed gets the docnames of the rows
+ *		that were there already.
+ */
+static bool
+es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **existed)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	EsSub	   *sub = es_sub(a, es_field_text(upd, "ref_table"));
+	EsTable    *t = es_table(sub->relid);
+	List	   *cols = es_given_columns(t, es_field(upd, "data"), false);
+	char	   *origin = es_field_text(upd, "origin");
+	StringInfoData sql;
+	ListCell   *lc;
+	bool		rest = false;
+	volatile bool ok = false;
+	Jsonb	   *volatile res = NULL;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "WITH ins AS (INSERT INTO %s AS t (", t->qualname);
+	foreach(lc, cols)
+		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	appendStringInfoString(&sql, ") SELECT ");
+	foreach(lc, cols)
+		appendStringInfo(&sql, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	appendStringInfo(&sql, " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
+					 " pg_catalog.jsonb_populate_record(NULL::%s, e.u->'data') r"
+					 " WHERE e.o BETWEEN $2 AND $3 ORDER BY e.o ON CONFLICT (", t->qualname);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", quote_identifier(t->pk[i]));
+	appendStringInfoString(&sql, ") DO ");
+	foreach(lc, cols)
+	{
+		if (es_is_pk(t, lfirst(lc)))
+			continue;
+		appendStringInfo(&sql, "%s%s = EXCLUDED.%s", rest ? ", " : "UPDATE SET ",
+						 quote_identifier(lfirst(lc)), quote_identifier(lfirst(lc)));
+		rest = true;
+	}
+	if (!rest)
+		appendStringInfoString(&sql, "NOTHING");
+	appendStringInfoString(&sql, " RETURNING t.xmax::text <> '0' AS existed, pg_catalog.jsonb_build_object(");
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&sql, "%s%s, t.%s", i > 0 ? ", " : "", quote_literal_cstr(t->pk[i]), quote_identifier(t->pk[i]));
+	appendStringInfoString(&sql, ") AS k) SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*),"
+						   " 'existed', coalesce(pg_catalog.jsonb_agg(ins.k) FILTER (WHERE ins.existed), '[]')) FROM ins");
+
+	if (origin)
+	{
+		pg_uuid_t  *u = DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(origin)));
+
+		memcpy(&es_apply_origin, u, sizeof(pg_uuid_t));
+		es_apply_origin_set = true;
+	}
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		res = es_run_range(a->subscriber, sql.data, page, first, last);
+		/* DO NOTHING skips rows that were there: count those as existing. */
+		ok = res != NULL && (rest ? atoi(es_field_text(res, "n")) == last - first + 1 : true);
+		if (ok)
+		{
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		else
+		{
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ok = false;
+	}
+	PG_END_TRY();
+	if (ok)
+		foreach(lc, es_elements(es_field(res, "existed")))
+			*existed = lappend(*existed, es_docname_of(t, lfirst(lc)));
+	return ok;
+}
+
 /*
  * eventstream_apply_updates
  *		_apply_updates(producer_url text, subscriber regrole, updates jsonb,
@@ -1291,9 +1503,6 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	int			n = 0;
 	int			failed = 0;
 	Datum		counts[2];
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
 	ListCell   *lc2;
 
 	a.producer_url = PG_GETARG_TEXT_PP(0);
@@ -1365,28 +1574,94 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 			pending = retry;
 		}
 	}
-	it = a.dependency ? NULL : JsonbIteratorInit(&updates->root);
-	while (it != NULL && (tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	if (!a.dependency)
 	{
-		Jsonb	   *upd;
-		EsOutcome	out;
+		/*
+		 * Runs of Creates of one table are tried as one statement (an
+		 * INSERT of them all, in one subtransaction): the usual stream of
+		 * new rows costs one executor start per run instead of one per
+		 * row.  Should that fail for any reason, the run is applied row by
+		 * row, each update in its own subtransaction as always.
+		 */
+		List	   *all;
+		int			total;
+		int			i = 0;
 
-		if (tok != WJB_ELEM)
-			continue;
-		CHECK_FOR_INTERRUPTS();
-		MemoryContextSwitchTo(per_update);
-		upd = JsonbValueToJsonb(&v);
-		if (!es_is_object(upd))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("an update must be a JSON object")));
-		es_apply_one(&a, upd, &out);
-		es_log_outcome(&a, upd, &out, why);
-		n++;
-		if (!out.ok)
-			failed++;
 		MemoryContextSwitchTo(cxt);
-		MemoryContextReset(per_update);
+		all = es_elements(updates);
+		total = list_length(all);
+		while (i < total)
+		{
+			char	   *bkey;
+			int			j = i + 1;
+
+			CHECK_FOR_INTERRUPTS();
+			MemoryContextSwitchTo(per_update);
+			if (!es_is_object(list_nth(all, i)))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("an update must be a JSON object")));
+			es_apply_reset();
+			bkey = es_batch_key(&a, list_nth(all, i));
+			if (bkey != NULL)
+			{
+				while (j < total && j - i < ES_MAX_BATCH)
+				{
+					char	   *k2 = es_is_object(list_nth(all, j)) ? es_batch_key(&a, list_nth(all, j)) : NULL;
+
+					if (k2 == NULL || strcmp(k2, bkey) != 0)
+						break;
+					j++;
+				}
+			}
+			if (bkey != NULL && j - i >= ES_MIN_BATCH)
+			{
+				List	   *existed = NIL;
+
+				if (es_apply_batch(&a, updates, list_nth(all, i), i + 1, j, &existed))
+				{
+					for (int k = i; k < j; k++)
+					{
+						Jsonb	   *upd = list_nth(all, k);
+						EsOutcome	out;
+						ListCell   *lc;
+
+						memset(&out, 0, sizeof(out));
+						out.ok = true;
+						out.local = es_sub(&a, es_field_text(upd, "ref_table"))->relid;
+						out.docname = es_field_text(upd, "docname");
+						foreach(lc, existed)
+							if (strcmp(lfirst(lc), out.docname) == 0)
+								out.note = "the row existed: it now has the producer's values";
+						es_log_outcome(&a, upd, &out, why);
+						n++;
+					}
+					MemoryContextSwitchTo(cxt);
+					MemoryContextReset(per_update);
+					i = j;
+					continue;
+				}
+			}
+			/* Row by row. */
+			for (int k = i; k < j; k++)
+			{
+				Jsonb	   *upd = list_nth(all, k);
+				EsOutcome	out;
+
+				if (!es_is_object(upd))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("an update must be a JSON object")));
+				es_apply_one(&a, upd, &out);
+				es_log_outcome(&a, upd, &out, why);
+				n++;
+				if (!out.ok)
+					failed++;
+			}
+			MemoryContextSwitchTo(cxt);
+			MemoryContextReset(per_update);
+			i = j;
+		}
 	}
 	es_log_flush(&a);
 	SPI_finish();

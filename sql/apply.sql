@@ -1,0 +1,68 @@
+-- The consumer's apply, without a producer: updates as pages bring them,
+-- handed to eventstream._apply_updates() directly.
+\set SHOW_CONTEXT never
+CREATE ROLE es_applier;
+CREATE TABLE a_item (code text PRIMARY KEY, qty int CHECK (qty >= 0), note text);
+CREATE TABLE a_line (item text REFERENCES a_item ON DELETE CASCADE, n int, what text, PRIMARY KEY (item, n));
+GRANT SELECT, INSERT, UPDATE, DELETE ON a_item, a_line TO es_applier;
+INSERT INTO eventstream.producer (producer_url, api_key, api_secret, subscriber, producer_site_id, cursor)
+	VALUES ('http://p.invalid', 'k', 's', 'es_applier', '00000000-0000-0000-0000-0000000000f1', 'v1/1/1:1:/1');
+INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, status)
+	VALUES ('http://p.invalid', 'public.a_item', 'a_item', 'Approved');
+CREATE FUNCTION creates(first int, last int, bad int DEFAULT 0) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_agg(jsonb_build_object('id', g, 'update_type', 'Create', 'ref_table', 'public.a_item',
+										'docname', 'I' || g,
+										'data', jsonb_build_object('code', 'I' || g, 'qty', CASE WHEN g = bad THEN -1 ELSE g END),
+										'origin', '00000000-0000-0000-0000-0000000000f1') ORDER BY g)
+	  FROM generate_series(first, last) g
+$$;
+
+-- A run of Creates is applied as one statement; one of them breaks a CHECK
+-- here, so the run is applied again row by row: that one is Failed, the
+-- others are Synced, each once.
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', creates(1, 20, 7), NULL, false) AS processed_failed;
+SELECT count(*) AS rows FROM a_item;
+SELECT status, count(*) FROM eventstream.sync_log GROUP BY status ORDER BY status;
+SELECT docname, error FROM eventstream.sync_log WHERE status = 'Failed';
+
+-- A clean run, over rows partly there: they take the producer's values.
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', creates(15, 40), NULL, false) AS processed_failed;
+SELECT count(*) AS rows, sum(qty) AS qty FROM a_item;
+SELECT count(*) FILTER (WHERE note LIKE 'the row existed%') AS noted_existing,
+	   count(*) FILTER (WHERE status = 'Synced') AS synced
+  FROM eventstream.sync_log WHERE update_log_id BETWEEN 15 AND 40 AND id > 20;
+
+-- Updates (the four-key diff, child rows) and Deletes, and the cases where
+-- the row is not here.
+INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, status)
+	VALUES ('http://p.invalid', 'public.a_line', 'a_line', 'Approved');
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', '[
+  {"id": 101, "update_type": "Create", "ref_table": "public.a_item", "docname": "D1",
+   "data": {"code": "D1", "qty": 1, "public.a_line": [{"item": "D1", "n": 1, "what": "one"}, {"item": "D1", "n": 2, "what": "two"}]}},
+  {"id": 102, "update_type": "Update", "ref_table": "public.a_item", "docname": "D1",
+   "data": {"changed": {"qty": 5}, "added": {"public.a_line": [{"item": "D1", "n": 3, "what": "three"}]},
+			"row_changed": {"public.a_line": [{"item": "D1", "n": 2, "what": "TWO"}]},
+			"removed": {"public.a_line": ["[\"D1\",1]", "[\"D1\",9]"]}}},
+  {"id": 103, "update_type": "Update", "ref_table": "public.a_item", "docname": "nope",
+   "data": {"changed": {"qty": 1}, "added": {}, "row_changed": {}, "removed": {}}},
+  {"id": 104, "update_type": "Delete", "ref_table": "public.a_item", "docname": "I40", "data": null},
+  {"id": 105, "update_type": "Delete", "ref_table": "public.a_item", "docname": "I40", "data": null},
+  {"id": 106, "update_type": "Create", "ref_table": "public.unknown", "docname": "x", "data": {}},
+  {"id": 107, "update_type": "Frobnicate", "ref_table": "public.a_item", "docname": "D1", "data": {}}
+]', NULL, false) AS processed_failed;
+SELECT * FROM a_item WHERE code = 'D1';
+SELECT * FROM a_line ORDER BY n;
+SELECT update_log_id, update_type, status, docname, error, note FROM eventstream.sync_log WHERE update_log_id > 100 ORDER BY id;
+
+-- The writes run as the subscriber: without its privilege, they fail.
+REVOKE INSERT ON a_item FROM es_applier;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', creates(41, 41), NULL, false) AS processed_failed;
+SELECT error FROM eventstream.sync_log WHERE update_log_id = 41;
+GRANT INSERT ON a_item TO es_applier;
+
+-- resync applies a Failed entry again as it was received.
+ALTER TABLE a_item DROP CONSTRAINT a_item_qty_check;
+SELECT eventstream.resync(id) FROM eventstream.sync_log WHERE status = 'Failed' AND docname = 'I7';
+SELECT qty FROM a_item WHERE code = 'I7';
+SELECT eventstream.resync(id) FROM eventstream.sync_log WHERE docname = 'I7';
+SELECT eventstream.resync(-1);
