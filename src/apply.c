@@ -1094,7 +1094,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			cur = es_update(a, t, changed, key);
 
 		/* Child rows: removed, changed, added. */
-		for (int p = 0; p < lengthof(parts); p++)
+		for (int p = 0; p < (int) lengthof(parts); p++)
 		{
 			Jsonb	   *part = es_field(data, parts[p]);
 			ListCell   *lc;
