@@ -12,6 +12,7 @@ OBJS = \
 	src/capture.o \
 	src/condition.o \
 	src/document.o \
+	src/serve.o \
 	src/http.o \
 	src/keys.o \
 	src/client.o \

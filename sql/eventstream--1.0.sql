@@ -799,25 +799,11 @@ $$;
 -- Serving updates
 ------------------------------------------------------------------------------
 
--- The JSON texts of update logs, in the order of ids, as served.  A
--- negative id stands for "the whole current document" of that log, served
--- as a Create.  Built as text: parsing into jsonb only to print it again
--- would cost more than building it.
+-- The JSON texts of update logs, in the order of ids, as served (src/serve.c).
+-- A negative id stands for "the whole current document" of that log,
+-- served as a Create.
 CREATE FUNCTION eventstream._log_texts(ids bigint[], site_id uuid) RETURNS text[]
-	LANGUAGE sql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT coalesce(array_agg(json_build_object(
-				'id', l.id,
-				'update_type', CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,
-				'ref_table', l.ref_table,
-				'docname', l.docname,
-				'data', CASE WHEN u.id < 0 THEN eventstream._document(to_regclass(l.ref_table), l.docname) ELSE l.data END,
-				'origin', coalesce(l.origin, site_id),
-				'created_at', l.created_at)::text ORDER BY u.ord), '{}')
-	  FROM unnest(ids) WITH ORDINALITY AS u(id, ord)
-	  JOIN eventstream.update_log l ON l.id = abs(u.id)
-$$;
+	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_log_texts';
 
 /*
  * The next page of updates for a consumer.
