@@ -107,11 +107,22 @@ PostgreSQL::Test::Utils::append_to_file($big, 'x' x (2 * 1024 * 1024));
 ($status, $body) = api('POST', "$base/consumers", "token $key:$secret", "\@$big");
 is($status, '413', 'an oversized body is a 413');
 
+sub uri_escape { my ($v) = @_; $v =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord($1))/ge; return $v; }
+
+# While the subscription is Pending, nothing of the table is served.
+$node->safe_psql('site', "INSERT INTO item VALUES ('P', 'pending pear')");
+($status, $body) = api('GET', "$base/updates?consumer=" . uri_escape('http://branch-1:8000')
+	. '&cursor=' . uri_escape($cursor) . '&limit=10', "token $key:$secret");
+is($status, '200', 'a pull while Pending answers');
+like($body, qr/"updates": \[\]/, 'with no updates: an unapproved table is never served');
+unlike($body, qr/pending pear/, 'not even later rows of it');
+($cursor) = $body =~ /"cursor": "([^"]+)"/;
+$node->safe_psql('site', "DELETE FROM item WHERE code = 'P'");
+
 $node->safe_psql('site', q{
 	SELECT eventstream.approve('http://branch-1:8000', 'item');
 	INSERT INTO item VALUES ('A', 'apple'), ('B', 'banana');
 });
-sub uri_escape { my ($v) = @_; $v =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord($1))/ge; return $v; }
 my $q = 'consumer=' . uri_escape('http://branch-1:8000') . '&cursor=' . uri_escape($cursor) . '&limit=10';
 ($status, $body) = api('GET', "$base/updates?$q", "token $key:$secret");
 is($status, '200', 'pull with the registering key');
