@@ -887,5 +887,48 @@ is(digest($C, 'bulk'), $bulk_p, "C: (digest $bulk_p)");
 exactly_once('C (producer crash)');
 ok(wait_query($C, $status_sql, 'streaming false', 30), 'C: and the consumer is streaming again');
 
+######################################################################
+# N. Two producers feeding one table, each with its own keys here
+######################################################################
+
+# A second producer site on the producer's node; both make a document
+# named N1 in table item.  The consumer keys its rows itself
+# (use_same_name => false) and keeps which producer row each one is.
+my $P2 = add_site($P->{node}, 'site_b');
+sq($P2, $schema . q{
+	CREATE ROLE branch_b;
+	GRANT SELECT ON ALL TABLES IN SCHEMA public TO branch_b;
+});
+sq($C, q{
+	CREATE SEQUENCE item_local_seq;
+	ALTER TABLE item ALTER name SET DEFAULT 'ITEM-' || nextval('item_local_seq');
+	GRANT USAGE ON SEQUENCE item_local_seq TO applier;
+	DELETE FROM item;
+});
+my ($key_b, $secret_b) = key_pair($P2, 'branch_b');
+subscribe($C, $P->{url}, 'item', ', use_same_name => false, initial_sync => false');
+sq($C, "SELECT eventstream.add_producer(producer_url => '$P2->{url}', api_key => '$key_b', api_secret => '$secret_b', "
+	  . "subscriber => 'applier', tables => ARRAY['item'], initial_sync => false)");
+sq($C, "SELECT eventstream.subscribe('$P2->{url}', 'item', use_same_name => false, initial_sync => false)");
+sq($P2, "SELECT eventstream.approve(consumer_url, 'item') FROM eventstream.consumer");
+ok(wait_query($C, "SELECT status FROM eventstream.producer_table WHERE producer_url = '$P2->{url}' AND ref_table = 'public.item'",
+		'Approved', 30), 'N: the second producer approved');
+sq($P, "INSERT INTO item VALUES ('N1', 'from the first producer')");
+sq($P2, "INSERT INTO item VALUES ('N1', 'from the second producer')");
+ok(wait_query($C, "SELECT count(*) FROM item WHERE v LIKE 'from the % producer'", '2', 30),
+	'N: both documents named N1 arrived, as two rows');
+is(sq($C, "SELECT string_agg(r.producer_url || ' ' || r.remote_docname || ' ' || i.v, ', ' ORDER BY i.v) "
+	  . "FROM item i, LATERAL eventstream.remote_name('item', i.name) r"),
+	"$P->{url} N1 from the first producer, $P2->{url} N1 from the second producer",
+	'N: remote_name tells them apart');
+sq($P2, "UPDATE item SET v = 'second, changed' WHERE name = 'N1'");
+ok(wait_query($C, "SELECT string_agg(v, ', ' ORDER BY v) FROM item", 'from the first producer, second, changed', 30),
+	"N: an Update from the second producer changes its row only");
+sq($P, "DELETE FROM item WHERE name = 'N1'");
+ok(wait_query($C, "SELECT string_agg(v, ', ' ORDER BY v) FROM item", 'second, changed', 30),
+	"N: a Delete from the first producer removes its row only");
+is(sq($C, "SELECT count(*) FROM eventstream.remote_document WHERE local_table = 'item'::regclass"), '1',
+	'N: and its remote name');
+
 note(sprintf('run time %.1f s', time - $t0));
 done_testing();
