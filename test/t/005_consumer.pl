@@ -930,5 +930,50 @@ ok(wait_query($C, "SELECT string_agg(v, ', ' ORDER BY v) FROM item", 'second, ch
 is(sq($C, "SELECT count(*) FROM eventstream.remote_document WHERE local_table = 'item'::regclass"), '1',
 	'N: and its remote name');
 
+######################################################################
+# T. A producer over HTTPS: verified against eventstream.ca_file
+######################################################################
+
+my $tls_dir = PostgreSQL::Test::Utils::tempdir();
+my ($o1, $o2);
+ok(IPC::Run::run([ 'openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+		'-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+		'-keyout', "$tls_dir/p.key", '-out', "$tls_dir/p.crt" ], '>', \$o1, '2>', \$o2),
+	'T: made a self-signed certificate');
+my $tls_port = PostgreSQL::Test::Cluster::get_free_port();
+$P->{node}->safe_psql('postgres', "CREATE DATABASE site_tls");
+$P->{node}->safe_psql('postgres', qq{
+	ALTER DATABASE site_tls SET eventstream.http_port = $tls_port;
+	ALTER DATABASE site_tls SET eventstream.http_tls_cert_file = '$tls_dir/p.crt';
+	ALTER DATABASE site_tls SET eventstream.http_tls_key_file = '$tls_dir/p.key';
+});
+$P->{node}->safe_psql('site_tls', 'CREATE EXTENSION eventstream');
+my $PT = { node => $P->{node}, db => 'site_tls', url => "https://127.0.0.1:$tls_port", name => 'producer/site_tls' };
+sq($PT, $schema . q{
+	CREATE ROLE branch_tls;
+	GRANT SELECT ON ALL TABLES IN SCHEMA public TO branch_tls;
+});
+my ($key_t, $secret_t) = key_pair($PT, 'branch_tls');
+ok(wait_until(30, sub { my ($r) = IPC::Run::run([ 'curl', '-sf', '--cacert', "$tls_dir/p.crt",
+		"$PT->{url}/api/eventstream/v1/health" ], '>', \my $x, '2>', \my $y); $r }),
+	'T: the producer serves HTTPS');
+
+# Without the CA, the certificate is refused and nothing is left behind.
+($ret, $out, $err) = q_try($C, "SELECT eventstream.add_producer(producer_url => '$PT->{url}', api_key => '$key_t', "
+	  . "api_secret => '$secret_t', subscriber => 'applier', tables => ARRAY['secret_doc'])");
+isnt($ret, 0, 'T: a producer whose certificate is not trusted is refused');
+like($err, qr/could not reach .*(certificate|SSL)/i, '  with the TLS error');
+is(sq($C, "SELECT count(*) FROM eventstream.producer WHERE producer_url = '$PT->{url}'"), '0', '  and nothing is left');
+
+# With eventstream.ca_file naming it (worker and sessions of that database).
+my $CT = add_site($C->{node}, 'site_tls', settings => { 'eventstream.ca_file' => "$tls_dir/p.crt" });
+consumer_schema($CT);
+sq($CT, "SELECT eventstream.add_producer(producer_url => '$PT->{url}', api_key => '$key_t', api_secret => '$secret_t', "
+	  . "subscriber => 'applier', tables => ARRAY['secret_doc'])");
+sq($PT, "SELECT eventstream.approve(consumer_url, 'secret_doc') FROM eventstream.consumer");
+sq($PT, "INSERT INTO secret_doc VALUES ('S1', 'over TLS')");
+ok(wait_query($CT, "SELECT v FROM secret_doc WHERE name = 'S1'", 'over TLS', 30),
+	'T: with eventstream.ca_file, updates arrive over HTTPS');
+
 note(sprintf('run time %.1f s', time - $t0));
 done_testing();
