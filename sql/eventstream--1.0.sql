@@ -1480,12 +1480,18 @@ CREATE TABLE eventstream.producer (
 	last_error			text,
 	last_error_at		timestamptz,
 	synced_count		bigint NOT NULL DEFAULT 0,
-	failed_count		bigint NOT NULL DEFAULT 0
+	failed_count		bigint NOT NULL DEFAULT 0,
+	behind				boolean NOT NULL DEFAULT true,
+	last_update_at		timestamptz
 );
 COMMENT ON TABLE eventstream.producer IS
 	'Event Producer: one row per site this one pulls from.  The secret is readable by superusers only.';
 COMMENT ON COLUMN eventstream.producer.subscriber IS
 	'Role the updates from this producer are applied as.';
+COMMENT ON COLUMN eventstream.producer.behind IS
+	'The last page said more was waiting on the producer.';
+COMMENT ON COLUMN eventstream.producer.last_update_at IS
+	'When the newest update received was made on the producer.';
 COMMENT ON COLUMN eventstream.producer.cursor IS
 	'Where the next pull starts; stored in the transaction that applied the updates before it.';
 
@@ -2203,7 +2209,9 @@ BEGIN
 	END IF;
 	UPDATE eventstream.producer x
 	   SET cursor = page->>'cursor', last_pull_at = now(), last_success_at = now(),
-		   last_error = NULL, last_error_at = NULL
+		   last_error = NULL, last_error_at = NULL, behind = (page->>'more')::boolean,
+		   last_update_at = coalesce((SELECT max((u->>'created_at')::timestamptz)
+										FROM jsonb_array_elements(page->'updates') u), x.last_update_at)
 	 WHERE x.producer_url = p.producer_url;
 	RETURN n;
 END
@@ -2456,6 +2464,11 @@ SELECT p.producer_url,
 			ELSE 'streaming' END AS state,
 	   (SELECT coalesce(sum(jsonb_array_length(i.page)), 0) FROM eventstream.inbox i
 		 WHERE i.producer_url = p.producer_url) AS updates_received_not_applied,
+	   p.behind AS more_waiting_on_producer,
+	   -- How old the newest update received is while more is waiting; 0 once caught up.
+	   CASE WHEN p.behind OR EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
+			THEN now() - coalesce(p.last_update_at, p.created_at)
+			ELSE interval '0' END AS lag,
 	   now() - p.last_success_at AS since_last_success,
 	   p.last_pull_at,
 	   p.last_success_at,
@@ -2469,7 +2482,7 @@ SELECT p.producer_url,
 		   AND NOT t.unsubscribe) AS tables_pending
   FROM eventstream.producer p;
 COMMENT ON VIEW eventstream.producer_status IS
-	'Per producer: state, what is received but not applied yet, last success and error, failed updates.';
+	'Per producer: state, lag (updates received but not applied, whether more is waiting, and how old the newest received update is while behind), last success and error, failed updates.';
 
 ------------------------------------------------------------------------------
 -- Privileges

@@ -929,6 +929,9 @@ ok(wait_query($C, "SELECT string_agg(v, ', ' ORDER BY v) FROM item", 'second, ch
 	"N: a Delete from the first producer removes its row only");
 is(sq($C, "SELECT count(*) FROM eventstream.remote_document WHERE local_table = 'item'::regclass"), '1',
 	'N: and its remote name');
+ok(wait_query($C, "SELECT state || ' ' || updates_received_not_applied || ' ' || more_waiting_on_producer || ' ' || lag "
+		. "FROM eventstream.producer_status WHERE producer_url = '$P2->{url}'", 'streaming 0 false 00:00:00', 30),
+	'N: producer_status shows the second producer caught up (no lag)');
 
 ######################################################################
 # T. A producer over HTTPS: verified against eventstream.ca_file
