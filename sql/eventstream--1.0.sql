@@ -2012,15 +2012,19 @@ BEGIN
 	-- which of those are neither here, nor created by the answer, nor
 	-- fetched already; one existence query per referenced table.
 	FOR r IN
-		WITH d AS (
-			SELECT u->>'update_type' AS kind, u->>'ref_table' AS ref, u->>'docname' AS docname, u->'data' AS data,
-				   CASE WHEN coalesce((u->>'dependency')::boolean, false) THEN to_regclass(u->>'ref_table')
-						ELSE (SELECT t.local_table FROM eventstream.producer_table t
-							   WHERE t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table') END AS tbl,
-				   coalesce((SELECT t.use_same_name FROM eventstream.producer_table t
-							  WHERE t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table'), true) AS same
-			  FROM jsonb_array_elements(docs) u
-			 WHERE jsonb_typeof(u->'data') = 'object'
+		WITH d AS MATERIALIZED (
+			SELECT u.kind, u.ref, u.docname, u.data,
+				   CASE WHEN u.dependency THEN to_regclass(u.ref) ELSE t.local_table END AS tbl,
+				   coalesce(t.use_same_name, true) AS same
+			  FROM (SELECT x->>'update_type' AS kind, x->>'ref_table' AS ref, x->>'docname' AS docname,
+						   x->'data' AS data, coalesce((x->>'dependency')::boolean, false) AS dependency
+					  FROM jsonb_array_elements(docs) x
+					 WHERE jsonb_typeof(x->'data') = 'object') u
+			  LEFT JOIN eventstream.producer_table t
+				ON t.producer_url = _missing_documents.producer_url AND t.ref_table = u.ref
+		), tk AS MATERIALIZED (		-- the key columns of each table, once
+			SELECT x.tbl, eventstream._pk_names(x.tbl) AS pk
+			  FROM (SELECT DISTINCT d.tbl FROM d WHERE d.tbl IS NOT NULL) x
 		), here AS (				-- created by the answer, or fetched
 			SELECT ref, docname FROM d WHERE kind = 'Create'
 			UNION SELECT h->>'ref_table', h->>'docname' FROM jsonb_array_elements(coalesce(have, '[]')) h
@@ -2047,16 +2051,20 @@ BEGIN
 			  JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u2.pk
 			 WHERE c.contype = 'f' AND c.conrelid IN (SELECT DISTINCT rows.tbl FROM rows)
 			 GROUP BY c.oid, c.conrelid, c.confrelid
-		), refs AS (
+		), fkrefs AS (				-- distinct referenced keys
 			SELECT DISTINCT fks.rt,
 				   (SELECT jsonb_object_agg(fks.refcols[i], rows.r->fks.cols[i]) FROM generate_subscripts(fks.cols, 1) i) AS key
 			  FROM rows JOIN fks ON fks.tbl = rows.tbl
 			 WHERE fks.refcols = eventstream._pk_names(fks.rt)
 			   AND NOT EXISTS (SELECT 1 FROM unnest(fks.cols) c WHERE rows.r->c IS NULL OR rows.r->c = 'null')
+		), refs AS (				-- (table, wire name, docname, key), each computed once
+			SELECT f.rt, eventstream._wire_name(f.rt) AS ref, eventstream._docname_of(f.rt, f.key) AS docname, f.key
+			  FROM fkrefs f
 			UNION
 			-- dynamic links registered here: the type column names the table
-			SELECT x.rt, eventstream._key_of(x.rt, x.name)
-			  FROM (SELECT to_regclass(CASE WHEN position('.' IN rows.r->>l.type_column::text) > 0
+			SELECT x.rt, eventstream._wire_name(x.rt), x.name, eventstream._key_of(x.rt, x.name)
+			  FROM (SELECT DISTINCT
+						   to_regclass(CASE WHEN position('.' IN rows.r->>l.type_column::text) > 0
 											THEN rows.r->>l.type_column::text
 											ELSE 'public.' || (rows.r->>l.type_column::text) END) AS rt,
 						   rows.r->>l.key_column::text AS name
@@ -2064,17 +2072,17 @@ BEGIN
 					 WHERE rows.r->>l.type_column::text IS NOT NULL AND rows.r->>l.key_column::text IS NOT NULL) x
 			 WHERE x.rt IS NOT NULL
 			UNION
-			-- the row an Update is for (same name; not created by the answer)
-			SELECT d.tbl, eventstream._key_of(d.tbl, d.docname)
-			  FROM d
-			 WHERE d.kind = 'Update' AND d.tbl IS NOT NULL AND d.same
-			   AND NOT EXISTS (SELECT 1 FROM here WHERE here.ref = d.ref AND here.docname = d.docname)
+			-- the row an Update is for (same name); a one-column key is
+			-- built here, without a function call per update
+			SELECT d.tbl, d.ref, d.docname,
+				   CASE WHEN cardinality(k.pk) = 1 THEN jsonb_build_object(k.pk[1], d.docname)
+						ELSE eventstream._key_of(d.tbl, d.docname) END
+			  FROM d JOIN tk k ON k.tbl = d.tbl
+			 WHERE d.kind = 'Update' AND d.same
 		)
 		SELECT refs.rt, array_agg(refs.key) AS keys
 		  FROM refs
-		 WHERE NOT EXISTS (SELECT 1 FROM here
-							WHERE here.ref = eventstream._wire_name(refs.rt)
-							  AND here.docname = eventstream._docname_of(refs.rt, refs.key))
+		 WHERE NOT EXISTS (SELECT 1 FROM here WHERE here.ref = refs.ref AND here.docname = refs.docname)
 		 GROUP BY refs.rt
 	LOOP
 		EXECUTE format('SELECT array_agg(k.j) FROM unnest($1) k(j)'

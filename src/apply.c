@@ -1082,16 +1082,15 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("an Update needs the four-key diff as a JSON object")));
+		/* The changed columns, or (for child rows only) the row as it is. */
+		changed = es_field(data, "changed");
 		if (key != NULL)
-			cur = es_select(a, t, key);
+			cur = es_is_object(changed) ? es_update(a, t, changed, key) : es_select(a, t, key);
 		if (cur == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
 					 errmsg("no row of %s here for document \"%s\"", t->qualname, remote),
 					 errhint("The producer did not serve it either. Resync this entry once the row exists.")));
-		changed = es_field(data, "changed");
-		if (es_is_object(changed))
-			cur = es_update(a, t, changed, key);
 
 		/* Child rows: removed, changed, added. */
 		for (int p = 0; p < (int) lengthof(parts); p++)
