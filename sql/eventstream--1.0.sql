@@ -1973,7 +1973,8 @@ $$;
 -- is missing.  Documents created by the answer itself, and those in have
 -- (fetched already: [{"ref_table", "docname", "data"}]), count as here.
 -- Returns [{"ref_table", "docname"}] to fetch from the producer.
-CREATE FUNCTION eventstream._missing_documents(producer_url text, body jsonb, have jsonb DEFAULT '[]')
+CREATE FUNCTION eventstream._missing_documents(producer_url text, body jsonb, have jsonb DEFAULT '[]',
+											   targets boolean DEFAULT true)
 		RETURNS jsonb
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -2078,7 +2079,7 @@ BEGIN
 				   CASE WHEN cardinality(k.pk) = 1 THEN jsonb_build_object(k.pk[1], d.docname)
 						ELSE eventstream._key_of(d.tbl, d.docname) END
 			  FROM d JOIN tk k ON k.tbl = d.tbl
-			 WHERE d.kind = 'Update' AND d.same
+			 WHERE d.kind = 'Update' AND d.same AND targets
 		)
 		SELECT refs.rt, array_agg(refs.key) AS keys
 		  FROM refs
@@ -2345,6 +2346,10 @@ CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jso
 	LANGUAGE sql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+	-- The row an Update is for is looked for only when the answer is a
+	-- whole window: otherwise it may well be created by a page waiting in
+	-- the inbox (such an Update of a row that is really missing fails, and
+	-- can be resynced).
 	SELECT eventstream._missing_documents(producer_url,
 		CASE WHEN body ? 'documents'
 			 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
@@ -2352,7 +2357,10 @@ AS $$
 															  AND t.snapshot_pending
 															ORDER BY t.ref_table LIMIT 1))
 			 ELSE body END,
-		have)
+		have,
+		body ? 'documents'
+		OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
+			AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url)))
 $$;
 
 -- Fetch, from the calling session, what an answer refers to and is not
