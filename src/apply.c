@@ -1344,6 +1344,44 @@ es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
 #define ES_MAX_BATCH	1000
 
 /*
+ * es_batch_key_update
+ *		es_batch_key for an Update: one that sets columns only (no child
+ *		rows) of a table with a one-column key, kept under the same name.
+ */
+static char *
+es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin, Jsonb *data)
+{
+	static const char *const parts[] = {"added", "row_changed", "removed"};
+	Jsonb	   *changed = es_field(data, "changed");
+	EsSub	   *sub = es_sub(a, ref);
+	EsTable    *t;
+	StringInfoData key;
+	List	   *cols;
+	ListCell   *lc;
+
+	if (!OidIsValid(sub->relid) || !sub->same_name || !es_is_object(changed))
+		return NULL;
+	for (int p = 0; p < (int) lengthof(parts); p++)
+	{
+		Jsonb	   *part = es_field(data, parts[p]);
+
+		if (part != NULL && (!es_is_object(part) || es_keys(part) != NIL))
+			return NULL;
+	}
+	t = es_table(sub->relid);
+	if (t->npk != 1)
+		return NULL;
+	cols = es_given_columns(t, changed, true);
+	if (cols == NIL || list_length(cols) != list_length(es_keys(changed)))
+		return NULL;
+	initStringInfo(&key);
+	appendStringInfo(&key, "U/%u/%s", sub->relid, origin ? origin : "");
+	foreach(lc, cols)
+		appendStringInfo(&key, "/%s", (char *) lfirst(lc));
+	return key.data;
+}
+
+/*
  * es_batch_key
  *		For an update that may be applied in a batch of Creates (same name,
  *		no child rows), the key of the batch it may join: subscription,
@@ -1362,8 +1400,11 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	ListCell   *lc;
 	List	   *keys;
 
-	if (type == NULL || strcmp(type, "Create") != 0 || ref == NULL || !es_is_object(data) ||
-		es_field_text(upd, "docname") == NULL)
+	if (type == NULL || ref == NULL || !es_is_object(data) || es_field_text(upd, "docname") == NULL)
+		return NULL;
+	if (strcmp(type, "Update") == 0)
+		return es_batch_key_update(a, upd, ref, origin, data);
+	if (strcmp(type, "Create") != 0)
 		return NULL;
 	sub = es_sub(a, ref);
 	if (!OidIsValid(sub->relid) || !sub->same_name)
@@ -1371,7 +1412,7 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	t = es_table(sub->relid);
 	keys = es_keys(data);
 	initStringInfo(&key);
-	appendStringInfo(&key, "%u/%s", sub->relid, origin ? origin : "");
+	appendStringInfo(&key, "C/%u/%s", sub->relid, origin ? origin : "");
 	foreach(lc, keys)
 	{
 		bool		is_col = false;
@@ -1414,6 +1455,26 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 	Jsonb	   *volatile res = NULL;
 
 	initStringInfo(&sql);
+	if (strcmp(es_field_text(upd, "update_type"), "Update") == 0)
+	{
+		/* Set the changed columns of every row, found by its docname. */
+		cols = es_given_columns(t, es_field(es_field(upd, "data"), "changed"), true);
+		appendStringInfo(&sql, "WITH upd AS (UPDATE %s t SET (", t->qualname);
+		foreach(lc, cols)
+			appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+		appendStringInfoString(&sql, ") = ROW(");
+		foreach(lc, cols)
+			appendStringInfo(&sql, "%ss.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+		appendStringInfo(&sql, ") FROM (SELECT r.* FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
+						 " pg_catalog.jsonb_populate_record(NULL::%s, (e.u->'data'->'changed') ||"
+						 " pg_catalog.jsonb_build_object(%s, e.u->>'docname')) r"
+						 " WHERE e.o BETWEEN $2 AND $3) s WHERE t.%s = s.%s RETURNING 1)"
+						 " SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'existed', '[]'::jsonb) FROM upd",
+						 t->qualname, quote_literal_cstr(t->pk[0]), quote_identifier(t->pk[0]),
+						 quote_identifier(t->pk[0]));
+		rest = true;			/* every row must be found */
+		goto run;
+	}
 	appendStringInfo(&sql, "WITH ins AS (INSERT INTO %s AS t (", t->qualname);
 	foreach(lc, cols)
 		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
@@ -1441,6 +1502,8 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 		appendStringInfo(&sql, "%s%s, t.%s", i > 0 ? ", " : "", quote_literal_cstr(t->pk[i]), quote_identifier(t->pk[i]));
 	appendStringInfoString(&sql, ") AS k) SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*),"
 						   " 'existed', coalesce(pg_catalog.jsonb_agg(ins.k) FILTER (WHERE ins.existed), '[]')) FROM ins");
+
+run:
 
 	if (origin)
 	{
@@ -1604,11 +1667,33 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 			bkey = es_batch_key(&a, list_nth(all, i));
 			if (bkey != NULL)
 			{
+				/* A run stops at a document it has already (order matters). */
+				HASHCTL		ctl;
+				HTAB	   *seen;
+				char		dn[NAMEDATALEN * 4];
+
+				memset(&ctl, 0, sizeof(ctl));
+				ctl.keysize = sizeof(dn);
+				ctl.entrysize = sizeof(dn);
+				ctl.hcxt = per_update;
+				seen = hash_create("eventstream batch docnames", 256, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+				strlcpy(dn, es_field_text(list_nth(all, i), "docname"), sizeof(dn));
+				(void) hash_search(seen, dn, HASH_ENTER, NULL);
 				while (j < total && j - i < ES_MAX_BATCH)
 				{
-					char	   *k2 = es_is_object(list_nth(all, j)) ? es_batch_key(&a, list_nth(all, j)) : NULL;
+					Jsonb	   *next = list_nth(all, j);
+					char	   *k2 = es_is_object(next) ? es_batch_key(&a, next) : NULL;
+					char	   *name;
+					bool		found;
 
 					if (k2 == NULL || strcmp(k2, bkey) != 0)
+						break;
+					name = es_field_text(next, "docname");
+					if (strlen(name) >= sizeof(dn))
+						break;
+					strlcpy(dn, name, sizeof(dn));
+					(void) hash_search(seen, dn, HASH_ENTER, &found);
+					if (found)
 						break;
 					j++;
 				}
