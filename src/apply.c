@@ -237,18 +237,16 @@ es_table(Oid relid)
 }
 
 /*
- * es_run
- *		Run sql with $1 = arg (jsonb) as role (InvalidOid: the current user)
- *		and return the first column of its first row, a jsonb copied into
- *		the current memory context (NULL: no row, or SQL NULL).  The caller
- *		is connected to SPI.
+ * es_run_args
+ *		Run sql with the given parameters as role (InvalidOid: the current
+ *		user) and return the first column of its first row, a jsonb copied
+ *		into the current memory context (NULL: no row, or SQL NULL).  The
+ *		statement's plan is prepared once (generic: custom plans would be
+ *		made anew for every row) and kept.  The caller is connected to SPI.
  */
 static Jsonb *
-es_run(Oid role, const char *sql, Jsonb *arg)
+es_run_args(Oid role, const char *sql, int nargs, Oid *argtypes, Datum *values, const char *nulls)
 {
-	Oid			argtypes[1] = {JSONBOID};
-	Datum		values[1];
-	char		nulls[1];
 	SPIPlanPtr	plan = NULL;
 	EsPlan	   *entry = NULL;
 	Oid			save_userid;
@@ -257,8 +255,6 @@ es_run(Oid role, const char *sql, Jsonb *arg)
 	Jsonb	   *result = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	values[0] = PointerGetDatum(arg);
-	nulls[0] = arg ? ' ' : 'n';
 	if (strlen(sql) < ES_PLAN_KEY)
 	{
 		bool		found;
@@ -270,8 +266,7 @@ es_run(Oid role, const char *sql, Jsonb *arg)
 	}
 	if (plan == NULL)
 	{
-		/* Custom plans would be made anew for every row. */
-		plan = SPI_prepare_cursor(sql, 1, argtypes, CURSOR_OPT_GENERIC_PLAN);
+		plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 		if (entry)
@@ -309,70 +304,36 @@ es_run(Oid role, const char *sql, Jsonb *arg)
 }
 
 /*
+ * es_run
+ *		es_run_args with $1 = arg (jsonb).
+ */
+static Jsonb *
+es_run(Oid role, const char *sql, Jsonb *arg)
+{
+	Oid			argtypes[1] = {JSONBOID};
+	Datum		values[1];
+	char		nulls[1];
+
+	values[0] = PointerGetDatum(arg);
+	nulls[0] = arg ? ' ' : 'n';
+	return es_run_args(role, sql, 1, argtypes, values, nulls);
+}
+
+/*
  * es_run_range
- *		es_run for statements over a range of a JSON array: $1 = arr,
- *		$2 = first, $3 = last element (1-based), as role.
+ *		es_run_args for statements over a range of a JSON array: $1 = arr,
+ *		$2 = first, $3 = last element (1-based).
  */
 static Jsonb *
 es_run_range(Oid role, const char *sql, Jsonb *arr, int first, int last)
 {
 	Oid			argtypes[3] = {JSONBOID, INT4OID, INT4OID};
 	Datum		values[3];
-	SPIPlanPtr	plan = NULL;
-	EsPlan	   *entry = NULL;
-	Oid			save_userid;
-	int			save_sec;
-	int			rc;
-	Jsonb	   *result = NULL;
-	MemoryContext cxt = CurrentMemoryContext;
 
 	values[0] = PointerGetDatum(arr);
 	values[1] = Int32GetDatum(first);
 	values[2] = Int32GetDatum(last);
-	if (strlen(sql) < ES_PLAN_KEY)
-	{
-		bool		found;
-
-		entry = hash_search(es_plans, sql, HASH_ENTER, &found);
-		if (!found)
-			entry->plan = NULL;
-		plan = entry->plan;
-	}
-	if (plan == NULL)
-	{
-		plan = SPI_prepare_cursor(sql, 3, argtypes, CURSOR_OPT_GENERIC_PLAN);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		if (entry)
-		{
-			SPI_keepplan(plan);
-			entry->plan = plan;
-		}
-	}
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-	rc = SPI_execute_plan(plan, values, NULL, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec);
-	if (rc < 0)
-		elog(ERROR, "could not run \"%s\": %s", sql, SPI_result_code_string(rc));
-	if (SPI_tuptable != NULL && SPI_processed > 0)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-		{
-			MemoryContext old = MemoryContextSwitchTo(cxt);
-
-			result = DatumGetJsonbPCopy(d);
-			MemoryContextSwitchTo(old);
-		}
-	}
-	if (SPI_tuptable)
-		SPI_freetuptable(SPI_tuptable);
-	if (entry == NULL)
-		SPI_freeplan(plan);
-	return result;
+	return es_run_args(role, sql, 3, argtypes, values, NULL);
 }
 
 /* jsonb helpers */
