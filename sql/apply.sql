@@ -82,3 +82,6 @@ SELECT eventstream.resync(id) FROM eventstream.sync_log WHERE status = 'Failed' 
 SELECT qty FROM a_item WHERE code = 'I7';
 SELECT eventstream.resync(id) FROM eventstream.sync_log WHERE docname = 'I7';
 SELECT eventstream.resync(-1);
+
+-- Query parameters sent to producers are percent-encoded byte by byte.
+SELECT eventstream._urlencode('v1/1/2:3:/4 é&x=1~_.-') AS encoded;

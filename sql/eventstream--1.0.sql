@@ -1572,13 +1572,15 @@ COMMENT ON TABLE eventstream.remote_document IS
 
 -- This site's URL as consumers register it.
 CREATE FUNCTION eventstream._site_url() RETURNS text
-	LANGUAGE sql STABLE
+	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(nullif(rtrim(current_setting('eventstream.site_url'), '/'), ''),
-					CASE WHEN current_setting('eventstream.http_port')::integer > 0
-						 THEN 'http://127.0.0.1:' || current_setting('eventstream.http_port')
-						 ELSE 'http://' || (SELECT s.site_id FROM eventstream.site s) || '.invalid' END)
+BEGIN
+	RETURN (SELECT coalesce(nullif(rtrim(current_setting('eventstream.site_url'), '/'), ''),
+						CASE WHEN current_setting('eventstream.http_port')::integer > 0
+							 THEN 'http://127.0.0.1:' || current_setting('eventstream.http_port')
+							 ELSE 'http://' || (SELECT s.site_id FROM eventstream.site s) || '.invalid' END));
+END
 $$;
 
 CREATE FUNCTION eventstream._http_request(method text, url text, auth text, body text, timeout_s integer,
@@ -1692,19 +1694,21 @@ END
 $$;
 
 CREATE FUNCTION eventstream._mirror_statuses(producer_url text, tables jsonb) RETURNS void
-	LANGUAGE sql
+	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
 	UPDATE eventstream.producer_table t
-	   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
-		   -- Newly approved: copy the rows that exist (initial sync).
-		   snapshot_pending = t.snapshot_pending OR
-			   (x->>'status' = 'Approved' AND t.status <> 'Approved' AND t.initial_sync AND NOT t.unsubscribe),
-		   snapshot_after = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
-								 ELSE t.snapshot_after END
-	  FROM jsonb_array_elements(coalesce(tables, '[]')) x
-	 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
-	   AND (t.status, t.readable) IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true));
+		   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
+			   -- Newly approved: copy the rows that exist (initial sync).
+			   snapshot_pending = t.snapshot_pending OR
+				   (x->>'status' = 'Approved' AND t.status <> 'Approved' AND t.initial_sync AND NOT t.unsubscribe),
+			   snapshot_after = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+									 ELSE t.snapshot_after END
+		  FROM jsonb_array_elements(coalesce(tables, '[]')) x
+		 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
+		   AND (t.status, t.readable) IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true));
+END
 $$;
 
 CREATE FUNCTION eventstream.add_producer(producer_url text, api_key text, api_secret text,
@@ -1892,23 +1896,17 @@ COMMENT ON FUNCTION eventstream.remove_producer(text) IS
 	'Stop pulling from a producer and forget its subscriptions (the sync log and remote names are kept).';
 
 CREATE FUNCTION eventstream._urlencode(s text) RETURNS text
-	LANGUAGE sql IMMUTABLE STRICT
-	SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT coalesce(string_agg(CASE WHEN b BETWEEN 48 AND 57 OR b BETWEEN 65 AND 90 OR b BETWEEN 97 AND 122
-									 OR b IN (45, 46, 95, 126)
-								THEN chr(b) ELSE '%' || upper(lpad(to_hex(b), 2, '0')) END, '' ORDER BY i), '')
-	  FROM (SELECT i, get_byte(convert_to(s, 'UTF8'), i) AS b
-			  FROM generate_series(0, octet_length(convert_to(s, 'UTF8')) - 1) i) x
-$$;
+	LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_urlencode';
 
 -- The path of the next pull for a producer.
 CREATE FUNCTION eventstream._pull_path(cursor text, wait integer) RETURNS text
-	LANGUAGE sql STABLE
+	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT format('updates?consumer=%s&cursor=%s&limit=1000%s', eventstream._urlencode(eventstream._site_url()),
-				  eventstream._urlencode(cursor), CASE WHEN wait > 0 THEN '&wait=' || wait ELSE '' END)
+BEGIN
+	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=1000%s', eventstream._urlencode(eventstream._site_url()),
+					  eventstream._urlencode(cursor), CASE WHEN wait > 0 THEN '&wait=' || wait ELSE '' END));
+END
 $$;
 
 ------------------------------------------------------------------------------
@@ -2343,24 +2341,26 @@ $$;
 -- _missing_documents for an answer as received: a snapshot page is of the
 -- table whose initial sync is under way.
 CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jsonb) RETURNS jsonb
-	LANGUAGE sql
+	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	-- The row an Update is for is looked for only when the answer is a
-	-- whole window: otherwise it may well be created by a page waiting in
-	-- the inbox (such an Update of a row that is really missing fails, and
-	-- can be resynced).
-	SELECT eventstream._missing_documents(producer_url,
-		CASE WHEN body ? 'documents'
-			 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
-															WHERE t.producer_url = _missing_for.producer_url
-															  AND t.snapshot_pending
-															ORDER BY t.ref_table LIMIT 1))
-			 ELSE body END,
-		have,
-		body ? 'documents'
-		OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
-			AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url)))
+BEGIN
+	RETURN (-- The row an Update is for is looked for only when the answer is a
+		-- whole window: otherwise it may well be created by a page waiting in
+		-- the inbox (such an Update of a row that is really missing fails, and
+		-- can be resynced).
+		SELECT eventstream._missing_documents(producer_url,
+			CASE WHEN body ? 'documents'
+				 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
+																WHERE t.producer_url = _missing_for.producer_url
+																  AND t.snapshot_pending
+																ORDER BY t.ref_table LIMIT 1))
+				 ELSE body END,
+			have,
+			body ? 'documents'
+			OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
+				AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url))));
+END
 $$;
 
 -- Fetch, from the calling session, what an answer refers to and is not

@@ -27,12 +27,14 @@
 
 #include "access/htup_details.h"
 #include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
 #include "eventstream.h"
 
 PG_FUNCTION_INFO_V1(eventstream_http_request);
+PG_FUNCTION_INFO_V1(eventstream_urlencode);
 
 /* GUCs (defined in eventstream.c). */
 char	   *es_ca_file = NULL;
@@ -222,4 +224,36 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 				 errmsg("%s", failure),
 				 errhint("Check the producer's URL, that its eventstream.http_port is set, and that it is running.")));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * eventstream_urlencode
+ *		_urlencode(text) -> text: percent-encode everything but RFC 3986's
+ *		unreserved characters, byte by byte (a query parameter's value).
+ */
+Datum
+eventstream_urlencode(PG_FUNCTION_ARGS)
+{
+	text	   *in = PG_GETARG_TEXT_PP(0);
+	const unsigned char *p = (const unsigned char *) VARDATA_ANY(in);
+	int			len = VARSIZE_ANY_EXHDR(in);
+	StringInfoData buf;
+	static const char hex[] = "0123456789ABCDEF";
+
+	initStringInfo(&buf);
+	for (int i = 0; i < len; i++)
+	{
+		unsigned char c = p[i];
+
+		if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			c == '-' || c == '.' || c == '_' || c == '~')
+			appendStringInfoChar(&buf, (char) c);
+		else
+		{
+			appendStringInfoChar(&buf, '%');
+			appendStringInfoChar(&buf, hex[c >> 4]);
+			appendStringInfoChar(&buf, hex[c & 15]);
+		}
+	}
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data, buf.len));
 }
