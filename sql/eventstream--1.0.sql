@@ -1913,17 +1913,6 @@ $$;
 -- Consumer side: applying updates
 ------------------------------------------------------------------------------
 
--- Names of the columns a row may set: real, not generated, among names.
-CREATE FUNCTION eventstream._columns(tbl regclass, names text[]) RETURNS text[]
-	LANGUAGE sql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}')
-	  FROM pg_attribute a
-	 WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-	   AND a.attname = ANY (names)
-$$;
-
 CREATE FUNCTION eventstream._pk_names(tbl regclass) RETURNS text[]
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
@@ -2093,20 +2082,6 @@ BEGIN
 							   FROM unnest(gone) g);
 	END LOOP;
 	RETURN result;
-END
-$$;
-
-CREATE FUNCTION eventstream._row_exists(tbl regclass, key jsonb) RETURNS boolean
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	found boolean;
-BEGIN
-	EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s)',
-				   tbl, tbl, eventstream._key_match(tbl))
-		INTO found USING key;
-	RETURN found;
 END
 $$;
 

@@ -344,6 +344,27 @@ es_pull_failed(EsProducer *p, const char *error)
 }
 
 /*
+ * es_pull_caught
+ *		In a PG_CATCH block around a transaction of the worker's: abort it
+ *		and return "<what> <url>: <message>" (palloc'd in cxt).
+ */
+static char *
+es_pull_caught(MemoryContext cxt, const char *what, const char *url)
+{
+	ErrorData  *edata;
+	char	   *result;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(cxt);
+	result = psprintf("%s %s: %s", what, url, edata->message);
+	FreeErrorData(edata);
+	return result;
+}
+
+/*
  * es_pull_apply
  *		Apply a page (the response body) in a transaction of its own.
  *		Returns NULL on success, or the error's message (palloc'd in the
@@ -385,15 +406,7 @@ es_pull_apply(EsProducer *p, bool *more)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(cxt);
-		error = psprintf("could not apply updates from %s: %s", p->url, edata->message);
-		FreeErrorData(edata);
+		error = es_pull_caught(cxt, "could not apply updates from", p->url);
 		pgstat_report_activity(STATE_IDLE, NULL);
 	}
 	PG_END_TRY();
@@ -491,15 +504,7 @@ es_pull_deps_round(EsProducer *p)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			MemoryContextSwitchTo(cxt);
-			error = psprintf("could not read the answer from %s: %s", p->url, edata->message);
-			FreeErrorData(edata);
+			error = es_pull_caught(cxt, "could not read the answer from", p->url);
 		}
 		PG_END_TRY();
 	}
