@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ES_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}	# another (relocated) installation may be given
 ES_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libmicrohttpd-dev libipc-run-perl curl openssl"
 
 if [ "$(id -u)" -ne 0 ]; then
