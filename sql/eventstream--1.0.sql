@@ -1586,10 +1586,13 @@ $$;
 CREATE FUNCTION eventstream._http_request(method text, url text, auth text, body text, timeout_s integer,
 										  OUT status integer, OUT body text)
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_http_request';
+-- fetched: the documents fetched for the updates (see _fetch_missing),
+-- which mapped subscriptions link to.
 CREATE FUNCTION eventstream._apply_updates(producer_url text, subscriber regrole, updates jsonb, why text,
-										   dependency boolean) RETURNS integer[]
+										   dependency boolean, fetched jsonb DEFAULT NULL) RETURNS integer[]
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_apply_updates';
 CREATE FUNCTION eventstream._apply_update(producer_url text, subscriber regrole, upd jsonb, dependency boolean,
+										  fetched jsonb DEFAULT NULL,
 										  OUT status text, OUT error text, OUT docname text, OUT note text,
 										  OUT local_table regclass)
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_apply_update';
@@ -1640,21 +1643,15 @@ BEGIN
 END
 $$;
 
--- A local table for a producer's table name, checked for the apply.
-CREATE FUNCTION eventstream._local_table(ref_table text, subscriber regrole) RETURNS regclass
+-- A local table, checked for the apply: it has a primary key and the
+-- subscriber may read and write it.
+CREATE FUNCTION eventstream._check_local_table(tbl regclass, subscriber regrole) RETURNS regclass
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	tbl regclass;
 	priv text;
 BEGIN
-	tbl := to_regclass(CASE WHEN position('.' IN ref_table) > 0 THEN ref_table ELSE 'public.' || ref_table END);
-	IF tbl IS NULL THEN
-		RAISE EXCEPTION 'table "%" does not exist on this site', ref_table
-			USING ERRCODE = 'undefined_table',
-				  HINT = 'Create it here with the same columns as on the producer before subscribing.';
-	END IF;
 	IF cardinality(eventstream._pk_attnums(tbl)) IS NULL THEN
 		RAISE EXCEPTION 'table "%" has no primary key', tbl USING ERRCODE = 'invalid_table_definition';
 	END IF;
@@ -1666,6 +1663,23 @@ BEGIN
 		END IF;
 	END LOOP;
 	RETURN tbl;
+END
+$$;
+
+-- The local table for a producer's table name, checked for the apply.
+CREATE FUNCTION eventstream._local_table(ref_table text, subscriber regrole) RETURNS regclass
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tbl regclass := to_regclass(CASE WHEN position('.' IN ref_table) > 0 THEN ref_table ELSE 'public.' || ref_table END);
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table "%" does not exist on this site', ref_table
+			USING ERRCODE = 'undefined_table',
+				  HINT = 'Create it here with the same columns as on the producer before subscribing, or subscribe with a mapping.';
+	END IF;
+	RETURN eventstream._check_local_table(tbl, subscriber);
 END
 $$;
 
@@ -1746,13 +1760,9 @@ BEGIN
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'Change it with eventstream.subscribe(), unsubscribe() or set_keys(), or remove it with eventstream.remove_producer().';
 	END IF;
-	IF tables IS NULL OR cardinality(tables) = 0 THEN
-		RAISE EXCEPTION 'tables must list at least one table' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-
 	INSERT INTO eventstream.producer (producer_url, api_key, api_secret, subscriber, producer_site_id, cursor)
 		VALUES (url, api_key, api_secret, subscriber, '00000000-0000-0000-0000-000000000000', '');
-	FOREACH name IN ARRAY tables LOOP
+	FOREACH name IN ARRAY coalesce(tables, '{}') LOOP
 		wire := CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END;
 		IF EXISTS (SELECT 1 FROM eventstream.producer_table t WHERE t.producer_url = url AND t.ref_table = wire) THEN
 			RAISE EXCEPTION 'table "%" is listed twice', wire USING ERRCODE = 'invalid_parameter_value';
@@ -1809,18 +1819,35 @@ CREATE FUNCTION eventstream.subscribe(producer_url text, ref_table text, use_sam
 AS $$
 DECLARE
 	p eventstream.producer := eventstream._producer_row(producer_url);
-	wire text := CASE WHEN position('.' IN btrim(ref_table)) > 0 THEN btrim(ref_table) ELSE 'public.' || btrim(ref_table) END;
+	wire text := eventstream._qualified(ref_table);
+	m eventstream.document_type_mapping;
+	tbl regclass;
 BEGIN
 	IF mapping IS NOT NULL THEN
-		RAISE EXCEPTION 'mappings are not supported yet' USING ERRCODE = 'feature_not_supported';
+		-- The mapping's remote table, written into its local table.
+		SELECT * INTO m FROM eventstream.document_type_mapping x WHERE x.mapping_name = subscribe.mapping;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'mapping "%" does not exist', mapping USING ERRCODE = 'undefined_object',
+				HINT = 'Create it with eventstream.create_mapping() and eventstream.map_field().';
+		END IF;
+		IF wire IS NOT NULL AND wire <> m.remote_table THEN
+			RAISE EXCEPTION 'mapping "%" is for remote table "%", not "%"', mapping, m.remote_table, wire
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Give ref_table => NULL or the mapping''s remote table.';
+		END IF;
+		wire := m.remote_table;
+		tbl := eventstream._check_local_table(m.local_table, p.subscriber);
+	ELSIF wire IS NULL THEN
+		RAISE EXCEPTION 'ref_table must be given (or a mapping)' USING ERRCODE = 'null_value_not_allowed';
+	ELSE
+		tbl := eventstream._local_table(wire, p.subscriber);
 	END IF;
-	INSERT INTO eventstream.producer_table AS t (producer_url, ref_table, local_table, use_same_name, condition,
+	INSERT INTO eventstream.producer_table AS t (producer_url, ref_table, local_table, use_same_name, mapping, condition,
 												 initial_sync)
-		VALUES (p.producer_url, wire, eventstream._local_table(wire, p.subscriber),
-				coalesce(subscribe.use_same_name, true), subscribe.condition, coalesce(subscribe.initial_sync, true))
+		VALUES (p.producer_url, wire, tbl, coalesce(subscribe.use_same_name, true), subscribe.mapping,
+				subscribe.condition, coalesce(subscribe.initial_sync, true))
 		ON CONFLICT ON CONSTRAINT producer_table_pkey DO UPDATE
 			SET unsubscribe = false, use_same_name = EXCLUDED.use_same_name, condition = EXCLUDED.condition,
-				initial_sync = EXCLUDED.initial_sync,
+				initial_sync = EXCLUDED.initial_sync, mapping = EXCLUDED.mapping, local_table = EXCLUDED.local_table,
 				-- What changed while unsubscribed (or what a new condition admits) is copied again.
 				snapshot_pending = t.snapshot_pending OR (t.status = 'Approved' AND EXCLUDED.initial_sync
 														   AND (t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition)),
@@ -1831,7 +1858,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION eventstream.subscribe(text, text, boolean, text, text, boolean) IS
-	'Subscribe to one more table of a producer, or change a subscription (condition, naming); told to the producer at once.  initial_sync: copy the rows that exist once approved.';
+	'Subscribe to one more table of a producer, or change a subscription (condition, naming, mapping); told to the producer at once.  mapping: subscribe to the mapping''s remote table and write into its local table.  initial_sync: copy the rows that exist once approved.';
 
 CREATE FUNCTION eventstream.unsubscribe(producer_url text, ref_table text) RETURNS void
 	LANGUAGE plpgsql
@@ -1959,7 +1986,9 @@ $$;
 -- of the rows and their child rows, plus the row an Update is for when it
 -- is missing.  Documents created by the answer itself, and those in have
 -- (fetched already: [{"ref_table", "docname", "data"}]), count as here.
--- Returns [{"ref_table", "docname"}] to fetch from the producer.
+-- For mapped subscriptions, what their Document fields ask for instead
+-- (see _mapping_link).  Returns [{"path", "ref_table", "docname" or
+-- "filters", ...}] to fetch from the producer (GET path under the API).
 CREATE FUNCTION eventstream._missing_documents(producer_url text, body jsonb, have jsonb DEFAULT '[]',
 											   targets boolean DEFAULT true)
 		RETURNS jsonb
@@ -1981,7 +2010,29 @@ BEGIN
 		docs := coalesce(body->'updates', '[]');
 	END IF;
 	docs := docs || (SELECT coalesce(jsonb_agg(h || '{"update_type": "Create", "dependency": true}'), '[]')
-					   FROM jsonb_array_elements(coalesce(have, '[]')) h WHERE h->'data' IS NOT NULL AND h->'data' <> 'null');
+					   FROM jsonb_array_elements(coalesce(have, '[]')) h
+					  WHERE h->'data' IS NOT NULL AND h->'data' <> 'null' AND NOT h ? 'link');
+
+	-- Mapped subscriptions: what the Document fields of their mappings ask
+	-- for (they do not follow foreign keys).
+	IF EXISTS (SELECT 1 FROM eventstream.producer_table t
+				WHERE t.producer_url = _missing_documents.producer_url AND t.mapping IS NOT NULL) THEN
+		SELECT coalesce(jsonb_agg(DISTINCT w), '[]') INTO result
+		  FROM jsonb_array_elements(docs) u
+		  JOIN eventstream.producer_table t
+			ON t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table'
+		  JOIN eventstream.producer p ON p.producer_url = t.producer_url
+		 CROSS JOIN LATERAL jsonb_array_elements(
+			   eventstream._map_update(t.producer_url, p.subscriber, t.mapping, u->>'update_type', u->'data',
+									   coalesce(have, '[]'), u->>'docname')->'wants') w
+		 WHERE t.mapping IS NOT NULL AND NOT coalesce((u->>'dependency')::boolean, false)
+		   AND u->>'update_type' IN ('Create', 'Update') AND jsonb_typeof(u->'data') = 'object';
+		docs := (SELECT coalesce(jsonb_agg(u ORDER BY o), '[]') FROM jsonb_array_elements(docs) WITH ORDINALITY x(u, o)
+				  WHERE coalesce((u->>'dependency')::boolean, false)
+					 OR NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+									 WHERE t.producer_url = _missing_documents.producer_url
+									   AND t.ref_table = u->>'ref_table' AND t.mapping IS NOT NULL));
+	END IF;
 
 	-- The usual case, quickly: only Creates and Deletes, of tables that
 	-- refer to nothing, without child rows.
@@ -1993,7 +2044,7 @@ BEGIN
 						   OR EXISTS (SELECT 1 FROM eventstream.dynamic_link l WHERE l.tbl = to_regclass(x.ref))
 						   OR EXISTS (SELECT 1 FROM pg_constraint c
 									   WHERE c.contype = 'f' AND c.confrelid = to_regclass(x.ref))) THEN
-		RETURN '[]';
+		RETURN result;
 	END IF;
 
 	-- Set-wise: the rows the answer writes, the keys they refer to, and
@@ -2016,6 +2067,7 @@ BEGIN
 		), here AS (				-- created by the answer, or fetched
 			SELECT ref, docname FROM d WHERE kind = 'Create'
 			UNION SELECT h->>'ref_table', h->>'docname' FROM jsonb_array_elements(coalesce(have, '[]')) h
+				   WHERE NOT h ? 'link'
 		), rows AS (
 			SELECT d.tbl, d.data AS r FROM d WHERE d.kind = 'Create' AND d.tbl IS NOT NULL
 			UNION ALL
@@ -2077,9 +2129,11 @@ BEGIN
 					   ' WHERE NOT EXISTS (SELECT 1 FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, k.j) k2 WHERE %s)',
 					   r.rt, r.rt, replace(eventstream._key_match(r.rt), 'k.', 'k2.'))
 			INTO gone USING r.keys;
-		result := result || (SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', eventstream._wire_name(r.rt),
-																		  'docname', eventstream._docname_of(r.rt, g))), '[]')
-							   FROM unnest(gone) g);
+		result := result || (SELECT coalesce(jsonb_agg(jsonb_build_object(
+									 'path', format('documents/%s/%s', eventstream._urlencode(x.ref), eventstream._urlencode(x.docname)),
+									 'ref_table', x.ref, 'docname', x.docname)), '[]')
+							   FROM (SELECT eventstream._wire_name(r.rt) AS ref, eventstream._docname_of(r.rt, g) AS docname
+									   FROM unnest(gone) g) x);
 	END LOOP;
 	RETURN result;
 END
@@ -2098,7 +2152,7 @@ BEGIN
 													  'docname', e->>'docname', 'data', e->'data',
 													  'origin', p.producer_site_id) ORDER BY o DESC), '[]')
 		   FROM jsonb_array_elements(coalesce(deps, '[]')) WITH ORDINALITY x(e, o)
-		  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null'),
+		  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null' AND NOT e ? 'link'),
 		'dependency', true);
 	UPDATE eventstream.producer x
 	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
@@ -2127,7 +2181,7 @@ BEGIN
 	FOR staged IN SELECT i.page, i.deps FROM eventstream.inbox i
 				   WHERE i.producer_url = p.producer_url AND i.seq <= upto ORDER BY i.seq LOOP
 		n := n + eventstream._apply_deps(p, staged.deps);
-		r := eventstream._apply_updates(p.producer_url, p.subscriber, staged.page, NULL, false);
+		r := eventstream._apply_updates(p.producer_url, p.subscriber, staged.page, NULL, false, staged.deps);
 		n := n + r[1];
 		failed := failed + r[2];
 	END LOOP;
@@ -2174,7 +2228,7 @@ BEGIN
 					    WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
 		-- The usual case: a whole window, applied at once.
 		n := eventstream._apply_deps(p, deps);
-		r := eventstream._apply_updates(p.producer_url, p.subscriber, page->'updates', NULL, false);
+		r := eventstream._apply_updates(p.producer_url, p.subscriber, page->'updates', NULL, false, deps);
 		n := n + r[1];
 		UPDATE eventstream.producer x
 		   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
@@ -2232,7 +2286,7 @@ BEGIN
 													  'docname', d->>'docname', 'data', d->'data',
 													  'origin', p.producer_site_id) ORDER BY o), '[]')
 		   FROM jsonb_array_elements(page->'documents') WITH ORDINALITY x(d, o)),
-		'initial sync', false);
+		'initial sync', false, deps);
 	n := n + r[1];
 	failed := r[2];
 	UPDATE eventstream.producer_table t
@@ -2358,15 +2412,13 @@ BEGIN
 		EXIT WHEN jsonb_array_length(want) = 0;
 		FOR w IN SELECT * FROM jsonb_array_elements(want) LOOP
 			BEGIN
-				doc := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET',
-					format('documents/%s/%s', eventstream._urlencode(w->>'ref_table'), eventstream._urlencode(w->>'docname')));
+				doc := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', w->>'path');
 				err := NULL;
 			EXCEPTION WHEN OTHERS THEN
 				doc := NULL;
 				err := SQLERRM;
 			END;
-			deps := deps || jsonb_build_object('ref_table', w->>'ref_table', 'docname', w->>'docname',
-											   'data', doc, 'error', err);
+			deps := deps || (w || jsonb_build_object('data', doc, 'error', err));
 		END LOOP;
 	END LOOP;
 	RETURN deps;
@@ -2407,6 +2459,9 @@ DECLARE
 	l eventstream.sync_log;
 	p eventstream.producer;
 	r record;
+	upd jsonb;
+	dependency boolean;
+	deps jsonb := '[]';
 BEGIN
 	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -2417,11 +2472,17 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
 	END IF;
 	p := eventstream._producer_row(l.producer_url);
-	-- The update exactly as it was received.
-	SELECT * INTO r FROM eventstream._apply_update(p.producer_url, p.subscriber,
-		jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
-						   'docname', l.remote_docname, 'data', l.data, 'origin', l.origin),
-		coalesce(l.note, '') LIKE 'dependency%');
+	-- The update exactly as it was received; what it refers to and is not
+	-- here (or, mapped, what its Document fields link to) is fetched from
+	-- the producer first.
+	upd := jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
+							  'docname', l.remote_docname, 'data', l.data, 'origin', l.origin);
+	dependency := coalesce(l.note, '') LIKE 'dependency%';
+	IF NOT dependency AND l.update_type IN ('Create', 'Update') THEN
+		deps := eventstream._fetch_missing(p, NULL, jsonb_build_object('updates', jsonb_build_array(upd), 'complete', true));
+		PERFORM eventstream._apply_deps(p, deps);
+	END IF;
+	SELECT * INTO r FROM eventstream._apply_update(p.producer_url, p.subscriber, upd, dependency, deps);
 	UPDATE eventstream.sync_log x
 	   SET status = r.status, error = r.error, note = coalesce(r.note, x.note),
 		   docname = coalesce(r.docname, x.docname), resynced_at = now()
@@ -2476,6 +2537,552 @@ COMMENT ON VIEW eventstream.producer_status IS
 	'Per producer: state, lag (updates received but not applied, whether more is waiting, and how old the newest received update is while behind), last success and error, failed updates.';
 
 ------------------------------------------------------------------------------
+-- Consumer side: mappings (Document Type Mapping)
+------------------------------------------------------------------------------
+
+CREATE TABLE eventstream.document_type_mapping (
+	mapping_name		text PRIMARY KEY,
+	local_table			regclass NOT NULL,
+	remote_table		text NOT NULL
+);
+COMMENT ON TABLE eventstream.document_type_mapping IS
+	'Document Type Mapping: documents of remote_table on a producer are written into local_table by the field rules of field_mapping.';
+
+CREATE TABLE eventstream.field_mapping (
+	mapping_name		text NOT NULL REFERENCES eventstream.document_type_mapping ON DELETE CASCADE,
+	local_fieldname		text NOT NULL,
+	remote_fieldname	text,
+	default_value		text,
+	mapping_type		text CHECK (mapping_type IN ('Child Table', 'Document')),
+	mapping				text REFERENCES eventstream.document_type_mapping,
+	remote_value_filters jsonb,
+	PRIMARY KEY (mapping_name, local_fieldname)
+);
+COMMENT ON TABLE eventstream.field_mapping IS
+	'Field rules of a mapping: local_fieldname takes remote_fieldname (or default_value when that is missing or null on a Create); Child Table rows and Document dependencies go through a nested mapping.';
+COMMENT ON COLUMN eventstream.field_mapping.local_fieldname IS
+	'A column of the local table, or for mapping_type ''Child Table'' the local child table (schema.table).';
+COMMENT ON COLUMN eventstream.field_mapping.remote_value_filters IS
+	'For Document: {"remote field": spec} finding the dependency on the producer; spec is a field of the remote document, a literal, or eval:<SQL expression over doc jsonb>.';
+
+CREATE FUNCTION eventstream._check_filter_expression(expr text) RETURNS void
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_check_filter_expression';
+CREATE FUNCTION eventstream._eval_filter(expr text, doc jsonb, role regrole) RETURNS jsonb
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_eval_filter';
+
+-- A table name as the wire has it: schema-qualified.
+CREATE FUNCTION eventstream._qualified(name text) RETURNS text
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END
+$$;
+
+-- The one foreign key of child to parent, as {"child col": "parent col"},
+-- or NULL when there is not exactly one.
+CREATE FUNCTION eventstream._child_fk(parent regclass, child regclass) RETURNS jsonb
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN count(*) = 1 THEN min(l::text)::jsonb END
+	  FROM (SELECT jsonb_object_agg(ca.attname, pa.attname) AS l
+			  FROM pg_constraint c
+			  CROSS JOIN LATERAL unnest(c.conkey, c.confkey) u(ck, pk)
+			  JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u.ck
+			  JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u.pk
+			 WHERE c.contype = 'f' AND c.conrelid = child AND c.confrelid = parent
+			 GROUP BY c.oid) x
+$$;
+
+/*
+ * Validate a field rule as it is written (trigger on field_mapping): the
+ * local column exists; a column that is a foreign key, and a child table,
+ * get a nested mapping or a default; a nested mapping is of the right
+ * kind (a Child Table's writes into that child table, a Document's into
+ * the table the column refers to) and mappings do not refer to each other
+ * in a cycle; a Document rule has remote_value_filters, whose eval:
+ * expressions parse.
+ */
+CREATE FUNCTION eventstream._check_field_mapping() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m eventstream.document_type_mapping;
+	inner_m eventstream.document_type_mapping;
+	child regclass;
+	fk regclass;
+	f record;
+	cycle text;
+BEGIN
+	SELECT * INTO m FROM eventstream.document_type_mapping x WHERE x.mapping_name = NEW.mapping_name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mapping "%" does not exist', NEW.mapping_name USING ERRCODE = 'undefined_object',
+			HINT = 'Create it with eventstream.create_mapping().';
+	END IF;
+	NEW.mapping_type := nullif(btrim(NEW.mapping_type), '');
+	NEW.remote_fieldname := nullif(btrim(NEW.remote_fieldname), '');
+	IF NEW.mapping IS NOT NULL THEN
+		SELECT * INTO inner_m FROM eventstream.document_type_mapping x WHERE x.mapping_name = NEW.mapping;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'nested mapping "%" does not exist', NEW.mapping USING ERRCODE = 'undefined_object';
+		END IF;
+		IF NEW.mapping_type IS NULL THEN
+			RAISE EXCEPTION 'field "%" of mapping "%" names a nested mapping but no mapping_type', NEW.local_fieldname, m.mapping_name
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'mapping_type is ''Child Table'' or ''Document''.';
+		END IF;
+	END IF;
+	IF NEW.remote_fieldname IS NULL AND NEW.default_value IS NULL THEN
+		RAISE EXCEPTION 'field "%" of mapping "%" needs a remote_fieldname or a default_value', NEW.local_fieldname, m.mapping_name
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	IF NEW.mapping_type = 'Child Table' THEN
+		NEW.local_fieldname := eventstream._qualified(NEW.local_fieldname);
+		child := to_regclass(NEW.local_fieldname);
+		IF child IS NULL OR eventstream._child_fk(m.local_table, child) IS NULL THEN
+			RAISE EXCEPTION 'field "%" of mapping "%" is not a child table of %', NEW.local_fieldname, m.mapping_name, m.local_table
+				USING ERRCODE = 'undefined_table',
+					  HINT = 'For mapping_type ''Child Table'' local_fieldname names a table with exactly one foreign key to the local table.';
+		END IF;
+		IF NEW.mapping IS NULL THEN
+			RAISE EXCEPTION 'child table "%" of mapping "%" needs a nested mapping', NEW.local_fieldname, m.mapping_name
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Create a mapping for the child rows and give it as mapping.';
+		END IF;
+		IF NEW.remote_fieldname IS NULL THEN
+			RAISE EXCEPTION 'child table "%" of mapping "%" needs the remote child table as remote_fieldname', NEW.local_fieldname, m.mapping_name
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		NEW.remote_fieldname := eventstream._qualified(NEW.remote_fieldname);
+		IF inner_m.local_table <> child THEN
+			RAISE EXCEPTION 'nested mapping "%" writes into %, not into the child table %', inner_m.mapping_name, inner_m.local_table, child
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		IF EXISTS (SELECT 1 FROM eventstream.field_mapping x WHERE x.mapping_name = inner_m.mapping_name
+					  AND x.mapping_type IS NOT NULL) THEN
+			RAISE EXCEPTION 'nested mapping "%" of child table "%" has nested mappings itself', inner_m.mapping_name, NEW.local_fieldname
+				USING ERRCODE = 'feature_not_supported',
+					  HINT = 'Child rows are mapped field by field; their own dependencies are not synced.';
+		END IF;
+	ELSE
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = m.local_table AND a.attname = NEW.local_fieldname
+						  AND a.attnum > 0 AND NOT a.attisdropped) THEN
+			RAISE EXCEPTION 'column "%" of mapping "%" does not exist in table %', NEW.local_fieldname, m.mapping_name, m.local_table
+				USING ERRCODE = 'undefined_column';
+		END IF;
+		-- The table the column refers to, if it is (the first column of) a foreign key.
+		SELECT c.confrelid::regclass INTO fk FROM pg_constraint c
+		  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+		 WHERE c.contype = 'f' AND c.conrelid = m.local_table AND a.attname = NEW.local_fieldname
+		 LIMIT 1;
+		IF fk IS NOT NULL AND NEW.mapping IS NULL AND NEW.default_value IS NULL THEN
+			RAISE EXCEPTION 'column "%" of mapping "%" refers to table % but has neither a nested mapping nor a default_value',
+					NEW.local_fieldname, m.mapping_name, fk
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Map the referenced document with mapping_type => ''Document'', a nested mapping and remote_value_filters, or give a default_value.';
+		END IF;
+		IF NEW.mapping_type = 'Document' THEN
+			IF NEW.mapping IS NULL THEN
+				RAISE EXCEPTION 'Document field "%" of mapping "%" needs a nested mapping', NEW.local_fieldname, m.mapping_name
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			IF jsonb_typeof(NEW.remote_value_filters) IS DISTINCT FROM 'object' OR NEW.remote_value_filters = '{}' THEN
+				RAISE EXCEPTION 'Document field "%" of mapping "%" needs remote_value_filters', NEW.local_fieldname, m.mapping_name
+					USING ERRCODE = 'invalid_parameter_value',
+						  HINT = 'remote_value_filters is a JSON object {"remote field": spec} that finds the document on the producer.';
+			END IF;
+			FOR f IN SELECT * FROM jsonb_each(NEW.remote_value_filters) LOOP
+				IF jsonb_typeof(f.value) NOT IN ('string', 'number', 'boolean') THEN
+					RAISE EXCEPTION 'remote_value_filters of field "%": the spec of "%" must be a string, number or boolean', NEW.local_fieldname, f.key
+						USING ERRCODE = 'invalid_parameter_value';
+				END IF;
+				IF f.value #>> '{}' LIKE 'eval:%' THEN
+					PERFORM eventstream._check_filter_expression(substr(f.value #>> '{}', 6));
+				END IF;
+			END LOOP;
+			IF fk IS NOT NULL AND inner_m.local_table <> fk THEN
+				RAISE EXCEPTION 'nested mapping "%" writes into %, but column "%" refers to %', inner_m.mapping_name,
+						inner_m.local_table, NEW.local_fieldname, fk
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			IF cardinality(eventstream._pk_attnums(inner_m.local_table)) IS DISTINCT FROM 1 THEN
+				RAISE EXCEPTION 'nested mapping "%" writes into %, which has no one-column primary key to link to', inner_m.mapping_name, inner_m.local_table
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			IF EXISTS (SELECT 1 FROM eventstream.field_mapping x WHERE x.mapping = NEW.mapping_name
+						  AND x.mapping_type = 'Child Table') THEN
+				RAISE EXCEPTION 'mapping "%" maps child rows, which cannot have Document fields', m.mapping_name
+					USING ERRCODE = 'feature_not_supported';
+			END IF;
+		ELSIF NEW.mapping_type IS NULL AND NEW.remote_value_filters IS NOT NULL THEN
+			RAISE EXCEPTION 'remote_value_filters are for Document fields only' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+
+	-- No cycles: the nested mapping must not lead back here.
+	IF NEW.mapping IS NOT NULL THEN
+		WITH RECURSIVE walk(name, path) AS (
+			SELECT NEW.mapping, ARRAY[NEW.mapping_name, NEW.mapping]
+			UNION
+			SELECT x.mapping, w.path || x.mapping
+			  FROM walk w JOIN eventstream.field_mapping x ON x.mapping_name = w.name
+			 WHERE x.mapping IS NOT NULL AND NOT (w.name = NEW.mapping_name)
+			   AND NOT (x.mapping_name = NEW.mapping_name AND x.local_fieldname = NEW.local_fieldname)
+			   AND cardinality(w.path) < 100
+		)
+		SELECT array_to_string(path, ' -> ') INTO cycle FROM walk WHERE name = NEW.mapping_name LIMIT 1;
+		IF cycle IS NOT NULL THEN
+			RAISE EXCEPTION 'mappings would refer to each other in a cycle: %', cycle
+				USING ERRCODE = 'invalid_recursion';
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER field_mapping_check BEFORE INSERT OR UPDATE ON eventstream.field_mapping
+	FOR EACH ROW EXECUTE FUNCTION eventstream._check_field_mapping();
+
+CREATE FUNCTION eventstream.create_mapping(mapping_name text, local_table regclass, remote_table text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF coalesce(btrim(mapping_name), '') = '' OR local_table IS NULL OR coalesce(btrim(remote_table), '') = '' THEN
+		RAISE EXCEPTION 'mapping_name, local_table and remote_table must be given' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cardinality(eventstream._pk_attnums(local_table)) IS NULL THEN
+		RAISE EXCEPTION 'table "%" has no primary key', local_table USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.document_type_mapping x WHERE x.mapping_name = create_mapping.mapping_name) THEN
+		RAISE EXCEPTION 'mapping "%" already exists', mapping_name USING ERRCODE = 'duplicate_object',
+			HINT = 'Change it with eventstream.alter_mapping() and eventstream.map_field().';
+	END IF;
+	INSERT INTO eventstream.document_type_mapping VALUES (mapping_name, local_table, eventstream._qualified(remote_table));
+END
+$$;
+COMMENT ON FUNCTION eventstream.create_mapping(text, regclass, text) IS
+	'Create a mapping: documents of remote_table (on the producer) are written into local_table; add field rules with map_field().';
+
+CREATE FUNCTION eventstream.alter_mapping(mapping_name text, local_table regclass DEFAULT NULL,
+										  remote_table text DEFAULT NULL) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM eventstream.producer_table t WHERE t.mapping = alter_mapping.mapping_name) THEN
+		RAISE EXCEPTION 'mapping "%" is used by a subscription', mapping_name
+			USING ERRCODE = 'object_in_use',
+				  HINT = 'Its field rules can be changed; to change its tables, unsubscribe first.';
+	END IF;
+	UPDATE eventstream.document_type_mapping x
+	   SET local_table = coalesce(alter_mapping.local_table, x.local_table),
+		   remote_table = coalesce(eventstream._qualified(alter_mapping.remote_table), x.remote_table)
+	 WHERE x.mapping_name = alter_mapping.mapping_name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mapping "%" does not exist', mapping_name USING ERRCODE = 'undefined_object';
+	END IF;
+	IF cardinality(eventstream._pk_attnums((SELECT x.local_table FROM eventstream.document_type_mapping x
+											 WHERE x.mapping_name = alter_mapping.mapping_name))) IS NULL THEN
+		RAISE EXCEPTION 'table "%" has no primary key', local_table USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	-- Its rules, and those that nest it, are checked again.
+	UPDATE eventstream.field_mapping f SET mapping_name = f.mapping_name
+	 WHERE f.mapping_name = alter_mapping.mapping_name OR f.mapping = alter_mapping.mapping_name;
+END
+$$;
+COMMENT ON FUNCTION eventstream.alter_mapping(text, regclass, text) IS
+	'Change the local or remote table of a mapping; its field rules are checked again.';
+
+CREATE FUNCTION eventstream.drop_mapping(mapping_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	used text;
+BEGIN
+	SELECT coalesce(string_agg(DISTINCT x.mapping_name, ', '), '') INTO used
+	  FROM eventstream.field_mapping x WHERE x.mapping = drop_mapping.mapping_name;
+	IF used <> '' THEN
+		RAISE EXCEPTION 'mapping "%" is nested in mapping %', mapping_name, used USING ERRCODE = 'dependent_objects_still_exist';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.producer_table t WHERE t.mapping = drop_mapping.mapping_name) THEN
+		RAISE EXCEPTION 'mapping "%" is used by a subscription', mapping_name
+			USING ERRCODE = 'dependent_objects_still_exist', HINT = 'Remove the subscription''s producer, or subscribe without it first.';
+	END IF;
+	DELETE FROM eventstream.document_type_mapping x WHERE x.mapping_name = drop_mapping.mapping_name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mapping "%" does not exist', mapping_name USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION eventstream.drop_mapping(text) IS 'Drop a mapping that no subscription and no other mapping uses.';
+
+CREATE FUNCTION eventstream.map_field(mapping_name text, local_fieldname text, remote_fieldname text DEFAULT NULL,
+									  default_value text DEFAULT NULL, mapping_type text DEFAULT NULL,
+									  mapping text DEFAULT NULL, remote_value_filters jsonb DEFAULT NULL)
+		RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	lf text := CASE WHEN nullif(btrim(mapping_type), '') = 'Child Table' THEN eventstream._qualified(local_fieldname)
+					ELSE local_fieldname END;
+BEGIN
+	IF coalesce(lf, '') = '' THEN
+		RAISE EXCEPTION 'local_fieldname must be given' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF nullif(btrim(mapping_type), '') NOT IN ('Child Table', 'Document') THEN
+		RAISE EXCEPTION 'mapping_type must be ''Child Table'', ''Document'' or NULL, not "%"', mapping_type
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO eventstream.field_mapping AS f VALUES (mapping_name, lf, remote_fieldname, default_value, mapping_type,
+													   map_field.mapping, remote_value_filters)
+		ON CONFLICT ON CONSTRAINT field_mapping_pkey DO UPDATE
+		SET remote_fieldname = EXCLUDED.remote_fieldname, default_value = EXCLUDED.default_value,
+			mapping_type = EXCLUDED.mapping_type, mapping = EXCLUDED.mapping,
+			remote_value_filters = EXCLUDED.remote_value_filters;
+END
+$$;
+COMMENT ON FUNCTION eventstream.map_field(text, text, text, text, text, text, jsonb) IS
+	'Add or replace the rule of a mapping for one local column (or child table): where its value comes from, its default, and a nested mapping for child rows (''Child Table'') or a dependency (''Document'' with remote_value_filters).';
+
+CREATE FUNCTION eventstream.unmap_field(mapping_name text, local_fieldname text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM eventstream.field_mapping f
+	 WHERE f.mapping_name = unmap_field.mapping_name
+	   AND f.local_fieldname IN (unmap_field.local_fieldname, eventstream._qualified(unmap_field.local_fieldname));
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mapping "%" has no rule for "%"', mapping_name, local_fieldname USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION eventstream.unmap_field(text, text) IS 'Remove the rule of a mapping for one local column or child table.';
+
+/*
+ * How a Document field of a mapping links the remote document doc to a
+ * local row.  The filters (remote_value_filters, each spec a field of doc,
+ * an eval: expression or a literal) find the dependency on the producer;
+ * fetched holds what was fetched already ([{ref_table, filters | docname,
+ * data, error}]).  Returns one of
+ *   {"want": {path, ...}}         ask the producer for this first
+ *   {"problem": text}             the dependency cannot be had
+ *   {"column", "table", "remote", "local"}   it is here already (found
+ *                                 through its recorded remote name)
+ *   {"column", "table", "remote", "data", "links", "wants", "problems"}
+ *                                 it is to be created from data, mapped with
+ *                                 the nested mapping (its own links first)
+ */
+CREATE FUNCTION eventstream._mapping_link(producer_url text, subscriber regrole, f eventstream.field_mapping,
+										  doc jsonb, fetched jsonb) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m eventstream.document_type_mapping;
+	filters jsonb := '{}';
+	spec record;
+	s text;
+	e jsonb;
+	name text;
+	loc text;
+	here boolean;
+	r jsonb;
+BEGIN
+	SELECT * INTO m FROM eventstream.document_type_mapping x WHERE x.mapping_name = f.mapping;
+	FOR spec IN SELECT * FROM jsonb_each(f.remote_value_filters) LOOP
+		s := spec.value #>> '{}';
+		filters := filters || jsonb_build_object(spec.key,
+			CASE WHEN jsonb_typeof(spec.value) = 'string' AND s LIKE 'eval:%'
+					  THEN eventstream._eval_filter(substr(s, 6), doc, subscriber)
+				 WHEN jsonb_typeof(spec.value) = 'string' AND doc->s IS NOT NULL AND doc->s <> 'null'
+					  THEN doc->s
+				 ELSE spec.value END);
+	END LOOP;
+
+	SELECT x INTO e FROM jsonb_array_elements(fetched) x
+	 WHERE x->>'ref_table' = m.remote_table AND x->'filters' = filters LIMIT 1;
+	IF e IS NULL THEN
+		RETURN jsonb_build_object('want', jsonb_build_object(
+			'path', format('documents/%s?filters=%s&limit=1', eventstream._urlencode(m.remote_table),
+						   eventstream._urlencode(filters::text)),
+			'ref_table', m.remote_table, 'filters', filters, 'link', true));
+	ELSIF jsonb_typeof(e->'data'->'docnames') IS DISTINCT FROM 'array' THEN
+		RETURN jsonb_build_object('problem', format('could not look up the %s matching %s on the producer: %s',
+													m.remote_table, filters, coalesce(e->>'error', 'no answer')));
+	END IF;
+	name := e->'data'->'docnames'->>0;
+	IF name IS NULL THEN
+		RETURN jsonb_build_object('problem', format('no %s on the producer matches %s (for column "%s")',
+													m.remote_table, filters, f.local_fieldname));
+	END IF;
+
+	-- Made here before: found through its remote name (no duplicate).
+	SELECT d.local_docname INTO loc FROM eventstream.remote_document d
+	 WHERE d.producer_url = _mapping_link.producer_url AND d.local_table = m.local_table AND d.remote_docname = name;
+	IF loc IS NOT NULL THEN
+		EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.%I::text = $1)',
+					   m.local_table, (eventstream._pk_names(m.local_table))[1])
+			INTO here USING loc;
+		IF here THEN
+			RETURN jsonb_build_object('column', f.local_fieldname, 'table', m.local_table::oid, 'remote', name, 'local', loc);
+		END IF;
+	END IF;
+
+	SELECT x INTO e FROM jsonb_array_elements(fetched) x
+	 WHERE x->>'ref_table' = m.remote_table AND x->>'docname' = name LIMIT 1;
+	IF e IS NULL THEN
+		RETURN jsonb_build_object('want', jsonb_build_object(
+			'path', format('documents/%s/%s', eventstream._urlencode(m.remote_table), eventstream._urlencode(name)),
+			'ref_table', m.remote_table, 'docname', name, 'link', true));
+	ELSIF jsonb_typeof(e->'data') IS DISTINCT FROM 'object' THEN
+		RETURN jsonb_build_object('problem', format('could not fetch %s "%s" from the producer: %s',
+													m.remote_table, name, coalesce(e->>'error', 'no answer')));
+	END IF;
+	r := eventstream._map_doc(producer_url, subscriber, m.mapping_name, 'Create', e->'data', fetched);
+	RETURN jsonb_build_object('column', f.local_fieldname, 'table', m.local_table::oid, 'remote', name) || r;
+END
+$$;
+
+/*
+ * Map one remote document (kind 'Create': a whole document; 'Update': the
+ * changed columns of a diff) with a mapping: each rule's local field takes
+ * its remote field; on a Create a missing or null value takes the rule's
+ * default; child rows (Create only) go through the child mapping; remote
+ * fields no rule names are dropped.  Document fields become links (see
+ * _mapping_link).  fields: the remote fields to map (NULL: all).  Returns
+ * {"data", "links", "wants", "problems"}.
+ */
+CREATE FUNCTION eventstream._map_doc(producer_url text, subscriber regrole, mapping text, kind text,
+									 doc jsonb, fetched jsonb, fields text[] DEFAULT NULL) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	f eventstream.field_mapping;
+	v jsonb;
+	l jsonb;
+	result jsonb := '{}';
+	links jsonb := '[]';
+	wants jsonb := '[]';
+	problems jsonb := '[]';
+BEGIN
+	FOR f IN SELECT * FROM eventstream.field_mapping x
+			  WHERE x.mapping_name = _map_doc.mapping AND (fields IS NULL OR x.remote_fieldname = ANY (fields))
+			  ORDER BY x.local_fieldname LOOP
+		v := CASE WHEN f.remote_fieldname IS NOT NULL THEN doc->f.remote_fieldname END;
+		IF f.mapping_type = 'Child Table' THEN
+			IF kind = 'Create' AND jsonb_typeof(v) = 'array' THEN
+				result := result || jsonb_build_object(f.local_fieldname,
+					(SELECT coalesce(jsonb_agg(eventstream._map_doc(producer_url, subscriber, f.mapping, 'Create', e, fetched)->'data'
+											   ORDER BY o), '[]')
+					   FROM jsonb_array_elements(v) WITH ORDINALITY x(e, o)));
+			END IF;
+		ELSIF f.mapping_type = 'Document' AND v IS NOT NULL AND v NOT IN ('null', '""') THEN
+			l := eventstream._mapping_link(producer_url, subscriber, f, doc, fetched);
+			IF l ? 'want' THEN
+				wants := wants || jsonb_build_array(l->'want');
+			ELSIF l ? 'problem' THEN
+				problems := problems || jsonb_build_array(l->'problem');
+			ELSE
+				wants := wants || coalesce(l->'wants', '[]');
+				problems := problems || coalesce(l->'problems', '[]');
+				links := links || jsonb_build_array(l - 'wants' - 'problems');
+			END IF;
+		ELSIF f.mapping_type IS NULL AND v IS NOT NULL AND v <> 'null' THEN
+			result := result || jsonb_build_object(f.local_fieldname, v);
+		ELSIF kind = 'Create' AND f.default_value IS NOT NULL THEN
+			result := result || jsonb_build_object(f.local_fieldname, f.default_value);
+		ELSIF kind = 'Update' AND v IS NOT NULL THEN
+			-- set to null, or unlinked
+			result := result || jsonb_build_object(f.local_fieldname, CASE WHEN f.mapping_type = 'Document' THEN 'null' ELSE v END);
+		END IF;
+	END LOOP;
+	RETURN jsonb_build_object('data', result, 'links', links, 'wants', wants, 'problems', problems);
+END
+$$;
+
+/*
+ * Map an update's data with a mapping (see _map_doc): a Create's document;
+ * an Update's diff, "changed" like a document and the rows of "added",
+ * "row_changed" and "removed" through this mapping's own rule for their
+ * child table (a child table it has no rule for is left out, with a
+ * note); a Delete has nothing to map.  Returns {"data", "links", "wants",
+ * "problems", "notes"}.
+ */
+CREATE FUNCTION eventstream._map_update(producer_url text, subscriber regrole, mapping text, update_type text,
+										data jsonb, fetched jsonb, docname text) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m eventstream.document_type_mapping;
+	r jsonb;
+	diff jsonb;
+	changed jsonb := coalesce(data->'changed', '{}');
+	whole jsonb;
+	part text;
+	k record;
+	f eventstream.field_mapping;
+	rows jsonb;
+	notes jsonb := '[]';
+BEGIN
+	IF update_type = 'Create' THEN
+		RETURN eventstream._map_doc(producer_url, subscriber, mapping, 'Create', data, fetched);
+	ELSIF update_type <> 'Update' OR jsonb_typeof(data) <> 'object' THEN
+		RETURN jsonb_build_object('data', data);
+	END IF;
+	-- A Document field that changed is linked again; its filters may name
+	-- any field of the document, so they see the whole document as the
+	-- producer has it, with the changed values over it.
+	SELECT * INTO m FROM eventstream.document_type_mapping x WHERE x.mapping_name = _map_update.mapping;
+	IF EXISTS (SELECT 1 FROM eventstream.field_mapping x
+				WHERE x.mapping_name = m.mapping_name AND x.mapping_type = 'Document' AND changed ? x.remote_fieldname
+				  AND changed->x.remote_fieldname NOT IN ('null', '""')) THEN
+		SELECT x INTO whole FROM jsonb_array_elements(fetched) x
+		 WHERE x->>'ref_table' = m.remote_table AND x->>'docname' = _map_update.docname LIMIT 1;
+		IF whole IS NULL THEN
+			RETURN jsonb_build_object('data', data, 'wants', jsonb_build_array(jsonb_build_object(
+				'path', format('documents/%s/%s', eventstream._urlencode(m.remote_table), eventstream._urlencode(docname)),
+				'ref_table', m.remote_table, 'docname', docname, 'link', true)));
+		END IF;
+		-- Gone from the producer meanwhile: the changed values are all there is.
+		changed := CASE WHEN jsonb_typeof(whole->'data') = 'object' THEN (whole->'data') || changed ELSE changed END;
+	END IF;
+	-- Only what changed is set (and linked).
+	r := eventstream._map_doc(producer_url, subscriber, mapping, 'Update', changed, fetched,
+							  ARRAY(SELECT jsonb_object_keys(coalesce(data->'changed', '{}'))));
+	diff := jsonb_build_object('changed', r->'data');
+	FOREACH part IN ARRAY ARRAY['added', 'row_changed', 'removed'] LOOP
+		CONTINUE WHEN jsonb_typeof(data->part) IS DISTINCT FROM 'object';
+		FOR k IN SELECT * FROM jsonb_each(data->part) LOOP
+			SELECT * INTO f FROM eventstream.field_mapping x
+			 WHERE x.mapping_name = _map_update.mapping AND x.mapping_type = 'Child Table'
+			   AND x.remote_fieldname = eventstream._qualified(k.key);
+			IF NOT FOUND THEN
+				notes := notes || to_jsonb(format('%s rows of child table %s left out: mapping "%s" has no rule for it',
+												  part, k.key, mapping));
+				CONTINUE;
+			END IF;
+			IF part = 'removed' OR jsonb_typeof(k.value) <> 'array' THEN
+				rows := k.value;		-- docnames of child rows
+			ELSE
+				rows := (SELECT coalesce(jsonb_agg(eventstream._map_doc(producer_url, subscriber, f.mapping,
+																		 CASE part WHEN 'added' THEN 'Create' ELSE 'Update' END,
+																		 e, fetched)->'data' ORDER BY o), '[]')
+						   FROM jsonb_array_elements(k.value) WITH ORDINALITY x(e, o));
+			END IF;
+			diff := jsonb_set(diff, ARRAY[part], coalesce(diff->part, '{}') || jsonb_build_object(f.local_fieldname, rows));
+		END LOOP;
+	END LOOP;
+	RETURN r || jsonb_build_object('data', diff, 'notes', notes);
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------
 
@@ -2491,3 +3098,5 @@ SELECT pg_catalog.pg_extension_config_dump('eventstream.producer', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.producer_table', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.sync_log', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.remote_document', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.document_type_mapping', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.field_mapping', '');

@@ -20,6 +20,11 @@
  * too and dropped, with the plans, after any relcache invalidation, at the
  * start of the next update (never while one is being applied).
  *
+ * A mapped subscription's updates are mapped first (eventstream._map_update
+ * renames, defaults, child mappings) and their Document fields linked here
+ * to local rows, found through remote_document or created from the fetched
+ * document, all in the update's subtransaction.
+ *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
@@ -88,6 +93,7 @@ typedef struct EsSub
 	char	   *ref_table;		/* the producer's name */
 	Oid			relid;			/* InvalidOid: not subscribed */
 	bool		same_name;
+	char	   *mapping;		/* its mapping, or NULL */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
@@ -99,6 +105,7 @@ typedef struct EsApply
 	text	   *producer_url;
 	Oid			subscriber;
 	bool		dependency;		/* rows of tables not subscribed: same name */
+	Jsonb	   *fetched;		/* documents fetched for the updates, or NULL */
 	List	   *subs;			/* EsSub, looked up once per call */
 	MemoryContext subs_cxt;		/* where they live */
 	MemoryContext batch_cxt;	/* the pending sync_log rows */
@@ -344,15 +351,16 @@ es_jsonb_parse(const char *text)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
 }
 
+/* The field key of object j (NULL when absent; JSON null is a value). */
 static Jsonb *
 es_field(Jsonb *j, const char *key)
 {
-	Datum		d;
+	JsonbValue *v;
 
-	if (j == NULL || !JB_ROOT_IS_OBJECT(j))
+	if (j == NULL || !JB_ROOT_IS_OBJECT(j) || JB_ROOT_IS_SCALAR(j))
 		return NULL;
-	d = DirectFunctionCall2(jsonb_object_field, JsonbPGetDatum(j), CStringGetTextDatum(key));
-	return d ? DatumGetJsonbP(d) : NULL;
+	v = getKeyJsonValueFromContainer(&j->root, key, strlen(key), NULL);
+	return v ? JsonbValueToJsonb(v) : NULL;
 }
 
 /* The field key of object j as text (NULL when absent or null). */
@@ -868,7 +876,8 @@ es_sub(EsApply *a, const char *ref)
 	es_json_pair(&arg, "t", ref);
 	appendStringInfoChar(&arg, '}');
 	pt = es_run(InvalidOid,
-				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name)"
+				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name,"
+				"                                     'mapping', t.mapping)"
 				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
 				es_jsonb_parse(arg.data));
 	old = MemoryContextSwitchTo(a->subs_cxt);
@@ -878,10 +887,150 @@ es_sub(EsApply *a, const char *ref)
 	{
 		sub->relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(es_field_text(pt, "relid"))));
 		sub->same_name = strcmp(es_field_text(pt, "same"), "true") == 0;
+		sub->mapping = es_field_text(pt, "mapping");
 	}
 	a->subs = lappend(a->subs, sub);
 	MemoryContextSwitchTo(old);
 	return sub;
+}
+
+/*
+ * es_with_field
+ *		obj with key set to value.
+ */
+static Jsonb *
+es_with_field(Jsonb *obj, const char *key, Jsonb *value)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	escape_json(&buf, key);
+	appendStringInfo(&buf, ": %s}", value ? JsonbToCString(NULL, &value->root, VARSIZE(value)) : "null");
+	return es_concat(obj ? obj : es_jsonb_parse("{}"), es_jsonb_parse(buf.data));
+}
+
+/*
+ * es_remember_remote
+ *		Record that the local row docname of relid is the producer's
+ *		remote one (remote_document), unless either is recorded already.
+ */
+static void
+es_remember_remote(EsApply *a, Oid relid, const char *docname, const char *remote)
+{
+	StringInfoData arg;
+
+	initStringInfo(&arg);
+	appendStringInfo(&arg, "{\"r\": %u", relid);
+	es_json_pair(&arg, "l", docname);
+	es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
+	es_json_pair(&arg, "d", remote);
+	appendStringInfoChar(&arg, '}');
+	(void) es_run(InvalidOid,
+				  "INSERT INTO eventstream.remote_document (local_table, local_docname, producer_url, remote_docname)"
+				  " VALUES (($1->>'r')::oid::regclass, $1->>'l', $1->>'p', $1->>'d') ON CONFLICT DO NOTHING",
+				  es_jsonb_parse(arg.data));
+}
+
+/*
+ * es_link_value
+ *		The local key a Document field of a mapping links to (a link as
+ *		eventstream._mapping_link describes it): the row found through its
+ *		remote name, or one created now from the mapped document (its own
+ *		links first; its key from the document, or else the table's
+ *		defaults) and recorded under its remote name.  As the subscriber,
+ *		in the caller's subtransaction.
+ */
+static Jsonb *
+es_link_value(EsApply *a, Jsonb *link, StringInfo notes)
+{
+	Oid			relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(es_field_text(link, "table"))));
+	EsTable    *t = es_table(relid);
+	char	   *local = es_field_text(link, "local");
+	char	   *remote = es_field_text(link, "remote");
+	Jsonb	   *data;
+	Jsonb	   *links;
+	Jsonb	   *cur;
+	bool		inserted;
+	bool		keyed = true;
+	ListCell   *lc;
+
+	if (t->npk != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table %s needs a one-column primary key to be linked to", t->qualname)));
+	if (local != NULL)
+		return es_field(es_key_of(t, local), t->pk[0]);
+
+	data = es_field(link, "data");
+	links = es_field(link, "links");
+	if (links != NULL)
+		foreach(lc, es_elements(links))
+			data = es_with_field(data, es_field_text(lfirst(lc), "column"), es_link_value(a, lfirst(lc), notes));
+	for (int i = 0; i < t->npk; i++)
+		if (es_field(data, t->pk[i]) == NULL)
+			keyed = false;
+	cur = keyed ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, NULL, &inserted);
+	es_remember_remote(a, relid, es_docname_of(t, cur), remote);
+	es_note(notes, "%s %s \"%s\" (producer's \"%s\") for %s", inserted ? "created" : "updated",
+			t->qualname, es_docname_of(t, cur), remote, es_field_text(link, "column"));
+	return es_field(cur, t->pk[0]);
+}
+
+/*
+ * es_map
+ *		An update's data mapped with its subscription's mapping
+ *		(eventstream._map_update), its Document fields linked to local rows.
+ *		Raises when a dependency could not be had.
+ */
+static Jsonb *
+es_map(EsApply *a, EsSub *sub, const char *type, const char *remote, Jsonb *data, StringInfo notes)
+{
+	Oid			argtypes[7] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTOID};
+	Datum		values[7];
+	Jsonb	   *m;
+	Jsonb	   *part;
+	Jsonb	   *mapped;
+	ListCell   *lc;
+
+	values[0] = PointerGetDatum(a->producer_url);
+	values[1] = ObjectIdGetDatum(a->subscriber);
+	values[2] = CStringGetTextDatum(sub->mapping);
+	values[3] = CStringGetTextDatum(type);
+	values[4] = PointerGetDatum(data);
+	values[5] = PointerGetDatum(a->fetched ? a->fetched : es_jsonb_parse("[]"));
+	values[6] = CStringGetTextDatum(remote);
+	m = es_run_args(InvalidOid, "SELECT eventstream._map_update($1, $2::regrole, $3, $4, $5, $6, $7)",
+					7, argtypes, values, NULL);
+	mapped = es_field(m, "data");
+
+	if ((part = es_field(m, "problems")) != NULL && es_elements(part) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("%s", es_scalar_text(linitial(es_elements(part)))),
+				 errhint("Resync this entry once the producer has the document.")));
+	if ((part = es_field(m, "wants")) != NULL && es_elements(part) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("a document mapping \"%s\" links to was not fetched from the producer", sub->mapping),
+				 errdetail("It is fetched with GET %s.", es_field_text(linitial(es_elements(part)), "path")),
+				 errhint("Resync this entry: that fetches it.")));
+	if ((part = es_field(m, "notes")) != NULL)
+		foreach(lc, es_elements(part))
+			es_note(notes, "%s", es_scalar_text(lfirst(lc)));
+	if ((part = es_field(m, "links")) != NULL)
+		foreach(lc, es_elements(part))
+		{
+			Jsonb	   *link = lfirst(lc);
+			Jsonb	   *value = es_link_value(a, link, notes);
+			char	   *column = es_field_text(link, "column");
+
+			if (strcmp(type, "Update") == 0)
+				mapped = es_with_field(mapped, "changed", es_with_field(es_field(mapped, "changed"), column, value));
+			else
+				mapped = es_with_field(mapped, column, value);
+		}
+	return mapped;
 }
 
 /*
@@ -936,6 +1085,11 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	*local = relid;
 	t = es_table(relid);
 
+	/* A mapped subscription: the data as this site's tables have it. */
+	if (sub->mapping != NULL && !a->dependency && es_is_object(data) &&
+		(strcmp(type, "Create") == 0 || strcmp(type, "Update") == 0))
+		data = es_map(a, sub, type, remote, data, notes);
+
 	/* Changes applied here carry the site they came from (no loops). */
 	if (origin)
 	{
@@ -976,23 +1130,17 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("a Create needs the document as a JSON object")));
-		/* Same name: the document carries its key; no need to merge it in. */
-		cur = same_name ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, key, &inserted);
+		/*
+		 * Same name: the document carries its key (no need to merge it in);
+		 * mapped, the producer's docname is the key.
+		 */
+		if (same_name && sub->mapping != NULL && !a->dependency)
+			key = es_key_of(t, remote);
+		cur = same_name && key == NULL ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, key, &inserted);
 		if (!inserted)
 			es_note(notes, "the row existed: it now has the producer's values");
 		if (!same_name && key == NULL)
-		{
-			resetStringInfo(&arg);
-			appendStringInfo(&arg, "{\"r\": %u", relid);
-			es_json_pair(&arg, "l", es_docname_of(t, cur));
-			es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
-			es_json_pair(&arg, "d", remote);
-			appendStringInfoChar(&arg, '}');
-			(void) es_run(InvalidOid,
-						  "INSERT INTO eventstream.remote_document (local_table, local_docname, producer_url, remote_docname)"
-						  " VALUES (($1->>'r')::oid::regclass, $1->>'l', $1->>'p', $1->>'d')",
-						  es_jsonb_parse(arg.data));
-		}
+			es_remember_remote(a, relid, es_docname_of(t, cur), remote);
 		/* Child rows: the document's, replacing what was there. */
 		keys = es_keys(data);
 		foreach(lc, keys)
@@ -1320,7 +1468,7 @@ es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin,
 	List	   *cols;
 	ListCell   *lc;
 
-	if (!OidIsValid(sub->relid) || !sub->same_name || !es_is_object(changed))
+	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL || !es_is_object(changed))
 		return NULL;
 	for (int p = 0; p < (int) lengthof(parts); p++)
 	{
@@ -1368,7 +1516,7 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	if (strcmp(type, "Create") != 0)
 		return NULL;
 	sub = es_sub(a, ref);
-	if (!OidIsValid(sub->relid) || !sub->same_name)
+	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL)
 		return NULL;
 	t = es_table(sub->relid);
 	keys = es_keys(data);
@@ -1512,7 +1660,7 @@ run:
 /*
  * eventstream_apply_updates
  *		_apply_updates(producer_url text, subscriber regrole, updates jsonb,
- *		why text, dependency boolean) -> integer[] {processed, failed}:
+ *		why text, dependency boolean, fetched jsonb) -> integer[] {processed, failed}:
  *		apply each update in its own subtransaction and log it.
  */
 Datum
@@ -1531,6 +1679,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	a.producer_url = PG_GETARG_TEXT_PP(0);
 	a.subscriber = PG_GETARG_OID(1);
 	a.dependency = PG_GETARG_BOOL(4);
+	a.fetched = PG_NARGS() > 5 && !PG_ARGISNULL(5) ? PG_GETARG_JSONB_P(5) : NULL;
 	if (!es_is_array(updates))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1720,7 +1869,8 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 
 /*
  * eventstream_apply_update
- *		_apply_update(producer_url text, subscriber regrole, upd jsonb)
+ *		_apply_update(producer_url text, subscriber regrole, upd jsonb,
+ *		dependency boolean, fetched jsonb)
  *		-> (status, error, docname, note, local_table): apply one update in
  *		a subtransaction, without logging it (resync).
  */
@@ -1740,6 +1890,7 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	a.producer_url = PG_GETARG_TEXT_PP(0);
 	a.subscriber = PG_GETARG_OID(1);
 	a.dependency = PG_GETARG_BOOL(3);
+	a.fetched = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_JSONB_P(4) : NULL;
 	a.subs_cxt = CurrentMemoryContext;
 	SPI_connect();
 	es_apply_one(&a, upd, &out);

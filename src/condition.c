@@ -64,8 +64,6 @@ PG_FUNCTION_INFO_V1(eventstream_condition_allows);
 #define CMD_PREFIX "cmd:"
 
 static Oid	es_condition_function(const char *spec, bool missing_ok);
-static void es_check_expression_tokens(const char *cond);
-static void es_check_expression_shape(const char *cond);
 static void es_condition_error_context(void *arg);
 
 /*
@@ -131,10 +129,11 @@ es_condition_function(const char *spec, bool missing_ok)
  * es_check_expression_tokens
  *		Reject text whose tokens could end the expression early: unbalanced
  *		parentheses or a ";".  Comments and literals are single tokens (or
- *		none), so they cannot hide either.
+ *		none), so they cannot hide either.  what says what the text is, for
+ *		the message ("condition must be a single boolean expression").
  */
-static void
-es_check_expression_tokens(const char *cond)
+void
+es_check_expression_tokens(const char *cond, const char *what)
 {
 	core_yyscan_t scanner;
 	core_yy_extra_type extra;
@@ -158,33 +157,55 @@ es_check_expression_tokens(const char *cond)
 		else if (tok == ';')
 			ereport(ERROR,
 					(errcode(ERRCODE_SYNTAX_ERROR),
-					 errmsg("condition must be a single boolean expression"),
+					 errmsg("%s", what),
 					 errdetail("It contains \";\", which would start another statement.")));
 	}
 	scanner_finish(scanner);
 	if (depth != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("condition must be a single boolean expression"),
+				 errmsg("%s", what),
 				 errdetail("Its parentheses are not balanced.")));
 	if (ntokens == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("condition must be a single boolean expression"),
+				 errmsg("%s", what),
 				 errdetail("It is empty.")));
 }
 
 /*
  * es_check_expression_shape
  *		The raw parser must see "SELECT (cond)" as one plain SELECT of one
- *		target and nothing else.
+ *		target and nothing else.  what as for es_check_expression_tokens.
  */
-static void
-es_check_expression_shape(const char *cond)
+void
+es_check_expression_shape(const char *cond, const char *what)
 {
-	List	   *raw = raw_parser(psprintf("SELECT (\n%s\n)", cond), RAW_PARSE_DEFAULT);
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *volatile raw = NIL;
 	RawStmt    *rs;
 	SelectStmt *s;
+
+	/* A syntax error is reported as what it is not, with the parser's word. */
+	PG_TRY();
+	{
+		raw = raw_parser(psprintf("SELECT (\n%s\n)", cond), RAW_PARSE_DEFAULT);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_SYNTAX_ERROR)
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("%s", what),
+				 errdetail("The parser says: %s.", edata->message)));
+	}
+	PG_END_TRY();
 
 	if (list_length(raw) == 1)
 	{
@@ -205,7 +226,7 @@ es_check_expression_shape(const char *cond)
 	}
 	ereport(ERROR,
 			(errcode(ERRCODE_SYNTAX_ERROR),
-			 errmsg("condition must be a single boolean expression")));
+			 errmsg("%s", what)));
 }
 
 /*
@@ -259,8 +280,8 @@ eventstream_check_condition(PG_FUNCTION_ARGS)
 		Relation	rel;
 		char	   *sql;
 
-		es_check_expression_tokens(cond);
-		es_check_expression_shape(cond);
+		es_check_expression_tokens(cond, "condition must be a single boolean expression");
+		es_check_expression_shape(cond, "condition must be a single boolean expression");
 
 		rel = table_open(relid, AccessShareLock);
 		sql = psprintf("SELECT 1 FROM ONLY %s AS doc WHERE (\n%s\n)",
@@ -358,6 +379,110 @@ es_condition_timeout_handler(void)
 }
 
 /*
+ * es_sandboxed_value
+ *		Run sql (one SELECT) with the given parameters as role, read-only,
+ *		with search_path pg_catalog, public, under SECURITY_RESTRICTED_OPERATION
+ *		and eventstream.condition_timeout, in a subtransaction that is always
+ *		rolled back: whatever the statement did, it did not happen.
+ *
+ * Returns the first column of the first row as text (NULL for SQL NULL);
+ * *found says whether there was a row.  An error (or the timeout) is not
+ * raised: its message is returned in *error, with *found false.  The caller
+ * must be in a transaction; its memory context and resource owner are kept.
+ * The timeout's message is "ran longer than ...", to follow a subject.
+ */
+char *
+es_sandboxed_value(const char *sql, Oid role, int nargs, Oid *argtypes, Datum *values,
+				   bool *found, char **error)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Oid			save_userid;
+	int			save_sec;
+	char	   *volatile value = NULL;
+
+	*found = false;
+	*error = NULL;
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+
+	PG_TRY();
+	{
+		int			rc;
+
+		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		(void) set_config_option("transaction_read_only", "on", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		(void) set_config_option("search_path", "pg_catalog, public", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+
+		SPI_connect();
+		if (es_condition_timer == MAX_TIMEOUTS)
+			es_condition_timer = RegisterTimeout(USER_TIMEOUT, es_condition_timeout_handler);
+		es_condition_timed_out = false;
+		if (es_condition_timeout > 0)
+			enable_timeout_after(es_condition_timer, es_condition_timeout);
+		rc = SPI_execute_with_args(sql, nargs, argtypes, values, NULL, true, 1);
+		disable_timeout(es_condition_timer, false);
+		if (es_condition_timed_out)
+		{
+			/* Fired too late to cancel anything: forget it. */
+			es_condition_timed_out = false;
+			QueryCancelPending = false;
+		}
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed > 0)
+		{
+			char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			*found = true;
+			value = v ? MemoryContextStrdup(oldcxt, v) : NULL;
+		}
+		SPI_finish();
+
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		disable_timeout(es_condition_timer, false);
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (es_condition_timed_out)
+			*error = psprintf("ran longer than eventstream.condition_timeout (%d ms)",
+							  es_condition_timeout);
+		else
+			*error = pstrdup(edata->message);
+		es_condition_timed_out = false;
+		FreeErrorData(edata);
+		*found = false;
+		value = NULL;
+	}
+	PG_END_TRY();
+	SetUserIdAndSecContext(save_userid, save_sec);
+
+	/*
+	 * Session-level advisory locks survive the rollback of the
+	 * subtransaction.  The site worker holds none of its own, so whatever
+	 * it holds now the statement took: release it, or the producer's admin
+	 * functions could wait on the worker forever.
+	 */
+	if (es_in_site_worker)
+		LockReleaseSession(USER_LOCKMETHOD);
+	return value;
+}
+
+/*
  * eventstream_condition_allows
  *		eventstream._condition_allows(consumer text, tbl regclass,
  *			ref_table text, condition text, role regrole, docname text,
@@ -375,130 +500,49 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 	text	   *ref_table = PG_GETARG_TEXT_PP(2);
 	char	   *cond = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	Oid			role = PG_GETARG_OID(4);
-	Datum		docname = PG_GETARG_DATUM(5);
-	Datum		log = PG_GETARG_DATUM(6);
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	Oid			save_userid;
-	int			save_sec;
-	volatile int result = -1;	/* -1 missing, 0 false, 1 true */
-	char	   *errmsg_copy = NULL;
+	Relation	rel;
+	char	   *sql;
+	char	   *match;
+	char	   *relname;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, JSONBOID};
+	Datum		values[3];
+	char	   *value;
+	char	   *error;
+	bool		found;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
+	rel = table_open(relid, AccessShareLock);
+	match = es_docname_match(rel, 2);
+	relname = es_qualified_relname(rel);
+	table_close(rel, AccessShareLock);
 
-	PG_TRY();
+	if (es_is_cmd(cond))
 	{
-		Relation	rel;
-		char	   *sql;
-		char	   *match;
-		char	   *relname;
-		Oid			argtypes[3] = {TEXTOID, TEXTOID, JSONBOID};
-		Datum		values[3];
-		int			rc;
+		Oid			fn = es_condition_function(cond, false);
 
-		rel = table_open(relid, AccessShareLock);
-		match = es_docname_match(rel, 2);
-		relname = es_qualified_relname(rel);
-		table_close(rel, AccessShareLock);
-
-		if (es_is_cmd(cond))
-		{
-			Oid			fn = es_condition_function(cond, false);
-
-			sql = psprintf("SELECT %s.%s($1, pg_catalog.to_jsonb(doc), $3) FROM ONLY %s AS doc WHERE %s",
-						   quote_identifier(get_namespace_name(get_func_namespace(fn))),
-						   quote_identifier(get_func_name(fn)), relname, match);
-		}
-		else
-			sql = psprintf("SELECT (\n%s\n) FROM ONLY %s AS doc WHERE %s",
-						   cond, relname, match);
-
-		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
-		(void) set_config_option("transaction_read_only", "on", PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
-		(void) set_config_option("search_path", "pg_catalog, public", PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
-
-		values[0] = PointerGetDatum(consumer);
-		values[1] = docname;
-		values[2] = log;
-		SPI_connect();
-		if (es_condition_timer == MAX_TIMEOUTS)
-			es_condition_timer = RegisterTimeout(USER_TIMEOUT, es_condition_timeout_handler);
-		es_condition_timed_out = false;
-		if (es_condition_timeout > 0)
-			enable_timeout_after(es_condition_timer, es_condition_timeout);
-		rc = SPI_execute_with_args(sql, 3, argtypes, values, NULL, true, 1);
-		disable_timeout(es_condition_timer, false);
-		if (es_condition_timed_out)
-		{
-			/* Fired too late to cancel anything: forget it. */
-			es_condition_timed_out = false;
-			QueryCancelPending = false;
-		}
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
-		if (SPI_processed > 0)
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
-										  SPI_tuptable->tupdesc, 1, &isnull);
-
-			result = (!isnull && DatumGetBool(d)) ? 1 : 0;
-		}
-		SPI_finish();
-
-		/* Whatever the condition did, it did not happen. */
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		sql = psprintf("SELECT %s.%s($1, pg_catalog.to_jsonb(doc), $3) FROM ONLY %s AS doc WHERE %s",
+					   quote_identifier(get_namespace_name(get_func_namespace(fn))),
+					   quote_identifier(get_func_name(fn)), relname, match);
 	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
+	else
+		sql = psprintf("SELECT (\n%s\n) FROM ONLY %s AS doc WHERE %s",
+					   cond, relname, match);
 
-		disable_timeout(es_condition_timer, false);
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		if (es_condition_timed_out)
-			errmsg_copy = psprintf("the condition ran longer than eventstream.condition_timeout (%d ms)",
-								   es_condition_timeout);
-		else
-			errmsg_copy = pstrdup(edata->message);
-		es_condition_timed_out = false;
-		FreeErrorData(edata);
-		result = 0;
-	}
-	PG_END_TRY();
-	SetUserIdAndSecContext(save_userid, save_sec);
+	values[0] = PointerGetDatum(consumer);
+	values[1] = PG_GETARG_DATUM(5);
+	values[2] = PG_GETARG_DATUM(6);
+	value = es_sandboxed_value(sql, role, 3, argtypes, values, &found, &error);
 
-	/*
-	 * Session-level advisory locks survive the rollback of the
-	 * subtransaction.  The site worker holds none of its own, so whatever
-	 * it holds now the condition took: release it, or the producer's admin
-	 * functions could wait on the worker forever.
-	 */
-	if (es_in_site_worker)
-		LockReleaseSession(USER_LOCKMETHOD);
-
-	if (errmsg_copy)
+	if (error)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
 				 errmsg("condition of consumer \"%s\" on table \"%s\" failed: %s",
-						text_to_cstring(consumer), text_to_cstring(ref_table),
-						errmsg_copy),
+						text_to_cstring(consumer), text_to_cstring(ref_table), error),
 				 errdetail("The document is not served to that consumer.")));
-		es_record_condition_error(consumer, ref_table, errmsg_copy);
+		es_record_condition_error(consumer, ref_table, error);
+		PG_RETURN_BOOL(false);
 	}
-	if (result < 0)
+	if (!found)
 		PG_RETURN_NULL();
-	PG_RETURN_BOOL(result == 1);
+	PG_RETURN_BOOL(value != NULL && strcmp(value, "t") == 0);
 }

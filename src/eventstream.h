@@ -152,5 +152,9 @@ extern void es_worker_expect_waiters(void);
 
 /* src/condition.c */
 extern char *es_docname_match(Relation rel, int paramno);
+extern void es_check_expression_tokens(const char *expr, const char *what);
+extern void es_check_expression_shape(const char *expr, const char *what);
+extern char *es_sandboxed_value(const char *sql, Oid role, int nargs, Oid *argtypes,
+								Datum *values, bool *found, char **error);
 
 #endif							/* EVENTSTREAM_H */

@@ -70,12 +70,14 @@ typedef struct EsProducer
 	struct EsProducer *next;
 } EsProducer;
 
-/* A fetch of one document an answer refers to (a dependency). */
+/*
+ * A fetch of what an answer refers to (a dependency): a document, or the
+ * docnames matching a mapping's filters.
+ */
 typedef struct EsFetch
 {
 	EsProducer *producer;		/* NULL once the producer is gone */
-	char	   *ref_table;
-	char	   *docname;
+	char	   *want;			/* what was asked for, a JSON object */
 	CURL	   *easy;
 	EsResponse	resp;
 	struct EsFetch *next;
@@ -446,8 +448,9 @@ es_pull_finish(EsProducer *p, char *error)
 /*
  * es_pull_missing
  *		The documents the held answer refers to that are not here yet
- *		(eventstream._missing_for), as a list of palloc'd {table, docname}
- *		pairs; in a read-only transaction of its own.
+ *		(eventstream._missing_for), as a list of palloc'd pairs: the want
+ *		(a JSON object) and its path under the API; in a read-only
+ *		transaction of its own.
  */
 static List *
 es_pull_missing(EsProducer *p)
@@ -464,7 +467,7 @@ es_pull_missing(EsProducer *p)
 	values[0] = CStringGetTextDatum(p->url);
 	values[1] = CStringGetTextDatum(p->body);
 	values[2] = CStringGetTextDatum(p->deps ? p->deps : "[]");
-	if (SPI_execute_with_args("SELECT w->>'ref_table', w->>'docname'"
+	if (SPI_execute_with_args("SELECT w::text, w->>'path'"
 							  "  FROM jsonb_array_elements(eventstream._missing_for($1, $2::jsonb, $3::jsonb)) w",
 							  3, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for missing documents");
@@ -516,12 +519,9 @@ es_pull_deps_round(EsProducer *p)
 	p->rounds++;
 	for (lc = list_head(missing); lc != NULL; lc = lnext(missing, lnext(missing, lc)))
 	{
-		const char *table = lfirst(lc);
-		const char *docname = lfirst(lnext(missing, lc));
+		const char *want = lfirst(lc);
+		const char *path = lfirst(lnext(missing, lc));
 		EsFetch    *f = calloc(1, sizeof(EsFetch));
-		char	   *t_enc;
-		char	   *d_enc;
-		char	   *url;
 
 		if (f == NULL || (f->easy = curl_easy_init()) == NULL)
 		{
@@ -529,22 +529,14 @@ es_pull_deps_round(EsProducer *p)
 			continue;
 		}
 		f->producer = p;
-		f->ref_table = strdup(table);
-		f->docname = strdup(docname);
-		t_enc = curl_easy_escape(f->easy, table, 0);
-		d_enc = curl_easy_escape(f->easy, docname, 0);
-		url = psprintf("%s/api/eventstream/v1/documents/%s/%s", p->url, t_enc, d_enc);
-		curl_free(t_enc);
-		curl_free(d_enc);
-		es_client_setup(f->easy, url, p->auth, &f->resp, 30);
+		f->want = strdup(want);
+		es_client_setup(f->easy, psprintf("%s/api/eventstream/v1/%s", p->url, path), p->auth, &f->resp, 30);
 		curl_easy_setopt(f->easy, CURLOPT_PRIVATE, f);
-		if (f->ref_table == NULL || f->docname == NULL ||
-			curl_multi_add_handle(es_multi, f->easy) != CURLM_OK)
+		if (f->want == NULL || curl_multi_add_handle(es_multi, f->easy) != CURLM_OK)
 		{
 			curl_easy_cleanup(f->easy);
 			curl_slist_free_all(f->resp.headers);
-			free(f->ref_table);
-			free(f->docname);
+			free(f->want);
 			free(f);
 			continue;
 		}
@@ -588,10 +580,8 @@ es_fetch_done(EsFetch *f, CURLcode code)
 			buf.data[--buf.len] = '\0';	/* drop the closing ] */
 		if (buf.len > 1)
 			appendStringInfoString(&buf, ", ");
-		appendStringInfoString(&buf, "{\"ref_table\": ");
-		escape_json(&buf, f->ref_table);
-		appendStringInfoString(&buf, ", \"docname\": ");
-		escape_json(&buf, f->docname);
+		/* The want as it was, with what came of it. */
+		appendBinaryStringInfo(&buf, f->want, strlen(f->want) - 1);	/* without its } */
 		if (code == CURLE_OK && status == 200 && f->resp.data)
 			appendStringInfo(&buf, ", \"data\": %s", f->resp.data);
 		else
@@ -607,8 +597,7 @@ es_fetch_done(EsFetch *f, CURLcode code)
 	}
 	curl_slist_free_all(f->resp.headers);
 	free(f->resp.data);
-	free(f->ref_table);
-	free(f->docname);
+	free(f->want);
 	free(f);
 }
 
@@ -763,8 +752,7 @@ es_pull_shutdown(void)
 		curl_easy_cleanup(f->easy);
 		curl_slist_free_all(f->resp.headers);
 		free(f->resp.data);
-		free(f->ref_table);
-		free(f->docname);
+		free(f->want);
 		free(f);
 	}
 	if (es_multi)
