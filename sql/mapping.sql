@@ -147,6 +147,38 @@ SELECT jsonb_pretty(eventstream._missing_documents('http://q.invalid', '{"update
   {"update_type": "Create", "ref_table": "public.note", "docname": "N2",
    "data": {"name": "N2", "title": "Ops", "author": "bob", "content": "c2"}}]}'::jsonb, (SELECT f FROM fetched)));
 
+-- Nested dependencies: the role's own Document rule (its department, from
+-- the producer's teams) is followed too, deepest first.
+CREATE TABLE m_dept (code text PRIMARY KEY, label text);
+GRANT SELECT, INSERT, UPDATE, DELETE ON m_dept TO es_mapper;
+ALTER TABLE m_role ADD COLUMN dept text REFERENCES m_dept;
+SELECT eventstream.create_mapping('dept_from_team', 'm_dept', 'team');
+SELECT eventstream.map_field('dept_from_team', 'code', 'code');
+SELECT eventstream.map_field('dept_from_team', 'label', 'label');
+SELECT eventstream.map_field('role_from_note', 'dept', 'team', mapping_type => 'Document', mapping => 'dept_from_team',
+							 remote_value_filters => '{"code": "team"}');
+UPDATE fetched SET f = f || '[
+  {"ref_table": "public.note", "filters": {"title": "Chief", "public": true, "owner": "DEE"}, "link": true,
+   "data": {"docnames": ["R9"]}},
+  {"ref_table": "public.note", "docname": "R9", "link": true, "data": {"name": "R9", "title": "Chief", "team": "T1"}}
+]';
+-- The first level fetched, the pull asks for the second.
+SELECT w->>'ref_table' AS ref_table, w->'filters' AS filters, w->>'docname' AS docname
+  FROM jsonb_array_elements(eventstream._missing_documents('http://q.invalid', '{"updates": [
+  {"update_type": "Create", "ref_table": "public.note", "docname": "N9",
+   "data": {"name": "N9", "title": "Chief", "author": "dee", "content": "c9"}}]}'::jsonb, (SELECT f FROM fetched))) w;
+UPDATE fetched SET f = f || '[
+  {"ref_table": "public.team", "filters": {"code": "T1"}, "link": true, "data": {"docnames": ["T1"]}},
+  {"ref_table": "public.team", "docname": "T1", "link": true, "data": {"code": "T1", "label": "Team One"}}
+]';
+SELECT eventstream._apply_updates('http://q.invalid', 'es_mapper', '[
+  {"id": 9, "update_type": "Create", "ref_table": "public.note", "docname": "N9",
+   "data": {"name": "N9", "title": "Chief", "author": "dee", "content": "c9"}}
+]', NULL, false, (SELECT f FROM fetched)) AS processed_failed;
+SELECT t.name, r.role_name, d.code, d.label
+  FROM m_todo t JOIN m_role r ON r.id = t.role JOIN m_dept d ON d.code = r.dept WHERE t.name = 'N9';
+SELECT note FROM eventstream.sync_log WHERE producer_url = 'http://q.invalid' AND update_log_id = 9;
+
 -- An eval: filter runs read-only as the subscriber: one that writes fails
 -- the update, with the expression named.
 SELECT eventstream.map_field('todo_from_note', 'role', 'title', mapping_type => 'Document', mapping => 'role_from_note',
@@ -170,6 +202,8 @@ DELETE FROM eventstream.producer WHERE producer_url = 'http://q.invalid';
 SELECT eventstream.unmap_field('todo_from_note', 'm_step');
 SELECT eventstream.drop_mapping('todo_from_note');
 SELECT eventstream.drop_mapping('step_from_item');
+SELECT eventstream.unmap_field('role_from_note', 'dept');
+SELECT eventstream.drop_mapping('dept_from_team');
 SELECT mapping_name FROM eventstream.document_type_mapping;
-DROP TABLE fetched, m_step, m_todo, m_role, m_other;
+DROP TABLE fetched, m_step, m_todo, m_role, m_dept, m_other;
 DROP ROLE es_mapper;
