@@ -2,7 +2,7 @@
 # producer and a consumer (and a third site for a cascade), each a
 # PostgreSQL::Test::Cluster node whose database has the extension and an
 # HTTP port.  Covers Frappe's test scenarios (translated; the mapping ones
-# are left for the mapping issue), commits out of order, crashes of either
+# are in 006_mapping.pl), commits out of order, crashes of either
 # side in the middle of a large batch, a producer that is down for a while,
 # unsubscribing and rejection, a failing update and its resync, a producer
 # that misbehaves (a fake one written here), loops (two-way and cascade),
@@ -16,93 +16,15 @@
 # work and the test polls for its result.
 use strict;
 use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IO::Socket::INET;
 use POSIX ();
 use Time::HiRes qw(time);
-
-######################################################################
-# Helpers
-######################################################################
-
-# Poll $check (a sub) until it returns true or $secs pass; true if it did.
-sub wait_until
-{
-	my ($secs, $check) = @_;
-	my $deadline = time + $secs;
-	while (1)
-	{
-		return 1 if $check->();
-		return 0 if time > $deadline;
-		Time::HiRes::sleep(0.05);
-	}
-}
-
-# Run SQL on a site; dies on error.
-sub sq
-{
-	my ($s, $sql) = @_;
-	return $s->{node}->safe_psql($s->{db}, $sql);
-}
-
-# Run SQL on a site that may fail: (exit code, stdout, stderr).
-sub q_try
-{
-	my ($s, $sql) = @_;
-	my ($ret, $out, $err) = $s->{node}->psql($s->{db}, $sql);
-	return ($ret, $out // '', $err // '');
-}
-
-# Poll a query on a site until it returns $expected, for at most $secs
-# seconds.  True if it did; otherwise says what it returned last.
-sub wait_query
-{
-	my ($s, $sql, $expected, $secs) = @_;
-	my ($last, $lasterr) = ('', '');
-	my $ok = wait_until($secs // 60, sub {
-		my ($ret, $out, $err) = $s->{node}->psql($s->{db}, $sql);
-		($last, $lasterr) = ($out // '', $err // '');
-		return $ret == 0 && $last eq $expected;
-	});
-	diag("waited ${\ ($secs // 60)} s on $s->{name} for\n  $sql\nto return '$expected'; last: '$last' $lasterr")
-	  unless $ok;
-	return $ok;
-}
-
-# curl: (status, body)
-sub http_get
-{
-	my ($url, $max) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'curl', '-s', '-w', "\n%{http_code}", '--max-time', $max // 5, $url ],
-		'>', \$out, '2>', \$err);
-	my ($body, $status) = $out =~ /\A(.*)\n([^\n]*)\z/s ? ($1, $2) : ('', $out);
-	return ($status, $body);
-}
-
-sub health_ok
-{
-	my ($s, $secs) = @_;
-	return wait_until($secs // 60,
-		sub { (http_get("$s->{url}/api/eventstream/v1/health", 2))[0] eq '200' });
-}
-
-# The rows of $table matching $where on a site, as text in a fixed order.
-sub rows
-{
-	my ($s, $table, $where) = @_;
-	$where //= 'true';
-	return sq($s, "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM $table t WHERE $where");
-}
-
-# A digest of a whole table (order-independent), with its row count.
-sub digest
-{
-	my ($s, $table) = @_;
-	return sq($s, "SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '-') FROM $table t");
-}
+use EsSites;		# wait_until, sq, q_try, wait_query, rows, digest, new_node, add_site, ...
 
 my $schema = q{
 	CREATE TABLE users (name text PRIMARY KEY, full_name text);
@@ -130,47 +52,6 @@ sub consumer_schema
 		GRANT USAGE ON SEQUENCE todo_local_seq TO applier;
 		SELECT eventstream.add_dynamic_link('todo', 'reference_type', 'reference_name');
 	});
-}
-
-# A database on $node that is a site: HTTP port set before CREATE
-# EXTENSION, health polled.  %o: settings => { name => value } for the
-# database.
-sub add_site
-{
-	my ($node, $db, %o) = @_;
-	my $port = PostgreSQL::Test::Cluster::get_free_port();
-	$node->safe_psql('postgres', "CREATE DATABASE $db");
-	$node->safe_psql('postgres', "ALTER DATABASE $db SET eventstream.http_port = $port");
-	foreach my $k (sort keys %{ $o{settings} // {} })
-	{
-		$node->safe_psql('postgres', "ALTER DATABASE $db SET $k = '$o{settings}{$k}'");
-	}
-	$node->safe_psql($db, 'CREATE EXTENSION eventstream');
-	my $s = { node => $node, db => $db, port => $port, url => "http://127.0.0.1:$port",
-		name => $node->name . "/$db" };
-	ok(health_ok($s), "$s->{name}: the site answers health");
-	$s->{site_id} = sq($s, 'SELECT site_id FROM eventstream.site');
-	return $s;
-}
-
-sub new_node
-{
-	my ($name, $conf) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'eventstream'
-eventstream.prune_interval = 0
-log_statement = none
-} . ($conf // ''));
-	$node->start;
-	return $node;
-}
-
-sub key_pair
-{
-	my ($s, $role) = @_;
-	return split /\|/, sq($s, "SELECT api_key || '|' || api_secret FROM eventstream.create_api_key('$role')");
 }
 
 sub worker_pid
@@ -221,12 +102,6 @@ sq($P, "SELECT eventstream.approve('$C->{url}', 'note'); SELECT eventstream.appr
 ok(wait_query($C, "SELECT string_agg(status, ',' ORDER BY ref_table) FROM eventstream.producer_table "
 		  . "WHERE producer_url = '$P->{url}'", 'Approved,Approved', 30),
 	'approval reaches the consumer by itself (the worker mirrors it)');
-
-sub sync_now
-{
-	my ($s, $url) = @_;
-	return sq($s, "SELECT eventstream.sync_now('$url')");
-}
 
 # eventstream.subscribe(producer_url, table$args) on a site, as an
 # assertion.
