@@ -783,20 +783,13 @@ es_child_link(const char *child_name, EsTable *parent, Oid parent_relid, Jsonb *
 	initStringInfo(&arg);
 	appendStringInfo(&arg, "{\"c\": %u, \"p\": %u}", child, parent_relid);
 	res = es_run(InvalidOid,
-				 "SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'link', pg_catalog.min(l::text)::jsonb)"
-				 "  FROM (SELECT pg_catalog.jsonb_object_agg(ca.attname, pa.attname) AS l"
-				 "          FROM pg_catalog.pg_constraint c"
-				 "          CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(c.conkey), pg_catalog.unnest(c.confkey)) u(ck, pk)"
-				 "          JOIN pg_catalog.pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = u.ck"
-				 "          JOIN pg_catalog.pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = u.pk"
-				 "         WHERE c.contype = 'f' AND c.conrelid = ($1->>'c')::oid AND c.confrelid = ($1->>'p')::oid"
-				 "         GROUP BY c.oid) x",
+				 "SELECT pg_catalog.jsonb_build_object('link', eventstream._child_fk(($1->>'p')::oid, ($1->>'c')::oid))",
 				 es_jsonb_parse(arg.data));
-	if (strcmp(es_field_text(res, "n"), "1") != 0)
+	if (es_field_text(res, "link") == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FOREIGN_KEY),
-				 errmsg("table %s needs exactly one foreign key to %s to hold its child rows (it has %s)",
-						es_table(child)->qualname, parent->qualname, es_field_text(res, "n"))));
+				 errmsg("table %s needs exactly one foreign key to %s to hold its child rows",
+						es_table(child)->qualname, parent->qualname)));
 	*link = es_field(res, "link");
 	return es_table(child);
 }
@@ -911,6 +904,27 @@ es_with_field(Jsonb *obj, const char *key, Jsonb *value)
 }
 
 /*
+ * es_remote_arg
+ *		The argument of the statements on remote_document about the
+ *		producer's row remote of relid (and the local docname, if given):
+ *		{"r": relid, "p": producer, "d": remote, "l": docname}.
+ */
+static Jsonb *
+es_remote_arg(EsApply *a, Oid relid, const char *remote, const char *docname)
+{
+	StringInfoData arg;
+
+	initStringInfo(&arg);
+	appendStringInfo(&arg, "{\"r\": %u", relid);
+	es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
+	es_json_pair(&arg, "d", remote);
+	if (docname)
+		es_json_pair(&arg, "l", docname);
+	appendStringInfoChar(&arg, '}');
+	return es_jsonb_parse(arg.data);
+}
+
+/*
  * es_remember_remote
  *		Record that the local row docname of relid is the producer's
  *		remote one (remote_document), unless either is recorded already.
@@ -918,18 +932,10 @@ es_with_field(Jsonb *obj, const char *key, Jsonb *value)
 static void
 es_remember_remote(EsApply *a, Oid relid, const char *docname, const char *remote)
 {
-	StringInfoData arg;
-
-	initStringInfo(&arg);
-	appendStringInfo(&arg, "{\"r\": %u", relid);
-	es_json_pair(&arg, "l", docname);
-	es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
-	es_json_pair(&arg, "d", remote);
-	appendStringInfoChar(&arg, '}');
 	(void) es_run(InvalidOid,
 				  "INSERT INTO eventstream.remote_document (local_table, local_docname, producer_url, remote_docname)"
 				  " VALUES (($1->>'r')::oid::regclass, $1->>'l', $1->>'p', $1->>'d') ON CONFLICT DO NOTHING",
-				  es_jsonb_parse(arg.data));
+				  es_remote_arg(a, relid, remote, docname));
 }
 
 /*
@@ -1046,7 +1052,6 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	char	   *ref = es_field_text(upd, "ref_table");
 	char	   *remote = es_field_text(upd, "docname");
 	Jsonb	   *data = es_field(upd, "data");
-	StringInfoData arg;
 	EsSub	   *sub;
 	Oid			relid;
 	bool		same_name;
@@ -1061,7 +1066,6 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 				 errmsg("an update needs update_type, ref_table and docname")));
 
 	/* The subscription, or (a dependency) the table of the same name. */
-	initStringInfo(&arg);
 	sub = es_sub(a, ref);
 	if (OidIsValid(sub->relid))
 	{
@@ -1106,16 +1110,11 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	{
 		Jsonb	   *found;
 
-		resetStringInfo(&arg);
-		appendStringInfo(&arg, "{\"r\": %u", relid);
-		es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
-		es_json_pair(&arg, "d", remote);
-		appendStringInfoChar(&arg, '}');
 		found = es_run(InvalidOid,
 					   "SELECT pg_catalog.jsonb_build_object('v', d.local_docname) FROM eventstream.remote_document d"
 					   " WHERE d.producer_url = $1->>'p' AND d.local_table = ($1->>'r')::oid::regclass"
 					   "   AND d.remote_docname = $1->>'d'",
-					   es_jsonb_parse(arg.data));
+					   es_remote_arg(a, relid, remote, NULL));
 		if (found)
 			key = es_key_of(t, es_field_text(found, "v"));
 	}
@@ -1257,18 +1256,11 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		if (cur == NULL)
 			es_note(notes, "the row was not here: nothing to delete");
 		if (!same_name)
-		{
-			resetStringInfo(&arg);
-			appendStringInfo(&arg, "{\"r\": %u", relid);
-			es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
-			es_json_pair(&arg, "d", remote);
-			appendStringInfoChar(&arg, '}');
 			(void) es_run(InvalidOid,
 						  "DELETE FROM eventstream.remote_document d"
 						  " WHERE d.producer_url = $1->>'p' AND d.local_table = ($1->>'r')::oid::regclass"
 						  "   AND d.remote_docname = $1->>'d'",
-						  es_jsonb_parse(arg.data));
-		}
+						  es_remote_arg(a, relid, remote, NULL));
 		*docname = cur ? es_docname_of(t, cur) : (same_name ? remote : NULL);
 		return;
 	}

@@ -15,6 +15,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP ();
 use Time::HiRes qw(time);
+use FindBin;
+use lib $FindBin::RealBin;
+use EsSites qw(wait_until);
 
 my $json = JSON::PP->new->utf8->canonical;
 
@@ -37,19 +40,6 @@ my $tmp = PostgreSQL::Test::Utils::tempdir();
 ######################################################################
 # Helpers
 ######################################################################
-
-# Poll $check (a sub) until it returns true or $secs pass; true if it did.
-sub wait_until
-{
-	my ($secs, $check) = @_;
-	my $deadline = time + $secs;
-	while (1)
-	{
-		return 1 if $check->();
-		return 0 if time > $deadline;
-		Time::HiRes::sleep(0.05);
-	}
-}
 
 sub uri_escape
 {
