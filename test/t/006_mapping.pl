@@ -240,6 +240,22 @@ ok(wait_query($C, "SELECT t.description || ' ' || p.full_name FROM todo t JOIN p
 		  . "WHERE t.name = 'W1'", 'updated by the worker Bob Baker', 60),
 	'  and an update that links to another document');
 is(sq($C, "SELECT count(*) FROM person"), '4', '  still one person per user (ann, bob, old, cy)');
+
+# A second mapped subscription, with its own keys here and an initial
+# sync: the producer's users become persons; those made before as
+# dependencies are found through their remote names, not made again.
+sq($P, "INSERT INTO users VALUES ('dee', 'Dee Dean', 'dee\@example.com', true)");
+sq($C, "SELECT eventstream.subscribe('$P->{url}', 'users', use_same_name => false, mapping => 'person_from_user')");
+sq($P, "SELECT eventstream.approve('$C->{url}', 'users')");
+ok(wait_query($C, "SELECT string_agg(full_name, ',' ORDER BY id) FROM person",
+		'Ann Archer,Bob Baker,Old Timer,Cy Cole,Dee Dean', 60),
+	'initial sync through the mapping: the one new user arrives, the others are found again (no duplicate)');
+sq($P, "UPDATE users SET full_name = 'Ann Archer-Smith' WHERE name = 'ann'");
+ok(wait_query($C, "SELECT full_name FROM person WHERE id = 1", 'Ann Archer-Smith', 60),
+	'an update of a user reaches the person made earlier as a dependency');
+is(sq($C, "SELECT string_agg(remote_docname || '=' || local_docname, ',' ORDER BY remote_docname) FROM eventstream.remote_document "
+	  . "WHERE local_table = 'person'::regclass"), 'ann=1,bob=2,cy=4,dee=5,old=3', 'remote names of all persons');
+
 is(sq($C, "SELECT count(*) FROM eventstream.sync_log WHERE status = 'Failed' AND resynced_at IS NULL"), '0',
 	'nothing else failed');
 
