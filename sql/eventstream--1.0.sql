@@ -2025,11 +2025,10 @@ BEGIN
 		 CROSS JOIN LATERAL jsonb_array_elements(
 			   eventstream._map_update(t.producer_url, p.subscriber, t.mapping, u->>'update_type', u->'data',
 									   coalesce(have, '[]'), u->>'docname')->'wants') w
-		 WHERE t.mapping IS NOT NULL AND NOT coalesce((u->>'dependency')::boolean, false)
+		 WHERE t.mapping IS NOT NULL
 		   AND u->>'update_type' IN ('Create', 'Update') AND jsonb_typeof(u->'data') = 'object';
 		docs := (SELECT coalesce(jsonb_agg(u ORDER BY o), '[]') FROM jsonb_array_elements(docs) WITH ORDINALITY x(u, o)
-				  WHERE coalesce((u->>'dependency')::boolean, false)
-					 OR NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+				  WHERE NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
 									 WHERE t.producer_url = _missing_documents.producer_url
 									   AND t.ref_table = u->>'ref_table' AND t.mapping IS NOT NULL));
 	END IF;
@@ -2153,7 +2152,7 @@ BEGIN
 													  'origin', p.producer_site_id) ORDER BY o DESC), '[]')
 		   FROM jsonb_array_elements(coalesce(deps, '[]')) WITH ORDINALITY x(e, o)
 		  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null' AND NOT e ? 'link'),
-		'dependency', true);
+		'dependency', true, deps);
 	UPDATE eventstream.producer x
 	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
 	 WHERE x.producer_url = p.producer_url;

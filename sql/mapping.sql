@@ -189,6 +189,15 @@ SELECT eventstream._apply_updates('http://q.invalid', 'es_mapper', '[
 ]', NULL, false, '[]') AS processed_failed;
 SELECT status, error FROM eventstream.sync_log WHERE producer_url = 'http://q.invalid' AND update_log_id = 6;
 
+-- A row fetched as another row's dependency, of a table subscribed
+-- through a mapping, is mapped too.
+SELECT eventstream.map_field('todo_from_note', 'role', 'title', mapping_type => 'Document', mapping => 'role_from_note',
+							 remote_value_filters => '{"title": "title"}');
+SELECT eventstream._apply_updates('http://q.invalid', 'es_mapper', '[
+  {"update_type": "Create", "ref_table": "public.note", "docname": "N8", "data": {"name": "N8", "content": "fetched"}}
+]', 'dependency', true) AS processed_failed;
+SELECT name, description, status, priority FROM m_todo WHERE name = 'N8';
+
 -- Delete: routed to the mapped row.
 SELECT eventstream._apply_updates('http://q.invalid', 'es_mapper', '[
   {"id": 7, "update_type": "Delete", "ref_table": "public.note", "docname": "N1", "data": null}

@@ -1090,7 +1090,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	t = es_table(relid);
 
 	/* A mapped subscription: the data as this site's tables have it. */
-	if (sub->mapping != NULL && !a->dependency && es_is_object(data) &&
+	if (sub->mapping != NULL && es_is_object(data) &&
 		(strcmp(type, "Create") == 0 || strcmp(type, "Update") == 0))
 		data = es_map(a, sub, type, remote, data, notes);
 
@@ -1133,7 +1133,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		 * Same name: the document carries its key (no need to merge it in);
 		 * mapped, the producer's docname is the key.
 		 */
-		if (same_name && sub->mapping != NULL && !a->dependency)
+		if (same_name && sub->mapping != NULL)
 			key = es_key_of(t, remote);
 		cur = same_name && key == NULL ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, key, &inserted);
 		if (!inserted)
