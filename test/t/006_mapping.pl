@@ -69,6 +69,9 @@ is(sq($C, "SELECT ref_table || ' ' || local_table || ' ' || mapping FROM eventst
 is(sq($P, "SELECT ref_table || ' ' || status FROM eventstream.consumer_table WHERE consumer_url = '$C->{url}'"),
 	'public.note Pending', 'the producer has the consumer subscribed to note');
 sq($P, "SELECT eventstream.approve('$C->{url}', 'note')");
+# (the initial sync of the empty table is over before the first note)
+ok(wait_query($C, "SELECT status || ' ' || snapshot_pending::text FROM eventstream.producer_table", 'Approved false', 30),
+	'the approval reaches the consumer');
 
 sq($P, "INSERT INTO note (name, title, content) VALUES ('N1', 'Mapping Tester', 'Mapping Test Content')");
 sync_now($C, $P->{url});
