@@ -1139,7 +1139,8 @@ $$;
 
 /*
  * Docnames of the rows of a table matching equality filters {"column":
- * value, ...} (values compared as text), for mapping dependencies.  The
+ * value, ...} (values compared as text), in key order, for mapping
+ * dependencies (the consumer takes the first).  The
  * role must be able to read the table; columns must exist.
  */
 CREATE FUNCTION eventstream._serve_filtered(ref_table text, filters jsonb, "limit" integer, role regrole)
@@ -1150,6 +1151,7 @@ AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
 	conds text := 'true';
+	keys text := (SELECT string_agg(format('doc.%I', c), ', ') FROM unnest(eventstream._pk_names(tbl)) c);
 	f record;
 	result jsonb;
 BEGIN
@@ -1165,8 +1167,10 @@ BEGIN
 		END IF;
 		conds := conds || format(' AND doc.%I::text IS NOT DISTINCT FROM %L', f.key, filters->>f.key);
 	END LOOP;
-	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY d), ''[]'') FROM (SELECT eventstream._docname_of(%L, to_jsonb(doc)) AS d'
-				   ' FROM ONLY %s AS doc WHERE %s LIMIT %s) x', tbl, tbl, conds, "limit")
+	-- The first matches in key order, so that "the first" is always the same.
+	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT eventstream._docname_of(%L, to_jsonb(doc)) AS d,'
+				   ' row_number() OVER (ORDER BY %s) AS o FROM ONLY %s AS doc WHERE %s ORDER BY %s LIMIT %s) x',
+				   tbl, keys, tbl, conds, keys, "limit")
 		INTO result;
 	RETURN jsonb_build_object('docnames', result);
 END

@@ -189,6 +189,9 @@ cmp_ok($woke, '<', 5, "within ${woke}s of the commit, not at its 20 s deadline")
 	"token $key:$secret");
 is($status, '200', 'documents by filters');
 like($body, qr/"docnames": \["C\/1"\]/, 'gives the matching docnames');
+($status, $body) = api('GET', "$base/documents/public.item?filters=" . uri_escape('{}') . "&limit=2",
+	"token $key:$secret");
+like($body, qr/"docnames": \["A", "B"\]/, 'the first matches in key order');
 ($status, $body) = api('GET', "$base/documents/public.item?filters=" . uri_escape('{"nope": 1}'),
 	"token $key:$secret");
 is($status, '400', 'an unknown filter column is a 400');
