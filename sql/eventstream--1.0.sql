@@ -2192,8 +2192,11 @@ BEGIN
 	UPDATE eventstream.producer x
 	   SET cursor = page->>'cursor', last_pull_at = now(), last_success_at = now(),
 		   last_error = NULL, last_error_at = NULL, behind = (page->>'more')::boolean,
-		   last_update_at = coalesce((SELECT max((u->>'created_at')::timestamptz)
-										FROM jsonb_array_elements(page->'updates') u), x.last_update_at)
+		   -- (the timestamps picked out by jsonpath: expanding every update
+		   -- into a row of its own would copy the whole page once more)
+		   last_update_at = coalesce((SELECT max(u::timestamptz)
+										FROM jsonb_array_elements_text(jsonb_path_query_array(page, '$.updates[*].created_at')) u),
+									 x.last_update_at)
 	 WHERE x.producer_url = p.producer_url;
 	RETURN n;
 END
@@ -2327,14 +2330,23 @@ BEGIN
 	-- jsonb in C).
 	IF NOT body ? 'documents' AND coalesce(have, '[]') = '[]'
 	   AND NOT body @? '$.updates[*] ? (@.update_type == "Update")'
-	   AND NOT EXISTS (SELECT 1
+	   AND (-- no table outside this extension has a foreign key or a link
+			-- at all (then the page need not be gone through), or none of
+			-- the page's tables has
+			(NOT EXISTS (SELECT 1 FROM pg_constraint c
+						  WHERE c.contype = 'f'
+							AND c.connamespace <> (SELECT e.extnamespace FROM pg_extension e
+													WHERE e.extname = 'eventstream'))
+			 AND NOT EXISTS (SELECT 1 FROM eventstream.dynamic_link)
+			 AND NOT body @? '$.updates[*] ? (@.ref_table starts with "eventstream." || @.ref_table starts with "\"eventstream\".")')
+	   OR NOT EXISTS (SELECT 1
 						 FROM (SELECT DISTINCT r #>> '{}' AS ref
 								 FROM jsonb_path_query(body, '$.updates[*].ref_table') r) x
 						WHERE EXISTS (SELECT 1 FROM pg_constraint c
 									   WHERE c.contype = 'f' AND c.conrelid = to_regclass(x.ref))
 						   OR EXISTS (SELECT 1 FROM eventstream.dynamic_link l WHERE l.tbl = to_regclass(x.ref))
 						   OR EXISTS (SELECT 1 FROM pg_constraint c
-									   WHERE c.contype = 'f' AND c.confrelid = to_regclass(x.ref))) THEN
+									   WHERE c.contype = 'f' AND c.confrelid = to_regclass(x.ref)))) THEN
 		RETURN '[]';
 	END IF;
 	RETURN (-- The row an Update is for is looked for only when the answer is a
