@@ -819,7 +819,7 @@ CREATE FUNCTION eventstream._log_texts(ids bigint[], site_id uuid) RETURNS text[
  * continued after <after_id>.  Pulling with a cursor acknowledges
  * everything before it.
  */
-CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer,
+CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer, ack text DEFAULT NULL,
 										OUT page text, OUT served integer, OUT news boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -842,6 +842,9 @@ DECLARE
 	low_to bigint;
 	after_id bigint;
 	lim integer := "limit";
+	ack_page bigint;
+	ack_snapshot pg_snapshot;
+	ack_low bigint;
 	ids bigint[] := '{}';
 	more boolean := false;
 	last_id bigint;
@@ -899,16 +902,43 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass the cursor returned by the previous pull, or by registration, unchanged.';
 	END;
-	IF pageno < c.acked_page OR pageno > c.served_page + 1 THEN
+	-- What the consumer has applied: by default everything before this
+	-- cursor; a consumer that asks for the next page while it applies this
+	-- one (pipelining) names the cursor it last stored as ack.
+	IF ack IS NULL OR ack = cursor THEN
+		ack_page := pageno;
+		ack_snapshot := s_from;
+		ack_low := low_from;
+	ELSE
+		BEGIN
+			parts := string_to_array(ack, '/');
+			IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (4, 7) THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+			END IF;
+			ack_page := parts[2]::bigint;
+			ack_snapshot := parts[3]::pg_snapshot;
+			ack_low := parts[4]::bigint;
+		EXCEPTION WHEN OTHERS THEN
+			RAISE EXCEPTION 'invalid cursor "%"', ack
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'ack is a cursor returned by an earlier pull, unchanged.';
+		END;
+		IF ack_page > pageno THEN
+			RAISE EXCEPTION 'ack names a page after the cursor''s' USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'ack is the cursor the consumer stored last, at most the one it pulls with.';
+		END IF;
+	END IF;
+	IF ack_page < c.acked_page OR pageno > c.served_page + 1 THEN
 		RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('Pages before %s were acknowledged; pages %s to %s can be pulled.', c.acked_page, c.acked_page, c.served_page + 1),
 				  HINT = 'Pull with the cursor stored with the updates you last applied.';
 	END IF;
 
-	-- Acknowledge what came before this cursor; forget receipts of pages
-	-- served after it (the consumer did not apply them).
-	UPDATE eventstream.consumer SET acked_page = pageno, acked_snapshot = s_from, acked_low = low_from,
+	-- Acknowledge what came before the acknowledged cursor; forget
+	-- receipts of pages served from this cursor on (the consumer did not
+	-- apply them).
+	UPDATE eventstream.consumer SET acked_page = ack_page, acked_snapshot = ack_snapshot, acked_low = ack_low,
 									acked_at = now(), last_pull_at = now(), served_page = pageno
 	 WHERE eventstream.consumer.consumer_url = c.consumer_url;
 	DELETE FROM eventstream.served_page sp
@@ -916,7 +946,7 @@ BEGIN
 	DELETE FROM eventstream.consumer_document d
 	 WHERE d.consumer_url = c.consumer_url AND d.page >= pageno;
 	DELETE FROM eventstream.withheld w
-	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < pageno);
+	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < ack_page);
 	UPDATE eventstream.withheld w SET served_page = NULL
 	 WHERE w.consumer_url = c.consumer_url AND w.served_page >= pageno;
 
@@ -1069,7 +1099,8 @@ BEGIN
 		UPDATE eventstream.consumer x SET sent_tables = tables_now WHERE x.consumer_url = c.consumer_url;
 	END IF;
 	-- "complete": the page ends its window, i.e. a set of whole transactions.
-	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "tables": %s}',
+	-- "acks": this producer takes ack= (see above).
+	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "acks": true, "tables": %s}',
 				   array_to_string(texts, ', '),
 				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
 								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
