@@ -106,6 +106,7 @@ static int	es_curl_epfd = -1;
 static long es_curl_timer_ms = -1;	/* from CURLMOPT_TIMERFUNCTION */
 static TimestampTz es_curl_timer_set = 0;
 static MemoryContext es_pull_cxt = NULL;	/* reset on every es_pull_run() */
+static SPIPlanPtr es_apply_plan = NULL; /* es_pull_apply's statement, kept */
 
 /*
  * es_pull_socket_cb
@@ -508,9 +509,22 @@ es_pull_apply(EsProducer *p, bool *more)
 		values[1] = CStringGetTextDatum(p->sent_path);
 		values[2] = JsonbPGetDatum(p->page);	/* parsed once, by es_pull_parse */
 		values[3] = CStringGetTextDatum(p->deps ? p->deps : "[]");
-		if (SPI_execute_with_args("SELECT r.next_path, r.more"
-								  "  FROM eventstream._apply_response($1, $2, $3, $4::jsonb) r",
-								  4, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
+
+		/*
+		 * A kept generic plan: a one-off plan would fold the page into a
+		 * constant, copying it (megabytes) for nothing.
+		 */
+		if (es_apply_plan == NULL)
+		{
+			SPIPlanPtr	plan = SPI_prepare_cursor("SELECT r.next_path, r.more"
+												  "  FROM eventstream._apply_response($1, $2, $3, $4::jsonb) r",
+												  4, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+			if (plan == NULL || SPI_keepplan(plan) != 0)
+				elog(ERROR, "could not prepare the apply of a page: %s", SPI_result_code_string(SPI_result));
+			es_apply_plan = plan;
+		}
+		if (SPI_execute_plan(es_apply_plan, values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not apply a page");
 		es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
