@@ -2353,48 +2353,98 @@ CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jso
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	-- The row an Update is for is looked for only when the answer is a
+	-- whole window: otherwise it may well be created by a page waiting in
+	-- the inbox (such an Update of a row that is really missing fails, and
+	-- can be resynced).
+	targets boolean := body ? 'documents'
+		OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
+			AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url));
+	tgt record;
+	pk_name name;
+	pk_type text;
+	here bigint;
+	settled boolean := true;
 BEGIN
-	-- The usual case, without going through the whole answer more than
-	-- once: a page of updates with no Update and no dependency fetched,
-	-- of tables that refer to nothing and have no child rows (the same
-	-- test as _missing_documents' quick one; jsonpath walks the binary
-	-- jsonb in C).
+	-- The usual cases, without going through the whole answer more than
+	-- once (jsonpath walks the binary jsonb in C): a page of updates with
+	-- no dependency fetched yet, and either no table outside this extension
+	-- has a foreign key and there are no dynamic links (then only the rows
+	-- Updates are for can be missing), or the page has no Update and none
+	-- of its tables refers to anything or has child rows (the same test as
+	-- _missing_documents' quick one).
 	IF NOT body ? 'documents' AND coalesce(have, '[]') = '[]'
+	   AND NOT EXISTS (SELECT 1 FROM pg_constraint c
+					    WHERE c.contype = 'f'
+						  AND c.connamespace <> (SELECT e.extnamespace FROM pg_extension e
+												  WHERE e.extname = 'eventstream'))
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.dynamic_link)
+	   AND NOT body @? '$.updates[*] ? (@.ref_table starts with "eventstream." || @.ref_table starts with "\"eventstream\".")' THEN
+		IF NOT targets OR NOT body @? '$.updates[*] ? (@.update_type == "Update")' THEN
+			RETURN '[]';
+		END IF;
+		-- Are the rows the Updates are for here (or created by the page)?
+		-- By key, per table: an index lookup each, where _missing_documents
+		-- would go through the whole table.  If any is not (or the key is
+		-- not one column), _missing_documents says which.
+		FOR tgt IN
+			WITH c AS MATERIALIZED (	-- created by the page
+				SELECT x->>'ref_table' AS ref, x->>'docname' AS docname
+				  FROM jsonb_array_elements(jsonb_path_query_array(body,
+						   '$.updates[*] ? (@.update_type == "Create" && @.data.type() == "object")')) x
+			)
+			SELECT t.local_table AS tbl, array_agg(DISTINCT u.docname) AS names
+			  FROM (SELECT x->>'ref_table' AS ref, x->>'docname' AS docname
+					  FROM jsonb_array_elements(jsonb_path_query_array(body,
+							   '$.updates[*] ? (@.update_type == "Update" && @.data.type() == "object")')) x) u
+			  JOIN eventstream.producer_table t
+				ON t.producer_url = _missing_for.producer_url AND t.ref_table = u.ref AND t.use_same_name
+			 WHERE NOT EXISTS (SELECT 1 FROM c WHERE c.ref = u.ref AND c.docname = u.docname)
+			 GROUP BY t.local_table
+		LOOP
+			SELECT a.attname, format_type(a.atttypid, a.atttypmod) INTO pk_name, pk_type
+			  FROM pg_attribute a
+			 WHERE a.attrelid = tgt.tbl AND cardinality(eventstream._pk_attnums(tgt.tbl)) = 1
+			   AND a.attnum = (eventstream._pk_attnums(tgt.tbl))[1];
+			IF NOT FOUND THEN
+				settled := false;
+				EXIT;
+			END IF;
+			BEGIN
+				EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I = ANY ($1::%s[])', tgt.tbl, pk_name, pk_type)
+					INTO here USING tgt.names;
+			EXCEPTION WHEN OTHERS THEN
+				here := -1;		-- a docname that is no key: let _missing_documents say
+			END;
+			IF here <> cardinality(tgt.names) THEN
+				settled := false;
+				EXIT;
+			END IF;
+		END LOOP;
+		IF settled THEN
+			RETURN '[]';
+		END IF;
+	ELSIF NOT body ? 'documents' AND coalesce(have, '[]') = '[]'
 	   AND NOT body @? '$.updates[*] ? (@.update_type == "Update")'
-	   AND (-- no table outside this extension has a foreign key or a link
-			-- at all (then the page need not be gone through), or none of
-			-- the page's tables has
-			(NOT EXISTS (SELECT 1 FROM pg_constraint c
-						  WHERE c.contype = 'f'
-							AND c.connamespace <> (SELECT e.extnamespace FROM pg_extension e
-													WHERE e.extname = 'eventstream'))
-			 AND NOT EXISTS (SELECT 1 FROM eventstream.dynamic_link)
-			 AND NOT body @? '$.updates[*] ? (@.ref_table starts with "eventstream." || @.ref_table starts with "\"eventstream\".")')
-	   OR NOT EXISTS (SELECT 1
+	   AND NOT EXISTS (SELECT 1
 						 FROM (SELECT DISTINCT r #>> '{}' AS ref
 								 FROM jsonb_path_query(body, '$.updates[*].ref_table') r) x
 						WHERE EXISTS (SELECT 1 FROM pg_constraint c
 									   WHERE c.contype = 'f' AND c.conrelid = to_regclass(x.ref))
 						   OR EXISTS (SELECT 1 FROM eventstream.dynamic_link l WHERE l.tbl = to_regclass(x.ref))
 						   OR EXISTS (SELECT 1 FROM pg_constraint c
-									   WHERE c.contype = 'f' AND c.confrelid = to_regclass(x.ref)))) THEN
+									   WHERE c.contype = 'f' AND c.confrelid = to_regclass(x.ref))) THEN
 		RETURN '[]';
 	END IF;
-	RETURN (-- The row an Update is for is looked for only when the answer is a
-		-- whole window: otherwise it may well be created by a page waiting in
-		-- the inbox (such an Update of a row that is really missing fails, and
-		-- can be resynced).
-		SELECT eventstream._missing_documents(producer_url,
+	RETURN (SELECT eventstream._missing_documents(producer_url,
 			CASE WHEN body ? 'documents'
 				 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
 																WHERE t.producer_url = _missing_for.producer_url
 																  AND t.snapshot_pending
 																ORDER BY t.ref_table LIMIT 1))
 				 ELSE body END,
-			have,
-			body ? 'documents'
-			OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
-				AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url))));
+			have, targets));
 END
 $$;
 
