@@ -206,9 +206,20 @@ es_pull_parse(EsProducer *p)
 	p->page = NULL;
 	PG_TRY();
 	{
-		MemoryContextSwitchTo(p->page_cxt);
-		p->page = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(p->body)));
+		/*
+		 * jsonb_in builds a tree of the whole page first, several times the
+		 * size of the result: only the result is kept.
+		 */
+		MemoryContext parse_cxt = AllocSetContextCreate(p->page_cxt, "eventstream page parse",
+														ALLOCSET_DEFAULT_SIZES);
+		Jsonb	   *parsed;
+
+		MemoryContextSwitchTo(parse_cxt);
+		parsed = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(p->body)));
+		p->page = MemoryContextAlloc(p->page_cxt, VARSIZE(parsed));
+		memcpy(p->page, parsed, VARSIZE(parsed));
 		MemoryContextSwitchTo(cxt);
+		MemoryContextDelete(parse_cxt);
 	}
 	PG_CATCH();
 	{
