@@ -819,7 +819,7 @@ CREATE FUNCTION eventstream._log_texts(ids bigint[], site_id uuid) RETURNS text[
  * continued after <after_id>.  Pulling with a cursor acknowledges
  * everything before it.
  */
-CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer,
+CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer, ack text DEFAULT NULL,
 										OUT page text, OUT served integer, OUT news boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -842,6 +842,9 @@ DECLARE
 	low_to bigint;
 	after_id bigint;
 	lim integer := "limit";
+	ack_page bigint;
+	ack_snapshot pg_snapshot;
+	ack_low bigint;
 	ids bigint[] := '{}';
 	more boolean := false;
 	last_id bigint;
@@ -899,16 +902,43 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass the cursor returned by the previous pull, or by registration, unchanged.';
 	END;
-	IF pageno < c.acked_page OR pageno > c.served_page + 1 THEN
+	-- What the consumer has applied: by default everything before this
+	-- cursor; a consumer that asks for the next page while it applies this
+	-- one (pipelining) names the cursor it last stored as ack.
+	IF ack IS NULL OR ack = cursor THEN
+		ack_page := pageno;
+		ack_snapshot := s_from;
+		ack_low := low_from;
+	ELSE
+		BEGIN
+			parts := string_to_array(ack, '/');
+			IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (4, 7) THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+			END IF;
+			ack_page := parts[2]::bigint;
+			ack_snapshot := parts[3]::pg_snapshot;
+			ack_low := parts[4]::bigint;
+		EXCEPTION WHEN OTHERS THEN
+			RAISE EXCEPTION 'invalid cursor "%"', ack
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'ack is a cursor returned by an earlier pull, unchanged.';
+		END;
+		IF ack_page > pageno THEN
+			RAISE EXCEPTION 'ack names a page after the cursor''s' USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'ack is the cursor the consumer stored last, at most the one it pulls with.';
+		END IF;
+	END IF;
+	IF ack_page < c.acked_page OR pageno > c.served_page + 1 THEN
 		RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('Pages before %s were acknowledged; pages %s to %s can be pulled.', c.acked_page, c.acked_page, c.served_page + 1),
 				  HINT = 'Pull with the cursor stored with the updates you last applied.';
 	END IF;
 
-	-- Acknowledge what came before this cursor; forget receipts of pages
-	-- served after it (the consumer did not apply them).
-	UPDATE eventstream.consumer SET acked_page = pageno, acked_snapshot = s_from, acked_low = low_from,
+	-- Acknowledge what came before the acknowledged cursor; forget
+	-- receipts of pages served from this cursor on (the consumer did not
+	-- apply them).
+	UPDATE eventstream.consumer SET acked_page = ack_page, acked_snapshot = ack_snapshot, acked_low = ack_low,
 									acked_at = now(), last_pull_at = now(), served_page = pageno
 	 WHERE eventstream.consumer.consumer_url = c.consumer_url;
 	DELETE FROM eventstream.served_page sp
@@ -916,7 +946,7 @@ BEGIN
 	DELETE FROM eventstream.consumer_document d
 	 WHERE d.consumer_url = c.consumer_url AND d.page >= pageno;
 	DELETE FROM eventstream.withheld w
-	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < pageno);
+	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < ack_page);
 	UPDATE eventstream.withheld w SET served_page = NULL
 	 WHERE w.consumer_url = c.consumer_url AND w.served_page >= pageno;
 
@@ -1069,7 +1099,8 @@ BEGIN
 		UPDATE eventstream.consumer x SET sent_tables = tables_now WHERE x.consumer_url = c.consumer_url;
 	END IF;
 	-- "complete": the page ends its window, i.e. a set of whole transactions.
-	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "tables": %s}',
+	-- "acks": this producer takes ack= (see above).
+	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "acks": true, "tables": %s}',
 				   array_to_string(texts, ', '),
 				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
 								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
@@ -1935,7 +1966,7 @@ CREATE FUNCTION eventstream._pull_path(cursor text, wait integer) RETURNS text
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=1000%s', eventstream._urlencode(eventstream._site_url()),
+	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=5000%s', eventstream._urlencode(eventstream._site_url()),
 					  eventstream._urlencode(cursor), CASE WHEN wait > 0 THEN '&wait=' || wait ELSE '' END));
 END
 $$;
@@ -2249,8 +2280,11 @@ BEGIN
 	UPDATE eventstream.producer x
 	   SET cursor = page->>'cursor', last_pull_at = now(), last_success_at = now(),
 		   last_error = NULL, last_error_at = NULL, behind = (page->>'more')::boolean,
-		   last_update_at = coalesce((SELECT max((u->>'created_at')::timestamptz)
-										FROM jsonb_array_elements(page->'updates') u), x.last_update_at)
+		   -- (the timestamps picked out by jsonpath: expanding every update
+		   -- into a row of its own would copy the whole page once more)
+		   last_update_at = coalesce((SELECT max(u::timestamptz)
+										FROM jsonb_array_elements_text(jsonb_path_query_array(page, '$.updates[*].created_at')) u),
+									 x.last_update_at)
 	 WHERE x.producer_url = p.producer_url;
 	RETURN n;
 END
@@ -2376,22 +2410,98 @@ CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jso
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	-- The row an Update is for is looked for only when the answer is a
+	-- whole window: otherwise it may well be created by a page waiting in
+	-- the inbox (such an Update of a row that is really missing fails, and
+	-- can be resynced).
+	targets boolean := body ? 'documents'
+		OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
+			AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url));
+	tgt record;
+	pk_name name;
+	pk_type text;
+	here bigint;
+	settled boolean := true;
 BEGIN
-	RETURN (-- The row an Update is for is looked for only when the answer is a
-		-- whole window: otherwise it may well be created by a page waiting in
-		-- the inbox (such an Update of a row that is really missing fails, and
-		-- can be resynced).
-		SELECT eventstream._missing_documents(producer_url,
+	-- The usual cases, without going through the whole answer more than
+	-- once (jsonpath walks the binary jsonb in C): a page of updates with
+	-- no dependency fetched yet, and either no table outside this extension
+	-- has a foreign key and there are no dynamic links (then only the rows
+	-- Updates are for can be missing), or the page has no Update and none
+	-- of its tables refers to anything or has child rows (the same test as
+	-- _missing_documents' quick one).
+	IF NOT body ? 'documents' AND coalesce(have, '[]') = '[]'
+	   AND NOT EXISTS (SELECT 1 FROM pg_constraint c
+					    WHERE c.contype = 'f'
+						  AND c.connamespace <> (SELECT e.extnamespace FROM pg_extension e
+												  WHERE e.extname = 'eventstream'))
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.dynamic_link)
+	   AND NOT body @? '$.updates[*] ? (@.ref_table starts with "eventstream." || @.ref_table starts with "\"eventstream\".")' THEN
+		IF NOT targets OR NOT body @? '$.updates[*] ? (@.update_type == "Update")' THEN
+			RETURN '[]';
+		END IF;
+		-- Are the rows the Updates are for here (or created by the page)?
+		-- By key, per table: an index lookup each, where _missing_documents
+		-- would go through the whole table.  If any is not (or the key is
+		-- not one column), _missing_documents says which.
+		FOR tgt IN
+			WITH c AS MATERIALIZED (	-- created by the page
+				SELECT x->>'ref_table' AS ref, x->>'docname' AS docname
+				  FROM jsonb_array_elements(jsonb_path_query_array(body,
+						   '$.updates[*] ? (@.update_type == "Create" && @.data.type() == "object")')) x
+			)
+			SELECT t.local_table AS tbl, array_agg(DISTINCT u.docname) AS names
+			  FROM (SELECT x->>'ref_table' AS ref, x->>'docname' AS docname
+					  FROM jsonb_array_elements(jsonb_path_query_array(body,
+							   '$.updates[*] ? (@.update_type == "Update" && @.data.type() == "object")')) x) u
+			  JOIN eventstream.producer_table t
+				ON t.producer_url = _missing_for.producer_url AND t.ref_table = u.ref AND t.use_same_name
+			 WHERE NOT EXISTS (SELECT 1 FROM c WHERE c.ref = u.ref AND c.docname = u.docname)
+			 GROUP BY t.local_table
+		LOOP
+			SELECT a.attname, format_type(a.atttypid, a.atttypmod) INTO pk_name, pk_type
+			  FROM pg_attribute a
+			 WHERE a.attrelid = tgt.tbl AND cardinality(eventstream._pk_attnums(tgt.tbl)) = 1
+			   AND a.attnum = (eventstream._pk_attnums(tgt.tbl))[1];
+			IF NOT FOUND THEN
+				settled := false;
+				EXIT;
+			END IF;
+			BEGIN
+				EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I = ANY ($1::%s[])', tgt.tbl, pk_name, pk_type)
+					INTO here USING tgt.names;
+			EXCEPTION WHEN OTHERS THEN
+				here := -1;		-- a docname that is no key: let _missing_documents say
+			END;
+			IF here <> cardinality(tgt.names) THEN
+				settled := false;
+				EXIT;
+			END IF;
+		END LOOP;
+		IF settled THEN
+			RETURN '[]';
+		END IF;
+	ELSIF NOT body ? 'documents' AND coalesce(have, '[]') = '[]'
+	   AND NOT body @? '$.updates[*] ? (@.update_type == "Update")'
+	   AND NOT EXISTS (SELECT 1
+						 FROM (SELECT DISTINCT r #>> '{}' AS ref
+								 FROM jsonb_path_query(body, '$.updates[*].ref_table') r) x
+						WHERE EXISTS (SELECT 1 FROM pg_constraint c
+									   WHERE c.contype = 'f' AND c.conrelid = to_regclass(x.ref))
+						   OR EXISTS (SELECT 1 FROM eventstream.dynamic_link l WHERE l.tbl = to_regclass(x.ref))
+						   OR EXISTS (SELECT 1 FROM pg_constraint c
+									   WHERE c.contype = 'f' AND c.confrelid = to_regclass(x.ref))) THEN
+		RETURN '[]';
+	END IF;
+	RETURN (SELECT eventstream._missing_documents(producer_url,
 			CASE WHEN body ? 'documents'
 				 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
 																WHERE t.producer_url = _missing_for.producer_url
 																  AND t.snapshot_pending
 																ORDER BY t.ref_table LIMIT 1))
 				 ELSE body END,
-			have,
-			body ? 'documents'
-			OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
-				AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url))));
+			have, targets));
 END
 $$;
 

@@ -86,3 +86,27 @@ SELECT jsonb_array_length(p->'documents') AS documents, p->>'next' AS next, p->'
   FROM eventstream._serve_snapshot('blob', '8', 100, 'es_sub') p;
 SET eventstream.http_max_response_size = '32kB';	-- below the minimum
 RESET eventstream.http_max_response_size;
+
+-- A consumer that asks for the next page while it applies the current one
+-- names the cursor it last stored as ack: only what came before that is
+-- acknowledged, and the page in between can be asked for again (as after a
+-- failed apply), unchanged.  Pages say that the producer takes ack=.
+CREATE TABLE pipe (id int PRIMARY KEY);
+GRANT SELECT ON pipe TO es_sub;
+SELECT register('http://consumer-p', '00000000-0000-0000-0000-0000000000c7', '["pipe"]');
+SELECT eventstream.approve('http://consumer-p', 'pipe');
+INSERT INTO pipe SELECT g FROM generate_series(200, 205) g;
+SELECT cur AS c1 FROM cursors WHERE consumer = 'http://consumer-p' \gset
+SELECT p.page::jsonb->>'cursor' AS c2, p.page::jsonb->'acks' AS acks,
+	   (SELECT string_agg(e->>'docname', ',') FROM jsonb_array_elements(p.page::jsonb->'updates') e) AS first_page
+  FROM eventstream._pull_page('http://consumer-p', :'c1', 2) p \gset
+SELECT :'acks' AS acks, :'first_page' AS first_page;
+SELECT (SELECT string_agg(e->>'docname', ',') FROM jsonb_array_elements(p.page::jsonb->'updates') e) AS next_page
+  FROM eventstream._pull_page('http://consumer-p', :'c2', 2, :'c1') p;
+SELECT served_page - acked_page AS pages_not_acknowledged FROM eventstream.consumer
+ WHERE consumer_url = 'http://consumer-p';
+SELECT (SELECT string_agg(e->>'docname', ',') FROM jsonb_array_elements(p.page::jsonb->'updates') e) AS first_page_again
+  FROM eventstream._pull_page('http://consumer-p', :'c1', 2) p;
+-- An ack after the cursor is refused.
+SELECT eventstream._pull_page('http://consumer-p', :'c1', 2, :'c2');
+SELECT eventstream.remove_consumer('http://consumer-p');

@@ -35,9 +35,12 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
@@ -48,6 +51,8 @@
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/acl.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -1327,20 +1332,174 @@ es_apply_one(EsApply *a, Jsonb *upd, EsOutcome *out)
 	out->note = notes.len > 0 ? notes.data : NULL;
 }
 
+/* The sync_log columns the apply gives, in the order of EsApply.log. */
+static const char *const es_log_colnames[ES_LOG_COLS] = {
+	"update_type", "ref_table", "status", "producer_url", "docname", "remote_docname", "use_same_name",
+	"data", "error", "note", "update_log_id", "remote_ref_table", "origin"
+};
+static const Oid es_log_coltypes[ES_LOG_COLS] = {
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID,
+	JSONBOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, UUIDOID
+};
+
+/*
+ * es_log_insert
+ *		Write the pending sync_log rows straight into the table, the way
+ *		COPY FROM does: one multi-insert into the heap, then each row's
+ *		index entries, with the table's defaults (the identity, created_at)
+ *		and constraints applied as an INSERT would.  It costs a third of
+ *		the SQL INSERT over unnest() arrays, which materialises every column
+ *		and goes through the executor row by row.  Returns false, having
+ *		written nothing, when the table has anything only a SQL INSERT
+ *		honours (triggers, row security, generated columns, another type
+ *		of a column) or the user may not insert: the caller runs the SQL
+ *		INSERT then.
+ */
+static bool
+es_log_insert(EsApply *a)
+{
+	Oid			relid;
+	Relation	rel;
+	TupleDesc	desc;
+	int		   *map;			/* per attribute: our column, or -1 */
+	ExprState **defaults;
+	EState	   *estate;
+	RangeTblEntry *rte;
+	ResultRelInfo *rri;
+	ExprContext *econtext;
+	TupleTableSlot **slots;
+	TupleDesc	slotdesc;
+	MemoryContext old;
+	bool		usable;
+
+	relid = get_relname_relid("sync_log", get_namespace_oid(EVENTSTREAM_SCHEMA, false));
+	if (!OidIsValid(relid) || pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		return false;
+	rel = table_open(relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	usable = rel->rd_rel->relkind == RELKIND_RELATION && rel->trigdesc == NULL &&
+		!rel->rd_rel->relrowsecurity && !(desc->constr && desc->constr->has_generated_stored);
+	old = MemoryContextSwitchTo(a->batch_cxt);
+	map = palloc(sizeof(int) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+		map[i] = -1;
+	for (int c = 0; c < ES_LOG_COLS && usable; c++)
+	{
+		AttrNumber	attnum = get_attnum(relid, es_log_colnames[c]);
+
+		if (attnum <= 0 || TupleDescAttr(desc, attnum - 1)->atttypid != es_log_coltypes[c])
+			usable = false;
+		else
+			map[attnum - 1] = c;
+	}
+	if (!usable)
+	{
+		MemoryContextSwitchTo(old);
+		table_close(rel, RowExclusiveLock);
+		return false;
+	}
+
+	/* An executor state, as for an INSERT into the table. */
+	estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	rte->requiredPerms = ACL_INSERT;
+	ExecInitRangeTable(estate, list_make1(rte));
+	rri = makeNode(ResultRelInfo);
+	ExecInitResultRelation(estate, rri, 1);
+	CheckValidResultRel(rri, CMD_INSERT);
+	ExecOpenIndices(rri, false);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	econtext = GetPerTupleExprContext(estate);
+
+	/* The other columns take their defaults. */
+	defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Node	   *def;
+
+		if (map[i] >= 0 || TupleDescAttr(desc, i)->attisdropped)
+			continue;
+		def = build_column_default(rel, i + 1);
+		if (def != NULL)
+			defaults[i] = ExecPrepareExpr((Expr *) def, estate);
+	}
+
+	/*
+	 * The slots share a copy of the descriptor that is not reference
+	 * counted: pinning the relation's in each of up to 1000 slots costs a
+	 * resource owner entry per slot, forgotten one search at a time.
+	 */
+	slotdesc = CreateTupleDescCopy(desc);
+	slots = palloc(sizeof(TupleTableSlot *) * a->nlog);
+	for (int r = 0; r < a->nlog; r++)
+	{
+		TupleTableSlot *slot = ExecAllocTableSlot(&estate->es_tupleTable, slotdesc, &TTSOpsHeapTuple);
+
+		ExecClearTuple(slot);
+		for (int i = 0; i < desc->natts; i++)
+		{
+			if (map[i] >= 0)
+			{
+				slot->tts_values[i] = a->log[map[i]][r];
+				slot->tts_isnull[i] = a->lognull[map[i]][r];
+			}
+			else if (defaults[i] != NULL)
+				slot->tts_values[i] = ExecEvalExpr(defaults[i], econtext, &slot->tts_isnull[i]);
+			else
+			{
+				slot->tts_values[i] = (Datum) 0;
+				slot->tts_isnull[i] = true;
+			}
+		}
+		ExecStoreVirtualTuple(slot);
+		ExecMaterializeSlot(slot);	/* out of the per-tuple memory */
+		ResetPerTupleExprContext(estate);
+		if (desc->constr)
+			ExecConstraints(rri, slot, estate);
+		slots[r] = slot;
+	}
+	table_multi_insert(rel, slots, a->nlog, estate->es_output_cid, 0, NULL);
+	for (int r = 0; r < a->nlog; r++)
+	{
+		if (rri->ri_NumIndices > 0)
+			(void) ExecInsertIndexTuples(rri, slots[r], estate, false, false, NULL, NIL);
+		ResetPerTupleExprContext(estate);
+	}
+
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	ExecCloseResultRelations(estate);
+	ExecCloseRangeTableRelations(estate);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+	MemoryContextSwitchTo(old);
+	CommandCounterIncrement();
+	return true;
+}
+
 /*
  * es_log_flush
- *		Insert the pending sync_log rows with one statement.
+ *		Insert the pending sync_log rows: straight into the table when
+ *		possible (es_log_insert), otherwise with one SQL statement.
  */
 static void
 es_log_flush(EsApply *a)
 {
-	static const Oid elemtypes[ES_LOG_COLS] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID,
-	JSONBOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, UUIDOID};
+	const Oid  *elemtypes = es_log_coltypes;
 	Datum		values[ES_LOG_COLS];
 	int			rc;
 
 	if (a->nlog == 0)
 		return;
+	if (es_log_insert(a))
+	{
+		a->nlog = 0;
+		MemoryContextReset(a->batch_cxt);
+		return;
+	}
 	if (es_log_plan == NULL)
 	{
 		Oid			argtypes[ES_LOG_COLS];
@@ -1484,9 +1643,11 @@ es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin,
 
 /*
  * es_batch_key
- *		For an update that may be applied in a batch of Creates (same name,
- *		no child rows), the key of the batch it may join: subscription,
- *		origin and the columns it gives.  NULL otherwise.
+ *		For an update that may be applied in a batch (a Create of the same
+ *		name without child rows, an Update as es_batch_key_update says, a
+ *		Delete by a one-column key), the key of the batch it may join: its
+ *		kind, subscription, origin and the columns it gives.  NULL
+ *		otherwise.
  */
 static char *
 es_batch_key(EsApply *a, Jsonb *upd)
@@ -1501,7 +1662,17 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	ListCell   *lc;
 	List	   *keys;
 
-	if (type == NULL || ref == NULL || !es_is_object(data) || es_field_text(upd, "docname") == NULL)
+	if (type == NULL || ref == NULL || es_field_text(upd, "docname") == NULL)
+		return NULL;
+	if (strcmp(type, "Delete") == 0)
+	{
+		/* By key, of a table with a one-column key, under the same name. */
+		sub = es_sub(a, ref);
+		if (!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1)
+			return NULL;
+		return psprintf("D/%u/%s", sub->relid, origin ? origin : "");
+	}
+	if (!es_is_object(data))
 		return NULL;
 	if (strcmp(type, "Update") == 0)
 		return es_batch_key_update(a, upd, ref, origin, data);
@@ -1533,29 +1704,117 @@ es_batch_key(EsApply *a, Jsonb *upd)
 }
 
 /*
+ * es_slice
+ *		The elements from..to-1 (0-based) of a list of jsonb values, as a
+ *		jsonb array.
+ */
+static Jsonb *
+es_slice(List *elems, int from, int to)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *res;
+
+	(void) pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+	for (int k = from; k < to; k++)
+	{
+		Jsonb	   *e = list_nth(elems, k);
+		JsonbValue	v;
+
+		v.type = jbvBinary;
+		v.val.binary.data = &e->root;
+		v.val.binary.len = VARSIZE(e) - VARHDRSZ;
+		(void) pushJsonbValue(&state, WJB_ELEM, &v);
+	}
+	res = pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+/*
+ * es_batch_run
+ *		Run a batch statement (see es_apply_batch) over updates first..last
+ *		of page in a subtransaction of its own.  True when it ran and, if
+ *		every is set, counted every update ("n"); otherwise it is rolled
+ *		back and the error, if any, is forgotten.  *res gets its result.
+ */
+static bool
+es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool every, Jsonb **res)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = false;
+	Jsonb	   *volatile out = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		out = es_run_range(a->subscriber, sql, page, first, last);
+		ok = out != NULL && (every ? atoi(es_field_text(out, "n")) == last - first + 1 : true);
+		if (ok)
+			ReleaseCurrentSubTransaction();
+		else
+			RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ok = false;
+	}
+	PG_END_TRY();
+	*res = out;
+	return ok;
+}
+
+/*
  * es_apply_batch
  *		Apply updates first..last (1-based, in page) -- Creates of one table,
  *		as es_batch_key found -- with one statement, in one subtransaction.
  *		False (nothing applied) when that fails for any reason: the caller
  *		then applies them row by row.  *existed gets the docnames of the rows
- *		that were there already.
+ *		that were there already; for a run of Deletes, deleted[k - first]
+ *		the docname of the row update k deleted (NULL: it was not here).
  */
 static bool
-es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **existed)
+es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **existed, char **deleted)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 	EsSub	   *sub = es_sub(a, es_field_text(upd, "ref_table"));
 	EsTable    *t = es_table(sub->relid);
 	List	   *cols = es_given_columns(t, es_field(upd, "data"), false);
 	char	   *origin = es_field_text(upd, "origin");
 	StringInfoData sql;
+	StringInfoData plain;
 	ListCell   *lc;
 	bool		rest = false;
-	volatile bool ok = false;
-	Jsonb	   *volatile res = NULL;
+	bool		ok;
+	Jsonb	   *res = NULL;
 
 	initStringInfo(&sql);
+	plain.data = NULL;
+	if (strcmp(es_field_text(upd, "update_type"), "Delete") == 0)
+	{
+		/*
+		 * Delete every row by its docname; the rows found come back with
+		 * the ordinal of their update (a run names each row once).
+		 */
+		const char *pk = quote_identifier(t->pk[0]);
+
+		appendStringInfo(&sql, "WITH del AS (DELETE FROM %s t USING (SELECT e.o, r.%s"
+						 " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
+						 " pg_catalog.jsonb_populate_record(NULL::%s, pg_catalog.jsonb_build_object(%s, e.u->>'docname')) r"
+						 " WHERE e.o BETWEEN $2 AND $3) k WHERE t.%s = k.%s"
+						 " RETURNING k.o, pg_catalog.jsonb_build_object(%s, t.%s) AS r)"
+						 " SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'existed', '[]'::jsonb,"
+						 " 'deleted', coalesce(pg_catalog.jsonb_object_agg(del.o::text, del.r), '{}')) FROM del",
+						 t->qualname, pk, t->qualname, quote_literal_cstr(t->pk[0]), pk, pk,
+						 quote_literal_cstr(t->pk[0]), pk);
+		goto run;
+	}
 	if (strcmp(es_field_text(upd, "update_type"), "Update") == 0)
 	{
 		/* Set the changed columns of every row, found by its docname. */
@@ -1576,6 +1835,25 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 		rest = true;			/* every row must be found */
 		goto run;
 	}
+	/*
+	 * New rows, the usual case: a plain INSERT, tried first.  It costs
+	 * less than the upsert below (no speculative insertion, which also
+	 * writes a WAL record per row, and no RETURNING); should a row be there
+	 * already, it fails and the upsert runs instead.
+	 */
+	initStringInfo(&plain);
+	appendStringInfo(&plain, "WITH ins AS (INSERT INTO %s AS t (", t->qualname);
+	foreach(lc, cols)
+		appendStringInfo(&plain, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	appendStringInfoString(&plain, ") SELECT ");
+	foreach(lc, cols)
+		appendStringInfo(&plain, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	appendStringInfo(&plain, " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
+					 " pg_catalog.jsonb_populate_record(NULL::%s, e.u->'data') r"
+					 " WHERE e.o BETWEEN $2 AND $3 ORDER BY e.o RETURNING 1)"
+					 " SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'existed', '[]'::jsonb) FROM ins",
+					 t->qualname);
+
 	appendStringInfo(&sql, "WITH ins AS (INSERT INTO %s AS t (", t->qualname);
 	foreach(lc, cols)
 		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
@@ -1613,39 +1891,24 @@ run:
 		memcpy(&es_apply_origin, u, sizeof(pg_uuid_t));
 		es_apply_origin_set = true;
 	}
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		res = es_run_range(a->subscriber, sql.data, page, first, last);
-		/* DO NOTHING skips rows that were there: count those as existing. */
-		ok = res != NULL && (rest ? atoi(es_field_text(res, "n")) == last - first + 1 : true);
-		if (ok)
-		{
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		else
-		{
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		ok = false;
-	}
-	PG_END_TRY();
+	/* DO NOTHING skips rows that were there: count those as existing. */
+	ok = (plain.data != NULL && es_batch_run(a, plain.data, page, first, last, true, &res)) ||
+		es_batch_run(a, sql.data, page, first, last, rest, &res);
 	if (ok)
 		foreach(lc, es_elements(es_field(res, "existed")))
 			*existed = lappend(*existed, es_docname_of(t, lfirst(lc)));
+	if (ok && deleted != NULL)
+	{
+		Jsonb	   *rows = es_field(res, "deleted");
+
+		for (int k = first; k <= last; k++)
+		{
+			char		o[16];
+
+			snprintf(o, sizeof(o), "%d", k);
+			deleted[k - first] = es_docname_of(t, es_field(rows, o));
+		}
+	}
 	return ok;
 }
 
@@ -1803,8 +2066,15 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 			if (bkey != NULL && j - i >= ES_MIN_BATCH)
 			{
 				List	   *existed = NIL;
+				char	  **deleted = palloc0(sizeof(char *) * (j - i));
+				bool		deletes = bkey[0] == 'D';
 
-				if (es_apply_batch(&a, updates, list_nth(all, i), i + 1, j, &existed))
+				/*
+				 * The statement gets the run's updates only: the whole page
+				 * would be expanded by every run's jsonb_array_elements().
+				 */
+				if (es_apply_batch(&a, es_slice(all, i, j), list_nth(all, i), 1, j - i, &existed,
+								   deletes ? deleted : NULL))
 				{
 					for (int k = i; k < j; k++)
 					{
@@ -1819,6 +2089,10 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 						foreach(lc, existed)
 							if (strcmp(lfirst(lc), out.docname) == 0)
 								out.note = "the row existed: it now has the producer's values";
+						if (deletes && deleted[k - i] != NULL)
+							out.docname = deleted[k - i];	/* as the row says */
+						else if (deletes)
+							out.note = "the row was not here: nothing to delete";
 						es_log_outcome(&a, upd, &out, why);
 						n++;
 					}

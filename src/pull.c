@@ -7,7 +7,9 @@
  * Every enabled producer has at most one request in flight: what
  * eventstream._next_request() says (a page of a table's existing rows
  * during an initial sync, otherwise the next page of updates, long-polling
- * with wait= when the previous page said there was nothing more).  libcurl's sockets are kept in an epoll set of
+ * with wait= when the previous page said there was nothing more), plus,
+ * while a page is applied, the request for the next one when the producer
+ * takes ack= (es_pull_prefetch).  libcurl's sockets are kept in an epoll set of
  * our own (CURLMOPT_SOCKETFUNCTION), whose descriptor the worker waits on
  * beside its latch and the HTTP server; CURLMOPT_TIMERFUNCTION gives the
  * longest the worker may sleep.  An answer is applied by
@@ -62,6 +64,17 @@ typedef struct EsProducer
 	char	   *sent_path;		/* the path that request asked for */
 	EsResponse	resp;
 	char	   *body;			/* an answer waiting for its dependencies */
+	Jsonb	   *page;			/* body parsed once, in page_cxt (or NULL) */
+	MemoryContext page_cxt;		/* holds page; reset with body */
+	/* The next page, asked for while this one is applied (es_pull_prefetch) */
+	CURL	   *pre_easy;		/* or NULL */
+	EsResponse	pre_resp;
+	char	   *pre_path;		/* the path it answers, as _next_request says it */
+	bool		pre_done;		/* pre_easy finished with pre_code */
+	CURLcode	pre_code;
+	bool		pre_taken;		/* it is the producer's current request */
+	bool		pre_ready;		/* taken and finished: for es_pull_done */
+	CURLcode	pre_code_taken; /* pre_code of that one */
 	char	   *deps;			/* JSON array of the documents fetched for it */
 	int			rounds;			/* fetch rounds so far */
 	int			fetching;		/* fetches in flight */
@@ -87,12 +100,15 @@ typedef struct EsFetch
 
 static EsFetch *es_fetches = NULL;
 
+static void es_set_str(char **dst, const char *src);
+
 static EsProducer *es_producers = NULL;
 static CURLM *es_multi = NULL;
 static int	es_curl_epfd = -1;
 static long es_curl_timer_ms = -1;	/* from CURLMOPT_TIMERFUNCTION */
 static TimestampTz es_curl_timer_set = 0;
 static MemoryContext es_pull_cxt = NULL;	/* reset on every es_pull_run() */
+static SPIPlanPtr es_apply_plan = NULL; /* es_pull_apply's statement, kept */
 
 /*
  * es_pull_socket_cb
@@ -154,12 +170,127 @@ es_pull_init(void)
 }
 
 /*
+ * es_pull_drop_body
+ *		Forget the answer a producer holds: its text, its parsed form and
+ *		the dependencies fetched for it.
+ */
+static void
+es_pull_drop_body(EsProducer *p)
+{
+	free(p->body);
+	p->body = NULL;
+	free(p->deps);
+	p->deps = NULL;
+	p->page = NULL;
+	if (p->page_cxt)
+		MemoryContextReset(p->page_cxt);
+}
+
+/*
+ * es_pull_parse
+ *		Parse the answer a producer holds into jsonb, once: the look-up of
+ *		missing documents and the apply both take it as it is, instead of
+ *		each parsing the text again (a page of 1000 updates takes several
+ *		milliseconds to parse).  Outside any transaction: jsonb_in needs no
+ *		catalog access.  Returns NULL, or why the body is not JSON
+ *		(palloc'd in the caller's context).
+ */
+static char *
+es_pull_parse(EsProducer *p)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *volatile error = NULL;
+
+	if (p->page_cxt == NULL)
+		p->page_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream page",
+											ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(p->page_cxt);
+	p->page = NULL;
+	PG_TRY();
+	{
+		/*
+		 * jsonb_in builds a tree of the whole page first, several times the
+		 * size of the result: only the result is kept.
+		 */
+		MemoryContext parse_cxt = AllocSetContextCreate(p->page_cxt, "eventstream page parse",
+														ALLOCSET_DEFAULT_SIZES);
+		Jsonb	   *parsed;
+
+		MemoryContextSwitchTo(parse_cxt);
+		parsed = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(p->body)));
+		p->page = MemoryContextAlloc(p->page_cxt, VARSIZE(parsed));
+		memcpy(p->page, parsed, VARSIZE(parsed));
+		MemoryContextSwitchTo(cxt);
+		MemoryContextDelete(parse_cxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		error = psprintf("could not read the answer from %s: %s", p->url, edata->message);
+		FreeErrorData(edata);
+		MemoryContextReset(p->page_cxt);
+		p->page = NULL;
+	}
+	PG_END_TRY();
+	return error;
+}
+
+/*
+ * es_pull_drop_prefetch
+ *		Drop the request for the next page made while this one is applied,
+ *		finished or not.
+ */
+static void
+es_pull_drop_prefetch(EsProducer *p)
+{
+	if (p->pre_easy)
+	{
+		curl_multi_remove_handle(es_multi, p->pre_easy);
+		curl_easy_cleanup(p->pre_easy);
+		p->pre_easy = NULL;
+	}
+	curl_slist_free_all(p->pre_resp.headers);
+	free(p->pre_resp.data);
+	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
+	free(p->pre_path);
+	p->pre_path = NULL;
+	p->pre_done = false;
+	p->pre_taken = false;
+	p->pre_ready = false;
+}
+
+/*
+ * es_pull_take_prefetch
+ *		The next page's request finished and is the producer's current
+ *		one: make it the producer's request (libcurl writes into pre_resp
+ *		until the transfer ends, so it is moved only then).
+ */
+static void
+es_pull_take_prefetch(EsProducer *p)
+{
+	p->easy = p->pre_easy;
+	p->resp = p->pre_resp;
+	es_set_str(&p->sent_path, p->pre_path);
+	p->pre_easy = NULL;
+	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
+	free(p->pre_path);
+	p->pre_path = NULL;
+	p->pre_done = false;
+	p->pre_taken = false;
+}
+
+/*
  * es_pull_cancel
  *		Drop a producer's request in flight, if any.
  */
 static void
 es_pull_cancel(EsProducer *p)
 {
+	es_pull_drop_prefetch(p);
 	if (p->easy)
 	{
 		curl_multi_remove_handle(es_multi, p->easy);
@@ -172,10 +303,7 @@ es_pull_cancel(EsProducer *p)
 	p->resp.data = NULL;
 	free(p->sent_path);
 	p->sent_path = NULL;
-	free(p->body);
-	p->body = NULL;
-	free(p->deps);
-	p->deps = NULL;
+	es_pull_drop_body(p);
 	p->fetching = 0;
 	for (EsFetch *f = es_fetches; f; f = f->next)
 		if (f->producer == p)
@@ -297,7 +425,8 @@ es_pull_start_due(void)
 		char	   *url;
 		long		wait;
 
-		if (p->easy != NULL || p->body != NULL || p->next_attempt > now || p->path == NULL)
+		if (p->easy != NULL || p->body != NULL || p->pre_easy != NULL ||
+			p->next_attempt > now || p->path == NULL)
 			continue;
 		/* Only a pull of updates that found nothing last time may park. */
 		wait = (p->drained && strncmp(p->path, "updates?", 8) == 0) ? ES_LONGPOLL_S : 0;
@@ -381,7 +510,7 @@ es_pull_apply(EsProducer *p, bool *more)
 
 	PG_TRY();
 	{
-		Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Oid			argtypes[4] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID};
 		Datum		values[4];
 
 		SetCurrentStatementStartTimestamp();
@@ -391,11 +520,24 @@ es_pull_apply(EsProducer *p, bool *more)
 		SPI_connect();
 		values[0] = CStringGetTextDatum(p->url);
 		values[1] = CStringGetTextDatum(p->sent_path);
-		values[2] = CStringGetTextDatum(p->body);
+		values[2] = JsonbPGetDatum(p->page);	/* parsed once, by es_pull_parse */
 		values[3] = CStringGetTextDatum(p->deps ? p->deps : "[]");
-		if (SPI_execute_with_args("SELECT r.next_path, r.more"
-								  "  FROM eventstream._apply_response($1, $2, $3::jsonb, $4::jsonb) r",
-								  4, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
+
+		/*
+		 * A kept generic plan: a one-off plan would fold the page into a
+		 * constant, copying it (megabytes) for nothing.
+		 */
+		if (es_apply_plan == NULL)
+		{
+			SPIPlanPtr	plan = SPI_prepare_cursor("SELECT r.next_path, r.more"
+												  "  FROM eventstream._apply_response($1, $2, $3, $4::jsonb) r",
+												  4, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+			if (plan == NULL || SPI_keepplan(plan) != 0)
+				elog(ERROR, "could not prepare the apply of a page: %s", SPI_result_code_string(SPI_result));
+			es_apply_plan = plan;
+		}
+		if (SPI_execute_plan(es_apply_plan, values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not apply a page");
 		es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -427,10 +569,29 @@ es_pull_finish(EsProducer *p, char *error)
 
 	if (error == NULL)
 		error = es_pull_apply(p, &more);
-	free(p->body);
-	p->body = NULL;
-	free(p->deps);
-	p->deps = NULL;
+	es_pull_drop_body(p);
+	if (p->pre_easy != NULL)
+	{
+		/*
+		 * The next page, asked for meanwhile, answers the request the
+		 * apply says comes next: it becomes that request (handed to
+		 * es_pull_done by es_pull_run if it finished already).  Otherwise
+		 * (an error, or something else moved the cursor) it is dropped.
+		 */
+		if (error == NULL && more && p->path != NULL && strcmp(p->path, p->pre_path) == 0)
+		{
+			if (p->pre_done)
+			{
+				p->pre_code_taken = p->pre_code;
+				es_pull_take_prefetch(p);
+				p->pre_ready = true;
+			}
+			else
+				p->pre_taken = true;
+		}
+		else
+			es_pull_drop_prefetch(p);
+	}
 	if (error == NULL)
 	{
 		p->drained = !more;
@@ -465,7 +626,8 @@ es_pull_missing(EsProducer *p)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	values[0] = CStringGetTextDatum(p->url);
-	values[1] = CStringGetTextDatum(p->body);
+	argtypes[1] = JSONBOID;
+	values[1] = JsonbPGetDatum(p->page);	/* parsed once, by es_pull_parse */
 	values[2] = CStringGetTextDatum(p->deps ? p->deps : "[]");
 	if (SPI_execute_with_args("SELECT w::text, w->>'path'"
 							  "  FROM jsonb_array_elements(eventstream._missing_for($1, $2::jsonb, $3::jsonb)) w",
@@ -602,6 +764,100 @@ es_fetch_done(EsFetch *f, CURLcode code)
 }
 
 /*
+ * es_pull_page_field
+ *		A top-level field of the page a producer holds (NULL if none).
+ */
+static JsonbValue *
+es_pull_page_field(EsProducer *p, const char *key)
+{
+	JsonbValue	k;
+
+	if (p->page == NULL || !JB_ROOT_IS_OBJECT(p->page) || JB_ROOT_IS_SCALAR(p->page))
+		return NULL;
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	return findJsonbValueFromContainer(&p->page->root, JB_FOBJECT, &k);
+}
+
+/*
+ * es_pull_prefetch
+ *		Ask for the next page of updates now, while the one just received
+ *		is applied: the producer builds it meanwhile (the machine's other
+ *		core), instead of the two sides taking turns.
+ *
+ * Only when the page says more is waiting (no long-poll) and the producer
+ * takes ack= ("acks": true): asking for the next cursor would otherwise
+ * acknowledge the page being applied, which may yet fail or be lost in a
+ * crash.  With ack= set to the cursor this page was asked with (stored
+ * here when the previous page was applied, so acknowledged truly), the
+ * producer keeps this page until a later pull acknowledges it.
+ *
+ * The request is made for the path _next_request would give once this
+ * page is applied (the sent path with the page's cursor in it); it is
+ * used only if the apply then says exactly that path (es_pull_finish),
+ * and dropped otherwise.  It only joins the multi handle here: libcurl
+ * moves data in es_pull_run() alone, outside any transaction, so the
+ * apply's transaction never waits on the network; what arrives meanwhile
+ * waits in the kernel's socket buffer.
+ */
+static void
+es_pull_prefetch(EsProducer *p)
+{
+	JsonbValue *more = es_pull_page_field(p, "more");
+	JsonbValue *acks = es_pull_page_field(p, "acks");
+	JsonbValue *cursor = es_pull_page_field(p, "cursor");
+	const char *sent = p->sent_path;
+	const char *at;
+	const char *end;
+	char	   *enc;
+	char	   *path;
+	char	   *url;
+
+	if (p->pre_easy != NULL || sent == NULL || strncmp(sent, "updates?", 8) != 0 ||
+		more == NULL || more->type != jbvBool || !more->val.boolean ||
+		acks == NULL || acks->type != jbvBool || !acks->val.boolean ||
+		cursor == NULL || cursor->type != jbvString)
+		return;
+	at = strstr(sent, "&cursor=");
+	if (at == NULL || strstr(sent, "&wait=") != NULL || strstr(sent, "&ack=") != NULL)
+		return;
+	at += strlen("&cursor=");
+	end = strchr(at, '&');
+	if (end == NULL)
+		end = at + strlen(at);
+	enc = TextDatumGetCString(DirectFunctionCall1(eventstream_urlencode,
+												  PointerGetDatum(cstring_to_text_with_len(cursor->val.string.val,
+																						   cursor->val.string.len))));
+	path = psprintf("%.*s%s%s", (int) (at - sent), sent, enc, end);
+	url = psprintf("%s/api/eventstream/v1/%s&ack=%.*s", p->url, path, (int) (end - at), at);
+
+	p->pre_easy = curl_easy_init();
+	if (p->pre_easy == NULL)
+		return;
+	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
+	es_client_setup(p->pre_easy, url, p->auth, &p->pre_resp, 30);
+	es_set_str(&p->pre_path, path);
+	p->pre_done = false;
+	if (curl_multi_add_handle(es_multi, p->pre_easy) != CURLM_OK)
+	{
+		es_pull_drop_prefetch(p);
+		return;
+	}
+
+	/*
+	 * Send it now (still outside any transaction; nothing here waits):
+	 * left to the next es_pull_run(), it would go out only after the
+	 * apply.
+	 */
+	{
+		int			running;
+
+		(void) curl_multi_socket_action(es_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+}
+
+/*
  * es_pull_done
  *		A producer's request finished: hold its answer and look for what it
  *		refers to that is not here, or record why there is no answer.
@@ -632,13 +888,18 @@ es_pull_done(EsProducer *p, CURLcode code)
 		return;
 	}
 	/* Keep the answer while its dependencies are fetched. */
-	free(p->body);
+	es_pull_drop_body(p);
 	p->body = p->resp.data ? p->resp.data : strdup("");
 	p->resp.data = NULL;
-	free(p->deps);
-	p->deps = NULL;
 	p->rounds = 0;
 	p->fetching = 0;
+	error = es_pull_parse(p);
+	if (error)
+	{
+		es_pull_finish(p, error);
+		return;
+	}
+	es_pull_prefetch(p);
 	es_pull_deps_round(p);
 }
 
@@ -689,13 +950,32 @@ es_pull_run(void)
 			continue;
 		curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &owner);
 		for (p = es_producers; p; p = p->next)
-			if (p->easy == easy)
+			if (p->easy == easy || p->pre_easy == easy)
 				break;
-		if (p != NULL)
+		if (p != NULL && p->pre_easy == easy && p->pre_taken)
+		{
+			/* The next page, which the apply said to ask for: go on. */
+			es_pull_take_prefetch(p);
+			es_pull_done(p, result);
+		}
+		else if (p != NULL && p->pre_easy == easy)
+		{
+			/* The next page: kept until the current one is applied. */
+			p->pre_done = true;
+			p->pre_code = result;
+		}
+		else if (p != NULL)
 			es_pull_done(p, result);
 		else if (owner != NULL)
 			es_fetch_done((EsFetch *) owner, result);
 	}
+	/* Next pages that had arrived while the previous one was applied. */
+	for (EsProducer *p = es_producers; p; p = p->next)
+		while (p->pre_ready && p->easy != NULL)
+		{
+			p->pre_ready = false;
+			es_pull_done(p, p->pre_code_taken);
+		}
 	es_pull_start_due();
 	MemoryContextSwitchTo(oldcxt);
 }
@@ -720,7 +1000,7 @@ es_pull_timeout(void)
 	}
 	for (p = es_producers; p; p = p->next)
 	{
-		if (p->easy == NULL && p->body == NULL)
+		if (p->easy == NULL && p->body == NULL && p->pre_easy == NULL)
 		{
 			long		left = p->next_attempt > now ?
 				(long) TimestampDifferenceMilliseconds(now, p->next_attempt) : 0;
