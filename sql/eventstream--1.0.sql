@@ -2423,6 +2423,9 @@ DECLARE
 	pk_type text;
 	here bigint;
 	settled boolean := true;
+	-- A mapping's Document fields are followed whatever the keys are.
+	mapped boolean := EXISTS (SELECT 1 FROM eventstream.producer_table t
+							   WHERE t.producer_url = _missing_for.producer_url AND t.mapping IS NOT NULL);
 BEGIN
 	-- The usual cases, without going through the whole answer more than
 	-- once (jsonpath walks the binary jsonb in C): a page of updates with
@@ -2431,7 +2434,7 @@ BEGIN
 	-- Updates are for can be missing), or the page has no Update and none
 	-- of its tables refers to anything or has child rows (the same test as
 	-- _missing_documents' quick one).
-	IF NOT body ? 'documents' AND coalesce(have, '[]') = '[]'
+	IF NOT body ? 'documents' AND coalesce(have, '[]') = '[]' AND NOT mapped
 	   AND NOT EXISTS (SELECT 1 FROM pg_constraint c
 					    WHERE c.contype = 'f'
 						  AND c.connamespace <> (SELECT e.extnamespace FROM pg_extension e
@@ -2482,7 +2485,7 @@ BEGIN
 		IF settled THEN
 			RETURN '[]';
 		END IF;
-	ELSIF NOT body ? 'documents' AND coalesce(have, '[]') = '[]'
+	ELSIF NOT body ? 'documents' AND coalesce(have, '[]') = '[]' AND NOT mapped
 	   AND NOT body @? '$.updates[*] ? (@.update_type == "Update")'
 	   AND NOT EXISTS (SELECT 1
 						 FROM (SELECT DISTINCT r #>> '{}' AS ref
