@@ -74,6 +74,8 @@ PG_FUNCTION_INFO_V1(eventstream_wake_worker);
 
 #define ES_MAX_SITES		64
 #define ES_LAUNCHER_NAP_MS	60000
+#define ES_HTTP_RETRY_MS	1000	/* first retry of a taken HTTP port */
+#define ES_HTTP_RETRY_MAX_MS	60000
 #define ES_MAX_BACKOFF_MS	60000
 
 typedef struct EsSiteWorker
@@ -687,6 +689,30 @@ es_worker_http_stop(int code, Datum arg)
 }
 
 /*
+ * es_worker_http_try
+ *		Start this site's HTTP endpoint if its database has a port; true if
+ *		it is listening now.  The first failure is a WARNING (from
+ *		es_http_start); the worker tries again later (the port may be taken
+ *		by a process that goes away).
+ */
+static bool
+es_worker_http_try(void)
+{
+	static bool exit_hook = false;
+	char	   *site_id;
+
+	if (es_http_port <= 0)
+		return false;
+	site_id = es_worker_site_id();
+	if (site_id == NULL || !es_http_start(es_http_listen_address, es_http_port, site_id))
+		return false;
+	if (!exit_hook)
+		before_shmem_exit(es_worker_http_stop, (Datum) 0);
+	exit_hook = true;
+	return true;
+}
+
+/*
  * es_worker_expect_waiters
  *		A long-poll is about to look for updates and may park: from now on
  *		commits that write logs must set this worker's latch.
@@ -728,6 +754,9 @@ eventstream_worker_main(Datum main_arg)
 	TimestampTz last_prune = GetCurrentTimestamp();
 	TimestampTz last_duties = 0;
 	volatile int backoff_ms = 0;	/* survives the longjmp of an error */
+	bool		http_up;
+	volatile TimestampTz http_retry_at = 0;	/* 0: not waiting to retry */
+	volatile long http_retry_ms = ES_HTTP_RETRY_MS;
 	char	   *dbname;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -762,13 +791,7 @@ eventstream_worker_main(Datum main_arg)
 	es_my_site = site;
 
 	/* This site's HTTP endpoint, when its database has a port. */
-	if (es_http_port > 0)
-	{
-		char	   *site_id = es_worker_site_id();
-
-		if (site_id != NULL && es_http_start(es_http_listen_address, es_http_port, site_id))
-			before_shmem_exit(es_worker_http_stop, (Datum) 0);
-	}
+	http_up = es_worker_http_try();
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
@@ -784,8 +807,10 @@ eventstream_worker_main(Datum main_arg)
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, pull_fd, NULL, NULL);
-	if (es_http_socket() >= 0)
+	if (http_up)
 		AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
+	else if (es_http_port > 0)
+		http_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), http_retry_ms);
 
 	/*
 	 * Survive errors: log, abort, back off, carry on (the model is
@@ -852,6 +877,13 @@ eventstream_worker_main(Datum main_arg)
 			http_timeout = es_http_timeout();
 			if (pull_timeout >= 0 && (http_timeout < 0 || pull_timeout < http_timeout))
 				http_timeout = pull_timeout;
+			if (http_retry_at != 0)
+			{
+				long		retry = (long) TimestampDifferenceMilliseconds(GetCurrentTimestamp(), http_retry_at);
+
+				if (http_timeout < 0 || retry < http_timeout)
+					http_timeout = retry;
+			}
 			if (left < 0)
 				left = 0;
 			nevents = WaitEventSetWait(wait_set,
@@ -865,6 +897,20 @@ eventstream_worker_main(Datum main_arg)
 			/* SIGTERM: exit here, not from inside a request handler. */
 			CHECK_FOR_INTERRUPTS();
 			/* A commit that wrote logs sets the latch: parked polls re-check. */
+			/* The port was taken: try again, less and less often. */
+			if (http_retry_at != 0 && GetCurrentTimestamp() >= http_retry_at)
+			{
+				if (es_worker_http_try())
+				{
+					AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
+					http_retry_at = 0;
+				}
+				else
+				{
+					http_retry_ms = Min(http_retry_ms * 2, ES_HTTP_RETRY_MAX_MS);
+					http_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), http_retry_ms);
+				}
+			}
 			es_http_wake(latch_set);
 			es_http_run();
 			site->has_waiters = es_http_parked();

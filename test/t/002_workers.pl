@@ -7,6 +7,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
+use IO::Socket::INET;
 
 my $node = PostgreSQL::Test::Cluster->new('workers');
 $node->init;
@@ -118,5 +119,43 @@ my $copied = time - $t0;
 cmp_ok($copied, '<', 10, "CREATE DATABASE ... TEMPLATE of a database with a worker took ${copied}s");
 is($node->safe_psql('site6', "SELECT extname FROM pg_extension WHERE extname = 'eventstream'"),
 	'eventstream', 'the copy has the extension');
+
+# An HTTP port taken by another process when the worker starts: no
+# endpoint (a WARNING), and the worker takes the port once it is free.
+my $port = PostgreSQL::Test::Cluster::get_free_port();
+my $squatter = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port, Proto => 'tcp', Listen => 1)
+  or die "cannot bind port $port: $!";
+$node->safe_psql('postgres', 'CREATE DATABASE site7');
+$node->safe_psql('postgres', "ALTER DATABASE site7 SET eventstream.http_port = $port");
+my $log_offset = -s $node->logfile;
+$node->safe_psql('site7', 'CREATE EXTENSION eventstream');
+ok($node->poll_query_until('site7', $workers_in->('site7') . ' = 1'), 'worker in site7');
+ok(wait_for_log(qr/could not start the eventstream HTTP server on 127\.0\.0\.1:$port/, $log_offset),
+	'a taken port: the worker says it could not start the HTTP server');
+$squatter->close;
+$t0 = time;
+my $up = 0;
+while (time - $t0 < 30)
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'curl', '-s', '--max-time', '2', "http://127.0.0.1:$port/api/eventstream/v1/health" ],
+		'>', \$out, '2>', \$err);
+	if ($out =~ /"site_id"/) { $up = 1; last; }
+	Time::HiRes::sleep(0.1);
+}
+ok($up, sprintf('once the port is free the site answers health (after %.1f s)', time - $t0));
+
+# Poll the server log from offset for a line matching re, up to 30 s.
+sub wait_for_log
+{
+	my ($re, $offset) = @_;
+	my $deadline = time + 30;
+	while (time < $deadline)
+	{
+		return 1 if slurp_file($node->logfile, $offset) =~ $re;
+		Time::HiRes::sleep(0.1);
+	}
+	return 0;
+}
 
 done_testing();
