@@ -112,6 +112,22 @@ COMMENT ON COLUMN eventstream.consumer_table.approved_snapshot IS
 COMMENT ON COLUMN eventstream.consumer_table.condition_error IS
 	'Latest error raised by the condition; documents whose condition fails are not served.';
 
+-- Ticks (the PgQ idea): snapshots the site worker records while logs are
+-- written, at most one a second, each with the update log's position.  A
+-- consumer far behind takes its backlog in windows that end at ticks, of
+-- about eventstream._window_logs() logs each, instead of one window up to
+-- now (see _pull_page): each window is applied in a transaction of its
+-- own, so a consumer catching up after days offline applies as it goes.
+CREATE TABLE eventstream.tick (
+	tick_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	snap			pg_snapshot NOT NULL,
+	low				bigint NOT NULL,		-- a lower bound of the ids not visible in snap
+	max_id			bigint NOT NULL,		-- the largest log id when it was taken
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE eventstream.tick IS
+	'Snapshots taken while logs are written (at most one a second); a consumer far behind is served windows that end at them.';
+
 -- Which consumers were served which log ("Consumers" of an Update Log): one
 -- receipt per page served, listing its logs.  page ties it to the pull that
 -- served it: a consumer that pulls the same page again (it did not apply
@@ -218,6 +234,29 @@ AS $$
 									  (SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END
 										 FROM eventstream.update_log_id_seq s))
 $$;
+
+-- Record a tick, if logs were written since the last one (called by the
+-- site worker).  The low bound is taken before the snapshot.
+CREATE FUNCTION eventstream._tick() RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	low bigint := eventstream._low_bound();
+	snap pg_snapshot := pg_current_snapshot();
+	top bigint := (SELECT max(l.id) FROM eventstream.update_log l);
+BEGIN
+	IF top > coalesce((SELECT t.max_id FROM eventstream.tick t ORDER BY t.tick_id DESC LIMIT 1), 0) THEN
+		INSERT INTO eventstream.tick (snap, low, max_id)
+			VALUES (snap, coalesce(low, (SELECT min(l.id) FROM eventstream.update_log l), 0), top);
+	END IF;
+END
+$$;
+
+-- About how many logs a window of a consumer far behind holds.
+CREATE FUNCTION eventstream._window_logs() RETURNS bigint
+	LANGUAGE sql IMMUTABLE
+AS $$ SELECT 20000::bigint $$;
 
 ------------------------------------------------------------------------------
 -- Helpers
@@ -867,6 +906,8 @@ DECLARE
 	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
 	bytes bigint := 0;
 	block_bytes bigint;
+	tick_snap pg_snapshot;
+	tick_low bigint;
 BEGIN
 	PERFORM eventstream._check_limit(lim, 10000);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
@@ -957,6 +998,24 @@ BEGIN
 		low_to := coalesce(eventstream._low_bound(), low_from);
 		s_to := pg_current_snapshot();
 		after_id := low_from - 1;
+		-- A consumer far behind: the window ends at a tick instead, the
+		-- latest that keeps it to about _window_logs() logs (or the first
+		-- after s_from if none does), so that the backlog is applied in
+		-- bounded transactions.  A tick taken after s_from (its xmax is
+		-- larger) sees everything s_from sees.
+		IF (SELECT max(l.id) FROM eventstream.update_log l) - low_from > eventstream._window_logs() THEN
+			SELECT t.snap, t.low INTO tick_snap, tick_low
+			  FROM eventstream.tick t
+			 WHERE pg_snapshot_xmax(t.snap) > pg_snapshot_xmax(s_from)
+			   AND pg_snapshot_xmax(t.snap) < pg_snapshot_xmax(s_to)
+			 ORDER BY t.max_id - low_from > eventstream._window_logs(),
+					  CASE WHEN t.max_id - low_from > eventstream._window_logs() THEN t.tick_id ELSE -t.tick_id END
+			 LIMIT 1;
+			IF FOUND THEN
+				s_to := tick_snap;
+				low_to := tick_low;
+			END IF;
+		END IF;
 	END IF;
 
 	BEGIN
@@ -1390,6 +1449,10 @@ BEGIN
 		DELETE FROM eventstream.withheld w USING gone WHERE w.update_log_id = gone.id
 	)
 	SELECT count(*) INTO deleted FROM gone;
+
+	-- Ticks whose logs are all gone (the latest stays).
+	DELETE FROM eventstream.tick t
+	 WHERE t.max_id < horizon AND t.tick_id < (SELECT max(x.tick_id) FROM eventstream.tick x);
 
 	-- Receipts go with the last of their logs (a page may hold replayed
 	-- withheld logs that are kept longer than the rest).

@@ -75,6 +75,7 @@ PG_FUNCTION_INFO_V1(eventstream_wake_worker);
 #define ES_MAX_SITES		64
 #define ES_LAUNCHER_NAP_MS	60000
 #define ES_HTTP_RETRY_MS	1000	/* first retry of a taken HTTP port */
+#define ES_TICK_MS			1000	/* at most one tick a second, while logs are written */
 #define ES_HTTP_RETRY_MAX_MS	60000
 #define ES_MAX_BACKOFF_MS	60000
 
@@ -86,6 +87,7 @@ typedef struct EsSiteWorker
 	bool		no_extension;	/* probed: the database lacks the extension */
 	TimestampTz hold_until;		/* the launcher leaves it alone until then */
 	volatile bool has_waiters;	/* long-polls are parked: wake at commit */
+	volatile bool logs_pending;	/* logs committed since the last tick */
 	volatile bool recheck;		/* DROP EXTENSION committed: look again */
 } EsSiteWorker;
 
@@ -336,7 +338,8 @@ es_worker_xact_callback(XactEvent event, void *arg)
 /*
  * es_wake_site
  *		Set the latch of dboid's site worker, if one runs: a transaction
- *		that wrote update logs committed (parked long-polls re-check).
+ *		that wrote update logs committed (parked long-polls re-check, and
+ *		the worker records a tick within ES_TICK_MS).
  *		Lock-free: called at every commit of a capturing transaction, and a
  *		stale read only costs a spurious or missed-by-one-cycle wake-up.
  */
@@ -357,8 +360,13 @@ es_wake_site(Oid dboid)
 		if (cached < 0)
 			return;
 	}
-	if (es_workers->sites[cached].pid != 0 && es_workers->sites[cached].has_waiters)
+	if (es_workers->sites[cached].pid != 0 &&
+		(es_workers->sites[cached].has_waiters || !es_workers->sites[cached].logs_pending))
+	{
+		/* The first commit after a tick also tells the worker a tick is due. */
+		es_workers->sites[cached].logs_pending = true;
 		SetLatch(&ProcGlobal->allProcs[es_workers->sites[cached].procno].procLatch);
+	}
 }
 
 /*
@@ -689,6 +697,27 @@ es_worker_http_stop(int code, Datum arg)
 }
 
 /*
+ * es_worker_tick
+ *		Record a tick (eventstream._tick(): a snapshot with the update
+ *		log's position), in a transaction of its own.  Ticks let a consumer
+ *		that is far behind take the backlog in windows of bounded size,
+ *		each applied in a transaction of its own (see _pull_page).
+ */
+static void
+es_worker_tick(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute("SELECT eventstream._tick()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not record a tick");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
  * es_worker_http_try
  *		Start this site's HTTP endpoint if its database has a port; true if
  *		it is listening now.  The first failure is a WARNING (from
@@ -757,6 +786,7 @@ eventstream_worker_main(Datum main_arg)
 	bool		http_up;
 	volatile TimestampTz http_retry_at = 0;	/* 0: not waiting to retry */
 	volatile long http_retry_ms = ES_HTTP_RETRY_MS;
+	volatile TimestampTz next_tick_at = 0;
 	char	   *dbname;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -884,6 +914,13 @@ eventstream_worker_main(Datum main_arg)
 				if (http_timeout < 0 || retry < http_timeout)
 					http_timeout = retry;
 			}
+			if (site->logs_pending)
+			{
+				long		tick = (long) TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_tick_at);
+
+				if (http_timeout < 0 || tick < http_timeout)
+					http_timeout = tick;
+			}
 			if (left < 0)
 				left = 0;
 			nevents = WaitEventSetWait(wait_set,
@@ -897,6 +934,18 @@ eventstream_worker_main(Datum main_arg)
 			/* SIGTERM: exit here, not from inside a request handler. */
 			CHECK_FOR_INTERRUPTS();
 			/* A commit that wrote logs sets the latch: parked polls re-check. */
+			/*
+			 * Logs were committed since the last tick: record one, at most
+			 * every ES_TICK_MS (the flag is cleared first, so a commit
+			 * after it asks for the next tick).
+			 */
+			if (site->logs_pending && GetCurrentTimestamp() >= next_tick_at)
+			{
+				site->logs_pending = false;
+				pg_memory_barrier();
+				es_worker_tick();
+				next_tick_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ES_TICK_MS);
+			}
 			/* The port was taken: try again, less and less often. */
 			if (http_retry_at != 0 && GetCurrentTimestamp() >= http_retry_at)
 			{

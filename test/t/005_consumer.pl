@@ -763,6 +763,29 @@ exactly_once('C (producer crash)');
 ok(wait_query($C, $status_sql, 'streaming false', 30), 'C: and the consumer is streaming again');
 
 ######################################################################
+# W. A consumer far behind takes the backlog in bounded windows (ticks)
+######################################################################
+
+# The consumer is away while six transactions of 10,000 rows commit; the
+# producer's worker records a tick after each (at most one a second).
+$C->{node}->stop;
+for my $i (1 .. 6)
+{
+	my $ticks = sq($P, 'SELECT count(*) FROM eventstream.tick');
+	sq($P, "INSERT INTO bulk SELECT g, 'away' FROM generate_series(" . (300000 + $i * 10000) . ', ' . (309999 + $i * 10000) . ') g');
+	wait_query($P, "SELECT count(*) > $ticks FROM eventstream.tick", 't', 30);
+}
+cmp_ok(sq($P, 'SELECT count(*) FROM eventstream.tick'), '>=', 6, 'W: the producer recorded ticks meanwhile');
+$C->{node}->start;
+$bulk_p = digest($P, 'bulk');
+ok(wait_until(120, sub { digest($C, 'bulk') eq $bulk_p }), 'W: back, the consumer catches up with the producer');
+exactly_once('W (catch-up)');
+my $windows = sq($C, "SELECT count(DISTINCT created_at) FROM eventstream.sync_log WHERE remote_ref_table = 'public.bulk' "
+	  . "AND remote_docname::int > 300000");
+cmp_ok($windows, '>=', 3,
+	"W: the backlog was applied in $windows local transactions (windows ending at ticks), not in one");
+
+######################################################################
 # N. Two producers feeding one table, each with its own keys here
 ######################################################################
 
