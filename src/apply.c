@@ -615,6 +615,17 @@ es_given_columns(EsTable *t, Jsonb *j, bool skip_pk)
 	return cols;
 }
 
+/* Append "prefixcol1, prefixcol2, ..." (quoted) to buf. */
+static void
+es_append_cols(StringInfo buf, List *cols, const char *prefix)
+{
+	ListCell   *lc;
+
+	foreach(lc, cols)
+		appendStringInfo(buf, "%s%s%s", foreach_current_index(lc) > 0 ? ", " : "", prefix,
+						 quote_identifier(lfirst(lc)));
+}
+
 /*
  * es_upsert
  *		Insert row into t, or update the row with the same key; key NULL:
@@ -662,8 +673,7 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "INSERT INTO %s AS t (", t->qualname);
-	foreach(lc, cols)
-		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	es_append_cols(&sql, cols, "");
 	if (cols == NIL)
 	{
 		resetStringInfo(&sql);
@@ -672,8 +682,7 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 	else
 	{
 		appendStringInfoString(&sql, ") SELECT ");
-		foreach(lc, cols)
-			appendStringInfo(&sql, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+		es_append_cols(&sql, cols, "r.");
 		appendStringInfo(&sql, " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r", t->qualname);
 	}
 	if (keyed)
@@ -744,17 +753,14 @@ es_update(EsApply *a, EsTable *t, Jsonb *set, Jsonb *key)
 	List	   *cols = es_given_columns(t, set, true);
 	StringInfoData sql;
 	StringInfoData arg;
-	ListCell   *lc;
 
 	if (cols == NIL)
 		return es_select(a, t, key);
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "UPDATE %s t SET (", t->qualname);
-	foreach(lc, cols)
-		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	es_append_cols(&sql, cols, "");
 	appendStringInfoString(&sql, ") = (SELECT ");
-	foreach(lc, cols)
-		appendStringInfo(&sql, "%ss.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	es_append_cols(&sql, cols, "s.");
 	appendStringInfo(&sql, " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->'s') s)"
 					 " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->'k') k WHERE %s"
 					 " RETURNING pg_catalog.to_jsonb(t.*)",
@@ -1820,11 +1826,9 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 		/* Set the changed columns of every row, found by its docname. */
 		cols = es_given_columns(t, es_field(es_field(upd, "data"), "changed"), true);
 		appendStringInfo(&sql, "WITH upd AS (UPDATE %s t SET (", t->qualname);
-		foreach(lc, cols)
-			appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+		es_append_cols(&sql, cols, "");
 		appendStringInfoString(&sql, ") = ROW(");
-		foreach(lc, cols)
-			appendStringInfo(&sql, "%ss.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+		es_append_cols(&sql, cols, "s.");
 		appendStringInfo(&sql, ") FROM (SELECT r.* FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
 						 " pg_catalog.jsonb_populate_record(NULL::%s, (e.u->'data'->'changed') ||"
 						 " pg_catalog.jsonb_build_object(%s, e.u->>'docname')) r"
@@ -1841,28 +1845,19 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 	 * writes a WAL record per row, and no RETURNING); should a row be there
 	 * already, it fails and the upsert runs instead.
 	 */
-	initStringInfo(&plain);
-	appendStringInfo(&plain, "WITH ins AS (INSERT INTO %s AS t (", t->qualname);
-	foreach(lc, cols)
-		appendStringInfo(&plain, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
-	appendStringInfoString(&plain, ") SELECT ");
-	foreach(lc, cols)
-		appendStringInfo(&plain, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
-	appendStringInfo(&plain, " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
-					 " pg_catalog.jsonb_populate_record(NULL::%s, e.u->'data') r"
-					 " WHERE e.o BETWEEN $2 AND $3 ORDER BY e.o RETURNING 1)"
-					 " SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'existed', '[]'::jsonb) FROM ins",
-					 t->qualname);
-
 	appendStringInfo(&sql, "WITH ins AS (INSERT INTO %s AS t (", t->qualname);
-	foreach(lc, cols)
-		appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	es_append_cols(&sql, cols, "");
 	appendStringInfoString(&sql, ") SELECT ");
-	foreach(lc, cols)
-		appendStringInfo(&sql, "%sr.%s", foreach_current_index(lc) > 0 ? ", " : "", quote_identifier(lfirst(lc)));
+	es_append_cols(&sql, cols, "r.");
 	appendStringInfo(&sql, " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
 					 " pg_catalog.jsonb_populate_record(NULL::%s, e.u->'data') r"
-					 " WHERE e.o BETWEEN $2 AND $3 ORDER BY e.o ON CONFLICT (", t->qualname);
+					 " WHERE e.o BETWEEN $2 AND $3 ORDER BY e.o", t->qualname);
+	initStringInfo(&plain);
+	appendStringInfo(&plain, "%s RETURNING 1)"
+					 " SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'existed', '[]'::jsonb) FROM ins",
+					 sql.data);
+
+	appendStringInfoString(&sql, " ON CONFLICT (");
 	for (int i = 0; i < t->npk; i++)
 		appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", quote_identifier(t->pk[i]));
 	appendStringInfoString(&sql, ") DO ");
