@@ -2144,6 +2144,28 @@ BEGIN
 		RETURN result;
 	END IF;
 
+	-- The row an Update is for, kept here under a key of its own: missing
+	-- when remote_document does not know it.
+	IF targets THEN
+		result := result || (SELECT coalesce(jsonb_agg(jsonb_build_object(
+									  'path', format('documents/%s/%s', eventstream._urlencode(x.ref), eventstream._urlencode(x.docname)),
+									  'ref_table', x.ref, 'docname', x.docname)), '[]')
+							   FROM (SELECT DISTINCT u->>'ref_table' AS ref, u->>'docname' AS docname, t.local_table
+									   FROM jsonb_array_elements(docs) u
+									   JOIN eventstream.producer_table t
+										 ON t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table'
+									  WHERE u->>'update_type' = 'Update' AND NOT t.use_same_name AND t.mapping IS NULL
+										AND NOT coalesce((u->>'dependency')::boolean, false)) x
+							  WHERE NOT EXISTS (SELECT 1 FROM eventstream.remote_document rd
+												 WHERE rd.producer_url = _missing_documents.producer_url
+												   AND rd.local_table = x.local_table AND rd.remote_docname = x.docname)
+								AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(docs) c
+												 WHERE c->>'update_type' = 'Create' AND c->>'ref_table' = x.ref
+												   AND c->>'docname' = x.docname)
+								AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(have, '[]')) h
+												 WHERE h->>'ref_table' = x.ref AND h->>'docname' = x.docname));
+	END IF;
+
 	-- Set-wise: the rows the answer writes, the keys they refer to, and
 	-- which of those are neither here, nor created by the answer, nor
 	-- fetched already; one existence query per referenced table.
@@ -2507,6 +2529,10 @@ BEGIN
 		IF NOT targets OR NOT body @? '$.updates[*] ? (@.update_type == "Update")' THEN
 			RETURN '[]';
 		END IF;
+		-- (rows kept under their own keys here are found through
+		-- remote_document: _missing_documents looks)
+		settled := NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+								WHERE t.producer_url = _missing_for.producer_url AND NOT t.use_same_name);
 		-- Are the rows the Updates are for here (or created by the page)?
 		-- By key, per table: an index lookup each, where _missing_documents
 		-- would go through the whole table.  If any is not (or the key is
@@ -2523,7 +2549,7 @@ BEGIN
 							   '$.updates[*] ? (@.update_type == "Update" && @.data.type() == "object")')) x) u
 			  JOIN eventstream.producer_table t
 				ON t.producer_url = _missing_for.producer_url AND t.ref_table = u.ref AND t.use_same_name
-			 WHERE NOT EXISTS (SELECT 1 FROM c WHERE c.ref = u.ref AND c.docname = u.docname)
+			 WHERE settled AND NOT EXISTS (SELECT 1 FROM c WHERE c.ref = u.ref AND c.docname = u.docname)
 			 GROUP BY t.local_table
 		LOOP
 			SELECT a.attname, format_type(a.atttypid, a.atttypmod) INTO pk_name, pk_type

@@ -808,6 +808,8 @@ subscribe($C, $P->{url}, 'item', ', use_same_name => false, initial_sync => fals
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P2->{url}', api_key => '$key_b', api_secret => '$secret_b', "
 	  . "subscriber => 'applier', tables => ARRAY['item'], initial_sync => false)");
 sq($C, "SELECT eventstream.subscribe('$P2->{url}', 'item', use_same_name => false, initial_sync => false)");
+# OLD is there before the approval: its Create is never logged.
+sq($P2, "INSERT INTO item VALUES ('OLD', 'made before the approval')");
 sq($P2, "SELECT eventstream.approve(consumer_url, 'item') FROM eventstream.consumer");
 ok(wait_query($C, "SELECT status FROM eventstream.producer_table WHERE producer_url = '$P2->{url}' AND ref_table = 'public.item'",
 		'Approved', 30), 'N: the second producer approved');
@@ -827,6 +829,15 @@ ok(wait_query($C, "SELECT string_agg(v, ', ' ORDER BY v) FROM item", 'second, ch
 	"N: a Delete from the first producer removes its row only");
 is(sq($C, "SELECT count(*) FROM eventstream.remote_document WHERE local_table = 'item'::regclass"), '1',
 	'N: and its remote name');
+# An Update of a row this site never had, kept under keys of its own: the
+# row is fetched, made here with a key of its own, and updated.
+sq($P2, "UPDATE item SET v = 'old, changed' WHERE name = 'OLD'");
+ok(wait_query($C, "SELECT i.name LIKE 'ITEM-%' FROM item i, LATERAL eventstream.remote_name('item', i.name) r "
+		. "WHERE r.remote_docname = 'OLD' AND i.v = 'old, changed'", 't', 30),
+	'N: an Update of a row this site lacks fetches it (own key) and applies');
+is(sq($C, "SELECT string_agg(update_type || ':' || status || ':' || coalesce(note, ''), ',' ORDER BY id) FROM eventstream.sync_log "
+	  . "WHERE producer_url = '$P2->{url}' AND remote_docname = 'OLD'"),
+	'Create:Synced:dependency,Update:Synced:', 'N: logged as a dependency Create, then the Update');
 ok(wait_query($C, "SELECT state || ' ' || updates_received_not_applied || ' ' || more_waiting_on_producer || ' ' || lag "
 		. "FROM eventstream.producer_status WHERE producer_url = '$P2->{url}'", 'streaming 0 false 00:00:00', 30),
 	'N: producer_status shows the second producer caught up (no lag)');
