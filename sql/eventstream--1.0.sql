@@ -3069,8 +3069,9 @@ COMMENT ON FUNCTION eventstream.unmap_field(text, text) IS 'Remove the rule of a
 
 /*
  * How a Document field of a mapping links the remote document doc to a
- * local row.  The filters (remote_value_filters, each spec a field of doc,
- * an eval: expression or a literal) find the dependency on the producer;
+ * local row.  The filters (remote_value_filters, each spec an eval:
+ * expression, else a field doc has, else a literal) find the dependency on
+ * the producer;
  * fetched holds what was fetched already ([{ref_table, filters | docname,
  * data, error}]).  Returns one of
  *   {"want": {path, ...}}         ask the producer for this first
@@ -3103,8 +3104,8 @@ BEGIN
 		filters := filters || jsonb_build_object(spec.key,
 			CASE WHEN jsonb_typeof(spec.value) = 'string' AND s LIKE 'eval:%'
 					  THEN eventstream._eval_filter(substr(s, 6), doc, subscriber)
-				 WHEN jsonb_typeof(spec.value) = 'string' AND doc->s IS NOT NULL AND doc->s <> 'null'
-					  THEN doc->s
+				 WHEN jsonb_typeof(spec.value) = 'string' AND doc ? s
+					  THEN doc->s		-- a field of the document, even when null
 				 ELSE spec.value END);
 	END LOOP;
 

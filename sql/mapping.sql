@@ -189,6 +189,13 @@ SELECT eventstream._apply_updates('http://q.invalid', 'es_mapper', '[
 ]', NULL, false, '[]') AS processed_failed;
 SELECT status, error FROM eventstream.sync_log WHERE producer_url = 'http://q.invalid' AND update_log_id = 6;
 
+-- Filter specs: a field the document has (even null), else a literal.
+SELECT eventstream.map_field('role_from_note', 'dept', 'team', mapping_type => 'Document', mapping => 'dept_from_team',
+							 remote_value_filters => '{"code": "team", "label": "label", "kind": "label2", "n": 3}');
+SELECT eventstream._mapping_link('http://q.invalid', 'es_mapper', f, '{"title": "Chief", "team": "T1", "label": null}', '[]')
+		 ->'want'->'filters' AS filters
+  FROM eventstream.field_mapping f WHERE f.mapping_name = 'role_from_note' AND f.local_fieldname = 'dept';
+
 -- A row fetched as another row's dependency, of a table subscribed
 -- through a mapping, is mapped too.
 SELECT eventstream.map_field('todo_from_note', 'role', 'title', mapping_type => 'Document', mapping => 'role_from_note',
