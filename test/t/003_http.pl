@@ -7,14 +7,11 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes ();
+use FindBin;
+use lib $FindBin::RealBin;
+use EsSites qw(new_node);
 
-my $node = PostgreSQL::Test::Cluster->new('http');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'eventstream'
-eventstream.prune_interval = 0
-});
-$node->start;
+my $node = new_node('http');
 
 my $port = PostgreSQL::Test::Cluster::get_free_port();
 $node->safe_psql('postgres', 'CREATE DATABASE site');

@@ -17,17 +17,11 @@ use JSON::PP ();
 use Time::HiRes qw(time);
 use FindBin;
 use lib $FindBin::RealBin;
-use EsSites qw(wait_until);
+use EsSites qw(wait_until new_node);
 
 my $json = JSON::PP->new->utf8->canonical;
 
-my $node = PostgreSQL::Test::Cluster->new('http_edge');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'eventstream'
-eventstream.prune_interval = 0
-});
-$node->start;
+my $node = new_node('http_edge');
 
 my $port = PostgreSQL::Test::Cluster::get_free_port();
 # UTF8 whatever the environment's locale: the encoding checks below need it.
