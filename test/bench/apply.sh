@@ -158,6 +158,7 @@ WORK=$(mktemp -d /tmp/eventstream-apply.XXXXXX)
 chmod 755 "$WORK"
 chown postgres:postgres "$WORK"
 CLUSTERS="esp esc np ns"		# eventstream producer/consumer, native publisher/subscriber
+BENCH_DATA_DIRS=$(for c in $CLUSTERS; do printf '%s ' "$WORK/$c"; done)
 declare -A PORT CLUSTER_NAME
 CLUSTER_NAME=([esp]="eventstream producer" [esc]="eventstream consumer" [np]="native publisher" [ns]="native subscriber")
 BENCH_PIDS=()
@@ -419,40 +420,7 @@ diagnose() {
 # Measuring
 # ---------------------------------------------------------------------------
 
-HZ=$(getconf CLK_TCK)
-NCPU=$(nproc)
-machine_busy() {
-	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat	# user nice system irq softirq
-}
-# Ticks of all four servers (postmasters with their reaped children, and
-# live children).
-servers_ticks() {
-	local c pm kid
-	for c in $CLUSTERS; do
-		[ -f "$WORK/$c/postmaster.pid" ] || continue
-		pm=$(head -n 1 "$WORK/$c/postmaster.pid")
-		{
-			cat "/proc/$pm/stat" 2>/dev/null || true
-			for kid in $(pgrep -P "$pm"); do cat "/proc/$kid/stat" 2>/dev/null || true; done
-		} | sed 's/^.*) //' | awk -v pm="$pm" '$2 == pm { s += $12 + $13; next } { s += $12 + $13 + $14 + $15 } END { print s + 0 }'
-	done | awk '{ s += $1 } END { print s + 0 }'
-}
-other_begin() {
-	OTHER_BUSY=$(machine_busy); OTHER_SRV=$(servers_ticks); OTHER_T=$EPOCHREALTIME
-}
-# other_end CLIENT_CPU_SECONDS: % of the machine's CPU used by anything but
-# the four servers and the benchmark's client since other_begin.  A cluster
-# stopped or started in between makes this approximate.
-other_end() {
-	local busy srv t
-	busy=$(machine_busy); srv=$(servers_ticks); t=$EPOCHREALTIME
-	awk -v b="$((busy - OTHER_BUSY))" -v s="$((srv - OTHER_SRV))" -v c="$1" -v hz="$HZ" -v n="$NCPU" \
-		-v t0="$OTHER_T" -v t1="$t" \
-		'BEGIN { o = (b - s - c * hz) / ((t1 - t0) * hz * n) * 100; printf "%.0f", (o < 0 ? 0 : o) }'
-}
-median() {
-	sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+. "$BENCH_DIR/cpu.sh"		# machine_busy, other_begin / other_end, median
 # kv NAME: the value of NAME=... in the line on standard input.
 kv() {
 	tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print substr($0, length(k) + 2); found = 1 } END { if (!found) print "nan" }'

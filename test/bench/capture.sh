@@ -71,6 +71,7 @@ fi
 # ---------------------------------------------------------------------------
 
 WORK=$(mktemp -d /tmp/eventstream-bench.XXXXXX)
+BENCH_DATA_DIRS=$WORK/data
 chmod 755 "$WORK"
 chown postgres:postgres "$WORK"
 cleanup() {
@@ -231,32 +232,15 @@ prepare_run() {
 		-c "CHECKPOINT"
 }
 
-# CPU accounting, to tell whether something else on the machine competed
-# with a run: jiffies the whole machine was busy, and jiffies spent by this
-# benchmark's server (the postmaster, its live children and the children it
-# has reaped).
-HZ=$(getconf CLK_TCK)
-NCPU=$(nproc)
-machine_busy() {
-	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat	# user nice system irq softirq
-}
-server_cpu() {
-	local pm kid
-	pm=$(head -n 1 "$WORK/data/postmaster.pid")
-	{
-		cat "/proc/$pm/stat"
-		for kid in $(pgrep -P "$pm"); do cat "/proc/$kid/stat" 2>/dev/null || true; done
-	} | sed 's/^.*) //' |
-		awk 'NR == 1 { s += $12 + $13 + $14 + $15; next } { s += $12 + $13 } END { print s }'
-}
+. "$BENCH_DIR/cpu.sh"		# machine_busy, other_begin / other_end, median
 
 # run CONFIG SECONDS: prints "tps transactions logged_rows other_cpu_percent"
 # where other_cpu_percent is the share of the machine's CPU that neither the
 # server nor pgbench used while pgbench ran (other processes, the kernel).
 run() {
-	local c=$1 secs=$2 out tps xacts logged=- log busy0 srv0 t0 busy1 srv1 t1 other
+	local c=$1 secs=$2 out tps xacts logged=- log other
 	prepare_run "$c"
-	busy0=$(machine_busy); srv0=$(server_cpu); t0=$EPOCHREALTIME
+	other_begin
 	TIMEFORMAT='%U %S'
 	if ! { time $as_pg "$PG_BIN/pgbench" -h "$WORK" -p "$PORT" -n -M prepared \
 		-c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$WORK/$c.pgbench" bench \
@@ -265,12 +249,8 @@ run() {
 		echo "capture.sh: pgbench failed for $c" >&2
 		exit 1
 	fi
-	busy1=$(machine_busy); srv1=$(server_cpu); t1=$EPOCHREALTIME
+	other=$(other_end "$(awk '{ print $1 + $2 }' "$WORK/pgbench.time")")
 	out=$(cat "$WORK/pgbench.out")
-	other=$(awk -v b="$((busy1 - busy0))" -v s="$((srv1 - srv0))" -v hz="$HZ" -v n="$NCPU" \
-		-v dt="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
-		'{ o = (b - s - ($1 + $2) * hz) / (dt * hz * n) * 100; printf "%.0f", (o < 0 ? 0 : o) }' \
-		"$WORK/pgbench.time")
 	tps=$(awk '/^tps = /{ print $3; exit }' <<<"$out")
 	xacts=$(awk -F': ' '/^number of transactions actually processed/{ print $2; exit }' <<<"$out")
 	if [ -z "$tps" ] || [ -z "$xacts" ]; then
@@ -323,9 +303,6 @@ awk '$1 == "es" { x += $3; l += $4; if (min == "" || $4 < min) min = $4 }
 
 echo
 echo "== summary (median of $ROUNDS runs of ${SECS}s each)"
-median() {
-	sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 base=$(awk '$1 == "none" { print $2 }' "$RESULTS" | median)
 printf '%-8s %12s %14s\n' config median_tps ratio_vs_none
 for c in "${CONFIGS[@]}"; do

@@ -53,6 +53,7 @@ fi
 # ---------------------------------------------------------------------------
 
 WORK=$(mktemp -d /tmp/eventstream-bench.XXXXXX)
+BENCH_DATA_DIRS=$WORK/data
 chmod 755 "$WORK"
 chown postgres:postgres "$WORK"
 # Scripts may register more clean-up (client processes) in BENCH_PIDS.
@@ -173,42 +174,7 @@ proc_rss_kb() {
 	awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
 
-HZ=$(getconf CLK_TCK)
-NCPU=$(nproc)
-
-# Whether something else on the machine competed with a measurement: clock
-# ticks the whole machine was busy, and ticks spent by this benchmark's server
-# (the postmaster, its live children and the children it has reaped).
-machine_busy() {
-	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat	# user nice system irq softirq
-}
-server_ticks() {
-	local pm kid
-	pm=$(head -n 1 "$WORK/data/postmaster.pid")
-	{
-		cat "/proc/$pm/stat"
-		for kid in $(pgrep -P "$pm"); do cat "/proc/$kid/stat" 2>/dev/null || true; done
-	} | sed 's/^.*) //' |
-		awk 'NR == 1 { s += $12 + $13 + $14 + $15; next } { s += $12 + $13 } END { print s }'
-}
-# other_begin, then other_end CLIENT_CPU_SECONDS: prints the share (%) of the
-# machine's CPU used since other_begin by anything but the server and the
-# benchmark's client.
-other_begin() {
-	OTHER_BUSY=$(machine_busy); OTHER_SRV=$(server_ticks); OTHER_T=$EPOCHREALTIME
-}
-other_end() {
-	local busy srv t
-	busy=$(machine_busy); srv=$(server_ticks); t=$EPOCHREALTIME
-	awk -v b="$((busy - OTHER_BUSY))" -v s="$((srv - OTHER_SRV))" -v c="$1" -v hz="$HZ" -v n="$NCPU" \
-		-v t0="$OTHER_T" -v t1="$t" \
-		'BEGIN { o = (b - s - c * hz) / ((t1 - t0) * hz * n) * 100; printf "%.0f", (o < 0 ? 0 : o) }'
-}
-
-# Median of the numbers on standard input, one per line.
-median() {
-	sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+. "$BENCH_DIR/cpu.sh"		# machine_busy, other_begin / other_end, median
 
 # A table t (id int primary key, v text), a non-superuser role that may read
 # it, and an API key for that role: sets KEY and SECRET.
