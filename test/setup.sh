@@ -5,7 +5,8 @@
 # fresh Debian 12 machine it installs the packages below with apt, copies the
 # source into a build directory owned by the postgres user (PostgreSQL
 # refuses to run as root, and so do its test tools), builds there as postgres
-# and installs as root.  Afterwards these variables are set:
+# and installs as root.  Afterwards these variables are set (and the function
+# es_install_packages defined):
 #   ES_SRC      the source tree
 #   ES_BUILD    the build directory (owned by postgres)
 #   PG_BIN      PostgreSQL 15's bin directory
@@ -21,15 +22,20 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
-missing=""
-for p in $ES_PACKAGES; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-	echo "== installing:$missing"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-fi
+# es_install_packages PACKAGE...: install with apt those not installed yet
+# (the benchmarks call it for what they need besides).
+es_install_packages() {
+	local p missing=""
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+	done
+	if [ -n "$missing" ]; then
+		echo "== installing:$missing"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+	fi
+}
+es_install_packages $ES_PACKAGES
 
 ES_BUILD=${ES_BUILD:-$(mktemp -d /tmp/eventstream-build.XXXXXX)}
 chmod 755 "$ES_BUILD"

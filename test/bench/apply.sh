@@ -140,15 +140,7 @@ BENCH_T0=$SECONDS
 own_build=${ES_BUILD:-}
 . "$BENCH_DIR/../setup.sh"		# sets ES_BUILD, PG_BIN, as_pg; checks root
 
-bench_missing=""
-for p in procps libdbi-perl libdbd-pg-perl; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || bench_missing="$bench_missing $p"
-done
-if [ -n "$bench_missing" ]; then
-	echo "== installing:$bench_missing"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $bench_missing >/dev/null
-fi
+es_install_packages procps libdbi-perl libdbd-pg-perl
 
 # ---------------------------------------------------------------------------
 # Four throwaway clusters

@@ -60,11 +60,7 @@ CONFIGS=(none es pgq plpgsql)
 own_build=${ES_BUILD:-}
 . "$BENCH_DIR/../setup.sh"		# sets ES_BUILD, PG_BIN, as_pg; checks root
 
-if ! dpkg-query -W -f='${Status}' postgresql-15-pgq3 2>/dev/null | grep -q "install ok installed"; then
-	echo "== installing: postgresql-15-pgq3"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-pgq3 >/dev/null
-fi
+es_install_packages postgresql-15-pgq3
 
 # ---------------------------------------------------------------------------
 # A throwaway server

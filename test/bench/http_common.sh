@@ -38,15 +38,7 @@ bench_die() {
 own_build=${ES_BUILD:-}
 . "$BENCH_DIR/../setup.sh"		# sets ES_BUILD, PG_BIN, as_pg; checks root
 
-bench_missing=""
-for p in procps ${BENCH_PACKAGES:-}; do		# procps: pgrep
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || bench_missing="$bench_missing $p"
-done
-if [ -n "$bench_missing" ]; then
-	echo "== installing:$bench_missing"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $bench_missing >/dev/null
-fi
+es_install_packages procps ${BENCH_PACKAGES:-}		# procps: pgrep
 
 # ---------------------------------------------------------------------------
 # A throwaway server
