@@ -2668,6 +2668,20 @@ DECLARE
 	dependency boolean;
 	deps jsonb := '[]';
 BEGIN
+	-- The update exactly as it was received (what resync changes of an
+	-- entry is its outcome, never these).
+	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id;
+	upd := jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
+							  'docname', l.remote_docname, 'data', l.data, 'origin', l.origin);
+	dependency := coalesce(l.note, '') LIKE 'dependency%';
+	-- First, holding no lock (the site worker applies meanwhile), fetch
+	-- what the update refers to and is not here, or, mapped, what its
+	-- Document fields link to.
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = l.producer_url;
+	IF FOUND AND l.status = 'Failed' AND l.update_type IN ('Create', 'Update') THEN
+		deps := eventstream._fetch_missing(p, NULL, jsonb_build_object('updates', jsonb_build_array(upd), 'complete', true));
+	END IF;
+
 	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'sync log % does not exist', sync_log_id USING ERRCODE = 'undefined_object';
@@ -2677,16 +2691,7 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
 	END IF;
 	p := eventstream._producer_row(l.producer_url);
-	-- The update exactly as it was received; what it refers to and is not
-	-- here (or, mapped, what its Document fields link to) is fetched from
-	-- the producer first.
-	upd := jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
-							  'docname', l.remote_docname, 'data', l.data, 'origin', l.origin);
-	dependency := coalesce(l.note, '') LIKE 'dependency%';
-	IF NOT dependency AND l.update_type IN ('Create', 'Update') THEN
-		deps := eventstream._fetch_missing(p, NULL, jsonb_build_object('updates', jsonb_build_array(upd), 'complete', true));
-		PERFORM eventstream._apply_deps(p, deps);
-	END IF;
+	PERFORM eventstream._apply_deps(p, deps);
 	SELECT * INTO r FROM eventstream._apply_update(p.producer_url, p.subscriber, upd, dependency, deps);
 	UPDATE eventstream.sync_log x
 	   SET status = r.status, error = r.error, note = coalesce(r.note, x.note),

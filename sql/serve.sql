@@ -109,4 +109,6 @@ SELECT (SELECT string_agg(e->>'docname', ',') FROM jsonb_array_elements(p.page::
   FROM eventstream._pull_page('http://consumer-p', :'c1', 2) p;
 -- An ack after the cursor is refused.
 SELECT eventstream._pull_page('http://consumer-p', :'c1', 2, :'c2');
+-- So is an ack that is no cursor.
+SELECT eventstream._pull_page('http://consumer-p', :'c1', 2, 'v1/garbage');
 SELECT eventstream.remove_consumer('http://consumer-p');
