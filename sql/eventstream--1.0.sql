@@ -2079,6 +2079,14 @@ AS $$
 	SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') FROM unnest(eventstream._pk_names(tbl)) c
 $$;
 
+-- The path under the API of one document of a producer's table.
+CREATE FUNCTION eventstream._document_path(ref_table text, docname text) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('documents/%s/%s', eventstream._urlencode(ref_table), eventstream._urlencode(docname))
+$$;
+
 -- The rows that the updates (or snapshot documents) of an answer refer to
 -- and that are not here: through foreign keys and registered dynamic links
 -- of the rows and their child rows, plus the row an Update is for when it
@@ -2148,7 +2156,7 @@ BEGIN
 	-- when remote_document does not know it.
 	IF targets THEN
 		result := result || (SELECT coalesce(jsonb_agg(jsonb_build_object(
-									  'path', format('documents/%s/%s', eventstream._urlencode(x.ref), eventstream._urlencode(x.docname)),
+									  'path', eventstream._document_path(x.ref, x.docname),
 									  'ref_table', x.ref, 'docname', x.docname)), '[]')
 							   FROM (SELECT DISTINCT u->>'ref_table' AS ref, u->>'docname' AS docname, t.local_table
 									   FROM jsonb_array_elements(docs) u
@@ -2249,7 +2257,7 @@ BEGIN
 					   r.rt, r.rt, replace(eventstream._key_match(r.rt), 'k.', 'k2.'))
 			INTO gone USING r.keys;
 		result := result || (SELECT coalesce(jsonb_agg(jsonb_build_object(
-									 'path', format('documents/%s/%s', eventstream._urlencode(x.ref), eventstream._urlencode(x.docname)),
+									 'path', eventstream._document_path(x.ref, x.docname),
 									 'ref_table', x.ref, 'docname', x.docname)), '[]')
 							   FROM (SELECT eventstream._wire_name(r.rt) AS ref, eventstream._docname_of(r.rt, g) AS docname
 									   FROM unnest(gone) g) x);
@@ -3147,7 +3155,7 @@ BEGIN
 	 WHERE x->>'ref_table' = m.remote_table AND x->>'docname' = name LIMIT 1;
 	IF e IS NULL THEN
 		RETURN jsonb_build_object('want', jsonb_build_object(
-			'path', format('documents/%s/%s', eventstream._urlencode(m.remote_table), eventstream._urlencode(name)),
+			'path', eventstream._document_path(m.remote_table, name),
 			'ref_table', m.remote_table, 'docname', name, 'link', true));
 	ELSIF jsonb_typeof(e->'data') IS DISTINCT FROM 'object' THEN
 		RETURN jsonb_build_object('problem', format('could not fetch %s "%s" from the producer: %s',
@@ -3257,7 +3265,7 @@ BEGIN
 		 WHERE x->>'ref_table' = m.remote_table AND x->>'docname' = _map_update.docname LIMIT 1;
 		IF whole IS NULL THEN
 			RETURN jsonb_build_object('data', data, 'wants', jsonb_build_array(jsonb_build_object(
-				'path', format('documents/%s/%s', eventstream._urlencode(m.remote_table), eventstream._urlencode(docname)),
+				'path', eventstream._document_path(m.remote_table, docname),
 				'ref_table', m.remote_table, 'docname', docname, 'link', true)));
 		END IF;
 		-- Gone from the producer meanwhile: the changed values are all there is.
