@@ -85,3 +85,61 @@ SELECT eventstream.resync(-1);
 
 -- Query parameters sent to producers are percent-encoded byte by byte.
 SELECT eventstream._urlencode('v1/1/2:3:/4 é&x=1~_.-') AS encoded;
+
+-- A run of Creates into a table with no triggers, row security or stored
+-- generated columns goes straight into the heap (as COPY does), with the
+-- values converted as jsonb_populate_record converts them, defaults
+-- computed and constraints checked as the subscriber.
+CREATE SEQUENCE a_plain_seq;
+CREATE TABLE a_plain (id int PRIMARY KEY, label varchar(8) NOT NULL, amount numeric CHECK (amount >= 0),
+					  ok boolean, doc jsonb, raw text, seq bigint DEFAULT nextval('a_plain_seq'),
+					  made_by name DEFAULT current_user);
+GRANT SELECT, INSERT, UPDATE, DELETE ON a_plain TO es_applier;
+GRANT USAGE ON a_plain_seq TO es_applier;
+INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, status)
+	VALUES ('http://p.invalid', 'public.a_plain', 'a_plain', 'Approved');
+CREATE FUNCTION plains(first int, last int, bad text DEFAULT NULL, bad_at int DEFAULT 0) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_agg(jsonb_build_object('id', 5000 + g, 'update_type', 'Create', 'ref_table', 'public.a_plain',
+										'docname', g::text,
+										'data', jsonb_build_object('id', g,
+																   'label', CASE WHEN g = bad_at AND bad = 'label' THEN repeat('x', 9) ELSE 'p' || g END,
+																   'amount', CASE WHEN g = bad_at AND bad = 'amount' THEN -1.5 ELSE g + 0.25 END,
+																   'ok', g % 2 = 0,
+																   'doc', jsonb_build_object('g', g, 'tags', jsonb_build_array('a', g)),
+																   'raw', CASE WHEN g % 3 = 0 THEN jsonb_build_object('k', g) ELSE 'null'::jsonb END),
+										'origin', '00000000-0000-0000-0000-0000000000f1') ORDER BY g)
+	  FROM generate_series(first, last) g
+$$;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plains(1, 20), NULL, false) AS processed_failed;
+SELECT count(*) AS rows, sum(amount) AS amount, count(*) FILTER (WHERE ok) AS ok,
+	   count(*) FILTER (WHERE doc = jsonb_build_object('g', id, 'tags', jsonb_build_array('a', id))) AS docs,
+	   count(raw) AS raws, min(raw) AS a_raw, count(DISTINCT seq) AS seqs, min(made_by) AS made_by
+  FROM a_plain;
+-- A CHECK, a NOT NULL and a typmod broken, one row each: that run goes row by
+-- row, and only that row fails.
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plains(21, 40, 'amount', 25), NULL, false) AS processed_failed;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plains(41, 60, 'label', 50), NULL, false) AS processed_failed;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier',
+	(SELECT jsonb_agg(CASE WHEN (u->>'docname')::int = 70 THEN jsonb_set(u, '{data,label}', 'null') ELSE u END)
+	   FROM jsonb_array_elements(plains(61, 80)) u), NULL, false) AS processed_failed;
+SELECT docname, split_part(error, E'\n', 1) AS error FROM eventstream.sync_log
+ WHERE ref_table = 'public.a_plain' AND status = 'Failed' ORDER BY id;
+SELECT count(*) AS rows FROM a_plain;
+-- Over rows that are there: they take the producer's values, noted.
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier',
+	(SELECT jsonb_agg(jsonb_set(u, '{data,amount}', '1000')) FROM jsonb_array_elements(plains(11, 30)) u),
+	NULL, false) AS processed_failed;
+SELECT count(*) FILTER (WHERE amount = 1000) AS updated, count(*) AS rows FROM a_plain;
+SELECT count(*) AS noted FROM eventstream.sync_log
+ WHERE ref_table = 'public.a_plain' AND note LIKE 'the row existed%';
+-- Defaults are the subscriber's: without USAGE on the sequence it fails,
+-- and the subscriber's privilege on the table is needed (column privileges
+-- do: the statement takes over then).
+REVOKE USAGE ON a_plain_seq FROM es_applier;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plains(81, 100), NULL, false) AS processed_failed;
+SELECT DISTINCT error FROM eventstream.sync_log WHERE ref_table = 'public.a_plain' AND docname::int BETWEEN 81 AND 100;
+GRANT USAGE ON a_plain_seq TO es_applier;
+REVOKE INSERT ON a_plain FROM es_applier;
+GRANT INSERT (id, label, amount, ok, doc, raw, seq, made_by) ON a_plain TO es_applier;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plains(101, 120), NULL, false) AS processed_failed;
+SELECT count(*) AS rows FROM a_plain WHERE id BETWEEN 101 AND 120;

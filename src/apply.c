@@ -1349,17 +1349,165 @@ static const Oid es_log_coltypes[ES_LOG_COLS] = {
 };
 
 /*
+ * Straight insertion into a table, the way COPY FROM does it: one
+ * multi-insert into the heap, then each row's index entries, with the
+ * table's defaults for the columns not given and its constraints applied
+ * as an INSERT would.  It costs a fraction of an INSERT statement fed from
+ * arrays or jsonb, which materialises every value and goes through the
+ * executor row by row.  Only for tables with nothing that just a statement
+ * honours (es_insert_usable); the caller checks the privilege.
+ */
+typedef struct EsInsert
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	ExprState **defaults;		/* per attribute not given: its default */
+	TupleDesc	slotdesc;
+	int			nrows;
+	TupleTableSlot **slots;
+} EsInsert;
+
+/*
+ * es_insert_usable
+ *		Whether rows can go straight into rel: a plain table without
+ *		triggers (foreign keys and deferred unique checks are triggers too),
+ *		row security or stored generated columns.
+ */
+static bool
+es_insert_usable(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	return rel->rd_rel->relkind == RELKIND_RELATION && rel->trigdesc == NULL &&
+		!rel->rd_rel->relrowsecurity && !(desc->constr && desc->constr->has_generated_stored);
+}
+
+/*
+ * es_insert_begin
+ *		Set up the insertion of up to maxrows rows into rel (opened by the
+ *		caller with RowExclusiveLock, usable); given[i]: attribute i + 1 is
+ *		set by the caller, the others take their defaults.  In the current
+ *		memory context, which must last until es_insert_finish.
+ */
+static void
+es_insert_begin(EsInsert *ins, Relation rel, const bool *given, int maxrows)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	RangeTblEntry *rte;
+
+	ins->rel = rel;
+	ins->estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	rte->requiredPerms = ACL_INSERT;
+	ExecInitRangeTable(ins->estate, list_make1(rte));
+	ins->rri = makeNode(ResultRelInfo);
+	ExecInitResultRelation(ins->estate, ins->rri, 1);
+	CheckValidResultRel(ins->rri, CMD_INSERT);
+	ExecOpenIndices(ins->rri, false);
+	ins->estate->es_output_cid = GetCurrentCommandId(true);
+
+	ins->defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Node	   *def;
+
+		if (given[i] || TupleDescAttr(desc, i)->attisdropped)
+			continue;
+		def = build_column_default(rel, i + 1);
+		if (def != NULL)
+			ins->defaults[i] = ExecPrepareExpr((Expr *) def, ins->estate);
+	}
+
+	/*
+	 * The slots share a copy of the descriptor that is not reference
+	 * counted: pinning the relation's in each of up to 1000 slots costs a
+	 * resource owner entry per slot, forgotten one search at a time.
+	 */
+	ins->slotdesc = CreateTupleDescCopy(desc);
+	ins->slots = palloc(sizeof(TupleTableSlot *) * maxrows);
+	ins->nrows = 0;
+}
+
+/*
+ * es_insert_row
+ *		The next row's slot: the columns not given hold their defaults; the
+ *		caller sets the given ones in tts_values / tts_isnull, then calls
+ *		es_insert_store.
+ */
+static TupleTableSlot *
+es_insert_row(EsInsert *ins)
+{
+	TupleTableSlot *slot = ExecAllocTableSlot(&ins->estate->es_tupleTable, ins->slotdesc, &TTSOpsHeapTuple);
+	ExprContext *econtext = GetPerTupleExprContext(ins->estate);
+
+	ExecClearTuple(slot);
+	for (int i = 0; i < ins->slotdesc->natts; i++)
+	{
+		if (ins->defaults[i] != NULL)
+			slot->tts_values[i] = ExecEvalExpr(ins->defaults[i], econtext, &slot->tts_isnull[i]);
+		else
+		{
+			slot->tts_values[i] = (Datum) 0;
+			slot->tts_isnull[i] = true;
+		}
+	}
+	ins->slots[ins->nrows++] = slot;
+	return slot;
+}
+
+/*
+ * es_insert_store
+ *		The row of es_insert_row is complete: copy it into its slot and
+ *		check the table's constraints (NOT NULL, CHECK) on it.
+ */
+static void
+es_insert_store(EsInsert *ins, TupleTableSlot *slot)
+{
+	ExecStoreVirtualTuple(slot);
+	ExecMaterializeSlot(slot);	/* out of the per-tuple memory */
+	ResetPerTupleExprContext(ins->estate);
+	if (RelationGetDescr(ins->rel)->constr)
+		ExecConstraints(ins->rri, slot, ins->estate);
+	ResetPerTupleExprContext(ins->estate);
+}
+
+/*
+ * es_insert_finish
+ *		Insert the stored rows and their index entries (a unique violation
+ *		is raised as by an INSERT), and release the executor state.  The
+ *		caller closes the relation.
+ */
+static void
+es_insert_finish(EsInsert *ins)
+{
+	EState	   *estate = ins->estate;
+
+	table_multi_insert(ins->rel, ins->slots, ins->nrows, estate->es_output_cid, 0, NULL);
+	for (int r = 0; r < ins->nrows; r++)
+	{
+		if (ins->rri->ri_NumIndices > 0)
+			(void) ExecInsertIndexTuples(ins->rri, ins->slots[r], estate, false, false, NULL, NIL);
+		ResetPerTupleExprContext(estate);
+	}
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	ExecCloseResultRelations(estate);
+	ExecCloseRangeTableRelations(estate);
+	FreeExecutorState(estate);
+	CommandCounterIncrement();
+}
+
+/*
  * es_log_insert
- *		Write the pending sync_log rows straight into the table, the way
- *		COPY FROM does: one multi-insert into the heap, then each row's
- *		index entries, with the table's defaults (the identity, created_at)
- *		and constraints applied as an INSERT would.  It costs a third of
- *		the SQL INSERT over unnest() arrays, which materialises every column
- *		and goes through the executor row by row.  Returns false, having
- *		written nothing, when the table has anything only a SQL INSERT
- *		honours (triggers, row security, generated columns, another type
- *		of a column) or the user may not insert: the caller runs the SQL
- *		INSERT then.
+ *		Write the pending sync_log rows straight into the table (EsInsert):
+ *		a third of the cost of the SQL INSERT over unnest() arrays.  Returns
+ *		false, having written nothing, when the table has anything only a
+ *		SQL INSERT honours (es_insert_usable, another type of a column) or
+ *		the user may not insert: the caller runs the SQL INSERT then.
  */
 static bool
 es_log_insert(EsApply *a)
@@ -1368,13 +1516,8 @@ es_log_insert(EsApply *a)
 	Relation	rel;
 	TupleDesc	desc;
 	int		   *map;			/* per attribute: our column, or -1 */
-	ExprState **defaults;
-	EState	   *estate;
-	RangeTblEntry *rte;
-	ResultRelInfo *rri;
-	ExprContext *econtext;
-	TupleTableSlot **slots;
-	TupleDesc	slotdesc;
+	bool	   *given;
+	EsInsert	ins;
 	MemoryContext old;
 	bool		usable;
 
@@ -1383,10 +1526,10 @@ es_log_insert(EsApply *a)
 		return false;
 	rel = table_open(relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
-	usable = rel->rd_rel->relkind == RELKIND_RELATION && rel->trigdesc == NULL &&
-		!rel->rd_rel->relrowsecurity && !(desc->constr && desc->constr->has_generated_stored);
+	usable = es_insert_usable(rel);
 	old = MemoryContextSwitchTo(a->batch_cxt);
 	map = palloc(sizeof(int) * desc->natts);
+	given = palloc0(sizeof(bool) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
 		map[i] = -1;
 	for (int c = 0; c < ES_LOG_COLS && usable; c++)
@@ -1396,7 +1539,10 @@ es_log_insert(EsApply *a)
 		if (attnum <= 0 || TupleDescAttr(desc, attnum - 1)->atttypid != es_log_coltypes[c])
 			usable = false;
 		else
+		{
 			map[attnum - 1] = c;
+			given[attnum - 1] = true;
+		}
 	}
 	if (!usable)
 	{
@@ -1405,84 +1551,22 @@ es_log_insert(EsApply *a)
 		return false;
 	}
 
-	/* An executor state, as for an INSERT into the table. */
-	estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = relid;
-	rte->relkind = rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	rte->requiredPerms = ACL_INSERT;
-	ExecInitRangeTable(estate, list_make1(rte));
-	rri = makeNode(ResultRelInfo);
-	ExecInitResultRelation(estate, rri, 1);
-	CheckValidResultRel(rri, CMD_INSERT);
-	ExecOpenIndices(rri, false);
-	estate->es_output_cid = GetCurrentCommandId(true);
-	econtext = GetPerTupleExprContext(estate);
-
-	/* The other columns take their defaults. */
-	defaults = palloc0(sizeof(ExprState *) * desc->natts);
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Node	   *def;
-
-		if (map[i] >= 0 || TupleDescAttr(desc, i)->attisdropped)
-			continue;
-		def = build_column_default(rel, i + 1);
-		if (def != NULL)
-			defaults[i] = ExecPrepareExpr((Expr *) def, estate);
-	}
-
-	/*
-	 * The slots share a copy of the descriptor that is not reference
-	 * counted: pinning the relation's in each of up to 1000 slots costs a
-	 * resource owner entry per slot, forgotten one search at a time.
-	 */
-	slotdesc = CreateTupleDescCopy(desc);
-	slots = palloc(sizeof(TupleTableSlot *) * a->nlog);
+	es_insert_begin(&ins, rel, given, a->nlog);
 	for (int r = 0; r < a->nlog; r++)
 	{
-		TupleTableSlot *slot = ExecAllocTableSlot(&estate->es_tupleTable, slotdesc, &TTSOpsHeapTuple);
+		TupleTableSlot *slot = es_insert_row(&ins);
 
-		ExecClearTuple(slot);
 		for (int i = 0; i < desc->natts; i++)
-		{
 			if (map[i] >= 0)
 			{
 				slot->tts_values[i] = a->log[map[i]][r];
 				slot->tts_isnull[i] = a->lognull[map[i]][r];
 			}
-			else if (defaults[i] != NULL)
-				slot->tts_values[i] = ExecEvalExpr(defaults[i], econtext, &slot->tts_isnull[i]);
-			else
-			{
-				slot->tts_values[i] = (Datum) 0;
-				slot->tts_isnull[i] = true;
-			}
-		}
-		ExecStoreVirtualTuple(slot);
-		ExecMaterializeSlot(slot);	/* out of the per-tuple memory */
-		ResetPerTupleExprContext(estate);
-		if (desc->constr)
-			ExecConstraints(rri, slot, estate);
-		slots[r] = slot;
+		es_insert_store(&ins, slot);
 	}
-	table_multi_insert(rel, slots, a->nlog, estate->es_output_cid, 0, NULL);
-	for (int r = 0; r < a->nlog; r++)
-	{
-		if (rri->ri_NumIndices > 0)
-			(void) ExecInsertIndexTuples(rri, slots[r], estate, false, false, NULL, NIL);
-		ResetPerTupleExprContext(estate);
-	}
-
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	ExecCloseResultRelations(estate);
-	ExecCloseRangeTableRelations(estate);
-	FreeExecutorState(estate);
+	es_insert_finish(&ins);
 	table_close(rel, NoLock);
 	MemoryContextSwitchTo(old);
-	CommandCounterIncrement();
 	return true;
 }
 
@@ -1777,6 +1861,174 @@ es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool
 	return ok;
 }
 
+/* A column a run of Creates gives, as es_batch_direct converts it. */
+typedef struct EsDirectCol
+{
+	AttrNumber	attnum;
+	const char *name;
+	bool		jsonb;			/* a jsonb column: the value as it is */
+	FmgrInfo	input;			/* otherwise its type's input function */
+	Oid			ioparam;
+	int32		typmod;
+} EsDirectCol;
+
+/*
+ * es_direct_value
+ *		The datum jsonb_populate_record makes of value v for column c: the
+ *		value itself for a jsonb column; otherwise the type's input function
+ *		applied to the string (without quotes), the number or true/false, or
+ *		the JSON text of an object or array.
+ */
+static Datum
+es_direct_value(EsDirectCol *c, JsonbValue *v)
+{
+	char	   *str;
+
+	if (c->jsonb)
+		return JsonbPGetDatum(JsonbValueToJsonb(v));
+	switch (v->type)
+	{
+		case jbvString:
+			str = pnstrdup(v->val.string.val, v->val.string.len);
+			break;
+		case jbvNumeric:
+			str = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+			break;
+		case jbvBool:
+			str = v->val.boolean ? "true" : "false";
+			break;
+		case jbvBinary:
+			str = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+			break;
+		default:
+			elog(ERROR, "unexpected jsonb value type %d", (int) v->type);
+	}
+	return InputFunctionCall(&c->input, str, c->ioparam, c->typmod);
+}
+
+/*
+ * es_batch_direct
+ *		Apply updates first..last-1 of all -- a run of Creates of one table
+ *		giving the same columns, as es_batch_key found -- by inserting them
+ *		straight into the table (EsInsert) as the subscriber, in a
+ *		subtransaction of its own.  Only where that is exactly what the
+ *		plain INSERT of es_apply_batch would do: the table is usable for it,
+ *		the subscriber may insert into the whole table, and every given
+ *		column is of a type jsonb_populate_record fills from the value's
+ *		text (a base, enum or range type; jsonb as is).  False, having done
+ *		nothing, otherwise, or when anything fails (a row is there already,
+ *		a value does not convert, a constraint): the statements of
+ *		es_apply_batch take over, and report.
+ */
+static bool
+es_batch_direct(EsApply *a, List *all, int first, int last)
+{
+	Jsonb	   *upd = list_nth(all, first);
+	EsSub	   *sub = es_sub(a, es_field_text(upd, "ref_table"));
+	EsTable    *t = es_table(sub->relid);
+	List	   *cols = es_given_columns(t, es_field(upd, "data"), false);
+	int			ncols = list_length(cols);
+	EsDirectCol *dc = palloc0(sizeof(EsDirectCol) * Max(ncols, 1));
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Relation	rel;
+	TupleDesc	desc;
+	bool	   *given;
+	Oid			save_userid;
+	int			save_sec;
+	volatile bool ok = false;
+	ListCell   *lc;
+
+	if (pg_class_aclcheck(sub->relid, a->subscriber, ACL_INSERT) != ACLCHECK_OK)
+		return false;
+	rel = table_open(sub->relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	given = palloc0(sizeof(bool) * desc->natts);
+	ok = es_insert_usable(rel);
+	foreach(lc, cols)
+	{
+		EsDirectCol *c = &dc[foreach_current_index(lc)];
+		Oid			type;
+		Oid			infunc;
+		char		typtype;
+
+		if (!ok)
+			break;
+		c->name = lfirst(lc);
+		c->attnum = get_attnum(sub->relid, c->name);
+		type = TupleDescAttr(desc, c->attnum - 1)->atttypid;
+		typtype = get_typtype(type);
+		c->typmod = TupleDescAttr(desc, c->attnum - 1)->atttypmod;
+		c->jsonb = type == JSONBOID;
+		given[c->attnum - 1] = true;
+		if (type == JSONOID || type_is_array(type) ||
+			(typtype != TYPTYPE_BASE && typtype != TYPTYPE_ENUM && typtype != TYPTYPE_RANGE))
+			ok = false;
+		else if (!c->jsonb)
+		{
+			getTypeInputInfo(type, &infunc, &c->ioparam);
+			fmgr_info(infunc, &c->input);
+		}
+	}
+	if (!ok)
+	{
+		table_close(rel, RowExclusiveLock);
+		return false;
+	}
+
+	ok = false;
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		EsInsert	ins;
+
+		/* Defaults and constraints are evaluated as the subscriber. */
+		SetUserIdAndSecContext(a->subscriber, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		es_insert_begin(&ins, rel, given, last - first);
+		for (int k = first; k < last; k++)
+		{
+			Jsonb	   *u = list_nth(all, k);
+			TupleTableSlot *slot = es_insert_row(&ins);
+			JsonbValue	data;
+
+			if (!getKeyJsonValueFromContainer(&u->root, "data", 4, &data) || data.type != jbvBinary)
+				elog(ERROR, "a Create without its data");
+			for (int i = 0; i < ncols; i++)
+			{
+				EsDirectCol *c = &dc[i];
+				JsonbValue	v;
+				bool		isnull;
+
+				isnull = !getKeyJsonValueFromContainer(data.val.binary.data, c->name, strlen(c->name), &v) ||
+					v.type == jbvNull;
+				slot->tts_isnull[c->attnum - 1] = isnull;
+				slot->tts_values[c->attnum - 1] = isnull ? (Datum) 0 : es_direct_value(c, &v);
+			}
+			es_insert_store(&ins, slot);
+		}
+		es_insert_finish(&ins);
+		SetUserIdAndSecContext(save_userid, save_sec);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_END_TRY();
+	table_close(rel, NoLock);
+	return ok;
+}
+
 /*
  * es_apply_batch
  *		Apply updates first..last (1-based, in page) -- Creates of one table,
@@ -2068,7 +2320,8 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 				 * The statement gets the run's updates only: the whole page
 				 * would be expanded by every run's jsonb_array_elements().
 				 */
-				if (es_apply_batch(&a, es_slice(all, i, j), list_nth(all, i), 1, j - i, &existed,
+				if ((bkey[0] == 'C' && es_batch_direct(&a, all, i, j)) ||
+					es_apply_batch(&a, es_slice(all, i, j), list_nth(all, i), 1, j - i, &existed,
 								   deletes ? deleted : NULL))
 				{
 					for (int k = i; k < j; k++)
