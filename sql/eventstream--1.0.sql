@@ -841,7 +841,7 @@ $$;
 -- The JSON texts of update logs, in the order of ids, as served (src/serve.c).
 -- A negative id stands for "the whole current document" of that log,
 -- served as a Create.
-CREATE FUNCTION eventstream._log_texts(ids bigint[], site_id uuid) RETURNS text[]
+CREATE FUNCTION eventstream._log_texts(ids bigint[]) RETURNS text[]
 	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_log_texts';
 
 /*
@@ -872,7 +872,6 @@ CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" i
 AS $$
 DECLARE
 	c eventstream.consumer;
-	site eventstream.site;
 	parts text[];
 	pageno bigint;
 	s_from pg_snapshot;
@@ -991,7 +990,6 @@ BEGIN
 	UPDATE eventstream.withheld w SET served_page = NULL
 	 WHERE w.consumer_url = c.consumer_url AND w.served_page >= pageno;
 
-	SELECT * INTO site FROM eventstream.site;
 	IF s_to IS NULL THEN
 		-- A new window: its end, with the low bound taken just before it
 		-- (the older bound is lower, so it will do when unknown).
@@ -1052,7 +1050,7 @@ BEGIN
 			-- No condition involved: the page is the first lim candidates,
 			-- cut where it reaches eventstream.http_max_response_size.
 			ids := c_ids[1:lim];
-			texts := eventstream._log_texts(ids, site.site_id);
+			texts := eventstream._log_texts(ids);
 			FOR i IN 1 .. cardinality(texts) LOOP
 				bytes := bytes + octet_length(texts[i]) + 2;
 				IF bytes > max_bytes AND i > 1 THEN
@@ -1068,7 +1066,7 @@ BEGIN
 			FOR i IN 1 .. least(cardinality(c_ids), lim) LOOP
 				cond := t_conds[array_position(t_names, c_tables[i])];
 				IF cond IS NULL THEN
-					block_texts := eventstream._log_texts(ARRAY[c_ids[i]], site.site_id);
+					block_texts := eventstream._log_texts(ARRAY[c_ids[i]]);
 					block_bytes := octet_length(block_texts[1]) + 2;
 					IF cardinality(ids) > 0 AND bytes + block_bytes > max_bytes THEN
 						more := true;
@@ -1121,7 +1119,7 @@ BEGIN
 				ELSE
 					block := ARRAY[-c_ids[i]];
 				END IF;
-				block_texts := eventstream._log_texts(block, site.site_id);
+				block_texts := eventstream._log_texts(block);
 				block_bytes := (SELECT sum(octet_length(x) + 2) FROM unnest(block_texts) x);
 				IF cardinality(ids) > 0 AND
 				   (cardinality(ids) + cardinality(block) > lim OR bytes + block_bytes > max_bytes) THEN
@@ -1159,11 +1157,14 @@ BEGIN
 	END IF;
 	-- "complete": the page ends its window, i.e. a set of whole transactions.
 	-- "acks": this producer takes ack= (see above).
-	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "acks": true, "tables": %s}',
+	-- "newest_at": when the page's last update was logged.
+	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s}',
 				   array_to_string(texts, ', '),
 				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
 								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
 				   to_json(more), to_json(NOT more),
+				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l
+									  WHERE l.id = abs(ids[cardinality(ids)])))::text, 'null'),
 				   tables_now);
 END
 $$;
@@ -2373,10 +2374,7 @@ BEGIN
 	UPDATE eventstream.producer x
 	   SET cursor = page->>'cursor', last_pull_at = now(), last_success_at = now(),
 		   last_error = NULL, last_error_at = NULL, behind = (page->>'more')::boolean,
-		   -- (the page's last update is its newest, in log order: reading
-		   -- every update's timestamp cost more than the rest of the page's
-		   -- bookkeeping)
-		   last_update_at = coalesce((page->'updates'->-1->>'created_at')::timestamptz, x.last_update_at)
+		   last_update_at = coalesce((page->>'newest_at')::timestamptz, x.last_update_at)
 	 WHERE x.producer_url = p.producer_url;
 	RETURN n;
 END

@@ -48,6 +48,7 @@
 #include "nodes/parsenodes.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -111,6 +112,9 @@ typedef struct EsApply
 	Oid			subscriber;
 	bool		dependency;		/* rows of tables not subscribed: same name */
 	Jsonb	   *fetched;		/* documents fetched for the updates, or NULL */
+	char	   *producer_origin;	/* the producer's site id: the origin of an
+									 * update that names none */
+	Datum		producer_uuid;	/* the same, as a uuid */
 	List	   *subs;			/* EsSub, looked up once per call */
 	MemoryContext subs_cxt;		/* where they live */
 	MemoryContext batch_cxt;	/* the pending sync_log rows */
@@ -899,6 +903,56 @@ es_sub(EsApply *a, const char *ref)
 }
 
 /*
+ * es_origin
+ *		The site an update comes from: its "origin", or the producer itself
+ *		when it names none (a producer sends origins of other sites only).
+ */
+static char *
+es_origin(EsApply *a, Jsonb *upd)
+{
+	char	   *origin = es_field_text(upd, "origin");
+
+	return origin ? origin : a->producer_origin;
+}
+
+/*
+ * es_apply_begin
+ *		Set up a for applying updates received from producer_url as
+ *		subscriber (in a->subs_cxt).  The caller is connected to SPI.
+ */
+static void
+es_apply_begin(EsApply *a, text *producer_url, Oid subscriber)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	MemoryContext cxt = a->subs_cxt;
+
+	a->producer_url = producer_url;
+	a->subscriber = subscriber;
+	a->producer_origin = NULL;
+	a->producer_uuid = (Datum) 0;
+	values[0] = PointerGetDatum(producer_url);
+	if (SPI_execute_with_args("SELECT producer_site_id FROM eventstream.producer WHERE producer_url = $1",
+							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the producer");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			a->producer_uuid = datumCopy(d, false, UUID_LEN);
+			a->producer_origin = DatumGetCString(DirectFunctionCall1(uuid_out, a->producer_uuid));
+			MemoryContextSwitchTo(old);
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
  * es_with_field
  *		obj with key set to value.
  */
@@ -1069,7 +1123,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	EsTable    *t;
 	Jsonb	   *key = NULL;
 	Jsonb	   *cur = NULL;
-	char	   *origin = es_field_text(upd, "origin");
+	char	   *origin = es_origin(a, upd);
 
 	if (type == NULL || ref == NULL || remote == NULL)
 		ereport(ERROR,
@@ -1643,7 +1697,7 @@ es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
 	char	   *remote = es_field_text(upd, "docname");
 	char	   *type = es_field_text(upd, "update_type");
 	char	   *id = es_field_text(upd, "id");
-	char	   *origin = es_field_text(upd, "origin");
+	char	   *origin = es_origin(a, upd);
 	Jsonb	   *data = es_field(upd, "data");
 	EsSub	   *sub = ref ? es_sub(a, ref) : NULL;
 	bool		same = sub == NULL || !OidIsValid(sub->relid) || sub->same_name;
@@ -1683,7 +1737,8 @@ es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
 	a->log[10][i] = id ? DirectFunctionCall1(int8in, CStringGetDatum(id)) : (Datum) 0;
 	ES_SET_TEXT(11, ref ? ref : "?");
 	a->lognull[12][i] = origin == NULL;
-	a->log[12][i] = origin ? DirectFunctionCall1(uuid_in, CStringGetDatum(origin)) : (Datum) 0;
+	a->log[12][i] = origin == NULL ? (Datum) 0 : origin == a->producer_origin ? a->producer_uuid :
+		DirectFunctionCall1(uuid_in, CStringGetDatum(origin));
 #undef ES_SET_TEXT
 	MemoryContextSwitchTo(old);
 	if (a->nlog >= 1000)
@@ -1744,7 +1799,7 @@ es_batch_key(EsApply *a, Jsonb *upd)
 {
 	char	   *type = es_field_text(upd, "update_type");
 	char	   *ref = es_field_text(upd, "ref_table");
-	char	   *origin = es_field_text(upd, "origin");
+	char	   *origin = es_origin(a, upd);
 	Jsonb	   *data = es_field(upd, "data");
 	EsSub	   *sub;
 	EsTable    *t;
@@ -2044,7 +2099,7 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 	EsSub	   *sub = es_sub(a, es_field_text(upd, "ref_table"));
 	EsTable    *t = es_table(sub->relid);
 	List	   *cols = es_given_columns(t, es_field(upd, "data"), false);
-	char	   *origin = es_field_text(upd, "origin");
+	char	   *origin = es_origin(a, upd);
 	StringInfoData sql;
 	StringInfoData plain;
 	ListCell   *lc;
@@ -2195,6 +2250,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	a.batch_cxt = AllocSetContextCreate(cxt, "eventstream sync log rows", ALLOCSET_DEFAULT_SIZES);
 	a.subs_cxt = cxt;
 	SPI_connect();
+	es_apply_begin(&a, a.producer_url, a.subscriber);
 	if (a.dependency)
 	{
 		/*
@@ -2407,6 +2463,7 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	a.fetched = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_JSONB_P(4) : NULL;
 	a.subs_cxt = CurrentMemoryContext;
 	SPI_connect();
+	es_apply_begin(&a, a.producer_url, a.subscriber);
 	es_apply_one(&a, upd, &out);
 	SPI_finish();
 	values[0] = CStringGetTextDatum(out.ok ? "Synced" : "Failed");

@@ -3,13 +3,15 @@
  * serve.c
  *	  Producer side: the JSON text of update logs as pages serve them.
  *
- * eventstream._log_texts(ids, site_id) renders each log as the object a
- * page carries, {"id", "update_type", "ref_table", "docname", "data",
- * "origin", "created_at"}, straight into text: the logs are read with one
- * query and formatted here, instead of by json_build_object() per row
- * (which looks up every argument's type and output function each time).
- * This is the serving path's hot spot: a page of 1000 updates is 1000 of
- * these.
+ * eventstream._log_texts(ids) renders each log as the object a page
+ * carries, {"id", "update_type", "ref_table", "docname", "data"[, "origin"]},
+ * straight into text: the logs are read with one query and formatted here,
+ * instead of by json_build_object() per row (which looks up every
+ * argument's type and output function each time).  This is the serving
+ * path's hot spot: a page of 5000 updates is 5000 of these.  "origin" is
+ * there only for a change that came from another site: the consumer takes
+ * a log without one for the producer's own (the page is parsed whole on
+ * the consumer, and the envelope is most of it).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -25,7 +27,6 @@
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
@@ -50,16 +51,14 @@ es_append_text_field(StringInfo buf, const char *name, Datum value, bool isnull)
 
 /*
  * eventstream_log_texts
- *		_log_texts(ids bigint[], site_id uuid) -> text[]: the JSON text of
- *		each log, in the order of ids.  A negative id stands for the whole
- *		current document of that log, served as a Create; origin defaults
- *		to site_id (a local change).
+ *		_log_texts(ids bigint[]) -> text[]: the JSON text of each log, in
+ *		the order of ids.  A negative id stands for the whole current
+ *		document of that log, served as a Create.
  */
 Datum
 eventstream_log_texts(PG_FUNCTION_ARGS)
 {
 	ArrayType  *ids = PG_GETARG_ARRAYTYPE_P(0);
-	Datum		site = PG_GETARG_DATUM(1);
 	MemoryContext cxt = CurrentMemoryContext;
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		args[1];
@@ -67,11 +66,9 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 	int			n;
 	ArrayType  *result;
 	StringInfoData buf;
-	char		site_text[UUID_LEN * 2 + 5];
 
 	if (ARR_NDIM(ids) == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
-	strlcpy(site_text, DatumGetCString(DirectFunctionCall1(uuid_out, site)), sizeof(site_text));
 	args[0] = PointerGetDatum(ids);
 
 	SPI_connect();
@@ -80,7 +77,7 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 							  "       CASE WHEN u.id < 0"
 							  "            THEN eventstream._document(pg_catalog.to_regclass(l.ref_table), l.docname)"
 							  "            ELSE l.data END,"
-							  "       l.origin, l.created_at"
+							  "       l.origin"
 							  "  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, ord)"
 							  "  JOIN eventstream.update_log l ON l.id = pg_catalog.abs(u.id)"
 							  " ORDER BY u.ord",
@@ -96,7 +93,6 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		Datum		d;
-		char		tsbuf[MAXDATELEN + 1];
 
 		resetStringInfo(&buf);
 		d = SPI_getbinval(tup, desc, 1, &isnull);
@@ -118,11 +114,9 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 			(void) JsonbToCString(&buf, &j->root, VARSIZE(j));
 		}
 		d = SPI_getbinval(tup, desc, 6, &isnull);
-		appendStringInfo(&buf, ", \"origin\": \"%s\"",
-						 isnull ? site_text : DatumGetCString(DirectFunctionCall1(uuid_out, d)));
-		d = SPI_getbinval(tup, desc, 7, &isnull);
-		appendStringInfo(&buf, ", \"created_at\": \"%s\"}",
-						 JsonEncodeDateTime(tsbuf, d, TIMESTAMPTZOID, NULL));
+		if (!isnull)
+			appendStringInfo(&buf, ", \"origin\": \"%s\"", DatumGetCString(DirectFunctionCall1(uuid_out, d)));
+		appendStringInfoChar(&buf, '}');
 		{
 			/* In the caller's memory: SPI's goes away at SPI_finish(). */
 			text	   *t = MemoryContextAlloc(cxt, VARHDRSZ + buf.len);
