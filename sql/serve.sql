@@ -46,6 +46,24 @@ SELECT e->>'docname' AS docname, coalesce(e->>'origin', 'none: this site') AS or
   FROM cursors c, jsonb_array_elements(eventstream._pull(c.consumer, c.cur, 10)->'updates') e
  WHERE c.consumer = 'http://consumer-g';
 
+-- Logs of a table the consumer does not take, written in between, are
+-- left out of its page (a page's logs are read in one walk of their range).
+CREATE TABLE ledger_note (id int PRIMARY KEY);
+GRANT SELECT ON ledger_note TO es_sub;
+SELECT register('http://consumer-g', '00000000-0000-0000-0000-0000000000a9', '["ledger", "ledger_note"]') IS NOT NULL AS registered;
+SELECT eventstream.approve('http://consumer-g', 'ledger_note');
+SELECT n, docname FROM pull('http://consumer-f');
+BEGIN;
+INSERT INTO ledger VALUES (110, 1);
+INSERT INTO ledger_note VALUES (1), (2);
+INSERT INTO ledger VALUES (111, 1);
+INSERT INTO ledger_note VALUES (3);
+INSERT INTO ledger VALUES (112, 1);
+COMMIT;
+SELECT n, docname FROM pull('http://consumer-f');
+DELETE FROM ledger WHERE id >= 110;
+SELECT n, docname FROM pull('http://consumer-f');
+
 -- A table the consumer's role can no longer read is not served.
 REVOKE SELECT ON ledger FROM es_sub;
 INSERT INTO ledger VALUES (102, 1);

@@ -60,42 +60,77 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 {
 	ArrayType  *ids = PG_GETARG_ARRAYTYPE_P(0);
 	MemoryContext cxt = CurrentMemoryContext;
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		args[1];
+	Datum	   *idv;
+	int			nids;
+	bool		range = true;
+	int			next = 0;		/* in range mode: the next id wanted */
 	Datum	   *texts;
-	int			n;
+	int			n = 0;
 	ArrayType  *result;
 	StringInfoData buf;
 
-	if (ARR_NDIM(ids) == 0)
+	deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &idv, NULL, &nids);
+	if (nids == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
-	args[0] = PointerGetDatum(ids);
+
+	/*
+	 * The usual page: ids ascending, of logs close together.  Then one walk
+	 * of the primary key over their range costs less than a look-up per
+	 * id; the logs in between that are not wanted are skipped here.
+	 */
+	for (int i = 0; i < nids && range; i++)
+		range = DatumGetInt64(idv[i]) > 0 && (i == 0 || DatumGetInt64(idv[i]) > DatumGetInt64(idv[i - 1]));
+	range = range && DatumGetInt64(idv[nids - 1]) - DatumGetInt64(idv[0]) < (int64) nids * 4;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT l.id, CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,"
-							  "       l.ref_table, l.docname,"
-							  "       CASE WHEN u.id < 0"
-							  "            THEN eventstream._document(pg_catalog.to_regclass(l.ref_table), l.docname)"
-							  "            ELSE l.data END,"
-							  "       l.origin"
-							  "  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, ord)"
-							  "  JOIN eventstream.update_log l ON l.id = pg_catalog.abs(u.id)"
-							  " ORDER BY u.ord",
-							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read update logs");
-
-	n = (int) SPI_processed;
-	texts = MemoryContextAlloc(cxt, sizeof(Datum) * Max(n, 1));
-	initStringInfo(&buf);
-	for (int i = 0; i < n; i++)
+	if (range)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
+		Oid			argtypes[2] = {INT8OID, INT8OID};
+		Datum		args[2] = {idv[0], idv[nids - 1]};
+
+		if (SPI_execute_with_args("SELECT l.id, l.update_type, l.ref_table, l.docname, l.data, l.origin"
+								  "  FROM eventstream.update_log l WHERE l.id BETWEEN $1 AND $2 ORDER BY l.id",
+								  2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read update logs");
+	}
+	else
+	{
+		Oid			argtypes[1] = {INT8ARRAYOID};
+		Datum		args[1] = {PointerGetDatum(ids)};
+
+		if (SPI_execute_with_args("SELECT l.id, CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,"
+								  "       l.ref_table, l.docname,"
+								  "       CASE WHEN u.id < 0"
+								  "            THEN eventstream._document(pg_catalog.to_regclass(l.ref_table), l.docname)"
+								  "            ELSE l.data END,"
+								  "       l.origin"
+								  "  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, ord)"
+								  "  JOIN eventstream.update_log l ON l.id = pg_catalog.abs(u.id)"
+								  " ORDER BY u.ord",
+								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read update logs");
+	}
+
+	texts = MemoryContextAlloc(cxt, sizeof(Datum) * nids);
+	initStringInfo(&buf);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		Datum		d;
 
-		resetStringInfo(&buf);
 		d = SPI_getbinval(tup, desc, 1, &isnull);
+		if (range)
+		{
+			/* Not wanted (and those wanted that are gone are skipped). */
+			while (next < nids && DatumGetInt64(idv[next]) < DatumGetInt64(d))
+				next++;
+			if (next == nids || DatumGetInt64(idv[next]) != DatumGetInt64(d))
+				continue;
+			next++;
+		}
+		resetStringInfo(&buf);
 		appendStringInfo(&buf, "{\"id\": " INT64_FORMAT, DatumGetInt64(d));
 		d = SPI_getbinval(tup, desc, 2, &isnull);
 		es_append_text_field(&buf, "update_type", d, isnull);
@@ -123,10 +158,10 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 
 			SET_VARSIZE(t, VARHDRSZ + buf.len);
 			memcpy(VARDATA(t), buf.data, buf.len);
-			texts[i] = PointerGetDatum(t);
+			texts[n++] = PointerGetDatum(t);
 		}
 	}
 	SPI_finish();
-	result = construct_array(texts, n, TEXTOID, -1, false, TYPALIGN_INT);
+	result = n == 0 ? construct_empty_array(TEXTOID) : construct_array(texts, n, TEXTOID, -1, false, TYPALIGN_INT);
 	PG_RETURN_ARRAYTYPE_P(result);
 }
