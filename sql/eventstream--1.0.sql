@@ -113,11 +113,14 @@ COMMENT ON COLUMN eventstream.consumer_table.condition_error IS
 	'Latest error raised by the condition; documents whose condition fails are not served.';
 
 -- Ticks (the PgQ idea): snapshots the site worker records while logs are
--- written, at most one a second, each with the update log's position.  A
--- consumer far behind takes its backlog in windows that end at ticks, of
+-- written, a second after the first commit since the last one or as soon
+-- as about 2000 logs were committed, each with the update log's position.
+-- A consumer far behind takes its backlog in windows that end at ticks, of
 -- about eventstream._window_logs() logs each, instead of one window up to
 -- now (see _pull_page): each window is applied in a transaction of its
--- own, so a consumer catching up after days offline applies as it goes.
+-- own, so a consumer catching up after days offline applies as it goes,
+-- and a window of small transactions fits in one of its pages (5000), so
+-- it is applied as it arrives rather than staged in the inbox.
 CREATE TABLE eventstream.tick (
 	tick_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	snap			pg_snapshot NOT NULL,
@@ -126,7 +129,7 @@ CREATE TABLE eventstream.tick (
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE eventstream.tick IS
-	'Snapshots taken while logs are written (at most one a second); a consumer far behind is served windows that end at them.';
+	'Snapshots taken while logs are written (a second after a commit, or every 2000 logs or so); a consumer far behind is served windows that end at them.';
 
 -- Which consumers were served which log ("Consumers" of an Update Log): one
 -- receipt per page served, listing its logs.  page ties it to the pull that
@@ -256,7 +259,7 @@ $$;
 -- About how many logs a window of a consumer far behind holds.
 CREATE FUNCTION eventstream._window_logs() RETURNS bigint
 	LANGUAGE sql IMMUTABLE
-AS $$ SELECT 20000::bigint $$;
+AS $$ SELECT 4000::bigint $$;
 
 ------------------------------------------------------------------------------
 -- Helpers
@@ -879,6 +882,7 @@ DECLARE
 	low_from bigint;
 	low_to bigint;
 	after_id bigint;
+	max_to bigint;		-- no log visible in s_to has a larger id (NULL: unknown)
 	lim integer := "limit";
 	ack_page bigint;
 	ack_snapshot pg_snapshot;
@@ -907,6 +911,7 @@ DECLARE
 	block_bytes bigint;
 	tick_snap pg_snapshot;
 	tick_low bigint;
+	tick_max bigint;
 BEGIN
 	PERFORM eventstream._check_limit(lim, 10000);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
@@ -926,16 +931,17 @@ BEGIN
 	END IF;
 	BEGIN
 		parts := string_to_array(cursor, '/');
-		IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (4, 7) THEN
+		IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (4, 7, 8) THEN
 			RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
 		END IF;
 		pageno := parts[2]::bigint;
 		s_from := parts[3]::pg_snapshot;
 		low_from := parts[4]::bigint;
-		IF cardinality(parts) = 7 THEN
+		IF cardinality(parts) >= 7 THEN
 			s_to := parts[5]::pg_snapshot;
 			low_to := parts[6]::bigint;
 			after_id := parts[7]::bigint;
+			max_to := parts[8]::bigint;
 		END IF;
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'invalid cursor "%"', cursor
@@ -952,7 +958,7 @@ BEGIN
 	ELSE
 		BEGIN
 			parts := string_to_array(ack, '/');
-			IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (4, 7) THEN
+			IF parts[1] <> 'v1' OR cardinality(parts) NOT IN (4, 7, 8) THEN
 				RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
 			END IF;
 			ack_page := parts[2]::bigint;
@@ -996,13 +1002,16 @@ BEGIN
 		low_to := coalesce(eventstream._low_bound(), low_from);
 		s_to := pg_current_snapshot();
 		after_id := low_from - 1;
+		-- (read after the snapshot: every log it sees is at most this; the
+		-- page query then stops there instead of walking past the window)
+		max_to := (SELECT max(l.id) FROM eventstream.update_log l);
 		-- A consumer far behind: the window ends at a tick instead, the
 		-- latest that keeps it to about _window_logs() logs (or the first
 		-- after s_from if none does), so that the backlog is applied in
 		-- bounded transactions.  A tick taken after s_from (its xmax is
 		-- larger) sees everything s_from sees.
-		IF (SELECT max(l.id) FROM eventstream.update_log l) - low_from > eventstream._window_logs() THEN
-			SELECT t.snap, t.low INTO tick_snap, tick_low
+		IF max_to - low_from > eventstream._window_logs() THEN
+			SELECT t.snap, t.low, t.max_id INTO tick_snap, tick_low, tick_max
 			  FROM eventstream.tick t
 			 WHERE pg_snapshot_xmax(t.snap) > pg_snapshot_xmax(s_from)
 			   AND pg_snapshot_xmax(t.snap) < pg_snapshot_xmax(s_to)
@@ -1012,6 +1021,7 @@ BEGIN
 			IF FOUND THEN
 				s_to := tick_snap;
 				low_to := tick_low;
+				max_to := tick_max;
 			END IF;
 		END IF;
 	END IF;
@@ -1035,7 +1045,7 @@ BEGIN
 			  INTO c_ids, c_types, c_tables, c_docs
 			  FROM (SELECT l.id, l.update_type, l.ref_table, l.docname
 					  FROM eventstream.update_log l
-					 WHERE l.id > after_id
+					 WHERE l.id > after_id AND l.id <= coalesce(max_to, 9223372036854775807)
 					   AND l.ref_table = ANY (t_names)
 					   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
 					   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
@@ -1160,7 +1170,7 @@ BEGIN
 	-- "newest_at": when the page's last update was logged.
 	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s}',
 				   array_to_string(texts, ', '),
-				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id)
+				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id, max_to)
 								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
 				   to_json(more), to_json(NOT more),
 				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l

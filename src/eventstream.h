@@ -148,7 +148,7 @@ extern int	es_prune_interval;
 extern void es_workers_init(void);
 extern Size es_workers_shmem_size(void);
 extern void es_workers_shmem_init(void);
-extern void es_wake_site(Oid dboid);
+extern void es_wake_site(Oid dboid, int nlogs);
 extern void es_worker_expect_waiters(void);
 
 /* src/condition.c */

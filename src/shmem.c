@@ -98,6 +98,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* Whether this backend's slot holds something for the current transaction. */
 static bool es_slot_used = false;
+static int	es_xact_logs = 0;	/* logs this transaction wrote */
 static bool es_callback_registered = false;
 
 static void es_shmem_request(void);
@@ -200,13 +201,15 @@ es_slot_xact_callback(XactEvent event, void *arg)
 			pg_atomic_write_u64(&es_shared->slots[MyProc->pgprocno].s.first_id, 0);
 			es_slot_used = false;
 			/* New logs are visible: wake the site's long-polls. */
-			es_wake_site(MyDatabaseId);
+			es_wake_site(MyDatabaseId, es_xact_logs);
+			es_xact_logs = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			pg_atomic_write_u64(&es_shared->slots[MyProc->pgprocno].s.first_id, 0);
 			es_slot_used = false;
+			es_xact_logs = 0;
 			break;
 		default:
 			break;
@@ -311,6 +314,7 @@ es_next_log_id(Oid seqid)
 	EsSlot	   *slot;
 	int64		id;
 
+	es_xact_logs++;
 	if (es_slot_used)
 		return es_draw_id(seqid);
 

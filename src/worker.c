@@ -78,7 +78,8 @@ PG_FUNCTION_INFO_V1(eventstream_wake_worker);
 #define ES_MAX_SITES		64
 #define ES_LAUNCHER_NAP_MS	60000
 #define ES_HTTP_RETRY_MS	1000	/* first retry of a taken HTTP port */
-#define ES_TICK_MS			1000	/* at most one tick a second, while logs are written */
+#define ES_TICK_MS			1000	/* a tick a second while logs are written, */
+#define ES_TICK_LOGS		2000	/* or as soon as this many were committed */
 #define ES_HTTP_RETRY_MAX_MS	60000
 #define ES_MAX_BACKOFF_MS	60000
 #define ES_MALLOC_KEEP		(64 * 1024 * 1024)	/* see eventstream_worker_main */
@@ -92,6 +93,7 @@ typedef struct EsSiteWorker
 	TimestampTz hold_until;		/* the launcher leaves it alone until then */
 	volatile bool has_waiters;	/* long-polls are parked: wake at commit */
 	volatile bool logs_pending;	/* logs committed since the last tick */
+	pg_atomic_uint32 logs_since_tick;	/* how many, about */
 	volatile bool recheck;		/* DROP EXTENSION committed: look again */
 } EsSiteWorker;
 
@@ -147,6 +149,8 @@ es_workers_shmem_init(void)
 	{
 		memset(es_workers, 0, sizeof(EsWorkers));
 		SpinLockInit(&es_workers->mutex);
+		for (int i = 0; i < ES_MAX_SITES; i++)
+			pg_atomic_init_u32(&es_workers->sites[i].logs_since_tick, 0);
 		es_workers->launcher_procno = -1;
 	}
 }
@@ -342,14 +346,18 @@ es_worker_xact_callback(XactEvent event, void *arg)
 /*
  * es_wake_site
  *		Set the latch of dboid's site worker, if one runs: a transaction
- *		that wrote update logs committed (parked long-polls re-check, and
- *		the worker records a tick within ES_TICK_MS).
+ *		that wrote nlogs update logs committed (parked long-polls re-check,
+ *		and the worker records a tick within ES_TICK_MS, or at once when
+ *		ES_TICK_LOGS were committed since the last one).
  *		Lock-free: called at every commit of a capturing transaction, and a
  *		stale read only costs a spurious or missed-by-one-cycle wake-up.
  */
 void
-es_wake_site(Oid dboid)
+es_wake_site(Oid dboid, int nlogs)
 {
+	EsSiteWorker *site;
+	uint32		before;
+
 	static int	cached = -1;
 	int			i;
 
@@ -364,12 +372,15 @@ es_wake_site(Oid dboid)
 		if (cached < 0)
 			return;
 	}
-	if (es_workers->sites[cached].pid != 0 &&
-		(es_workers->sites[cached].has_waiters || !es_workers->sites[cached].logs_pending))
+	site = &es_workers->sites[cached];
+	before = pg_atomic_fetch_add_u32(&site->logs_since_tick, (uint32) Max(nlogs, 0));
+	if (site->pid != 0 &&
+		(site->has_waiters || !site->logs_pending ||
+		 (before < ES_TICK_LOGS && before + nlogs >= ES_TICK_LOGS)))
 	{
 		/* The first commit after a tick also tells the worker a tick is due. */
-		es_workers->sites[cached].logs_pending = true;
-		SetLatch(&ProcGlobal->allProcs[es_workers->sites[cached].procno].procLatch);
+		site->logs_pending = true;
+		SetLatch(&ProcGlobal->allProcs[site->procno].procLatch);
 	}
 }
 
@@ -952,13 +963,18 @@ eventstream_worker_main(Datum main_arg)
 			CHECK_FOR_INTERRUPTS();
 			/* A commit that wrote logs sets the latch: parked polls re-check. */
 			/*
-			 * Logs were committed since the last tick: record one, at most
-			 * every ES_TICK_MS (the flag is cleared first, so a commit
-			 * after it asks for the next tick).
+			 * Logs were committed since the last tick: record one after
+			 * ES_TICK_MS, or at once when ES_TICK_LOGS were (the flag and
+			 * count are cleared first, so a commit after them asks for the
+			 * next tick).  Frequent ticks under load keep the windows of a
+			 * consumer far behind within one of its pages.
 			 */
-			if (site->logs_pending && GetCurrentTimestamp() >= next_tick_at)
+			if (site->logs_pending &&
+				(GetCurrentTimestamp() >= next_tick_at ||
+				 pg_atomic_read_u32(&site->logs_since_tick) >= ES_TICK_LOGS))
 			{
 				site->logs_pending = false;
+				pg_atomic_write_u32(&site->logs_since_tick, 0);
 				pg_memory_barrier();
 				es_worker_tick();
 				next_tick_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ES_TICK_MS);
