@@ -143,3 +143,50 @@ REVOKE INSERT ON a_plain FROM es_applier;
 GRANT INSERT (id, label, amount, ok, doc, raw, seq, made_by) ON a_plain TO es_applier;
 SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plains(101, 120), NULL, false) AS processed_failed;
 SELECT count(*) AS rows FROM a_plain WHERE id BETWEEN 101 AND 120;
+
+-- Runs of Updates and Deletes of such a table are applied straight too,
+-- each row found by its key and changed as logical replication does.
+CREATE FUNCTION plain_changes(kind text, first int, last int, amount text DEFAULT NULL) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_agg(jsonb_build_object('id', 9000 + g, 'update_type', kind, 'ref_table', 'public.a_plain',
+										'docname', g::text,
+										'data', CASE WHEN kind = 'Delete' THEN 'null'::jsonb
+													 ELSE jsonb_build_object('changed', jsonb_build_object('amount', coalesce(amount::numeric, g * 2),
+																										   'doc', jsonb_build_object('u', g)),
+																			 'added', '{}'::jsonb, 'row_changed', '{}'::jsonb, 'removed', '{}'::jsonb) END)
+					 ORDER BY g)
+	  FROM generate_series(first, last) g
+$$;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plain_changes('Update', 1, 20), NULL, false) AS processed_failed;
+SELECT count(*) FILTER (WHERE amount = id * 2 AND doc = jsonb_build_object('u', id)) AS updated,
+	   count(*) FILTER (WHERE label = 'p' || id) AS labels_kept FROM a_plain WHERE id <= 20;
+-- One row is not here (50 failed above): the run goes row by row.
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plain_changes('Update', 41, 60), NULL, false) AS processed_failed;
+SELECT docname, status, error FROM eventstream.sync_log WHERE update_log_id BETWEEN 9041 AND 9060 AND status <> 'Synced';
+SELECT count(*) FILTER (WHERE amount = id * 2) AS updated FROM a_plain WHERE id BETWEEN 41 AND 60;
+-- A CHECK broken by every row: each fails, none is changed.
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plain_changes('Update', 61, 80, '-1'), NULL, false) AS processed_failed;
+SELECT count(*) FILTER (WHERE amount < 0) AS negative FROM a_plain;
+-- Without UPDATE the subscriber's statements fail as before.
+REVOKE UPDATE ON a_plain FROM es_applier;
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plain_changes('Update', 101, 120), NULL, false) AS processed_failed;
+SELECT DISTINCT error FROM eventstream.sync_log WHERE update_log_id BETWEEN 9101 AND 9120;
+GRANT UPDATE ON a_plain TO es_applier;
+-- Deletes: rows that are not here are noted, the others deleted.
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier', plain_changes('Delete', 41, 60), NULL, false) AS processed_failed;
+SELECT count(*) AS left_between_41_and_60 FROM a_plain WHERE id BETWEEN 41 AND 60;
+SELECT docname, note FROM eventstream.sync_log WHERE update_log_id BETWEEN 9041 AND 9060 AND update_type = 'Delete' AND note IS NOT NULL;
+SELECT count(*) AS deleted_logged FROM eventstream.sync_log
+ WHERE update_log_id BETWEEN 9041 AND 9060 AND update_type = 'Delete' AND status = 'Synced' AND note IS NULL;
+
+-- The documents a page's Updates are for, that its Creates do not make
+-- (_missing_for looks those up before the page is applied): each once.
+SELECT * FROM eventstream._page_updated('{"updates": [
+  {"update_type": "Update", "ref_table": "public.a", "docname": "1", "data": {"changed": {}}},
+  {"update_type": "Create", "ref_table": "public.a", "docname": "1", "data": {"id": 1}},
+  {"update_type": "Update", "ref_table": "public.a", "docname": "2", "data": {"changed": {}}},
+  {"update_type": "Update", "ref_table": "public.a", "docname": "2", "data": {"changed": {}}},
+  {"update_type": "Update", "ref_table": "public.b", "docname": "1", "data": {"changed": {}}},
+  {"update_type": "Update", "ref_table": "public.a", "docname": "3", "data": null},
+  {"update_type": "Delete", "ref_table": "public.a", "docname": "4", "data": null},
+  "not an update"]}');
+SELECT count(*) FROM eventstream._page_updated('{"documents": []}');

@@ -2506,6 +2506,11 @@ $$;
 
 -- _missing_documents for an answer as received: a snapshot page is of the
 -- table whose initial sync is under way.
+-- The documents the Updates of a page are for, but for those its Creates
+-- make (each once).
+CREATE FUNCTION eventstream._page_updated(body jsonb, OUT ref_table text, OUT docname text) RETURNS SETOF record
+	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_page_updated';
+
 CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jsonb) RETURNS jsonb
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -2553,18 +2558,11 @@ BEGIN
 		-- would go through the whole table.  If any is not (or the key is
 		-- not one column), _missing_documents says which.
 		FOR tgt IN
-			WITH c AS MATERIALIZED (	-- created by the page
-				SELECT x->>'ref_table' AS ref, x->>'docname' AS docname
-				  FROM jsonb_array_elements(jsonb_path_query_array(body,
-						   '$.updates[*] ? (@.update_type == "Create" && @.data.type() == "object")')) x
-			)
-			SELECT t.local_table AS tbl, array_agg(DISTINCT u.docname) AS names
-			  FROM (SELECT x->>'ref_table' AS ref, x->>'docname' AS docname
-					  FROM jsonb_array_elements(jsonb_path_query_array(body,
-							   '$.updates[*] ? (@.update_type == "Update" && @.data.type() == "object")')) x) u
+			SELECT t.local_table AS tbl, array_agg(u.docname) AS names
+			  FROM eventstream._page_updated(body) u
 			  JOIN eventstream.producer_table t
-				ON t.producer_url = _missing_for.producer_url AND t.ref_table = u.ref AND t.use_same_name
-			 WHERE settled AND NOT EXISTS (SELECT 1 FROM c WHERE c.ref = u.ref AND c.docname = u.docname)
+				ON t.producer_url = _missing_for.producer_url AND t.ref_table = u.ref_table AND t.use_same_name
+			 WHERE settled
 			 GROUP BY t.local_table
 		LOOP
 			SELECT a.attname, format_type(a.atttypid, a.atttypmod) INTO pk_name, pk_type

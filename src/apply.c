@@ -67,6 +67,7 @@
 
 PG_FUNCTION_INFO_V1(eventstream_apply_updates);
 PG_FUNCTION_INFO_V1(eventstream_apply_update);
+PG_FUNCTION_INFO_V1(eventstream_page_updated);
 
 #define ES_PLAN_KEY		4096	/* longer statements are planned each time */
 
@@ -1541,7 +1542,8 @@ es_insert_finish(EsInsert *ins)
 {
 	EState	   *estate = ins->estate;
 
-	table_multi_insert(ins->rel, ins->slots, ins->nrows, estate->es_output_cid, 0, NULL);
+	if (ins->nrows > 0)
+		table_multi_insert(ins->rel, ins->slots, ins->nrows, estate->es_output_cid, 0, NULL);
 	for (int r = 0; r < ins->nrows; r++)
 	{
 		if (ins->rri->ri_NumIndices > 0)
@@ -1724,7 +1726,8 @@ es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
 	ES_SET_TEXT(0, type ? type : "?");
 	ES_SET_TEXT(1, OidIsValid(out->local) ? es_table(out->local)->qualname : ref ? ref : "?");
 	ES_SET_TEXT(2, out->ok ? "Synced" : "Failed");
-	ES_SET_TEXT(3, text_to_cstring(a->producer_url));
+	a->lognull[3][i] = false;
+	a->log[3][i] = PointerGetDatum(a->producer_url);
 	ES_SET_TEXT(4, docname);
 	ES_SET_TEXT(5, remote);
 	a->lognull[6][i] = false;
@@ -1804,8 +1807,10 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	EsSub	   *sub;
 	EsTable    *t;
 	StringInfoData key;
-	ListCell   *lc;
-	List	   *keys;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			npk = 0;
 
 	if (type == NULL || ref == NULL || es_field_text(upd, "docname") == NULL)
 		return NULL;
@@ -1827,25 +1832,34 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL)
 		return NULL;
 	t = es_table(sub->relid);
-	keys = es_keys(data);
+
+	/* The columns it gives, walked in place (this runs for every update). */
 	initStringInfo(&key);
 	appendStringInfo(&key, "C/%u/%s", sub->relid, origin ? origin : "");
-	foreach(lc, keys)
+	it = JsonbIteratorInit(&data->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		bool		is_col = false;
+		JsonbValue	value;
+		int			col = -1;
 
-		for (int i = 0; i < t->ncols; i++)
-			if (strcmp(t->cols[i], lfirst(lc)) == 0)
-				is_col = true;
-		if (is_col)
-			appendStringInfo(&key, "/%s", (char *) lfirst(lc));
-		else if (es_is_array(es_field(data, lfirst(lc))))
+		if (tok != WJB_KEY)
+			continue;
+		for (int i = 0; i < t->ncols && col < 0; i++)
+			if (strlen(t->cols[i]) == v.val.string.len &&
+				memcmp(t->cols[i], v.val.string.val, v.val.string.len) == 0)
+				col = i;
+		if (col >= 0)
+		{
+			appendStringInfoChar(&key, '/');
+			appendBinaryStringInfo(&key, v.val.string.val, v.val.string.len);
+			if (es_is_pk(t, t->cols[col]))
+				npk++;
+		}
+		tok = JsonbIteratorNext(&it, &value, true);
+		if (col < 0 && value.type == jbvBinary && JsonContainerIsArray(value.val.binary.data))
 			return NULL;		/* child rows: row by row */
 	}
-	for (int i = 0; i < t->npk; i++)
-		if (es_field(data, t->pk[i]) == NULL)
-			return NULL;
-	return key.data;
+	return npk == t->npk ? key.data : NULL;
 }
 
 /*
@@ -1916,7 +1930,7 @@ es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool
 	return ok;
 }
 
-/* A column a run of Creates gives, as es_batch_direct converts it. */
+/* A column a direct run gives, as es_batch_direct converts it. */
 typedef struct EsDirectCol
 {
 	AttrNumber	attnum;
@@ -1925,6 +1939,7 @@ typedef struct EsDirectCol
 	FmgrInfo	input;			/* otherwise its type's input function */
 	Oid			ioparam;
 	int32		typmod;
+	Oid			output;			/* and its output function */
 } EsDirectCol;
 
 /*
@@ -1962,68 +1977,187 @@ es_direct_value(EsDirectCol *c, JsonbValue *v)
 }
 
 /*
- * es_batch_direct
- *		Apply updates first..last-1 of all -- a run of Creates of one table
- *		giving the same columns, as es_batch_key found -- by inserting them
- *		straight into the table (EsInsert) as the subscriber, in a
- *		subtransaction of its own.  Only where that is exactly what the
- *		plain INSERT of es_apply_batch would do: the table is usable for it,
- *		the subscriber may insert into the whole table, and every given
- *		column is of a type jsonb_populate_record fills from the value's
- *		text (a base, enum or range type; jsonb as is).  False, having done
- *		nothing, otherwise, or when anything fails (a row is there already,
- *		a value does not convert, a constraint): the statements of
- *		es_apply_batch take over, and report.
+ * es_direct_row
+ *		Apply one update of a direct run (see es_batch_direct) with the
+ *		executor state of ins: a Create's row is stored for the insertion;
+ *		an Update's or a Delete's row is found by its key (pk, converted from
+ *		docname) and updated or deleted as PostgreSQL's logical replication
+ *		applies a change.  False when that row is not here; for a Delete,
+ *		*deleted then gets its key as the row says.
  */
 static bool
-es_batch_direct(EsApply *a, List *all, int first, int last)
+es_direct_row(EsInsert *ins, char kind, EsDirectCol *dc, int ncols, EsDirectCol *pk,
+			  Jsonb *upd, EPQState *epq, TupleTableSlot **slots, char **deleted)
+{
+	JsonbValue	v;
+	JsonbContainer *values = NULL;
+
+	if (kind != 'D')
+	{
+		/* The values: data (a Create), or data.changed (an Update). */
+		if (!getKeyJsonValueFromContainer(&upd->root, "data", 4, &v) || v.type != jbvBinary)
+			elog(ERROR, "an update without its data");
+		values = v.val.binary.data;
+		if (kind == 'U')
+		{
+			if (!getKeyJsonValueFromContainer(values, "changed", 7, &v) || v.type != jbvBinary)
+				elog(ERROR, "an Update without its changes");
+			values = v.val.binary.data;
+		}
+	}
+	if (kind == 'C')
+	{
+		TupleTableSlot *slot = es_insert_row(ins);
+
+		for (int i = 0; i < ncols; i++)
+		{
+			bool		isnull = !getKeyJsonValueFromContainer(values, dc[i].name, strlen(dc[i].name), &v) ||
+				v.type == jbvNull;
+
+			slot->tts_isnull[dc[i].attnum - 1] = isnull;
+			slot->tts_values[dc[i].attnum - 1] = isnull ? (Datum) 0 : es_direct_value(&dc[i], &v);
+		}
+		es_insert_store(ins, slot);
+		return true;
+	}
+
+	/* Find the row, locked, by its key (slots: search, found, new). */
+	if (!getKeyJsonValueFromContainer(&upd->root, "docname", 7, &v) || v.type != jbvString)
+		elog(ERROR, "an update without its docname");
+	ExecClearTuple(slots[0]);
+	memset(slots[0]->tts_isnull, true, sizeof(bool) * slots[0]->tts_tupleDescriptor->natts);
+	slots[0]->tts_values[pk->attnum - 1] = es_direct_value(pk, &v);
+	slots[0]->tts_isnull[pk->attnum - 1] = false;
+	ExecStoreVirtualTuple(slots[0]);
+	if (!RelationFindReplTupleByIndex(ins->rel, RelationGetPrimaryKeyIndex(ins->rel), LockTupleExclusive,
+									  slots[0], slots[1]))
+		return false;
+	if (kind == 'D')
+	{
+		bool		isnull;
+		Datum		key = slot_getattr(slots[1], pk->attnum, &isnull);
+
+		*deleted = OidOutputFunctionCall(pk->output, key);
+		ExecSimpleRelationDelete(ins->rri, ins->estate, epq, slots[1]);
+		return true;
+	}
+	ExecClearTuple(slots[2]);
+	slot_getallattrs(slots[1]);
+	memcpy(slots[2]->tts_values, slots[1]->tts_values, sizeof(Datum) * slots[2]->tts_tupleDescriptor->natts);
+	memcpy(slots[2]->tts_isnull, slots[1]->tts_isnull, sizeof(bool) * slots[2]->tts_tupleDescriptor->natts);
+	for (int i = 0; i < ncols; i++)
+	{
+		bool		isnull = !getKeyJsonValueFromContainer(values, dc[i].name, strlen(dc[i].name), &v) ||
+			v.type == jbvNull;
+
+		slots[2]->tts_isnull[dc[i].attnum - 1] = isnull;
+		slots[2]->tts_values[dc[i].attnum - 1] = isnull ? (Datum) 0 : es_direct_value(&dc[i], &v);
+	}
+	ExecStoreVirtualTuple(slots[2]);
+	ExecSimpleRelationUpdate(ins->rri, ins->estate, epq, slots[1], slots[2]);
+	return true;
+}
+
+/*
+ * es_direct_col
+ *		Fill c for column name of rel; false when jsonb_populate_record
+ *		would not fill it from the value's text (a domain, array, composite
+ *		or json column): the statements take such columns.
+ */
+static bool
+es_direct_col(Relation rel, const char *name, EsDirectCol *c)
+{
+	Form_pg_attribute att;
+	Oid			infunc;
+	char		typtype;
+
+	c->name = name;
+	c->attnum = get_attnum(RelationGetRelid(rel), name);
+	if (c->attnum <= 0)
+		return false;
+	att = TupleDescAttr(RelationGetDescr(rel), c->attnum - 1);
+	typtype = get_typtype(att->atttypid);
+	c->typmod = att->atttypmod;
+	c->jsonb = att->atttypid == JSONBOID;
+	if (att->atttypid == JSONOID || type_is_array(att->atttypid) ||
+		(typtype != TYPTYPE_BASE && typtype != TYPTYPE_ENUM && typtype != TYPTYPE_RANGE))
+		return false;
+	if (!c->jsonb)
+	{
+		bool		varlena;
+
+		getTypeInputInfo(att->atttypid, &infunc, &c->ioparam);
+		fmgr_info(infunc, &c->input);
+		getTypeOutputInfo(att->atttypid, &c->output, &varlena);
+	}
+	return true;
+}
+
+/*
+ * es_batch_direct
+ *		Apply updates first..last-1 of all -- a run of one kind (kind: 'C',
+ *		'U' or 'D') for one table, as es_batch_key found -- straight into
+ *		the table, as the subscriber, in a subtransaction of its own:
+ *		Creates inserted together (EsInsert), Updates and Deletes each found
+ *		by its key and applied the way PostgreSQL's logical replication
+ *		applies a change (execReplication.c).  Only where that is exactly
+ *		what the statements of es_apply_batch would do: the table is usable
+ *		for it (es_insert_usable), the subscriber has the privileges they
+ *		need on the whole table, every column given is of a type
+ *		jsonb_populate_record fills from the value's text (a base, enum or
+ *		range type; jsonb as is), and the key of an Update or Delete is one
+ *		column of a type whose text is its JSON text (an integer, text or
+ *		uuid).  False, having done nothing, otherwise, or when anything fails
+ *		(a row is there already, an Update's row is not, a value does not
+ *		convert, a constraint): the statements take over, and report.  For
+ *		a run of Deletes, deleted[k - first] gets the key of the row update
+ *		k deleted (NULL: it was not here).
+ */
+static bool
+es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **deleted)
 {
 	Jsonb	   *upd = list_nth(all, first);
 	EsSub	   *sub = es_sub(a, es_field_text(upd, "ref_table"));
 	EsTable    *t = es_table(sub->relid);
-	List	   *cols = es_given_columns(t, es_field(upd, "data"), false);
+	Jsonb	   *data = es_field(upd, "data");
+	List	   *cols = kind == 'C' ? es_given_columns(t, data, false) :
+		kind == 'U' ? es_given_columns(t, es_field(data, "changed"), true) : NIL;
 	int			ncols = list_length(cols);
 	EsDirectCol *dc = palloc0(sizeof(EsDirectCol) * Max(ncols, 1));
+	EsDirectCol pk;
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	Relation	rel;
-	TupleDesc	desc;
 	bool	   *given;
 	Oid			save_userid;
 	int			save_sec;
-	volatile bool ok = false;
+	volatile bool ok;
 	ListCell   *lc;
+	AclMode		need = kind == 'C' ? ACL_INSERT : kind == 'U' ? ACL_UPDATE : ACL_DELETE;
 
-	if (pg_class_aclcheck(sub->relid, a->subscriber, ACL_INSERT) != ACLCHECK_OK)
+	if (pg_class_aclcheck(sub->relid, a->subscriber, need) != ACLCHECK_OK ||
+		(kind != 'C' && pg_class_aclcheck(sub->relid, a->subscriber, ACL_SELECT) != ACLCHECK_OK))
 		return false;
 	rel = table_open(sub->relid, RowExclusiveLock);
-	desc = RelationGetDescr(rel);
-	given = palloc0(sizeof(bool) * desc->natts);
+	given = palloc0(sizeof(bool) * RelationGetDescr(rel)->natts);
 	ok = es_insert_usable(rel);
 	foreach(lc, cols)
 	{
 		EsDirectCol *c = &dc[foreach_current_index(lc)];
-		Oid			type;
-		Oid			infunc;
-		char		typtype;
 
-		if (!ok)
-			break;
-		c->name = lfirst(lc);
-		c->attnum = get_attnum(sub->relid, c->name);
-		type = TupleDescAttr(desc, c->attnum - 1)->atttypid;
-		typtype = get_typtype(type);
-		c->typmod = TupleDescAttr(desc, c->attnum - 1)->atttypmod;
-		c->jsonb = type == JSONBOID;
-		given[c->attnum - 1] = true;
-		if (type == JSONOID || type_is_array(type) ||
-			(typtype != TYPTYPE_BASE && typtype != TYPTYPE_ENUM && typtype != TYPTYPE_RANGE))
-			ok = false;
-		else if (!c->jsonb)
-		{
-			getTypeInputInfo(type, &infunc, &c->ioparam);
-			fmgr_info(infunc, &c->input);
-		}
+		ok = ok && es_direct_col(rel, lfirst(lc), c);
+		if (ok)
+			given[c->attnum - 1] = true;
+	}
+	if (ok && kind != 'C')
+	{
+		ok = t->npk == 1 && es_direct_col(rel, t->pk[0], &pk) &&
+			(TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == INT2OID ||
+			 TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == INT4OID ||
+			 TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == INT8OID ||
+			 TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == TEXTOID ||
+			 TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == UUIDOID);
+		memset(given, true, sizeof(bool) * RelationGetDescr(rel)->natts);	/* no defaults */
 	}
 	if (!ok)
 	{
@@ -2038,31 +2172,39 @@ es_batch_direct(EsApply *a, List *all, int first, int last)
 	PG_TRY();
 	{
 		EsInsert	ins;
+		EPQState	epq;
+		TupleTableSlot *slots[3] = {NULL, NULL, NULL};
+		bool		all_found = true;
 
-		/* Defaults and constraints are evaluated as the subscriber. */
+		/* Defaults, constraints and look-ups run as the subscriber. */
 		SetUserIdAndSecContext(a->subscriber, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		es_insert_begin(&ins, rel, given, last - first);
-		for (int k = first; k < last; k++)
+		if (kind != 'C')
 		{
-			Jsonb	   *u = list_nth(all, k);
-			TupleTableSlot *slot = es_insert_row(&ins);
-			JsonbValue	data;
-
-			if (!getKeyJsonValueFromContainer(&u->root, "data", 4, &data) || data.type != jbvBinary)
-				elog(ERROR, "a Create without its data");
-			for (int i = 0; i < ncols; i++)
-			{
-				EsDirectCol *c = &dc[i];
-				JsonbValue	v;
-				bool		isnull;
-
-				isnull = !getKeyJsonValueFromContainer(data.val.binary.data, c->name, strlen(c->name), &v) ||
-					v.type == jbvNull;
-				slot->tts_isnull[c->attnum - 1] = isnull;
-				slot->tts_values[c->attnum - 1] = isnull ? (Datum) 0 : es_direct_value(c, &v);
-			}
-			es_insert_store(&ins, slot);
+			EvalPlanQualInit(&epq, ins.estate, NULL, NIL, -1);
+			slots[0] = ExecInitExtraTupleSlot(ins.estate, RelationGetDescr(rel), &TTSOpsVirtual);
+			slots[1] = table_slot_create(rel, &ins.estate->es_tupleTable);
+			slots[2] = ExecInitExtraTupleSlot(ins.estate, RelationGetDescr(rel), &TTSOpsVirtual);
 		}
+		for (int k = first; k < last && all_found; k++)
+		{
+			char	   *key = NULL;
+
+			if (es_direct_row(&ins, kind, dc, ncols, &pk, list_nth(all, k), &epq, slots, &key))
+			{
+				if (deleted)
+					deleted[k - first] = key ? MemoryContextStrdup(cxt, key) : NULL;
+			}
+			else if (kind == 'U')
+				all_found = false;	/* the statements say why */
+			else if (deleted)
+				deleted[k - first] = NULL;
+			ResetPerTupleExprContext(ins.estate);
+		}
+		if (kind != 'C')
+			EvalPlanQualEnd(&epq);
+		if (!all_found)
+			elog(ERROR, "a row to update is not here");
 		es_insert_finish(&ins);
 		SetUserIdAndSecContext(save_userid, save_sec);
 		ReleaseCurrentSubTransaction();
@@ -2376,7 +2518,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 				 * The statement gets the run's updates only: the whole page
 				 * would be expanded by every run's jsonb_array_elements().
 				 */
-				if ((bkey[0] == 'C' && es_batch_direct(&a, all, i, j)) ||
+				if (es_batch_direct(&a, all, i, j, bkey[0], deletes ? deleted : NULL) ||
 					es_apply_batch(&a, es_slice(all, i, j), list_nth(all, i), 1, j - i, &existed,
 								   deletes ? deleted : NULL))
 				{
@@ -2476,4 +2618,99 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	nulls[4] = !OidIsValid(out.local);
 	values[4] = ObjectIdGetDatum(out.local);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * es_page_doc_key
+ *		"ref_table\x01docname" of an update of a page (NULL when it lacks
+ *		either or its data is not an object), and its update_type in *type.
+ */
+static char *
+es_page_doc_key(JsonbContainer *upd, char **type)
+{
+	JsonbValue	ref;
+	JsonbValue	doc;
+	JsonbValue	v;
+
+	*type = NULL;
+	if (!JsonContainerIsObject(upd) ||
+		!getKeyJsonValueFromContainer(upd, "ref_table", 9, &ref) || ref.type != jbvString ||
+		!getKeyJsonValueFromContainer(upd, "docname", 7, &doc) || doc.type != jbvString ||
+		!getKeyJsonValueFromContainer(upd, "data", 4, &v) || v.type != jbvBinary ||
+		!JsonContainerIsObject(v.val.binary.data) ||
+		!getKeyJsonValueFromContainer(upd, "update_type", 11, &v) || v.type != jbvString)
+		return NULL;
+	*type = pnstrdup(v.val.string.val, v.val.string.len);
+	return psprintf("%.*s\x01%.*s", ref.val.string.len, ref.val.string.val, doc.val.string.len, doc.val.string.val);
+}
+
+/*
+ * eventstream_page_updated
+ *		_page_updated(body jsonb) -> setof (ref_table text, docname text):
+ *		the documents the Updates of a page of updates are for, but for
+ *		those a Create of the page makes, each once.  _missing_for looks
+ *		them up; one walk of the page here, where expanding it with SQL
+ *		copied every update twice.
+ */
+Datum
+eventstream_page_updated(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *body = PG_GETARG_JSONB_P(0);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	JsonbValue	updates;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	HASHCTL		ctl;
+	HTAB	   *created;
+	List	   *updated = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (!JB_ROOT_IS_OBJECT(body) ||
+		!getKeyJsonValueFromContainer(&body->root, "updates", 7, &updates) ||
+		updates.type != jbvBinary || !JsonContainerIsArray(updates.val.binary.data))
+		PG_RETURN_VOID();
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = NAMEDATALEN * 4;
+	ctl.entrysize = NAMEDATALEN * 4;
+	ctl.hcxt = CurrentMemoryContext;
+	created = hash_create("eventstream page documents", 256, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	it = JsonbIteratorInit(updates.val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *type;
+		char	   *key;
+
+		if (tok != WJB_ELEM || v.type != jbvBinary)
+			continue;
+		key = es_page_doc_key(v.val.binary.data, &type);
+		if (key == NULL)
+			continue;
+		if (strcmp(type, "Create") == 0 && strlen(key) < NAMEDATALEN * 4)
+			(void) hash_search(created, key, HASH_ENTER, NULL);
+		else if (strcmp(type, "Update") == 0)
+			updated = lappend(updated, key);
+	}
+	foreach(lc, updated)
+	{
+		char	   *key = lfirst(lc);
+		char	   *sep = strchr(key, '\x01');
+		bool		found;
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		/* (a key too long for the table is looked up as if not created) */
+		if (strlen(key) < NAMEDATALEN * 4)
+		{
+			(void) hash_search(created, key, HASH_ENTER, &found);
+			if (found)
+				continue;		/* created by the page, or listed already */
+		}
+		values[0] = PointerGetDatum(cstring_to_text_with_len(key, sep - key));
+		values[1] = CStringGetTextDatum(sep + 1);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_VOID();
 }
