@@ -1038,10 +1038,12 @@ BEGIN
 		   AND to_regclass(ct.ref_table) IS NOT NULL
 		   AND has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT');
 		-- The candidates: the next lim + 1 logs of the window for this
-		-- consumer, in id order.
+		-- consumer, in id order (the order of the subquery, which reads
+		-- them in that order: an ORDER BY in each aggregate sorted the page
+		-- four times more).
 		IF cardinality(t_names) > 0 THEN
-			SELECT coalesce(array_agg(x.id ORDER BY x.id), '{}'), array_agg(x.update_type ORDER BY x.id),
-				   array_agg(x.ref_table ORDER BY x.id), array_agg(x.docname ORDER BY x.id)
+			SELECT coalesce(array_agg(x.id), '{}'), array_agg(x.update_type),
+				   array_agg(x.ref_table), array_agg(x.docname)
 			  INTO c_ids, c_types, c_tables, c_docs
 			  FROM (SELECT l.id, l.update_type, l.ref_table, l.docname
 					  FROM eventstream.update_log l
@@ -2040,7 +2042,7 @@ CREATE FUNCTION eventstream._pull_path(cursor text, wait integer) RETURNS text
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=5000%s', eventstream._urlencode(eventstream._site_url()),
+	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=10000%s', eventstream._urlencode(eventstream._site_url()),
 					  eventstream._urlencode(cursor), CASE WHEN wait > 0 THEN '&wait=' || wait ELSE '' END));
 END
 $$;
