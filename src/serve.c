@@ -4,7 +4,7 @@
  *	  Producer side: the JSON text of update logs as pages serve them.
  *
  * eventstream._log_texts(ids) renders each log as the object a page
- * carries, {"id", "update_type", "ref_table", "docname", "data"[, "origin"]},
+ * carries, {"id", "data"[, "origin"], "docname", "ref_table", "update_type"},
  * straight into text: the logs are read with one query and formatted here,
  * instead of by json_build_object() per row (which looks up every
  * argument's type and output function each time).  This is the serving
@@ -130,14 +130,13 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 				continue;
 			next++;
 		}
+		/*
+		 * The keys in the order jsonb keeps them (shorter first): the
+		 * consumer's parse then finds each object's keys sorted already,
+		 * a sixth of its cost.
+		 */
 		resetStringInfo(&buf);
 		appendStringInfo(&buf, "{\"id\": " INT64_FORMAT, DatumGetInt64(d));
-		d = SPI_getbinval(tup, desc, 2, &isnull);
-		es_append_text_field(&buf, "update_type", d, isnull);
-		d = SPI_getbinval(tup, desc, 3, &isnull);
-		es_append_text_field(&buf, "ref_table", d, isnull);
-		d = SPI_getbinval(tup, desc, 4, &isnull);
-		es_append_text_field(&buf, "docname", d, isnull);
 		d = SPI_getbinval(tup, desc, 5, &isnull);
 		appendStringInfoString(&buf, ", \"data\": ");
 		if (isnull)
@@ -151,6 +150,12 @@ eventstream_log_texts(PG_FUNCTION_ARGS)
 		d = SPI_getbinval(tup, desc, 6, &isnull);
 		if (!isnull)
 			appendStringInfo(&buf, ", \"origin\": \"%s\"", DatumGetCString(DirectFunctionCall1(uuid_out, d)));
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		es_append_text_field(&buf, "docname", d, isnull);
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		es_append_text_field(&buf, "ref_table", d, isnull);
+		d = SPI_getbinval(tup, desc, 2, &isnull);
+		es_append_text_field(&buf, "update_type", d, isnull);
 		appendStringInfoChar(&buf, '}');
 		{
 			/* In the caller's memory: SPI's goes away at SPI_finish(). */
