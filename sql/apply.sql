@@ -190,3 +190,12 @@ SELECT * FROM eventstream._page_updated('{"updates": [
   {"update_type": "Delete", "ref_table": "public.a", "docname": "4", "data": null},
   "not an update"]}');
 SELECT count(*) FROM eventstream._page_updated('{"documents": []}');
+-- What _missing_for decides its quick paths on: whether there is an Update,
+-- whether a table of this extension is named, the tables named (each once).
+SELECT * FROM eventstream._page_facts('{"updates": [
+  {"update_type": "Create", "ref_table": "public.a", "docname": "1", "data": {}},
+  {"update_type": "Create", "ref_table": "public.b", "docname": "1", "data": {}},
+  {"update_type": "Delete", "ref_table": "public.a", "docname": "2", "data": null}]}');
+SELECT * FROM eventstream._page_facts('{"updates": [
+  {"update_type": "Update", "ref_table": "\"eventstream\".dynamic_link", "docname": "1", "data": {}}]}');
+SELECT * FROM eventstream._page_facts('{"documents": []}');

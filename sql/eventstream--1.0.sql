@@ -2508,6 +2508,11 @@ $$;
 
 -- _missing_documents for an answer as received: a snapshot page is of the
 -- table whose initial sync is under way.
+-- Whether a page has an Update, whether it has an update of a table of this
+-- extension, and the tables it names (_missing_for's quick paths).
+CREATE FUNCTION eventstream._page_facts(body jsonb, OUT updates boolean, OUT own_tables boolean, OUT ref_tables text[])
+	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_page_facts';
+
 -- The documents the Updates of a page are for, but for those its Creates
 -- make (each once).
 CREATE FUNCTION eventstream._page_updated(body jsonb, OUT ref_table text, OUT docname text) RETURNS SETOF record
@@ -2533,9 +2538,10 @@ DECLARE
 	-- A mapping's Document fields are followed whatever the keys are.
 	mapped boolean := EXISTS (SELECT 1 FROM eventstream.producer_table t
 							   WHERE t.producer_url = _missing_for.producer_url AND t.mapping IS NOT NULL);
+	facts record := eventstream._page_facts(body);
 BEGIN
 	-- The usual cases, without going through the whole answer more than
-	-- once (jsonpath walks the binary jsonb in C): a page of updates with
+	-- once (_page_facts walks it once, in C): a page of updates with
 	-- no dependency fetched yet, and either no table outside this extension
 	-- has a foreign key and there are no dynamic links (then only the rows
 	-- Updates are for can be missing), or the page has no Update and none
@@ -2547,8 +2553,8 @@ BEGIN
 						  AND c.connamespace <> (SELECT e.extnamespace FROM pg_extension e
 												  WHERE e.extname = 'eventstream'))
 	   AND NOT EXISTS (SELECT 1 FROM eventstream.dynamic_link)
-	   AND NOT body @? '$.updates[*] ? (@.ref_table starts with "eventstream." || @.ref_table starts with "\"eventstream\".")' THEN
-		IF NOT targets OR NOT body @? '$.updates[*] ? (@.update_type == "Update")' THEN
+	   AND NOT facts.own_tables THEN
+		IF NOT targets OR NOT facts.updates THEN
 			RETURN '[]';
 		END IF;
 		-- (rows kept under their own keys here are found through
@@ -2590,10 +2596,9 @@ BEGIN
 			RETURN '[]';
 		END IF;
 	ELSIF NOT body ? 'documents' AND coalesce(have, '[]') = '[]' AND NOT mapped
-	   AND NOT body @? '$.updates[*] ? (@.update_type == "Update")'
+	   AND NOT facts.updates
 	   AND NOT EXISTS (SELECT 1
-						 FROM (SELECT DISTINCT r #>> '{}' AS ref
-								 FROM jsonb_path_query(body, '$.updates[*].ref_table') r) x
+						 FROM unnest(facts.ref_tables) x(ref)
 						WHERE EXISTS (SELECT 1 FROM pg_constraint c
 									   WHERE c.contype = 'f' AND c.conrelid = to_regclass(x.ref))
 						   OR EXISTS (SELECT 1 FROM eventstream.dynamic_link l WHERE l.tbl = to_regclass(x.ref))

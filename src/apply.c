@@ -68,6 +68,7 @@
 PG_FUNCTION_INFO_V1(eventstream_apply_updates);
 PG_FUNCTION_INFO_V1(eventstream_apply_update);
 PG_FUNCTION_INFO_V1(eventstream_page_updated);
+PG_FUNCTION_INFO_V1(eventstream_page_facts);
 
 #define ES_PLAN_KEY		4096	/* longer statements are planned each time */
 
@@ -2713,4 +2714,72 @@ eventstream_page_updated(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();
+}
+
+/*
+ * eventstream_page_facts
+ *		_page_facts(body jsonb, OUT updates boolean, OUT own_tables boolean,
+ *		OUT ref_tables text[]): whether a page of updates has an Update,
+ *		whether one of its updates is of a table of this
+ *		extension, and the tables it names, each once -- what _missing_for
+ *		decides its quick paths on, in one walk of the page instead of one
+ *		jsonpath query each.
+ */
+Datum
+eventstream_page_facts(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *body = PG_GETARG_JSONB_P(0);
+	TupleDesc	tupdesc;
+	JsonbValue	updates;
+	bool		has_updates = false;
+	bool		own = false;
+	List	   *refs = NIL;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	Datum	   *elems;
+	int			n = 0;
+	ListCell   *lc;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (JB_ROOT_IS_OBJECT(body) &&
+		getKeyJsonValueFromContainer(&body->root, "updates", 7, &updates) &&
+		updates.type == jbvBinary && JsonContainerIsArray(updates.val.binary.data))
+	{
+		JsonbIterator *it = JsonbIteratorInit(updates.val.binary.data);
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			JsonbValue	ref;
+			JsonbValue	type;
+			bool		known = false;
+
+			if (tok != WJB_ELEM || v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+				continue;
+			if (getKeyJsonValueFromContainer(v.val.binary.data, "update_type", 11, &type) &&
+				type.type == jbvString && type.val.string.len == 6 && memcmp(type.val.string.val, "Update", 6) == 0)
+				has_updates = true;
+			if (!getKeyJsonValueFromContainer(v.val.binary.data, "ref_table", 9, &ref) || ref.type != jbvString)
+				continue;
+			if ((ref.val.string.len >= 12 && memcmp(ref.val.string.val, "eventstream.", 12) == 0) ||
+				(ref.val.string.len >= 14 && memcmp(ref.val.string.val, "\"eventstream\".", 14) == 0))
+				own = true;
+			foreach(lc, refs)
+				if (strlen(lfirst(lc)) == ref.val.string.len &&
+					memcmp(lfirst(lc), ref.val.string.val, ref.val.string.len) == 0)
+					known = true;
+			if (!known)
+				refs = lappend(refs, pnstrdup(ref.val.string.val, ref.val.string.len));
+		}
+	}
+	elems = palloc(sizeof(Datum) * Max(list_length(refs), 1));
+	foreach(lc, refs)
+		elems[n++] = CStringGetTextDatum(lfirst(lc));
+	values[0] = BoolGetDatum(has_updates);
+	values[1] = BoolGetDatum(own);
+	values[2] = PointerGetDatum(n == 0 ? construct_empty_array(TEXTOID) :
+								construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
