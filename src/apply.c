@@ -1686,6 +1686,27 @@ es_log_flush(EsApply *a)
 }
 
 /*
+ * es_log_text
+ *		The text datum of value v for column c of pending sync_log row i:
+ *		the previous row's when it holds the same text (a run of updates
+ *		repeats its kind, table and status), otherwise a new one.
+ */
+static Datum
+es_log_text(EsApply *a, int c, int i, const char *v)
+{
+	size_t		len = strlen(v);
+
+	if (i > 0 && !a->lognull[c][i - 1])
+	{
+		text	   *prev = DatumGetTextPP(a->log[c][i - 1]);
+
+		if (VARSIZE_ANY_EXHDR(prev) == len && memcmp(VARDATA_ANY(prev), v, len) == 0)
+			return a->log[c][i - 1];
+	}
+	return PointerGetDatum(cstring_to_text_with_len(v, len));
+}
+
+/*
  * es_log_outcome
  *		Queue the sync_log row of an update (flushed every 1000 and at the
  *		end of the call).  why: a note on why it was applied (initial sync,
@@ -1723,14 +1744,20 @@ es_log_outcome(EsApply *a, Jsonb *upd, EsOutcome *out, const char *why)
 		MemoryContextSwitchTo(a->batch_cxt);
 	}
 	i = a->nlog++;
-#define ES_SET_TEXT(c, v) (a->lognull[c][i] = ((v) == NULL), a->log[c][i] = (v) ? CStringGetTextDatum(v) : (Datum) 0)
+#define ES_SET_TEXT(c, v) (a->lognull[c][i] = ((v) == NULL), a->log[c][i] = (v) ? es_log_text(a, c, i, v) : (Datum) 0)
 	ES_SET_TEXT(0, type ? type : "?");
 	ES_SET_TEXT(1, OidIsValid(out->local) ? es_table(out->local)->qualname : ref ? ref : "?");
 	ES_SET_TEXT(2, out->ok ? "Synced" : "Failed");
 	a->lognull[3][i] = false;
 	a->log[3][i] = PointerGetDatum(a->producer_url);
 	ES_SET_TEXT(4, docname);
-	ES_SET_TEXT(5, remote);
+	if (remote && docname && strcmp(remote, docname) == 0)
+	{
+		a->lognull[5][i] = false;
+		a->log[5][i] = a->log[4][i];	/* the same text */
+	}
+	else
+		ES_SET_TEXT(5, remote);
 	a->lognull[6][i] = false;
 	a->log[6][i] = BoolGetDatum(same);
 	a->lognull[7][i] = data == NULL;
@@ -1804,7 +1831,7 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	char	   *type = es_field_text(upd, "update_type");
 	char	   *ref = es_field_text(upd, "ref_table");
 	char	   *origin = es_origin(a, upd);
-	Jsonb	   *data = es_field(upd, "data");
+	JsonbValue	data;
 	EsSub	   *sub;
 	EsTable    *t;
 	StringInfoData key;
@@ -1823,10 +1850,12 @@ es_batch_key(EsApply *a, Jsonb *upd)
 			return NULL;
 		return psprintf("D/%u/%s", sub->relid, origin ? origin : "");
 	}
-	if (!es_is_object(data))
+	/* The data, in place (this runs for every update). */
+	if (!getKeyJsonValueFromContainer(&upd->root, "data", 4, &data) || data.type != jbvBinary ||
+		!JsonContainerIsObject(data.val.binary.data))
 		return NULL;
 	if (strcmp(type, "Update") == 0)
-		return es_batch_key_update(a, upd, ref, origin, data);
+		return es_batch_key_update(a, upd, ref, origin, JsonbValueToJsonb(&data));
 	if (strcmp(type, "Create") != 0)
 		return NULL;
 	sub = es_sub(a, ref);
@@ -1834,10 +1863,10 @@ es_batch_key(EsApply *a, Jsonb *upd)
 		return NULL;
 	t = es_table(sub->relid);
 
-	/* The columns it gives, walked in place (this runs for every update). */
+	/* The columns it gives. */
 	initStringInfo(&key);
 	appendStringInfo(&key, "C/%u/%s", sub->relid, origin ? origin : "");
-	it = JsonbIteratorInit(&data->root);
+	it = JsonbIteratorInit(data.val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		JsonbValue	value;
