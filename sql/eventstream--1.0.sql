@@ -1421,13 +1421,15 @@ COMMENT ON VIEW eventstream.consumer_status IS
  * period) so the document's history can be replayed if it starts to match.
  * Returns the number of logs deleted.
  */
-CREATE FUNCTION eventstream.prune() RETURNS bigint
+CREATE FUNCTION eventstream.prune(max_logs bigint DEFAULT NULL) RETURNS bigint
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	retention interval := current_setting('eventstream.retention_period')::interval;
 	horizon bigint;
+	upto bigint;
+	kept bigint[];
 	deleted bigint;
 BEGIN
 	PERFORM pg_advisory_xact_lock(hashtext('eventstream.prune'));
@@ -1448,9 +1450,17 @@ BEGIN
 					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed)
 	   AND EXISTS (SELECT 1 FROM eventstream.update_log l WHERE l.id >= c.acked_low AND l.id < horizon);
 
+	-- At most max_logs of them (the oldest), when asked: the background
+	-- worker prunes a large backlog in steps, serving in between.
+	upto := horizon;
+	IF max_logs IS NOT NULL THEN
+		upto := least(horizon, (SELECT l.id FROM eventstream.update_log l WHERE l.id < horizon
+								 ORDER BY l.id OFFSET greatest(max_logs, 1) LIMIT 1));
+	END IF;
+
 	WITH gone AS (
 		DELETE FROM eventstream.update_log l
-		 WHERE l.id < horizon
+		 WHERE l.id < upto
 		   AND NOT (l.created_at > now() - retention AND EXISTS (
 				SELECT 1
 				  FROM eventstream.withheld w
@@ -1465,22 +1475,24 @@ BEGIN
 
 	-- Ticks whose logs are all gone (the latest stays).
 	DELETE FROM eventstream.tick t
-	 WHERE t.max_id < horizon AND t.tick_id < (SELECT max(x.tick_id) FROM eventstream.tick x);
+	 WHERE t.max_id < upto AND t.tick_id < (SELECT max(x.tick_id) FROM eventstream.tick x);
 
 	-- Receipts go with the last of their logs (a page may hold replayed
-	-- withheld logs that are kept longer than the rest).
+	-- withheld logs that are kept longer than the rest: the only logs left
+	-- below upto, usually none, so they are looked for once).
+	kept := ARRAY(SELECT l.id FROM eventstream.update_log l WHERE l.id < upto);
 	DELETE FROM eventstream.served_page sp
-	 WHERE sp.max_log_id < horizon
-	   AND NOT EXISTS (SELECT 1 FROM eventstream.update_log l WHERE l.id = ANY (sp.log_ids));
+	 WHERE sp.max_log_id < upto
+	   AND (cardinality(kept) = 0 OR NOT (sp.log_ids && kept));
 
 	UPDATE eventstream.site
 	   SET last_prune_at = now(),
-		   pruned_below = CASE WHEN deleted > 0 THEN greatest(pruned_below, horizon) ELSE pruned_below END;
+		   pruned_below = CASE WHEN deleted > 0 THEN greatest(pruned_below, upto) ELSE pruned_below END;
 	RETURN deleted;
 END
 $$;
-COMMENT ON FUNCTION eventstream.prune() IS
-	'Delete update logs every consumer has acknowledged; returns how many.  The background worker runs it periodically.';
+COMMENT ON FUNCTION eventstream.prune(bigint) IS
+	'Delete update logs every consumer has acknowledged (at most max_logs, the oldest, when given); returns how many.  The background worker runs it periodically, in steps.';
 
 ------------------------------------------------------------------------------
 -- API keys

@@ -25,9 +25,12 @@ SELECT count(*) AS served FROM pull('http://consumer-f');
 SELECT eventstream.prune() AS pruned;
 SELECT count(*) AS served FROM pull('http://consumer-g');
 SELECT eventstream.prune() AS pruned;
--- Pulling with the newer cursors acknowledges the pages before them.
+-- Pulling with the newer cursors acknowledges the pages before them.  The
+-- worker prunes in steps (max_logs): the oldest first, receipts with them.
 SELECT count(*) FROM pull('http://consumer-f');
 SELECT count(*) FROM pull('http://consumer-g');
+SELECT eventstream.prune(max_logs => 2) AS pruned_step;
+SELECT array_agg(docname ORDER BY id) AS logs_left FROM eventstream.update_log;
 SELECT eventstream.prune() AS pruned;
 SELECT count(*) AS logs_left, (SELECT count(*) FROM eventstream.update_log_consumer) AS receipts_left
   FROM eventstream.update_log;

@@ -83,6 +83,8 @@ PG_FUNCTION_INFO_V1(eventstream_wake_worker);
 #define ES_HTTP_RETRY_MAX_MS	60000
 #define ES_MAX_BACKOFF_MS	60000
 #define ES_MALLOC_KEEP		(64 * 1024 * 1024)	/* see eventstream_worker_main */
+#define ES_PRUNE_STEP		20000	/* logs pruned at a time, */
+#define ES_PRUNE_PAUSE_MS	100		/* with this much serving in between */
 
 typedef struct EsSiteWorker
 {
@@ -646,13 +648,17 @@ eventstream_launcher_main(Datum main_arg)
  * es_worker_duties
  *		One round of a site worker's periodic duties, in one transaction.
  *		Returns false when the extension is gone (the worker should exit).
+ *		Pruning deletes ES_PRUNE_STEP logs at most: *prune_more says more
+ *		are due (a large backlog is pruned in steps, so that long-polls and
+ *		pulls are not held up for seconds).
  */
 static bool
-es_worker_duties(TimestampTz *last_prune)
+es_worker_duties(TimestampTz *last_prune, bool *prune_more)
 {
 	bool		present;
 	TimestampTz now = GetCurrentTimestamp();
 
+	*prune_more = false;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -660,12 +666,24 @@ es_worker_duties(TimestampTz *last_prune)
 	if (present && es_prune_interval > 0 &&
 		TimestampDifferenceExceeds(*last_prune, now, es_prune_interval * 1000))
 	{
-		pgstat_report_activity(STATE_RUNNING, "SELECT eventstream.prune()");
+		bool		isnull;
+		int64		pruned = 0;
+
+		pgstat_report_activity(STATE_RUNNING, "SELECT eventstream.prune(" CppAsString2(ES_PRUNE_STEP) ")");
 		SPI_connect();
-		if (SPI_execute("SELECT eventstream.prune()", false, 0) != SPI_OK_SELECT)
+		if (SPI_execute("SELECT eventstream.prune(" CppAsString2(ES_PRUNE_STEP) ")", false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not prune the update log");
+		if (SPI_processed == 1)
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			pruned = isnull ? 0 : DatumGetInt64(d);
+		}
 		SPI_finish();
-		*last_prune = now;
+		/* A full step: more is due; the next step after a moment of serving. */
+		*prune_more = pruned >= ES_PRUNE_STEP;
+		if (!*prune_more)
+			*last_prune = now;
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -894,6 +912,7 @@ eventstream_worker_main(Datum main_arg)
 	for (;;)
 	{
 		long		timeout = es_prune_interval > 0 ? es_prune_interval * 1000L : ES_LAUNCHER_NAP_MS;
+		bool		prune_more = false;
 		long		http_timeout;
 
 		CHECK_FOR_INTERRUPTS();
@@ -906,7 +925,7 @@ eventstream_worker_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_cxt);
 		site->recheck = false;
 		last_duties = GetCurrentTimestamp();
-		if (!es_worker_duties(&last_prune))
+		if (!es_worker_duties(&last_prune, &prune_more))
 		{
 			SpinLockAcquire(&es_workers->mutex);
 			site->no_extension = true;
@@ -921,6 +940,8 @@ eventstream_worker_main(Datum main_arg)
 		es_pull_start_due();
 		MemoryContextReset(loop_cxt);
 		backoff_ms = 0;
+		if (prune_more)
+			timeout = ES_PRUNE_PAUSE_MS;
 
 		/* Wait for the latch, a duty's time, or HTTP traffic. */
 		for (;;)

@@ -57,14 +57,27 @@ $node->safe_psql('site1', q{
 ok($node->poll_query_until('site1', 'SELECT count(*) = 0 FROM eventstream.update_log'),
 	'the worker pruned the acknowledged logs');
 
+# A backlog bigger than a step (20,000 logs) is pruned in several steps,
+# all of it.
+$node->safe_psql('site1', q{
+	INSERT INTO t SELECT g, 'y' FROM generate_series(100001, 150000) g;
+	UPDATE cur SET c = eventstream._pull('http://c1', c, 10000)->>'cursor';
+});
+for (1 .. 7)
+{
+	$node->safe_psql('site1', q{UPDATE cur SET c = eventstream._pull('http://c1', c, 10000)->>'cursor'});
+}
+ok($node->poll_query_until('site1', 'SELECT count(*) = 0 FROM eventstream.update_log'),
+	'the worker pruned a backlog of 50,000 acknowledged logs, in steps');
+
 # An error in a duty is logged; the worker backs off and carries on.
 my $pid = $node->safe_psql('site1',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'site1'");
 my $offset = -s $node->logfile;
-$node->safe_psql('site1', 'ALTER FUNCTION eventstream.prune() RENAME TO prune_away');
-ok($node->wait_for_log(qr/function eventstream\.prune\(\) does not exist/, $offset),
+$node->safe_psql('site1', 'ALTER FUNCTION eventstream.prune(bigint) RENAME TO prune_away');
+ok($node->wait_for_log(qr/function eventstream\.prune\(integer\) does not exist/, $offset),
 	'a failing duty is logged');
-$node->safe_psql('site1', 'ALTER FUNCTION eventstream.prune_away() RENAME TO prune');
+$node->safe_psql('site1', 'ALTER FUNCTION eventstream.prune_away(bigint) RENAME TO prune');
 is($node->safe_psql('site1',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'site1'"),
 	$pid, 'the worker survived the error');
