@@ -1169,15 +1169,17 @@ BEGIN
 	END IF;
 	-- "complete": the page ends its window, i.e. a set of whole transactions.
 	-- "acks": this producer takes ack= (see above).
-	-- "newest_at": when the page's last update was logged.
-	page := format('{"updates": [%s], "cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s}',
-				   array_to_string(texts, ', '),
+	-- "newest_at": when the page's last update was logged.  The cursor
+	-- comes first: a consumer can ask for the next page before it has
+	-- parsed this one (the updates come last).
+	page := format('{"cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s, "updates": [%s]}',
 				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id, max_to)
 								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
 				   to_json(more), to_json(NOT more),
 				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l
 									  WHERE l.id = abs(ids[cardinality(ids)])))::text, 'null'),
-				   tables_now);
+				   tables_now,
+				   array_to_string(texts, ', '));
 END
 $$;
 

@@ -781,10 +781,11 @@ es_pull_page_field(EsProducer *p, const char *key)
 }
 
 /*
- * es_pull_prefetch
- *		Ask for the next page of updates now, while the one just received
- *		is applied: the producer builds it meanwhile (the machine's other
- *		core), instead of the two sides taking turns.
+ * es_pull_prefetch_at
+ *		Ask for the next page of updates (the one after cursor) now, while
+ *		the one just received is parsed and applied: the producer builds it
+ *		meanwhile (the machine's other core), instead of the two sides
+ *		taking turns.
  *
  * Only when the page says more is waiting (no long-poll) and the producer
  * takes ack= ("acks": true): asking for the next cursor would otherwise
@@ -802,11 +803,8 @@ es_pull_page_field(EsProducer *p, const char *key)
  * waits in the kernel's socket buffer.
  */
 static void
-es_pull_prefetch(EsProducer *p)
+es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len)
 {
-	JsonbValue *more = es_pull_page_field(p, "more");
-	JsonbValue *acks = es_pull_page_field(p, "acks");
-	JsonbValue *cursor = es_pull_page_field(p, "cursor");
 	const char *sent = p->sent_path;
 	const char *at;
 	const char *end;
@@ -814,10 +812,7 @@ es_pull_prefetch(EsProducer *p)
 	char	   *path;
 	char	   *url;
 
-	if (p->pre_easy != NULL || sent == NULL || strncmp(sent, "updates?", 8) != 0 ||
-		more == NULL || more->type != jbvBool || !more->val.boolean ||
-		acks == NULL || acks->type != jbvBool || !acks->val.boolean ||
-		cursor == NULL || cursor->type != jbvString)
+	if (p->pre_easy != NULL || sent == NULL || strncmp(sent, "updates?", 8) != 0)
 		return;
 	at = strstr(sent, "&cursor=");
 	if (at == NULL || strstr(sent, "&wait=") != NULL || strstr(sent, "&ack=") != NULL)
@@ -827,8 +822,7 @@ es_pull_prefetch(EsProducer *p)
 	if (end == NULL)
 		end = at + strlen(at);
 	enc = TextDatumGetCString(DirectFunctionCall1(eventstream_urlencode,
-												  PointerGetDatum(cstring_to_text_with_len(cursor->val.string.val,
-																						   cursor->val.string.len))));
+												  PointerGetDatum(cstring_to_text_with_len(cursor, cursor_len))));
 	path = psprintf("%.*s%s%s", (int) (at - sent), sent, enc, end);
 	url = psprintf("%s/api/eventstream/v1/%s&ack=%.*s", p->url, path, (int) (end - at), at);
 
@@ -855,6 +849,69 @@ es_pull_prefetch(EsProducer *p)
 
 		(void) curl_multi_socket_action(es_multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	}
+}
+
+/*
+ * es_pull_prefetch
+ *		es_pull_prefetch_at for the page just parsed, when it says more is
+ *		waiting and the producer takes ack=.
+ */
+static void
+es_pull_prefetch(EsProducer *p)
+{
+	JsonbValue *more = es_pull_page_field(p, "more");
+	JsonbValue *acks = es_pull_page_field(p, "acks");
+	JsonbValue *cursor = es_pull_page_field(p, "cursor");
+
+	if (more != NULL && more->type == jbvBool && more->val.boolean &&
+		acks != NULL && acks->type == jbvBool && acks->val.boolean &&
+		cursor != NULL && cursor->type == jbvString)
+		es_pull_prefetch_at(p, cursor->val.string.val, cursor->val.string.len);
+}
+
+/*
+ * es_pull_prefetch_early
+ *		es_pull_prefetch_at before the page just received is parsed, when
+ *		it begins the way this extension's producers write it:
+ *		{"cursor": "<cursor>", "more": true, "complete": ..., "acks": true,
+ *		and the cursor is plain (digits, letters, ':', ',', '/').  Parsing
+ *		a page takes about as long as the producer takes to build the next:
+ *		asked for first, the two overlap.  Anything else waits for the
+ *		parse; and a guess is only a request: its answer is used only if
+ *		the page, parsed and applied, says exactly that path next.
+ */
+static void
+es_pull_prefetch_early(EsProducer *p)
+{
+	static const char head[] = "{\"cursor\": \"";
+	const char *s = p->body;
+	const char *cursor;
+	int			len = 0;
+
+	if (s == NULL || strncmp(s, head, sizeof(head) - 1) != 0)
+		return;
+	cursor = s + sizeof(head) - 1;
+	while (cursor[len] != '\0' && cursor[len] != '"')
+	{
+		char		c = cursor[len];
+
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || c == ':' || c == ',' || c == '/'))
+			return;
+		len++;
+	}
+	s = cursor + len;
+	if (strncmp(s, "\", \"more\": true, \"complete\": ", 29) != 0)
+		return;
+	s += 29;
+	if (strncmp(s, "false", 5) == 0)
+		s += 5;
+	else if (strncmp(s, "true", 4) == 0)
+		s += 4;
+	else
+		return;
+	if (strncmp(s, ", \"acks\": true", 14) != 0)
+		return;
+	es_pull_prefetch_at(p, cursor, len);
 }
 
 /*
@@ -893,6 +950,7 @@ es_pull_done(EsProducer *p, CURLcode code)
 	p->resp.data = NULL;
 	p->rounds = 0;
 	p->fetching = 0;
+	es_pull_prefetch_early(p);
 	error = es_pull_parse(p);
 	if (error)
 	{
