@@ -114,7 +114,7 @@ COMMENT ON COLUMN eventstream.consumer_table.condition_error IS
 
 -- Ticks (the PgQ idea): snapshots the site worker records while logs are
 -- written, a second after the first commit since the last one or as soon
--- as about 2000 logs were committed, each with the update log's position.
+-- as about 4000 logs were committed, each with the update log's position.
 -- A consumer far behind takes its backlog in windows that end at ticks, of
 -- about eventstream._window_logs() logs each, instead of one window up to
 -- now (see _pull_page): each window is applied in a transaction of its
@@ -129,7 +129,7 @@ CREATE TABLE eventstream.tick (
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE eventstream.tick IS
-	'Snapshots taken while logs are written (a second after a commit, or every 2000 logs or so); a consumer far behind is served windows that end at them.';
+	'Snapshots taken while logs are written (a second after a commit, or every 4000 logs or so); a consumer far behind is served windows that end at them.';
 
 -- Which consumers were served which log ("Consumers" of an Update Log): one
 -- receipt per page served, listing its logs.  page ties it to the pull that
@@ -259,7 +259,7 @@ $$;
 -- About how many logs a window of a consumer far behind holds.
 CREATE FUNCTION eventstream._window_logs() RETURNS bigint
 	LANGUAGE sql IMMUTABLE
-AS $$ SELECT 4000::bigint $$;
+AS $$ SELECT 8000::bigint $$;
 
 ------------------------------------------------------------------------------
 -- Helpers

@@ -79,7 +79,7 @@ PG_FUNCTION_INFO_V1(eventstream_wake_worker);
 #define ES_LAUNCHER_NAP_MS	60000
 #define ES_HTTP_RETRY_MS	1000	/* first retry of a taken HTTP port */
 #define ES_TICK_MS			1000	/* a tick a second while logs are written, */
-#define ES_TICK_LOGS		2000	/* or as soon as this many were committed */
+#define ES_TICK_LOGS		4000	/* or as soon as this many were committed */
 #define ES_HTTP_RETRY_MAX_MS	60000
 #define ES_MAX_BACKOFF_MS	60000
 #define ES_MALLOC_KEEP		(64 * 1024 * 1024)	/* see eventstream_worker_main */

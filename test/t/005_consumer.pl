@@ -767,7 +767,7 @@ ok(wait_query($C, $status_sql, 'streaming false', 30), 'C: and the consumer is s
 ######################################################################
 
 # The consumer is away while six transactions of 10,000 rows commit; the
-# producer's worker records a tick after each (each is more than 2000 logs).
+# producer's worker records a tick after each (each is more than 4000 logs).
 $C->{node}->stop;
 for my $i (1 .. 6)
 {
