@@ -2520,8 +2520,6 @@ BEGIN
 END
 $$;
 
--- _missing_documents for an answer as received: a snapshot page is of the
--- table whose initial sync is under way.
 -- Whether a page has an Update, whether it has an update of a table of this
 -- extension, and the tables it names (_missing_for's quick paths).
 CREATE FUNCTION eventstream._page_facts(body jsonb, OUT updates boolean, OUT own_tables boolean, OUT ref_tables text[])
@@ -2532,6 +2530,8 @@ CREATE FUNCTION eventstream._page_facts(body jsonb, OUT updates boolean, OUT own
 CREATE FUNCTION eventstream._page_updated(body jsonb, OUT ref_table text, OUT docname text) RETURNS SETOF record
 	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_page_updated';
 
+-- _missing_documents for an answer as received: a snapshot page is of the
+-- table whose initial sync is under way.
 CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jsonb) RETURNS jsonb
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
