@@ -1405,13 +1405,14 @@ static const Oid es_log_coltypes[ES_LOG_COLS] = {
 };
 
 /*
- * Straight insertion into a table, the way COPY FROM does it: one
- * multi-insert into the heap, then each row's index entries, with the
- * table's defaults for the columns not given and its constraints applied
- * as an INSERT would.  It costs a fraction of an INSERT statement fed from
- * arrays or jsonb, which materialises every value and goes through the
- * executor row by row.  Only for tables with nothing that just a statement
- * honours (es_insert_usable); the caller checks the privilege.
+ * Straight writes into a table, the way COPY FROM inserts: one multi-insert
+ * into the heap, then each row's index entries, with the table's defaults
+ * for the columns not given and its constraints applied as an INSERT would
+ * (es_batch_direct also updates and deletes with the same executor state).
+ * It costs a fraction of an INSERT statement fed from arrays or jsonb,
+ * which materialises every value and goes through the executor row by row.
+ * Only for tables with nothing that just a statement honours
+ * (es_insert_usable); the caller checks the privilege.
  */
 typedef struct EsInsert
 {
@@ -1441,13 +1442,14 @@ es_insert_usable(Relation rel)
 
 /*
  * es_insert_begin
- *		Set up the insertion of up to maxrows rows into rel (opened by the
- *		caller with RowExclusiveLock, usable); given[i]: attribute i + 1 is
- *		set by the caller, the others take their defaults.  In the current
- *		memory context, which must last until es_insert_finish.
+ *		Set up writes of kind cmd into rel (opened by the caller with
+ *		RowExclusiveLock, usable): for CMD_INSERT, of up to maxrows rows,
+ *		where given[i] says attribute i + 1 is set by the caller and the
+ *		others take their defaults.  In the current memory context, which
+ *		must last until es_insert_finish.
  */
 static void
-es_insert_begin(EsInsert *ins, Relation rel, const bool *given, int maxrows)
+es_insert_begin(EsInsert *ins, Relation rel, CmdType cmd, const bool *given, int maxrows)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	RangeTblEntry *rte;
@@ -1459,11 +1461,11 @@ es_insert_begin(EsInsert *ins, Relation rel, const bool *given, int maxrows)
 	rte->relid = RelationGetRelid(rel);
 	rte->relkind = rel->rd_rel->relkind;
 	rte->rellockmode = RowExclusiveLock;
-	rte->requiredPerms = ACL_INSERT;
+	rte->requiredPerms = cmd == CMD_INSERT ? ACL_INSERT : cmd == CMD_UPDATE ? ACL_UPDATE : ACL_DELETE;
 	ExecInitRangeTable(ins->estate, list_make1(rte));
 	ins->rri = makeNode(ResultRelInfo);
 	ExecInitResultRelation(ins->estate, ins->rri, 1);
-	CheckValidResultRel(ins->rri, CMD_INSERT);
+	CheckValidResultRel(ins->rri, cmd);
 	ExecOpenIndices(ins->rri, false);
 	ins->estate->es_output_cid = GetCurrentCommandId(true);
 
@@ -1472,7 +1474,7 @@ es_insert_begin(EsInsert *ins, Relation rel, const bool *given, int maxrows)
 	{
 		Node	   *def;
 
-		if (given[i] || TupleDescAttr(desc, i)->attisdropped)
+		if (cmd != CMD_INSERT || given[i] || TupleDescAttr(desc, i)->attisdropped)
 			continue;
 		def = build_column_default(rel, i + 1);
 		if (def != NULL)
@@ -1608,7 +1610,7 @@ es_log_insert(EsApply *a)
 		return false;
 	}
 
-	es_insert_begin(&ins, rel, given, a->nlog);
+	es_insert_begin(&ins, rel, CMD_INSERT, given, a->nlog);
 	for (int r = 0; r < a->nlog; r++)
 	{
 		TupleTableSlot *slot = es_insert_row(&ins);
@@ -2187,7 +2189,6 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 			 TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == INT8OID ||
 			 TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == TEXTOID ||
 			 TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == UUIDOID);
-		memset(given, true, sizeof(bool) * RelationGetDescr(rel)->natts);	/* no defaults */
 	}
 	if (!ok)
 	{
@@ -2208,7 +2209,8 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 
 		/* Defaults, constraints and look-ups run as the subscriber. */
 		SetUserIdAndSecContext(a->subscriber, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-		es_insert_begin(&ins, rel, given, last - first);
+		es_insert_begin(&ins, rel, kind == 'C' ? CMD_INSERT : kind == 'U' ? CMD_UPDATE : CMD_DELETE,
+						given, last - first);
 		if (kind != 'C')
 		{
 			EvalPlanQualInit(&epq, ins.estate, NULL, NIL, -1);
@@ -2652,8 +2654,9 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 
 /*
  * es_page_doc_key
- *		"ref_table\x01docname" of an update of a page (NULL when it lacks
- *		either or its data is not an object), and its update_type in *type.
+ *		"<length of ref_table>:<ref_table><docname>" of an update of a page
+ *		(NULL when it lacks either or its data is not an object), and its
+ *		update_type in *type.
  */
 static char *
 es_page_doc_key(JsonbContainer *upd, char **type)
@@ -2671,7 +2674,8 @@ es_page_doc_key(JsonbContainer *upd, char **type)
 		!getKeyJsonValueFromContainer(upd, "update_type", 11, &v) || v.type != jbvString)
 		return NULL;
 	*type = pnstrdup(v.val.string.val, v.val.string.len);
-	return psprintf("%.*s\x01%.*s", ref.val.string.len, ref.val.string.val, doc.val.string.len, doc.val.string.val);
+	return psprintf("%d:%.*s%.*s", ref.val.string.len, ref.val.string.len, ref.val.string.val,
+					doc.val.string.len, doc.val.string.val);
 }
 
 /*
@@ -2726,7 +2730,8 @@ eventstream_page_updated(PG_FUNCTION_ARGS)
 	foreach(lc, updated)
 	{
 		char	   *key = lfirst(lc);
-		char	   *sep = strchr(key, '\x01');
+		char	   *colon = strchr(key, ':');
+		int			reflen = atoi(key);
 		bool		found;
 		Datum		values[2];
 		bool		nulls[2] = {false, false};
@@ -2738,8 +2743,8 @@ eventstream_page_updated(PG_FUNCTION_ARGS)
 			if (found)
 				continue;		/* created by the page, or listed already */
 		}
-		values[0] = PointerGetDatum(cstring_to_text_with_len(key, sep - key));
-		values[1] = CStringGetTextDatum(sep + 1);
+		values[0] = PointerGetDatum(cstring_to_text_with_len(colon + 1, reflen));
+		values[1] = CStringGetTextDatum(colon + 1 + reflen);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();

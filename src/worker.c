@@ -357,10 +357,9 @@ es_worker_xact_callback(XactEvent event, void *arg)
 void
 es_wake_site(Oid dboid, int nlogs)
 {
+	static int	cached = -1;
 	EsSiteWorker *site;
 	uint32		before;
-
-	static int	cached = -1;
 	int			i;
 
 	if (es_workers == NULL)
