@@ -119,7 +119,7 @@ COMMENT ON COLUMN eventstream.consumer_table.condition_error IS
 -- about eventstream._window_logs() logs each, instead of one window up to
 -- now (see _pull_page): each window is applied in a transaction of its
 -- own, so a consumer catching up after days offline applies as it goes,
--- and a window of small transactions fits in one of its pages (5000), so
+-- and a window of small transactions fits in one of its pages (10000), so
 -- it is applied as it arrives rather than staged in the inbox.
 CREATE TABLE eventstream.tick (
 	tick_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -941,7 +941,7 @@ BEGIN
 			s_to := parts[5]::pg_snapshot;
 			low_to := parts[6]::bigint;
 			after_id := parts[7]::bigint;
-			max_to := parts[8]::bigint;
+			max_to := nullif(parts[8], '')::bigint;
 		END IF;
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'invalid cursor "%"', cursor
