@@ -1877,7 +1877,7 @@ es_batch_key(EsApply *a, Jsonb *upd)
 		if (tok != WJB_KEY)
 			continue;
 		for (int i = 0; i < t->ncols && col < 0; i++)
-			if (strlen(t->cols[i]) == v.val.string.len &&
+			if (strlen(t->cols[i]) == (size_t) v.val.string.len &&
 				memcmp(t->cols[i], v.val.string.val, v.val.string.len) == 0)
 				col = i;
 		if (col >= 0)
@@ -2009,6 +2009,25 @@ es_direct_value(EsDirectCol *c, JsonbValue *v)
 }
 
 /*
+ * es_direct_fill
+ *		Set the ncols columns dc of slot from object values (a missing key
+ *		or JSON null: SQL NULL).
+ */
+static void
+es_direct_fill(TupleTableSlot *slot, EsDirectCol *dc, int ncols, JsonbContainer *values)
+{
+	for (int i = 0; i < ncols; i++)
+	{
+		JsonbValue	v;
+		bool		isnull = !getKeyJsonValueFromContainer(values, dc[i].name, strlen(dc[i].name), &v) ||
+			v.type == jbvNull;
+
+		slot->tts_isnull[dc[i].attnum - 1] = isnull;
+		slot->tts_values[dc[i].attnum - 1] = isnull ? (Datum) 0 : es_direct_value(&dc[i], &v);
+	}
+}
+
+/*
  * es_direct_row
  *		Apply one update of a direct run (see es_batch_direct) with the
  *		executor state of ins: a Create's row is stored for the insertion;
@@ -2041,14 +2060,7 @@ es_direct_row(EsInsert *ins, char kind, EsDirectCol *dc, int ncols, EsDirectCol 
 	{
 		TupleTableSlot *slot = es_insert_row(ins);
 
-		for (int i = 0; i < ncols; i++)
-		{
-			bool		isnull = !getKeyJsonValueFromContainer(values, dc[i].name, strlen(dc[i].name), &v) ||
-				v.type == jbvNull;
-
-			slot->tts_isnull[dc[i].attnum - 1] = isnull;
-			slot->tts_values[dc[i].attnum - 1] = isnull ? (Datum) 0 : es_direct_value(&dc[i], &v);
-		}
+		es_direct_fill(slot, dc, ncols, values);
 		es_insert_store(ins, slot);
 		return true;
 	}
@@ -2077,14 +2089,7 @@ es_direct_row(EsInsert *ins, char kind, EsDirectCol *dc, int ncols, EsDirectCol 
 	slot_getallattrs(slots[1]);
 	memcpy(slots[2]->tts_values, slots[1]->tts_values, sizeof(Datum) * slots[2]->tts_tupleDescriptor->natts);
 	memcpy(slots[2]->tts_isnull, slots[1]->tts_isnull, sizeof(bool) * slots[2]->tts_tupleDescriptor->natts);
-	for (int i = 0; i < ncols; i++)
-	{
-		bool		isnull = !getKeyJsonValueFromContainer(values, dc[i].name, strlen(dc[i].name), &v) ||
-			v.type == jbvNull;
-
-		slots[2]->tts_isnull[dc[i].attnum - 1] = isnull;
-		slots[2]->tts_values[dc[i].attnum - 1] = isnull ? (Datum) 0 : es_direct_value(&dc[i], &v);
-	}
+	es_direct_fill(slots[2], dc, ncols, values);
 	ExecStoreVirtualTuple(slots[2]);
 	ExecSimpleRelationUpdate(ins->rri, ins->estate, epq, slots[1], slots[2]);
 	return true;
@@ -2801,7 +2806,7 @@ eventstream_page_facts(PG_FUNCTION_ARGS)
 				(ref.val.string.len >= 14 && memcmp(ref.val.string.val, "\"eventstream\".", 14) == 0))
 				own = true;
 			foreach(lc, refs)
-				if (strlen(lfirst(lc)) == ref.val.string.len &&
+				if (strlen(lfirst(lc)) == (size_t) ref.val.string.len &&
 					memcmp(lfirst(lc), ref.val.string.val, ref.val.string.len) == 0)
 					known = true;
 			if (!known)
