@@ -70,6 +70,42 @@ for (1 .. 7)
 ok($node->poll_query_until('site1', 'SELECT count(*) = 0 FROM eventstream.update_log'),
 	'the worker pruned a backlog of 50,000 acknowledged logs, in steps');
 
+# Ticks come a second after the first commit since the last one, or at once
+# when about 4000 logs were committed: two transactions of 5000 logs, the
+# second right after the tick the first brought, get ticks well under a
+# second apart.
+$node->safe_psql('site1', q{
+	CREATE TABLE tick_gap (gap interval);
+	DO $$
+	DECLARE
+		n bigint := (SELECT coalesce(max(k.tick_id), 0) FROM eventstream.tick k);
+		first timestamptz;
+		deadline timestamptz;
+	BEGIN
+		INSERT INTO t SELECT g, 'z' FROM generate_series(200001, 205000) g;
+		COMMIT;
+		deadline := clock_timestamp() + interval '60 s';
+		WHILE NOT EXISTS (SELECT 1 FROM eventstream.tick k WHERE k.tick_id > n) AND clock_timestamp() < deadline LOOP
+			PERFORM pg_sleep(0.01);
+		END LOOP;
+		SELECT k.tick_id, k.created_at INTO n, first FROM eventstream.tick k ORDER BY k.tick_id DESC LIMIT 1;
+		INSERT INTO t SELECT g, 'z' FROM generate_series(205001, 210000) g;
+		COMMIT;
+		deadline := clock_timestamp() + interval '60 s';
+		WHILE NOT EXISTS (SELECT 1 FROM eventstream.tick k WHERE k.tick_id > n) AND clock_timestamp() < deadline LOOP
+			PERFORM pg_sleep(0.01);
+		END LOOP;
+		INSERT INTO tick_gap SELECT min(k.created_at) - first FROM eventstream.tick k WHERE k.tick_id > n;
+	END $$;
+});
+is($node->safe_psql('site1', "SELECT gap < interval '0.8 s' FROM tick_gap"), 't',
+	'a tick follows a commit of more than 4000 logs at once ('
+	  . $node->safe_psql('site1', 'SELECT gap FROM tick_gap') . ' after the previous one)');
+for (1 .. 3)
+{
+	$node->safe_psql('site1', q{UPDATE cur SET c = eventstream._pull('http://c1', c, 10000)->>'cursor'});
+}
+
 # An error in a duty is logged; the worker backs off and carries on.
 my $pid = $node->safe_psql('site1',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'site1'");
