@@ -1412,9 +1412,9 @@ static const Oid es_log_coltypes[ES_LOG_COLS] = {
  * It costs a fraction of an INSERT statement fed from arrays or jsonb,
  * which materialises every value and goes through the executor row by row.
  * Only for tables with nothing that just a statement honours
- * (es_insert_usable); the caller checks the privilege.
+ * (es_write_usable); the caller checks the privilege.
  */
-typedef struct EsInsert
+typedef struct EsWrite
 {
 	Relation	rel;
 	EState	   *estate;
@@ -1423,16 +1423,16 @@ typedef struct EsInsert
 	TupleDesc	slotdesc;
 	int			nrows;
 	TupleTableSlot **slots;
-} EsInsert;
+} EsWrite;
 
 /*
- * es_insert_usable
+ * es_write_usable
  *		Whether rows can go straight into rel: a plain table without
  *		triggers (foreign keys and deferred unique checks are triggers too),
  *		row security or stored generated columns.
  */
 static bool
-es_insert_usable(Relation rel)
+es_write_usable(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
@@ -1441,15 +1441,15 @@ es_insert_usable(Relation rel)
 }
 
 /*
- * es_insert_begin
+ * es_write_begin
  *		Set up writes of kind cmd into rel (opened by the caller with
  *		RowExclusiveLock, usable): for CMD_INSERT, of up to maxrows rows,
  *		where given[i] says attribute i + 1 is set by the caller and the
  *		others take their defaults.  In the current memory context, which
- *		must last until es_insert_finish.
+ *		must last until es_write_finish.
  */
 static void
-es_insert_begin(EsInsert *ins, Relation rel, CmdType cmd, const bool *given, int maxrows)
+es_write_begin(EsWrite *ins, Relation rel, CmdType cmd, const bool *given, int maxrows)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	RangeTblEntry *rte;
@@ -1498,7 +1498,7 @@ es_insert_begin(EsInsert *ins, Relation rel, CmdType cmd, const bool *given, int
  *		es_insert_store.
  */
 static TupleTableSlot *
-es_insert_row(EsInsert *ins)
+es_insert_row(EsWrite *ins)
 {
 	TupleTableSlot *slot = ExecAllocTableSlot(&ins->estate->es_tupleTable, ins->slotdesc, &TTSOpsHeapTuple);
 	ExprContext *econtext = GetPerTupleExprContext(ins->estate);
@@ -1524,7 +1524,7 @@ es_insert_row(EsInsert *ins)
  *		check the table's constraints (NOT NULL, CHECK) on it.
  */
 static void
-es_insert_store(EsInsert *ins, TupleTableSlot *slot)
+es_insert_store(EsWrite *ins, TupleTableSlot *slot)
 {
 	ExecStoreVirtualTuple(slot);
 	ExecMaterializeSlot(slot);	/* out of the per-tuple memory */
@@ -1535,13 +1535,13 @@ es_insert_store(EsInsert *ins, TupleTableSlot *slot)
 }
 
 /*
- * es_insert_finish
- *		Insert the stored rows and their index entries (a unique violation
- *		is raised as by an INSERT), and release the executor state.  The
- *		caller closes the relation.
+ * es_write_finish
+ *		Insert the stored rows, if any, and their index entries (a unique
+ *		violation is raised as by an INSERT), and release the executor
+ *		state.  The caller closes the relation.
  */
 static void
-es_insert_finish(EsInsert *ins)
+es_write_finish(EsWrite *ins)
 {
 	EState	   *estate = ins->estate;
 
@@ -1562,10 +1562,10 @@ es_insert_finish(EsInsert *ins)
 
 /*
  * es_log_insert
- *		Write the pending sync_log rows straight into the table (EsInsert):
+ *		Write the pending sync_log rows straight into the table (EsWrite):
  *		a third of the cost of the SQL INSERT over unnest() arrays.  Returns
  *		false, having written nothing, when the table has anything only a
- *		SQL INSERT honours (es_insert_usable, another type of a column) or
+ *		SQL INSERT honours (es_write_usable, another type of a column) or
  *		the user may not insert: the caller runs the SQL INSERT then.
  */
 static bool
@@ -1576,7 +1576,7 @@ es_log_insert(EsApply *a)
 	TupleDesc	desc;
 	int		   *map;			/* per attribute: our column, or -1 */
 	bool	   *given;
-	EsInsert	ins;
+	EsWrite		ins;
 	MemoryContext old;
 	bool		usable;
 
@@ -1585,7 +1585,7 @@ es_log_insert(EsApply *a)
 		return false;
 	rel = table_open(relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
-	usable = es_insert_usable(rel);
+	usable = es_write_usable(rel);
 	old = MemoryContextSwitchTo(a->batch_cxt);
 	map = palloc(sizeof(int) * desc->natts);
 	given = palloc0(sizeof(bool) * desc->natts);
@@ -1610,7 +1610,7 @@ es_log_insert(EsApply *a)
 		return false;
 	}
 
-	es_insert_begin(&ins, rel, CMD_INSERT, given, a->nlog);
+	es_write_begin(&ins, rel, CMD_INSERT, given, a->nlog);
 	for (int r = 0; r < a->nlog; r++)
 	{
 		TupleTableSlot *slot = es_insert_row(&ins);
@@ -1623,7 +1623,7 @@ es_log_insert(EsApply *a)
 			}
 		es_insert_store(&ins, slot);
 	}
-	es_insert_finish(&ins);
+	es_write_finish(&ins);
 	table_close(rel, NoLock);
 	MemoryContextSwitchTo(old);
 	return true;
@@ -2037,7 +2037,7 @@ es_direct_fill(TupleTableSlot *slot, EsDirectCol *dc, int ncols, JsonbContainer 
  *		*deleted then gets its key as the row says.
  */
 static bool
-es_direct_row(EsInsert *ins, char kind, EsDirectCol *dc, int ncols, EsDirectCol *pk,
+es_direct_row(EsWrite *ins, char kind, EsDirectCol *dc, int ncols, EsDirectCol *pk,
 			  Jsonb *upd, EPQState *epq, TupleTableSlot **slots, char **deleted)
 {
 	JsonbValue	v;
@@ -2135,11 +2135,11 @@ es_direct_col(Relation rel, const char *name, EsDirectCol *c)
  *		Apply updates first..last-1 of all -- a run of one kind (kind: 'C',
  *		'U' or 'D') for one table, as es_batch_key found -- straight into
  *		the table, as the subscriber, in a subtransaction of its own:
- *		Creates inserted together (EsInsert), Updates and Deletes each found
+ *		Creates inserted together (EsWrite), Updates and Deletes each found
  *		by its key and applied the way PostgreSQL's logical replication
  *		applies a change (execReplication.c).  Only where that is exactly
  *		what the statements of es_apply_batch would do: the table is usable
- *		for it (es_insert_usable), the subscriber has the privileges they
+ *		for it (es_write_usable), the subscriber has the privileges they
  *		need on the whole table, every column given is of a type
  *		jsonb_populate_record fills from the value's text (a base, enum or
  *		range type; jsonb as is), and the key of an Update or Delete is one
@@ -2177,7 +2177,7 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 		return false;
 	rel = table_open(sub->relid, RowExclusiveLock);
 	given = palloc0(sizeof(bool) * RelationGetDescr(rel)->natts);
-	ok = es_insert_usable(rel);
+	ok = es_write_usable(rel);
 	foreach(lc, cols)
 	{
 		EsDirectCol *c = &dc[foreach_current_index(lc)];
@@ -2207,14 +2207,14 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		EsInsert	ins;
+		EsWrite		ins;
 		EPQState	epq;
 		TupleTableSlot *slots[3] = {NULL, NULL, NULL};
 		bool		all_found = true;
 
 		/* Defaults, constraints and look-ups run as the subscriber. */
 		SetUserIdAndSecContext(a->subscriber, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-		es_insert_begin(&ins, rel, kind == 'C' ? CMD_INSERT : kind == 'U' ? CMD_UPDATE : CMD_DELETE,
+		es_write_begin(&ins, rel, kind == 'C' ? CMD_INSERT : kind == 'U' ? CMD_UPDATE : CMD_DELETE,
 						given, last - first);
 		if (kind != 'C')
 		{
@@ -2242,7 +2242,7 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 			EvalPlanQualEnd(&epq);
 		if (!all_found)
 			elog(ERROR, "a row to update is not here");
-		es_insert_finish(&ins);
+		es_write_finish(&ins);
 		SetUserIdAndSecContext(save_userid, save_sec);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
