@@ -2658,6 +2658,18 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 }
 
 /*
+ * es_page_updates
+ *		Whether page body has an array "updates"; *updates gets it.
+ */
+static bool
+es_page_updates(Jsonb *body, JsonbValue *updates)
+{
+	return JB_ROOT_IS_OBJECT(body) &&
+		getKeyJsonValueFromContainer(&body->root, "updates", 7, updates) &&
+		updates->type == jbvBinary && JsonContainerIsArray(updates->val.binary.data);
+}
+
+/*
  * es_page_doc_key
  *		"<length of ref_table>:<ref_table><docname>" of an update of a page
  *		(NULL when it lacks either or its data is not an object), and its
@@ -2706,9 +2718,7 @@ eventstream_page_updated(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 
 	InitMaterializedSRF(fcinfo, 0);
-	if (!JB_ROOT_IS_OBJECT(body) ||
-		!getKeyJsonValueFromContainer(&body->root, "updates", 7, &updates) ||
-		updates.type != jbvBinary || !JsonContainerIsArray(updates.val.binary.data))
+	if (!es_page_updates(body, &updates))
 		PG_RETURN_VOID();
 
 	memset(&ctl, 0, sizeof(ctl));
@@ -2781,9 +2791,7 @@ eventstream_page_facts(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (JB_ROOT_IS_OBJECT(body) &&
-		getKeyJsonValueFromContainer(&body->root, "updates", 7, &updates) &&
-		updates.type == jbvBinary && JsonContainerIsArray(updates.val.binary.data))
+	if (es_page_updates(body, &updates))
 	{
 		JsonbIterator *it = JsonbIteratorInit(updates.val.binary.data);
 		JsonbValue	v;
