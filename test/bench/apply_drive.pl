@@ -88,6 +88,16 @@ sub one_value
 	return $v;
 }
 
+# The first value of a prepared statement's first row, run again.
+sub probe
+{
+	my ($sth) = @_;
+	$sth->execute;
+	my ($v) = $sth->fetchrow_array;
+	$sth->finish;
+	return $v;
+}
+
 sub is_true
 {
 	my ($v) = @_;
@@ -181,9 +191,7 @@ if ($mode eq 'throughput')
 	my ($polls, $t2, $v, $pc1, $cc1) = (0);
 	while (1)
 	{
-		$pst->execute;
-		($v) = $pst->fetchrow_array;
-		$pst->finish;
+		$v = probe($pst);
 		$polls++;
 		$t2 = now();
 		if (is_true($v))
@@ -246,9 +254,7 @@ elsif ($mode eq 'latency')
 	my $give_up = $start + $secs + $deadline_s;
 	while ($last < $n)
 	{
-		$max->execute;
-		my ($m) = $max->fetchrow_array;
-		$max->finish;
+		my $m = probe($max);
 		my $t = now();
 		$polls++;
 		if ($m > $last)
@@ -342,14 +348,9 @@ elsif ($mode eq 'catchup')
 		}
 		if (!defined $t_first)
 		{
-			$fst->execute;
-			my ($f) = $fst->fetchrow_array;
-			$fst->finish;
-			$t_first = now() if is_true($f);
+			$t_first = now() if is_true(probe($fst));
 		}
-		$pst->execute;
-		($v) = $pst->fetchrow_array;
-		$pst->finish;
+		$v = probe($pst);
 		$polls++;
 		$t2 = now();
 		if (is_true($v))
