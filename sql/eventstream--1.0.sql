@@ -1434,6 +1434,11 @@ DECLARE
 	kept bigint[];
 	deleted bigint;
 BEGIN
+	IF max_logs < 1 THEN
+		RAISE EXCEPTION 'max_logs must be at least 1, not %', max_logs
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass NULL (the default) to prune every acknowledged log.';
+	END IF;
 	PERFORM pg_advisory_xact_lock(hashtext('eventstream.prune'));
 	-- Every log below a consumer's acked_low is acknowledged by it.
 	SELECT min(c.acked_low) INTO horizon
@@ -1457,7 +1462,7 @@ BEGIN
 	upto := horizon;
 	IF max_logs IS NOT NULL THEN
 		upto := least(horizon, (SELECT l.id FROM eventstream.update_log l WHERE l.id < horizon
-								 ORDER BY l.id OFFSET greatest(max_logs, 1) LIMIT 1));
+								 ORDER BY l.id OFFSET max_logs LIMIT 1));
 	END IF;
 
 	WITH gone AS (

@@ -29,6 +29,7 @@ SELECT eventstream.prune() AS pruned;
 -- worker prunes in steps (max_logs): the oldest first, receipts with them.
 SELECT count(*) FROM pull('http://consumer-f');
 SELECT count(*) FROM pull('http://consumer-g');
+SELECT eventstream.prune(max_logs => 0);
 SELECT eventstream.prune(max_logs => 2) AS pruned_step;
 SELECT array_agg(docname ORDER BY id) AS logs_left FROM eventstream.update_log;
 SELECT eventstream.prune() AS pruned;
