@@ -9,6 +9,7 @@ OBJS = \
 	src/eventstream.o \
 	src/shmem.o \
 	src/rowjson.o \
+	src/pagejson.o \
 	src/capture.o \
 	src/condition.o \
 	src/document.o \

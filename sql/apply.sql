@@ -199,3 +199,32 @@ SELECT * FROM eventstream._page_facts('{"updates": [
 SELECT * FROM eventstream._page_facts('{"updates": [
   {"update_type": "Update", "ref_table": "\"eventstream\".dynamic_link", "docname": "1", "data": {}}]}');
 SELECT * FROM eventstream._page_facts('{"documents": []}');
+
+-- Pages are read into jsonb by a quick reader of their own (falling back on
+-- jsonb_in for what it does not know): the same jsonb as jsonb_in makes, and
+-- the same error for what is not JSON.
+CREATE TEMP TABLE json_texts (t text);
+INSERT INTO json_texts VALUES ('{}'), ('[]'), (' { "a" : 1 , "b":[1,2,{"c":null}] } '),
+  ('{"a": 1, "a": 2}'), ('{"b": 1, "a": 2, "aa": 3, "": 4}'),
+  ('[0, -0, 12, -12, 1.50, 0.000, 123456789012345678, -999999999999999999, 1234567890123456789,
+    -9223372036854775808, 1e5, 1E-3, 2.5e+10, -1.5E-7]'),
+  ('["a\"b", "\\", "\/", "\b\f\n\r\t", "é ü", "x\u0041y", "\ud83d\ude00", ""]'),
+  ('[true, false, null]'), ('{"k\"ey": {"n": {"d": [[[]]]}}}'),
+  (repeat('[', 70) || repeat(']', 70)),
+  ('{"cursor": "v1/4", "more": true, "updates": [{"id": 1, "data": {"id": 1, "v": "v1", "n": 1},
+    "docname": "1", "ref_table": "public.plain", "update_type": "Create"}]}');
+SELECT left(regexp_replace(t, E'\\s+', ' ', 'g'), 40) AS json, eventstream._read_json(t) = t::jsonb AS same,
+       eventstream._read_json(t)::text = t::jsonb::text AS same_text
+  FROM json_texts;
+SELECT eventstream._read_json('"a scalar"'), eventstream._read_json('5');
+SELECT eventstream._read_json('[1,]');
+SELECT eventstream._read_json('{"a"}');
+SELECT eventstream._read_json('[01]');
+SELECT eventstream._read_json('[1.]');
+SELECT eventstream._read_json('[-]');
+SELECT eventstream._read_json('[truex]');
+SELECT eventstream._read_json('{"a": 1}x');
+SELECT eventstream._read_json('["\x"]');
+SELECT eventstream._read_json('["\u0000"]');
+SELECT eventstream._read_json('{"a": 1,');
+SELECT eventstream._read_json(E'["a\tb"]');

@@ -2525,6 +2525,11 @@ BEGIN
 END
 $$;
 
+-- A producer's answer read into jsonb as the consumer reads it (quickly,
+-- jsonb_in when the quick reading gives up); the same jsonb as body::jsonb.
+CREATE FUNCTION eventstream._read_json(body text) RETURNS jsonb
+	LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_read_json';
+
 -- Whether a page has an Update, whether it has an update of a table of this
 -- extension, and the tables it names (_missing_for's quick paths).
 CREATE FUNCTION eventstream._page_facts(body jsonb, OUT updates boolean, OUT own_tables boolean, OUT ref_tables text[])

@@ -93,6 +93,9 @@ extern char *es_docname(EsEncoder *enc, const int *colidx, int ncols,
 						HeapTuple tuple, TupleDesc tupdesc);
 extern char *es_qualified_relname(Relation rel);
 
+/* src/pagejson.c */
+extern Jsonb *es_read_jsonb(const char *text, size_t len);
+
 /* src/shmem.c */
 extern void es_shmem_init(void);
 extern int64 es_next_log_id(Oid seqid);
