@@ -581,7 +581,7 @@ es_pull_finish(EsProducer *p, char *error)
 		 * es_pull_done by es_pull_run if it finished already).  Otherwise
 		 * (an error, or something else moved the cursor) it is dropped.
 		 */
-		if (error == NULL && more && p->path != NULL && strcmp(p->path, p->pre_path) == 0)
+		if (error == NULL && p->path != NULL && strcmp(p->path, p->pre_path) == 0)
 		{
 			if (p->pre_done)
 			{
@@ -788,10 +788,14 @@ es_pull_page_field(EsProducer *p, const char *key)
  *		Ask for the next page of updates (the one after cursor) now, while
  *		the one just received is parsed and applied: the producer builds it
  *		meanwhile (the machine's other core), instead of the two sides
- *		taking turns.
+ *		taking turns.  When the page says nothing more is waiting (drained),
+ *		the request is the long-poll that would follow the apply: parked on
+ *		the producer meanwhile, it is answered as soon as the producer has
+ *		the next window, often before the apply ends (a consumer keeping up
+ *		with a busy producer otherwise waited, window after window, for the
+ *		producer to build a page it could have built during the apply).
  *
- * Only when the page says more is waiting (no long-poll) and the producer
- * takes ack= ("acks": true): asking for the next cursor would otherwise
+ * Only when the producer takes ack= ("acks": true): asking for the next cursor would otherwise
  * acknowledge the page being applied, which may yet fail or be lost in a
  * crash.  With ack= set to the cursor this page was asked with (stored
  * here when the previous page was applied, so acknowledged truly), the
@@ -806,7 +810,7 @@ es_pull_page_field(EsProducer *p, const char *key)
  * waits in the kernel's socket buffer.
  */
 static void
-es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len)
+es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len, bool drained)
 {
 	const char *sent = p->sent_path;
 	const char *at;
@@ -827,13 +831,14 @@ es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len)
 	enc = TextDatumGetCString(DirectFunctionCall1(eventstream_urlencode,
 												  PointerGetDatum(cstring_to_text_with_len(cursor, cursor_len))));
 	path = psprintf("%.*s%s%s", (int) (at - sent), sent, enc, end);
-	url = psprintf("%s/api/eventstream/v1/%s&ack=%.*s", p->url, path, (int) (end - at), at);
+	url = psprintf("%s/api/eventstream/v1/%s%s&ack=%.*s", p->url, path,
+				   drained ? psprintf("&wait=%d", ES_LONGPOLL_S) : "", (int) (end - at), at);
 
 	p->pre_easy = curl_easy_init();
 	if (p->pre_easy == NULL)
 		return;
 	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
-	es_client_setup(p->pre_easy, url, p->auth, &p->pre_resp, 30);
+	es_client_setup(p->pre_easy, url, p->auth, &p->pre_resp, (drained ? ES_LONGPOLL_S : 0) + 30);
 	es_set_str(&p->pre_path, path);
 	p->pre_done = false;
 	if (curl_multi_add_handle(es_multi, p->pre_easy) != CURLM_OK)
@@ -856,8 +861,8 @@ es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len)
 
 /*
  * es_pull_prefetch
- *		es_pull_prefetch_at for the page just parsed, when it says more is
- *		waiting and the producer takes ack=.
+ *		es_pull_prefetch_at for the page just parsed, when the producer
+ *		takes ack=.
  */
 static void
 es_pull_prefetch(EsProducer *p)
@@ -866,17 +871,17 @@ es_pull_prefetch(EsProducer *p)
 	JsonbValue *acks = es_pull_page_field(p, "acks");
 	JsonbValue *cursor = es_pull_page_field(p, "cursor");
 
-	if (more != NULL && more->type == jbvBool && more->val.boolean &&
+	if (more != NULL && more->type == jbvBool &&
 		acks != NULL && acks->type == jbvBool && acks->val.boolean &&
 		cursor != NULL && cursor->type == jbvString)
-		es_pull_prefetch_at(p, cursor->val.string.val, cursor->val.string.len);
+		es_pull_prefetch_at(p, cursor->val.string.val, cursor->val.string.len, !more->val.boolean);
 }
 
 /*
  * es_pull_prefetch_early
  *		es_pull_prefetch_at before the page just received is parsed, when
  *		it begins the way this extension's producers write it:
- *		{"cursor": "<cursor>", "more": true, "complete": ..., "acks": true,
+ *		{"cursor": "<cursor>", "more": ..., "complete": ..., "acks": true,
  *		and the cursor is plain (digits, letters, ':', ',', '/').  Parsing
  *		a page takes about as long as the producer takes to build the next:
  *		asked for first, the two overlap.  Anything else waits for the
@@ -890,6 +895,7 @@ es_pull_prefetch_early(EsProducer *p)
 	const char *s = p->body;
 	const char *cursor;
 	int			len = 0;
+	bool		drained;
 
 	if (s == NULL || strncmp(s, head, sizeof(head) - 1) != 0)
 		return;
@@ -903,9 +909,19 @@ es_pull_prefetch_early(EsProducer *p)
 		len++;
 	}
 	s = cursor + len;
-	if (strncmp(s, "\", \"more\": true, \"complete\": ", 29) != 0)
+	if (strncmp(s, "\", \"more\": ", 10) != 0)
 		return;
-	s += 29;
+	s += 10;
+	drained = (strncmp(s, "false", 5) == 0);
+	if (drained)
+		s += 5;
+	else if (strncmp(s, "true", 4) == 0)
+		s += 4;
+	else
+		return;
+	if (strncmp(s, ", \"complete\": ", 14) != 0)
+		return;
+	s += 14;
 	if (strncmp(s, "false", 5) == 0)
 		s += 5;
 	else if (strncmp(s, "true", 4) == 0)
@@ -914,7 +930,7 @@ es_pull_prefetch_early(EsProducer *p)
 		return;
 	if (strncmp(s, ", \"acks\": true", 14) != 0)
 		return;
-	es_pull_prefetch_at(p, cursor, len);
+	es_pull_prefetch_at(p, cursor, len, drained);
 }
 
 /*

@@ -287,6 +287,33 @@ is(sq($P, "SELECT (SELECT id FROM eventstream.update_log WHERE docname = 'B1') "
 is(rows($C, 'todo', "name IN ('B1', 'B2')"), rows($P, 'todo', "name IN ('B1', 'B2')"), 'B: both rows, same values');
 
 ######################################################################
+# L. The next page is asked for while a page is applied
+######################################################################
+
+# Without waiting for the apply to end: the consumer's worker, handed a
+# page that says nothing more is waiting, long-polls for the next one
+# before applying it.  Its apply is held up here by a lock on the table;
+# the producer sees the request for the page after it (served_page moves
+# on) all the same, and answers it as soon as there is something.
+my $lock = $C->{node}->background_psql('site');
+$lock->query_safe('BEGIN; LOCK TABLE todo IN SHARE MODE');
+my $served_sql = "SELECT served_page FROM eventstream.consumer WHERE consumer_url = '$C->{url}'";
+my $served = sq($P, $served_sql);
+sq($P, "INSERT INTO todo (name, description) VALUES ('L1', 'applied behind a lock')");
+ok(wait_query($C, "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+		  . "WHERE NOT l.granted AND a.backend_type = 'eventstream worker' AND a.datname = 'site'", 't', 30),
+	'L: the consumer applies L1, waiting for the lock');
+ok(wait_query($P, "SELECT served_page > $served FROM eventstream.consumer WHERE consumer_url = '$C->{url}'", 't', 30),
+	'L: meanwhile it has asked for the page after it');
+sq($P, "INSERT INTO todo (name, description) VALUES ('L2', 'committed during the apply of L1')");
+is(sq($C, "SELECT count(*) FROM todo WHERE name IN ('L1', 'L2')"), '0', 'L: (nothing is applied while the lock is held)');
+$lock->query_safe('COMMIT');
+$lock->quit;
+ok(wait_query($C, "SELECT count(*) FROM todo WHERE name IN ('L1', 'L2')", '2', 30), 'L: both arrive once the lock is gone');
+is(sq($C, "SELECT count(*) FROM eventstream.sync_log WHERE remote_docname IN ('L1', 'L2') AND status = 'Synced'"), '2',
+	'L: each once');
+
+######################################################################
 # I. add_producer's errors, from a second consuming database
 ######################################################################
 
