@@ -909,9 +909,9 @@ es_pull_prefetch_early(EsProducer *p)
 		len++;
 	}
 	s = cursor + len;
-	if (strncmp(s, "\", \"more\": ", 10) != 0)
+	if (strncmp(s, "\", \"more\": ", strlen("\", \"more\": ")) != 0)
 		return;
-	s += 10;
+	s += strlen("\", \"more\": ");
 	drained = (strncmp(s, "false", 5) == 0);
 	if (drained)
 		s += 5;
@@ -919,16 +919,16 @@ es_pull_prefetch_early(EsProducer *p)
 		s += 4;
 	else
 		return;
-	if (strncmp(s, ", \"complete\": ", 14) != 0)
+	if (strncmp(s, ", \"complete\": ", strlen(", \"complete\": ")) != 0)
 		return;
-	s += 14;
+	s += strlen(", \"complete\": ");
 	if (strncmp(s, "false", 5) == 0)
 		s += 5;
 	else if (strncmp(s, "true", 4) == 0)
 		s += 4;
 	else
 		return;
-	if (strncmp(s, ", \"acks\": true", 14) != 0)
+	if (strncmp(s, ", \"acks\": true", strlen(", \"acks\": true")) != 0)
 		return;
 	es_pull_prefetch_at(p, cursor, len, drained);
 }
