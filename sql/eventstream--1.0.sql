@@ -847,6 +847,11 @@ $$;
 CREATE FUNCTION eventstream._log_texts(ids bigint[]) RETURNS text[]
 	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_log_texts';
 
+-- The logs of ids as the inside of a page's "updates" array, as many as fit
+-- in max_bytes (at least one); n: how many of the ids that covers.
+CREATE FUNCTION eventstream._log_page(ids bigint[], max_bytes bigint, OUT n integer, OUT body text)
+	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_log_page';
+
 /*
  * The next page of updates for a consumer.
  *
@@ -904,6 +909,8 @@ DECLARE
 	t_snaps pg_snapshot[];
 	t_oids regclass[];
 	texts text[] := '{}';
+	body text;			-- the updates, when _log_page rendered them
+	n_fit integer;
 	block_texts text[];
 	tables_now jsonb;
 	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
@@ -1062,16 +1069,11 @@ BEGIN
 			-- No condition involved: the page is the first lim candidates,
 			-- cut where it reaches eventstream.http_max_response_size.
 			ids := c_ids[1:lim];
-			texts := eventstream._log_texts(ids);
-			FOR i IN 1 .. cardinality(texts) LOOP
-				bytes := bytes + octet_length(texts[i]) + 2;
-				IF bytes > max_bytes AND i > 1 THEN
-					ids := ids[1:i - 1];
-					texts := texts[1:i - 1];
-					more := true;
-					EXIT;
-				END IF;
-			END LOOP;
+			SELECT lp.n, lp.body INTO n_fit, body FROM eventstream._log_page(ids, max_bytes) lp;
+			IF n_fit < cardinality(ids) THEN
+				ids := ids[1:n_fit];
+				more := true;
+			END IF;
 			last_id := ids[cardinality(ids)];
 		ELSE
 			texts := '{}';
@@ -1179,7 +1181,7 @@ BEGIN
 				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l
 									  WHERE l.id = abs(ids[cardinality(ids)])))::text, 'null'),
 				   tables_now,
-				   array_to_string(texts, ', '));
+				   coalesce(body, array_to_string(texts, ', ')));
 END
 $$;
 

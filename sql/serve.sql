@@ -75,6 +75,14 @@ SELECT n, docname FROM pull('http://consumer-f');
 -- Statuses travel with every page.
 SELECT eventstream._pull(c.consumer, c.cur, 1)->'tables' AS tables FROM cursors c WHERE c.consumer = 'http://consumer-f';
 
+-- Names that JSON must escape travel intact (pages are rendered by hand).
+CREATE TABLE odd (name text PRIMARY KEY, v text);
+GRANT SELECT ON odd TO es_sub;
+SELECT register('http://consumer-o', '00000000-0000-0000-0000-0000000000b4', '["odd"]');
+SELECT eventstream.approve('http://consumer-o', 'odd');
+INSERT INTO odd VALUES (E'quote " backslash \\ newline \n tab \t', 'x'), ('plain', E'\u00e9 "v"');
+SELECT n, docname = E'quote " backslash \\ newline \n tab \t' AS odd_name_intact, data->>'v' AS v, more FROM pull('http://consumer-o', 10);
+
 -- A page stops growing at eventstream.http_max_response_size; one update
 -- larger than that still goes, alone.
 CREATE TABLE blob (id int PRIMARY KEY, body text);
