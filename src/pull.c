@@ -8,8 +8,9 @@
  * eventstream._next_request() says (a page of a table's existing rows
  * during an initial sync, otherwise the next page of updates, long-polling
  * with wait= when the previous page said there was nothing more), plus,
- * while a page is applied, the request for the next one when the producer
- * takes ack= (es_pull_prefetch).  libcurl's sockets are kept in an epoll set of
+ * while a page is applied, the request that follows it (for the next page,
+ * or the long-poll when nothing more was waiting) when the producer takes
+ * ack= (es_pull_prefetch).  libcurl's sockets are kept in an epoll set of
  * our own (CURLMOPT_SOCKETFUNCTION), whose descriptor the worker waits on
  * beside its latch and the HTTP server; CURLMOPT_TIMERFUNCTION gives the
  * longest the worker may sleep.  An answer is applied by
