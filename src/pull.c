@@ -61,6 +61,7 @@ typedef struct EsProducer
 	char	   *path;			/* what to ask for next (see _next_request) */
 	bool		seen;			/* still in the table at the last refresh */
 	bool		drained;		/* the last page had nothing more: long-poll */
+	bool		sent_ack;		/* the request in flight carries ack= */
 	CURL	   *easy;			/* request in flight, or NULL */
 	char	   *sent_path;		/* the path that request asked for */
 	EsResponse	resp;
@@ -279,6 +280,7 @@ es_pull_take_prefetch(EsProducer *p)
 	p->easy = p->pre_easy;
 	p->resp = p->pre_resp;
 	es_set_str(&p->sent_path, p->pre_path);
+	p->sent_ack = true;
 	p->pre_easy = NULL;
 	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
 	free(p->pre_path);
@@ -441,6 +443,7 @@ es_pull_start_due(void)
 					   wait > 0 ? psprintf("&wait=%ld", wait) : "");
 		es_client_setup(p->easy, url, p->auth, &p->resp, wait + 30);
 		es_set_str(&p->sent_path, p->path);
+		p->sent_ack = false;
 		pfree(url);
 		if (curl_multi_add_handle(es_multi, p->easy) != CURLM_OK)
 			es_pull_cancel(p);
@@ -449,8 +452,10 @@ es_pull_start_due(void)
 
 /*
  * es_pull_failed
- *		Record a producer's failure and schedule its retry with exponential
- *		backoff and jitter.  Runs its own transaction.
+ *		A request to a producer failed: unless the producer was moved on
+ *		meanwhile (see below), log and record the failure and schedule the
+ *		retry with exponential backoff and jitter.  Runs its own
+ *		transaction; no request of the producer's is in flight.
  */
 static void
 es_pull_failed(EsProducer *p, const char *error)
@@ -458,10 +463,8 @@ es_pull_failed(EsProducer *p, const char *error)
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 	double		jitter = 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
-
-	p->backoff_ms = p->backoff_ms == 0 ? ES_MIN_BACKOFF_MS : Min(p->backoff_ms * 2, ES_MAX_BACKOFF_MS);
-	p->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (long) (p->backoff_ms * jitter));
-	p->drained = false;
+	const char *failed = p->sent_path ? p->sent_path : p->path;
+	char	   *now_path = NULL;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -469,10 +472,42 @@ es_pull_failed(EsProducer *p, const char *error)
 	SPI_connect();
 	values[0] = CStringGetTextDatum(p->url);
 	values[1] = CStringGetTextDatum(error);
-	SPI_execute_with_args("UPDATE eventstream.producer SET last_error = $2, last_error_at = pg_catalog.now(),"
-						  "       last_pull_at = pg_catalog.now()"
-						  " WHERE producer_url = $1",
-						  2, argtypes, values, NULL, false, 0);
+
+	/*
+	 * What to ask for now.  When it is no longer what failed, something
+	 * else moved this producer on meanwhile (sync_now() in a session, a
+	 * subscription that changed): the failure was of a request nobody
+	 * wants any more -- typically the producer refusing a cursor that
+	 * session's pulls had gone past -- so the new one goes at once,
+	 * nothing recorded.  So does a plain pull after a failed one that
+	 * carried ack= (asked for ahead, es_pull_prefetch_at): a session's
+	 * pull of the stored cursor acknowledges it, and the producer then
+	 * refuses an older ack; the plain pull says whether anything is
+	 * really wrong.
+	 */
+	if (SPI_execute_with_args("SELECT r.path FROM eventstream._next_request($1) r",
+							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		now_path = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (now_path != NULL && (failed == NULL || strcmp(now_path, failed) != 0 || p->sent_ack))
+	{
+		es_set_str(&p->path, now_path);
+		p->backoff_ms = 0;
+		p->next_attempt = 0;
+		p->drained = false;
+	}
+	else
+	{
+		ereport(LOG,
+				(errmsg("eventstream: pulling from %s failed: %s", p->url, error)));
+		p->backoff_ms = p->backoff_ms == 0 ? ES_MIN_BACKOFF_MS : Min(p->backoff_ms * 2, ES_MAX_BACKOFF_MS);
+		p->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (long) (p->backoff_ms * jitter));
+		p->drained = false;
+		SPI_execute_with_args("UPDATE eventstream.producer SET last_error = $2, last_error_at = pg_catalog.now(),"
+							  "       last_pull_at = pg_catalog.now()"
+							  " WHERE producer_url = $1",
+							  2, argtypes, values, NULL, false, 0);
+	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -603,11 +638,7 @@ es_pull_finish(EsProducer *p, char *error)
 		p->next_attempt = 0;
 	}
 	else
-	{
-		ereport(LOG,
-				(errmsg("eventstream: pulling from %s failed: %s", p->url, error)));
 		es_pull_failed(p, error);
-	}
 }
 
 /*

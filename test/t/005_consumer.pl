@@ -313,6 +313,26 @@ ok(wait_query($C, "SELECT count(*) FROM todo WHERE name IN ('L1', 'L2')", '2', 3
 is(sq($C, "SELECT count(*) FROM eventstream.sync_log WHERE remote_docname IN ('L1', 'L2') AND status = 'Synced'"), '2',
 	'L: each once');
 
+# M. The worker's request, asked for ahead, names the cursor the worker
+# stored last as ack=.  sync_now() in a session pulls that same cursor,
+# which acknowledges it on the producer: the worker's request is then
+# refused (its ack is older), and the worker asks again at once, with
+# nothing to show for it as a failure.
+my $log_at = -s $C->{node}->logfile;
+is(sq($C, "SELECT eventstream.sync_now('$P->{url}')"), '0', 'M: a session pulls while the worker waits for more');
+sq($P, "INSERT INTO todo (name, description) VALUES ('M1', 'after the session pulled')");
+ok(wait_query($C, "SELECT count(*) FROM todo WHERE name = 'M1'", '1', 30), 'M: the next change arrives by the worker');
+unlike(slurp_file($C->{node}->logfile, $log_at), qr/pulling from \Q$P->{url}\E failed/,
+	'M: and no failed pull was logged meanwhile');
+# The same when the session's pull is rolled back: the stored cursor is
+# what the worker's request was after, and a plain pull of it goes through.
+$log_at = -s $C->{node}->logfile;
+sq($C, "BEGIN; SELECT eventstream.sync_now('$P->{url}'); ROLLBACK");
+sq($P, "INSERT INTO todo (name, description) VALUES ('M2', 'after a session pulled in vain')");
+ok(wait_query($C, "SELECT count(*) FROM todo WHERE name = 'M2'", '1', 30), 'M: after a rolled back pull too');
+unlike(slurp_file($C->{node}->logfile, $log_at), qr/pulling from \Q$P->{url}\E failed/,
+	'M: again without a failed pull logged');
+
 ######################################################################
 # I. add_producer's errors, from a second consuming database
 ######################################################################
