@@ -2354,6 +2354,44 @@ BEGIN
 END
 $$;
 
+-- Apply, in the calling transaction, a page the worker held in memory: one
+-- of the first pages of a window larger than a page, asked for with
+-- sent_path while the stored cursor was still before the window (see
+-- es_pull_hold).  The window's last page follows through _apply_response
+-- in the same transaction, which stores the cursor.  Into the inbox instead
+-- when pages wait there already or an initial sync is under way, as
+-- _apply_page would have staged it.  Returns the number of updates applied,
+-- or -1 when the cursor moved on meanwhile (nothing is done then).
+CREATE FUNCTION eventstream._apply_held(producer_url text, sent_path text, updates jsonb, deps jsonb)
+		RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	r integer[];
+	n integer;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_held.producer_url FOR UPDATE;
+	IF NOT FOUND OR (SELECT q.path FROM eventstream._next_request(p.producer_url) q) IS DISTINCT FROM sent_path THEN
+		RETURN -1;
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
+	   OR EXISTS (SELECT 1 FROM eventstream.producer_table t
+				   WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+		INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
+			VALUES (p.producer_url, updates, coalesce(deps, '[]'), false);
+		RETURN 0;
+	END IF;
+	n := eventstream._apply_deps(p, deps);
+	r := eventstream._apply_updates(p.producer_url, p.subscriber, updates, NULL, false, deps);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN n + r[1];
+END
+$$;
+
 -- Apply a page of updates pulled with cursor sent_cursor, and store its
 -- next cursor, in the calling transaction.  A window holds whole producer
 -- transactions and is applied in one local transaction: a page that does
@@ -2544,17 +2582,18 @@ CREATE FUNCTION eventstream._page_updated(body jsonb, OUT ref_table text, OUT do
 
 -- _missing_documents for an answer as received: a snapshot page is of the
 -- table whose initial sync is under way.
-CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jsonb) RETURNS jsonb
+CREATE FUNCTION eventstream._missing_for(producer_url text, body jsonb, have jsonb, staged boolean DEFAULT false)
+		RETURNS jsonb
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	-- The row an Update is for is looked for only when the answer is a
 	-- whole window: otherwise it may well be created by a page waiting in
-	-- the inbox (such an Update of a row that is really missing fails, and
-	-- can be resynced).
+	-- the inbox, or in the worker's memory (staged) (such an Update of a
+	-- row that is really missing fails, and can be resynced).
 	targets boolean := body ? 'documents'
-		OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean)
+		OR (coalesce((body->>'complete')::boolean, NOT (body->>'more')::boolean) AND NOT staged
 			AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = _missing_for.producer_url));
 	tgt record;
 	pk_name name;

@@ -167,6 +167,17 @@ _PG_init(void)
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("eventstream.window_memory",
+							"Memory a consumer's worker may hold a producer's window in while its pages arrive.",
+							"A producer transaction larger than a page arrives in several pages, applied "
+							"together after the last one; up to this much they wait in the worker's memory, "
+							"beyond it in eventstream.inbox (0: always the inbox).",
+							&es_window_memory,
+							64 * 1024, 0, 1024 * 1024,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("eventstream.condition_timeout",
 							"Longest a consumer's condition may run for one document (0: no limit).",
 							"A condition that runs longer denies the document and records the error.",

@@ -130,6 +130,7 @@ extern char *es_client_failure(int code, EsResponse *resp, const char *url);
 extern Datum eventstream_urlencode(PG_FUNCTION_ARGS);
 
 /* src/pull.c */
+extern int	es_window_memory;
 extern int	es_pull_init(void);
 extern void es_pull_refresh(void);
 extern void es_pull_start_due(void);

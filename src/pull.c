@@ -78,12 +78,27 @@ typedef struct EsProducer
 	bool		pre_ready;		/* taken and finished: for es_pull_done */
 	CURLcode	pre_code_taken; /* pre_code of that one */
 	char	   *deps;			/* JSON array of the documents fetched for it */
+	/* Earlier pages of the window being received (es_pull_hold) */
+	List	   *held;			/* of EsHeld, in held_cxt; NIL: none */
+	Size		held_bytes;
+	char	   *held_path;		/* the request of the first: the stored cursor */
+	char	   *held_ack;		/* that cursor, as ack= names it */
+	MemoryContext held_cxt;
 	int			rounds;			/* fetch rounds so far */
 	int			fetching;		/* fetches in flight */
 	TimestampTz next_attempt;
 	int			backoff_ms;
 	struct EsProducer *next;
 } EsProducer;
+
+/* A page held in memory: its updates and the documents fetched for it. */
+typedef struct EsHeld
+{
+	Jsonb	   *updates;
+	char	   *deps;
+} EsHeld;
+
+int			es_window_memory = 64 * 1024;	/* kB */
 
 /*
  * A fetch of what an answer refers to (a dependency): a document, or the
@@ -103,6 +118,7 @@ typedef struct EsFetch
 static EsFetch *es_fetches = NULL;
 
 static void es_set_str(char **dst, const char *src);
+static JsonbValue *es_pull_page_field(EsProducer *p, const char *key);
 
 static EsProducer *es_producers = NULL;
 static CURLM *es_multi = NULL;
@@ -290,8 +306,65 @@ es_pull_take_prefetch(EsProducer *p)
 }
 
 /*
+ * es_pull_drop_held
+ *		Forget the pages held for a window (they are pulled again from the
+ *		stored cursor, which they never moved).
+ */
+static void
+es_pull_drop_held(EsProducer *p)
+{
+	if (p->held_cxt)
+		MemoryContextReset(p->held_cxt);
+	p->held = NIL;
+	p->held_bytes = 0;
+	free(p->held_path);
+	p->held_path = NULL;
+	free(p->held_ack);
+	p->held_ack = NULL;
+}
+
+/*
+ * es_path_cursor
+ *		Where the (URL-encoded) cursor of an updates path is: [*at, *end).
+ *		False when path is no pull of updates by cursor.
+ */
+static bool
+es_path_cursor(const char *path, const char **at, const char **end)
+{
+	if (path == NULL || strncmp(path, "updates?", 8) != 0)
+		return false;
+	*at = strstr(path, "&cursor=");
+	if (*at == NULL)
+		return false;
+	*at += strlen("&cursor=");
+	*end = strchr(*at, '&');
+	if (*end == NULL)
+		*end = *at + strlen(*at);
+	return true;
+}
+
+/*
+ * es_path_after
+ *		The path _next_request gives once the page answering path is
+ *		stored: path with the page's cursor in it (palloc'd).
+ */
+static char *
+es_path_after(const char *path, const char *cursor, int cursor_len)
+{
+	const char *at;
+	const char *end;
+	char	   *enc;
+
+	if (!es_path_cursor(path, &at, &end))
+		return NULL;
+	enc = TextDatumGetCString(DirectFunctionCall1(eventstream_urlencode,
+												  PointerGetDatum(cstring_to_text_with_len(cursor, cursor_len))));
+	return psprintf("%.*s%s%s", (int) (at - path), path, enc, end);
+}
+
+/*
  * es_pull_cancel
- *		Drop a producer's request in flight, if any.
+ *		Drop a producer's request in flight, if any, and the pages held.
  */
 static void
 es_pull_cancel(EsProducer *p)
@@ -311,6 +384,7 @@ es_pull_cancel(EsProducer *p)
 	p->sent_path = NULL;
 	es_pull_drop_body(p);
 	p->fetching = 0;
+	es_pull_drop_held(p);
 	for (EsFetch *f = es_fetches; f; f = f->next)
 		if (f->producer == p)
 			f->producer = NULL;	/* dropped when it finishes */
@@ -384,9 +458,13 @@ es_pull_refresh(void)
 			p->backoff_ms = 0;
 			es_pull_cancel(p);
 		}
-		if (p->body == NULL && (p->path == NULL || strcmp(p->path, path) != 0))
+		if (p->body == NULL &&
+			(p->path == NULL || strcmp(p->held ? p->held_path : p->path, path) != 0))
 		{
-			/* Something else moved it on: a parked poll is stale too. */
+			/*
+			 * Something else moved it on: a parked poll is stale too, and so
+			 * are pages held (they are after what is stored, held_path).
+			 */
 			es_pull_cancel(p);
 			es_set_str(&p->path, path);
 			p->drained = false;
@@ -405,6 +483,10 @@ es_pull_refresh(void)
 		{
 			*pp = p->next;
 			es_pull_cancel(p);
+			if (p->held_cxt)
+				MemoryContextDelete(p->held_cxt);
+			if (p->page_cxt)
+				MemoryContextDelete(p->page_cxt);
 			free(p->url);
 			free(p->auth);
 			free(p->path);
@@ -439,11 +521,13 @@ es_pull_start_due(void)
 		p->easy = curl_easy_init();
 		if (p->easy == NULL)
 			continue;
-		url = psprintf("%s/api/eventstream/v1/%s%s", p->url, p->path,
-					   wait > 0 ? psprintf("&wait=%ld", wait) : "");
+		/* While pages are held, what is stored is before p->path. */
+		url = psprintf("%s/api/eventstream/v1/%s%s%s%s", p->url, p->path,
+					   wait > 0 ? psprintf("&wait=%ld", wait) : "",
+					   p->held ? "&ack=" : "", p->held ? p->held_ack : "");
 		es_client_setup(p->easy, url, p->auth, &p->resp, wait + 30);
 		es_set_str(&p->sent_path, p->path);
-		p->sent_ack = false;
+		p->sent_ack = p->held != NIL;
 		pfree(url);
 		if (curl_multi_add_handle(es_multi, p->easy) != CURLM_OK)
 			es_pull_cancel(p);
@@ -463,8 +547,11 @@ es_pull_failed(EsProducer *p, const char *error)
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 	double		jitter = 0.75 + 0.5 * pg_prng_double(&pg_global_prng_state);
-	const char *failed = p->sent_path ? p->sent_path : p->path;
+	char	   *failed = pstrdup(p->held ? p->held_path : p->sent_path ? p->sent_path : p->path ? p->path : "");
 	char	   *now_path = NULL;
+
+	/* Pages held are after the stored cursor: pulled again from there. */
+	es_pull_drop_held(p);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -489,9 +576,10 @@ es_pull_failed(EsProducer *p, const char *error)
 							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 		now_path = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (now_path != NULL && (failed == NULL || strcmp(now_path, failed) != 0 || p->sent_ack))
-	{
+	if (now_path != NULL)
 		es_set_str(&p->path, now_path);
+	if (now_path != NULL && (strcmp(now_path, failed) != 0 || p->sent_ack))
+	{
 		p->backoff_ms = 0;
 		p->next_attempt = 0;
 		p->drained = false;
@@ -535,6 +623,65 @@ es_pull_caught(MemoryContext cxt, const char *what, const char *url)
 }
 
 /*
+ * es_pull_hold
+ *		Keep the page just received in memory instead of applying it, when
+ *		it is a page of a window that is not the window's last: the window
+ *		is applied in one transaction after its last page (es_pull_apply),
+ *		as eventstream.inbox would have it applied, without writing the
+ *		pages there and reading them back.  Nothing is stored meanwhile:
+ *		the stored cursor stays before the window (held_path), every
+ *		request acknowledges only that (ack=), and a failure, a crash or
+ *		anything that moves the cursor drops the pages held, which are then
+ *		pulled again.  Only while they fit in eventstream.window_memory and
+ *		the producer takes ack=; otherwise the pages go to the inbox (the
+ *		held ones first).  Returns whether the page was held, having set
+ *		p->path to what to ask for next and *more.
+ */
+static bool
+es_pull_hold(EsProducer *p, bool *more)
+{
+	JsonbValue *complete = es_pull_page_field(p, "complete");
+	JsonbValue *page_more = es_pull_page_field(p, "more");
+	JsonbValue *acks = es_pull_page_field(p, "acks");
+	JsonbValue *cursor = es_pull_page_field(p, "cursor");
+	JsonbValue *updates = es_pull_page_field(p, "updates");
+	const char *at;
+	const char *end;
+	char	   *next;
+	MemoryContext old;
+	EsHeld	   *h;
+
+	if (es_window_memory <= 0 || !es_path_cursor(p->sent_path, &at, &end) ||
+		complete == NULL || complete->type != jbvBool || complete->val.boolean ||
+		page_more == NULL || page_more->type != jbvBool || !page_more->val.boolean ||
+		acks == NULL || acks->type != jbvBool || !acks->val.boolean ||
+		cursor == NULL || cursor->type != jbvString ||
+		updates == NULL || updates->type != jbvBinary || !JsonContainerIsArray(updates->val.binary.data))
+		return false;
+	if ((p->held_bytes + updates->val.binary.len) / 1024 > (Size) es_window_memory)
+		return false;
+	next = es_path_after(p->sent_path, cursor->val.string.val, cursor->val.string.len);
+	if (p->held == NIL)
+	{
+		es_set_str(&p->held_path, p->sent_path);
+		es_set_str(&p->held_ack, pnstrdup(at, end - at));
+	}
+	if (p->held_cxt == NULL)
+		p->held_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream held pages",
+											ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(p->held_cxt);
+	h = palloc(sizeof(EsHeld));
+	h->updates = JsonbValueToJsonb(updates);
+	h->deps = pstrdup(p->deps ? p->deps : "[]");
+	p->held = lappend(p->held, h);
+	MemoryContextSwitchTo(old);
+	p->held_bytes += updates->val.binary.len;
+	es_set_str(&p->path, next);
+	*more = true;
+	return true;
+}
+
+/*
  * es_pull_apply
  *		Apply a page (the response body) in a transaction of its own.
  *		Returns NULL on success, or the error's message (palloc'd in the
@@ -547,10 +694,14 @@ es_pull_apply(EsProducer *p, bool *more)
 	MemoryContext cxt = CurrentMemoryContext;
 	char	   *volatile error = NULL;
 
+	if (es_pull_hold(p, more))
+		return NULL;
 	PG_TRY();
 	{
 		Oid			argtypes[4] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID};
 		Datum		values[4];
+		bool		stale = false;
+		ListCell   *lc;
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
@@ -558,7 +709,44 @@ es_pull_apply(EsProducer *p, bool *more)
 		pgstat_report_activity(STATE_RUNNING, "applying updates from a producer");
 		SPI_connect();
 		values[0] = CStringGetTextDatum(p->url);
-		values[1] = CStringGetTextDatum(p->sent_path);
+
+		/* The pages held for this window first (es_pull_hold). */
+		foreach(lc, p->held)
+		{
+			EsHeld	   *h = lfirst(lc);
+			Datum		held_values[4];
+
+			held_values[0] = values[0];
+			held_values[1] = CStringGetTextDatum(p->held_path);
+			held_values[2] = JsonbPGetDatum(h->updates);
+			held_values[3] = CStringGetTextDatum(h->deps);
+			if (SPI_execute_with_args("SELECT eventstream._apply_held($1, $2, $3, $4::jsonb)",
+									  4, argtypes, held_values, NULL, false, 1) != SPI_OK_SELECT ||
+				SPI_processed != 1)
+				elog(ERROR, "could not apply a page held");
+			if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "-1") == 0)
+			{
+				/* Someone else moved the cursor on: nothing was done. */
+				stale = true;
+				break;
+			}
+		}
+		if (stale)
+		{
+			if (SPI_execute_with_args("SELECT r.path FROM eventstream._next_request($1) r",
+									  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
+				SPI_processed != 1)
+				elog(ERROR, "could not read what to ask for next");
+			es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+			*more = true;
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			es_pull_drop_held(p);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			return NULL;
+		}
+		values[1] = CStringGetTextDatum(p->held ? p->held_path : p->sent_path);
 		values[2] = JsonbPGetDatum(p->page);	/* parsed once, by es_pull_parse */
 		values[3] = CStringGetTextDatum(p->deps ? p->deps : "[]");
 
@@ -584,6 +772,7 @@ es_pull_apply(EsProducer *p, bool *more)
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		es_pull_drop_held(p);
 		pgstat_report_stat(false);
 		pgstat_report_activity(STATE_IDLE, NULL);
 	}
@@ -607,7 +796,11 @@ es_pull_finish(EsProducer *p, char *error)
 	bool		more = false;
 
 	if (error == NULL)
+	{
 		error = es_pull_apply(p, &more);
+		if (error != NULL)
+			p->sent_ack = false;	/* the apply failed, not the request */
+	}
 	es_pull_drop_body(p);
 	if (p->pre_easy != NULL)
 	{
@@ -652,8 +845,8 @@ static List *
 es_pull_missing(EsProducer *p)
 {
 	List	   *result = NIL;
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[3];
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID};
+	Datum		values[4];
 	MemoryContext cxt = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
@@ -664,9 +857,10 @@ es_pull_missing(EsProducer *p)
 	argtypes[1] = JSONBOID;
 	values[1] = JsonbPGetDatum(p->page);	/* parsed once, by es_pull_parse */
 	values[2] = CStringGetTextDatum(p->deps ? p->deps : "[]");
+	values[3] = BoolGetDatum(p->held != NIL);	/* earlier pages not applied yet */
 	if (SPI_execute_with_args("SELECT w::text, w->>'path'"
-							  "  FROM jsonb_array_elements(eventstream._missing_for($1, $2::jsonb, $3::jsonb)) w",
-							  3, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+							  "  FROM jsonb_array_elements(eventstream._missing_for($1, $2::jsonb, $3::jsonb, $4)) w",
+							  4, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for missing documents");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -847,24 +1041,20 @@ es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len, bool drai
 	const char *sent = p->sent_path;
 	const char *at;
 	const char *end;
-	char	   *enc;
 	char	   *path;
 	char	   *url;
 
-	if (p->pre_easy != NULL || sent == NULL || strncmp(sent, "updates?", 8) != 0)
+	if (p->pre_easy != NULL || !es_path_cursor(sent, &at, &end) ||
+		strstr(sent, "&wait=") != NULL || strstr(sent, "&ack=") != NULL)
 		return;
-	at = strstr(sent, "&cursor=");
-	if (at == NULL || strstr(sent, "&wait=") != NULL || strstr(sent, "&ack=") != NULL)
-		return;
-	at += strlen("&cursor=");
-	end = strchr(at, '&');
-	if (end == NULL)
-		end = at + strlen(at);
-	enc = TextDatumGetCString(DirectFunctionCall1(eventstream_urlencode,
-												  PointerGetDatum(cstring_to_text_with_len(cursor, cursor_len))));
-	path = psprintf("%.*s%s%s", (int) (at - sent), sent, enc, end);
-	url = psprintf("%s/api/eventstream/v1/%s%s&ack=%.*s", p->url, path,
-				   drained ? psprintf("&wait=%d", ES_LONGPOLL_S) : "", (int) (end - at), at);
+	path = es_path_after(sent, cursor, cursor_len);
+	/* What is stored: the cursor this page was asked with, or held_path's. */
+	if (p->held != NIL)
+		url = psprintf("%s/api/eventstream/v1/%s%s&ack=%s", p->url, path,
+					   drained ? psprintf("&wait=%d", ES_LONGPOLL_S) : "", p->held_ack);
+	else
+		url = psprintf("%s/api/eventstream/v1/%s%s&ack=%.*s", p->url, path,
+					   drained ? psprintf("&wait=%d", ES_LONGPOLL_S) : "", (int) (end - at), at);
 
 	p->pre_easy = curl_easy_init();
 	if (p->pre_easy == NULL)

@@ -833,6 +833,43 @@ cmp_ok($windows, '>=', 3,
 	"W: the backlog was applied in $windows local transactions (windows ending at ticks), not in one");
 
 ######################################################################
+# X. A transaction larger than a page waits in the worker's memory
+######################################################################
+
+# 25,000 rows in one transaction come in three pages, applied together after
+# the last one.  Up to eventstream.window_memory the first two wait in the
+# worker's memory; beyond it (here 0) in eventstream.inbox.  A trigger
+# counts what goes into the inbox.
+sq($C, q{
+	CREATE TABLE inbox_writes (n int);
+	INSERT INTO inbox_writes VALUES (0);
+	CREATE FUNCTION count_inbox() RETURNS trigger LANGUAGE plpgsql
+		AS $$BEGIN UPDATE public.inbox_writes SET n = n + 1; RETURN NULL; END$$;
+	CREATE TRIGGER count_inbox AFTER INSERT ON eventstream.inbox FOR EACH ROW EXECUTE FUNCTION count_inbox();
+});
+sq($P, "INSERT INTO bulk SELECT g, 'held' FROM generate_series(400001, 425000) g");
+$bulk_p = digest($P, 'bulk');
+ok(wait_until(60, sub { digest($C, 'bulk') eq $bulk_p }), 'X: a transaction of three pages arrives');
+is(sq($C, 'SELECT n FROM inbox_writes'), '0', 'X: its first pages waited in memory, not in the inbox');
+exactly_once('X (in memory)');
+is(sq($C, "SELECT count(DISTINCT created_at) FROM eventstream.sync_log WHERE remote_docname::int > 400000 "
+	  . "AND remote_ref_table = 'public.bulk'"), '1', 'X: applied in one local transaction');
+
+sq($C, 'ALTER SYSTEM SET eventstream.window_memory = 0');
+sq($C, 'SELECT pg_reload_conf()');
+sq($P, "INSERT INTO bulk SELECT g, 'staged' FROM generate_series(425001, 450000) g");
+$bulk_p = digest($P, 'bulk');
+ok(wait_until(60, sub { digest($C, 'bulk') eq $bulk_p }), 'X: with eventstream.window_memory = 0 too');
+cmp_ok(sq($C, 'SELECT n FROM inbox_writes'), '>=', 2, 'X: its pages went through the inbox then');
+is(sq($C, "SELECT count(*) FROM eventstream.inbox"), '0', 'X: (which is empty again)');
+exactly_once('X (inbox)');
+is(sq($C, "SELECT count(DISTINCT created_at) FROM eventstream.sync_log WHERE remote_docname::int > 425000 "
+	  . "AND remote_ref_table = 'public.bulk'"), '1', 'X: applied in one local transaction');
+sq($C, 'ALTER SYSTEM RESET eventstream.window_memory');
+sq($C, 'SELECT pg_reload_conf()');
+sq($C, 'DROP TRIGGER count_inbox ON eventstream.inbox; DROP FUNCTION count_inbox(); DROP TABLE inbox_writes');
+
+######################################################################
 # N. Two producers feeding one table, each with its own keys here
 ######################################################################
 
