@@ -1021,11 +1021,13 @@ es_pull_page_field(EsProducer *p, const char *key)
  *		with a busy producer otherwise waited, window after window, for the
  *		producer to build a page it could have built during the apply).
  *
- * Only when the producer takes ack= ("acks": true): asking for the next cursor would otherwise
- * acknowledge the page being applied, which may yet fail or be lost in a
- * crash.  With ack= set to the cursor this page was asked with (stored
- * here when the previous page was applied, so acknowledged truly), the
- * producer keeps this page until a later pull acknowledges it.
+ * Only when the producer takes ack= ("acks": true): asking for the next
+ * cursor would otherwise acknowledge the page being applied, which may yet
+ * fail or be lost in a crash.  With ack= set to the cursor this page was
+ * asked with (stored here when the previous page was applied, so
+ * acknowledged truly) -- or, while pages of a window are held, the one the
+ * first of them was asked with (es_pull_hold) -- the producer keeps the
+ * pages after it until a later pull acknowledges them.
  *
  * The request is made for the path _next_request would give once this
  * page is applied (the sent path with the page's cursor in it); it is
