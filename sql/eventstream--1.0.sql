@@ -2322,6 +2322,26 @@ BEGIN
 END
 $$;
 
+-- Apply one page of a window (its updates, after the dependencies fetched
+-- for it) in the calling transaction, and count them on the producer.
+-- Returns how many updates were processed.
+CREATE FUNCTION eventstream._apply_window_page(p eventstream.producer, updates jsonb, deps jsonb) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	r integer[];
+BEGIN
+	n := eventstream._apply_deps(p, deps);
+	r := eventstream._apply_updates(p.producer_url, p.subscriber, updates, NULL, false, deps);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN n + r[1];
+END
+$$;
+
 -- Apply the pages of the inbox up to the last one that ends a window.
 -- Returns how many updates were processed; counts them on the producer.
 CREATE FUNCTION eventstream._apply_inbox(p eventstream.producer) RETURNS integer
@@ -2331,9 +2351,7 @@ AS $$
 DECLARE
 	upto bigint;
 	staged record;
-	r integer[];
 	n integer := 0;
-	failed integer := 0;
 BEGIN
 	SELECT max(i.seq) INTO upto FROM eventstream.inbox i WHERE i.producer_url = p.producer_url AND i.complete;
 	IF upto IS NULL THEN
@@ -2341,15 +2359,9 @@ BEGIN
 	END IF;
 	FOR staged IN SELECT i.page, i.deps FROM eventstream.inbox i
 				   WHERE i.producer_url = p.producer_url AND i.seq <= upto ORDER BY i.seq LOOP
-		n := n + eventstream._apply_deps(p, staged.deps);
-		r := eventstream._apply_updates(p.producer_url, p.subscriber, staged.page, NULL, false, staged.deps);
-		n := n + r[1];
-		failed := failed + r[2];
+		n := n + eventstream._apply_window_page(p, staged.page, staged.deps);
 	END LOOP;
 	DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url AND i.seq <= upto;
-	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + n - failed, failed_count = x.failed_count + failed
-	 WHERE x.producer_url = p.producer_url;
 	RETURN n;
 END
 $$;
@@ -2369,8 +2381,6 @@ CREATE FUNCTION eventstream._apply_held(producer_url text, sent_path text, updat
 AS $$
 DECLARE
 	p eventstream.producer;
-	r integer[];
-	n integer;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_held.producer_url FOR UPDATE;
 	IF NOT FOUND OR (SELECT q.path FROM eventstream._next_request(p.producer_url) q) IS DISTINCT FROM sent_path THEN
@@ -2383,12 +2393,7 @@ BEGIN
 			VALUES (p.producer_url, updates, coalesce(deps, '[]'), false);
 		RETURN 0;
 	END IF;
-	n := eventstream._apply_deps(p, deps);
-	r := eventstream._apply_updates(p.producer_url, p.subscriber, updates, NULL, false, deps);
-	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
-	 WHERE x.producer_url = p.producer_url;
-	RETURN n + r[1];
+	RETURN eventstream._apply_window_page(p, updates, deps);
 END
 $$;
 
@@ -2406,7 +2411,6 @@ CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, pag
 AS $$
 DECLARE
 	p eventstream.producer;
-	r integer[];
 	n integer := 0;
 	complete boolean;
 BEGIN
@@ -2426,12 +2430,7 @@ BEGIN
 	   AND NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
 					    WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
 		-- The usual case: a whole window, applied at once.
-		n := eventstream._apply_deps(p, deps);
-		r := eventstream._apply_updates(p.producer_url, p.subscriber, page->'updates', NULL, false, deps);
-		n := n + r[1];
-		UPDATE eventstream.producer x
-		   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
-		 WHERE x.producer_url = p.producer_url;
+		n := eventstream._apply_window_page(p, page->'updates', deps);
 	ELSE
 		IF jsonb_array_length(page->'updates') > 0 OR complete THEN
 			INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
