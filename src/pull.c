@@ -82,7 +82,6 @@ typedef struct EsProducer
 	List	   *held;			/* of EsHeld, in held_cxt; NIL: none */
 	Size		held_bytes;
 	char	   *held_path;		/* the request of the first: the stored cursor */
-	char	   *held_ack;		/* that cursor, as ack= names it */
 	MemoryContext held_cxt;
 	int			rounds;			/* fetch rounds so far */
 	int			fetching;		/* fetches in flight */
@@ -319,8 +318,6 @@ es_pull_drop_held(EsProducer *p)
 	p->held_bytes = 0;
 	free(p->held_path);
 	p->held_path = NULL;
-	free(p->held_ack);
-	p->held_ack = NULL;
 }
 
 /*
@@ -360,6 +357,24 @@ es_path_after(const char *path, const char *cursor, int cursor_len)
 	enc = TextDatumGetCString(DirectFunctionCall1(eventstream_urlencode,
 												  PointerGetDatum(cstring_to_text_with_len(cursor, cursor_len))));
 	return psprintf("%.*s%s%s", (int) (at - path), path, enc, end);
+}
+
+/*
+ * es_pull_ack
+ *		"&ack=<cursor>" naming the cursor stored last: the one the pages
+ *		held were first asked with, otherwise path's (the request just
+ *		answered, whose cursor the last apply stored); "" when that is no
+ *		pull of updates.
+ */
+static char *
+es_pull_ack(EsProducer *p, const char *path)
+{
+	const char *at;
+	const char *end;
+
+	if (!es_path_cursor(p->held ? p->held_path : path, &at, &end))
+		return "";
+	return psprintf("&ack=%.*s", (int) (end - at), at);
 }
 
 /*
@@ -522,9 +537,9 @@ es_pull_start_due(void)
 		if (p->easy == NULL)
 			continue;
 		/* While pages are held, what is stored is before p->path. */
-		url = psprintf("%s/api/eventstream/v1/%s%s%s%s", p->url, p->path,
+		url = psprintf("%s/api/eventstream/v1/%s%s%s", p->url, p->path,
 					   wait > 0 ? psprintf("&wait=%ld", wait) : "",
-					   p->held ? "&ack=" : "", p->held ? p->held_ack : "");
+					   p->held ? es_pull_ack(p, NULL) : "");
 		es_client_setup(p->easy, url, p->auth, &p->resp, wait + 30);
 		es_set_str(&p->sent_path, p->path);
 		p->sent_ack = p->held != NIL;
@@ -645,13 +660,11 @@ es_pull_hold(EsProducer *p, bool *more)
 	JsonbValue *acks = es_pull_page_field(p, "acks");
 	JsonbValue *cursor = es_pull_page_field(p, "cursor");
 	JsonbValue *updates = es_pull_page_field(p, "updates");
-	const char *at;
-	const char *end;
 	char	   *next;
 	MemoryContext old;
 	EsHeld	   *h;
 
-	if (es_window_memory <= 0 || !es_path_cursor(p->sent_path, &at, &end) ||
+	if (es_window_memory <= 0 || strncmp(p->sent_path ? p->sent_path : "", "updates?", 8) != 0 ||
 		complete == NULL || complete->type != jbvBool || complete->val.boolean ||
 		page_more == NULL || page_more->type != jbvBool || !page_more->val.boolean ||
 		acks == NULL || acks->type != jbvBool || !acks->val.boolean ||
@@ -661,11 +674,10 @@ es_pull_hold(EsProducer *p, bool *more)
 	if ((p->held_bytes + updates->val.binary.len) / 1024 > (Size) es_window_memory)
 		return false;
 	next = es_path_after(p->sent_path, cursor->val.string.val, cursor->val.string.len);
+	if (next == NULL)
+		return false;
 	if (p->held == NIL)
-	{
 		es_set_str(&p->held_path, p->sent_path);
-		es_set_str(&p->held_ack, pnstrdup(at, end - at));
-	}
 	if (p->held_cxt == NULL)
 		p->held_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream held pages",
 											ALLOCSET_DEFAULT_SIZES);
@@ -1040,23 +1052,17 @@ es_pull_page_field(EsProducer *p, const char *key)
 static void
 es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len, bool drained)
 {
-	const char *sent = p->sent_path;
-	const char *at;
-	const char *end;
+	const char *sent = p->sent_path;	/* a path: never with wait= or ack= */
 	char	   *path;
 	char	   *url;
 
-	if (p->pre_easy != NULL || !es_path_cursor(sent, &at, &end) ||
-		strstr(sent, "&wait=") != NULL || strstr(sent, "&ack=") != NULL)
+	if (p->pre_easy != NULL)
 		return;
 	path = es_path_after(sent, cursor, cursor_len);
-	/* What is stored: the cursor this page was asked with, or held_path's. */
-	if (p->held != NIL)
-		url = psprintf("%s/api/eventstream/v1/%s%s&ack=%s", p->url, path,
-					   drained ? psprintf("&wait=%d", ES_LONGPOLL_S) : "", p->held_ack);
-	else
-		url = psprintf("%s/api/eventstream/v1/%s%s&ack=%.*s", p->url, path,
-					   drained ? psprintf("&wait=%d", ES_LONGPOLL_S) : "", (int) (end - at), at);
+	if (path == NULL)
+		return;
+	url = psprintf("%s/api/eventstream/v1/%s%s%s", p->url, path,
+				   drained ? psprintf("&wait=%d", ES_LONGPOLL_S) : "", es_pull_ack(p, sent));
 
 	p->pre_easy = curl_easy_init();
 	if (p->pre_easy == NULL)

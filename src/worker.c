@@ -981,7 +981,6 @@ eventstream_worker_main(Datum main_arg)
 				ResetLatch(MyLatch);
 			/* SIGTERM: exit here, not from inside a request handler. */
 			CHECK_FOR_INTERRUPTS();
-			/* A commit that wrote logs sets the latch: parked polls re-check. */
 			/*
 			 * Logs were committed since the last tick: record one after
 			 * ES_TICK_MS, or at once when ES_TICK_LOGS were (the flag and
@@ -1013,6 +1012,7 @@ eventstream_worker_main(Datum main_arg)
 					http_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), http_retry_ms);
 				}
 			}
+			/* A commit that wrote logs sets the latch: parked polls re-check. */
 			es_http_wake(latch_set);
 			es_http_run();
 			site->has_waiters = es_http_parked();
