@@ -178,6 +178,34 @@ SELECT docname, note FROM eventstream.sync_log WHERE update_log_id BETWEEN 9041 
 SELECT count(*) AS deleted_logged FROM eventstream.sync_log
  WHERE update_log_id BETWEEN 9041 AND 9060 AND update_type = 'Delete' AND status = 'Synced' AND note IS NULL;
 
+-- A partition takes its rows through a statement, which checks the
+-- partition's bounds (the straight path would not).
+CREATE TABLE a_parted (id int, label varchar(8), amount numeric, ok boolean, doc jsonb, raw text) PARTITION BY RANGE (id);
+CREATE TABLE a_part PARTITION OF a_parted (PRIMARY KEY (id)) FOR VALUES FROM (1) TO (16);
+GRANT SELECT, INSERT, UPDATE, DELETE ON a_part TO es_applier;
+INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, status)
+	VALUES ('http://p.invalid', 'public.a_part', 'a_part', 'Approved');
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier',
+	(SELECT jsonb_agg(jsonb_set(u, '{ref_table}', '"public.a_part"')) FROM jsonb_array_elements(plains(1, 20)) u),
+	NULL, false) AS processed_failed;
+SELECT count(*) AS rows, max(id) AS highest FROM a_part;
+SELECT DISTINCT split_part(error, E'\n', 1) AS error FROM eventstream.sync_log WHERE ref_table = 'public.a_part' AND status = 'Failed';
+-- A cancel (here statement_timeout) while updates are applied stops the
+-- apply: it is not an update that failed.
+CREATE TABLE a_slow (id int PRIMARY KEY, label varchar(8), amount numeric, ok boolean, doc jsonb, raw text);
+GRANT SELECT, INSERT, UPDATE, DELETE ON a_slow TO es_applier;
+INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, status)
+	VALUES ('http://p.invalid', 'public.a_slow', 'a_slow', 'Approved');
+CREATE FUNCTION a_slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(5); RETURN NEW; END$$;
+CREATE TRIGGER a_slow BEFORE INSERT ON a_slow FOR EACH ROW EXECUTE FUNCTION a_slow();
+SET statement_timeout = '200ms';
+SELECT eventstream._apply_updates('http://p.invalid', 'es_applier',
+	(SELECT jsonb_agg(jsonb_set(u, '{ref_table}', '"public.a_slow"')) FROM jsonb_array_elements(plains(101, 102)) u),
+	NULL, false) AS processed_failed;
+RESET statement_timeout;
+SELECT count(*) AS logged_after_the_cancel FROM eventstream.sync_log WHERE ref_table = 'public.a_slow';
+DROP TABLE a_slow;
+
 -- The documents a page's Updates are for, that its Creates do not make
 -- (_missing_for looks those up before the page is applied): each once.
 SELECT * FROM eventstream._page_updated('{"updates": [

@@ -1156,12 +1156,10 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	*local = relid;
 	t = es_table(relid);
 
-	/* A mapped subscription: the data as this site's tables have it. */
-	if (sub->mapping != NULL && es_is_object(data) &&
-		(strcmp(type, "Create") == 0 || strcmp(type, "Update") == 0))
-		data = es_map(a, sub, type, remote, data, notes);
-
-	/* Changes applied here carry the site they came from (no loops). */
+	/*
+	 * Changes applied here carry the site they came from (no loops), the
+	 * rows a mapping links as well.
+	 */
 	if (origin)
 	{
 		pg_uuid_t  *u = DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(origin)));
@@ -1169,6 +1167,11 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		memcpy(&es_apply_origin, u, sizeof(pg_uuid_t));
 		es_apply_origin_set = true;
 	}
+
+	/* A mapped subscription: the data as this site's tables have it. */
+	if (sub->mapping != NULL && es_is_object(data) &&
+		(strcmp(type, "Create") == 0 || strcmp(type, "Update") == 0))
+		data = es_map(a, sub, type, remote, data, notes);
 
 	/* The local row's key (a Create of the same name carries it). */
 	if (same_name)
@@ -1350,6 +1353,21 @@ typedef struct EsOutcome
 } EsOutcome;
 
 /*
+ * es_rethrow_if_canceled
+ *		For a PG_CATCH that turns an error into a failure of what was tried
+ *		(after rolling back its subtransaction): a query cancel
+ *		(pg_cancel_backend, statement_timeout) is no such failure but a
+ *		request to stop; it is raised again.  Frees edata otherwise.
+ */
+static void
+es_rethrow_if_canceled(ErrorData *edata)
+{
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		ReThrowError(edata);
+	FreeErrorData(edata);
+}
+
+/*
  * es_apply_one
  *		Apply one update in a subtransaction of its own; an error is caught
  *		and described in the outcome.  The caller is connected to SPI.
@@ -1388,7 +1406,7 @@ es_apply_one(EsApply *a, Jsonb *upd, EsOutcome *out)
 		out->ok = false;
 		out->sqlerrcode = edata->sqlerrcode;
 		out->error = edata->detail ? psprintf("%s\n%s", edata->message, edata->detail) : pstrdup(edata->message);
-		FreeErrorData(edata);
+		es_rethrow_if_canceled(edata);
 	}
 	PG_END_TRY();
 	out->note = notes.len > 0 ? notes.data : NULL;
@@ -1427,17 +1445,22 @@ typedef struct EsWrite
 
 /*
  * es_write_usable
- *		Whether rows can go straight into rel: a plain table without
- *		triggers (foreign keys and deferred unique checks are triggers too),
- *		row security or stored generated columns.
+ *		Whether rows can go straight into rel: a plain table, not a
+ *		partition (its constraint is not checked here), without triggers
+ *		(foreign keys and deferred unique checks are triggers too), row
+ *		security or stored generated columns, in a transaction that may
+ *		write.  Rules are not applied, as logical replication does not
+ *		apply them (the statements cannot: INSERT ... ON CONFLICT refuses
+ *		a table with rules).
  */
 static bool
 es_write_usable(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
-	return rel->rd_rel->relkind == RELKIND_RELATION && rel->trigdesc == NULL &&
-		!rel->rd_rel->relrowsecurity && !(desc->constr && desc->constr->has_generated_stored);
+	return rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relispartition &&
+		rel->trigdesc == NULL && !rel->rd_rel->relrowsecurity &&
+		!(desc->constr && desc->constr->has_generated_stored) && !XactReadOnly;
 }
 
 /*
@@ -1950,11 +1973,15 @@ es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool
 	}
 	PG_CATCH();
 	{
+		ErrorData  *edata;
+
 		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
+		es_rethrow_if_canceled(edata);
 		ok = false;
 	}
 	PG_END_TRY();
@@ -2251,12 +2278,16 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 	}
 	PG_CATCH();
 	{
+		ErrorData  *edata;
+
 		SetUserIdAndSecContext(save_userid, save_sec);
 		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
+		es_rethrow_if_canceled(edata);
 	}
 	PG_END_TRY();
 	table_close(rel, NoLock);
