@@ -249,9 +249,13 @@ DECLARE
 	snap pg_snapshot := pg_current_snapshot();
 	top bigint := (SELECT max(l.id) FROM eventstream.update_log l);
 BEGIN
-	IF top > coalesce((SELECT t.max_id FROM eventstream.tick t ORDER BY t.tick_id DESC LIMIT 1), 0) THEN
-		INSERT INTO eventstream.tick (snap, low, max_id)
-			VALUES (snap, coalesce(low, (SELECT min(l.id) FROM eventstream.update_log l), 0), top);
+	-- Without a bound now (a transaction is drawing its first id), the
+	-- previous tick's will do: any log not visible in this later snapshot
+	-- was not visible in that one either.  Without one, no tick this time.
+	low := coalesce(low, (SELECT t.low FROM eventstream.tick t ORDER BY t.tick_id DESC LIMIT 1));
+	IF low IS NOT NULL AND
+	   top > coalesce((SELECT t.max_id FROM eventstream.tick t ORDER BY t.tick_id DESC LIMIT 1), 0) THEN
+		INSERT INTO eventstream.tick (snap, low, max_id) VALUES (snap, low, top);
 	END IF;
 END
 $$;
@@ -1417,6 +1421,20 @@ COMMENT ON VIEW eventstream.consumer_status IS
 -- Retention
 ------------------------------------------------------------------------------
 
+-- Whether prune() keeps a log below the acknowledged horizon: a condition
+-- withheld it from a consumer that may yet need its history (see prune).
+-- Plain SQL, no SET clause: inlined into prune's queries.
+CREATE FUNCTION eventstream._log_kept(log_id bigint, created_at timestamptz, retention interval) RETURNS boolean
+	LANGUAGE sql STABLE
+AS $$
+	SELECT created_at > pg_catalog.now() - retention AND EXISTS (
+		SELECT 1
+		  FROM eventstream.withheld w
+		  JOIN eventstream.consumer c ON c.consumer_url = w.consumer_url
+		 WHERE w.update_log_id = log_id AND w.served_page IS NULL
+		   AND NOT c.aged_out AND c.acked_at > pg_catalog.now() - retention)
+$$;
+
 /*
  * Delete the logs every consumer has acknowledged, and their receipts.
  * Consumers that have not pulled within eventstream.retention_period stop
@@ -1433,7 +1451,7 @@ DECLARE
 	retention interval := current_setting('eventstream.retention_period')::interval;
 	horizon bigint;
 	upto bigint;
-	kept bigint[];
+	kept_from bigint;
 	deleted bigint;
 BEGIN
 	IF max_logs < 1 THEN
@@ -1459,23 +1477,18 @@ BEGIN
 					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed)
 	   AND EXISTS (SELECT 1 FROM eventstream.update_log l WHERE l.id >= c.acked_low AND l.id < horizon);
 
-	-- At most max_logs of them (the oldest), when asked: the background
-	-- worker prunes a large backlog in steps, serving in between.
+	-- At most max_logs of them (the oldest that go), when asked: the
+	-- background worker prunes a large backlog in steps, serving in between.
 	upto := horizon;
 	IF max_logs IS NOT NULL THEN
-		upto := least(horizon, (SELECT l.id FROM eventstream.update_log l WHERE l.id < horizon
+		upto := least(horizon, (SELECT l.id FROM eventstream.update_log l
+								 WHERE l.id < horizon AND NOT eventstream._log_kept(l.id, l.created_at, retention)
 								 ORDER BY l.id OFFSET max_logs LIMIT 1));
 	END IF;
 
 	WITH gone AS (
 		DELETE FROM eventstream.update_log l
-		 WHERE l.id < upto
-		   AND NOT (l.created_at > now() - retention AND EXISTS (
-				SELECT 1
-				  FROM eventstream.withheld w
-				  JOIN eventstream.consumer c ON c.consumer_url = w.consumer_url
-				 WHERE w.update_log_id = l.id AND w.served_page IS NULL
-				   AND NOT c.aged_out AND c.acked_at > now() - retention))
+		 WHERE l.id < upto AND NOT eventstream._log_kept(l.id, l.created_at, retention)
 		RETURNING l.id
 	), held_back AS (
 		DELETE FROM eventstream.withheld w USING gone WHERE w.update_log_id = gone.id
@@ -1486,13 +1499,15 @@ BEGIN
 	DELETE FROM eventstream.tick t
 	 WHERE t.max_id < upto AND t.tick_id < (SELECT max(x.tick_id) FROM eventstream.tick x);
 
-	-- Receipts go with the last of their logs (a page may hold replayed
-	-- withheld logs that are kept longer than the rest: the only logs left
-	-- below upto, usually none, so they are looked for once).
-	kept := ARRAY(SELECT l.id FROM eventstream.update_log l WHERE l.id < upto);
+	-- Receipts go with the last of their logs.  A page may hold replayed
+	-- withheld logs that are kept longer than the rest, the only logs left
+	-- below upto (usually none): only receipts from the oldest of them on
+	-- are looked into.
+	kept_from := (SELECT min(l.id) FROM eventstream.update_log l);
 	DELETE FROM eventstream.served_page sp
 	 WHERE sp.max_log_id < upto
-	   AND (cardinality(kept) = 0 OR NOT (sp.log_ids && kept));
+	   AND (kept_from IS NULL OR sp.max_log_id < kept_from
+			OR NOT EXISTS (SELECT 1 FROM eventstream.update_log l WHERE l.id = ANY (sp.log_ids) AND l.id < upto));
 
 	UPDATE eventstream.site
 	   SET last_prune_at = now(),
@@ -1980,10 +1995,15 @@ BEGIN
 		ON CONFLICT ON CONSTRAINT producer_table_pkey DO UPDATE
 			SET unsubscribe = false, use_same_name = EXCLUDED.use_same_name, condition = EXCLUDED.condition,
 				initial_sync = EXCLUDED.initial_sync, mapping = EXCLUDED.mapping, local_table = EXCLUDED.local_table,
-				-- What changed while unsubscribed (or what a new condition admits) is copied again.
+				-- What changed while unsubscribed (or what a new condition admits,
+				-- or what another mapping or local table lacks) is copied again.
 				snapshot_pending = t.snapshot_pending OR (t.status = 'Approved' AND EXCLUDED.initial_sync
-														   AND (t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition)),
+														   AND (t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition
+																OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
+																OR t.local_table IS DISTINCT FROM EXCLUDED.local_table)),
 				snapshot_after = CASE WHEN t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition
+										   OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
+										   OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
 									  THEN NULL ELSE t.snapshot_after END;
 	PERFORM eventstream._push_subscriptions(p.producer_url);
 	PERFORM eventstream._wake_worker();
@@ -2371,8 +2391,7 @@ $$;
 -- sent_path while the stored cursor was still before the window (see
 -- es_pull_hold).  The window's last page follows through _apply_response
 -- in the same transaction, which stores the cursor.  Into the inbox instead
--- when pages wait there already or an initial sync is under way, as
--- _apply_page would have staged it.  Returns the number of updates applied,
+-- when pages wait there already, as _apply_page would have staged it.  Returns the number of updates applied,
 -- or -1 when the cursor moved on meanwhile (nothing is done then).
 CREATE FUNCTION eventstream._apply_held(producer_url text, sent_path text, updates jsonb, deps jsonb)
 		RETURNS integer
@@ -2386,9 +2405,9 @@ BEGIN
 	IF NOT FOUND OR (SELECT q.path FROM eventstream._next_request(p.producer_url) q) IS DISTINCT FROM sent_path THEN
 		RETURN -1;
 	END IF;
-	IF EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
-	   OR EXISTS (SELECT 1 FROM eventstream.producer_table t
-				   WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+	-- (While an initial sync is under way _next_request asks for it, not
+	-- for updates: the check above said -1 then.)
+	IF EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url) THEN
 		INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
 			VALUES (p.producer_url, updates, coalesce(deps, '[]'), false);
 		RETURN 0;

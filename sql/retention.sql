@@ -61,6 +61,28 @@ SELECT eventstream.approve('http://consumer-g', 'ledger');
 INSERT INTO ledger VALUES (400, 0);
 SELECT n, docname FROM pull('http://consumer-g');
 
+-- Logs a condition withheld are kept, the oldest below the others: pruning
+-- in steps still goes on past them.
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-g');
+SELECT eventstream.prune() AS pruned;
+SELECT count(*) AS logs FROM eventstream.update_log;
+SELECT register('http://consumer-k', '00000000-0000-0000-0000-0000000000ab',
+				'[{"ref_table": "note", "condition": "doc.public"}]');
+SELECT eventstream.approve('http://consumer-k', 'note');
+INSERT INTO note (id, public) VALUES (40, false), (41, false);
+INSERT INTO ledger VALUES (500, 0), (501, 0);
+SELECT count(*) AS served_to_k FROM pull('http://consumer-k');
+SELECT count(*) FROM pull('http://consumer-k');
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-g');
+SELECT count(*) FROM pull('http://consumer-g');
+SELECT eventstream.prune(max_logs => 1) AS pruned_past_the_kept;
+SELECT array_agg(docname ORDER BY id) AS logs_left FROM eventstream.update_log;
+SELECT eventstream.remove_consumer('http://consumer-k');
+
 -- The retention period is a server-wide setting (postgresql.conf, reload).
 SHOW eventstream.retention_period;
 SET eventstream.retention_period = '1s';
