@@ -88,6 +88,12 @@ LANGUAGE sql AS $$ SELECT (doc->>'id')::int % 2 = 1 AND consumer LIKE 'http://co
 SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "cmd: public.is_odd_note"}]');
 INSERT INTO note VALUES (4, 'four'), (5, 'five');
 SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+-- Its function dropped since: the documents are denied, the error kept,
+-- the pull goes on.
+DROP FUNCTION is_odd_note(text, jsonb, jsonb);
+INSERT INTO note VALUES (6, 'six');
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT condition_error FROM eventstream.consumer_table WHERE consumer_url = 'http://consumer-c:8000';
 
 -- A condition that fails denies the document, and the error is kept.
 SELECT register('http://consumer-c:8000', '00000000-0000-0000-0000-00000000000c', '[{"ref_table": "note", "condition": "1 / (doc.n - 1) = 1"}]');

@@ -82,9 +82,9 @@ es_is_cmd(const char *cond)
  *
  * It must take (text, jsonb, jsonb) and return a single boolean; a name
  * without a schema is looked up in public, not along search_path (which is
- * pinned while serving).  With
- * missing_ok, InvalidOid is returned for a missing function instead of an
- * error (wrong return types still error).
+ * pinned while serving).  With missing_ok, InvalidOid is returned instead
+ * of an error for a function that is missing or does not return boolean
+ * (it may have been dropped or replaced since the condition was set).
  */
 static Oid
 es_condition_function(const char *spec, bool missing_ok)
@@ -116,6 +116,8 @@ es_condition_function(const char *spec, bool missing_ok)
 						NameListToString(names)),
 				 errhint("A cmd: condition names a function (consumer text, doc jsonb, update_log jsonb) returning boolean.")));
 	}
+	if ((get_func_rettype(fn) != BOOLOID || get_func_retset(fn)) && missing_ok)
+		return InvalidOid;
 	if (get_func_rettype(fn) != BOOLOID || get_func_retset(fn))
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -507,8 +509,8 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, JSONBOID};
 	Datum		values[3];
 	char	   *value;
-	char	   *error;
-	bool		found;
+	char	   *error = NULL;
+	bool		found = false;
 
 	rel = table_open(relid, AccessShareLock);
 	match = es_docname_match(rel, 2);
@@ -517,11 +519,13 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 
 	if (es_is_cmd(cond))
 	{
-		Oid			fn = es_condition_function(cond, false);
+		/* Dropped or replaced since it was set: a failing condition. */
+		Oid			fn = es_condition_function(cond, true);
 
-		sql = psprintf("SELECT %s.%s($1, pg_catalog.to_jsonb(doc), $3) FROM ONLY %s AS doc WHERE %s",
-					   quote_identifier(get_namespace_name(get_func_namespace(fn))),
-					   quote_identifier(get_func_name(fn)), relname, match);
+		sql = !OidIsValid(fn) ? NULL :
+			psprintf("SELECT %s.%s($1, pg_catalog.to_jsonb(doc), $3) FROM ONLY %s AS doc WHERE %s",
+					 quote_identifier(get_namespace_name(get_func_namespace(fn))),
+					 quote_identifier(get_func_name(fn)), relname, match);
 	}
 	else
 		sql = psprintf("SELECT (\n%s\n) FROM ONLY %s AS doc WHERE %s",
@@ -530,7 +534,10 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 	values[0] = PointerGetDatum(consumer);
 	values[1] = PG_GETARG_DATUM(5);
 	values[2] = PG_GETARG_DATUM(6);
-	value = es_sandboxed_value(sql, role, 3, argtypes, values, &found, &error);
+	if (sql == NULL)
+		error = psprintf("the function of condition \"%s\" does not exist or does not return boolean", cond);
+	else
+		value = es_sandboxed_value(sql, role, 3, argtypes, values, &found, &error);
 
 	if (error)
 	{
