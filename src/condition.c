@@ -508,7 +508,7 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 	char	   *relname;
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, JSONBOID};
 	Datum		values[3];
-	char	   *value;
+	char	   *value = NULL;
 	char	   *error = NULL;
 	bool		found = false;
 
