@@ -1025,7 +1025,6 @@ es_link_value(EsApply *a, Jsonb *link, StringInfo notes)
 	Jsonb	   *links;
 	Jsonb	   *cur;
 	bool		inserted;
-	bool		keyed = true;
 	ListCell   *lc;
 
 	if (t->npk != 1)
@@ -1040,10 +1039,7 @@ es_link_value(EsApply *a, Jsonb *link, StringInfo notes)
 	if (links != NULL)
 		foreach(lc, es_elements(links))
 			data = es_with_field(data, es_field_text(lfirst(lc), "column"), es_link_value(a, lfirst(lc), notes));
-	for (int i = 0; i < t->npk; i++)
-		if (es_field(data, t->pk[i]) == NULL)
-			keyed = false;
-	cur = keyed ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, NULL, &inserted);
+	cur = es_upsert_keyed(a, t, data, &inserted);
 	es_remember_remote(a, relid, es_docname_of(t, cur), remote);
 	es_note(notes, "%s %s \"%s\" (producer's \"%s\") for %s", inserted ? "created" : "updated",
 			t->qualname, es_docname_of(t, cur), remote, es_field_text(link, "column"));
