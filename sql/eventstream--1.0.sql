@@ -269,6 +269,14 @@ AS $$ SELECT 8000::bigint $$;
 -- Helpers
 ------------------------------------------------------------------------------
 
+-- A table name as the wire has it: schema-qualified.
+CREATE FUNCTION eventstream._qualified(name text) RETURNS text
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END
+$$;
+
 -- The wire name of a table: schema-qualified, quoted only where needed.
 CREATE FUNCTION eventstream._wire_name(tbl regclass) RETURNS text
 	LANGUAGE sql STABLE STRICT
@@ -1819,7 +1827,7 @@ CREATE FUNCTION eventstream._local_table(ref_table text, subscriber regrole) RET
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	tbl regclass := to_regclass(CASE WHEN position('.' IN ref_table) > 0 THEN ref_table ELSE 'public.' || ref_table END);
+	tbl regclass := to_regclass(eventstream._qualified(ref_table));
 BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table "%" does not exist on this site', ref_table
@@ -1910,7 +1918,7 @@ BEGIN
 	INSERT INTO eventstream.producer (producer_url, api_key, api_secret, subscriber, producer_site_id, cursor)
 		VALUES (url, api_key, api_secret, subscriber, '00000000-0000-0000-0000-000000000000', '');
 	FOREACH name IN ARRAY coalesce(tables, '{}') LOOP
-		wire := CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END;
+		wire := eventstream._qualified(name);
 		IF EXISTS (SELECT 1 FROM eventstream.producer_table t WHERE t.producer_url = url AND t.ref_table = wire) THEN
 			RAISE EXCEPTION 'table "%" is listed twice', wire USING ERRCODE = 'invalid_parameter_value';
 		END IF;
@@ -2018,7 +2026,7 @@ CREATE FUNCTION eventstream.unsubscribe(producer_url text, ref_table text) RETUR
 AS $$
 DECLARE
 	p eventstream.producer := eventstream._producer_row(producer_url);
-	wire text := CASE WHEN position('.' IN btrim(ref_table)) > 0 THEN btrim(ref_table) ELSE 'public.' || btrim(ref_table) END;
+	wire text := eventstream._qualified(ref_table);
 BEGIN
 	UPDATE eventstream.producer_table t SET unsubscribe = true
 	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
@@ -2882,14 +2890,6 @@ CREATE FUNCTION eventstream._check_filter_expression(expr text) RETURNS void
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_check_filter_expression';
 CREATE FUNCTION eventstream._eval_filter(expr text, doc jsonb, role regrole) RETURNS jsonb
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_eval_filter';
-
--- A table name as the wire has it: schema-qualified.
-CREATE FUNCTION eventstream._qualified(name text) RETURNS text
-	LANGUAGE sql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END
-$$;
 
 -- The one foreign key of child to parent, as {"child col": "parent col"},
 -- or NULL when there is not exactly one.
