@@ -1349,18 +1349,27 @@ typedef struct EsOutcome
 } EsOutcome;
 
 /*
- * es_rethrow_if_canceled
- *		For a PG_CATCH that turns an error into a failure of what was tried
- *		(after rolling back its subtransaction): a query cancel
- *		(pg_cancel_backend, statement_timeout) is no such failure but a
- *		request to stop; it is raised again.  Frees edata otherwise.
+ * es_subxact_caught
+ *		In the PG_CATCH of an internal subtransaction begun in cxt under
+ *		owner, when the error is to become a failure of what was tried:
+ *		roll the subtransaction back and return the error (in cxt).  A
+ *		query cancel (pg_cancel_backend, statement_timeout) is no such
+ *		failure but a request to stop: it is raised again.
  */
-static void
-es_rethrow_if_canceled(ErrorData *edata)
+static ErrorData *
+es_subxact_caught(MemoryContext cxt, ResourceOwner owner)
 {
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
 	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 		ReThrowError(edata);
-	FreeErrorData(edata);
+	return edata;
 }
 
 /*
@@ -1391,18 +1400,12 @@ es_apply_one(EsApply *a, Jsonb *upd, EsOutcome *out)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = es_subxact_caught(cxt, owner);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
 		out->ok = false;
 		out->sqlerrcode = edata->sqlerrcode;
 		out->error = edata->detail ? psprintf("%s\n%s", edata->message, edata->detail) : pstrdup(edata->message);
-		es_rethrow_if_canceled(edata);
+		FreeErrorData(edata);
 	}
 	PG_END_TRY();
 	out->note = notes.len > 0 ? notes.data : NULL;
@@ -1969,15 +1972,7 @@ es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		es_rethrow_if_canceled(edata);
+		FreeErrorData(es_subxact_caught(cxt, owner));
 		ok = false;
 	}
 	PG_END_TRY();
@@ -2274,16 +2269,8 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		SetUserIdAndSecContext(save_userid, save_sec);
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		es_rethrow_if_canceled(edata);
+		FreeErrorData(es_subxact_caught(cxt, owner));
 	}
 	PG_END_TRY();
 	table_close(rel, NoLock);
