@@ -102,6 +102,7 @@ typedef struct EsSub
 	Oid			relid;			/* InvalidOid: not subscribed */
 	bool		same_name;
 	char	   *mapping;		/* its mapping, or NULL */
+	bool		dropped;		/* unsubscribed or no longer approved */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
@@ -887,7 +888,8 @@ es_sub(EsApply *a, const char *ref)
 	appendStringInfoChar(&arg, '}');
 	pt = es_run(InvalidOid,
 				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name,"
-				"                                     'mapping', t.mapping)"
+				"                                     'mapping', t.mapping,"
+				"                                     'off', t.unsubscribe OR t.status <> 'Approved')"
 				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
 				es_jsonb_parse(arg.data));
 	old = MemoryContextSwitchTo(a->subs_cxt);
@@ -898,6 +900,7 @@ es_sub(EsApply *a, const char *ref)
 		sub->relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(es_field_text(pt, "relid"))));
 		sub->same_name = strcmp(es_field_text(pt, "same"), "true") == 0;
 		sub->mapping = es_field_text(pt, "mapping");
+		sub->dropped = strcmp(es_field_text(pt, "off"), "true") == 0;
 	}
 	a->subs = lappend(a->subs, sub);
 	MemoryContextSwitchTo(old);
@@ -2512,6 +2515,20 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 
 		MemoryContextSwitchTo(cxt);
 		all = es_elements(updates);
+
+		/*
+		 * Updates of a table unsubscribed or rejected since they were
+		 * served (the window was on its way): it is to receive no more, so
+		 * none of the window's are applied -- not the first pages' only.
+		 */
+		es_apply_reset();
+		foreach(lc2, all)
+		{
+			char	   *ref = es_field_text(lfirst(lc2), "ref_table");
+
+			if (ref != NULL && es_sub(&a, ref)->dropped)
+				all = foreach_delete_current(all, lc2);
+		}
 		total = list_length(all);
 		while (i < total)
 		{

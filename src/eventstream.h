@@ -149,6 +149,8 @@ extern void es_http_stop(void);
 
 /* src/worker.c */
 extern int	es_prune_interval;
+extern char *es_test_pause_at;
+extern void es_test_pause(const char *point);
 extern void es_workers_init(void);
 extern Size es_workers_shmem_size(void);
 extern void es_workers_shmem_init(void);

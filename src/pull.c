@@ -419,6 +419,24 @@ es_set_str(char **dst, const char *src)
 }
 
 /*
+ * es_spi_int
+ *		Column col of the first row SPI returned, an integer or boolean, or
+ *		if_null when it is null.
+ */
+static int
+es_spi_int(int col, int if_null)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+
+	if (isnull)
+		return if_null;
+	if (SPI_gettypeid(SPI_tuptable->tupdesc, col) == BOOLOID)
+		return DatumGetBool(d) ? 1 : 0;
+	return DatumGetInt32(d);
+}
+
+/*
  * es_pull_refresh
  *		Read the enabled producers, in a transaction of its own; start
  *		tracking new producers and forget removed ones.  What to ask a
@@ -707,7 +725,11 @@ es_pull_apply(EsProducer *p, bool *more)
 	char	   *volatile error = NULL;
 
 	if (es_pull_hold(p, more))
+	{
+		es_test_pause("held");
 		return NULL;
+	}
+	es_test_pause("before-apply");
 	PG_TRY();
 	{
 		Oid			argtypes[4] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID};
@@ -722,7 +744,28 @@ es_pull_apply(EsProducer *p, bool *more)
 		SPI_connect();
 		values[0] = CStringGetTextDatum(p->url);
 
-		/* The pages held for this window first (es_pull_hold). */
+		/*
+		 * The pages held for this window first (es_pull_hold), under the
+		 * table statuses its last page gives: a table rejected while the
+		 * window was on its way gets none of its updates applied, the
+		 * first pages' included (_apply_updates drops them).
+		 */
+		if (p->held != NIL)
+		{
+			JsonbValue *tables = es_pull_page_field(p, "tables");
+
+			if (tables != NULL && tables->type == jbvBinary)
+			{
+				Oid			mirror_types[2] = {TEXTOID, JSONBOID};
+				Datum		mirror_values[2];
+
+				mirror_values[0] = values[0];
+				mirror_values[1] = JsonbPGetDatum(JsonbValueToJsonb(tables));
+				if (SPI_execute_with_args("SELECT eventstream._mirror_statuses($1, $2)",
+										  2, mirror_types, mirror_values, NULL, false, 1) != SPI_OK_SELECT)
+					elog(ERROR, "could not mirror the statuses of a producer's tables");
+			}
+		}
 		foreach(lc, p->held)
 		{
 			EsHeld	   *h = lfirst(lc);
@@ -736,7 +779,7 @@ es_pull_apply(EsProducer *p, bool *more)
 									  4, argtypes, held_values, NULL, false, 1) != SPI_OK_SELECT ||
 				SPI_processed != 1)
 				elog(ERROR, "could not apply a page held");
-			if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "-1") == 0)
+			if (es_spi_int(1, -1) == -1)
 			{
 				/* Someone else moved the cursor on: nothing was done. */
 				stale = true;
@@ -779,8 +822,13 @@ es_pull_apply(EsProducer *p, bool *more)
 		if (SPI_execute_plan(es_apply_plan, values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not apply a page");
+
+		/*
+		 * Both are null when the producer was removed meanwhile: nothing
+		 * more to ask it (the next refresh forgets it).
+		 */
 		es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-		*more = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0;
+		*more = es_spi_int(2, 0) != 0;
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -1199,6 +1247,7 @@ es_pull_done(EsProducer *p, CURLcode code)
 	p->resp.data = NULL;
 	p->rounds = 0;
 	p->fetching = 0;
+	es_test_pause("received");
 	es_pull_prefetch_early(p);
 	error = es_pull_parse(p);
 	if (error)

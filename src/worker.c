@@ -107,6 +107,7 @@ typedef struct EsWorkers
 } EsWorkers;
 
 static EsWorkers *es_workers = NULL;
+char	   *es_test_pause_at = NULL;
 
 /* Whether this process is a site worker, and its shared entry. */
 bool		es_in_site_worker = false;
@@ -176,6 +177,18 @@ es_workers_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomStringVariable("eventstream.test_pause_at",
+							   "For tests only: the point at which site workers pause.",
+							   "A worker reaching the named point (received, held, before-apply) "
+							   "waits there, outside any transaction, until the setting names "
+							   "another point; tests use it to hold work instead of catching it "
+							   "in the act.",
+							   &es_test_pause_at,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
+
 	memset(&bgw, 0, sizeof(bgw));
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
@@ -188,6 +201,43 @@ es_workers_init(void)
 
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = es_process_utility;
+}
+
+/*
+ * es_test_pause
+ *		Wait here while eventstream.test_pause_at names point, re-reading
+ *		the configuration on SIGHUP; says so once in the server log and in
+ *		pg_stat_activity ("paused at <point>").  Called by the site worker
+ *		outside any transaction (a reload inside one would be undone by its
+ *		abort).  Costs one test of an empty string when no test uses it.
+ */
+void
+es_test_pause(const char *point)
+{
+	bool		paused = false;
+
+	Assert(!IsTransactionState());
+	while (es_test_pause_at[0] != '\0' && strcmp(es_test_pause_at, point) == 0)
+	{
+		if (!paused)
+		{
+			ereport(LOG,
+					(errmsg("eventstream worker paused at \"%s\"", point)));
+			pgstat_report_activity(STATE_RUNNING, psprintf("paused at %s", point));
+			paused = true;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+	if (paused)
+		pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
