@@ -2149,6 +2149,25 @@ AS $$
 	SELECT format('documents/%s/%s', eventstream._urlencode(ref_table), eventstream._urlencode(docname))
 $$;
 
+-- What mapping an update asks the producer for first (_map_update's
+-- "wants").  When mapping it raises (an eval: filter that fails: a division
+-- by zero, a function the subscriber may not execute, a timeout), nothing:
+-- the update is then mapped again when it is applied, in its own
+-- subtransaction, and fails there alone (Failed in the sync log, with the
+-- error, resyncable) instead of failing the look-up of the whole answer.
+CREATE FUNCTION eventstream._map_wants(producer_url text, subscriber regrole, mapping text, update_type text,
+									   data jsonb, fetched jsonb, docname text) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN coalesce(eventstream._map_update(producer_url, subscriber, mapping, update_type, data, fetched, docname)->'wants',
+					'[]');
+EXCEPTION WHEN OTHERS THEN
+	RETURN '[]';
+END
+$$;
+
 -- The rows that the updates (or snapshot documents) of an answer refer to
 -- and that are not here: through foreign keys and registered dynamic links
 -- of the rows and their child rows, plus the row an Update is for when it
@@ -2191,8 +2210,8 @@ BEGIN
 			ON t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table'
 		  JOIN eventstream.producer p ON p.producer_url = t.producer_url
 		 CROSS JOIN LATERAL jsonb_array_elements(
-			   eventstream._map_update(t.producer_url, p.subscriber, t.mapping, u->>'update_type', u->'data',
-									   coalesce(have, '[]'), u->>'docname')->'wants') w
+			   eventstream._map_wants(t.producer_url, p.subscriber, t.mapping, u->>'update_type', u->'data',
+									  coalesce(have, '[]'), u->>'docname')) w
 		 WHERE t.mapping IS NOT NULL
 		   AND u->>'update_type' IN ('Create', 'Update') AND jsonb_typeof(u->'data') = 'object';
 		docs := (SELECT coalesce(jsonb_agg(u ORDER BY o), '[]') FROM jsonb_array_elements(docs) WITH ORDINALITY x(u, o)
