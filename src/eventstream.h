@@ -127,6 +127,7 @@ extern void es_client_init(void);
 extern void es_client_setup(void *curl, const char *url, const char *auth,
 							EsResponse *resp, long timeout_s);
 extern char *es_client_failure(int code, EsResponse *resp, const char *url);
+extern char *es_client_bad_text(EsResponse *resp, const char *url);
 extern Datum eventstream_urlencode(PG_FUNCTION_ARGS);
 
 /* src/pull.c */

@@ -976,6 +976,7 @@ es_fetch_done(EsFetch *f, CURLcode code)
 	if (p != NULL)
 	{
 		StringInfoData buf;
+		char	   *bad = (code == CURLE_OK && status == 200) ? es_client_bad_text(&f->resp, p->url) : NULL;
 
 		initStringInfo(&buf);
 		appendStringInfoString(&buf, p->deps && strcmp(p->deps, "[]") != 0 ? p->deps : "[");
@@ -985,12 +986,13 @@ es_fetch_done(EsFetch *f, CURLcode code)
 			appendStringInfoString(&buf, ", ");
 		/* The want as it was, with what came of it. */
 		appendBinaryStringInfo(&buf, f->want, strlen(f->want) - 1);	/* without its } */
-		if (code == CURLE_OK && status == 200 && f->resp.data)
+		if (code == CURLE_OK && status == 200 && f->resp.data && bad == NULL)
 			appendStringInfo(&buf, ", \"data\": %s", f->resp.data);
 		else
 		{
 			appendStringInfoString(&buf, ", \"data\": null, \"error\": ");
 			escape_json(&buf, code != CURLE_OK ? es_client_failure(code, &f->resp, p->url)
+						: bad ? bad
 						: psprintf("HTTP %ld: %.200s", status, f->resp.data ? f->resp.data : ""));
 		}
 		appendStringInfoString(&buf, "}]");
@@ -1184,6 +1186,8 @@ es_pull_done(EsProducer *p, CURLcode code)
 	else if (status != 200)
 		error = psprintf("%s answered HTTP %ld: %.300s", p->url, status,
 						 p->resp.data ? p->resp.data : "");
+	else
+		error = es_client_bad_text(&p->resp, p->url);	/* nothing applied */
 	curl_slist_free_all(p->resp.headers);
 	p->resp.headers = NULL;
 	if (error)

@@ -579,6 +579,13 @@ sub fake_serve
 			$reply = '{"updates": [' . fake_create(2, 'G2') . qq(], "cursor": "v1/2/x", "more": false, )
 			  . qq("tables": $page_tables, "padding": ") . ('x' x (100 * 1024)) . '"}';
 		}
+		elsif ($mode eq 'badutf8' || $mode eq 'nul')
+		{
+			# A valid page but for one byte in a value: not UTF-8, or NUL.
+			$reply = '{"updates": [' . fake_create(4, 'G4') . qq(], "cursor": "v1/2/x", "more": false, )
+			  . qq("tables": $page_tables});
+			$reply =~ s/"content": "fake"/'"content": "fa' . ($mode eq 'nul' ? "\x00" : "\xff\xfe") . 'ke"'/e;
+		}
 		elsif ($cursor eq 'v1/1/x')
 		{
 			$reply = '{"updates": [' . fake_create(3, 'G3') . qq(], "cursor": "v1/2/x", "more": false, )
@@ -664,6 +671,22 @@ is(sq($S2, $fake_applied), '0/0/0', '  nothing was applied');
 ($ret, $out, $err) = q_try($S2, "SELECT eventstream.sync_now('$fake_url')");
 isnt($ret, 0, 'G: sync_now fails on it too');
 like($err, qr/larger than eventstream\.client_max_response_size/, '  naming the setting');
+
+# (b2) a page whose text is not valid in the database encoding (UTF8):
+# an invalid byte sequence in a value, or a NUL byte
+foreach my $bad (['badutf8', 'an invalid byte sequence', 'fakekey3'], ['nul', 'a NUL byte', 'fakekey4'])
+{
+	my ($mode, $what, $newkey) = @$bad;
+	set_fake_mode($mode);
+	sq($S2, "SELECT eventstream.set_keys('$fake_url', '$newkey', 'fakesecret')");
+	ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*not valid UTF8 text: \Q$what\E/ }),
+		"G: a page with $what in a value: failing, and last_error says so");
+	note("last_error: $state");
+	is(sq($S2, $fake_applied), '0/0/0', '  nothing was applied');
+	($ret, $out, $err) = q_try($S2, "SELECT eventstream.sync_now('$fake_url')");
+	isnt($ret, 0, 'G: sync_now fails on it too');
+	like($err, qr/is not valid UTF8 text: \Q$what\E at byte \d+/, '  saying where');
+}
 
 # (c) the control: a valid page is applied, exactly once.
 set_fake_mode('good');
