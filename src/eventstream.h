@@ -94,7 +94,9 @@ extern char *es_docname(EsEncoder *enc, const int *colidx, int ncols,
 extern char *es_qualified_relname(Relation rel);
 
 /* src/pagejson.c */
-extern Jsonb *es_read_jsonb(const char *text, size_t len);
+extern Jsonb *es_read_jsonb(const char *text, size_t len, Size budget);
+extern Size es_page_budget(void);
+extern Jsonb *es_read_page(char *text, size_t len, Size budget);
 
 /* src/shmem.c */
 extern void es_shmem_init(void);

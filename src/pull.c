@@ -227,17 +227,16 @@ es_pull_parse(EsProducer *p)
 	{
 		/*
 		 * Reading builds a tree of the whole page first, several times the
-		 * size of the result: only the result is kept.  es_read_jsonb reads
-		 * what producers write; jsonb_in the rest, and says what is wrong.
+		 * size of the result: only the result is kept.  es_read_page
+		 * bounds it (a page of too many values is refused) and says what
+		 * is wrong with text that is not JSON.
 		 */
 		MemoryContext parse_cxt = AllocSetContextCreate(p->page_cxt, "eventstream page parse",
 														ALLOCSET_DEFAULT_SIZES);
 		Jsonb	   *parsed;
 
 		MemoryContextSwitchTo(parse_cxt);
-		parsed = es_read_jsonb(p->body, strlen(p->body));
-		if (parsed == NULL)
-			parsed = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(p->body)));
+		parsed = es_read_page(p->body, strlen(p->body), es_page_budget());
 		p->page = MemoryContextAlloc(p->page_cxt, VARSIZE(parsed));
 		memcpy(p->page, parsed, VARSIZE(parsed));
 		MemoryContextSwitchTo(cxt);

@@ -579,6 +579,13 @@ sub fake_serve
 			$reply = '{"updates": [' . fake_create(2, 'G2') . qq(], "cursor": "v1/2/x", "more": false, )
 			  . qq("tables": $page_tables, "padding": ") . ('x' x (100 * 1024)) . '"}';
 		}
+		elsif ($mode eq 'many')
+		{
+			# A valid page under the consumer's 64 kB limit, but of some
+			# 25,000 tiny values: megabytes to read as jsonb.
+			$reply = '{"updates": [' . fake_create(5, 'G5') . qq(], "cursor": "v1/2/x", "more": false, )
+			  . qq("tables": $page_tables, "padding": [) . ('1,' x 25000) . '1]}';
+		}
 		elsif ($mode eq 'badutf8' || $mode eq 'nul')
 		{
 			# A valid page but for one byte in a value: not UTF-8, or NUL.
@@ -687,6 +694,15 @@ foreach my $bad (['badutf8', 'an invalid byte sequence', 'fakekey3'], ['nul', 'a
 	isnt($ret, 0, 'G: sync_now fails on it too');
 	like($err, qr/is not valid UTF8 text: \Q$what\E at byte \d+/, '  saying where');
 }
+
+# (b3) a page of many tiny values: under client_max_response_size, but
+# its reading would take more than four times that
+set_fake_mode('many');
+sq($S2, "SELECT eventstream.set_keys('$fake_url', 'fakekey5', 'fakesecret')");
+ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*page too large/ }),
+	'G: a page of too many values: failing, and last_error says the page is too large');
+note("last_error: $state");
+is(sq($S2, $fake_applied), '0/0/0', '  nothing was applied');
 
 # (c) the control: a valid page is applied, exactly once.
 set_fake_mode('good');
