@@ -1940,6 +1940,7 @@ BEGIN
 		RAISE EXCEPTION 'a site cannot subscribe to itself' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	reply := eventstream._push_subscriptions(url);
+	PERFORM eventstream._check_cursor(url, reply->>'cursor');
 	UPDATE eventstream.producer x SET producer_site_id = (health->>'site_id')::uuid, cursor = reply->>'cursor'
 	 WHERE x.producer_url = url;
 	PERFORM eventstream._wake_worker();
@@ -2059,6 +2060,35 @@ END
 $$;
 COMMENT ON FUNCTION eventstream.set_keys(text, text, text) IS
 	'Replace the API key and secret used with a producer (checked with the producer before committing).';
+
+CREATE FUNCTION eventstream.reset_cursor(producer_url text, initial_sync boolean DEFAULT true) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	reply jsonb;
+BEGIN
+	-- Registering again answers where the producer has this consumer: what
+	-- it acknowledged last, or now when it registers anew (after the
+	-- producer's eventstream.remove_consumer()).
+	reply := eventstream._push_subscriptions(p.producer_url);
+	PERFORM eventstream._check_cursor(p.producer_url, reply->>'cursor');
+	DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url;
+	UPDATE eventstream.producer x
+	   SET cursor = reply->>'cursor', last_error = NULL, last_error_at = NULL
+	 WHERE x.producer_url = p.producer_url;
+	-- What was missed meanwhile is copied again from the rows as they are.
+	IF coalesce(initial_sync, true) THEN
+		UPDATE eventstream.producer_table t SET snapshot_pending = true, snapshot_after = NULL
+		 WHERE t.producer_url = p.producer_url AND t.status = 'Approved' AND NOT t.unsubscribe;
+	END IF;
+	PERFORM eventstream._wake_worker();
+	RETURN reply->>'cursor';
+END
+$$;
+COMMENT ON FUNCTION eventstream.reset_cursor(text, boolean) IS
+	'Start pulling from a producer again at the position it has for this site (after it refused the stored cursor), dropping pages waiting in the inbox; initial_sync: copy the subscribed tables'' rows again.  Returns the new cursor.';
 
 CREATE FUNCTION eventstream.remove_producer(producer_url text) RETURNS void
 	LANGUAGE plpgsql
@@ -2443,6 +2473,35 @@ BEGIN
 END
 $$;
 
+-- Raise unless cursor, sent by producer_url, is one its pulls take (the
+-- shape _pull_page reads): a cursor that is not is never stored, since
+-- every later pull would be refused with it.
+CREATE FUNCTION eventstream._check_cursor(producer_url text, cursor text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[] := string_to_array(cursor, '/');
+	valid boolean;
+BEGIN
+	BEGIN
+		valid := parts[1] = 'v1' AND cardinality(parts) IN (4, 7, 8)
+			AND parts[2]::bigint IS NOT NULL AND parts[3]::pg_snapshot IS NOT NULL AND parts[4]::bigint IS NOT NULL
+			AND (cardinality(parts) = 4
+				 OR (parts[5]::pg_snapshot IS NOT NULL AND parts[6]::bigint IS NOT NULL AND parts[7]::bigint IS NOT NULL
+					 AND (cardinality(parts) = 7 OR parts[8] = '' OR parts[8]::bigint IS NOT NULL)));
+	EXCEPTION WHEN OTHERS THEN
+		valid := false;
+	END;
+	IF NOT coalesce(valid, false) THEN
+		RAISE EXCEPTION 'producer "%" sent an invalid cursor "%"', producer_url, left(cursor, 200)
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Nothing of its answer was applied, and the cursor stored before it was kept.',
+				  HINT = 'Check that the producer runs a compatible version of eventstream.';
+	END IF;
+END
+$$;
+
 -- Apply a page of updates pulled with cursor sent_cursor, and store its
 -- next cursor, in the calling transaction.  A window holds whole producer
 -- transactions and is applied in one local transaction: a page that does
@@ -2470,6 +2529,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A page is {"updates": [...], "cursor": "...", "more": true|false, ...}.';
 	END IF;
+	PERFORM eventstream._check_cursor(p.producer_url, page->>'cursor');
 	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
 	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
 	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)

@@ -478,10 +478,13 @@ es_pull_refresh(void)
 			/*
 			 * Something else moved it on: a parked poll is stale too, and so
 			 * are pages held (they are after what is stored, held_path).
+			 * A backoff was for the old request: the new one goes at once.
 			 */
 			es_pull_cancel(p);
 			es_set_str(&p->path, path);
 			p->drained = false;
+			p->next_attempt = 0;
+			p->backoff_ms = 0;
 		}
 	}
 	SPI_finish();
