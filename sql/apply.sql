@@ -256,3 +256,13 @@ SELECT eventstream._read_json('["\x"]');
 SELECT eventstream._read_json('["\u0000"]');
 SELECT eventstream._read_json('{"a": 1,');
 SELECT eventstream._read_json(E'["a\tb"]');
+-- Reading is bounded: a page that would take more than four times
+-- eventstream.client_max_response_size to read is refused, whatever its
+-- shape, by the quick reading and before jsonb_in (a \u escape) alike.
+SET eventstream.client_max_response_size = '64kB';
+SELECT jsonb_array_length(eventstream._read_json('[' || repeat('1,', 1000) || '1]')) AS small_enough;
+SELECT eventstream._read_json('[' || repeat('1,', 30000) || '1]');
+SELECT eventstream._read_json('[' || repeat('[],', 20000) || '[]]');
+SELECT eventstream._read_json('["\u00e9", ' || repeat('1,', 30000) || '1]');
+SELECT eventstream._read_json('["\u00e9", ' || repeat('1,', 30000) || '1');
+RESET eventstream.client_max_response_size;

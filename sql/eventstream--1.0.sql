@@ -1940,6 +1940,7 @@ BEGIN
 		RAISE EXCEPTION 'a site cannot subscribe to itself' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	reply := eventstream._push_subscriptions(url);
+	PERFORM eventstream._check_cursor(url, reply->>'cursor');
 	UPDATE eventstream.producer x SET producer_site_id = (health->>'site_id')::uuid, cursor = reply->>'cursor'
 	 WHERE x.producer_url = url;
 	PERFORM eventstream._wake_worker();
@@ -2060,6 +2061,35 @@ $$;
 COMMENT ON FUNCTION eventstream.set_keys(text, text, text) IS
 	'Replace the API key and secret used with a producer (checked with the producer before committing).';
 
+CREATE FUNCTION eventstream.reset_cursor(producer_url text, initial_sync boolean DEFAULT true) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	reply jsonb;
+BEGIN
+	-- Registering again answers where the producer has this consumer: what
+	-- it acknowledged last, or now when it registers anew (after the
+	-- producer's eventstream.remove_consumer()).
+	reply := eventstream._push_subscriptions(p.producer_url);
+	PERFORM eventstream._check_cursor(p.producer_url, reply->>'cursor');
+	DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url;
+	UPDATE eventstream.producer x
+	   SET cursor = reply->>'cursor', last_error = NULL, last_error_at = NULL
+	 WHERE x.producer_url = p.producer_url;
+	-- What was missed meanwhile is copied again from the rows as they are.
+	IF coalesce(initial_sync, true) THEN
+		UPDATE eventstream.producer_table t SET snapshot_pending = true, snapshot_after = NULL
+		 WHERE t.producer_url = p.producer_url AND t.status = 'Approved' AND NOT t.unsubscribe;
+	END IF;
+	PERFORM eventstream._wake_worker();
+	RETURN reply->>'cursor';
+END
+$$;
+COMMENT ON FUNCTION eventstream.reset_cursor(text, boolean) IS
+	'Start pulling from a producer again at the position it has for this site (after it refused the stored cursor), dropping pages waiting in the inbox; initial_sync: copy the subscribed tables'' rows again.  Returns the new cursor.';
+
 CREATE FUNCTION eventstream.remove_producer(producer_url text) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -2149,6 +2179,25 @@ AS $$
 	SELECT format('documents/%s/%s', eventstream._urlencode(ref_table), eventstream._urlencode(docname))
 $$;
 
+-- What mapping an update asks the producer for first (_map_update's
+-- "wants").  When mapping it raises (an eval: filter that fails: a division
+-- by zero, a function the subscriber may not execute, a timeout), nothing:
+-- the update is then mapped again when it is applied, in its own
+-- subtransaction, and fails there alone (Failed in the sync log, with the
+-- error, resyncable) instead of failing the look-up of the whole answer.
+CREATE FUNCTION eventstream._map_wants(producer_url text, subscriber regrole, mapping text, update_type text,
+									   data jsonb, fetched jsonb, docname text) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN coalesce(eventstream._map_update(producer_url, subscriber, mapping, update_type, data, fetched, docname)->'wants',
+					'[]');
+EXCEPTION WHEN OTHERS THEN
+	RETURN '[]';
+END
+$$;
+
 -- The rows that the updates (or snapshot documents) of an answer refer to
 -- and that are not here: through foreign keys and registered dynamic links
 -- of the rows and their child rows, plus the row an Update is for when it
@@ -2191,8 +2240,8 @@ BEGIN
 			ON t.producer_url = _missing_documents.producer_url AND t.ref_table = u->>'ref_table'
 		  JOIN eventstream.producer p ON p.producer_url = t.producer_url
 		 CROSS JOIN LATERAL jsonb_array_elements(
-			   eventstream._map_update(t.producer_url, p.subscriber, t.mapping, u->>'update_type', u->'data',
-									   coalesce(have, '[]'), u->>'docname')->'wants') w
+			   eventstream._map_wants(t.producer_url, p.subscriber, t.mapping, u->>'update_type', u->'data',
+									  coalesce(have, '[]'), u->>'docname')) w
 		 WHERE t.mapping IS NOT NULL
 		   AND u->>'update_type' IN ('Create', 'Update') AND jsonb_typeof(u->'data') = 'object';
 		docs := (SELECT coalesce(jsonb_agg(u ORDER BY o), '[]') FROM jsonb_array_elements(docs) WITH ORDINALITY x(u, o)
@@ -2424,6 +2473,35 @@ BEGIN
 END
 $$;
 
+-- Raise unless cursor, sent by producer_url, is one its pulls take (the
+-- shape _pull_page reads): a cursor that is not is never stored, since
+-- every later pull would be refused with it.
+CREATE FUNCTION eventstream._check_cursor(producer_url text, cursor text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[] := string_to_array(cursor, '/');
+	valid boolean;
+BEGIN
+	BEGIN
+		valid := parts[1] = 'v1' AND cardinality(parts) IN (4, 7, 8)
+			AND parts[2]::bigint IS NOT NULL AND parts[3]::pg_snapshot IS NOT NULL AND parts[4]::bigint IS NOT NULL
+			AND (cardinality(parts) = 4
+				 OR (parts[5]::pg_snapshot IS NOT NULL AND parts[6]::bigint IS NOT NULL AND parts[7]::bigint IS NOT NULL
+					 AND (cardinality(parts) = 7 OR parts[8] = '' OR parts[8]::bigint IS NOT NULL)));
+	EXCEPTION WHEN OTHERS THEN
+		valid := false;
+	END;
+	IF NOT coalesce(valid, false) THEN
+		RAISE EXCEPTION 'producer "%" sent an invalid cursor "%"', producer_url, left(cursor, 200)
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Nothing of its answer was applied, and the cursor stored before it was kept.',
+				  HINT = 'Check that the producer runs a compatible version of eventstream.';
+	END IF;
+END
+$$;
+
 -- Apply a page of updates pulled with cursor sent_cursor, and store its
 -- next cursor, in the calling transaction.  A window holds whole producer
 -- transactions and is applied in one local transaction: a page that does
@@ -2451,6 +2529,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A page is {"updates": [...], "cursor": "...", "more": true|false, ...}.';
 	END IF;
+	PERFORM eventstream._check_cursor(p.producer_url, page->>'cursor');
 	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
 	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
 	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)

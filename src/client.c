@@ -5,7 +5,8 @@
  *
  * es_client_setup() applies the options every request to a producer
  * shares (timeouts, TLS verification against eventstream.ca_file, a cap
- * on the response body); the background worker drives such handles with
+ * on the response body); es_client_bad_text() refuses a body that is not
+ * text in the database encoding before anything reads it; the background worker drives such handles with
  * a multi handle (src/pull.c), and eventstream._http_request() runs one
  * from SQL, blocking, for the configuration functions (add_producer,
  * subscribe, ...) and sync_now().
@@ -28,6 +29,7 @@
 #include "access/htup_details.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
@@ -156,10 +158,33 @@ es_client_failure(int code, EsResponse *resp, const char *url)
 }
 
 /*
+ * es_client_bad_text
+ *		NULL when the body resp holds is text in the database encoding
+ *		(every byte of it: a NUL byte is refused too), otherwise why not,
+ *		naming url.  Text read from a producer reaches tables and the sync
+ *		log as it is, so it is checked as the input functions check it.
+ */
+char *
+es_client_bad_text(EsResponse *resp, const char *url)
+{
+	int			valid;
+
+	if (resp->data == NULL || resp->len == 0)
+		return NULL;
+	valid = pg_encoding_verifymbstr(GetDatabaseEncoding(), resp->data, (int) resp->len);
+	if ((size_t) valid == resp->len)
+		return NULL;
+	return psprintf("the response from %s is not valid %s text: %s at byte %d",
+					url, GetDatabaseEncodingName(),
+					resp->data[valid] == '\0' ? "a NUL byte" : "an invalid byte sequence", valid);
+}
+
+/*
  * eventstream_http_request
  *		_http_request(method, url, auth, body, timeout_s) -> (status, body):
  *		one blocking request from SQL.  A transfer that fails (no answer,
- *		refused certificate, body too large) is an ERROR; any HTTP status is
+ *		refused certificate, body too large) is an ERROR, and so is a body
+ *		that is not text in the database encoding; any HTTP status is
  *		returned.  Superuser only (not granted to PUBLIC).
  */
 Datum
@@ -202,7 +227,7 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		if (code != CURLE_OK)
 			failure = es_client_failure(code, &resp, url);
-		else
+		else if ((failure = es_client_bad_text(&resp, url)) == NULL)
 		{
 			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
 			values[0] = Int32GetDatum((int32) status);
@@ -218,6 +243,11 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
+	if (failure && code == CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("%s", failure),
+				 errdetail("Nothing of the response was used.")));
 	if (failure)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),

@@ -94,7 +94,9 @@ extern char *es_docname(EsEncoder *enc, const int *colidx, int ncols,
 extern char *es_qualified_relname(Relation rel);
 
 /* src/pagejson.c */
-extern Jsonb *es_read_jsonb(const char *text, size_t len);
+extern Jsonb *es_read_jsonb(const char *text, size_t len, Size budget);
+extern Size es_page_budget(void);
+extern Jsonb *es_read_page(char *text, size_t len, Size budget);
 
 /* src/shmem.c */
 extern void es_shmem_init(void);
@@ -127,6 +129,7 @@ extern void es_client_init(void);
 extern void es_client_setup(void *curl, const char *url, const char *auth,
 							EsResponse *resp, long timeout_s);
 extern char *es_client_failure(int code, EsResponse *resp, const char *url);
+extern char *es_client_bad_text(EsResponse *resp, const char *url);
 extern Datum eventstream_urlencode(PG_FUNCTION_ARGS);
 
 /* src/pull.c */

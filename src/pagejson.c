@@ -16,6 +16,16 @@
  * result or error is the reference.  The result is the jsonb jsonb_in
  * would make (sql/apply.sql compares the two).
  *
+ * Reading a page is bounded in memory, whatever its shape: a tree of
+ * jsonb values takes tens of bytes per value: a page of the usual shape
+ * (updates of rows of short values) about twenty times its size, one of
+ * many tiny values ("[1,1,1,...") up to a hundred times.  es_read_page()
+ * refuses a page whose reading would take more than es_page_budget()
+ * (four times eventstream.client_max_response_size): the
+ * quick reading watches its memory context as it goes; before jsonb_in a
+ * pass of the JSON parser without semantic actions (which allocates
+ * nothing per value) checks the text and counts its values.
+ *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
@@ -25,10 +35,14 @@
  */
 #include "postgres.h"
 
+#include "common/jsonapi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/jsonfuncs.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 
 #include "eventstream.h"
@@ -38,15 +52,55 @@ PG_FUNCTION_INFO_V1(eventstream_read_json);
 /* Deeper than this is left to jsonb_in (producers' pages are 4 deep). */
 #define ES_JSON_MAX_DEPTH	64
 
+/*
+ * What jsonb_in takes at most per value of the text, and per container
+ * (its parse state and first array of members), for es_read_page's
+ * estimate before it calls jsonb_in.
+ */
+#define ES_JSONB_IN_VALUE_BYTES		128
+#define ES_JSONB_IN_CONTAINER_BYTES	512
+
 typedef struct EsJsonReader
 {
 	const char *p;				/* next byte to read */
 	const char *end;			/* end of the text */
 	JsonbParseState *state;		/* what pushJsonbValue builds */
 	JsonbValue *res;			/* the container closed last */
+	MemoryContext cxt;			/* where it is built */
+	Size		budget;			/* the most cxt may take */
 } EsJsonReader;
 
+/* Values counted by es_count_values (a JsonSemAction's state). */
+typedef struct EsJsonCount
+{
+	Size		values;
+	Size		containers;
+} EsJsonCount;
+
 static bool es_read_value(EsJsonReader *r, JsonbIteratorToken tok, int depth);
+
+/*
+ * es_page_too_large
+ *		Raise the error of a page whose reading takes more than budget.
+ */
+static void
+es_page_too_large(Size budget)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("page too large: it has too many values to be read in %zu kB", budget / 1024),
+			 errdetail("Reading a page may take four times eventstream.client_max_response_size (%d kB).",
+					   es_client_max_response_size),
+			 errhint("Raise eventstream.client_max_response_size on this site, or lower eventstream.http_max_response_size on the producer.")));
+}
+
+/* Raise when the reading has taken more than its budget. */
+static inline void
+es_check_budget(EsJsonReader *r)
+{
+	if (MemoryContextMemAllocated(r->cxt, true) > r->budget)
+		es_page_too_large(r->budget);
+}
 
 /* Skip JSON whitespace, as json_lex does. */
 static inline void
@@ -260,6 +314,7 @@ es_read_container(EsJsonReader *r, int depth)
 	if (depth >= ES_JSON_MAX_DEPTH)
 		return false;
 	pushJsonbValue(&r->state, object ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
+	es_check_budget(r);
 	r->p++;
 	es_skip_space(r);
 	if (r->p < r->end && *r->p == close)
@@ -332,6 +387,7 @@ es_read_value(EsJsonReader *r, JsonbIteratorToken tok, int depth)
 			break;
 	}
 	pushJsonbValue(&r->state, tok, &v);
+	es_check_budget(r);
 	return true;
 }
 
@@ -340,10 +396,11 @@ es_read_value(EsJsonReader *r, JsonbIteratorToken tok, int depth)
  *		The jsonb of the JSON object or array text[0 .. len), or NULL when
  *		the quick reading above gives up (see the file header): the caller
  *		then uses jsonb_in.  text must stay as it is until this returns.
- *		Allocates in CurrentMemoryContext, several times the result's size.
+ *		Allocates in CurrentMemoryContext, several times the result's size;
+ *		raises when that context holds more than budget bytes.
  */
 Jsonb *
-es_read_jsonb(const char *text, size_t len)
+es_read_jsonb(const char *text, size_t len, Size budget)
 {
 	EsJsonReader r;
 
@@ -351,6 +408,8 @@ es_read_jsonb(const char *text, size_t len)
 	r.end = text + len;
 	r.state = NULL;
 	r.res = NULL;
+	r.cxt = CurrentMemoryContext;
+	r.budget = budget;
 	es_skip_space(&r);
 	if (r.p >= r.end || (*r.p != '{' && *r.p != '['))
 		return NULL;
@@ -363,19 +422,88 @@ es_read_jsonb(const char *text, size_t len)
 	return JsonbValueToJsonb(r.res);
 }
 
+/* JsonSemAction callbacks of es_read_page's counting pass. */
+static void
+es_count_container(void *state)
+{
+	((EsJsonCount *) state)->containers++;
+}
+
+static void
+es_count_field(void *state, char *fname, bool isnull)
+{
+	((EsJsonCount *) state)->values += 2;	/* the key and its value */
+}
+
+static void
+es_count_element(void *state, bool isnull)
+{
+	((EsJsonCount *) state)->values++;
+}
+
+/*
+ * es_page_budget
+ *		The most reading one page may take: four times
+ *		eventstream.client_max_response_size, so that with the default
+ *		settings a page of the usual shape as large as a producer makes
+ *		them (eventstream.http_max_response_size) is read.
+ */
+Size
+es_page_budget(void)
+{
+	return (Size) es_client_max_response_size * 1024 * 4;
+}
+
+/*
+ * es_read_page
+ *		The jsonb of a producer's answer text[0 .. len): es_read_jsonb, or
+ *		jsonb_in when that gives up, with jsonb_in's error when the text is
+ *		not JSON.  Reading takes at most about budget bytes of
+ *		CurrentMemoryContext: a page that would take more is refused with a
+ *		clear error before it is read (see the file header).  text must be
+ *		NUL-terminated at len.
+ */
+Jsonb *
+es_read_page(char *text, size_t len, Size budget)
+{
+	Jsonb	   *j = es_read_jsonb(text, len, budget);
+	JsonLexContext *lex;
+	JsonSemAction sem;
+	EsJsonCount count;
+
+	if (j != NULL)
+		return j;
+
+	/*
+	 * Check the text and count its values (the lexer copies no string when
+	 * not asked to decode escapes, and the callbacks allocate nothing).
+	 */
+	memset(&sem, 0, sizeof(sem));
+	memset(&count, 0, sizeof(count));
+	sem.semstate = &count;
+	sem.object_start = es_count_container;
+	sem.array_start = es_count_container;
+	sem.object_field_start = es_count_field;
+	sem.array_element_start = es_count_element;
+	lex = makeJsonLexContextCstringLen(text, (int) len, GetDatabaseEncoding(), false);
+	pg_parse_json_or_ereport(lex, &sem);
+	if (count.values > budget / ES_JSONB_IN_VALUE_BYTES ||
+		count.containers > budget / ES_JSONB_IN_CONTAINER_BYTES ||
+		count.values * ES_JSONB_IN_VALUE_BYTES + count.containers * ES_JSONB_IN_CONTAINER_BYTES > budget)
+		es_page_too_large(budget);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}
+
 /*
  * eventstream_read_json
- *		_read_json(body text) -> jsonb: es_read_jsonb, falling back on
- *		jsonb_in as the consumer does; for the tests that compare it with
+ *		_read_json(body text) -> jsonb: es_read_page, as the consumer reads
+ *		a page (with the same bound); for the tests that compare it with
  *		jsonb_in.
  */
 Datum
 eventstream_read_json(PG_FUNCTION_ARGS)
 {
 	char	   *body = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Jsonb	   *j = es_read_jsonb(body, strlen(body));
 
-	if (j == NULL)
-		return DirectFunctionCall1(jsonb_in, CStringGetDatum(body));
-	PG_RETURN_JSONB_P(j);
+	PG_RETURN_JSONB_P(es_read_page(body, strlen(body), es_page_budget()));
 }

@@ -227,17 +227,16 @@ es_pull_parse(EsProducer *p)
 	{
 		/*
 		 * Reading builds a tree of the whole page first, several times the
-		 * size of the result: only the result is kept.  es_read_jsonb reads
-		 * what producers write; jsonb_in the rest, and says what is wrong.
+		 * size of the result: only the result is kept.  es_read_page
+		 * bounds it (a page of too many values is refused) and says what
+		 * is wrong with text that is not JSON.
 		 */
 		MemoryContext parse_cxt = AllocSetContextCreate(p->page_cxt, "eventstream page parse",
 														ALLOCSET_DEFAULT_SIZES);
 		Jsonb	   *parsed;
 
 		MemoryContextSwitchTo(parse_cxt);
-		parsed = es_read_jsonb(p->body, strlen(p->body));
-		if (parsed == NULL)
-			parsed = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(p->body)));
+		parsed = es_read_page(p->body, strlen(p->body), es_page_budget());
 		p->page = MemoryContextAlloc(p->page_cxt, VARSIZE(parsed));
 		memcpy(p->page, parsed, VARSIZE(parsed));
 		MemoryContextSwitchTo(cxt);
@@ -497,10 +496,13 @@ es_pull_refresh(void)
 			/*
 			 * Something else moved it on: a parked poll is stale too, and so
 			 * are pages held (they are after what is stored, held_path).
+			 * A backoff was for the old request: the new one goes at once.
 			 */
 			es_pull_cancel(p);
 			es_set_str(&p->path, path);
 			p->drained = false;
+			p->next_attempt = 0;
+			p->backoff_ms = 0;
 		}
 	}
 	SPI_finish();
@@ -1024,6 +1026,7 @@ es_fetch_done(EsFetch *f, CURLcode code)
 	if (p != NULL)
 	{
 		StringInfoData buf;
+		char	   *bad = (code == CURLE_OK && status == 200) ? es_client_bad_text(&f->resp, p->url) : NULL;
 
 		initStringInfo(&buf);
 		appendStringInfoString(&buf, p->deps && strcmp(p->deps, "[]") != 0 ? p->deps : "[");
@@ -1033,12 +1036,13 @@ es_fetch_done(EsFetch *f, CURLcode code)
 			appendStringInfoString(&buf, ", ");
 		/* The want as it was, with what came of it. */
 		appendBinaryStringInfo(&buf, f->want, strlen(f->want) - 1);	/* without its } */
-		if (code == CURLE_OK && status == 200 && f->resp.data)
+		if (code == CURLE_OK && status == 200 && f->resp.data && bad == NULL)
 			appendStringInfo(&buf, ", \"data\": %s", f->resp.data);
 		else
 		{
 			appendStringInfoString(&buf, ", \"data\": null, \"error\": ");
 			escape_json(&buf, code != CURLE_OK ? es_client_failure(code, &f->resp, p->url)
+						: bad ? bad
 						: psprintf("HTTP %ld: %.200s", status, f->resp.data ? f->resp.data : ""));
 		}
 		appendStringInfoString(&buf, "}]");
@@ -1232,6 +1236,8 @@ es_pull_done(EsProducer *p, CURLcode code)
 	else if (status != 200)
 		error = psprintf("%s answered HTTP %ld: %.300s", p->url, status,
 						 p->resp.data ? p->resp.data : "");
+	else
+		error = es_client_bad_text(&p->resp, p->url);	/* nothing applied */
 	curl_slist_free_all(p->resp.headers);
 	p->resp.headers = NULL;
 	if (error)

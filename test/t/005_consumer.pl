@@ -553,7 +553,9 @@ sub fake_serve
 	{
 		my ($curl) = $body =~ /"consumer_url"\s*:\s*"([^"]*)"/;
 		$curl //= 'x';
-		$reply = qq({"consumer_url": "$curl", "producer_site_id": "$fake_site_id", "cursor": "v1/1/x", )
+		# Registered anew (after a refused cursor): a position of its own.
+		my $start = $mode eq 'refuse' ? 'v1/5/5:5:/5' : 'v1/1/1:1:/1';
+		$reply = qq({"consumer_url": "$curl", "producer_site_id": "$fake_site_id", "cursor": "$start", )
 		  . qq("tables": $page_tables});
 	}
 	elsif ($target =~ m{^/api/eventstream/v1/snapshot/})
@@ -576,12 +578,43 @@ sub fake_serve
 		elsif ($mode eq 'big')
 		{
 			# A valid page, over the consumer's 64 kB limit.
-			$reply = '{"updates": [' . fake_create(2, 'G2') . qq(], "cursor": "v1/2/x", "more": false, )
+			$reply = '{"updates": [' . fake_create(2, 'G2') . qq(], "cursor": "v1/2/2:2:/2", "more": false, )
 			  . qq("tables": $page_tables, "padding": ") . ('x' x (100 * 1024)) . '"}';
 		}
-		elsif ($cursor eq 'v1/1/x')
+		elsif ($mode eq 'many')
 		{
-			$reply = '{"updates": [' . fake_create(3, 'G3') . qq(], "cursor": "v1/2/x", "more": false, )
+			# A valid page under the consumer's 64 kB limit, but of some
+			# 25,000 tiny values: megabytes to read as jsonb.
+			$reply = '{"updates": [' . fake_create(5, 'G5') . qq(], "cursor": "v1/2/2:2:/2", "more": false, )
+			  . qq("tables": $page_tables, "padding": [) . ('1,' x 25000) . '1]}';
+		}
+		elsif ($mode eq 'badutf8' || $mode eq 'nul')
+		{
+			# A valid page but for one byte in a value: not UTF-8, or NUL.
+			$reply = '{"updates": [' . fake_create(4, 'G4') . qq(], "cursor": "v1/2/2:2:/2", "more": false, )
+			  . qq("tables": $page_tables});
+			$reply =~ s/"content": "fake"/'"content": "fa' . ($mode eq 'nul' ? "\x00" : "\xff\xfe") . 'ke"'/e;
+		}
+		elsif ($mode eq 'garbage')
+		{
+			# A page whose next cursor is not one a pull could take.
+			$reply = '{"updates": [' . fake_create(6, 'G6') . qq(], "cursor": "not/a cursor", "more": false, )
+			  . qq("tables": $page_tables});
+		}
+		elsif ($mode eq 'refuse' && $cursor ne 'v1/5/5:5:/5' && $cursor ne 'v1/6/6:6:/6')
+		{
+			# The stored cursor is refused (say the producer was restored).
+			$status = 400;
+			$reply = '{"error": {"code": "22023", "message": "cursor is not current for consumer"}}';
+		}
+		elsif ($cursor eq 'v1/5/5:5:/5')
+		{
+			$reply = '{"updates": [' . fake_create(7, 'G7') . qq(], "cursor": "v1/6/6:6:/6", "more": false, )
+			  . qq("tables": $page_tables});
+		}
+		elsif ($cursor eq 'v1/1/1:1:/1')
+		{
+			$reply = '{"updates": [' . fake_create(3, 'G3') . qq(], "cursor": "v1/2/2:2:/2", "more": false, )
 			  . qq("tables": $page_tables});
 		}
 		else
@@ -596,7 +629,7 @@ sub fake_serve
 		$status = 404;
 		$reply = '{"error": {"code": "not_found", "message": "no such path"}}';
 	}
-	my $text = $status == 200 ? 'OK' : 'Not Found';
+	my $text = $status == 200 ? 'OK' : $status == 400 ? 'Bad Request' : 'Not Found';
 	my $out = "HTTP/1.1 $status $text\r\nContent-Type: application/json\r\nContent-Length: "
 	  . length($reply) . "\r\nConnection: close\r\n\r\n$reply";
 	while (length $out)
@@ -665,6 +698,31 @@ is(sq($S2, $fake_applied), '0/0/0', '  nothing was applied');
 isnt($ret, 0, 'G: sync_now fails on it too');
 like($err, qr/larger than eventstream\.client_max_response_size/, '  naming the setting');
 
+# (b2) a page whose text is not valid in the database encoding (UTF8):
+# an invalid byte sequence in a value, or a NUL byte
+foreach my $bad (['badutf8', 'an invalid byte sequence', 'fakekey3'], ['nul', 'a NUL byte', 'fakekey4'])
+{
+	my ($mode, $what, $newkey) = @$bad;
+	set_fake_mode($mode);
+	sq($S2, "SELECT eventstream.set_keys('$fake_url', '$newkey', 'fakesecret')");
+	ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*not valid UTF8 text: \Q$what\E/ }),
+		"G: a page with $what in a value: failing, and last_error says so");
+	note("last_error: $state");
+	is(sq($S2, $fake_applied), '0/0/0', '  nothing was applied');
+	($ret, $out, $err) = q_try($S2, "SELECT eventstream.sync_now('$fake_url')");
+	isnt($ret, 0, 'G: sync_now fails on it too');
+	like($err, qr/is not valid UTF8 text: \Q$what\E at byte \d+/, '  saying where');
+}
+
+# (b3) a page of many tiny values: under client_max_response_size, but
+# its reading would take more than four times that
+set_fake_mode('many');
+sq($S2, "SELECT eventstream.set_keys('$fake_url', 'fakekey5', 'fakesecret')");
+ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*page too large/ }),
+	'G: a page of too many values: failing, and last_error says the page is too large');
+note("last_error: $state");
+is(sq($S2, $fake_applied), '0/0/0', '  nothing was applied');
+
 # (c) the control: a valid page is applied, exactly once.
 set_fake_mode('good');
 sync_now($S2, $fake_url);
@@ -676,6 +734,38 @@ is(sq($S2, "SELECT count(*) || ' ' || string_agg(status, ',') FROM eventstream.s
 my $seen = PostgreSQL::Test::Utils::slurp_file("$fake_dir/requests");
 like($seen, qr/^invalid GET \/api\/eventstream\/v1\/updates\?/m, 'G: (the worker pulled the invalid page)');
 like($seen, qr/^big GET \/api\/eventstream\/v1\/updates\?/m, 'G: (and the big one)');
+# (d) a page whose next cursor no pull could take: refused before it is
+# stored, nothing of the page applied
+my $fake_cursor = "SELECT cursor FROM eventstream.producer WHERE producer_url = '$fake_url'";
+is(sq($S2, $fake_cursor), 'v1/2/2:2:/2', 'G: (the stored cursor)');
+set_fake_mode('garbage');
+sq($S2, "SELECT eventstream.set_keys('$fake_url', 'fakekey6', 'fakesecret')");
+ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*sent an invalid cursor "not\/a cursor"/ }),
+	'G: a page with an invalid cursor: failing, and last_error says so');
+note("last_error: $state");
+is(sq($S2, "SELECT count(*) FROM note WHERE name = 'G6'"), '0', '  nothing of the page was applied');
+is(sq($S2, $fake_cursor), 'v1/2/2:2:/2', '  the stored cursor is unchanged');
+($ret, $out, $err) = q_try($S2, "SELECT eventstream.sync_now('$fake_url')");
+like($err, qr/sent an invalid cursor "not\/a cursor"/, 'G: sync_now refuses it too');
+
+# (e) the producer refuses the stored cursor: reset_cursor() starts again
+# where the producer has this consumer, and copies the tables again
+set_fake_mode('refuse');
+sq($S2, "SELECT eventstream.set_keys('$fake_url', 'fakekey7', 'fakesecret')");
+ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*cursor is not current/ }),
+	'G: a refused cursor: failing');
+is(sq($S2, "SELECT eventstream.reset_cursor('$fake_url')"), 'v1/5/5:5:/5',
+	'G: reset_cursor() takes the position the producer answers registration with');
+ok(wait_query($S2, "SELECT count(*) FROM note WHERE name = 'G7'", '1', 30),
+	'G: and the worker streams from there');
+ok(wait_query($S2, "SELECT state || ' ' || (last_error IS NULL)::text FROM eventstream.producer_status WHERE producer_url = '$fake_url'",
+		'streaming true', 30), '  the producer is streaming again');
+is(sq($S2, "SELECT snapshot_pending::text FROM eventstream.producer_table WHERE producer_url = '$fake_url'"), 'false',
+	'  after the initial sync it asked for again');
+like(slurp_file("$fake_dir/requests"), qr/^refuse GET \/api\/eventstream\/v1\/snapshot\//m, '  (which the worker made)');
+($ret, $out, $err) = q_try($S2, "SELECT eventstream.reset_cursor('http://nowhere.invalid')");
+like($err, qr/producer "http:\/\/nowhere.invalid" is not added/, 'G: reset_cursor() of an unknown producer fails');
+
 sq($S2, "SELECT eventstream.remove_producer('$fake_url')");
 kill 'TERM', $fake_pid;
 waitpid($fake_pid, 0);

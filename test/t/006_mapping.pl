@@ -6,8 +6,9 @@
 # with renamed columns through insert / row change / row removal, a child
 # table the mapping does not cover, Document dependencies found by
 # filters (a field, a literal and an eval: expression) and found again
-# later without a duplicate, the resync of a mapped update, and the
-# background worker doing all of it by itself.
+# later without a duplicate, the resync of a mapped update, the
+# background worker doing all of it by itself, and an eval: filter that
+# raises on some documents (those updates alone fail).
 use strict;
 use warnings;
 use FindBin;
@@ -258,6 +259,37 @@ ok(wait_query($C, "SELECT full_name FROM person WHERE id = 1", 'Ann Archer-Smith
 	'an update of a user reaches the person made earlier as a dependency');
 is(sq($C, "SELECT string_agg(remote_docname || '=' || local_docname, ',' ORDER BY remote_docname) FROM eventstream.remote_document "
 	  . "WHERE local_table = 'person'::regclass"), 'ann=1,bob=2,cy=4,dee=5,old=3', 'remote names of all persons');
+
+######################################################################
+# An eval: filter that raises on some documents (here: it calls a
+# function the subscriber may not execute) fails those updates alone,
+# as the worker applies them; the stream goes on; resync after the fix
+######################################################################
+
+sq($C, q{
+	CREATE FUNCTION owner_email(owner text) RETURNS text LANGUAGE sql AS $$ SELECT lower(owner) || '@example.com' $$;
+	REVOKE EXECUTE ON FUNCTION owner_email(text) FROM PUBLIC;
+});
+sq($C, q{
+	SELECT eventstream.map_field('todo_from_note', 'assigned_to', 'owner', mapping_type => 'Document',
+		mapping => 'person_from_user',
+		remote_value_filters => '{"name": "owner", "email": "eval:CASE WHEN doc->>''content'' LIKE ''guarded%'' THEN public.owner_email(doc->>''owner'') ELSE lower(doc->>''owner'') || ''@example.com'' END"}');
+});
+sq($P, "INSERT INTO note (name, content, owner) VALUES ('E1', 'guarded note', 'ann')");
+sq($P, "INSERT INTO note (name, content, owner) VALUES ('E2', 'plain note', 'bob')");
+ok(wait_query($C, "SELECT status FROM eventstream.sync_log WHERE remote_docname = 'E2'", 'Synced', 60),
+	'a later update is Synced after one whose eval: filter raises (the worker was not stuck on the page)');
+is(sq($C, "SELECT count(*) FROM todo WHERE name = 'E2' AND assigned_to = 2"), '1', '  and linked to its person');
+my $evalfail = sq($C, "SELECT id FROM eventstream.sync_log WHERE remote_docname = 'E1' AND status = 'Failed'");
+ok($evalfail, 'the update whose eval: filter raised is Failed');
+like(sq($C, "SELECT error FROM eventstream.sync_log WHERE id = $evalfail"),
+	qr/eval: filter .* failed: permission denied for function owner_email/, '  with the filter\'s error');
+is(sq($C, "SELECT count(*) FROM todo WHERE name = 'E1'"), '0', '  and nothing of it was applied');
+unlike(sq($C, "SELECT coalesce(last_error, '') FROM eventstream.producer"), qr/owner_email/,
+	'  the producer has no error for it');
+sq($C, 'GRANT EXECUTE ON FUNCTION owner_email(text) TO applier');
+is(sq($C, "SELECT eventstream.resync($evalfail)"), 'Synced', 'once the subscriber may call the function, resync applies it');
+is(sq($C, "SELECT assigned_to FROM todo WHERE name = 'E1'"), '1', '  linked to the person the filter finds');
 
 is(sq($C, "SELECT count(*) FROM eventstream.sync_log WHERE status = 'Failed' AND resynced_at IS NULL"), '0',
 	'nothing else failed');
