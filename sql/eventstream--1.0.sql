@@ -380,6 +380,51 @@ BEGIN
 END
 $$;
 
+-- The wire name a consumer's table name stands for, whether or not such a
+-- table exists now (a subscribed table may have been dropped or renamed
+-- since): schema-qualified, a bare name meaning public, quoted only where
+-- needed, as _wire_name() gives it.  NULL when the name cannot be read
+-- that way; _wire_table() then says what is wrong with it.
+CREATE FUNCTION eventstream._wire_table_name(name text) RETURNS text
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[];
+BEGIN
+	BEGIN
+		parts := parse_ident(name);
+	EXCEPTION WHEN OTHERS THEN
+		RETURN NULL;
+	END;
+	IF cardinality(parts) = 1 THEN
+		parts := ARRAY['public'] || parts;
+	END IF;
+	RETURN CASE WHEN cardinality(parts) = 2 THEN format('%I.%I', parts[1], parts[2]) END;
+END
+$$;
+
+-- Why a subscribed table (by its wire name) cannot be served to a role
+-- now, as {"code": SQLSTATE, "message": text}; NULL when it can.  Cheap
+-- enough for every reply: registration and every page report it per table.
+CREATE FUNCTION eventstream._table_error(ref_table text, role regrole) RETURNS jsonb
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN c.oid IS NULL THEN
+			jsonb_build_object('code', '42P01', 'message', format('table "%s" does not exist', ref_table))
+		WHEN c.relkind <> 'r' THEN
+			jsonb_build_object('code', '42809', 'message', format('"%s" is not a table', ref_table))
+		WHEN NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) THEN
+			jsonb_build_object('code', '42P16', 'message', format('table "%s" has no primary key', ref_table))
+		WHEN NOT has_table_privilege(role, c.oid, 'SELECT') THEN
+			jsonb_build_object('code', '42501', 'message', format('role "%s" cannot read table "%s"', role, ref_table))
+	END
+	  FROM (SELECT to_regclass(ref_table) AS tbl) x
+	  LEFT JOIN pg_class c ON c.oid = x.tbl
+$$;
+
 -- Child FK columns of the registered foreign key, in parent key order, as
 -- "3,1": the form the capture trigger takes.  NULL if the key is gone.
 CREATE FUNCTION eventstream._fk_attnums(child regclass, parent regclass, fk_name name) RETURNS text
@@ -738,8 +783,14 @@ COMMENT ON FUNCTION eventstream.remove_consumer(text) IS
  * tables: JSON array of table names or of objects
  *   {"ref_table": name, "condition": text, "unsubscribed": bool}.
  * Tables missing from the list are dropped from the subscription; new ones
- * start Pending; existing ones keep their status.  Returns the consumer's
- * cursor to start from and the statuses.
+ * start Pending; existing ones keep their status.  A table new to the
+ * subscription must be subscribable now, or the registration fails.  A
+ * table already subscribed that cannot be served any more (dropped,
+ * renamed, moved, its primary key or the role's SELECT gone) does not
+ * fail it: the subscription is kept, can still be unsubscribed, and is
+ * reported with an "error" in the statuses (see _consumer_tables), so
+ * that one such table never stops the consumer from changing the others.
+ * Returns the consumer's cursor to start from and the statuses.
  */
 CREATE FUNCTION eventstream._register_consumer(consumer_url text, site_id uuid, api_key text,
 		role regrole, tables jsonb) RETURNS jsonb
@@ -755,6 +806,9 @@ DECLARE
 	cond text;
 	wanted text[] := '{}';
 	low bigint;
+	unsub boolean;
+	known eventstream.consumer_table;
+	problem jsonb;
 BEGIN
 	IF url IS NULL OR url !~ '^https?://[^/\s]+' THEN
 		RAISE EXCEPTION 'invalid consumer URL "%"', consumer_url
@@ -795,6 +849,36 @@ BEGIN
 				USING ERRCODE = 'invalid_parameter_value',
 					  HINT = 'Each entry is a table name or {"ref_table": name, "condition": text, "unsubscribed": bool}.';
 		END IF;
+		unsub := coalesce((item->>'unsubscribed')::boolean, false);
+		name := eventstream._wire_table_name(item->>'ref_table');
+		known := NULL;
+		problem := NULL;
+		IF name IS NOT NULL THEN
+			SELECT * INTO known FROM eventstream.consumer_table ct
+			 WHERE ct.consumer_url = url AND ct.ref_table = name;
+			IF known.ref_table IS NOT NULL OR unsub THEN
+				problem := eventstream._table_error(name, c.role);
+			END IF;
+		END IF;
+		IF problem IS NOT NULL THEN
+			-- Subscribed before and not servable now, or unsubscribed (never
+			-- served): no check can pass, and none is needed to keep it or to
+			-- unsubscribe it.  A new condition cannot be checked against it.
+			IF name = ANY (wanted) THEN
+				RAISE EXCEPTION 'table "%" is listed twice', name USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			wanted := wanted || name;
+			IF known.ref_table IS NULL THEN
+				CONTINUE;
+			END IF;
+			IF NOT unsub AND nullif(btrim(item->>'condition', E' \t\n\r'), '') IS DISTINCT FROM known.condition THEN
+				RAISE EXCEPTION 'cannot change the condition on table "%": %', name, problem->>'message'
+					USING ERRCODE = problem->>'code';
+			END IF;
+			UPDATE eventstream.consumer_table ct SET unsubscribed = unsub
+			 WHERE ct.consumer_url = url AND ct.ref_table = name AND ct.unsubscribed <> unsub;
+			CONTINUE;
+		END IF;
 		tbl := eventstream._wire_table(item->>'ref_table');
 		IF NOT has_table_privilege(c.role, tbl, 'SELECT') THEN
 			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._wire_name(tbl)
@@ -808,7 +892,7 @@ BEGIN
 		END IF;
 		wanted := wanted || name;
 		INSERT INTO eventstream.consumer_table AS ct (consumer_url, ref_table, unsubscribed, condition)
-			VALUES (url, name, coalesce((item->>'unsubscribed')::boolean, false), cond)
+			VALUES (url, name, unsub, cond)
 			ON CONFLICT ON CONSTRAINT consumer_table_pkey DO UPDATE
 				SET unsubscribed = EXCLUDED.unsubscribed, condition = EXCLUDED.condition
 				WHERE (ct.unsubscribed, ct.condition) IS DISTINCT FROM (EXCLUDED.unsubscribed, EXCLUDED.condition);
@@ -835,7 +919,8 @@ BEGIN
 END
 $$;
 
--- The statuses of a consumer's subscriptions, as sent with every reply.
+-- The statuses of a consumer's subscriptions, as sent with every reply;
+-- a table that cannot be served now also has "error": {"code", "message"}.
 CREATE FUNCTION eventstream._consumer_tables(consumer_url text) RETURNS jsonb
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
@@ -843,6 +928,7 @@ AS $$
 	SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', ct.ref_table, 'status', ct.status,
 												 'unsubscribed', ct.unsubscribed, 'condition', ct.condition,
 												 'readable', coalesce(has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT'), false))
+							  || jsonb_strip_nulls(jsonb_build_object('error', eventstream._table_error(ct.ref_table, c.role)))
 							  ORDER BY ct.ref_table), '[]')
 	  FROM eventstream.consumer_table ct
 	  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
@@ -1664,6 +1750,7 @@ CREATE TABLE eventstream.producer_table (
 	initial_sync		boolean NOT NULL DEFAULT true,
 	snapshot_pending	boolean NOT NULL DEFAULT false,
 	snapshot_after		text,
+	error				text,
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -1672,6 +1759,8 @@ COMMENT ON COLUMN eventstream.producer_table.ref_table IS
 	'The table''s name on the producer (schema.table).';
 COMMENT ON COLUMN eventstream.producer_table.snapshot_pending IS
 	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile.';
+COMMENT ON COLUMN eventstream.producer_table.error IS
+	'Why the producer cannot serve the table now (it is gone there, or the API key''s role cannot read it), as it last said; NULL when it can.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 
@@ -1840,13 +1929,18 @@ $$;
 
 -- Tell the producer what this site subscribes to (registration is
 -- idempotent on the producer), and mirror the statuses it answers with.
-CREATE FUNCTION eventstream._push_subscriptions(producer_url text) RETURNS jsonb
+-- A subscribed table the producer cannot serve (it says why) is an error
+-- when it is one of the tables named in strict (what the caller is
+-- subscribing to), a WARNING otherwise: a table gone on the producer does
+-- not keep the others from being changed.
+CREATE FUNCTION eventstream._push_subscriptions(producer_url text, strict text[] DEFAULT '{}') RETURNS jsonb
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	p eventstream.producer;
 	reply jsonb;
+	t jsonb;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _push_subscriptions.producer_url FOR UPDATE;
 	reply := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'POST', 'consumers',
@@ -1858,6 +1952,18 @@ BEGIN
 														 ORDER BY t.ref_table), '[]')
 										FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url)));
 	PERFORM eventstream._mirror_statuses(p.producer_url, reply->'tables');
+	FOR t IN SELECT x FROM jsonb_array_elements(coalesce(reply->'tables', '[]')) x
+			  WHERE jsonb_typeof(x->'error') = 'object' AND NOT coalesce((x->>'unsubscribed')::boolean, false)
+			  ORDER BY x->>'ref_table' LOOP
+		IF t->>'ref_table' = ANY (strict) THEN
+			RAISE EXCEPTION 'producer "%": %', p.producer_url, t->'error'->>'message'
+				USING ERRCODE = CASE WHEN t->'error'->>'code' ~ '^[0-9A-Z]{5}$' THEN t->'error'->>'code'
+									 ELSE 'object_not_in_prerequisite_state' END;
+		END IF;
+		RAISE WARNING 'producer "%" cannot serve subscribed table "%"', p.producer_url, t->>'ref_table'
+			USING DETAIL = (t->'error'->>'message') || '.',
+				  HINT = 'Have the producer''s admin make it readable again, or unsubscribe from it with eventstream.unsubscribe().';
+	END LOOP;
 	RETURN reply;
 END
 $$;
@@ -1869,6 +1975,7 @@ AS $$
 BEGIN
 	UPDATE eventstream.producer_table t
 		   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
+			   error = x->'error'->>'message',
 			   -- Newly approved: copy the rows that exist (initial sync).
 			   snapshot_pending = t.snapshot_pending OR
 				   (x->>'status' = 'Approved' AND t.status <> 'Approved' AND t.initial_sync AND NOT t.unsubscribe),
@@ -1876,7 +1983,8 @@ BEGIN
 									 ELSE t.snapshot_after END
 		  FROM jsonb_array_elements(coalesce(tables, '[]')) x
 		 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
-		   AND (t.status, t.readable) IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true));
+		   AND (t.status, t.readable, t.error)
+			   IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true), x->'error'->>'message');
 END
 $$;
 
@@ -1939,7 +2047,8 @@ BEGIN
 	IF (health->>'site_id')::uuid = (SELECT s.site_id FROM eventstream.site s) THEN
 		RAISE EXCEPTION 'a site cannot subscribe to itself' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	reply := eventstream._push_subscriptions(url);
+	reply := eventstream._push_subscriptions(url, ARRAY(SELECT t.ref_table FROM eventstream.producer_table t
+														 WHERE t.producer_url = url));
 	UPDATE eventstream.producer x SET producer_site_id = (health->>'site_id')::uuid, cursor = reply->>'cursor'
 	 WHERE x.producer_url = url;
 	PERFORM eventstream._wake_worker();
@@ -2013,7 +2122,7 @@ BEGIN
 										   OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
 										   OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
 									  THEN NULL ELSE t.snapshot_after END;
-	PERFORM eventstream._push_subscriptions(p.producer_url);
+	PERFORM eventstream._push_subscriptions(p.producer_url, ARRAY[wire]);
 	PERFORM eventstream._wake_worker();
 END
 $$;
