@@ -963,9 +963,14 @@ CREATE FUNCTION eventstream._log_page(ids bigint[], max_bytes bigint, OUT n inte
  * read from the primary key starting there.  A window larger than a page is
  * continued after <after_id>.  Pulling with a cursor acknowledges
  * everything before it.
+ *
+ * served: how many updates the page has; news: the subscription statuses
+ * changed since the consumer was last told; caught_up: the page ends at the
+ * newest commit, so a long-poll that got nothing may wait for the next one.
  */
 CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer, ack text DEFAULT NULL,
-										OUT page text, OUT served integer, OUT news boolean)
+										OUT page text, OUT served integer, OUT news boolean,
+										OUT caught_up boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- Walk the primary key in order and stop after a page; estimates of the
@@ -1017,6 +1022,8 @@ DECLARE
 	tick_snap pg_snapshot;
 	tick_low bigint;
 	tick_max bigint;
+	at_tick boolean := false;	-- the window ends at a tick, not at the newest commit
+	skipped integer := 0;
 BEGIN
 	PERFORM eventstream._check_limit(lim, 10000);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
@@ -1101,36 +1108,6 @@ BEGIN
 	UPDATE eventstream.withheld w SET served_page = NULL
 	 WHERE w.consumer_url = c.consumer_url AND w.served_page >= pageno;
 
-	IF s_to IS NULL THEN
-		-- A new window: its end, with the low bound taken just before it
-		-- (the older bound is lower, so it will do when unknown).
-		low_to := coalesce(eventstream._low_bound(), low_from);
-		s_to := pg_current_snapshot();
-		after_id := low_from - 1;
-		-- (read after the snapshot: every log it sees is at most this; the
-		-- page query then stops there instead of walking past the window)
-		max_to := (SELECT max(l.id) FROM eventstream.update_log l);
-		-- A consumer far behind: the window ends at a tick instead, the
-		-- latest that keeps it to about _window_logs() logs (or the first
-		-- after s_from if none does), so that the backlog is applied in
-		-- bounded transactions.  A tick taken after s_from (its xmax is
-		-- larger) sees everything s_from sees.
-		IF max_to - low_from > eventstream._window_logs() THEN
-			SELECT t.snap, t.low, t.max_id INTO tick_snap, tick_low, tick_max
-			  FROM eventstream.tick t
-			 WHERE pg_snapshot_xmax(t.snap) > pg_snapshot_xmax(s_from)
-			   AND pg_snapshot_xmax(t.snap) < pg_snapshot_xmax(s_to)
-			 ORDER BY t.max_id - low_from > eventstream._window_logs(),
-					  CASE WHEN t.max_id - low_from > eventstream._window_logs() THEN t.tick_id ELSE -t.tick_id END
-			 LIMIT 1;
-			IF FOUND THEN
-				s_to := tick_snap;
-				low_to := tick_low;
-				max_to := tick_max;
-			END IF;
-		END IF;
-	END IF;
-
 	BEGIN
 		-- The servable tables, as arrays: the page query then has no join
 		-- and walks the primary key in order, stopping after lim + 1 rows
@@ -1142,25 +1119,73 @@ BEGIN
 		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed
 		   AND to_regclass(ct.ref_table) IS NOT NULL
 		   AND has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT');
-		-- The candidates: the next lim + 1 logs of the window for this
-		-- consumer, in id order (the order of the subquery, which reads
-		-- them in that order: an ORDER BY in each aggregate sorted the page
-		-- four times more).
-		IF cardinality(t_names) > 0 THEN
-			SELECT coalesce(array_agg(x.id), '{}'), array_agg(x.update_type),
-				   array_agg(x.ref_table), array_agg(x.docname)
-			  INTO c_ids, c_types, c_tables, c_docs
-			  FROM (SELECT l.id, l.update_type, l.ref_table, l.docname
-					  FROM eventstream.update_log l
-					 WHERE l.id > after_id AND l.id <= coalesce(max_to, 9223372036854775807)
-					   AND l.ref_table = ANY (t_names)
-					   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
-					   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
-					   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
-					   AND l.origin IS DISTINCT FROM c.site_id
-					 ORDER BY l.id
-					 LIMIT lim + 1) x;
-		END IF;
+		LOOP
+			IF s_to IS NULL THEN
+				-- A new window: its end, with the low bound taken just
+				-- before it (the older bound is lower, so it will do when
+				-- unknown).
+				low_to := coalesce(eventstream._low_bound(), low_from);
+				s_to := pg_current_snapshot();
+				after_id := low_from - 1;
+				-- (read after the snapshot: every log it sees is at most
+				-- this; the page query then stops there instead of walking
+				-- past the window)
+				max_to := (SELECT max(l.id) FROM eventstream.update_log l);
+				-- A consumer far behind: the window ends at a tick instead,
+				-- the latest that keeps it to about _window_logs() logs (or
+				-- the first after s_from if none does), so that the backlog
+				-- is applied in bounded transactions.  A tick taken after
+				-- s_from (its xmax is larger) sees everything s_from sees.
+				IF max_to - low_from > eventstream._window_logs() THEN
+					SELECT t.snap, t.low, t.max_id INTO tick_snap, tick_low, tick_max
+					  FROM eventstream.tick t
+					 WHERE pg_snapshot_xmax(t.snap) > pg_snapshot_xmax(s_from)
+					   AND pg_snapshot_xmax(t.snap) < pg_snapshot_xmax(s_to)
+					 ORDER BY t.max_id - low_from > eventstream._window_logs(),
+							  CASE WHEN t.max_id - low_from > eventstream._window_logs() THEN t.tick_id ELSE -t.tick_id END
+					 LIMIT 1;
+					IF FOUND THEN
+						s_to := tick_snap;
+						low_to := tick_low;
+						max_to := tick_max;
+						at_tick := true;
+					END IF;
+				END IF;
+			END IF;
+
+			-- The candidates: the next lim + 1 logs of the window for this
+			-- consumer, in id order (the order of the subquery, which reads
+			-- them in that order: an ORDER BY in each aggregate sorted the
+			-- page four times more).
+			IF cardinality(t_names) > 0 THEN
+				SELECT coalesce(array_agg(x.id), '{}'), array_agg(x.update_type),
+					   array_agg(x.ref_table), array_agg(x.docname)
+				  INTO c_ids, c_types, c_tables, c_docs
+				  FROM (SELECT l.id, l.update_type, l.ref_table, l.docname
+						  FROM eventstream.update_log l
+						 WHERE l.id > after_id AND l.id <= coalesce(max_to, 9223372036854775807)
+						   AND l.ref_table = ANY (t_names)
+						   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
+						   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
+						   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
+						   AND l.origin IS DISTINCT FROM c.site_id
+						 ORDER BY l.id
+						 LIMIT lim + 1) x;
+			END IF;
+			-- A new window that ends at a tick and has nothing for this
+			-- consumer (only logs of tables it does not take) is passed over
+			-- at once, the next window starting where it ends: an idle
+			-- consumer behind a burst of other tables' logs would otherwise
+			-- get one empty page per window, each after a long-poll parked
+			-- to its deadline.  At most 16 windows per pull; the page then
+			-- ends at the last one passed over and is answered at once.
+			EXIT WHEN NOT at_tick OR cardinality(c_ids) > 0 OR skipped >= 16;
+			s_from := s_to;
+			low_from := low_to;
+			s_to := NULL;
+			at_tick := false;
+			skipped := skipped + 1;
+		END LOOP;
 		more := cardinality(c_ids) > lim;
 
 		IF NOT EXISTS (SELECT 1 FROM unnest(t_conds) x WHERE x IS NOT NULL) THEN
@@ -1262,6 +1287,7 @@ BEGIN
 	END IF;
 
 	served := cardinality(ids);
+	caught_up := NOT more AND NOT at_tick;
 	tables_now := eventstream._consumer_tables(c.consumer_url);
 	news := tables_now IS DISTINCT FROM c.sent_tables;
 	IF news THEN
