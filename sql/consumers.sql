@@ -78,3 +78,34 @@ SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://con
 -- Tables left out of a registration are dropped from the subscription.
 SELECT register('http://consumer-d', '00000000-0000-0000-0000-00000000000d', '["public.note"]');
 SELECT 'public.customer'::regclass IN (SELECT captured()) AS captured_after_drop;
+
+-- A subscribed table that cannot be served any more (SELECT revoked,
+-- dropped, renamed) does not fail the registration: it is kept, reported
+-- with an error, and can be unsubscribed; a table new to the registration
+-- must still be valid.
+CREATE TABLE broken_a (id int PRIMARY KEY);
+CREATE TABLE broken_b (id int PRIMARY KEY);
+CREATE TABLE broken_c (id int PRIMARY KEY);
+GRANT SELECT ON broken_a, broken_b, broken_c TO es_sub;
+SELECT jsonb_array_length(register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb', '["broken_a", "broken_b"]')) AS tables;
+REVOKE SELECT ON broken_a FROM es_sub;
+DROP TABLE broken_b;
+SELECT jsonb_pretty(register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb',
+							 '["broken_a", "broken_b", "broken_c"]'));
+-- A new table still has to be subscribable; so does a new condition.
+SELECT register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb', '["broken_a", "broken_b", "hidden"]');
+SELECT register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb',
+				'[{"ref_table": "broken_a", "condition": "doc.id > 1"}, "broken_b", "broken_c"]');
+-- Unsubscribing them works; so does leaving them out.
+SELECT jsonb_pretty(register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb',
+	'[{"ref_table": "broken_a", "unsubscribed": true}, {"ref_table": "broken_b", "unsubscribed": true}, "broken_c"]'));
+SELECT ref_table, unsubscribed FROM eventstream.consumer_table WHERE consumer_url = 'http://consumer-b' ORDER BY 1;
+SELECT register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb', '["broken_c"]');
+-- An unsubscribed entry for a table that cannot be served is accepted
+-- and not kept.
+SELECT register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb',
+				'["broken_c", {"ref_table": "no_such_table", "unsubscribed": true}]');
+-- Granted again, the table is served again.
+GRANT SELECT ON broken_a TO es_sub;
+SELECT register('http://consumer-b', '00000000-0000-0000-0000-0000000000bb', '["broken_a", "broken_c"]');
+SELECT eventstream.remove_consumer('http://consumer-b');

@@ -380,6 +380,51 @@ BEGIN
 END
 $$;
 
+-- The wire name a consumer's table name stands for, whether or not such a
+-- table exists now (a subscribed table may have been dropped or renamed
+-- since): schema-qualified, a bare name meaning public, quoted only where
+-- needed, as _wire_name() gives it.  NULL when the name cannot be read
+-- that way; _wire_table() then says what is wrong with it.
+CREATE FUNCTION eventstream._wire_table_name(name text) RETURNS text
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[];
+BEGIN
+	BEGIN
+		parts := parse_ident(name);
+	EXCEPTION WHEN OTHERS THEN
+		RETURN NULL;
+	END;
+	IF cardinality(parts) = 1 THEN
+		parts := ARRAY['public'] || parts;
+	END IF;
+	RETURN CASE WHEN cardinality(parts) = 2 THEN format('%I.%I', parts[1], parts[2]) END;
+END
+$$;
+
+-- Why a subscribed table (by its wire name) cannot be served to a role
+-- now, as {"code": SQLSTATE, "message": text}; NULL when it can.  Cheap
+-- enough for every reply: registration and every page report it per table.
+CREATE FUNCTION eventstream._table_error(ref_table text, role regrole) RETURNS jsonb
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN c.oid IS NULL THEN
+			jsonb_build_object('code', '42P01', 'message', format('table "%s" does not exist', ref_table))
+		WHEN c.relkind <> 'r' THEN
+			jsonb_build_object('code', '42809', 'message', format('"%s" is not a table', ref_table))
+		WHEN NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) THEN
+			jsonb_build_object('code', '42P16', 'message', format('table "%s" has no primary key', ref_table))
+		WHEN NOT has_table_privilege(role, c.oid, 'SELECT') THEN
+			jsonb_build_object('code', '42501', 'message', format('role "%s" cannot read table "%s"', role, ref_table))
+	END
+	  FROM (SELECT to_regclass(ref_table) AS tbl) x
+	  LEFT JOIN pg_class c ON c.oid = x.tbl
+$$;
+
 -- Child FK columns of the registered foreign key, in parent key order, as
 -- "3,1": the form the capture trigger takes.  NULL if the key is gone.
 CREATE FUNCTION eventstream._fk_attnums(child regclass, parent regclass, fk_name name) RETURNS text
@@ -738,8 +783,14 @@ COMMENT ON FUNCTION eventstream.remove_consumer(text) IS
  * tables: JSON array of table names or of objects
  *   {"ref_table": name, "condition": text, "unsubscribed": bool}.
  * Tables missing from the list are dropped from the subscription; new ones
- * start Pending; existing ones keep their status.  Returns the consumer's
- * cursor to start from and the statuses.
+ * start Pending; existing ones keep their status.  A table new to the
+ * subscription must be subscribable now, or the registration fails.  A
+ * table already subscribed that cannot be served any more (dropped,
+ * renamed, moved, its primary key or the role's SELECT gone) does not
+ * fail it: the subscription is kept, can still be unsubscribed, and is
+ * reported with an "error" in the statuses (see _consumer_tables), so
+ * that one such table never stops the consumer from changing the others.
+ * Returns the consumer's cursor to start from and the statuses.
  */
 CREATE FUNCTION eventstream._register_consumer(consumer_url text, site_id uuid, api_key text,
 		role regrole, tables jsonb) RETURNS jsonb
@@ -755,6 +806,9 @@ DECLARE
 	cond text;
 	wanted text[] := '{}';
 	low bigint;
+	unsub boolean;
+	known eventstream.consumer_table;
+	problem jsonb;
 BEGIN
 	IF url IS NULL OR url !~ '^https?://[^/\s]+' THEN
 		RAISE EXCEPTION 'invalid consumer URL "%"', consumer_url
@@ -795,6 +849,36 @@ BEGIN
 				USING ERRCODE = 'invalid_parameter_value',
 					  HINT = 'Each entry is a table name or {"ref_table": name, "condition": text, "unsubscribed": bool}.';
 		END IF;
+		unsub := coalesce((item->>'unsubscribed')::boolean, false);
+		name := eventstream._wire_table_name(item->>'ref_table');
+		known := NULL;
+		problem := NULL;
+		IF name IS NOT NULL THEN
+			SELECT * INTO known FROM eventstream.consumer_table ct
+			 WHERE ct.consumer_url = url AND ct.ref_table = name;
+			IF known.ref_table IS NOT NULL OR unsub THEN
+				problem := eventstream._table_error(name, c.role);
+			END IF;
+		END IF;
+		IF problem IS NOT NULL THEN
+			-- Subscribed before and not servable now, or unsubscribed (never
+			-- served): no check can pass, and none is needed to keep it or to
+			-- unsubscribe it.  A new condition cannot be checked against it.
+			IF name = ANY (wanted) THEN
+				RAISE EXCEPTION 'table "%" is listed twice', name USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			wanted := wanted || name;
+			IF known.ref_table IS NULL THEN
+				CONTINUE;
+			END IF;
+			IF NOT unsub AND nullif(btrim(item->>'condition', E' \t\n\r'), '') IS DISTINCT FROM known.condition THEN
+				RAISE EXCEPTION 'cannot change the condition on table "%": %', name, problem->>'message'
+					USING ERRCODE = problem->>'code';
+			END IF;
+			UPDATE eventstream.consumer_table ct SET unsubscribed = unsub
+			 WHERE ct.consumer_url = url AND ct.ref_table = name AND ct.unsubscribed <> unsub;
+			CONTINUE;
+		END IF;
 		tbl := eventstream._wire_table(item->>'ref_table');
 		IF NOT has_table_privilege(c.role, tbl, 'SELECT') THEN
 			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._wire_name(tbl)
@@ -808,7 +892,7 @@ BEGIN
 		END IF;
 		wanted := wanted || name;
 		INSERT INTO eventstream.consumer_table AS ct (consumer_url, ref_table, unsubscribed, condition)
-			VALUES (url, name, coalesce((item->>'unsubscribed')::boolean, false), cond)
+			VALUES (url, name, unsub, cond)
 			ON CONFLICT ON CONSTRAINT consumer_table_pkey DO UPDATE
 				SET unsubscribed = EXCLUDED.unsubscribed, condition = EXCLUDED.condition
 				WHERE (ct.unsubscribed, ct.condition) IS DISTINCT FROM (EXCLUDED.unsubscribed, EXCLUDED.condition);
@@ -835,7 +919,8 @@ BEGIN
 END
 $$;
 
--- The statuses of a consumer's subscriptions, as sent with every reply.
+-- The statuses of a consumer's subscriptions, as sent with every reply;
+-- a table that cannot be served now also has "error": {"code", "message"}.
 CREATE FUNCTION eventstream._consumer_tables(consumer_url text) RETURNS jsonb
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
@@ -843,6 +928,7 @@ AS $$
 	SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', ct.ref_table, 'status', ct.status,
 												 'unsubscribed', ct.unsubscribed, 'condition', ct.condition,
 												 'readable', coalesce(has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT'), false))
+							  || jsonb_strip_nulls(jsonb_build_object('error', eventstream._table_error(ct.ref_table, c.role)))
 							  ORDER BY ct.ref_table), '[]')
 	  FROM eventstream.consumer_table ct
 	  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
@@ -877,9 +963,14 @@ CREATE FUNCTION eventstream._log_page(ids bigint[], max_bytes bigint, OUT n inte
  * read from the primary key starting there.  A window larger than a page is
  * continued after <after_id>.  Pulling with a cursor acknowledges
  * everything before it.
+ *
+ * served: how many updates the page has; news: the subscription statuses
+ * changed since the consumer was last told; caught_up: the page ends at the
+ * newest commit, so a long-poll that got nothing may wait for the next one.
  */
 CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer, ack text DEFAULT NULL,
-										OUT page text, OUT served integer, OUT news boolean)
+										OUT page text, OUT served integer, OUT news boolean,
+										OUT caught_up boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- Walk the primary key in order and stop after a page; estimates of the
@@ -931,6 +1022,8 @@ DECLARE
 	tick_snap pg_snapshot;
 	tick_low bigint;
 	tick_max bigint;
+	at_tick boolean := false;	-- the window ends at a tick, not at the newest commit
+	skipped integer := 0;
 BEGIN
 	PERFORM eventstream._check_limit(lim, 10000);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
@@ -1015,36 +1108,6 @@ BEGIN
 	UPDATE eventstream.withheld w SET served_page = NULL
 	 WHERE w.consumer_url = c.consumer_url AND w.served_page >= pageno;
 
-	IF s_to IS NULL THEN
-		-- A new window: its end, with the low bound taken just before it
-		-- (the older bound is lower, so it will do when unknown).
-		low_to := coalesce(eventstream._low_bound(), low_from);
-		s_to := pg_current_snapshot();
-		after_id := low_from - 1;
-		-- (read after the snapshot: every log it sees is at most this; the
-		-- page query then stops there instead of walking past the window)
-		max_to := (SELECT max(l.id) FROM eventstream.update_log l);
-		-- A consumer far behind: the window ends at a tick instead, the
-		-- latest that keeps it to about _window_logs() logs (or the first
-		-- after s_from if none does), so that the backlog is applied in
-		-- bounded transactions.  A tick taken after s_from (its xmax is
-		-- larger) sees everything s_from sees.
-		IF max_to - low_from > eventstream._window_logs() THEN
-			SELECT t.snap, t.low, t.max_id INTO tick_snap, tick_low, tick_max
-			  FROM eventstream.tick t
-			 WHERE pg_snapshot_xmax(t.snap) > pg_snapshot_xmax(s_from)
-			   AND pg_snapshot_xmax(t.snap) < pg_snapshot_xmax(s_to)
-			 ORDER BY t.max_id - low_from > eventstream._window_logs(),
-					  CASE WHEN t.max_id - low_from > eventstream._window_logs() THEN t.tick_id ELSE -t.tick_id END
-			 LIMIT 1;
-			IF FOUND THEN
-				s_to := tick_snap;
-				low_to := tick_low;
-				max_to := tick_max;
-			END IF;
-		END IF;
-	END IF;
-
 	BEGIN
 		-- The servable tables, as arrays: the page query then has no join
 		-- and walks the primary key in order, stopping after lim + 1 rows
@@ -1056,25 +1119,73 @@ BEGIN
 		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed
 		   AND to_regclass(ct.ref_table) IS NOT NULL
 		   AND has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT');
-		-- The candidates: the next lim + 1 logs of the window for this
-		-- consumer, in id order (the order of the subquery, which reads
-		-- them in that order: an ORDER BY in each aggregate sorted the page
-		-- four times more).
-		IF cardinality(t_names) > 0 THEN
-			SELECT coalesce(array_agg(x.id), '{}'), array_agg(x.update_type),
-				   array_agg(x.ref_table), array_agg(x.docname)
-			  INTO c_ids, c_types, c_tables, c_docs
-			  FROM (SELECT l.id, l.update_type, l.ref_table, l.docname
-					  FROM eventstream.update_log l
-					 WHERE l.id > after_id AND l.id <= coalesce(max_to, 9223372036854775807)
-					   AND l.ref_table = ANY (t_names)
-					   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
-					   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
-					   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
-					   AND l.origin IS DISTINCT FROM c.site_id
-					 ORDER BY l.id
-					 LIMIT lim + 1) x;
-		END IF;
+		LOOP
+			IF s_to IS NULL THEN
+				-- A new window: its end, with the low bound taken just
+				-- before it (the older bound is lower, so it will do when
+				-- unknown).
+				low_to := coalesce(eventstream._low_bound(), low_from);
+				s_to := pg_current_snapshot();
+				after_id := low_from - 1;
+				-- (read after the snapshot: every log it sees is at most
+				-- this; the page query then stops there instead of walking
+				-- past the window)
+				max_to := (SELECT max(l.id) FROM eventstream.update_log l);
+				-- A consumer far behind: the window ends at a tick instead,
+				-- the latest that keeps it to about _window_logs() logs (or
+				-- the first after s_from if none does), so that the backlog
+				-- is applied in bounded transactions.  A tick taken after
+				-- s_from (its xmax is larger) sees everything s_from sees.
+				IF max_to - low_from > eventstream._window_logs() THEN
+					SELECT t.snap, t.low, t.max_id INTO tick_snap, tick_low, tick_max
+					  FROM eventstream.tick t
+					 WHERE pg_snapshot_xmax(t.snap) > pg_snapshot_xmax(s_from)
+					   AND pg_snapshot_xmax(t.snap) < pg_snapshot_xmax(s_to)
+					 ORDER BY t.max_id - low_from > eventstream._window_logs(),
+							  CASE WHEN t.max_id - low_from > eventstream._window_logs() THEN t.tick_id ELSE -t.tick_id END
+					 LIMIT 1;
+					IF FOUND THEN
+						s_to := tick_snap;
+						low_to := tick_low;
+						max_to := tick_max;
+						at_tick := true;
+					END IF;
+				END IF;
+			END IF;
+
+			-- The candidates: the next lim + 1 logs of the window for this
+			-- consumer, in id order (the order of the subquery, which reads
+			-- them in that order: an ORDER BY in each aggregate sorted the
+			-- page four times more).
+			IF cardinality(t_names) > 0 THEN
+				SELECT coalesce(array_agg(x.id), '{}'), array_agg(x.update_type),
+					   array_agg(x.ref_table), array_agg(x.docname)
+				  INTO c_ids, c_types, c_tables, c_docs
+				  FROM (SELECT l.id, l.update_type, l.ref_table, l.docname
+						  FROM eventstream.update_log l
+						 WHERE l.id > after_id AND l.id <= coalesce(max_to, 9223372036854775807)
+						   AND l.ref_table = ANY (t_names)
+						   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
+						   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
+						   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
+						   AND l.origin IS DISTINCT FROM c.site_id
+						 ORDER BY l.id
+						 LIMIT lim + 1) x;
+			END IF;
+			-- A new window that ends at a tick and has nothing for this
+			-- consumer (only logs of tables it does not take) is passed over
+			-- at once, the next window starting where it ends: an idle
+			-- consumer behind a burst of other tables' logs would otherwise
+			-- get one empty page per window, each after a long-poll parked
+			-- to its deadline.  At most 16 windows per pull; the page then
+			-- ends at the last one passed over and is answered at once.
+			EXIT WHEN NOT at_tick OR cardinality(c_ids) > 0 OR skipped >= 16;
+			s_from := s_to;
+			low_from := low_to;
+			s_to := NULL;
+			at_tick := false;
+			skipped := skipped + 1;
+		END LOOP;
 		more := cardinality(c_ids) > lim;
 
 		IF NOT EXISTS (SELECT 1 FROM unnest(t_conds) x WHERE x IS NOT NULL) THEN
@@ -1176,6 +1287,7 @@ BEGIN
 	END IF;
 
 	served := cardinality(ids);
+	caught_up := NOT more AND NOT at_tick;
 	tables_now := eventstream._consumer_tables(c.consumer_url);
 	news := tables_now IS DISTINCT FROM c.sent_tables;
 	IF news THEN
@@ -1664,6 +1776,7 @@ CREATE TABLE eventstream.producer_table (
 	initial_sync		boolean NOT NULL DEFAULT true,
 	snapshot_pending	boolean NOT NULL DEFAULT false,
 	snapshot_after		text,
+	error				text,
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -1672,6 +1785,8 @@ COMMENT ON COLUMN eventstream.producer_table.ref_table IS
 	'The table''s name on the producer (schema.table).';
 COMMENT ON COLUMN eventstream.producer_table.snapshot_pending IS
 	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile.';
+COMMENT ON COLUMN eventstream.producer_table.error IS
+	'Why the producer cannot serve the table now (it is gone there, or the API key''s role cannot read it), as it last said; NULL when it can.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 
@@ -1840,13 +1955,18 @@ $$;
 
 -- Tell the producer what this site subscribes to (registration is
 -- idempotent on the producer), and mirror the statuses it answers with.
-CREATE FUNCTION eventstream._push_subscriptions(producer_url text) RETURNS jsonb
+-- A subscribed table the producer cannot serve (it says why) is an error
+-- when it is one of the tables named in strict (what the caller is
+-- subscribing to), a WARNING otherwise: a table gone on the producer does
+-- not keep the others from being changed.
+CREATE FUNCTION eventstream._push_subscriptions(producer_url text, strict text[] DEFAULT '{}') RETURNS jsonb
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	p eventstream.producer;
 	reply jsonb;
+	t jsonb;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _push_subscriptions.producer_url FOR UPDATE;
 	reply := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'POST', 'consumers',
@@ -1858,6 +1978,18 @@ BEGIN
 														 ORDER BY t.ref_table), '[]')
 										FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url)));
 	PERFORM eventstream._mirror_statuses(p.producer_url, reply->'tables');
+	FOR t IN SELECT x FROM jsonb_array_elements(coalesce(reply->'tables', '[]')) x
+			  WHERE jsonb_typeof(x->'error') = 'object' AND NOT coalesce((x->>'unsubscribed')::boolean, false)
+			  ORDER BY x->>'ref_table' LOOP
+		IF t->>'ref_table' = ANY (strict) THEN
+			RAISE EXCEPTION 'producer "%": %', p.producer_url, t->'error'->>'message'
+				USING ERRCODE = CASE WHEN t->'error'->>'code' ~ '^[0-9A-Z]{5}$' THEN t->'error'->>'code'
+									 ELSE 'object_not_in_prerequisite_state' END;
+		END IF;
+		RAISE WARNING 'producer "%" cannot serve subscribed table "%"', p.producer_url, t->>'ref_table'
+			USING DETAIL = (t->'error'->>'message') || '.',
+				  HINT = 'Have the producer''s admin make it readable again, or unsubscribe from it with eventstream.unsubscribe().';
+	END LOOP;
 	RETURN reply;
 END
 $$;
@@ -1869,6 +2001,7 @@ AS $$
 BEGIN
 	UPDATE eventstream.producer_table t
 		   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
+			   error = x->'error'->>'message',
 			   -- Newly approved: copy the rows that exist (initial sync).
 			   snapshot_pending = t.snapshot_pending OR
 				   (x->>'status' = 'Approved' AND t.status <> 'Approved' AND t.initial_sync AND NOT t.unsubscribe),
@@ -1876,7 +2009,8 @@ BEGIN
 									 ELSE t.snapshot_after END
 		  FROM jsonb_array_elements(coalesce(tables, '[]')) x
 		 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
-		   AND (t.status, t.readable) IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true));
+		   AND (t.status, t.readable, t.error)
+			   IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true), x->'error'->>'message');
 END
 $$;
 
@@ -1939,7 +2073,8 @@ BEGIN
 	IF (health->>'site_id')::uuid = (SELECT s.site_id FROM eventstream.site s) THEN
 		RAISE EXCEPTION 'a site cannot subscribe to itself' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	reply := eventstream._push_subscriptions(url);
+	reply := eventstream._push_subscriptions(url, ARRAY(SELECT t.ref_table FROM eventstream.producer_table t
+														 WHERE t.producer_url = url));
 	PERFORM eventstream._check_cursor(url, reply->>'cursor');
 	UPDATE eventstream.producer x SET producer_site_id = (health->>'site_id')::uuid, cursor = reply->>'cursor'
 	 WHERE x.producer_url = url;
@@ -2014,7 +2149,7 @@ BEGIN
 										   OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
 										   OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
 									  THEN NULL ELSE t.snapshot_after END;
-	PERFORM eventstream._push_subscriptions(p.producer_url);
+	PERFORM eventstream._push_subscriptions(p.producer_url, ARRAY[wire]);
 	PERFORM eventstream._wake_worker();
 END
 $$;

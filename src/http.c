@@ -308,8 +308,13 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 				args[3] = may_park ? "true" : "false";
 				/* ack=: what a pipelining consumer has applied (see _pull_page) */
 				args[4] = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "ack");
-				/* '' = nothing yet and the caller may wait for more */
-				result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news"
+				/*
+				 * '' = nothing yet and the caller may wait for more: only a
+				 * page that ends at the newest commit; one that ends earlier
+				 * (nothing for this consumer up to a tick) moves its cursor on
+				 * at once.
+				 */
+				result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
 									   "            THEN '' ELSE p.page END"
 									   "  FROM eventstream._pull_page($1, $2, $3::integer, $5) p", 5, args);
 				if (result != NULL && result[0] == '\0')

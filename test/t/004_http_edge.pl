@@ -447,10 +447,9 @@ is($r->{status}, '200', 'after REVOKE the pull still answers 200');
 is(served($r), 'public.s4b:42', 'with the readable table only: the revoked one is not served');
 my ($s4a) = grep { $_->{ref_table} eq 'public.s4a' } @{ $r->{json}{tables} // [] };
 # What the reply says about the table it no longer serves: its stored
-# status, which stays "Approved" -- nothing in the reply tells the consumer
-# that the table is not served any more.  This pins the current behaviour;
-# change it here if the reply learns to say so.
+# status, which stays "Approved", and why it is not served.
 is($s4a->{status} // 'missing', 'Approved', 'the reply still lists public.s4a as "Approved"');
+is($s4a->{error}{code} // 'missing', '42501', '  with an error saying it is not readable');
 is(http(path => 'documents/public.s4a/41', key => $ke)->{status}, '403',
 	'the document endpoint refuses the table to that key');
 
