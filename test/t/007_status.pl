@@ -1,6 +1,8 @@
 # What a consumer and a producer tell about each other, between real sites:
-# eventstream.producer_status on the consumer stops saying streaming, and
-# its lag grows, while the producer is down.
+# eventstream.consumer_status on the producer counts what the consumer has
+# not acknowledged, and drops to nothing soon after the consumer applied
+# everything; eventstream.producer_status on the consumer stops saying
+# streaming, and its lag grows, while the producer is down.
 #
 # Nothing sleeps a fixed time hoping: every wait polls for its condition
 # with a deadline.
@@ -37,6 +39,21 @@ sq($P, "SELECT eventstream.approve('$C->{url}', 'item')");
 ok(wait_query($C, "SELECT status FROM eventstream.producer_table WHERE ref_table = 'public.item'", 'Approved', 30),
 	'the consumer is approved');
 ok(wait_query($C, "SELECT state FROM eventstream.producer_status", 'streaming', 30), 'and streaming');
+
+######################################################################
+# consumer_status.updates_waiting follows what the consumer applied
+######################################################################
+
+# One transaction of 2500 rows: a window of several pages, the last of
+# which says nothing more is waiting.  The worker long-polls for what comes
+# next while it applies that page; once applied, the producer hears of it
+# at once, not when that long-poll is answered (25 s later).
+my $waiting_sql = "SELECT updates_waiting FROM eventstream.consumer_status WHERE consumer_url = '$C->{url}'";
+sq($P, "INSERT INTO item SELECT 'i' || g, 'x', 's' FROM generate_series(1, 2500) g");
+ok(wait_query($C, 'SELECT count(*) FROM item', '2500', 60), 'updates_waiting: the consumer applies 2500 rows');
+my $applied_at = time;
+ok(wait_query($P, $waiting_sql, '0', 10), 'updates_waiting: the producer counts none waiting soon after');
+note(sprintf('updates_waiting reached 0 %.2f s after the rows were seen applied', time - $applied_at));
 
 ######################################################################
 # producer_status while the producer is down
