@@ -113,6 +113,26 @@ like($counts[0], qr/and 17 more failed updates from producer \Q$P->{url}\E \(at 
 	'rate limit: which names the producer');
 is(sq($C2, "SELECT count(*) FROM eventstream.sync_log WHERE status = 'Failed'"), '25', 'rate limit: all 25 are in sync_log');
 
+# Lines are written when the rows are committed: none for the failures of
+# a transaction, or a subtransaction, that rolled back.  (A session's own
+# apply, with its own minute.)
+$log_at = -s $C->{node}->logfile;
+my $bad = sub {
+	my ($name) = @_;
+	return "SELECT eventstream._apply_updates('$P->{url}', 'applier', '[{\"id\": 1, \"update_type\": \"Create\", "
+	  . "\"ref_table\": \"public.many\", \"docname\": \"$name\", \"data\": {\"id\": 0, \"v\": \"bad\"}}]', NULL, false)";
+};
+sq($C2, 'BEGIN; ' . $bad->('rolled-back') . '; ROLLBACK');
+my ($ret2, $out2, $err2) = q_try($C2, 'BEGIN; SAVEPOINT s; ' . $bad->('to-savepoint') . '; ROLLBACK TO s; SAVEPOINT t; '
+	  . $bad->('kept') . '; RELEASE t; COMMIT');
+is("$ret2 $err2", '0 ', 'rollback: the session gets no WARNING (the server log does)');
+$log = slurp_file($C->{node}->logfile, $log_at);
+@failed = ($log =~ /^.*WARNING: .*failed to apply to public\.many.*$/mg);
+is(scalar(@failed), 1, 'rollback: one line, of the three failures') or diag($log);
+like($failed[0], qr/docname "kept"/, 'rollback: the one committed');
+is(sq($C2, "SELECT string_agg(remote_docname, ',') FROM eventstream.sync_log WHERE remote_docname IN ('rolled-back', 'to-savepoint', 'kept')"),
+	'kept', 'rollback: which is the one in sync_log');
+
 ######################################################################
 # producer_status while the producer is down
 ######################################################################
