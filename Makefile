@@ -19,6 +19,7 @@ OBJS = \
 	src/client.o \
 	src/pull.o \
 	src/apply.o \
+	src/failed.o \
 	src/mapping.o \
 	src/worker.o
 

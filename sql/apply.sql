@@ -266,3 +266,43 @@ SELECT eventstream._read_json('[' || repeat('[],', 20000) || '[]]');
 SELECT eventstream._read_json('["\u00e9", ' || repeat('1,', 30000) || '1]');
 SELECT eventstream._read_json('["\u00e9", ' || repeat('1,', 30000) || '1');
 RESET eventstream.client_max_response_size;
+
+-- producer_status tells how a producer is doing: the lag counts while pulls
+-- fail or nothing is heard, and failed updates ask for attention.  (In a
+-- transaction the worker never sees, with now() fixed.)
+BEGIN;
+INSERT INTO eventstream.producer (producer_url, api_key, api_secret, subscriber, producer_site_id, cursor, created_at)
+	VALUES ('http://q.invalid', 'k', 's', 'es_applier', '00000000-0000-0000-0000-0000000000f2', 'v1/1/1:1:/1',
+			now() - interval '10 minutes');
+INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, status)
+	VALUES ('http://q.invalid', 'public.a_item', 'a_item', 'Approved');
+CREATE TEMP VIEW q_status AS
+	SELECT state, lag, updates_received_not_applied AS received, more_waiting_on_producer AS more, failed_now, attention
+	  FROM eventstream.producer_status WHERE producer_url = 'http://q.invalid';
+-- Never heard from in ten minutes: stalled, lagging since it was added.
+SELECT * FROM q_status;
+-- Caught up at its last success, a few seconds ago: streaming, no lag.
+UPDATE eventstream.producer SET last_success_at = now() - interval '5 seconds', last_pull_at = now() - interval '5 seconds',
+	   behind = false WHERE producer_url = 'http://q.invalid';
+SELECT * FROM q_status;
+-- Pulls fail since: failing, and the lag is the time since that success.
+UPDATE eventstream.producer SET last_error = 'could not reach http://q.invalid: Couldn''t connect to server',
+	   last_error_at = now() - interval '1 second' WHERE producer_url = 'http://q.invalid';
+SELECT * FROM q_status;
+-- Silent for longer than a long-poll lasts, with no error: stalled.
+UPDATE eventstream.producer SET last_error = NULL, last_error_at = NULL,
+	   last_success_at = now() - interval '2 minutes' WHERE producer_url = 'http://q.invalid';
+SELECT * FROM q_status;
+-- Behind, still pulling: the age of the newest update received.
+UPDATE eventstream.producer SET last_success_at = now(), behind = true, last_update_at = now() - interval '30 seconds'
+ WHERE producer_url = 'http://q.invalid';
+SELECT * FROM q_status;
+-- A failed update asks for attention while the pulls go well.
+UPDATE eventstream.producer SET behind = false WHERE producer_url = 'http://q.invalid';
+SELECT eventstream._apply_updates('http://q.invalid', 'es_applier', '[{"id": 1, "update_type": "Update",
+  "ref_table": "public.a_item", "docname": "Q-gone",
+  "data": {"changed": {"qty": 1}, "added": {}, "row_changed": {}, "removed": {}}}]', NULL, false) AS processed_failed;
+SELECT * FROM q_status;
+UPDATE eventstream.producer SET enabled = false WHERE producer_url = 'http://q.invalid';
+SELECT state, lag FROM q_status;
+ROLLBACK;

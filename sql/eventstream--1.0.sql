@@ -3043,33 +3043,58 @@ $$;
 COMMENT ON FUNCTION eventstream.remote_name(regclass, text) IS
 	'The producer and producer-side docname of a local row that got its own key (use_same_name = false).';
 
+-- How long a healthy link to a producer may stay silent: the worker's
+-- long-poll (wait=25, src/pull.c) is answered within 25 seconds, and every
+-- answer applied sets last_success_at.  Silence for longer means the
+-- producer does not answer (a request hangs until it times out after 55
+-- seconds), or this site's worker is not pulling.
+CREATE FUNCTION eventstream._silence_allowed() RETURNS interval
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT interval '40 seconds' $$;
+
 CREATE VIEW eventstream.producer_status AS
 SELECT p.producer_url,
-	   CASE WHEN NOT p.enabled THEN 'disabled'
-			WHEN p.last_error IS NOT NULL THEN 'failing'
-			WHEN p.last_success_at IS NULL THEN 'starting'
-			ELSE 'streaming' END AS state,
+	   s.state,
 	   (SELECT coalesce(sum(jsonb_array_length(i.page)), 0) FROM eventstream.inbox i
 		 WHERE i.producer_url = p.producer_url) AS updates_received_not_applied,
 	   p.behind AS more_waiting_on_producer,
-	   -- How old the newest update received is while more is waiting; 0 once caught up.
-	   CASE WHEN p.behind OR EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
-			THEN now() - coalesce(p.last_update_at, p.created_at)
-			ELSE interval '0' END AS lag,
+	   -- While more is waiting: how old the newest update received is.
+	   -- Otherwise the consumer was caught up at its last success: 0 while
+	   -- the link is healthy, else the time since that success (updates
+	   -- made since then may be waiting unseen).
+	   CASE WHEN s.behind THEN now() - coalesce(p.last_update_at, p.created_at)
+			WHEN s.state IN ('streaming', 'disabled') THEN interval '0'
+			ELSE now() - coalesce(p.last_success_at, p.created_at) END AS lag,
 	   now() - p.last_success_at AS since_last_success,
 	   p.last_pull_at,
 	   p.last_success_at,
 	   p.last_error,
 	   p.last_error_at,
 	   p.synced_count,
-	   (SELECT count(*) FROM eventstream.sync_log l WHERE l.producer_url = p.producer_url AND l.status = 'Failed') AS failed_now,
+	   s.failed_now,
 	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.status = 'Approved'
 		   AND NOT t.unsubscribe) AS tables_approved,
 	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.status = 'Pending'
-		   AND NOT t.unsubscribe) AS tables_pending
-  FROM eventstream.producer p;
+		   AND NOT t.unsubscribe) AS tables_pending,
+	   -- What needs someone's attention, or NULL.
+	   nullif(concat_ws('; ',
+			CASE s.state WHEN 'failing' THEN 'pulls fail: see last_error'
+						 WHEN 'stalled' THEN 'no answer from the producer for longer than a long-poll lasts' END,
+			CASE WHEN s.failed_now > 0
+				 THEN s.failed_now || ' failed update(s): see eventstream.sync_log WHERE status = ''Failed'', '
+					  || 'then SELECT eventstream.resync(id)' END), '') AS attention
+  FROM eventstream.producer p,
+	   LATERAL (SELECT CASE WHEN NOT p.enabled THEN 'disabled'
+							WHEN p.last_error IS NOT NULL THEN 'failing'
+							WHEN coalesce(p.last_success_at, p.created_at) < now() - eventstream._silence_allowed()
+							THEN 'stalled'
+							WHEN p.last_success_at IS NULL THEN 'starting'
+							ELSE 'streaming' END AS state,
+					   p.behind OR EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url) AS behind,
+					   (SELECT count(*) FROM eventstream.sync_log l
+						 WHERE l.producer_url = p.producer_url AND l.status = 'Failed') AS failed_now) s;
 COMMENT ON VIEW eventstream.producer_status IS
-	'Per producer: state, lag (updates received but not applied, whether more is waiting, and how old the newest received update is while behind), last success and error, failed updates.';
+	'Per producer: state (starting, streaming, failing, stalled, disabled), lag (updates received but not applied, whether more is waiting, and how long updates may have waited unseen), last success and error, failed updates, and what needs attention.';
 
 ------------------------------------------------------------------------------
 -- Consumer side: mappings (Document Type Mapping)

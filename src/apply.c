@@ -1586,6 +1586,34 @@ es_write_finish(EsWrite *ins)
 }
 
 /*
+ * es_log_row_text
+ *		Column c of pending sync_log row r as a C string, or NULL.
+ */
+static char *
+es_log_row_text(EsApply *a, int c, int r)
+{
+	return a->lognull[c][r] ? NULL : TextDatumGetCString(a->log[c][r]);
+}
+
+/*
+ * es_log_note_failed
+ *		Pending sync_log row r was written with the given id: note it for
+ *		the server log (es_failed_note) if it is Failed.
+ */
+static void
+es_log_note_failed(EsApply *a, int r, int64 id)
+{
+	text	   *status = DatumGetTextPP(a->log[2][r]);
+	char	   *docname;
+
+	if (VARSIZE_ANY_EXHDR(status) != 6 || memcmp(VARDATA_ANY(status), "Failed", 6) != 0)
+		return;
+	docname = es_log_row_text(a, 4, r);
+	es_failed_note(text_to_cstring(a->producer_url), id, es_log_row_text(a, 0, r), es_log_row_text(a, 1, r),
+				   docname ? docname : es_log_row_text(a, 5, r), es_log_row_text(a, 8, r));
+}
+
+/*
  * es_log_insert
  *		Write the pending sync_log rows straight into the table (EsWrite):
  *		a third of the cost of the SQL INSERT over unnest() arrays.  Returns
@@ -1604,6 +1632,7 @@ es_log_insert(EsApply *a)
 	EsWrite		ins;
 	MemoryContext old;
 	bool		usable;
+	AttrNumber	idatt;
 
 	relid = get_relname_relid("sync_log", get_namespace_oid(EVENTSTREAM_SCHEMA, false));
 	if (!OidIsValid(relid) || pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
@@ -1635,6 +1664,7 @@ es_log_insert(EsApply *a)
 		return false;
 	}
 
+	idatt = get_attnum(relid, "id");
 	es_write_begin(&ins, rel, CMD_INSERT, given, a->nlog);
 	for (int r = 0; r < a->nlog; r++)
 	{
@@ -1646,6 +1676,9 @@ es_log_insert(EsApply *a)
 				slot->tts_values[i] = a->log[map[i]][r];
 				slot->tts_isnull[i] = a->lognull[map[i]][r];
 			}
+		/* The id, from its default (es_insert_row), for the server log. */
+		if (idatt > 0 && !slot->tts_isnull[idatt - 1])
+			es_log_note_failed(a, r, DatumGetInt64(slot->tts_values[idatt - 1]));
 		es_insert_store(&ins, slot);
 	}
 	es_write_finish(&ins);
@@ -1681,12 +1714,16 @@ es_log_flush(EsApply *a)
 
 		for (int c = 0; c < ES_LOG_COLS; c++)
 			argtypes[c] = get_array_type(elemtypes[c]);
-		plan = SPI_prepare("INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url, docname,"
-						   "    remote_docname, use_same_name, data, error, note, update_log_id, remote_ref_table, origin)"
-						   " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		/* The Failed rows come back, for the server log. */
+		plan = SPI_prepare("WITH ins AS (INSERT INTO eventstream.sync_log (update_type, ref_table, status, producer_url,"
+						   "    docname, remote_docname, use_same_name, data, error, note, update_log_id, remote_ref_table,"
+						   "    origin)"
+						   "  SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
 						   "    pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7),"
 						   "    pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11),"
-						   "    pg_catalog.unnest($12), pg_catalog.unnest($13))",
+						   "    pg_catalog.unnest($12), pg_catalog.unnest($13))"
+						   "  RETURNING id, status, update_type, ref_table, coalesce(docname, remote_docname) AS docname, error)"
+						   " SELECT id, update_type, ref_table, docname, error FROM ins WHERE status = 'Failed'",
 						   ES_LOG_COLS, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare the sync_log insert: %s", SPI_result_code_string(SPI_result));
@@ -1706,8 +1743,18 @@ es_log_flush(EsApply *a)
 													   elemtypes[c], typlen, typbyval, typalign));
 	}
 	rc = SPI_execute_plan(es_log_plan, values, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not write the sync log: %s", SPI_result_code_string(rc));
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		es_failed_note(text_to_cstring(a->producer_url),
+					   DatumGetInt64(DirectFunctionCall1(int8in, CStringGetDatum(SPI_getvalue(tup, desc, 1)))),
+					   SPI_getvalue(tup, desc, 2), SPI_getvalue(tup, desc, 3),
+					   SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5));
+	}
 	a->nlog = 0;
 	MemoryContextReset(a->batch_cxt);
 }

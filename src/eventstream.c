@@ -187,6 +187,16 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("eventstream.failed_update_log_limit",
+							"WARNING lines written per producer and minute for updates that fail to apply.",
+							"Each names the update's sync_log entry and how to resync it; the failures "
+							"beyond are counted in one more line.",
+							&es_failed_log_limit,
+							10, 0, 1000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("eventstream");
 }
 

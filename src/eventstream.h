@@ -160,6 +160,11 @@ extern void es_workers_shmem_init(void);
 extern void es_wake_site(Oid dboid, int nlogs);
 extern void es_worker_expect_waiters(void);
 
+/* src/failed.c */
+extern int	es_failed_log_limit;
+extern void es_failed_note(const char *producer, int64 sync_log_id, const char *update_type,
+						   const char *table, const char *docname, const char *error);
+
 /* src/condition.c */
 extern char *es_docname_match(Relation rel, int paramno);
 extern void es_check_expression_tokens(const char *expr, const char *what);

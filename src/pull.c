@@ -72,6 +72,7 @@ typedef struct EsProducer
 	CURL	   *pre_easy;		/* or NULL */
 	EsResponse	pre_resp;
 	char	   *pre_path;		/* the path it answers, as _next_request says it */
+	bool		pre_wait;		/* it is a long-poll (wait=) */
 	bool		pre_done;		/* pre_easy finished with pre_code */
 	CURLcode	pre_code;
 	bool		pre_taken;		/* it is the producer's current request */
@@ -278,6 +279,7 @@ es_pull_drop_prefetch(EsProducer *p)
 	free(p->pre_path);
 	p->pre_path = NULL;
 	p->pre_done = false;
+	p->pre_wait = false;
 	p->pre_taken = false;
 	p->pre_ready = false;
 }
@@ -871,8 +873,16 @@ es_pull_finish(EsProducer *p, char *error)
 		 * apply says comes next: it becomes that request (handed to
 		 * es_pull_done by es_pull_run if it finished already).  Otherwise
 		 * (an error, or something else moved the cursor) it is dropped.
+		 *
+		 * A long-poll still unanswered is dropped too, and sent again by
+		 * es_pull_start_due: it acknowledges only what was stored before
+		 * this apply (ack=), and parked on the producer it would tell no
+		 * more until it is answered, up to ES_LONGPOLL_S later -- so long
+		 * the producer would count everything just applied as waiting
+		 * for this site.  Sent again, its cursor acknowledges the apply.
 		 */
-		if (error == NULL && p->path != NULL && strcmp(p->path, p->pre_path) == 0)
+		if (error == NULL && p->path != NULL && strcmp(p->path, p->pre_path) == 0 &&
+			(p->pre_done || !p->pre_wait))
 		{
 			if (p->pre_done)
 			{
@@ -1123,6 +1133,7 @@ es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len, bool drai
 	es_client_setup(p->pre_easy, url, p->auth, &p->pre_resp, (drained ? ES_LONGPOLL_S : 0) + 30);
 	es_set_str(&p->pre_path, path);
 	p->pre_done = false;
+	p->pre_wait = drained;
 	if (curl_multi_add_handle(es_multi, p->pre_easy) != CURLM_OK)
 	{
 		es_pull_drop_prefetch(p);
