@@ -2,14 +2,32 @@
 # test/run.sh -- set up (test/setup.sh), then run every test layer:
 # pg_regress (sql/, expected/), isolation (test/specs/) and TAP (test/t/),
 # each against temporary servers it starts itself on free ports.
+#
+# On success the build directory is removed.  On failure it is kept (its
+# path is printed), and what is needed to see why is printed here: the
+# regression diffs, and for each failed TAP test its failed assertions and
+# the tail of every server log it made, with any crash found in them.
 set -euo pipefail
+given_build=${ES_BUILD:-}
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 
 cd "$ES_BUILD"
+# Under AddressSanitizer every process of the run loads its runtime (the
+# servers need it first); each report goes to a file asan.<pid> here.
+asan_env=()
+if [ "${ES_SANITIZE:-}" = address ]; then
+	asan_env=(env "LD_PRELOAD=$(gcc -print-file-name=libasan.so)"
+		"ASAN_OPTIONS=detect_leaks=0:log_path=$ES_BUILD/asan")
+fi
 set +e
-$as_pg make PG_CONFIG=$PG_BIN/pg_config with_llvm=no installcheck 2>&1 | tee installcheck.log
+$as_pg "${asan_env[@]}" make PG_CONFIG=$PG_BIN/pg_config with_llvm=no installcheck 2>&1 | tee installcheck.log
 status=${PIPESTATUS[0]}
 set -e
+if compgen -G "asan.*" >/dev/null; then
+	echo "== AddressSanitizer reports"
+	cat asan.*
+	status=1
+fi
 
 # One closing line for all layers.
 read -r passed failed < <(awk '
@@ -19,11 +37,43 @@ read -r passed failed < <(awk '
 	/^Failed [0-9]+\/[0-9]+ subtests/ { split($2, t, "/"); f += t[1]; p -= t[1] }
 	END { print p + 0, f + 0 }' installcheck.log)
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+
+# show_log FILE LINES: the last LINES lines of a log, headed by its name.
+show_log() {
+	echo "== tail of $1"
+	tail -n "$2" "$1"
+}
+
 if [ "$status" -ne 0 ]; then
 	for f in regression.diffs output_iso/regression.diffs; do
 		[ -f "$f" ] && { echo "== $f"; cat "$f"; }
 	done
-	[ -d tmp_check/log ] && tail -n 50 tmp_check/log/regress_log_* 2>/dev/null | tail -n 200
+	# pg_regress keeps its instance's log when a test failed.
+	for f in tmp_check_regress/log/postmaster.log tmp_check_iso/log/postmaster.log; do
+		[ -f "$f" ] && show_log "$f" 60
+	done
+	# TAP tests that failed, as prove's summary names them (or all that
+	# have a log, when prove bailed out before its summary).
+	failed_tap=$(sed -n 's|^test/t/\([0-9A-Za-z_]*\)\.pl *(Wstat.*|\1|p' installcheck.log)
+	if [ -z "$failed_tap" ] && grep -q '^Bail out!\|^FAILED--' installcheck.log; then
+		failed_tap=$(ls tmp_check/log 2>/dev/null | sed -n 's|^regress_log_||p')
+	fi
+	for t in $failed_tap; do
+		log=tmp_check/log/regress_log_$t
+		if [ -f "$log" ]; then
+			echo "== $t: failed assertions"
+			grep -A 6 '^\[[0-9:.]*\](.*) not ok\|^not ok' "$log" | head -n 80 || true
+		fi
+		for server in tmp_check/log/"$t"_*.log; do
+			[ -f "$server" ] || continue
+			grep -n 'terminated by signal\|PANIC\|TRAP:' "$server" | sed "s|^|crash? $server:|" || true
+			show_log "$server" 40
+		done
+	done
+	echo "== the build directory is kept: $ES_BUILD"
+elif [ -z "$given_build" ]; then
+	cd /
+	rm -rf "$ES_BUILD"
 fi
 echo "eventstream tests: $passed passed, $failed failed"
 exit $status

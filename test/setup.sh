@@ -11,6 +11,8 @@
 #   ES_BUILD    the build directory (owned by postgres)
 #   PG_BIN      PostgreSQL 15's bin directory
 #   as_pg       prefix that runs a command as the postgres user
+# With ES_SANITIZE=address the library is built with AddressSanitizer
+# (test/run.sh then loads its runtime into the servers it starts).
 set -euo pipefail
 
 ES_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,7 +47,11 @@ tar -C "$ES_SRC" --exclude=.git -cf - . | tar -C "$ES_BUILD" -xf -
 chown -R postgres:postgres "$ES_BUILD"
 
 as_pg="runuser -u postgres --"
+es_copt=""
+if [ "${ES_SANITIZE:-}" = address ]; then
+	es_copt="-fsanitize=address -fno-omit-frame-pointer"
+fi
 echo "== building in $ES_BUILD"
-(cd "$ES_BUILD" && $as_pg make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no >/dev/null)
-(cd "$ES_BUILD" && make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no install >/dev/null)
+(cd "$ES_BUILD" && $as_pg make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no COPT="$es_copt" >/dev/null)
+(cd "$ES_BUILD" && make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no COPT="$es_copt" install >/dev/null)
 export PATH="$PG_BIN:$PATH"

@@ -846,23 +846,29 @@ ok(wait_query($C, $status_sql, 'streaming false', 30), 'D: and the consumer is s
 ######################################################################
 
 # No initial sync: the table is empty, and the crash is to hit the stream.
+# The consumer's apply is held by a lock on the table taken here before the
+# producer writes (as in L), so the worker is inside its apply transaction
+# when it is killed.
 subscribe($C, $P->{url}, 'bulk', ', initial_sync => false');
 sq($P, "SELECT eventstream.approve('$C->{url}', 'bulk')");
+my $holder = $C->{node}->background_psql('site');
+$holder->query_safe('BEGIN; LOCK TABLE bulk IN SHARE MODE');
 sq($P, 'INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, 20000) g');
 sq($P, "UPDATE bulk SET v = 'u1' WHERE id % 100 = 0");
 sq($P, 'DELETE FROM bulk WHERE id % 97 = 0');
 sq($P, "INSERT INTO bulk SELECT g, 'late' FROM generate_series(20001, 20100) g");
 sq($P, "UPDATE bulk SET v = 'u2' WHERE id BETWEEN 10 AND 20");
 
-# Kill the consumer's worker while the big window is being received or applied.
-my $busy = "SELECT (SELECT count(*) FROM eventstream.inbox) > 0 OR EXISTS (SELECT 1 FROM pg_stat_activity "
-  . "WHERE backend_type = 'eventstream worker' AND datname = 'site' AND state = 'active' AND query LIKE 'applying%')";
+# Kill the consumer's worker in the middle of applying the large window.
 my $final_p = sq($P, 'SELECT count(*) FROM bulk');
-ok(wait_query($C, $busy, 't', 60), 'C: the consumer is receiving the large batch');
+ok(wait_query($C, "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+		  . "WHERE NOT l.granted AND a.backend_type = 'eventstream worker' AND a.datname = 'site'", 't', 60),
+	'C: the consumer applies the large batch, waiting for the lock');
 my ($wpid, $applied_before) = split /\|/, sq($C, "SELECT (SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventstream worker' "
 	  . "AND datname = 'site') || '|' || (SELECT count(*) FROM bulk)");
 ok(kill('KILL', $wpid), "C: kill -9 the consumer's site worker ($wpid)");
 isnt($applied_before, $final_p, "C: (it had not finished: $applied_before of $final_p rows applied)");
+eval { $holder->quit; };		# gone with the crash
 ok(health_ok($C, 90), 'C: the consumer comes back after the crash');
 
 my $bulk_p = digest($P, 'bulk');
@@ -880,16 +886,25 @@ sub exactly_once
 exactly_once('C (consumer crash)');
 
 # The producer killed (immediate stop) while the consumer pulls.
+sq($C, "ALTER SYSTEM SET eventstream.test_pause_at = 'received'");
+sq($C, 'SELECT pg_reload_conf()');
 my ($w_out, $w_err) = ('', '');
 sq($P, 'INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(100001, 110000) g');
 my $writer = IPC::Run::start(
 	[ $P->{node}->installed_command('psql'), '-XAtq', '-d', $P->{node}->connstr('site'), '-c',
 		q{DO $$ BEGIN FOR i IN 1..2000 LOOP INSERT INTO bulk SELECT 200000 + i * 5 + g, 'w' FROM generate_series(0, 4) g; COMMIT; END LOOP; END $$} ],
 	'>', \$w_out, '2>', \$w_err);
-ok(wait_query($C, $busy, 't', 60), 'C: the consumer is receiving the next large batch');
+# The consumer holds the page it has just received (eventstream.test_pause_at)
+# while the producer dies, part of the writer's transactions committed.
+ok(wait_query($P, 'SELECT count(*) > 0 FROM bulk WHERE id > 200000', 't', 60), 'C: the writer is under way');
+my $paused = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'site' "
+  . "AND state = 'active' AND query = 'paused at received'";
+ok(wait_query($C, $paused, '1', 60), 'C: the consumer holds a page it received');
 my $applying = sq($C, "SELECT (SELECT count(*) FROM eventstream.inbox) || ' inbox pages, ' || (SELECT count(*) FROM bulk) || ' rows'");
 $P->{node}->stop('immediate');
 note("producer stopped with the consumer at $applying");
+sq($C, 'ALTER SYSTEM RESET eventstream.test_pause_at');
+sq($C, 'SELECT pg_reload_conf()');
 eval { $writer->finish; };
 $P->{node}->start;
 ok(health_ok($P), 'C: the producer is back');
