@@ -11,8 +11,9 @@
 #   ES_BUILD    the build directory (owned by postgres)
 #   PG_BIN      PostgreSQL 15's bin directory
 #   as_pg       prefix that runs a command as the postgres user
-# With ES_SANITIZE=address the library is built with AddressSanitizer
-# (test/run.sh then loads its runtime into the servers it starts).
+# With ES_VALGRIND=1 the tests run against a copy of PostgreSQL in the
+# build directory whose postgres runs under valgrind's memcheck (reports in
+# $ES_BUILD/valgrind, read by test/run.sh).
 set -euo pipefail
 
 ES_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,11 +48,25 @@ tar -C "$ES_SRC" --exclude=.git -cf - . | tar -C "$ES_BUILD" -xf -
 chown -R postgres:postgres "$ES_BUILD"
 
 as_pg="runuser -u postgres --"
-es_copt=""
-if [ "${ES_SANITIZE:-}" = address ]; then
-	es_copt="-fsanitize=address -fno-omit-frame-pointer"
+if [ -n "${ES_VALGRIND:-}" ]; then
+	# A relocated copy (PostgreSQL finds its files relative to its binaries)
+	# whose postgres is a script running the real one under memcheck.
+	es_install_packages valgrind
+	vg=$ES_BUILD/pg
+	mkdir -p "$vg/usr/lib/postgresql" "$vg/usr/share/postgresql" "$vg/usr/include" "$ES_BUILD/valgrind"
+	cp -a "$PG_BIN/.." "$vg/usr/lib/postgresql/15"
+	cp -a "$("$PG_BIN/pg_config" --sharedir)" "$vg/usr/share/postgresql/15"
+	cp -a "$("$PG_BIN/pg_config" --includedir)" "$vg/usr/include/postgresql"
+	PG_BIN=$vg/usr/lib/postgresql/15/bin
+	mv "$PG_BIN/postgres" "$PG_BIN/postgres.real"
+	cat > "$PG_BIN/postgres" <<-EOF
+	#!/bin/sh
+	exec valgrind --quiet --error-limit=no --num-callers=30 --log-file=$ES_BUILD/valgrind/%p.log "\$(dirname "\$0")/postgres.real" "\$@"
+	EOF
+	chmod 755 "$PG_BIN/postgres"
+	chown -R postgres:postgres "$ES_BUILD"
 fi
 echo "== building in $ES_BUILD"
-(cd "$ES_BUILD" && $as_pg make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no COPT="$es_copt" >/dev/null)
-(cd "$ES_BUILD" && make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no COPT="$es_copt" install >/dev/null)
+(cd "$ES_BUILD" && $as_pg make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no >/dev/null)
+(cd "$ES_BUILD" && make -s PG_CONFIG=$PG_BIN/pg_config with_llvm=no install >/dev/null)
 export PATH="$PG_BIN:$PATH"
