@@ -1287,9 +1287,9 @@ BEGIN
 		conds := conds || format(' AND doc.%I::text IS NOT DISTINCT FROM %L', f.key, filters->>f.key);
 	END LOOP;
 	-- The first matches in key order, so that "the first" is always the same.
-	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT eventstream._docname_of(%L, to_jsonb(doc)) AS d,'
+	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT %s AS d,'
 				   ' row_number() OVER (ORDER BY %s) AS o FROM ONLY %s AS doc WHERE %s ORDER BY %s LIMIT %s) x',
-				   tbl, keys, tbl, conds, keys, "limit")
+				   eventstream._docname_sql(tbl, 'doc'), keys, tbl, conds, keys, "limit")
 		INTO result;
 	RETURN jsonb_build_object('docnames', result);
 END
@@ -1328,9 +1328,9 @@ BEGIN
 	  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
 	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum;
 	BEGIN
-		EXECUTE format('SELECT array_agg(eventstream._docname_of(%L, to_jsonb(doc)) ORDER BY %s)'
+		EXECUTE format('SELECT array_agg(%s ORDER BY %s)'
 					   '  FROM (SELECT * FROM ONLY %s AS doc WHERE $1 IS NULL OR (%s) > (%s) ORDER BY %s LIMIT %s) doc',
-					   tbl, keys, tbl, keys, bound, keys, "limit" + 1)
+					   eventstream._docname_sql(tbl, 'doc'), keys, tbl, keys, bound, keys, "limit" + 1)
 			INTO names USING after;
 	EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range THEN
 		RAISE EXCEPTION 'invalid docname "%" for table "%"', after, eventstream._wire_name(tbl)
@@ -1383,7 +1383,55 @@ BEGIN
 END
 $$;
 
--- The docname of a row given as jsonb (primary key in key order).
+-- The base type of a type (itself unless a domain).
+CREATE FUNCTION eventstream._base_type(typ oid) RETURNS oid
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(t, b) AS (
+		SELECT y.oid, y.typbasetype FROM pg_type y WHERE y.oid = typ
+		UNION ALL
+		SELECT y.oid, y.typbasetype FROM pg_type y JOIN d ON y.oid = d.b)
+	SELECT d.t FROM d WHERE d.b = 0
+$$;
+
+-- An SQL expression for the docname of the row aliased alias of tbl,
+-- rendered exactly as the capture trigger renders it (es_docname): one key
+-- column is its text (output function; date/time types in ISO 8601), several
+-- a compact JSON array in which booleans and finite numbers are bare and
+-- every other value (arrays, composites, text, ...) is a JSON string of its
+-- text.  to_jsonb(row) would not do: it renders arrays and composites as
+-- JSON arrays and objects, which their input functions do not read back.
+CREATE FUNCTION eventstream._docname_sql(tbl regclass, alias text) RETURNS text
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN count(*) = 1
+				THEN min(CASE WHEN x.base IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype,
+											 'timestamp'::regtype, 'timestamptz'::regtype)
+							  THEN format('(pg_catalog.to_jsonb(%s) OPERATOR(pg_catalog.#>>) ''{}'')', x.col)
+							  ELSE format('pg_catalog.format(''%%s'', %s)', x.col) END)
+				ELSE '(''['' || ' || string_agg(format('COALESCE(%s, ''null'')',
+					CASE WHEN x.base = 'bool'::regtype
+						 THEN format('CASE WHEN %s THEN ''true'' ELSE ''false'' END', x.col)
+						 WHEN x.base IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'float4'::regtype,
+										 'float8'::regtype, 'numeric'::regtype)
+						 THEN format('(SELECT CASE WHEN v OPERATOR(pg_catalog.~) ''^[-+0-9.eE]+$'' THEN v'
+									 ' ELSE pg_catalog.to_json(v)::text END FROM (SELECT pg_catalog.format(''%%s'', %s)) n(v))',
+									 x.col)
+						 WHEN x.base IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype,
+										 'timestamp'::regtype, 'timestamptz'::regtype)
+						 THEN format('pg_catalog.to_jsonb(%s)::text', x.col)
+						 ELSE format('pg_catalog.to_json(pg_catalog.format(''%%s'', %s))::text', x.col) END),
+					' || '','' || ' ORDER BY x.ord) || ' || '']'')' END
+	  FROM (SELECT k.ord, format('%s.%I', alias, a.attname) AS col, eventstream._base_type(a.atttypid)::regtype AS base
+			  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
+			  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum) x
+$$;
+
+-- The docname of a row given as jsonb in the update log's rendering (as
+-- captured or served: arrays, composites and the like as their text),
+-- primary key in key order.
 CREATE FUNCTION eventstream._docname_of(tbl regclass, row_data jsonb) RETURNS text
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
