@@ -796,7 +796,14 @@ BEGIN
 					  HINT = 'Each entry is a table name or {"ref_table": name, "condition": text, "unsubscribed": bool}.';
 		END IF;
 		tbl := eventstream._wire_table(item->>'ref_table');
-		IF NOT has_table_privilege(c.role, tbl, 'SELECT') THEN
+		-- Only a table the consumer starts to receive must be readable: one
+		-- whose privilege was revoked later is not served (and can still
+		-- be unsubscribed, or kept while other tables change).
+		IF NOT has_table_privilege(c.role, tbl, 'SELECT')
+		   AND NOT coalesce((item->>'unsubscribed')::boolean, false)
+		   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table x
+							WHERE x.consumer_url = url AND x.ref_table = eventstream._wire_name(tbl)
+							  AND NOT x.unsubscribed) THEN
 			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._wire_name(tbl)
 				USING ERRCODE = 'insufficient_privilege',
 					  HINT = 'GRANT SELECT on the table to the role of the consumer''s API key.';
@@ -1712,6 +1719,10 @@ CREATE TABLE eventstream.producer_table (
 	initial_sync		boolean NOT NULL DEFAULT true,
 	snapshot_pending	boolean NOT NULL DEFAULT false,
 	snapshot_after		text,
+	snapshot_error		text,
+	snapshot_error_at	timestamptz,
+	snapshot_failures	integer NOT NULL DEFAULT 0,
+	snapshot_retry_at	timestamptz,
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -1719,7 +1730,9 @@ COMMENT ON TABLE eventstream.producer_table IS
 COMMENT ON COLUMN eventstream.producer_table.ref_table IS
 	'The table''s name on the producer (schema.table).';
 COMMENT ON COLUMN eventstream.producer_table.snapshot_pending IS
-	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile.';
+	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile, unless the copy is failing (snapshot_error).';
+COMMENT ON COLUMN eventstream.producer_table.snapshot_error IS
+	'Why the last request or page of the initial sync failed; it is retried at snapshot_retry_at, the other tables streaming meanwhile.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 
@@ -1918,10 +1931,16 @@ BEGIN
 	UPDATE eventstream.producer_table t
 		   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
 			   -- Newly approved: copy the rows that exist (initial sync).
-			   snapshot_pending = t.snapshot_pending OR
-				   (x->>'status' = 'Approved' AND t.status <> 'Approved' AND t.initial_sync AND NOT t.unsubscribe),
+			   snapshot_pending = x->>'status' = 'Approved' AND NOT t.unsubscribe AND
+				   (t.snapshot_pending OR (t.status <> 'Approved' AND t.initial_sync)),
 			   snapshot_after = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
-									 ELSE t.snapshot_after END
+									 ELSE t.snapshot_after END,
+			   snapshot_error = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+									 ELSE t.snapshot_error END,
+			   snapshot_failures = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN 0
+										ELSE t.snapshot_failures END,
+			   snapshot_retry_at = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+										ELSE t.snapshot_retry_at END
 		  FROM jsonb_array_elements(coalesce(tables, '[]')) x
 		 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
 		   AND (t.status, t.readable) IS DISTINCT FROM (x->>'status', coalesce((x->>'readable')::boolean, true));
@@ -2060,7 +2079,9 @@ BEGIN
 				snapshot_after = CASE WHEN t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition
 										   OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
 										   OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
-									  THEN NULL ELSE t.snapshot_after END;
+									  THEN NULL ELSE t.snapshot_after END,
+				-- A failing copy is tried again at once.
+				snapshot_error = NULL, snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL;
 	PERFORM eventstream._push_subscriptions(p.producer_url);
 	PERFORM eventstream._wake_worker();
 END
@@ -2076,7 +2097,11 @@ DECLARE
 	p eventstream.producer := eventstream._producer_row(producer_url);
 	wire text := eventstream._qualified(ref_table);
 BEGIN
-	UPDATE eventstream.producer_table t SET unsubscribe = true
+	-- An initial sync under way (or failing) is dropped: subscribing again
+	-- starts a new one.
+	UPDATE eventstream.producer_table t
+	   SET unsubscribe = true, snapshot_pending = false, snapshot_after = NULL, snapshot_error = NULL,
+		   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
 	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
@@ -2086,7 +2111,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION eventstream.unsubscribe(text, text) IS
-	'Stop receiving a table from a producer (the producer stops serving it at once); subscribe() resumes.';
+	'Stop receiving a table from a producer (the producer stops serving it at once, and an initial sync under way is dropped); subscribe() resumes.';
 
 CREATE FUNCTION eventstream.set_keys(producer_url text, api_key text, api_secret text) RETURNS void
 	LANGUAGE plpgsql
@@ -2476,7 +2501,8 @@ $$;
 -- next cursor, in the calling transaction.  A window holds whole producer
 -- transactions and is applied in one local transaction: a page that does
 -- not end its window waits in the inbox for the rest, and so does every
--- page while an initial sync of the producer's tables is under way.
+-- page while an initial sync of the producer's tables is under way (not
+-- while it is failing: see _snapshot_holding).
 -- Returns the number of updates applied, or -1 when the cursor moved on
 -- meanwhile (another session applied that page): nothing is done then.
 CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, page jsonb, deps jsonb DEFAULT '[]')
@@ -2502,8 +2528,7 @@ BEGIN
 	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
 	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
 	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
-	   AND NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
-					    WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+	   AND NOT eventstream._snapshot_holding(p.producer_url) THEN
 		-- The usual case: a whole window, applied at once.
 		n := eventstream._apply_window_page(p, page->'updates', deps);
 	ELSE
@@ -2511,8 +2536,7 @@ BEGIN
 			INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
 				VALUES (p.producer_url, page->'updates', coalesce(deps, '[]'), complete);
 		END IF;
-		IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
-						WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+		IF NOT eventstream._snapshot_holding(p.producer_url) THEN
 			n := eventstream._apply_inbox(p);
 		END IF;
 	END IF;
@@ -2563,23 +2587,40 @@ BEGIN
 	failed := r[2];
 	UPDATE eventstream.producer_table t
 	   SET snapshot_after = coalesce(page->>'next', t.snapshot_after),
-		   snapshot_pending = (page->>'more')::boolean
+		   snapshot_pending = (page->>'more')::boolean,
+		   snapshot_error = NULL, snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
 	 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
 	UPDATE eventstream.producer x
 	   SET synced_count = x.synced_count + r[1] - failed, failed_count = x.failed_count + failed,
 		   last_pull_at = now(), last_success_at = now(), last_error = NULL, last_error_at = NULL
 	 WHERE x.producer_url = p.producer_url;
-	IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
-					WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+	IF NOT eventstream._snapshot_holding(p.producer_url) THEN
 		n := n + eventstream._apply_inbox(p);
 	END IF;
 	RETURN n;
 END
 $$;
 
+-- Whether an initial sync of a producer's tables is under way and not
+-- failing: the producer's updates wait in the inbox meanwhile, to be
+-- applied after the copied rows.  A table whose copy failed holds nothing
+-- back while it waits for its retry: the updates of every table (its own
+-- too) are applied as they arrive, and the copy, once it succeeds, brings
+-- the rows that existed.
+CREATE FUNCTION eventstream._snapshot_holding(producer_url text) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					WHERE t.producer_url = _snapshot_holding.producer_url AND t.snapshot_pending
+					  AND t.snapshot_error IS NULL)
+$$;
+
 -- What to ask a producer for next: a page of a table's existing rows
--- while an initial sync is under way, otherwise the next page of updates.
-CREATE FUNCTION eventstream._next_request(producer_url text, OUT path text, OUT kind text)
+-- while an initial sync is under way (and not waiting for a retry after a
+-- failure), otherwise the next page of updates.  ref_table: the table of
+-- a snapshot request.
+CREATE FUNCTION eventstream._next_request(producer_url text, OUT path text, OUT kind text, OUT ref_table text)
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2590,9 +2631,11 @@ BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _next_request.producer_url;
 	SELECT * INTO pt FROM eventstream.producer_table t
 	 WHERE t.producer_url = p.producer_url AND t.snapshot_pending
+	   AND (t.snapshot_retry_at IS NULL OR t.snapshot_retry_at <= now())
 	 ORDER BY t.ref_table LIMIT 1;
 	IF FOUND THEN
 		kind := 'snapshot';
+		ref_table := pt.ref_table;
 		path := format('snapshot/%s?limit=100&consumer=%s%s', eventstream._urlencode(pt.ref_table),
 					   eventstream._urlencode(eventstream._site_url()),
 					   CASE WHEN pt.snapshot_after IS NOT NULL
@@ -2601,6 +2644,31 @@ BEGIN
 		kind := 'updates';
 		path := eventstream._pull_path(p.cursor, 0);
 	END IF;
+END
+$$;
+
+-- A request for sent_path failed, or its answer could not be applied.  When
+-- it was a page of a table's initial sync that is still what comes next,
+-- record the error on the table and schedule its retry after 1 s, 2 s, 4 s,
+-- ... up to 5 minutes (with jitter): the producer's other requests go on
+-- meanwhile.  Returns whether it was such a request.
+CREATE FUNCTION eventstream._snapshot_failed(producer_url text, sent_path text, error text) RETURNS boolean
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	SELECT * INTO r FROM eventstream._next_request(_snapshot_failed.producer_url) q;
+	IF r.kind IS DISTINCT FROM 'snapshot' OR r.path IS DISTINCT FROM sent_path THEN
+		RETURN false;
+	END IF;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_error = error, snapshot_error_at = now(), snapshot_failures = t.snapshot_failures + 1,
+		   snapshot_retry_at = now() + least(interval '1 s' * 2 ^ least(t.snapshot_failures, 20), interval '5 min')
+										 * (0.75 + 0.5 * random())
+	 WHERE t.producer_url = _snapshot_failed.producer_url AND t.ref_table = r.ref_table;
+	RETURN true;
 END
 $$;
 
@@ -2627,7 +2695,7 @@ BEGIN
 		n := -1;
 	ELSIF r.kind = 'snapshot' THEN
 		SELECT * INTO pt FROM eventstream.producer_table t
-		 WHERE t.producer_url = p.producer_url AND t.snapshot_pending ORDER BY t.ref_table LIMIT 1;
+		 WHERE t.producer_url = p.producer_url AND t.ref_table = r.ref_table;
 		n := eventstream._apply_snapshot_page(p.producer_url, pt.ref_table, pt.snapshot_after,
 											  body || jsonb_build_object('ref_table', pt.ref_table), deps);
 	ELSE
@@ -2747,10 +2815,8 @@ BEGIN
 	END IF;
 	RETURN (SELECT eventstream._missing_documents(producer_url,
 			CASE WHEN body ? 'documents'
-				 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
-																WHERE t.producer_url = _missing_for.producer_url
-																  AND t.snapshot_pending
-																ORDER BY t.ref_table LIMIT 1))
+				 THEN body || jsonb_build_object('ref_table', (SELECT r.ref_table
+																 FROM eventstream._next_request(_missing_for.producer_url) r))
 				 ELSE body END,
 			have, targets));
 END
@@ -2802,9 +2868,27 @@ DECLARE
 	total integer := 0;
 BEGIN
 	LOOP
-		body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
-		deps := eventstream._fetch_missing(p, path, body);
-		SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body, deps);
+		IF path LIKE 'snapshot/%' THEN
+			-- A table's initial sync that fails is recorded on it and
+			-- retried later; the other tables go on.
+			BEGIN
+				body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
+				deps := eventstream._fetch_missing(p, path, body);
+				SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body, deps);
+			EXCEPTION WHEN OTHERS THEN
+				-- (Not recorded when the worker went past it meanwhile.)
+				IF eventstream._snapshot_failed(p.producer_url, path, SQLERRM) THEN
+					RAISE WARNING 'initial sync from producer "%" failed: %', p.producer_url, SQLERRM
+						USING HINT = 'It is retried later; eventstream.producer_table.snapshot_error keeps the error.';
+				END IF;
+				SELECT 0 AS n, r.path AS next_path, true AS more INTO res
+				  FROM eventstream._next_request(p.producer_url) r;
+			END;
+		ELSE
+			body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
+			deps := eventstream._fetch_missing(p, path, body);
+			SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body, deps);
+		END IF;
 		total := total + greatest(res.n, 0);
 		path := res.next_path;
 		EXIT WHEN NOT res.more;

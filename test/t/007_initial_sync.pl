@@ -1,7 +1,9 @@
 # Initial sync and recovery between two real sites (two databases of one
 # node, each with its own worker and HTTP port): tables whose key is an
 # array or a composite holding an array, copied over several snapshot
-# pages (so after= carries such a key back to the producer).
+# pages (so after= carries such a key back to the producer); a table whose
+# copy fails, which must not hold the producer's other tables back, and
+# unsubscribe() dropping it.
 #
 # Nothing sleeps a fixed time hoping: every wait polls for its condition
 # with a deadline.
@@ -17,6 +19,8 @@ use EsSites;
 my $schema = q{
 	CREATE TABLE arr (id int[] PRIMARY KEY, v text);
 	CREATE TABLE comp (a text, b int[], c timestamptz, PRIMARY KEY (a, b, c));
+	CREATE TABLE flow (id int PRIMARY KEY, v text);
+	CREATE TABLE blocked (id int PRIMARY KEY, v text);
 };
 
 my $node = new_node('sites');
@@ -31,6 +35,7 @@ sq($P, $schema . q{
 	INSERT INTO arr SELECT ARRAY[i, i * 2, -i], 'v' || i FROM generate_series(1, 150) i;
 	INSERT INTO comp SELECT 'a, "' || (i % 3) || '"', ARRAY[i, i + 1], timestamptz '2024-01-01 00:00+00' + i * interval '1 h'
 	  FROM generate_series(1, 150) i;
+	INSERT INTO blocked SELECT i, 'b' || i FROM generate_series(1, 10) i;
 });
 sq($C, $schema . q{
 	CREATE ROLE applier;
@@ -39,8 +44,10 @@ sq($C, $schema . q{
 
 my ($key, $secret) = key_pair($P, 'branch');
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P->{url}', api_key => '$key', api_secret => '$secret', "
-	  . "subscriber => 'applier', tables => ARRAY['arr', 'comp'])");
-sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['arr', 'comp']) t");
+	  . "subscriber => 'applier', tables => ARRAY['arr', 'comp', 'flow', 'blocked'])");
+# Registered while readable; then blocked's copy is made to fail.
+sq($P, 'REVOKE SELECT ON blocked FROM branch');
+sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['arr', 'comp', 'flow', 'blocked']) t");
 
 ######################################################################
 # Array keys over several snapshot pages
@@ -56,5 +63,58 @@ is(sq($C, "SELECT count(*) FROM eventstream.sync_log WHERE note = 'initial sync'
 sq($P, "UPDATE arr SET v = 'changed' WHERE id = '{150,300,-150}'");
 ok(wait_query($C, "SELECT v FROM arr WHERE id = '{150,300,-150}'", 'changed', 60),
 	'an update of an array-keyed row streams afterwards');
+
+######################################################################
+# A failing initial sync holds no other table back
+######################################################################
+
+ok(wait_query($C, "SELECT snapshot_pending AND snapshot_error IS NOT NULL AND snapshot_retry_at IS NOT NULL "
+		  . "FROM eventstream.producer_table WHERE ref_table = 'public.blocked'", 't', 60),
+	"the failing copy is recorded on its table, with a retry time");
+like(sq($C, "SELECT snapshot_error FROM eventstream.producer_table WHERE ref_table = 'public.blocked'"),
+	qr/permission denied|cannot read/, '  and its error');
+sq($P, "INSERT INTO flow SELECT i, 'f' || i FROM generate_series(1, 20) i");
+ok(wait_query($C, 'SELECT count(*) FROM flow', '20', 60),
+	"another table's updates flow while that copy fails");
+sq($P, "UPDATE flow SET v = 'f1 again' WHERE id = 1");
+ok(wait_query($C, "SELECT v FROM flow WHERE id = 1", 'f1 again', 60), '  and keep flowing');
+is(sq($C, "SELECT count(*) FROM eventstream.inbox"), '0', 'nothing waits in the inbox');
+is(sq($C, "SELECT state FROM eventstream.producer_status"), 'streaming', 'the producer is streaming, not failing');
+
+# sync_now() from a session goes past it too, with a warning (the worker
+# leaves the producer alone meanwhile).
+sq($C, "UPDATE eventstream.producer SET enabled = false; SELECT eventstream._wake_worker()");
+sq($C, "UPDATE eventstream.producer_table SET snapshot_retry_at = now() WHERE ref_table = 'public.blocked'");
+sq($P, "INSERT INTO flow VALUES (21, 'by sync_now')");
+my ($ret, $out, $err) = q_try($C, "SELECT eventstream.sync_now('$P->{url}') >= 0");
+is($ret, 0, 'sync_now() succeeds while a copy fails');
+like($err, qr/initial sync from producer .* failed/, '  and warns about the copy');
+is(sq($C, 'SELECT v FROM flow WHERE id = 21'), 'by sync_now', '  and applies the other tables');
+like(sq($C, "SELECT snapshot_error FROM eventstream.producer_table WHERE ref_table = 'public.blocked'"),
+	qr/cannot read/, '  and records the error again');
+sq($C, "UPDATE eventstream.producer SET enabled = true; SELECT eventstream._wake_worker()");
+
+# Once readable again, the retry copies the table.
+sq($P, 'GRANT SELECT ON blocked TO branch');
+sq($C, "UPDATE eventstream.producer_table SET snapshot_retry_at = now() WHERE ref_table = 'public.blocked'");
+ok(wait_query($C, "SELECT snapshot_pending OR snapshot_error IS NOT NULL FROM eventstream.producer_table "
+		  . "WHERE ref_table = 'public.blocked'", 'f', 120),
+	'the retried copy succeeds and clears the error');
+is(digest($C, 'blocked'), digest($P, 'blocked'), '  and the table is copied');
+
+# unsubscribe() drops a copy that fails (it would otherwise be retried
+# for ever, and the producer refuses it: the consumer is unsubscribed).
+sq($P, 'REVOKE SELECT ON blocked FROM branch');
+sq($P, "SELECT eventstream.reject('$C->{url}', 'blocked')");
+ok(wait_query($C, "SELECT status FROM eventstream.producer_table WHERE ref_table = 'public.blocked'", 'Rejected', 60),
+	'rejected');
+sq($P, "SELECT eventstream.approve('$C->{url}', 'blocked')");
+ok(wait_query($C, "SELECT snapshot_error IS NOT NULL FROM eventstream.producer_table WHERE ref_table = 'public.blocked'",
+		't', 60),
+	'approved again: a new copy starts, which fails');
+sq($C, "SELECT eventstream.unsubscribe('$P->{url}', 'blocked')");
+is(sq($C, "SELECT snapshot_pending OR snapshot_error IS NOT NULL FROM eventstream.producer_table WHERE ref_table = 'public.blocked'"),
+	'f', 'unsubscribe() drops the copy');
+is(sq($C, "SELECT kind FROM eventstream._next_request('$P->{url}')"), 'updates', '  and the next request is for updates');
 
 done_testing();
