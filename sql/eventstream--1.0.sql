@@ -2905,6 +2905,7 @@ CREATE FUNCTION eventstream.resync(sync_log_id bigint) RETURNS text
 AS $$
 DECLARE
 	l eventstream.sync_log;
+	newer eventstream.sync_log;
 	p eventstream.producer;
 	r record;
 	upd jsonb;
@@ -2934,6 +2935,20 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
 	END IF;
 	p := eventstream._producer_row(l.producer_url);
+	-- A later update of the same document was applied: this one, applied
+	-- again now, would roll the document back to an older state.
+	SELECT * INTO newer FROM eventstream.sync_log x
+	 WHERE x.id > l.id AND x.producer_url = l.producer_url AND x.remote_ref_table = l.remote_ref_table
+	   AND x.remote_docname = l.remote_docname AND x.status = 'Synced'
+	 ORDER BY x.id DESC LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'sync log % is older than an update of the same document applied since', sync_log_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('Sync log %s (%s of "%s") was applied after it; applying this one again would roll the document back.',
+								  newer.id, newer.update_type, l.remote_docname),
+				  HINT = format('Bring the document to the producer''s current state with eventstream.refetch(%L, %L, %L).',
+								l.producer_url, l.remote_ref_table, l.remote_docname);
+	END IF;
 	PERFORM eventstream._apply_deps(p, deps);
 	SELECT * INTO r FROM eventstream._apply_update(p.producer_url, p.subscriber, upd, dependency, deps);
 	UPDATE eventstream.sync_log x
@@ -2948,7 +2963,71 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION eventstream.resync(bigint) IS
-	'Apply a Failed sync log entry again, exactly as it was received; returns and stores the new status.';
+	'Apply a Failed sync log entry again, exactly as it was received; returns and stores the new status.  Refused when a later update of the same document was applied since (eventstream.refetch() brings the document up to date).';
+
+CREATE FUNCTION eventstream.refetch(producer_url text, ref_table text, docname text) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	wire text := eventstream._qualified(ref_table);
+	r record;
+	code text;
+	upd jsonb;
+	deps jsonb := '[]';
+	n integer[];
+BEGIN
+	-- First, holding no lock (the site worker applies meanwhile), fetch.
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = rtrim(btrim(refetch.producer_url), '/');
+	IF NOT FOUND THEN
+		p := eventstream._producer_row(producer_url);	-- says it is not added
+	END IF;
+	IF docname IS NULL THEN
+		RAISE EXCEPTION 'docname must be given' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					WHERE t.producer_url = p.producer_url AND t.ref_table = wire AND NOT t.unsubscribe) THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object', HINT = 'Subscribe to it with eventstream.subscribe().';
+	END IF;
+	-- The document as the producer has it now (from this session, like
+	-- sync_now()); a 404 for the document itself means it is gone there.
+	SELECT * INTO r FROM eventstream._http_request('GET', p.producer_url || '/api/eventstream/v1/'
+													   || eventstream._document_path(wire, docname),
+												   p.api_key || ':' || p.api_secret, NULL, 30);
+	IF r.status = 404 THEN
+		BEGIN
+			code := (r.body::jsonb)->'error'->>'code';
+		EXCEPTION WHEN OTHERS THEN
+			code := NULL;
+		END;
+	END IF;
+	IF r.status = 200 THEN
+		upd := jsonb_build_object('update_type', 'Create', 'ref_table', wire, 'docname', docname,
+								  'data', eventstream._read_json(r.body), 'origin', p.producer_site_id);
+		deps := eventstream._fetch_missing(p, NULL, jsonb_build_object('updates', jsonb_build_array(upd), 'complete', true));
+	ELSIF code = '42704' THEN
+		upd := jsonb_build_object('update_type', 'Delete', 'ref_table', wire, 'docname', docname, 'data', NULL,
+								  'origin', p.producer_site_id);
+	ELSE
+		-- Any other answer: the producer's error, as _producer_call raises it.
+		PERFORM eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET',
+										   eventstream._document_path(wire, docname));
+		RAISE EXCEPTION 'producer "%" answered HTTP % for document "%"', p.producer_url, r.status, docname
+			USING ERRCODE = 'connection_exception';
+	END IF;
+	p := eventstream._producer_row(p.producer_url);
+	PERFORM eventstream._apply_deps(p, deps);
+	n := eventstream._apply_updates(p.producer_url, p.subscriber, jsonb_build_array(upd), 'refetch', false, deps);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + n[1] - n[2], failed_count = x.failed_count + n[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN CASE WHEN n[2] > 0 THEN 'Failed' ELSE 'Synced' END;
+END
+$$;
+COMMENT ON FUNCTION eventstream.refetch(text, text, text) IS
+	'Bring one document to the producer''s current state: fetch it (from this session, over HTTP) and apply it as a Create, or as a Delete when the producer no longer has it; logged in the sync log with the note refetch.  Returns Synced or Failed.';
 
 CREATE FUNCTION eventstream.remote_name(local_table regclass, local_docname text,
 										OUT producer_url text, OUT remote_docname text)

@@ -3,7 +3,8 @@
 # array or a composite holding an array, copied over several snapshot
 # pages (so after= carries such a key back to the producer); a table whose
 # copy fails, which must not hold the producer's other tables back, and
-# unsubscribe() dropping it.
+# unsubscribe() dropping it; resync() refusing to roll a document back,
+# and refetch() of one document.
 #
 # Nothing sleeps a fixed time hoping: every wait polls for its condition
 # with a deadline.
@@ -21,6 +22,7 @@ my $schema = q{
 	CREATE TABLE comp (a text, b int[], c timestamptz, PRIMARY KEY (a, b, c));
 	CREATE TABLE flow (id int PRIMARY KEY, v text);
 	CREATE TABLE blocked (id int PRIMARY KEY, v text);
+	CREATE TABLE acct (id int PRIMARY KEY, amount int);
 };
 
 my $node = new_node('sites');
@@ -40,14 +42,16 @@ sq($P, $schema . q{
 sq($C, $schema . q{
 	CREATE ROLE applier;
 	GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO applier;
+	-- The consumer refuses one amount, until its admin drops the check.
+	ALTER TABLE acct ADD CONSTRAINT not_30000 CHECK (amount <> 30000);
 });
 
 my ($key, $secret) = key_pair($P, 'branch');
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P->{url}', api_key => '$key', api_secret => '$secret', "
-	  . "subscriber => 'applier', tables => ARRAY['arr', 'comp', 'flow', 'blocked'])");
+	  . "subscriber => 'applier', tables => ARRAY['arr', 'comp', 'flow', 'blocked', 'acct'])");
 # Registered while readable; then blocked's copy is made to fail.
 sq($P, 'REVOKE SELECT ON blocked FROM branch');
-sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['arr', 'comp', 'flow', 'blocked']) t");
+sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['arr', 'comp', 'flow', 'blocked', 'acct']) t");
 
 ######################################################################
 # Array keys over several snapshot pages
@@ -116,5 +120,44 @@ sq($C, "SELECT eventstream.unsubscribe('$P->{url}', 'blocked')");
 is(sq($C, "SELECT snapshot_pending OR snapshot_error IS NOT NULL FROM eventstream.producer_table WHERE ref_table = 'public.blocked'"),
 	'f', 'unsubscribe() drops the copy');
 is(sq($C, "SELECT kind FROM eventstream._next_request('$P->{url}')"), 'updates', '  and the next request is for updates');
+
+######################################################################
+# resync() never rolls a document back; refetch()
+######################################################################
+
+sq($P, 'INSERT INTO acct VALUES (1, 100), (2, 100)');
+ok(wait_query($C, 'SELECT count(*) FROM acct', '2', 60), 'acct rows arrive');
+sq($P, 'UPDATE acct SET amount = 30000 WHERE id = 1');
+ok(wait_query($C, "SELECT count(*) FROM eventstream.sync_log WHERE ref_table = 'public.acct' AND status = 'Failed'", '1', 60),
+	'an update the consumer refuses is Failed');
+sq($P, 'UPDATE acct SET amount = 600 WHERE id = 1');
+ok(wait_query($C, 'SELECT amount FROM acct WHERE id = 1', '600', 60), 'a newer update of the same row is applied');
+sq($C, 'ALTER TABLE acct DROP CONSTRAINT not_30000');
+my $failed = sq($C, "SELECT id FROM eventstream.sync_log WHERE ref_table = 'public.acct' AND status = 'Failed'");
+($ret, $out, $err) = q_try($C, "SELECT eventstream.resync($failed)");
+isnt($ret, 0, 'resync() of the older Failed update is refused');
+like($err, qr/older than an update of the same document applied since/, '  with the reason');
+like($err, qr/HINT:.*eventstream\.refetch\('\Q$P->{url}\E', 'public\.acct', '1'\)/, '  and a hint naming refetch()');
+is(sq($C, 'SELECT amount FROM acct WHERE id = 1'), '600', 'the row keeps the newer value (not rolled back to 30000)');
+is(sq($C, "SELECT status FROM eventstream.sync_log WHERE id = $failed"), 'Failed', '  and the entry stays Failed');
+
+# refetch(): the producer's current state, whatever happened here.
+sq($C, 'UPDATE acct SET amount = -1 WHERE id = 1');
+is(sq($C, "SELECT eventstream.refetch('$P->{url}', 'acct', '1')"), 'Synced', 'refetch() of a row returns Synced');
+is(sq($C, 'SELECT amount FROM acct WHERE id = 1'), '600', '  and the row has the producer\'s current value');
+like(sq($C, "SELECT update_type || ' ' || status || ' ' || note FROM eventstream.sync_log "
+	  . "WHERE ref_table = 'public.acct' ORDER BY id DESC LIMIT 1"), qr/^Create Synced refetch/, '  logged with the note refetch');
+# A row the producer no longer has is deleted (its Delete not received:
+# the table was unsubscribed meanwhile).
+sq($C, "SELECT eventstream.unsubscribe('$P->{url}', 'acct')");
+sq($P, 'DELETE FROM acct WHERE id = 2');
+sq($C, "SELECT eventstream.subscribe('$P->{url}', 'acct', initial_sync => false)");
+is(sq($C, 'SELECT count(*) FROM acct WHERE id = 2'), '1', 'a row deleted on the producer while unsubscribed is still here');
+is(sq($C, "SELECT eventstream.refetch('$P->{url}', 'acct', '2')"), 'Synced', 'refetch() of it');
+is(sq($C, 'SELECT count(*) FROM acct WHERE id = 2'), '0', '  deletes it');
+($ret, $out, $err) = q_try($C, "SELECT eventstream.refetch('$P->{url}', 'nosuch', '1')");
+like($err, qr/table "public\.nosuch" is not subscribed/, 'refetch() of a table not subscribed is refused');
+($ret, $out, $err) = q_try($C, "SELECT eventstream.refetch('http://127.0.0.1:1', 'acct', '1')");
+like($err, qr/producer "http:\/\/127\.0\.0\.1:1" is not added/, 'refetch() from an unknown producer is refused');
 
 done_testing();
