@@ -1723,6 +1723,7 @@ CREATE TABLE eventstream.producer_table (
 	snapshot_error_at	timestamptz,
 	snapshot_failures	integer NOT NULL DEFAULT 0,
 	snapshot_retry_at	timestamptz,
+	snapshot_from		bigint,
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -1731,6 +1732,8 @@ COMMENT ON COLUMN eventstream.producer_table.ref_table IS
 	'The table''s name on the producer (schema.table).';
 COMMENT ON COLUMN eventstream.producer_table.snapshot_pending IS
 	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile, unless the copy is failing (snapshot_error).';
+COMMENT ON COLUMN eventstream.producer_table.snapshot_from IS
+	'The first sync log id of the copy under way: rows this producer gave before it and the copy did not bring are deleted at its end.';
 COMMENT ON COLUMN eventstream.producer_table.snapshot_error IS
 	'Why the last request or page of the initial sync failed; it is retried at snapshot_retry_at, the other tables streaming meanwhile.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
@@ -1935,6 +1938,8 @@ BEGIN
 				   (t.snapshot_pending OR (t.status <> 'Approved' AND t.initial_sync)),
 			   snapshot_after = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
 									 ELSE t.snapshot_after END,
+			   snapshot_from = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+									ELSE t.snapshot_from END,
 			   snapshot_error = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
 									 ELSE t.snapshot_error END,
 			   snapshot_failures = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN 0
@@ -2080,6 +2085,10 @@ BEGIN
 										   OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
 										   OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
 									  THEN NULL ELSE t.snapshot_after END,
+				snapshot_from = CASE WHEN t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition
+										  OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
+										  OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
+									 THEN NULL ELSE t.snapshot_from END,
 				-- A failing copy is tried again at once.
 				snapshot_error = NULL, snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL;
 	PERFORM eventstream._push_subscriptions(p.producer_url);
@@ -2100,7 +2109,7 @@ BEGIN
 	-- An initial sync under way (or failing) is dropped: subscribing again
 	-- starts a new one.
 	UPDATE eventstream.producer_table t
-	   SET unsubscribe = true, snapshot_pending = false, snapshot_after = NULL, snapshot_error = NULL,
+	   SET unsubscribe = true, snapshot_pending = false, snapshot_after = NULL, snapshot_from = NULL, snapshot_error = NULL,
 		   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
 	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
 	IF NOT FOUND THEN
@@ -2562,7 +2571,8 @@ DECLARE
 	pt eventstream.producer_table;
 	r integer[];
 	n integer := 0;
-	failed integer := 0;
+	applied integer;
+	failed integer;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_snapshot_page.producer_url FOR UPDATE;
 	SELECT * INTO pt FROM eventstream.producer_table t
@@ -2576,6 +2586,13 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A snapshot page is {"documents": [{"docname": ..., "data": {...}}, ...], "next": "...", "more": true|false}.';
 	END IF;
+	IF pt.snapshot_from IS NULL THEN
+		-- The copy's first page: what the sync log holds from here on is
+		-- the copy's (and what is applied while it runs).
+		pt.snapshot_from := (SELECT coalesce(max(l.id), 0) + 1 FROM eventstream.sync_log l);
+		UPDATE eventstream.producer_table t SET snapshot_from = pt.snapshot_from
+		 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
+	END IF;
 	n := eventstream._apply_deps(p, deps);
 	r := eventstream._apply_updates(p.producer_url, p.subscriber,
 		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
@@ -2583,15 +2600,38 @@ BEGIN
 													  'origin', p.producer_site_id) ORDER BY o), '[]')
 		   FROM jsonb_array_elements(page->'documents') WITH ORDINALITY x(d, o)),
 		'initial sync', false, deps);
-	n := n + r[1];
+	applied := r[1];
 	failed := r[2];
+	IF NOT (page->>'more')::boolean THEN
+		-- The last page: the documents this producer gave before the copy
+		-- (their last entry is not a Delete applied) that the copy did not
+		-- bring, nor anything since, are no longer on the producer (or no
+		-- longer pass the condition): deleted here, as the subscriber.
+		r := eventstream._apply_updates(p.producer_url, p.subscriber,
+			(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Delete', 'ref_table', pt.ref_table,
+														  'docname', d.remote_docname, 'data', NULL,
+														  'origin', p.producer_site_id) ORDER BY d.remote_docname), '[]')
+			   FROM (SELECT DISTINCT ON (l.remote_docname) l.remote_docname, l.update_type, l.status
+					   FROM eventstream.sync_log l
+					  WHERE l.producer_url = p.producer_url AND l.remote_ref_table = pt.ref_table
+						AND l.id < pt.snapshot_from AND l.remote_docname IS NOT NULL
+					  ORDER BY l.remote_docname, l.id DESC) d
+			  WHERE NOT (d.update_type = 'Delete' AND d.status = 'Synced')
+				AND NOT EXISTS (SELECT 1 FROM eventstream.sync_log l
+								 WHERE l.producer_url = p.producer_url AND l.remote_ref_table = pt.ref_table
+								   AND l.id >= pt.snapshot_from AND l.remote_docname = d.remote_docname)),
+			'initial sync: not on the producer', false);
+		applied := applied + r[1];
+		failed := failed + r[2];
+	END IF;
+	n := n + applied;
 	UPDATE eventstream.producer_table t
 	   SET snapshot_after = coalesce(page->>'next', t.snapshot_after),
 		   snapshot_pending = (page->>'more')::boolean,
 		   snapshot_error = NULL, snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
 	 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
 	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + r[1] - failed, failed_count = x.failed_count + failed,
+	   SET synced_count = x.synced_count + applied - failed, failed_count = x.failed_count + failed,
 		   last_pull_at = now(), last_success_at = now(), last_error = NULL, last_error_at = NULL
 	 WHERE x.producer_url = p.producer_url;
 	IF NOT eventstream._snapshot_holding(p.producer_url) THEN
@@ -3028,6 +3068,35 @@ END
 $$;
 COMMENT ON FUNCTION eventstream.refetch(text, text, text) IS
 	'Bring one document to the producer''s current state: fetch it (from this session, over HTTP) and apply it as a Create, or as a Delete when the producer no longer has it; logged in the sync log with the note refetch.  Returns Synced or Failed.';
+
+CREATE FUNCTION eventstream.resync_table(producer_url text, ref_table text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	wire text := eventstream._qualified(ref_table);
+	pt eventstream.producer_table;
+BEGIN
+	SELECT * INTO pt FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	IF NOT FOUND OR pt.unsubscribe THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object', HINT = 'Subscribe to it with eventstream.subscribe(); that copies it.';
+	END IF;
+	IF pt.status <> 'Approved' THEN
+		RAISE EXCEPTION 'the subscription to table "%" is %, not Approved', wire, pt.status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'The table is copied once the producer''s admin approves it.';
+	END IF;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_pending = true, snapshot_after = NULL, snapshot_from = NULL, snapshot_error = NULL,
+		   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	PERFORM eventstream._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION eventstream.resync_table(text, text) IS
+	'Copy a subscribed table again from the producer (its initial sync): rows are brought to the producer''s state, and rows this producer gave that it no longer has are deleted; updates wait until the copy is done.';
 
 CREATE FUNCTION eventstream.remote_name(local_table regclass, local_docname text,
 										OUT producer_url text, OUT remote_docname text)

@@ -4,7 +4,8 @@
 # pages (so after= carries such a key back to the producer); a table whose
 # copy fails, which must not hold the producer's other tables back, and
 # unsubscribe() dropping it; resync() refusing to roll a document back,
-# and refetch() of one document.
+# refetch() of one document, and copies again that delete what the
+# producer no longer has (subscribing again, resync_table()).
 #
 # Nothing sleeps a fixed time hoping: every wait polls for its condition
 # with a deadline.
@@ -23,6 +24,7 @@ my $schema = q{
 	CREATE TABLE flow (id int PRIMARY KEY, v text);
 	CREATE TABLE blocked (id int PRIMARY KEY, v text);
 	CREATE TABLE acct (id int PRIMARY KEY, amount int);
+	CREATE TABLE kept (id int PRIMARY KEY, v text);
 };
 
 my $node = new_node('sites');
@@ -38,6 +40,7 @@ sq($P, $schema . q{
 	INSERT INTO comp SELECT 'a, "' || (i % 3) || '"', ARRAY[i, i + 1], timestamptz '2024-01-01 00:00+00' + i * interval '1 h'
 	  FROM generate_series(1, 150) i;
 	INSERT INTO blocked SELECT i, 'b' || i FROM generate_series(1, 10) i;
+	INSERT INTO kept SELECT i, 'k' || i FROM generate_series(1, 5) i;
 });
 sq($C, $schema . q{
 	CREATE ROLE applier;
@@ -48,10 +51,10 @@ sq($C, $schema . q{
 
 my ($key, $secret) = key_pair($P, 'branch');
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P->{url}', api_key => '$key', api_secret => '$secret', "
-	  . "subscriber => 'applier', tables => ARRAY['arr', 'comp', 'flow', 'blocked', 'acct'])");
+	  . "subscriber => 'applier', tables => ARRAY['arr', 'comp', 'flow', 'blocked', 'acct', 'kept'])");
 # Registered while readable; then blocked's copy is made to fail.
 sq($P, 'REVOKE SELECT ON blocked FROM branch');
-sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['arr', 'comp', 'flow', 'blocked', 'acct']) t");
+sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['arr', 'comp', 'flow', 'blocked', 'acct', 'kept']) t");
 
 ######################################################################
 # Array keys over several snapshot pages
@@ -159,5 +162,33 @@ is(sq($C, 'SELECT count(*) FROM acct WHERE id = 2'), '0', '  deletes it');
 like($err, qr/table "public\.nosuch" is not subscribed/, 'refetch() of a table not subscribed is refused');
 ($ret, $out, $err) = q_try($C, "SELECT eventstream.refetch('http://127.0.0.1:1', 'acct', '1')");
 like($err, qr/producer "http:\/\/127\.0\.0\.1:1" is not added/, 'refetch() from an unknown producer is refused');
+
+######################################################################
+# Copies again delete what the producer no longer has
+######################################################################
+
+ok(wait_query($C, 'SELECT count(*) FROM kept', '5', 60), 'kept: copied');
+# Subscribing again copies the table again: a row deleted meanwhile goes.
+sq($C, "SELECT eventstream.unsubscribe('$P->{url}', 'kept')");
+sq($P, "DELETE FROM kept WHERE id = 1; UPDATE kept SET v = 'k2 changed' WHERE id = 2");
+sq($C, "SELECT eventstream.subscribe('$P->{url}', 'kept')");
+ok(wait_query($C, "SELECT snapshot_pending FROM eventstream.producer_table WHERE ref_table = 'public.kept'", 'f', 60),
+	'subscribing again copies the table');
+is(digest($C, 'kept'), digest($P, 'kept'), '  which ends as on the producer: the row deleted meanwhile is gone');
+is(sq($C, "SELECT status || ' ' || note FROM eventstream.sync_log WHERE ref_table = 'public.kept' AND remote_docname = '1' "
+	  . "ORDER BY id DESC LIMIT 1"), 'Synced initial sync: not on the producer', '  logged as such');
+# Without a copy (initial_sync => false) it stays, until resync_table().
+sq($C, "SELECT eventstream.unsubscribe('$P->{url}', 'kept')");
+sq($P, "DELETE FROM kept WHERE id = 3; INSERT INTO kept VALUES (6, 'k6')");
+sq($C, "SELECT eventstream.subscribe('$P->{url}', 'kept', initial_sync => false)");
+is(sq($C, 'SELECT count(*) FROM kept WHERE id = 3'), '1', 'without a copy, a row deleted meanwhile stays');
+sq($C, "INSERT INTO kept VALUES (100, 'made here')");
+sq($C, "SELECT eventstream.resync_table('$P->{url}', 'kept')");
+ok(wait_query($C, "SELECT snapshot_pending FROM eventstream.producer_table WHERE ref_table = 'public.kept'", 'f', 60),
+	'resync_table() copies the table again');
+is(rows($C, 'kept', 'id < 100'), rows($P, 'kept'), '  the rows are as on the producer (3 gone, 6 here)');
+is(sq($C, 'SELECT v FROM kept WHERE id = 100'), 'made here', '  a row made here, not by the producer, stays');
+($ret, $out, $err) = q_try($C, "SELECT eventstream.resync_table('$P->{url}', 'nosuch')");
+like($err, qr/table "public\.nosuch" is not subscribed/, 'resync_table() of a table not subscribed is refused');
 
 done_testing();
