@@ -3132,10 +3132,12 @@ SELECT p.producer_url,
 	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.status = 'Approved'
 		   AND NOT t.unsubscribe) AS tables_approved,
 	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.status = 'Pending'
-		   AND NOT t.unsubscribe) AS tables_pending
+		   AND NOT t.unsubscribe) AS tables_pending,
+	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.snapshot_pending
+		   AND t.snapshot_error IS NOT NULL) AS copies_failing
   FROM eventstream.producer p;
 COMMENT ON VIEW eventstream.producer_status IS
-	'Per producer: state, lag (updates received but not applied, whether more is waiting, and how old the newest received update is while behind), last success and error, failed updates.';
+	'Per producer: state, lag (updates received but not applied, whether more is waiting, and how old the newest received update is while behind), last success and error, failed updates, initial syncs failing (see producer_table.snapshot_error).';
 
 ------------------------------------------------------------------------------
 -- Consumer side: mappings (Document Type Mapping)
