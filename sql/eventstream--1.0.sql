@@ -880,7 +880,14 @@ BEGIN
 			CONTINUE;
 		END IF;
 		tbl := eventstream._wire_table(item->>'ref_table');
-		IF NOT has_table_privilege(c.role, tbl, 'SELECT') THEN
+		-- Only a table the consumer starts to receive must be readable: one
+		-- whose privilege was revoked later is not served (and can still
+		-- be unsubscribed, or kept while other tables change).
+		IF NOT has_table_privilege(c.role, tbl, 'SELECT')
+		   AND NOT coalesce((item->>'unsubscribed')::boolean, false)
+		   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table x
+							WHERE x.consumer_url = url AND x.ref_table = eventstream._wire_name(tbl)
+							  AND NOT x.unsubscribed) THEN
 			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._wire_name(tbl)
 				USING ERRCODE = 'insufficient_privilege',
 					  HINT = 'GRANT SELECT on the table to the role of the consumer''s API key.';
@@ -1399,9 +1406,9 @@ BEGIN
 		conds := conds || format(' AND doc.%I::text IS NOT DISTINCT FROM %L', f.key, filters->>f.key);
 	END LOOP;
 	-- The first matches in key order, so that "the first" is always the same.
-	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT eventstream._docname_of(%L, to_jsonb(doc)) AS d,'
+	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT %s AS d,'
 				   ' row_number() OVER (ORDER BY %s) AS o FROM ONLY %s AS doc WHERE %s ORDER BY %s LIMIT %s) x',
-				   tbl, keys, tbl, conds, keys, "limit")
+				   eventstream._docname_sql(tbl, 'doc'), keys, tbl, conds, keys, "limit")
 		INTO result;
 	RETURN jsonb_build_object('docnames', result);
 END
@@ -1440,9 +1447,9 @@ BEGIN
 	  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
 	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum;
 	BEGIN
-		EXECUTE format('SELECT array_agg(eventstream._docname_of(%L, to_jsonb(doc)) ORDER BY %s)'
+		EXECUTE format('SELECT array_agg(%s ORDER BY %s)'
 					   '  FROM (SELECT * FROM ONLY %s AS doc WHERE $1 IS NULL OR (%s) > (%s) ORDER BY %s LIMIT %s) doc',
-					   tbl, keys, tbl, keys, bound, keys, "limit" + 1)
+					   eventstream._docname_sql(tbl, 'doc'), keys, tbl, keys, bound, keys, "limit" + 1)
 			INTO names USING after;
 	EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range THEN
 		RAISE EXCEPTION 'invalid docname "%" for table "%"', after, eventstream._wire_name(tbl)
@@ -1495,7 +1502,55 @@ BEGIN
 END
 $$;
 
--- The docname of a row given as jsonb (primary key in key order).
+-- The base type of a type (itself unless a domain).
+CREATE FUNCTION eventstream._base_type(typ oid) RETURNS oid
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(t, b) AS (
+		SELECT y.oid, y.typbasetype FROM pg_type y WHERE y.oid = typ
+		UNION ALL
+		SELECT y.oid, y.typbasetype FROM pg_type y JOIN d ON y.oid = d.b)
+	SELECT d.t FROM d WHERE d.b = 0
+$$;
+
+-- An SQL expression for the docname of the row aliased alias of tbl,
+-- rendered exactly as the capture trigger renders it (es_docname): one key
+-- column is its text (output function; date/time types in ISO 8601), several
+-- a compact JSON array in which booleans and finite numbers are bare and
+-- every other value (arrays, composites, text, ...) is a JSON string of its
+-- text.  to_jsonb(row) would not do: it renders arrays and composites as
+-- JSON arrays and objects, which their input functions do not read back.
+CREATE FUNCTION eventstream._docname_sql(tbl regclass, alias text) RETURNS text
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN count(*) = 1
+				THEN min(CASE WHEN x.base IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype,
+											 'timestamp'::regtype, 'timestamptz'::regtype)
+							  THEN format('(pg_catalog.to_jsonb(%s) OPERATOR(pg_catalog.#>>) ''{}'')', x.col)
+							  ELSE format('pg_catalog.format(''%%s'', %s)', x.col) END)
+				ELSE '(''['' || ' || string_agg(format('COALESCE(%s, ''null'')',
+					CASE WHEN x.base = 'bool'::regtype
+						 THEN format('CASE WHEN %s THEN ''true'' ELSE ''false'' END', x.col)
+						 WHEN x.base IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'float4'::regtype,
+										 'float8'::regtype, 'numeric'::regtype)
+						 THEN format('(SELECT CASE WHEN v OPERATOR(pg_catalog.~) ''^[-+0-9.eE]+$'' THEN v'
+									 ' ELSE pg_catalog.to_json(v)::text END FROM (SELECT pg_catalog.format(''%%s'', %s)) n(v))',
+									 x.col)
+						 WHEN x.base IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype,
+										 'timestamp'::regtype, 'timestamptz'::regtype)
+						 THEN format('pg_catalog.to_jsonb(%s)::text', x.col)
+						 ELSE format('pg_catalog.to_json(pg_catalog.format(''%%s'', %s))::text', x.col) END),
+					' || '','' || ' ORDER BY x.ord) || ' || '']'')' END
+	  FROM (SELECT k.ord, format('%s.%I', alias, a.attname) AS col, eventstream._base_type(a.atttypid)::regtype AS base
+			  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
+			  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum) x
+$$;
+
+-- The docname of a row given as jsonb in the update log's rendering (as
+-- captured or served: arrays, composites and the like as their text),
+-- primary key in key order.
 CREATE FUNCTION eventstream._docname_of(tbl regclass, row_data jsonb) RETURNS text
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
@@ -1777,6 +1832,11 @@ CREATE TABLE eventstream.producer_table (
 	snapshot_pending	boolean NOT NULL DEFAULT false,
 	snapshot_after		text,
 	error				text,
+	snapshot_error		text,
+	snapshot_error_at	timestamptz,
+	snapshot_failures	integer NOT NULL DEFAULT 0,
+	snapshot_retry_at	timestamptz,
+	snapshot_from		bigint,
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -1784,9 +1844,13 @@ COMMENT ON TABLE eventstream.producer_table IS
 COMMENT ON COLUMN eventstream.producer_table.ref_table IS
 	'The table''s name on the producer (schema.table).';
 COMMENT ON COLUMN eventstream.producer_table.snapshot_pending IS
-	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile.';
+	'The table''s existing rows are being copied (initial sync); updates wait in the inbox meanwhile, unless the copy is failing (snapshot_error).';
 COMMENT ON COLUMN eventstream.producer_table.error IS
 	'Why the producer cannot serve the table now (it is gone there, or the API key''s role cannot read it), as it last said; NULL when it can.';
+COMMENT ON COLUMN eventstream.producer_table.snapshot_from IS
+	'The first sync log id of the copy under way: rows this producer gave before it and the copy did not bring are deleted at its end.';
+COMMENT ON COLUMN eventstream.producer_table.snapshot_error IS
+	'Why the last request or page of the initial sync failed; it is retried at snapshot_retry_at, the other tables streaming meanwhile.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 
@@ -2003,10 +2067,18 @@ BEGIN
 		   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
 			   error = x->'error'->>'message',
 			   -- Newly approved: copy the rows that exist (initial sync).
-			   snapshot_pending = t.snapshot_pending OR
-				   (x->>'status' = 'Approved' AND t.status <> 'Approved' AND t.initial_sync AND NOT t.unsubscribe),
+			   snapshot_pending = x->>'status' = 'Approved' AND NOT t.unsubscribe AND
+				   (t.snapshot_pending OR (t.status <> 'Approved' AND t.initial_sync)),
 			   snapshot_after = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
-									 ELSE t.snapshot_after END
+									 ELSE t.snapshot_after END,
+			   snapshot_from = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+									ELSE t.snapshot_from END,
+			   snapshot_error = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+									 ELSE t.snapshot_error END,
+			   snapshot_failures = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN 0
+										ELSE t.snapshot_failures END,
+			   snapshot_retry_at = CASE WHEN x->>'status' = 'Approved' AND t.status <> 'Approved' THEN NULL
+										ELSE t.snapshot_retry_at END
 		  FROM jsonb_array_elements(coalesce(tables, '[]')) x
 		 WHERE t.producer_url = _mirror_statuses.producer_url AND t.ref_table = x->>'ref_table'
 		   AND (t.status, t.readable, t.error)
@@ -2148,7 +2220,13 @@ BEGIN
 				snapshot_after = CASE WHEN t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition
 										   OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
 										   OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
-									  THEN NULL ELSE t.snapshot_after END;
+									  THEN NULL ELSE t.snapshot_after END,
+				snapshot_from = CASE WHEN t.unsubscribe OR t.condition IS DISTINCT FROM EXCLUDED.condition
+										  OR t.mapping IS DISTINCT FROM EXCLUDED.mapping
+										  OR t.local_table IS DISTINCT FROM EXCLUDED.local_table
+									 THEN NULL ELSE t.snapshot_from END,
+				-- A failing copy is tried again at once.
+				snapshot_error = NULL, snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL;
 	PERFORM eventstream._push_subscriptions(p.producer_url, ARRAY[wire]);
 	PERFORM eventstream._wake_worker();
 END
@@ -2164,7 +2242,11 @@ DECLARE
 	p eventstream.producer := eventstream._producer_row(producer_url);
 	wire text := eventstream._qualified(ref_table);
 BEGIN
-	UPDATE eventstream.producer_table t SET unsubscribe = true
+	-- An initial sync under way (or failing) is dropped: subscribing again
+	-- starts a new one.
+	UPDATE eventstream.producer_table t
+	   SET unsubscribe = true, snapshot_pending = false, snapshot_after = NULL, snapshot_from = NULL, snapshot_error = NULL,
+		   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
 	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
@@ -2174,7 +2256,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION eventstream.unsubscribe(text, text) IS
-	'Stop receiving a table from a producer (the producer stops serving it at once); subscribe() resumes.';
+	'Stop receiving a table from a producer (the producer stops serving it at once, and an initial sync under way is dropped); subscribe() resumes.';
 
 CREATE FUNCTION eventstream.set_keys(producer_url text, api_key text, api_secret text) RETURNS void
 	LANGUAGE plpgsql
@@ -2641,7 +2723,8 @@ $$;
 -- next cursor, in the calling transaction.  A window holds whole producer
 -- transactions and is applied in one local transaction: a page that does
 -- not end its window waits in the inbox for the rest, and so does every
--- page while an initial sync of the producer's tables is under way.
+-- page while an initial sync of the producer's tables is under way (not
+-- while it is failing: see _snapshot_holding).
 -- Returns the number of updates applied, or -1 when the cursor moved on
 -- meanwhile (another session applied that page): nothing is done then.
 CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, page jsonb, deps jsonb DEFAULT '[]')
@@ -2668,8 +2751,7 @@ BEGIN
 	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
 	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
 	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
-	   AND NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
-					    WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+	   AND NOT eventstream._snapshot_holding(p.producer_url) THEN
 		-- The usual case: a whole window, applied at once.
 		n := eventstream._apply_window_page(p, page->'updates', deps);
 	ELSE
@@ -2677,8 +2759,7 @@ BEGIN
 			INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
 				VALUES (p.producer_url, page->'updates', coalesce(deps, '[]'), complete);
 		END IF;
-		IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
-						WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+		IF NOT eventstream._snapshot_holding(p.producer_url) THEN
 			n := eventstream._apply_inbox(p);
 		END IF;
 	END IF;
@@ -2704,7 +2785,8 @@ DECLARE
 	pt eventstream.producer_table;
 	r integer[];
 	n integer := 0;
-	failed integer := 0;
+	applied integer;
+	failed integer;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_snapshot_page.producer_url FOR UPDATE;
 	SELECT * INTO pt FROM eventstream.producer_table t
@@ -2718,6 +2800,13 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A snapshot page is {"documents": [{"docname": ..., "data": {...}}, ...], "next": "...", "more": true|false}.';
 	END IF;
+	IF pt.snapshot_from IS NULL THEN
+		-- The copy's first page: what the sync log holds from here on is
+		-- the copy's (and what is applied while it runs).
+		pt.snapshot_from := (SELECT coalesce(max(l.id), 0) + 1 FROM eventstream.sync_log l);
+		UPDATE eventstream.producer_table t SET snapshot_from = pt.snapshot_from
+		 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
+	END IF;
 	n := eventstream._apply_deps(p, deps);
 	r := eventstream._apply_updates(p.producer_url, p.subscriber,
 		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
@@ -2725,27 +2814,67 @@ BEGIN
 													  'origin', p.producer_site_id) ORDER BY o), '[]')
 		   FROM jsonb_array_elements(page->'documents') WITH ORDINALITY x(d, o)),
 		'initial sync', false, deps);
-	n := n + r[1];
+	applied := r[1];
 	failed := r[2];
+	IF NOT (page->>'more')::boolean THEN
+		-- The last page: the documents this producer gave before the copy
+		-- (their last entry is not a Delete applied) that the copy did not
+		-- bring, nor anything since, are no longer on the producer (or no
+		-- longer pass the condition): deleted here, as the subscriber.
+		r := eventstream._apply_updates(p.producer_url, p.subscriber,
+			(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Delete', 'ref_table', pt.ref_table,
+														  'docname', d.remote_docname, 'data', NULL,
+														  'origin', p.producer_site_id) ORDER BY d.remote_docname), '[]')
+			   FROM (SELECT DISTINCT ON (l.remote_docname) l.remote_docname, l.update_type, l.status
+					   FROM eventstream.sync_log l
+					  WHERE l.producer_url = p.producer_url AND l.remote_ref_table = pt.ref_table
+						AND l.id < pt.snapshot_from AND l.remote_docname IS NOT NULL
+					  ORDER BY l.remote_docname, l.id DESC) d
+			  WHERE NOT (d.update_type = 'Delete' AND d.status = 'Synced')
+				AND NOT EXISTS (SELECT 1 FROM eventstream.sync_log l
+								 WHERE l.producer_url = p.producer_url AND l.remote_ref_table = pt.ref_table
+								   AND l.id >= pt.snapshot_from AND l.remote_docname = d.remote_docname)),
+			'initial sync: not on the producer', false);
+		applied := applied + r[1];
+		failed := failed + r[2];
+	END IF;
+	n := n + applied;
 	UPDATE eventstream.producer_table t
 	   SET snapshot_after = coalesce(page->>'next', t.snapshot_after),
-		   snapshot_pending = (page->>'more')::boolean
+		   snapshot_pending = (page->>'more')::boolean,
+		   snapshot_error = NULL, snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
 	 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
 	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + r[1] - failed, failed_count = x.failed_count + failed,
+	   SET synced_count = x.synced_count + applied - failed, failed_count = x.failed_count + failed,
 		   last_pull_at = now(), last_success_at = now(), last_error = NULL, last_error_at = NULL
 	 WHERE x.producer_url = p.producer_url;
-	IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
-					WHERE t.producer_url = p.producer_url AND t.snapshot_pending) THEN
+	IF NOT eventstream._snapshot_holding(p.producer_url) THEN
 		n := n + eventstream._apply_inbox(p);
 	END IF;
 	RETURN n;
 END
 $$;
 
+-- Whether an initial sync of a producer's tables is under way and not
+-- failing: the producer's updates wait in the inbox meanwhile, to be
+-- applied after the copied rows.  A table whose copy failed holds nothing
+-- back while it waits for its retry: the updates of every table (its own
+-- too) are applied as they arrive, and the copy, once it succeeds, brings
+-- the rows that existed.
+CREATE FUNCTION eventstream._snapshot_holding(producer_url text) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					WHERE t.producer_url = _snapshot_holding.producer_url AND t.snapshot_pending
+					  AND t.snapshot_error IS NULL)
+$$;
+
 -- What to ask a producer for next: a page of a table's existing rows
--- while an initial sync is under way, otherwise the next page of updates.
-CREATE FUNCTION eventstream._next_request(producer_url text, OUT path text, OUT kind text)
+-- while an initial sync is under way (and not waiting for a retry after a
+-- failure), otherwise the next page of updates.  ref_table: the table of
+-- a snapshot request.
+CREATE FUNCTION eventstream._next_request(producer_url text, OUT path text, OUT kind text, OUT ref_table text)
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2756,9 +2885,11 @@ BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _next_request.producer_url;
 	SELECT * INTO pt FROM eventstream.producer_table t
 	 WHERE t.producer_url = p.producer_url AND t.snapshot_pending
+	   AND (t.snapshot_retry_at IS NULL OR t.snapshot_retry_at <= now())
 	 ORDER BY t.ref_table LIMIT 1;
 	IF FOUND THEN
 		kind := 'snapshot';
+		ref_table := pt.ref_table;
 		path := format('snapshot/%s?limit=100&consumer=%s%s', eventstream._urlencode(pt.ref_table),
 					   eventstream._urlencode(eventstream._site_url()),
 					   CASE WHEN pt.snapshot_after IS NOT NULL
@@ -2767,6 +2898,31 @@ BEGIN
 		kind := 'updates';
 		path := eventstream._pull_path(p.cursor, 0);
 	END IF;
+END
+$$;
+
+-- A request for sent_path failed, or its answer could not be applied.  When
+-- it was a page of a table's initial sync that is still what comes next,
+-- record the error on the table and schedule its retry after 1 s, 2 s, 4 s,
+-- ... up to 5 minutes (with jitter): the producer's other requests go on
+-- meanwhile.  Returns whether it was such a request.
+CREATE FUNCTION eventstream._snapshot_failed(producer_url text, sent_path text, error text) RETURNS boolean
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	SELECT * INTO r FROM eventstream._next_request(_snapshot_failed.producer_url) q;
+	IF r.kind IS DISTINCT FROM 'snapshot' OR r.path IS DISTINCT FROM sent_path THEN
+		RETURN false;
+	END IF;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_error = error, snapshot_error_at = now(), snapshot_failures = t.snapshot_failures + 1,
+		   snapshot_retry_at = now() + least(interval '1 s' * 2 ^ least(t.snapshot_failures, 20), interval '5 min')
+										 * (0.75 + 0.5 * random())
+	 WHERE t.producer_url = _snapshot_failed.producer_url AND t.ref_table = r.ref_table;
+	RETURN true;
 END
 $$;
 
@@ -2793,7 +2949,7 @@ BEGIN
 		n := -1;
 	ELSIF r.kind = 'snapshot' THEN
 		SELECT * INTO pt FROM eventstream.producer_table t
-		 WHERE t.producer_url = p.producer_url AND t.snapshot_pending ORDER BY t.ref_table LIMIT 1;
+		 WHERE t.producer_url = p.producer_url AND t.ref_table = r.ref_table;
 		n := eventstream._apply_snapshot_page(p.producer_url, pt.ref_table, pt.snapshot_after,
 											  body || jsonb_build_object('ref_table', pt.ref_table), deps);
 	ELSE
@@ -2913,10 +3069,8 @@ BEGIN
 	END IF;
 	RETURN (SELECT eventstream._missing_documents(producer_url,
 			CASE WHEN body ? 'documents'
-				 THEN body || jsonb_build_object('ref_table', (SELECT t.ref_table FROM eventstream.producer_table t
-																WHERE t.producer_url = _missing_for.producer_url
-																  AND t.snapshot_pending
-																ORDER BY t.ref_table LIMIT 1))
+				 THEN body || jsonb_build_object('ref_table', (SELECT r.ref_table
+																 FROM eventstream._next_request(_missing_for.producer_url) r))
 				 ELSE body END,
 			have, targets));
 END
@@ -2968,9 +3122,27 @@ DECLARE
 	total integer := 0;
 BEGIN
 	LOOP
-		body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
-		deps := eventstream._fetch_missing(p, path, body);
-		SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body, deps);
+		IF path LIKE 'snapshot/%' THEN
+			-- A table's initial sync that fails is recorded on it and
+			-- retried later; the other tables go on.
+			BEGIN
+				body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
+				deps := eventstream._fetch_missing(p, path, body);
+				SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body, deps);
+			EXCEPTION WHEN OTHERS THEN
+				-- (Not recorded when the worker went past it meanwhile.)
+				IF eventstream._snapshot_failed(p.producer_url, path, SQLERRM) THEN
+					RAISE WARNING 'initial sync from producer "%" failed: %', p.producer_url, SQLERRM
+						USING HINT = 'It is retried later; eventstream.producer_table.snapshot_error keeps the error.';
+				END IF;
+				SELECT 0 AS n, r.path AS next_path, true AS more INTO res
+				  FROM eventstream._next_request(p.producer_url) r;
+			END;
+		ELSE
+			body := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET', path);
+			deps := eventstream._fetch_missing(p, path, body);
+			SELECT * INTO res FROM eventstream._apply_response(p.producer_url, path, body, deps);
+		END IF;
 		total := total + greatest(res.n, 0);
 		path := res.next_path;
 		EXIT WHEN NOT res.more;
@@ -2987,6 +3159,7 @@ CREATE FUNCTION eventstream.resync(sync_log_id bigint) RETURNS text
 AS $$
 DECLARE
 	l eventstream.sync_log;
+	newer eventstream.sync_log;
 	p eventstream.producer;
 	r record;
 	upd jsonb;
@@ -3016,6 +3189,20 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
 	END IF;
 	p := eventstream._producer_row(l.producer_url);
+	-- A later update of the same document was applied: this one, applied
+	-- again now, would roll the document back to an older state.
+	SELECT * INTO newer FROM eventstream.sync_log x
+	 WHERE x.id > l.id AND x.producer_url = l.producer_url AND x.remote_ref_table = l.remote_ref_table
+	   AND x.remote_docname = l.remote_docname AND x.status = 'Synced'
+	 ORDER BY x.id DESC LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'sync log % is older than an update of the same document applied since', sync_log_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('Sync log %s (%s of "%s") was applied after it; applying this one again would roll the document back.',
+								  newer.id, newer.update_type, l.remote_docname),
+				  HINT = format('Bring the document to the producer''s current state with eventstream.refetch(%L, %L, %L).',
+								l.producer_url, l.remote_ref_table, l.remote_docname);
+	END IF;
 	PERFORM eventstream._apply_deps(p, deps);
 	SELECT * INTO r FROM eventstream._apply_update(p.producer_url, p.subscriber, upd, dependency, deps);
 	UPDATE eventstream.sync_log x
@@ -3030,7 +3217,100 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION eventstream.resync(bigint) IS
-	'Apply a Failed sync log entry again, exactly as it was received; returns and stores the new status.';
+	'Apply a Failed sync log entry again, exactly as it was received; returns and stores the new status.  Refused when a later update of the same document was applied since (eventstream.refetch() brings the document up to date).';
+
+CREATE FUNCTION eventstream.refetch(producer_url text, ref_table text, docname text) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	wire text := eventstream._qualified(ref_table);
+	r record;
+	code text;
+	upd jsonb;
+	deps jsonb := '[]';
+	n integer[];
+BEGIN
+	-- First, holding no lock (the site worker applies meanwhile), fetch.
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = rtrim(btrim(refetch.producer_url), '/');
+	IF NOT FOUND THEN
+		p := eventstream._producer_row(producer_url);	-- says it is not added
+	END IF;
+	IF docname IS NULL THEN
+		RAISE EXCEPTION 'docname must be given' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					WHERE t.producer_url = p.producer_url AND t.ref_table = wire AND NOT t.unsubscribe) THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object', HINT = 'Subscribe to it with eventstream.subscribe().';
+	END IF;
+	-- The document as the producer has it now (from this session, like
+	-- sync_now()); a 404 for the document itself means it is gone there.
+	SELECT * INTO r FROM eventstream._http_request('GET', p.producer_url || '/api/eventstream/v1/'
+													   || eventstream._document_path(wire, docname),
+												   p.api_key || ':' || p.api_secret, NULL, 30);
+	IF r.status = 404 THEN
+		BEGIN
+			code := (r.body::jsonb)->'error'->>'code';
+		EXCEPTION WHEN OTHERS THEN
+			code := NULL;
+		END;
+	END IF;
+	IF r.status = 200 THEN
+		upd := jsonb_build_object('update_type', 'Create', 'ref_table', wire, 'docname', docname,
+								  'data', eventstream._read_json(r.body), 'origin', p.producer_site_id);
+		deps := eventstream._fetch_missing(p, NULL, jsonb_build_object('updates', jsonb_build_array(upd), 'complete', true));
+	ELSIF code = '42704' THEN
+		upd := jsonb_build_object('update_type', 'Delete', 'ref_table', wire, 'docname', docname, 'data', NULL,
+								  'origin', p.producer_site_id);
+	ELSE
+		-- Any other answer: the producer's error, as _producer_call raises it.
+		PERFORM eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET',
+										   eventstream._document_path(wire, docname));
+		RAISE EXCEPTION 'producer "%" answered HTTP % for document "%"', p.producer_url, r.status, docname
+			USING ERRCODE = 'connection_exception';
+	END IF;
+	p := eventstream._producer_row(p.producer_url);
+	PERFORM eventstream._apply_deps(p, deps);
+	n := eventstream._apply_updates(p.producer_url, p.subscriber, jsonb_build_array(upd), 'refetch', false, deps);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + n[1] - n[2], failed_count = x.failed_count + n[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN CASE WHEN n[2] > 0 THEN 'Failed' ELSE 'Synced' END;
+END
+$$;
+COMMENT ON FUNCTION eventstream.refetch(text, text, text) IS
+	'Bring one document to the producer''s current state: fetch it (from this session, over HTTP) and apply it as a Create, or as a Delete when the producer no longer has it; logged in the sync log with the note refetch.  Returns Synced or Failed.';
+
+CREATE FUNCTION eventstream.resync_table(producer_url text, ref_table text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	wire text := eventstream._qualified(ref_table);
+	pt eventstream.producer_table;
+BEGIN
+	SELECT * INTO pt FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	IF NOT FOUND OR pt.unsubscribe THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object', HINT = 'Subscribe to it with eventstream.subscribe(); that copies it.';
+	END IF;
+	IF pt.status <> 'Approved' THEN
+		RAISE EXCEPTION 'the subscription to table "%" is %, not Approved', wire, pt.status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'The table is copied once the producer''s admin approves it.';
+	END IF;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_pending = true, snapshot_after = NULL, snapshot_from = NULL, snapshot_error = NULL,
+		   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	PERFORM eventstream._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION eventstream.resync_table(text, text) IS
+	'Copy a subscribed table again from the producer (its initial sync): rows are brought to the producer''s state, and rows this producer gave that it no longer has are deleted; updates wait until the copy is done.';
 
 CREATE FUNCTION eventstream.remote_name(local_table regclass, local_docname text,
 										OUT producer_url text, OUT remote_docname text)
@@ -3076,13 +3356,17 @@ SELECT p.producer_url,
 		   AND NOT t.unsubscribe) AS tables_approved,
 	   (SELECT count(*) FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.status = 'Pending'
 		   AND NOT t.unsubscribe) AS tables_pending,
+	   s.copies_failing,
 	   -- What needs someone's attention, or NULL.
 	   nullif(concat_ws('; ',
 			CASE s.state WHEN 'failing' THEN 'pulls fail: see last_error'
 						 WHEN 'stalled' THEN 'no answer from the producer for longer than a long-poll lasts' END,
 			CASE WHEN s.failed_now > 0
 				 THEN s.failed_now || ' failed update(s): see eventstream.sync_log WHERE status = ''Failed'', '
-					  || 'then SELECT eventstream.resync(id)' END), '') AS attention
+					  || 'then SELECT eventstream.resync(id)' END,
+			CASE WHEN s.copies_failing > 0
+				 THEN s.copies_failing || ' initial sync(s) failing: see eventstream.producer_table.snapshot_error' END),
+			'') AS attention
   FROM eventstream.producer p,
 	   LATERAL (SELECT CASE WHEN NOT p.enabled THEN 'disabled'
 							WHEN p.last_error IS NOT NULL THEN 'failing'
@@ -3092,9 +3376,12 @@ SELECT p.producer_url,
 							ELSE 'streaming' END AS state,
 					   p.behind OR EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url) AS behind,
 					   (SELECT count(*) FROM eventstream.sync_log l
-						 WHERE l.producer_url = p.producer_url AND l.status = 'Failed') AS failed_now) s;
+						 WHERE l.producer_url = p.producer_url AND l.status = 'Failed') AS failed_now,
+					   (SELECT count(*) FROM eventstream.producer_table t
+						 WHERE t.producer_url = p.producer_url AND t.snapshot_pending
+						   AND t.snapshot_error IS NOT NULL) AS copies_failing) s;
 COMMENT ON VIEW eventstream.producer_status IS
-	'Per producer: state (starting, streaming, failing, stalled, disabled), lag (updates received but not applied, whether more is waiting, and how long updates may have waited unseen), last success and error, failed updates, and what needs attention.';
+	'Per producer: state (starting, streaming, failing, stalled, disabled), lag (updates received but not applied, whether more is waiting, and how long updates may have waited unseen), last success and error, failed updates, initial syncs failing (producer_table.snapshot_error), and what needs attention.';
 
 ------------------------------------------------------------------------------
 -- Consumer side: mappings (Document Type Mapping)

@@ -113,6 +113,41 @@ SELECT jsonb_array_length(p->'documents') AS documents, p->>'next' AS next, p->'
 SET eventstream.http_max_response_size = '32kB';	-- below the minimum
 RESET eventstream.http_max_response_size;
 
+-- Docnames of snapshot pages and of filtered documents are rendered as the
+-- capture trigger renders them (an array key as its text, a composite key
+-- as a JSON array whose non-numbers are strings), and "after" reads them
+-- back: pages of an int[] key and of a composite key holding an array, a
+-- text with a comma and quotes, a timestamp, a boolean and a NaN.
+CREATE TABLE arr_key (id int[] PRIMARY KEY, v text);
+INSERT INTO arr_key SELECT ARRAY[i, i + 1], 'v' || i FROM generate_series(1, 3) i;
+CREATE TABLE mixed_key (a text, b int[], c timestamptz, d boolean, e numeric, PRIMARY KEY (a, b, c, d, e));
+INSERT INTO mixed_key VALUES ('x,"y"', '{1,2}', '2024-01-01 10:00+00', true, 'NaN'),
+							 ('q', '{}', '2024-01-02 00:00+00', false, 1.50);
+GRANT SELECT ON arr_key, mixed_key TO es_sub;
+SELECT p->'documents'->0->>'docname' AS docname, p->>'next' AS next, p->'more' AS more
+  FROM eventstream._serve_snapshot('arr_key', NULL, 1, 'es_sub') p;
+SELECT p->'documents'->0->>'docname' AS docname, p->>'next' AS next, p->'more' AS more
+  FROM eventstream._serve_snapshot('arr_key', '{1,2}', 1, 'es_sub') p;
+SELECT p->'documents'->0->>'docname' AS docname, p->>'next' AS next, p->'more' AS more
+  FROM eventstream._serve_snapshot('arr_key', '{2,3}', 1, 'es_sub') p;
+SELECT p->'documents'->0->>'docname' AS docname, p->'more' AS more
+  FROM eventstream._serve_snapshot('mixed_key', NULL, 1, 'es_sub') p;
+SELECT p->'documents'->0->>'docname' AS docname, p->'documents'->0->'data'->>'a' AS a, p->'more' AS more
+  FROM eventstream._serve_snapshot('mixed_key', '["q","{}","2024-01-02T00:00:00+00:00",false,1.50]', 1, 'es_sub') p;
+SELECT eventstream._serve_filtered('mixed_key', '{"d": "true"}', 5, 'es_sub');
+-- The same docnames as the capture trigger's.
+SELECT register('http://consumer-k', '00000000-0000-0000-0000-0000000000b7', '["arr_key", "mixed_key"]');
+SELECT eventstream.approve('http://consumer-k', 'arr_key');
+SELECT eventstream.approve('http://consumer-k', 'mixed_key');
+UPDATE arr_key SET v = v || '!' WHERE id = '{1,2}';
+UPDATE mixed_key SET a = a;		-- no change, no log
+INSERT INTO mixed_key VALUES ('z', '{3}', '2024-01-03 01:02:03.5+02', false, '-Infinity');
+SELECT l.docname, l.docname = (SELECT string_agg(d->>'docname', '') FROM
+							   eventstream._serve_snapshot(l.ref_table, NULL, 1000, 'es_sub') p,
+							   jsonb_array_elements(p->'documents') d WHERE d->>'docname' = l.docname) AS served_alike
+  FROM eventstream.update_log l WHERE l.ref_table IN ('public.arr_key', 'public.mixed_key') ORDER BY l.id;
+SELECT eventstream._serve_snapshot('arr_key', '[1, 2]', 1, 'es_sub');
+
 -- A consumer that asks for the next page while it applies the current one
 -- names the cursor it last stored as ack: only what came before that is
 -- acknowledged, and the page in between can be asked for again (as after a

@@ -598,6 +598,30 @@ es_pull_failed(EsProducer *p, const char *error)
 	values[1] = CStringGetTextDatum(error);
 
 	/*
+	 * A page of a table's initial sync: the failure is that table's.  It is
+	 * recorded on it and retried later (eventstream._snapshot_failed), and
+	 * what to ask for now (below) is something else, at once.
+	 */
+	if (strncmp(failed, "snapshot/", 9) == 0)
+	{
+		Oid			snap_argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+		Datum		snap_values[3];
+		bool		isnull;
+
+		snap_values[0] = values[0];
+		snap_values[1] = CStringGetTextDatum(failed);
+		snap_values[2] = values[1];
+		if (SPI_execute_with_args("SELECT eventstream._snapshot_failed($1, $2, $3)",
+								  3, snap_argtypes, snap_values, NULL, false, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1 &&
+			DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull)
+			ereport(LOG,
+					(errmsg("eventstream: initial sync from %s failed: %s", p->url, error),
+					 errdetail("The request was %s; it is retried later, the other tables meanwhile streaming.",
+							   failed)));
+	}
+
+	/*
 	 * What to ask for now.  When it is no longer what failed, something
 	 * else moved this producer on meanwhile (sync_now() in a session, a
 	 * subscription that changed): the failure was of a request nobody
@@ -610,7 +634,7 @@ es_pull_failed(EsProducer *p, const char *error)
 	 * really wrong.
 	 */
 	if (SPI_execute_with_args("SELECT r.path FROM eventstream._next_request($1) r",
-							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+							  1, argtypes, values, NULL, false, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 		now_path = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	if (now_path != NULL)
