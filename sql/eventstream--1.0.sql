@@ -2816,11 +2816,13 @@ BEGIN
 		'initial sync', false, deps);
 	applied := r[1];
 	failed := r[2];
-	IF NOT (page->>'more')::boolean THEN
+	IF NOT (page->>'more')::boolean AND pt.condition IS NULL THEN
 		-- The last page: the documents this producer gave before the copy
 		-- (their last entry is not a Delete applied) that the copy did not
-		-- bring, nor anything since, are no longer on the producer (or no
-		-- longer pass the condition): deleted here, as the subscriber.
+		-- bring, nor anything since, are no longer on the producer: deleted
+		-- here, as the subscriber.  Under a condition a document the copy
+		-- did not bring may still be there and merely fail it; a condition
+		-- filters what is sent and never deletes here, so nothing is.
 		r := eventstream._apply_updates(p.producer_url, p.subscriber,
 			(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Delete', 'ref_table', pt.ref_table,
 														  'docname', d.remote_docname, 'data', NULL,
@@ -2918,7 +2920,7 @@ BEGIN
 		RETURN false;
 	END IF;
 	UPDATE eventstream.producer_table t
-	   SET snapshot_error = error, snapshot_error_at = now(), snapshot_failures = t.snapshot_failures + 1,
+	   SET snapshot_error = _snapshot_failed.error, snapshot_error_at = now(), snapshot_failures = t.snapshot_failures + 1,
 		   snapshot_retry_at = now() + least(interval '1 s' * 2 ^ least(t.snapshot_failures, 20), interval '5 min')
 										 * (0.75 + 0.5 * random())
 	 WHERE t.producer_url = _snapshot_failed.producer_url AND t.ref_table = r.ref_table;
