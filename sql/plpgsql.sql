@@ -5,7 +5,9 @@
 -- which for an error path may be in production.  A trigger function is
 -- checked against the table its trigger is on; the event trigger is not
 -- checked (plpgsql_check cannot).
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventstream;
+RESET client_min_messages;
 CREATE EXTENSION plpgsql_check;
 -- The checker finds the kind of mistake it is here for.
 CREATE FUNCTION pg_temp.collides(producer_url text, error text) RETURNS void
