@@ -32,8 +32,11 @@ PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 
 # Every test layer runs against its own temporary instance with the library
 # preloaded, so none of them depends on a running server or a free fixed port.
+# pg_regress reads test/sql/ and test/expected/, the isolation tester
+# test/specs/ and test/expected/; their results go to results/ and
+# output_iso/ of the build directory.
 REGRESS = capture diff children conditions consumers serve retention keys apply mapping plpgsql
-REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
+REGRESS_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
 ISOLATION = out_of_order_commit concurrent_capture
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/eventstream.conf
 TAP_TESTS = 1
