@@ -24,11 +24,41 @@ OBJS = \
 	src/worker.o
 
 EXTENSION = eventstream
-DATA = sql/eventstream--1.0.sql
+DATA_built = eventstream--1.0.sql
 PGFILEDESC = "eventstream - stream table changes between PostgreSQL sites"
 
 SHLIB_LINK += -lcurl -lmicrohttpd
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+
+# The install script, eventstream--1.0.sql, is these parts in this order,
+# each beside the C of the module it serves.  An object comes after what
+# creating it needs: a table before the views over it, the triggers on it
+# and the functions taking or returning its rows; a function before the
+# triggers and views that call it.  Function bodies may call what a later
+# part defines: they are not checked while an extension script runs
+# (BEGIN ATOMIC bodies excepted).  Hence site.sql first (CREATE EXTENSION
+# stops there unless the library is preloaded), then the helpers both
+# sides use, the producer's parts (update_log.sql before consumers.sql,
+# whose view reads the log; capture.sql after the consumer_table and
+# child_table its triggers are on), the consumer's (producers.sql first:
+# the others take its tables' rows), and privileges.sql last: it revokes
+# PUBLIC's privileges on everything that exists.
+SQL_PARTS = \
+	src/site/site.sql \
+	src/site/tables.sql \
+	src/producer/update_log.sql \
+	src/producer/document.sql \
+	src/producer/consumers.sql \
+	src/producer/capture.sql \
+	src/producer/serve.sql \
+	src/producer/retention.sql \
+	src/producer/keys.sql \
+	src/consumer/producers.sql \
+	src/consumer/pull.sql \
+	src/consumer/dependencies.sql \
+	src/consumer/apply.sql \
+	src/consumer/mapping.sql \
+	src/site/privileges.sql
 
 # Every test layer runs against its own temporary instance with the library
 # preloaded, so none of them depends on a running server or a free fixed port.
@@ -45,3 +75,8 @@ PROVE_TESTS = test/t/*.pl
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+eventstream--1.0.sql: $(SQL_PARTS)
+	{ echo '-- $@, built by make from the SQL_PARTS the Makefile lists: edit those.'; \
+	  for f in $^; do echo; cat "$$f"; done; } > $@.tmp
+	mv $@.tmp $@
