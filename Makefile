@@ -60,6 +60,19 @@ SQL_PARTS = \
 	src/consumer/mapping.sql \
 	src/site/privileges.sql
 
+# Limits the SQL and the C share, defined here only: make writes each into
+# the install script where a part says @NAME@, and passes it to the C
+# compiler as ES_NAME.
+#   PAGE_LIMIT      the most updates a page may hold (limit= of a pull)
+#   PAGE_DEFAULT    the updates a page holds when a pull gives no limit=
+#   DOCUMENT_LIMIT  the most documents a snapshot page, or docnames a
+#                   filtered look-up, may hold
+PAGE_LIMIT = 10000
+PAGE_DEFAULT = 100
+DOCUMENT_LIMIT = 1000
+SQL_CONSTANTS = PAGE_LIMIT PAGE_DEFAULT DOCUMENT_LIMIT
+PG_CPPFLAGS += $(foreach c,$(SQL_CONSTANTS),-DES_$(c)=$($(c)))
+
 # Every test layer runs against its own temporary instance with the library
 # preloaded, so none of them depends on a running server or a free fixed port.
 # pg_regress reads test/sql/ and test/expected/, the isolation tester
@@ -76,7 +89,13 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-eventstream--1.0.sql: $(SQL_PARTS)
+eventstream--1.0.sql: $(SQL_PARTS) $(firstword $(MAKEFILE_LIST))
 	{ echo '-- $@, built by make from the SQL_PARTS the Makefile lists: edit those.'; \
-	  for f in $^; do echo; cat "$$f"; done; } > $@.tmp
+	  for f in $(filter %.sql,$^); do \
+		echo; sed $(foreach c,$(SQL_CONSTANTS),-e 's/@$(c)@/$($(c))/g') "$$f"; \
+	  done; } > $@.tmp
+	@if grep -n '@[A-Z][A-Z_]*@' $@.tmp; then \
+		echo '$@: a part names a constant that SQL_CONSTANTS does not list' >&2; \
+		rm -f $@.tmp; exit 1; \
+	fi
 	mv $@.tmp $@

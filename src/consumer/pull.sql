@@ -20,7 +20,7 @@ CREATE FUNCTION eventstream._pull_path(cursor text, wait integer) RETURNS text
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=10000%s', eventstream._urlencode(eventstream._site_url()),
+	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=@PAGE_LIMIT@%s', eventstream._urlencode(eventstream._site_url()),
 					  eventstream._urlencode(cursor), CASE WHEN wait > 0 THEN '&wait=' || wait ELSE '' END));
 END
 $$;

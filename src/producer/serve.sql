@@ -101,7 +101,7 @@ DECLARE
 	at_tick boolean := false;	-- the window ends at a tick, not at the newest commit
 	skipped integer := 0;
 BEGIN
-	PERFORM eventstream._check_limit(lim, 10000);
+	PERFORM eventstream._check_limit(lim, @PAGE_LIMIT@);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
@@ -387,7 +387,7 @@ $$;
 
 -- The next page for a consumer as jsonb, for SQL callers; the HTTP
 -- endpoint sends _pull_page's text as it is.
-CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT 100)
+CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT @PAGE_DEFAULT@)
 		RETURNS jsonb
 	LANGUAGE sql
 	SET search_path = pg_catalog, pg_temp
@@ -465,7 +465,7 @@ BEGIN
 	IF filters IS NULL OR jsonb_typeof(filters) <> 'object' THEN
 		RAISE EXCEPTION 'filters must be a JSON object of column: value' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	PERFORM eventstream._check_limit("limit", 1000);
+	PERFORM eventstream._check_limit("limit", @DOCUMENT_LIMIT@);
 	FOR f IN SELECT * FROM jsonb_each(filters) LOOP
 		IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = f.key
 						  AND a.attnum > 0 AND NOT a.attisdropped) THEN
@@ -506,7 +506,7 @@ DECLARE
 	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
 	bytes bigint := 0;
 BEGIN
-	PERFORM eventstream._check_limit("limit", 1000);
+	PERFORM eventstream._check_limit("limit", @DOCUMENT_LIMIT@);
 	SELECT string_agg(format('doc.%I', a.attname), ', ' ORDER BY k.ord),
 		   string_agg(CASE WHEN cardinality(eventstream._pk_attnums(tbl)) = 1
 						   THEN format('$1::%s', format_type(a.atttypid, a.atttypmod))

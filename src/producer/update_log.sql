@@ -60,7 +60,7 @@ $$;
 -- about eventstream._window_logs() logs each, instead of one window up to
 -- now (see _pull_page): each window is applied in a transaction of its
 -- own, so a consumer catching up after days offline applies as it goes,
--- and a window of small transactions fits in one of its pages (10000), so
+-- and a window of small transactions fits in one of its pages (@PAGE_LIMIT@), so
 -- it is applied as it arrives rather than staged in the inbox.
 CREATE TABLE eventstream.tick (
 	tick_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
