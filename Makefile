@@ -24,16 +24,62 @@ OBJS = \
 	src/worker.o
 
 EXTENSION = eventstream
-DATA = sql/eventstream--1.0.sql
+DATA_built = eventstream--1.0.sql
 PGFILEDESC = "eventstream - stream table changes between PostgreSQL sites"
 
 SHLIB_LINK += -lcurl -lmicrohttpd
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 
+# The install script, eventstream--1.0.sql, is these parts in this order,
+# each beside the C of the module it serves.  An object comes after what
+# creating it needs: a table before the views over it, the triggers on it
+# and the functions taking or returning its rows; a function before the
+# triggers and views that call it.  Function bodies may call what a later
+# part defines: they are not checked while an extension script runs
+# (BEGIN ATOMIC bodies excepted).  Hence site.sql first (CREATE EXTENSION
+# stops there unless the library is preloaded), then the helpers both
+# sides use, the producer's parts (update_log.sql before consumers.sql,
+# whose view reads the log; capture.sql after the consumer_table and
+# child_table its triggers are on), the consumer's (producers.sql first:
+# the others take its tables' rows), and privileges.sql last: it revokes
+# PUBLIC's privileges on everything that exists.
+SQL_PARTS = \
+	src/site/site.sql \
+	src/site/tables.sql \
+	src/producer/update_log.sql \
+	src/producer/document.sql \
+	src/producer/consumers.sql \
+	src/producer/capture.sql \
+	src/producer/serve.sql \
+	src/producer/retention.sql \
+	src/producer/keys.sql \
+	src/consumer/producers.sql \
+	src/consumer/pull.sql \
+	src/consumer/dependencies.sql \
+	src/consumer/apply.sql \
+	src/consumer/mapping.sql \
+	src/site/privileges.sql
+
+# Limits the SQL and the C share, defined here only: make writes each into
+# the install script where a part says @NAME@, and passes it to the C
+# compiler as ES_NAME.
+#   PAGE_LIMIT      the most updates a page may hold (limit= of a pull)
+#   PAGE_DEFAULT    the updates a page holds when a pull gives no limit=
+#   DOCUMENT_LIMIT  the most documents a snapshot page, or docnames a
+#                   filtered look-up, may hold
+PAGE_LIMIT = 10000
+PAGE_DEFAULT = 100
+DOCUMENT_LIMIT = 1000
+SQL_CONSTANTS = PAGE_LIMIT PAGE_DEFAULT DOCUMENT_LIMIT
+PG_CPPFLAGS += $(foreach c,$(SQL_CONSTANTS),-DES_$(c)=$($(c)))
+
 # Every test layer runs against its own temporary instance with the library
 # preloaded, so none of them depends on a running server or a free fixed port.
+# pg_regress reads test/sql/ and test/expected/, the isolation tester
+# test/specs/ and test/expected/; their results go to results/ and
+# output_iso/ of the build directory.
 REGRESS = capture diff children conditions consumers serve retention keys apply mapping plpgsql
-REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
+REGRESS_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
 ISOLATION = out_of_order_commit concurrent_capture
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/eventstream.conf
 TAP_TESTS = 1
@@ -42,3 +88,14 @@ PROVE_TESTS = test/t/*.pl
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+eventstream--1.0.sql: $(SQL_PARTS) $(firstword $(MAKEFILE_LIST))
+	{ echo '-- $@, built by make from the SQL_PARTS the Makefile lists: edit those.'; \
+	  for f in $(filter %.sql,$^); do \
+		echo; sed $(foreach c,$(SQL_CONSTANTS),-e 's/@$(c)@/$($(c))/g') "$$f"; \
+	  done; } > $@.tmp
+	@if grep -n '@[A-Z][A-Z_]*@' $@.tmp; then \
+		echo '$@: a part names a constant that SQL_CONSTANTS does not list' >&2; \
+		rm -f $@.tmp; exit 1; \
+	fi
+	mv $@.tmp $@

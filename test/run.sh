@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test/run.sh -- set up (test/setup.sh), then run every test layer:
-# pg_regress (sql/, expected/), isolation (test/specs/) and TAP (test/t/),
+# pg_regress (test/sql/), isolation (test/specs/) and TAP (test/t/),
 # each against temporary servers it starts itself on free ports.
 #
 # On success the build directory is removed.  On failure it is kept (its

@@ -130,11 +130,11 @@ done
 # Packages, build, install
 # ---------------------------------------------------------------------------
 
-# What is built: the commit, and whether src/ or sql/ had changes on top
+# What is built: the commit, and whether src/ or the Makefile had changes on top
 # (the tree is copied right after this).
 ES_REV=$(cd "$BENCH_DIR/../.." && git rev-parse --short HEAD 2>/dev/null || echo '?')
-if [ -n "$(cd "$BENCH_DIR/../.." && git status --porcelain -- src sql Makefile 2>/dev/null)" ]; then
-	ES_REV+=" + uncommitted changes in src/, sql/ or Makefile"
+if [ -n "$(cd "$BENCH_DIR/../.." && git status --porcelain -- src Makefile 2>/dev/null)" ]; then
+	ES_REV+=" + uncommitted changes in src/ or Makefile"
 fi
 BENCH_T0=$SECONDS
 own_build=${ES_BUILD:-}

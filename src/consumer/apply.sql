@@ -1,0 +1,511 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.sql
+ *	  Consumer side: applying what was received.
+ *
+ * A window of whole producer transactions is applied in one local
+ * transaction, each update (in C, _apply_updates) in a subtransaction of
+ * its own and logged in sync_log; a window larger than a page waits in the
+ * inbox for its last page, and so do updates while an initial sync is
+ * under way.  resync(), refetch() and resync_table() repair by hand.
+ *
+ * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * it from SQL_PARTS, in the order given there.
+ *
+ *-------------------------------------------------------------------------
+ */
+
+-- fetched: the documents fetched for the updates (see _fetch_missing),
+-- which mapped subscriptions link to.
+CREATE FUNCTION eventstream._apply_updates(producer_url text, subscriber regrole, updates jsonb, why text,
+										   dependency boolean, fetched jsonb DEFAULT NULL) RETURNS integer[]
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_apply_updates';
+
+CREATE FUNCTION eventstream._apply_update(producer_url text, subscriber regrole, upd jsonb, dependency boolean,
+										  fetched jsonb DEFAULT NULL,
+										  OUT status text, OUT error text, OUT docname text, OUT note text,
+										  OUT local_table regclass)
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_apply_update';
+
+-- Apply fetched dependencies, deepest first, each as a Create of its own.
+CREATE FUNCTION eventstream._apply_deps(p eventstream.producer, deps jsonb) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r integer[];
+BEGIN
+	r := eventstream._apply_updates(p.producer_url, p.subscriber,
+		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', e->>'ref_table',
+													  'docname', e->>'docname', 'data', e->'data',
+													  'origin', p.producer_site_id) ORDER BY o DESC), '[]')
+		   FROM jsonb_array_elements(coalesce(deps, '[]')) WITH ORDINALITY x(e, o)
+		  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null' AND NOT e ? 'link'),
+		'dependency', true, deps);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN r[1];
+END
+$$;
+
+-- Apply one page of a window (its updates, after the dependencies fetched
+-- for it) in the calling transaction, and count them on the producer.
+-- Returns how many updates were processed.
+CREATE FUNCTION eventstream._apply_window_page(p eventstream.producer, updates jsonb, deps jsonb) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	r integer[];
+BEGIN
+	n := eventstream._apply_deps(p, deps);
+	r := eventstream._apply_updates(p.producer_url, p.subscriber, updates, NULL, false, deps);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN n + r[1];
+END
+$$;
+
+-- Apply the pages of the inbox up to the last one that ends a window.
+-- Returns how many updates were processed; counts them on the producer.
+CREATE FUNCTION eventstream._apply_inbox(p eventstream.producer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	upto bigint;
+	staged record;
+	n integer := 0;
+BEGIN
+	SELECT max(i.seq) INTO upto FROM eventstream.inbox i WHERE i.producer_url = p.producer_url AND i.complete;
+	IF upto IS NULL THEN
+		RETURN 0;
+	END IF;
+	FOR staged IN SELECT i.page, i.deps FROM eventstream.inbox i
+				   WHERE i.producer_url = p.producer_url AND i.seq <= upto ORDER BY i.seq LOOP
+		n := n + eventstream._apply_window_page(p, staged.page, staged.deps);
+	END LOOP;
+	DELETE FROM eventstream.inbox i WHERE i.producer_url = p.producer_url AND i.seq <= upto;
+	RETURN n;
+END
+$$;
+
+-- Apply, in the calling transaction, a page the worker held in memory: one
+-- of the first pages of a window larger than a page, asked for with
+-- sent_path while the stored cursor was still before the window (see
+-- es_pull_hold).  The window's last page follows through _apply_response
+-- in the same transaction, which stores the cursor.  Into the inbox instead
+-- when pages wait there already, as _apply_page would have staged it.  Returns the number of updates applied,
+-- or -1 when the cursor moved on meanwhile (nothing is done then).
+CREATE FUNCTION eventstream._apply_held(producer_url text, sent_path text, updates jsonb, deps jsonb)
+		RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_held.producer_url FOR UPDATE;
+	IF NOT FOUND OR (SELECT q.path FROM eventstream._next_request(p.producer_url) q) IS DISTINCT FROM sent_path THEN
+		RETURN -1;
+	END IF;
+	-- (While an initial sync is under way _next_request asks for it, not
+	-- for updates: the check above said -1 then.)
+	IF EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url) THEN
+		INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
+			VALUES (p.producer_url, updates, coalesce(deps, '[]'), false);
+		RETURN 0;
+	END IF;
+	RETURN eventstream._apply_window_page(p, updates, deps);
+END
+$$;
+
+-- Raise unless cursor, sent by producer_url, is one its pulls take (the
+-- shape _pull_page reads): a cursor that is not is never stored, since
+-- every later pull would be refused with it.
+CREATE FUNCTION eventstream._check_cursor(producer_url text, cursor text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[] := string_to_array(cursor, '/');
+	valid boolean;
+BEGIN
+	BEGIN
+		valid := parts[1] = 'v1' AND cardinality(parts) IN (4, 7, 8)
+			AND parts[2]::bigint IS NOT NULL AND parts[3]::pg_snapshot IS NOT NULL AND parts[4]::bigint IS NOT NULL
+			AND (cardinality(parts) = 4
+				 OR (parts[5]::pg_snapshot IS NOT NULL AND parts[6]::bigint IS NOT NULL AND parts[7]::bigint IS NOT NULL
+					 AND (cardinality(parts) = 7 OR parts[8] = '' OR parts[8]::bigint IS NOT NULL)));
+	EXCEPTION WHEN OTHERS THEN
+		valid := false;
+	END;
+	IF NOT coalesce(valid, false) THEN
+		RAISE EXCEPTION 'producer "%" sent an invalid cursor "%"', producer_url, left(cursor, 200)
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Nothing of its answer was applied, and the cursor stored before it was kept.',
+				  HINT = 'Check that the producer runs a compatible version of eventstream.';
+	END IF;
+END
+$$;
+
+-- Apply a page of updates pulled with cursor sent_cursor, and store its
+-- next cursor, in the calling transaction.  A window holds whole producer
+-- transactions and is applied in one local transaction: a page that does
+-- not end its window waits in the inbox for the rest, and so does every
+-- page while an initial sync of the producer's tables is under way (not
+-- while it is failing: see _snapshot_holding).
+-- Returns the number of updates applied, or -1 when the cursor moved on
+-- meanwhile (another session applied that page): nothing is done then.
+CREATE FUNCTION eventstream._apply_page(producer_url text, sent_cursor text, page jsonb, deps jsonb DEFAULT '[]')
+		RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	n integer := 0;
+	complete boolean;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_page.producer_url FOR UPDATE;
+	IF NOT FOUND OR p.cursor IS DISTINCT FROM sent_cursor THEN
+		RETURN -1;
+	END IF;
+	IF jsonb_typeof(page) IS DISTINCT FROM 'object' OR jsonb_typeof(page->'updates') IS DISTINCT FROM 'array'
+	   OR jsonb_typeof(page->'cursor') IS DISTINCT FROM 'string' OR jsonb_typeof(page->'more') IS DISTINCT FROM 'boolean' THEN
+		RAISE EXCEPTION 'producer "%" sent a malformed page', p.producer_url
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A page is {"updates": [...], "cursor": "...", "more": true|false, ...}.';
+	END IF;
+	PERFORM eventstream._check_cursor(p.producer_url, page->>'cursor');
+	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
+	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
+	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
+	   AND NOT eventstream._snapshot_holding(p.producer_url) THEN
+		-- The usual case: a whole window, applied at once.
+		n := eventstream._apply_window_page(p, page->'updates', deps);
+	ELSE
+		IF jsonb_array_length(page->'updates') > 0 OR complete THEN
+			INSERT INTO eventstream.inbox (producer_url, page, deps, complete)
+				VALUES (p.producer_url, page->'updates', coalesce(deps, '[]'), complete);
+		END IF;
+		IF NOT eventstream._snapshot_holding(p.producer_url) THEN
+			n := eventstream._apply_inbox(p);
+		END IF;
+	END IF;
+	UPDATE eventstream.producer x
+	   SET cursor = page->>'cursor', last_pull_at = now(), last_success_at = now(),
+		   last_error = NULL, last_error_at = NULL, behind = (page->>'more')::boolean,
+		   last_update_at = coalesce((page->>'newest_at')::timestamptz, x.last_update_at)
+	 WHERE x.producer_url = p.producer_url;
+	RETURN n;
+END
+$$;
+
+-- Apply a page of a table's existing documents (initial sync), fetched
+-- after sent_after; when it is the last, apply what waited in the inbox.
+CREATE FUNCTION eventstream._apply_snapshot_page(producer_url text, ref_table text, sent_after text, page jsonb,
+												 deps jsonb DEFAULT '[]')
+		RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	pt eventstream.producer_table;
+	r integer[];
+	n integer := 0;
+	applied integer;
+	failed integer;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_snapshot_page.producer_url FOR UPDATE;
+	SELECT * INTO pt FROM eventstream.producer_table t
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = _apply_snapshot_page.ref_table;
+	IF NOT FOUND OR NOT pt.snapshot_pending OR pt.snapshot_after IS DISTINCT FROM sent_after THEN
+		RETURN -1;
+	END IF;
+	IF jsonb_typeof(page) IS DISTINCT FROM 'object' OR jsonb_typeof(page->'documents') IS DISTINCT FROM 'array'
+	   OR jsonb_typeof(page->'more') IS DISTINCT FROM 'boolean' THEN
+		RAISE EXCEPTION 'producer "%" sent a malformed snapshot page', p.producer_url
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A snapshot page is {"documents": [{"docname": ..., "data": {...}}, ...], "next": "...", "more": true|false}.';
+	END IF;
+	IF pt.snapshot_from IS NULL THEN
+		-- The copy's first page: what the sync log holds from here on is
+		-- the copy's (and what is applied while it runs).
+		pt.snapshot_from := (SELECT coalesce(max(l.id), 0) + 1 FROM eventstream.sync_log l);
+		UPDATE eventstream.producer_table t SET snapshot_from = pt.snapshot_from
+		 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
+	END IF;
+	n := eventstream._apply_deps(p, deps);
+	r := eventstream._apply_updates(p.producer_url, p.subscriber,
+		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
+													  'docname', d->>'docname', 'data', d->'data',
+													  'origin', p.producer_site_id) ORDER BY o), '[]')
+		   FROM jsonb_array_elements(page->'documents') WITH ORDINALITY x(d, o)),
+		'initial sync', false, deps);
+	applied := r[1];
+	failed := r[2];
+	IF NOT (page->>'more')::boolean AND pt.condition IS NULL THEN
+		-- The last page: the documents this producer gave before the copy
+		-- (their last entry is not a Delete applied) that the copy did not
+		-- bring, nor anything since, are no longer on the producer: deleted
+		-- here, as the subscriber.  Under a condition a document the copy
+		-- did not bring may still be there and merely fail it; a condition
+		-- filters what is sent and never deletes here, so nothing is.
+		r := eventstream._apply_updates(p.producer_url, p.subscriber,
+			(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Delete', 'ref_table', pt.ref_table,
+														  'docname', d.remote_docname, 'data', NULL,
+														  'origin', p.producer_site_id) ORDER BY d.remote_docname), '[]')
+			   FROM (SELECT DISTINCT ON (l.remote_docname) l.remote_docname, l.update_type, l.status
+					   FROM eventstream.sync_log l
+					  WHERE l.producer_url = p.producer_url AND l.remote_ref_table = pt.ref_table
+						AND l.id < pt.snapshot_from AND l.remote_docname IS NOT NULL
+					  ORDER BY l.remote_docname, l.id DESC) d
+			  WHERE NOT (d.update_type = 'Delete' AND d.status = 'Synced')
+				AND NOT EXISTS (SELECT 1 FROM eventstream.sync_log l
+								 WHERE l.producer_url = p.producer_url AND l.remote_ref_table = pt.ref_table
+								   AND l.id >= pt.snapshot_from AND l.remote_docname = d.remote_docname)),
+			'initial sync: not on the producer', false);
+		applied := applied + r[1];
+		failed := failed + r[2];
+	END IF;
+	n := n + applied;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_after = coalesce(page->>'next', t.snapshot_after),
+		   snapshot_pending = (page->>'more')::boolean,
+		   snapshot_error = NULL, snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
+	 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + applied - failed, failed_count = x.failed_count + failed,
+		   last_pull_at = now(), last_success_at = now(), last_error = NULL, last_error_at = NULL
+	 WHERE x.producer_url = p.producer_url;
+	IF NOT eventstream._snapshot_holding(p.producer_url) THEN
+		n := n + eventstream._apply_inbox(p);
+	END IF;
+	RETURN n;
+END
+$$;
+
+-- Whether an initial sync of a producer's tables is under way and not
+-- failing: the producer's updates wait in the inbox meanwhile, to be
+-- applied after the copied rows.  A table whose copy failed holds nothing
+-- back while it waits for its retry: the updates of every table (its own
+-- too) are applied as they arrive, and the copy, once it succeeds, brings
+-- the rows that existed.
+CREATE FUNCTION eventstream._snapshot_holding(producer_url text) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					WHERE t.producer_url = _snapshot_holding.producer_url AND t.snapshot_pending
+					  AND t.snapshot_error IS NULL)
+$$;
+
+-- Apply the answer to the request for sent_path (see _next_request) and
+-- say what to ask next, and whether at once (more) or by long-polling.
+-- n is -1 when the answer is stale (someone else applied it already).
+CREATE FUNCTION eventstream._apply_response(producer_url text, sent_path text, body jsonb, deps jsonb DEFAULT '[]',
+											OUT n integer, OUT next_path text, OUT more boolean)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	r record;
+	pt eventstream.producer_table;
+BEGIN
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _apply_response.producer_url FOR UPDATE;
+	IF NOT FOUND THEN
+		n := -1;
+		RETURN;
+	END IF;
+	SELECT * INTO r FROM eventstream._next_request(p.producer_url);
+	IF r.path IS DISTINCT FROM sent_path THEN
+		n := -1;
+	ELSIF r.kind = 'snapshot' THEN
+		SELECT * INTO pt FROM eventstream.producer_table t
+		 WHERE t.producer_url = p.producer_url AND t.ref_table = r.ref_table;
+		n := eventstream._apply_snapshot_page(p.producer_url, pt.ref_table, pt.snapshot_after,
+											  body || jsonb_build_object('ref_table', pt.ref_table), deps);
+	ELSE
+		n := eventstream._apply_page(p.producer_url, p.cursor, body, deps);
+	END IF;
+	SELECT * INTO r FROM eventstream._next_request(p.producer_url);
+	next_path := r.path;
+	more := r.kind = 'snapshot' OR coalesce((body->>'more')::boolean, false) OR n < 0;
+END
+$$;
+
+CREATE FUNCTION eventstream.resync(sync_log_id bigint) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	l eventstream.sync_log;
+	newer eventstream.sync_log;
+	p eventstream.producer;
+	r record;
+	upd jsonb;
+	dependency boolean;
+	deps jsonb := '[]';
+BEGIN
+	-- The update exactly as it was received (what resync changes of an
+	-- entry is its outcome, never these).
+	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id;
+	upd := jsonb_build_object('id', l.update_log_id, 'update_type', l.update_type, 'ref_table', l.remote_ref_table,
+							  'docname', l.remote_docname, 'data', l.data, 'origin', l.origin);
+	dependency := coalesce(l.note, '') LIKE 'dependency%';
+	-- First, holding no lock (the site worker applies meanwhile), fetch
+	-- what the update refers to and is not here, or, mapped, what its
+	-- Document fields link to.
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = l.producer_url;
+	IF FOUND AND l.status = 'Failed' AND l.update_type IN ('Create', 'Update') THEN
+		deps := eventstream._fetch_missing(p, NULL, jsonb_build_object('updates', jsonb_build_array(upd), 'complete', true));
+	END IF;
+
+	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync log % does not exist', sync_log_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF l.status <> 'Failed' THEN
+		RAISE EXCEPTION 'sync log % is %, not Failed', sync_log_id, l.status
+			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
+	END IF;
+	p := eventstream._producer_row(l.producer_url);
+	-- A later update of the same document was applied: this one, applied
+	-- again now, would roll the document back to an older state.
+	SELECT * INTO newer FROM eventstream.sync_log x
+	 WHERE x.id > l.id AND x.producer_url = l.producer_url AND x.remote_ref_table = l.remote_ref_table
+	   AND x.remote_docname = l.remote_docname AND x.status = 'Synced'
+	 ORDER BY x.id DESC LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'sync log % is older than an update of the same document applied since', sync_log_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('Sync log %s (%s of "%s") was applied after it; applying this one again would roll the document back.',
+								  newer.id, newer.update_type, l.remote_docname),
+				  HINT = format('Bring the document to the producer''s current state with eventstream.refetch(%L, %L, %L).',
+								l.producer_url, l.remote_ref_table, l.remote_docname);
+	END IF;
+	PERFORM eventstream._apply_deps(p, deps);
+	SELECT * INTO r FROM eventstream._apply_update(p.producer_url, p.subscriber, upd, dependency, deps);
+	UPDATE eventstream.sync_log x
+	   SET status = r.status, error = r.error, note = coalesce(r.note, x.note),
+		   docname = coalesce(r.docname, x.docname), resynced_at = now()
+	 WHERE x.id = l.id;
+	IF r.status = 'Synced' THEN
+		UPDATE eventstream.producer x SET failed_count = x.failed_count - 1, synced_count = x.synced_count + 1
+		 WHERE x.producer_url = p.producer_url;
+	END IF;
+	RETURN r.status;
+END
+$$;
+COMMENT ON FUNCTION eventstream.resync(bigint) IS
+	'Apply a Failed sync log entry again, exactly as it was received; returns and stores the new status.  Refused when a later update of the same document was applied since (eventstream.refetch() brings the document up to date).';
+
+CREATE FUNCTION eventstream.refetch(producer_url text, ref_table text, docname text) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer;
+	wire text := eventstream._qualified(ref_table);
+	r record;
+	code text;
+	upd jsonb;
+	deps jsonb := '[]';
+	n integer[];
+BEGIN
+	-- First, holding no lock (the site worker applies meanwhile), fetch.
+	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = rtrim(btrim(refetch.producer_url), '/');
+	IF NOT FOUND THEN
+		p := eventstream._producer_row(producer_url);	-- says it is not added
+	END IF;
+	IF docname IS NULL THEN
+		RAISE EXCEPTION 'docname must be given' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM eventstream.producer_table t
+					WHERE t.producer_url = p.producer_url AND t.ref_table = wire AND NOT t.unsubscribe) THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object', HINT = 'Subscribe to it with eventstream.subscribe().';
+	END IF;
+	-- The document as the producer has it now (from this session, like
+	-- sync_now()); a 404 for the document itself means it is gone there.
+	SELECT * INTO r FROM eventstream._http_request('GET', p.producer_url || '/api/eventstream/v1/'
+													   || eventstream._document_path(wire, docname),
+												   p.api_key || ':' || p.api_secret, NULL, 30);
+	IF r.status = 404 THEN
+		BEGIN
+			code := (r.body::jsonb)->'error'->>'code';
+		EXCEPTION WHEN OTHERS THEN
+			code := NULL;
+		END;
+	END IF;
+	IF r.status = 200 THEN
+		upd := jsonb_build_object('update_type', 'Create', 'ref_table', wire, 'docname', docname,
+								  'data', eventstream._read_json(r.body), 'origin', p.producer_site_id);
+		deps := eventstream._fetch_missing(p, NULL, jsonb_build_object('updates', jsonb_build_array(upd), 'complete', true));
+	ELSIF code = '42704' THEN
+		upd := jsonb_build_object('update_type', 'Delete', 'ref_table', wire, 'docname', docname, 'data', NULL,
+								  'origin', p.producer_site_id);
+	ELSE
+		-- Any other answer: the producer's error, as _producer_call raises it.
+		PERFORM eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'GET',
+										   eventstream._document_path(wire, docname));
+		RAISE EXCEPTION 'producer "%" answered HTTP % for document "%"', p.producer_url, r.status, docname
+			USING ERRCODE = 'connection_exception';
+	END IF;
+	p := eventstream._producer_row(p.producer_url);
+	PERFORM eventstream._apply_deps(p, deps);
+	n := eventstream._apply_updates(p.producer_url, p.subscriber, jsonb_build_array(upd), 'refetch', false, deps);
+	UPDATE eventstream.producer x
+	   SET synced_count = x.synced_count + n[1] - n[2], failed_count = x.failed_count + n[2]
+	 WHERE x.producer_url = p.producer_url;
+	RETURN CASE WHEN n[2] > 0 THEN 'Failed' ELSE 'Synced' END;
+END
+$$;
+COMMENT ON FUNCTION eventstream.refetch(text, text, text) IS
+	'Bring one document to the producer''s current state: fetch it (from this session, over HTTP) and apply it as a Create, or as a Delete when the producer no longer has it; logged in the sync log with the note refetch.  Returns Synced or Failed.';
+
+CREATE FUNCTION eventstream.resync_table(producer_url text, ref_table text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	wire text := eventstream._qualified(ref_table);
+	pt eventstream.producer_table;
+BEGIN
+	SELECT * INTO pt FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	IF NOT FOUND OR pt.unsubscribe THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object', HINT = 'Subscribe to it with eventstream.subscribe(); that copies it.';
+	END IF;
+	IF pt.status <> 'Approved' THEN
+		RAISE EXCEPTION 'the subscription to table "%" is %, not Approved', wire, pt.status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'The table is copied once the producer''s admin approves it.';
+	END IF;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_pending = true, snapshot_after = NULL, snapshot_from = NULL, snapshot_error = NULL,
+		   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	PERFORM eventstream._wake_worker();
+END
+$$;
+COMMENT ON FUNCTION eventstream.resync_table(text, text) IS
+	'Copy a subscribed table again from the producer (its initial sync): rows are brought to the producer''s state, and rows this producer gave that it no longer has are deleted; updates wait until the copy is done.';
+
+CREATE FUNCTION eventstream.remote_name(local_table regclass, local_docname text,
+										OUT producer_url text, OUT remote_docname text)
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT d.producer_url, d.remote_docname FROM eventstream.remote_document d
+	 WHERE d.local_table = remote_name.local_table AND d.local_docname = remote_name.local_docname
+$$;
+COMMENT ON FUNCTION eventstream.remote_name(regclass, text) IS
+	'The producer and producer-side docname of a local row that got its own key (use_same_name = false).';

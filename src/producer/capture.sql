@@ -1,0 +1,97 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.sql
+ *	  Producer side: the capture trigger, present on exactly the tables that
+ *	  need it.
+ *
+ * _capture() (in C) logs every change of a subscribed document, stamped
+ * with the apply origin _set_origin() sets; _sync_capture() installs,
+ * replaces and removes it whenever subscriptions or child tables change.
+ *
+ * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * it from SQL_PARTS, in the order given there.
+ *
+ *-------------------------------------------------------------------------
+ */
+
+CREATE FUNCTION eventstream._capture() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_capture';
+COMMENT ON FUNCTION eventstream._capture() IS
+	'Capture trigger; installed and removed by eventstream, never by hand.';
+
+CREATE FUNCTION eventstream._set_origin(origin uuid) RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_set_origin';
+
+/*
+ * Install, replace or remove eventstream_capture triggers so that exactly the
+ * tables some consumer has an Approved, subscribed subscription to, and their
+ * registered child tables, carry one with up-to-date arguments.
+ */
+CREATE FUNCTION eventstream._sync_capture() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	-- Serialize concurrent reconfigurations.
+	PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+	FOR r IN
+		WITH docs AS (
+			SELECT DISTINCT to_regclass(ct.ref_table) AS tbl
+			  FROM eventstream.consumer_table ct
+			 WHERE ct.status = 'Approved' AND NOT ct.unsubscribed
+		), children AS (
+			SELECT c.child, c.parent, eventstream._fk_attnums(c.child, c.parent, c.fk_name) AS fk
+			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+		), desired AS (
+			SELECT d.tbl,
+				   ARRAY['doc'] || coalesce((SELECT array_agg(ch.child::oid::text || ':' || ch.fk ORDER BY ch.child::oid)
+											   FROM children ch WHERE ch.parent = d.tbl AND ch.fk IS NOT NULL),
+											'{}') AS args
+			  FROM docs d WHERE d.tbl IS NOT NULL
+			UNION ALL
+			SELECT ch.child, ARRAY['child', ch.parent::oid::text, ch.fk]
+			  FROM children ch WHERE ch.fk IS NOT NULL
+		), existing AS (
+			SELECT t.tgrelid::regclass AS tbl, t.tgargs
+			  FROM pg_trigger t
+			 WHERE t.tgname = 'eventstream_capture' AND t.tgparentid = 0
+		)
+		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs,
+			   (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
+				  FROM unnest(d.args) WITH ORDINALITY AS x(a, i)) AS want
+		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl
+	LOOP
+		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
+			CONTINUE;
+		END IF;
+		IF r.tgargs IS NOT NULL THEN
+			EXECUTE format('DROP TRIGGER eventstream_capture ON %s', r.tbl);
+		END IF;
+		IF r.args IS NOT NULL THEN
+			EXECUTE format('CREATE TRIGGER eventstream_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+						   'FOR EACH ROW EXECUTE FUNCTION eventstream._capture(%s)',
+						   r.tbl, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(r.args) a));
+		END IF;
+	END LOOP;
+END
+$$;
+
+-- Keep capture in step with every change of subscriptions or structure,
+-- whether made through the functions below or by UPDATE on the tables.
+CREATE FUNCTION eventstream._config_changed() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM eventstream._sync_capture();
+	-- Parked long-polls answer at once with the new statuses.
+	PERFORM eventstream._wake_worker();
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventstream.consumer_table
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._config_changed();
+CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventstream.child_table
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._config_changed();

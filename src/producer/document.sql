@@ -1,0 +1,210 @@
+/*-------------------------------------------------------------------------
+ *
+ * document.sql
+ *	  Producer side: what a document is.
+ *
+ * A document is a row of a subscribed table with the rows of its
+ * registered child tables; dynamic links name the table of the document a
+ * column refers to.  _document() reads one whole document (in C);
+ * add_child_table(), remove_child_table() and add_dynamic_link() are the
+ * public API, and dropped tables are forgotten by an event trigger.
+ *
+ * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * it from SQL_PARTS, in the order given there.
+ *
+ *-------------------------------------------------------------------------
+ */
+
+CREATE TABLE eventstream.child_table (
+	child		regclass PRIMARY KEY,
+	parent		regclass NOT NULL,
+	fk_name		name NOT NULL
+);
+COMMENT ON TABLE eventstream.child_table IS
+	'Child tables: their rows are part of the parent''s document, found through foreign key fk_name.';
+
+CREATE TABLE eventstream.dynamic_link (
+	tbl			regclass NOT NULL,
+	type_column	name NOT NULL,
+	key_column	name NOT NULL,
+	PRIMARY KEY (tbl, key_column)
+);
+COMMENT ON TABLE eventstream.dynamic_link IS
+	'Dynamic links: key_column holds the docname of a row of the table named in type_column.';
+
+CREATE FUNCTION eventstream._document(tbl regclass, docname text) RETURNS jsonb
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_document';
+
+-- Child FK columns of the registered foreign key, in parent key order, as
+-- "3,1": the form the capture trigger takes.  NULL if the key is gone.
+CREATE FUNCTION eventstream._fk_attnums(child regclass, parent regclass, fk_name name) RETURNS text
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT string_agg(con.conkey[k]::text, ',' ORDER BY p.ord)
+	  FROM pg_constraint con
+	 CROSS JOIN LATERAL unnest(eventstream._pk_attnums(parent)) WITH ORDINALITY AS p(attnum, ord)
+	 CROSS JOIN LATERAL generate_subscripts(con.confkey, 1) AS k
+	 WHERE con.conrelid = child AND con.conname = fk_name AND con.contype = 'f'
+	   AND con.confrelid = parent AND con.confkey[k] = p.attnum
+$$;
+
+-- Query returning the child rows of the parent whose docname is $1.
+CREATE FUNCTION eventstream._child_rows_query(child regclass, parent regclass) RETURNS text
+	LANGUAGE plpgsql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	fk int2[] := string_to_array(eventstream._fk_attnums(child, parent, (SELECT c.fk_name FROM eventstream.child_table c WHERE c.child = $1)), ',')::int2[];
+	pk int2[] := eventstream._pk_attnums(child);
+	cond text;
+	ord text;
+BEGIN
+	SELECT string_agg(CASE WHEN cardinality(fk) = 1
+						   THEN format('%I OPERATOR(pg_catalog.=) $1::%s', a.attname, format_type(a.atttypid, a.atttypmod))
+						   ELSE format('%I OPERATOR(pg_catalog.=) ($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) %s)::%s',
+									   a.attname, f.ord - 1, format_type(a.atttypid, a.atttypmod)) END,
+					  ' AND ' ORDER BY f.ord)
+	  INTO cond
+	  FROM unnest(fk) WITH ORDINALITY AS f(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = child AND a.attnum = f.attnum;
+	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) INTO ord
+	  FROM unnest(pk) WITH ORDINALITY AS k(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = child AND a.attnum = k.attnum;
+	RETURN format('SELECT * FROM ONLY %s WHERE %s ORDER BY %s', child, cond, ord);
+END
+$$;
+
+-- Forget child tables and dynamic links of dropped tables; the DELETE
+-- resyncs the capture triggers of their parents.
+CREATE FUNCTION eventstream._on_sql_drop() RETURNS event_trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	gone oid[];
+BEGIN
+	SELECT array_agg(d.objid) INTO gone
+	  FROM pg_event_trigger_dropped_objects() d
+	 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.object_type = 'table';
+	IF gone IS NULL THEN
+		RETURN;
+	END IF;
+	DELETE FROM eventstream.child_table c WHERE c.child::oid = ANY (gone) OR c.parent::oid = ANY (gone);
+	DELETE FROM eventstream.dynamic_link l WHERE l.tbl::oid = ANY (gone);
+END
+$$;
+CREATE EVENT TRIGGER eventstream_sql_drop ON sql_drop
+	EXECUTE FUNCTION eventstream._on_sql_drop();
+
+CREATE FUNCTION eventstream.add_child_table(parent regclass, child regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	fk name;
+	existing regclass;
+BEGIN
+	IF parent IS NULL OR child IS NULL THEN
+		RAISE EXCEPTION 'parent and child must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM eventstream._resolve_table(parent::text);
+	PERFORM eventstream._resolve_table(child::text);
+	IF parent = child THEN
+		RAISE EXCEPTION 'a table cannot be its own child table' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF cardinality(eventstream._pk_attnums(parent)) = 0 THEN
+		RAISE EXCEPTION 'table "%" has no primary key', eventstream._wire_name(parent)
+			USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	IF cardinality(eventstream._pk_attnums(child)) = 0 THEN
+		RAISE EXCEPTION 'table "%" has no primary key', eventstream._wire_name(child)
+			USING ERRCODE = 'invalid_table_definition',
+				  HINT = 'Child rows are identified by their own primary key in diffs.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.child_table c WHERE c.child = add_child_table.parent) THEN
+		RAISE EXCEPTION 'table "%" is itself a child table', eventstream._wire_name(parent)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Documents have one level of child tables.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.child_table c WHERE c.parent = add_child_table.child) THEN
+		RAISE EXCEPTION 'table "%" has child tables of its own', eventstream._wire_name(child)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Documents have one level of child tables.';
+	END IF;
+	SELECT c.parent INTO existing FROM eventstream.child_table c WHERE c.child = add_child_table.child;
+	IF FOUND AND existing <> add_child_table.parent THEN
+		RAISE EXCEPTION 'table "%" is already a child table of "%"', eventstream._wire_name(child), eventstream._wire_name(existing)
+			USING ERRCODE = 'duplicate_object';
+	END IF;
+	IF EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+				WHERE ct.ref_table = eventstream._wire_name(child)) THEN
+		RAISE EXCEPTION 'table "%" has subscriptions of its own', eventstream._wire_name(child)
+			USING ERRCODE = 'object_in_use',
+				  HINT = 'A child table travels inside its parent''s documents and cannot be subscribed to directly.';
+	END IF;
+
+	-- The foreign key from child to the parent's whole primary key.
+	SELECT con.conname INTO fk
+	  FROM pg_constraint con
+	 WHERE con.contype = 'f' AND con.conrelid = add_child_table.child AND con.confrelid = add_child_table.parent
+	   AND (SELECT array_agg(x ORDER BY x) FROM unnest(con.confkey) x)
+		   = (SELECT array_agg(x ORDER BY x) FROM unnest(eventstream._pk_attnums(add_child_table.parent)) x)
+	 ORDER BY con.conname
+	 LIMIT 1;
+	IF fk IS NULL THEN
+		RAISE EXCEPTION 'table "%" has no foreign key to the primary key of "%"',
+			eventstream._wire_name(child), eventstream._wire_name(parent)
+			USING ERRCODE = 'invalid_foreign_key',
+				  HINT = 'Add a FOREIGN KEY from the child rows to the parent''s primary key (ideally ON DELETE CASCADE).';
+	END IF;
+
+	INSERT INTO eventstream.child_table (child, parent, fk_name) VALUES (add_child_table.child, add_child_table.parent, fk)
+		ON CONFLICT ON CONSTRAINT child_table_pkey DO UPDATE SET fk_name = EXCLUDED.fk_name;
+END
+$$;
+COMMENT ON FUNCTION eventstream.add_child_table(regclass, regclass) IS
+	'Make child''s rows part of parent''s documents (nested under the child''s table name); child needs a foreign key to parent''s primary key.';
+
+CREATE FUNCTION eventstream.remove_child_table(child regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM eventstream.child_table c WHERE c.child = remove_child_table.child;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table "%" is not a registered child table', child USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION eventstream.remove_child_table(regclass) IS
+	'Stop treating child''s rows as part of their parent''s documents.';
+
+CREATE FUNCTION eventstream.add_dynamic_link(tbl regclass, type_column name, key_column name) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	col name;
+BEGIN
+	IF tbl IS NULL OR type_column IS NULL OR key_column IS NULL THEN
+		RAISE EXCEPTION 'tbl, type_column and key_column must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM eventstream._resolve_table(tbl::text);
+	FOREACH col IN ARRAY ARRAY[type_column, key_column] LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+						WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+			RAISE EXCEPTION 'column "%" of table "%" does not exist', col, eventstream._wire_name(tbl)
+				USING ERRCODE = 'undefined_column';
+		END IF;
+	END LOOP;
+	IF type_column = key_column THEN
+		RAISE EXCEPTION 'type_column and key_column must differ' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO eventstream.dynamic_link (tbl, type_column, key_column)
+		VALUES (tbl, type_column, key_column)
+		ON CONFLICT ON CONSTRAINT dynamic_link_pkey DO UPDATE SET type_column = EXCLUDED.type_column;
+END
+$$;
+COMMENT ON FUNCTION eventstream.add_dynamic_link(regclass, name, name) IS
+	'Register a dynamic link: key_column holds the docname of a row of the table named in type_column.';
