@@ -464,11 +464,20 @@ BEGIN
 	UPDATE eventstream.producer x
 	   SET synced_count = x.synced_count + n[1] - n[2], failed_count = x.failed_count + n[2]
 	 WHERE x.producer_url = p.producer_url;
+	IF n[2] = 0 THEN
+		-- The document is now as the producer has it: the Failed entries
+		-- of its earlier updates are settled (resync() would refuse them),
+		-- so producer_status stops asking for them.
+		UPDATE eventstream.sync_log l
+		   SET status = 'Synced', resynced_at = now(), note = concat_ws('; ', l.note, 'settled by refetch')
+		 WHERE l.producer_url = p.producer_url AND l.status = 'Failed'
+		   AND l.remote_ref_table = wire AND l.remote_docname = refetch.docname;
+	END IF;
 	RETURN CASE WHEN n[2] > 0 THEN 'Failed' ELSE 'Synced' END;
 END
 $$;
 COMMENT ON FUNCTION eventstream.refetch(text, text, text) IS
-	'Bring one document to the producer''s current state: fetch it (from this session, over HTTP) and apply it as a Create, or as a Delete when the producer no longer has it; logged in the sync log with the note refetch.  Returns Synced or Failed.';
+	'Bring one document to the producer''s current state: fetch it (from this session, over HTTP) and apply it as a Create, or as a Delete when the producer no longer has it; logged in the sync log with the note refetch; once applied, the Failed entries of the document''s earlier updates are marked Synced (note: settled by refetch).  Returns Synced or Failed.';
 
 CREATE FUNCTION eventstream.resync_table(producer_url text, ref_table text) RETURNS void
 	LANGUAGE plpgsql

@@ -151,6 +151,10 @@ is(sq($C, "SELECT eventstream.refetch('$P->{url}', 'acct', '1')"), 'Synced', 're
 is(sq($C, 'SELECT amount FROM acct WHERE id = 1'), '600', '  and the row has the producer\'s current value');
 like(sq($C, "SELECT update_type || ' ' || status || ' ' || note FROM eventstream.sync_log "
 	  . "WHERE ref_table = 'public.acct' ORDER BY id DESC LIMIT 1"), qr/^Create Synced refetch/, '  logged with the note refetch');
+is(sq($C, "SELECT status || ' ' || (resynced_at IS NOT NULL) || ' ' || note FROM eventstream.sync_log WHERE id = $failed"),
+	'Synced true settled by refetch', '  and the older Failed entry of that row is settled');
+is(sq($C, "SELECT failed_now || ' ' || coalesce(attention, '') FROM eventstream.producer_status"), '0 ',
+	'  so producer_status asks for nothing');
 # A row the producer no longer has is deleted (its Delete not received:
 # the table was unsubscribed meanwhile).
 sq($C, "SELECT eventstream.unsubscribe('$P->{url}', 'acct')");
