@@ -6,28 +6,30 @@
 
 MODULE_big = eventstream
 OBJS = \
-	src/eventstream.o \
-	src/shmem.o \
-	src/rowjson.o \
-	src/pagejson.o \
-	src/capture.o \
-	src/condition.o \
-	src/document.o \
-	src/serve.o \
-	src/http.o \
-	src/keys.o \
-	src/client.o \
-	src/pull.o \
-	src/apply.o \
-	src/failed.o \
-	src/mapping.o \
-	src/worker.o
+	src/site/eventstream.o \
+	src/site/worker.o \
+	src/producer/capture.o \
+	src/producer/rowjson.o \
+	src/producer/logids.o \
+	src/producer/serve.o \
+	src/producer/document.o \
+	src/producer/condition.o \
+	src/producer/keys.o \
+	src/http/server.o \
+	src/consumer/client.o \
+	src/consumer/pull.o \
+	src/consumer/pagejson.o \
+	src/consumer/apply.o \
+	src/consumer/mapping.o \
+	src/consumer/failed.o
 
 EXTENSION = eventstream
 DATA = sql/eventstream--1.0.sql
 PGFILEDESC = "eventstream - stream table changes between PostgreSQL sites"
 
 SHLIB_LINK += -lcurl -lmicrohttpd
+# Headers are included by their path under src/ ("consumer/apply.h").
+PG_CPPFLAGS += -I$(srcdir)/src
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 
 # Every test layer runs against its own temporary instance with the library

@@ -29,7 +29,7 @@
 #define EVENTSTREAM_LOG_TABLE	"update_log"
 #define EVENTSTREAM_VERSION		"1.0"
 
-/* src/eventstream.c */
+/* src/site/eventstream.c */
 extern bool es_preloaded;
 extern bool es_apply_origin_set;
 extern pg_uuid_t es_apply_origin;
@@ -79,7 +79,7 @@ typedef struct EsEncoder
 	int		   *pk;				/* indexes into columns[] in key order */
 } EsEncoder;
 
-/* src/rowjson.c */
+/* src/producer/rowjson.c */
 extern EsEncoder *es_encoder_build(TupleDesc tupdesc, const AttrNumber *pkattnums,
 								   int npk, MemoryContext mcxt);
 extern void es_push_value(JsonbParseState **state, EsColumn *col, Datum value,
@@ -93,16 +93,16 @@ extern char *es_docname(EsEncoder *enc, const int *colidx, int ncols,
 						HeapTuple tuple, TupleDesc tupdesc);
 extern char *es_qualified_relname(Relation rel);
 
-/* src/pagejson.c */
+/* src/consumer/pagejson.c */
 extern Jsonb *es_read_jsonb(const char *text, size_t len, Size budget);
 extern Size es_page_budget(void);
 extern Jsonb *es_read_page(char *text, size_t len, Size budget);
 
-/* src/shmem.c */
+/* src/producer/logids.c */
 extern void es_shmem_init(void);
 extern int64 es_next_log_id(Oid seqid);
 
-/* src/eventstream.c */
+/* src/site/eventstream.c */
 extern int	es_http_port;
 extern char *es_http_listen_address;
 extern char *es_http_tls_cert_file;
@@ -112,7 +112,7 @@ extern bool es_in_site_worker;
 extern char *es_http_tls_key_file;
 extern int	es_http_max_request_size;
 
-/* src/client.c */
+/* src/consumer/client.c */
 typedef struct EsResponse
 {
 	char	   *data;			/* malloc'd, NUL-terminated */
@@ -132,7 +132,7 @@ extern char *es_client_failure(int code, EsResponse *resp, const char *url);
 extern char *es_client_bad_text(EsResponse *resp, const char *url);
 extern Datum eventstream_urlencode(PG_FUNCTION_ARGS);
 
-/* src/pull.c */
+/* src/consumer/pull.c */
 extern int	es_window_memory;
 extern int	es_pull_init(void);
 extern void es_pull_refresh(void);
@@ -141,7 +141,7 @@ extern void es_pull_run(void);
 extern long es_pull_timeout(void);
 extern void es_pull_shutdown(void);
 
-/* src/http.c */
+/* src/http/server.c */
 extern bool es_http_start(const char *address, int port, const char *site_id);
 extern int	es_http_socket(void);
 extern long es_http_timeout(void);
@@ -150,7 +150,7 @@ extern void es_http_wake(bool all);
 extern bool es_http_parked(void);
 extern void es_http_stop(void);
 
-/* src/worker.c */
+/* src/site/worker.c */
 extern int	es_prune_interval;
 extern char *es_test_pause_at;
 extern void es_test_pause(const char *point);
@@ -160,12 +160,12 @@ extern void es_workers_shmem_init(void);
 extern void es_wake_site(Oid dboid, int nlogs);
 extern void es_worker_expect_waiters(void);
 
-/* src/failed.c */
+/* src/consumer/failed.c */
 extern int	es_failed_log_limit;
 extern void es_failed_note(const char *producer, int64 sync_log_id, const char *update_type,
 						   const char *table, const char *docname, const char *error);
 
-/* src/condition.c */
+/* src/producer/condition.c */
 extern char *es_docname_match(Relation rel, int paramno);
 extern void es_check_expression_tokens(const char *expr, const char *what);
 extern void es_check_expression_shape(const char *expr, const char *what);

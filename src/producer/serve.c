@@ -16,7 +16,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/serve.c
+ *	  src/producer/serve.c
  *
  *-------------------------------------------------------------------------
  */

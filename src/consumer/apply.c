@@ -28,7 +28,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/apply.c
+ *	  src/consumer/apply.c
  *
  *-------------------------------------------------------------------------
  */

@@ -19,7 +19,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/mapping.c
+ *	  src/consumer/mapping.c
  *
  *-------------------------------------------------------------------------
  */

@@ -11,7 +11,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/document.c
+ *	  src/producer/document.c
  *
  *-------------------------------------------------------------------------
  */

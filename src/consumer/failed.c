@@ -22,7 +22,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/failed.c
+ *	  src/consumer/failed.c
  *
  *-------------------------------------------------------------------------
  */

@@ -26,7 +26,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/condition.c
+ *	  src/producer/condition.c
  *
  *-------------------------------------------------------------------------
  */

@@ -29,7 +29,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/worker.c
+ *	  src/site/worker.c
  *
  *-------------------------------------------------------------------------
  */

@@ -29,7 +29,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/pagejson.c
+ *	  src/consumer/pagejson.c
  *
  *-------------------------------------------------------------------------
  */

@@ -17,7 +17,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/eventstream.c
+ *	  src/site/eventstream.c
  *
  *-------------------------------------------------------------------------
  */

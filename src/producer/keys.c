@@ -13,7 +13,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/keys.c
+ *	  src/producer/keys.c
  *
  *-------------------------------------------------------------------------
  */

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * shmem.c
+ * logids.c
  *	  Shared memory: update log ids, and where each backend's open
  *	  transaction starts in the update log, so serving can find a window
  *	  without a txid index.
@@ -38,7 +38,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/shmem.c
+ *	  src/producer/logids.c
  *
  *-------------------------------------------------------------------------
  */

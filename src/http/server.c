@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * http.c
+ * server.c
  *	  The site's HTTP endpoint: libmicrohttpd driven from the site worker's
  *	  own wait loop.
  *
@@ -23,7 +23,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/http.c
+ *	  src/http/server.c
  *
  *-------------------------------------------------------------------------
  */

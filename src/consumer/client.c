@@ -18,7 +18,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/client.c
+ *	  src/consumer/client.c
  *
  *-------------------------------------------------------------------------
  */

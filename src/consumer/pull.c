@@ -24,7 +24,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/pull.c
+ *	  src/consumer/pull.c
  *
  *-------------------------------------------------------------------------
  */

@@ -39,7 +39,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/capture.c
+ *	  src/producer/capture.c
  *
  *-------------------------------------------------------------------------
  */

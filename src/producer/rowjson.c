@@ -18,7 +18,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/rowjson.c
+ *	  src/producer/rowjson.c
  *
  *-------------------------------------------------------------------------
  */
