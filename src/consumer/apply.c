@@ -64,6 +64,7 @@
 #include "utils/uuid.h"
 
 #include "eventstream.h"
+#include "consumer/failed.h"
 
 PG_FUNCTION_INFO_V1(eventstream_apply_updates);
 PG_FUNCTION_INFO_V1(eventstream_apply_update);

@@ -34,11 +34,12 @@
 #include "utils/builtins.h"
 
 #include "eventstream.h"
+#include "consumer/client.h"
 
 PG_FUNCTION_INFO_V1(eventstream_http_request);
 PG_FUNCTION_INFO_V1(eventstream_urlencode);
 
-/* GUCs (defined in eventstream.c). */
+/* GUCs (registered by _PG_init, src/site/eventstream.c). */
 char	   *es_ca_file = NULL;
 int			es_client_max_response_size = 64 * 1024;	/* kB */
 

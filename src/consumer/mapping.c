@@ -33,7 +33,7 @@
 #include "utils/guc.h"
 #include "utils/json.h"
 
-#include "eventstream.h"
+#include "producer/condition.h"
 
 PG_FUNCTION_INFO_V1(eventstream_check_filter_expression);
 PG_FUNCTION_INFO_V1(eventstream_eval_filter);

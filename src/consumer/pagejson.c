@@ -45,7 +45,8 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 
-#include "eventstream.h"
+#include "consumer/client.h"
+#include "consumer/pagejson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_read_json);
 

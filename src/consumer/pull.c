@@ -47,7 +47,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "eventstream.h"
+#include "consumer/client.h"
+#include "consumer/pagejson.h"
+#include "consumer/pull.h"
+#include "site/worker.h"
 
 #define ES_LONGPOLL_S		25		/* wait= of a pull that may park */
 #define ES_MIN_BACKOFF_MS	1000

@@ -50,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "eventstream.h"
+#include "http/server.h"
 
 #define ES_API_PREFIX	"/api/eventstream/v1/"
 
@@ -67,6 +68,13 @@ typedef struct EsRequest
 
 #define ES_MAX_WAIT_S	300		/* longest long-poll accepted */
 
+/* GUCs (registered by _PG_init): see server.h. */
+int			es_http_port = 0;
+char	   *es_http_listen_address = NULL;
+char	   *es_http_tls_cert_file = NULL;
+char	   *es_http_tls_key_file = NULL;
+int			es_http_max_request_size = 1024;	/* kB */
+
 /* Long-polls parked until a commit writes logs or their deadline passes. */
 static EsRequest *es_parked = NULL;
 
@@ -77,6 +85,7 @@ static bool es_shutting_down = false;	/* answer everything 503 */
 static char es_site_id[64];
 static char *es_tls_cert = NULL;	/* PEM texts, kept while the daemon runs */
 static char *es_tls_key = NULL;
+static EsHttpBeforePark es_before_park = NULL;	/* given to es_http_start */
 
 /*
  * es_http_logger
@@ -561,8 +570,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	 * the worker, even one that lands between this pull's snapshot and the
 	 * parking (it would otherwise be missed until the deadline).
 	 */
-	if (may_park)
-		es_worker_expect_waiters();
+	if (may_park && es_before_park != NULL)
+		es_before_park();
 	status = es_http_api(conn, method, url, req->body, may_park, &reply);
 	if (reply == NULL)
 		return es_http_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "Out of memory.");
@@ -616,12 +625,14 @@ es_http_read_pem(const char *setting, const char *path)
 /*
  * es_http_start
  *		Start listening on address:port for this site, with TLS when
- *		eventstream.http_tls_cert_file and _key_file are set.  Returns false
- *		(with a WARNING) when that is not possible; the worker carries on
- *		without an endpoint rather than serving plain HTTP by mistake.
+ *		eventstream.http_tls_cert_file and _key_file are set; before_park
+ *		runs before every request that may park.  Returns false (with a
+ *		WARNING) when that is not possible; the worker carries on without
+ *		an endpoint rather than serving plain HTTP by mistake.
  */
 bool
-es_http_start(const char *address, int port, const char *site_id)
+es_http_start(const char *address, int port, const char *site_id,
+			  EsHttpBeforePark before_park)
 {
 	struct sockaddr_in addr;
 	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
@@ -629,6 +640,7 @@ es_http_start(const char *address, int port, const char *site_id)
 	struct MHD_OptionItem tls_options[3];
 
 	strlcpy(es_site_id, site_id, sizeof(es_site_id));
+	es_before_park = before_park;
 	if (es_request_cxt == NULL)
 		es_request_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream request",
 											   ALLOCSET_DEFAULT_SIZES);

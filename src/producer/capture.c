@@ -66,6 +66,8 @@
 #include "utils/xid8.h"
 
 #include "eventstream.h"
+#include "producer/logids.h"
+#include "producer/rowjson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_capture);
 

@@ -24,7 +24,8 @@
 #include "utils/builtins.h"
 #include "utils/rel.h"
 
-#include "eventstream.h"
+#include "producer/condition.h"
+#include "producer/rowjson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_document);
 

@@ -22,8 +22,6 @@
 #include "fmgr.h"
 #include "utils/builtins.h"
 
-#include "eventstream.h"
-
 PG_FUNCTION_INFO_V1(eventstream_equal_secrets);
 
 /*

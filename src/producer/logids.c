@@ -55,7 +55,8 @@
 #include "storage/spin.h"
 #include "utils/builtins.h"
 
-#include "eventstream.h"
+#include "producer/logids.h"
+#include "site/worker.h"
 
 PG_FUNCTION_INFO_V1(eventstream_log_low_bound);
 

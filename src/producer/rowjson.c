@@ -38,7 +38,7 @@
 #include "utils/rel.h"
 #include "utils/typcache.h"
 
-#include "eventstream.h"
+#include "producer/rowjson.h"
 
 static EsValueKind es_kind_for_type(Oid basetypid);
 

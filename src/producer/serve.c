@@ -33,8 +33,6 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
-#include "eventstream.h"
-
 PG_FUNCTION_INFO_V1(eventstream_log_texts);
 PG_FUNCTION_INFO_V1(eventstream_log_page);
 

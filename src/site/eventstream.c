@@ -32,6 +32,13 @@
 #include "utils/uuid.h"
 
 #include "eventstream.h"
+#include "consumer/client.h"
+#include "consumer/failed.h"
+#include "consumer/pull.h"
+#include "http/server.h"
+#include "producer/condition.h"
+#include "producer/logids.h"
+#include "site/worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -41,19 +48,14 @@ PG_FUNCTION_INFO_V1(eventstream_assert_preloaded);
 PG_FUNCTION_INFO_V1(eventstream_set_origin);
 
 /* Whether the library was loaded through shared_preload_libraries. */
-bool		es_preloaded = false;
+static bool es_preloaded = false;
 
 /* Origin stamped on logs written by this transaction, if set. */
 bool		es_apply_origin_set = false;
 pg_uuid_t	es_apply_origin;
 
-/* GUCs: this site's HTTP endpoint (per database, ALTER DATABASE ... SET). */
-int			es_http_port = 0;
-char	   *es_http_listen_address = NULL;
-char	   *es_http_tls_cert_file = NULL;
-char	   *es_site_url = NULL;
-char	   *es_http_tls_key_file = NULL;
-int			es_http_max_request_size = 1024;	/* kB */
+/* GUCs read by SQL only (the HTTP server's are in src/http/server.c). */
+static char *es_site_url = NULL;
 static int	es_http_max_response_size = 8192;	/* kB, read by _pull_page */
 
 /* GUC: how long an idle consumer holds back pruning of the update log. */

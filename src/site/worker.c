@@ -67,7 +67,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "eventstream.h"
+#include "consumer/pull.h"
+#include "http/server.h"
+#include "site/worker.h"
 
 PGDLLEXPORT void eventstream_launcher_main(Datum main_arg);
 PGDLLEXPORT void eventstream_worker_main(Datum main_arg);
@@ -815,7 +817,8 @@ es_worker_http_try(void)
 	if (es_http_port <= 0)
 		return false;
 	site_id = es_worker_site_id();
-	if (site_id == NULL || !es_http_start(es_http_listen_address, es_http_port, site_id))
+	if (site_id == NULL ||
+		!es_http_start(es_http_listen_address, es_http_port, site_id, es_worker_expect_waiters))
 		return false;
 	if (!exit_hook)
 		before_shmem_exit(es_worker_http_stop, (Datum) 0);
