@@ -1,12 +1,15 @@
 # Makefile for eventstream (PGXS)
 #
-# Build out of tree with VPATH so that the source stays untouched:
-#   make -f /path/to/src/Makefile VPATH=/path/to/src
-# test/run.sh does that for you; see README.md.
+# The C sources are in src/, one folder per part (see src/eventstream.h).
+# test/run.sh builds a copy of the tree; see README.md.  To build out of
+# tree with VPATH, so that the source stays untouched:
+#   make -f /path/to/eventstream/Makefile VPATH=/path/to/eventstream
 
 MODULE_big = eventstream
 OBJS = \
 	src/site/eventstream.o \
+	src/site/shmem.o \
+	src/site/launcher.o \
 	src/site/worker.o \
 	src/producer/capture.o \
 	src/producer/rowjson.o \
@@ -16,10 +19,19 @@ OBJS = \
 	src/producer/condition.o \
 	src/producer/keys.o \
 	src/http/server.o \
+	src/http/api.o \
 	src/consumer/client.o \
 	src/consumer/pull.o \
+	src/consumer/pull_page.o \
+	src/consumer/pull_prefetch.o \
 	src/consumer/pagejson.o \
 	src/consumer/apply.o \
+	src/consumer/apply_statements.o \
+	src/consumer/apply_jsonb.o \
+	src/consumer/apply_direct.o \
+	src/consumer/apply_batch.o \
+	src/consumer/apply_log.o \
+	src/consumer/apply_page.o \
 	src/consumer/mapping.o \
 	src/consumer/failed.o
 
@@ -44,3 +56,12 @@ PROVE_TESTS = test/t/*.pl
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Out of tree, the objects' folders are made first (named by absolute
+# paths, which VPATH does not look up in the source tree).
+ifdef VPATH
+es_objdirs := $(addprefix $(CURDIR)/,$(sort $(dir $(OBJS))))
+$(OBJS): | $(es_objdirs)
+$(es_objdirs):
+	$(MKDIR_P) $@
+endif

@@ -3,7 +3,10 @@
  * eventstream.c
  *	  Module entry point: settings, the preload check and the apply origin.
  *
- * _PG_init defines the eventstream.* settings.  The extension requires
+ * _PG_init defines the eventstream.* settings (those of the site worker
+ * in es_workers_init) and, while preloading, installs the shared memory
+ * hooks (src/site/shmem.c) and registers the launcher
+ * (src/site/launcher.c).  The extension requires
  * shared_preload_libraries = 'eventstream' (its background workers can only
  * be registered from there); CREATE EXTENSION calls
  * eventstream._assert_preloaded() first so that a missing preload is a clear
@@ -37,8 +40,8 @@
 #include "consumer/pull.h"
 #include "http/server.h"
 #include "producer/condition.h"
-#include "producer/logids.h"
-#include "site/worker.h"
+#include "site/launcher.h"
+#include "site/shmem.h"
 
 PG_MODULE_MAGIC;
 

@@ -1,14 +1,15 @@
 /*-------------------------------------------------------------------------
  *
  * worker.h
- *	  Background workers: src/site/worker.c.
+ *	  The site worker: src/site/worker.c.
  *
- * Exports the registration of the launcher and the workers' shared state
- * (for _PG_init and the shared memory hooks), the wake-up of a database's
- * site worker when a commit wrote update logs (for the log ids), whether
- * this process is a site worker (for the conditions), the pause points of
- * the tests (for the pulls), and the settings eventstream.prune_interval
- * and eventstream.test_pause_at.
+ * Exports the wake-up of a database's site worker when a commit wrote
+ * update logs (for the log ids), what it does before a long-poll may
+ * park (given to the HTTP server), whether this process is a site worker
+ * (for the conditions), the pause points of the tests (for the pulls),
+ * and the settings eventstream.prune_interval and
+ * eventstream.test_pause_at (registered by the launcher's
+ * es_workers_init).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -28,9 +29,6 @@ extern char *es_test_pause_at;
 extern bool es_in_site_worker;
 
 extern void es_test_pause(const char *point);
-extern void es_workers_init(void);
-extern Size es_workers_shmem_size(void);
-extern void es_workers_shmem_init(void);
 extern void es_wake_site(Oid dboid, int nlogs);
 extern void es_worker_expect_waiters(void);
 
