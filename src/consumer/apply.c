@@ -75,6 +75,25 @@ PG_FUNCTION_INFO_V1(eventstream_apply_update);
 #define ES_MIN_BATCH	16		/* shorter runs go row by row */
 #define ES_MAX_BATCH	1000	/* longest run tried as one batch */
 
+/*
+ * es_update_kind
+ *		The kind of an update_type (ES_UPDATE_UNKNOWN for NULL or any other
+ *		text).
+ */
+EsUpdateKind
+es_update_kind(const char *update_type)
+{
+	if (update_type == NULL)
+		return ES_UPDATE_UNKNOWN;
+	if (strcmp(update_type, "Create") == 0)
+		return ES_UPDATE_CREATE;
+	if (strcmp(update_type, "Update") == 0)
+		return ES_UPDATE_UPDATE;
+	if (strcmp(update_type, "Delete") == 0)
+		return ES_UPDATE_DELETE;
+	return ES_UPDATE_UNKNOWN;
+}
+
 /* Add a note to *notes. */
 static void es_note(StringInfo notes, const char *fmt,...) pg_attribute_printf(2, 3);
 
@@ -318,7 +337,7 @@ es_map(EsApply *a, EsSub *sub, const char *type, const char *remote, Jsonb *data
 			Jsonb	   *value = es_link_value(a, link, notes);
 			char	   *column = es_field_text(link, "column");
 
-			if (strcmp(type, "Update") == 0)
+			if (es_update_kind(type) == ES_UPDATE_UPDATE)
 				mapped = es_with_field(mapped, "changed", es_with_field(es_field(mapped, "changed"), column, value));
 			else
 				mapped = es_with_field(mapped, column, value);
@@ -339,6 +358,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	char	   *ref = es_field_text(upd, "ref_table");
 	char	   *remote = es_field_text(upd, "docname");
 	Jsonb	   *data = es_field(upd, "data");
+	EsUpdateKind kind = es_update_kind(type);
 	EsSub	   *sub;
 	Oid			relid;
 	bool		same_name;
@@ -390,12 +410,12 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 
 	/* A mapped subscription: the data as this site's tables have it. */
 	if (sub->mapping != NULL && es_is_object(data) &&
-		(strcmp(type, "Create") == 0 || strcmp(type, "Update") == 0))
+		(kind == ES_UPDATE_CREATE || kind == ES_UPDATE_UPDATE))
 		data = es_map(a, sub, type, remote, data, notes);
 
 	/* The local row's key (a Create of the same name carries it). */
 	if (same_name)
-		key = strcmp(type, "Create") == 0 ? NULL : es_key_of(t, remote);
+		key = kind == ES_UPDATE_CREATE ? NULL : es_key_of(t, remote);
 	else
 	{
 		Jsonb	   *found;
@@ -409,7 +429,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			key = es_key_of(t, es_field_text(found, "v"));
 	}
 
-	if (strcmp(type, "Create") == 0)
+	if (kind == ES_UPDATE_CREATE)
 	{
 		bool		inserted;
 		List	   *keys;
@@ -471,7 +491,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			}
 		}
 	}
-	else if (strcmp(type, "Update") == 0)
+	else if (kind == ES_UPDATE_UPDATE)
 	{
 		Jsonb	   *changed;
 		static const char *const parts[] = {"removed", "row_changed", "added"};
@@ -539,7 +559,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			}
 		}
 	}
-	else if (strcmp(type, "Delete") == 0)
+	else if (kind == ES_UPDATE_DELETE)
 	{
 		if (key != NULL)
 			cur = es_delete(a, t, key);
@@ -796,13 +816,14 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 			{
 				List	   *existed = NIL;
 				char	  **deleted = palloc0(sizeof(char *) * (j - i));
-				bool		deletes = bkey[0] == 'D';
+				EsUpdateKind kind = (EsUpdateKind) bkey[0];
+				bool		deletes = kind == ES_UPDATE_DELETE;
 
 				/*
 				 * The statement gets the run's updates only: the whole page
 				 * would be expanded by every run's jsonb_array_elements().
 				 */
-				if (es_batch_direct(&a, all, i, j, bkey[0], deletes ? deleted : NULL) ||
+				if (es_batch_direct(&a, all, i, j, kind, deletes ? deleted : NULL) ||
 					es_apply_batch(&a, es_slice(all, i, j), list_nth(all, i), 1, j - i, &existed,
 								   deletes ? deleted : NULL))
 				{

@@ -27,6 +27,18 @@
 #include "utils/jsonb.h"
 #include "utils/resowner.h"
 
+/*
+ * The kind of an update, as its update_type says.  The values are the
+ * kinds' initials, with which the key of a batch begins (es_batch_key).
+ */
+typedef enum EsUpdateKind
+{
+	ES_UPDATE_UNKNOWN = 0,		/* no update_type, or another one */
+	ES_UPDATE_CREATE = 'C',
+	ES_UPDATE_UPDATE = 'U',
+	ES_UPDATE_DELETE = 'D'
+} EsUpdateKind;
+
 /* A local table as the apply sees it. */
 typedef struct EsTable
 {
@@ -103,6 +115,7 @@ typedef struct EsWrite
 } EsWrite;
 
 /* apply.c: the dispatch */
+extern EsUpdateKind es_update_kind(const char *update_type);
 extern EsSub *es_sub(EsApply *a, const char *ref);
 extern char *es_origin(EsApply *a, Jsonb *upd);
 extern ErrorData *es_subxact_caught(MemoryContext cxt, ResourceOwner owner);
@@ -152,7 +165,7 @@ extern void es_write_begin(EsWrite *ins, Relation rel, CmdType cmd, const bool *
 extern TupleTableSlot *es_insert_row(EsWrite *ins);
 extern void es_insert_store(EsWrite *ins, TupleTableSlot *slot);
 extern void es_write_finish(EsWrite *ins);
-extern bool es_batch_direct(EsApply *a, List *all, int first, int last, char kind,
+extern bool es_batch_direct(EsApply *a, List *all, int first, int last, EsUpdateKind kind,
 							char **deleted);
 
 /* apply_batch.c: runs as one statement */

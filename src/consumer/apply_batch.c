@@ -80,7 +80,7 @@ es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin,
 char *
 es_batch_key(EsApply *a, Jsonb *upd)
 {
-	char	   *type = es_field_text(upd, "update_type");
+	EsUpdateKind kind = es_update_kind(es_field_text(upd, "update_type"));
 	char	   *ref = es_field_text(upd, "ref_table");
 	char	   *origin = es_origin(a, upd);
 	JsonbValue	data;
@@ -92,9 +92,9 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	JsonbIteratorToken tok;
 	int			npk = 0;
 
-	if (type == NULL || ref == NULL || es_field_text(upd, "docname") == NULL)
+	if (kind == ES_UPDATE_UNKNOWN || ref == NULL || es_field_text(upd, "docname") == NULL)
 		return NULL;
-	if (strcmp(type, "Delete") == 0)
+	if (kind == ES_UPDATE_DELETE)
 	{
 		/* By key, of a table with a one-column key, under the same name. */
 		sub = es_sub(a, ref);
@@ -106,9 +106,9 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	if (!getKeyJsonValueFromContainer(&upd->root, "data", 4, &data) || data.type != jbvBinary ||
 		!JsonContainerIsObject(data.val.binary.data))
 		return NULL;
-	if (strcmp(type, "Update") == 0)
+	if (kind == ES_UPDATE_UPDATE)
 		return es_batch_key_update(a, upd, ref, origin, JsonbValueToJsonb(&data));
-	if (strcmp(type, "Create") != 0)
+	if (kind != ES_UPDATE_CREATE)
 		return NULL;
 	sub = es_sub(a, ref);
 	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL)
@@ -198,6 +198,7 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 	EsTable    *t = es_table(sub->relid);
 	List	   *cols = es_given_columns(t, es_field(upd, "data"), false);
 	char	   *origin = es_origin(a, upd);
+	EsUpdateKind kind = es_update_kind(es_field_text(upd, "update_type"));
 	StringInfoData sql;
 	StringInfoData plain;
 	ListCell   *lc;
@@ -207,7 +208,7 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 
 	initStringInfo(&sql);
 	plain.data = NULL;
-	if (strcmp(es_field_text(upd, "update_type"), "Delete") == 0)
+	if (kind == ES_UPDATE_DELETE)
 	{
 		/*
 		 * Delete every row by its docname; the rows found come back with
@@ -226,7 +227,7 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 						 quote_literal_cstr(t->pk[0]), pk);
 		goto run;
 	}
-	if (strcmp(es_field_text(upd, "update_type"), "Update") == 0)
+	if (kind == ES_UPDATE_UPDATE)
 	{
 		/* Set the changed columns of every row, found by its docname. */
 		cols = es_given_columns(t, es_field(es_field(upd, "data"), "changed"), true);

@@ -252,26 +252,26 @@ es_direct_fill(TupleTableSlot *slot, EsDirectCol *dc, int ncols, JsonbContainer 
  *		*deleted then gets its key as the row says.
  */
 static bool
-es_direct_row(EsWrite *ins, char kind, EsDirectCol *dc, int ncols, EsDirectCol *pk,
+es_direct_row(EsWrite *ins, EsUpdateKind kind, EsDirectCol *dc, int ncols, EsDirectCol *pk,
 			  Jsonb *upd, EPQState *epq, TupleTableSlot **slots, char **deleted)
 {
 	JsonbValue	v;
 	JsonbContainer *values = NULL;
 
-	if (kind != 'D')
+	if (kind != ES_UPDATE_DELETE)
 	{
 		/* The values: data (a Create), or data.changed (an Update). */
 		if (!getKeyJsonValueFromContainer(&upd->root, "data", 4, &v) || v.type != jbvBinary)
 			elog(ERROR, "an update without its data");
 		values = v.val.binary.data;
-		if (kind == 'U')
+		if (kind == ES_UPDATE_UPDATE)
 		{
 			if (!getKeyJsonValueFromContainer(values, "changed", 7, &v) || v.type != jbvBinary)
 				elog(ERROR, "an Update without its changes");
 			values = v.val.binary.data;
 		}
 	}
-	if (kind == 'C')
+	if (kind == ES_UPDATE_CREATE)
 	{
 		TupleTableSlot *slot = es_insert_row(ins);
 
@@ -291,7 +291,7 @@ es_direct_row(EsWrite *ins, char kind, EsDirectCol *dc, int ncols, EsDirectCol *
 	if (!RelationFindReplTupleByIndex(ins->rel, RelationGetPrimaryKeyIndex(ins->rel), LockTupleExclusive,
 									  slots[0], slots[1]))
 		return false;
-	if (kind == 'D')
+	if (kind == ES_UPDATE_DELETE)
 	{
 		bool		isnull;
 		Datum		key = slot_getattr(slots[1], pk->attnum, &isnull);
@@ -347,9 +347,9 @@ es_direct_col(Relation rel, const char *name, EsDirectCol *c)
 
 /*
  * es_batch_direct
- *		Apply updates first..last-1 of all -- a run of one kind (kind: 'C',
- *		'U' or 'D') for one table, as es_batch_key found -- straight into
- *		the table, as the subscriber, in a subtransaction of its own:
+ *		Apply updates first..last-1 of all -- a run of one kind for one
+ *		table, as es_batch_key found -- straight into the table, as the
+ *		subscriber, in a subtransaction of its own:
  *		Creates inserted together (EsWrite), Updates and Deletes each found
  *		by its key and applied the way PostgreSQL's logical replication
  *		applies a change (execReplication.c).  Only where that is exactly
@@ -366,14 +366,14 @@ es_direct_col(Relation rel, const char *name, EsDirectCol *c)
  *		k deleted (NULL: it was not here).
  */
 bool
-es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **deleted)
+es_batch_direct(EsApply *a, List *all, int first, int last, EsUpdateKind kind, char **deleted)
 {
 	Jsonb	   *upd = list_nth(all, first);
 	EsSub	   *sub = es_sub(a, es_field_text(upd, "ref_table"));
 	EsTable    *t = es_table(sub->relid);
 	Jsonb	   *data = es_field(upd, "data");
-	List	   *cols = kind == 'C' ? es_given_columns(t, data, false) :
-		kind == 'U' ? es_given_columns(t, es_field(data, "changed"), true) : NIL;
+	List	   *cols = kind == ES_UPDATE_CREATE ? es_given_columns(t, data, false) :
+		kind == ES_UPDATE_UPDATE ? es_given_columns(t, es_field(data, "changed"), true) : NIL;
 	int			ncols = list_length(cols);
 	EsDirectCol *dc = palloc0(sizeof(EsDirectCol) * Max(ncols, 1));
 	EsDirectCol pk;
@@ -385,10 +385,11 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 	int			save_sec;
 	volatile bool ok;
 	ListCell   *lc;
-	AclMode		need = kind == 'C' ? ACL_INSERT : kind == 'U' ? ACL_UPDATE : ACL_DELETE;
+	AclMode		need = kind == ES_UPDATE_CREATE ? ACL_INSERT :
+		kind == ES_UPDATE_UPDATE ? ACL_UPDATE : ACL_DELETE;
 
 	if (pg_class_aclcheck(sub->relid, a->subscriber, need) != ACLCHECK_OK ||
-		(kind != 'C' && pg_class_aclcheck(sub->relid, a->subscriber, ACL_SELECT) != ACLCHECK_OK))
+		(kind != ES_UPDATE_CREATE && pg_class_aclcheck(sub->relid, a->subscriber, ACL_SELECT) != ACLCHECK_OK))
 		return false;
 	rel = table_open(sub->relid, RowExclusiveLock);
 	given = palloc0(sizeof(bool) * RelationGetDescr(rel)->natts);
@@ -401,7 +402,7 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 		if (ok)
 			given[c->attnum - 1] = true;
 	}
-	if (ok && kind != 'C')
+	if (ok && kind != ES_UPDATE_CREATE)
 	{
 		ok = t->npk == 1 && es_direct_col(rel, t->pk[0], &pk) &&
 			(TupleDescAttr(RelationGetDescr(rel), pk.attnum - 1)->atttypid == INT2OID ||
@@ -429,9 +430,11 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 
 		/* Defaults, constraints and look-ups run as the subscriber. */
 		SetUserIdAndSecContext(a->subscriber, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-		es_write_begin(&ins, rel, kind == 'C' ? CMD_INSERT : kind == 'U' ? CMD_UPDATE : CMD_DELETE,
-						given, last - first);
-		if (kind != 'C')
+		es_write_begin(&ins, rel,
+					   kind == ES_UPDATE_CREATE ? CMD_INSERT :
+					   kind == ES_UPDATE_UPDATE ? CMD_UPDATE : CMD_DELETE,
+					   given, last - first);
+		if (kind != ES_UPDATE_CREATE)
 		{
 			EvalPlanQualInit(&epq, ins.estate, NULL, NIL, -1);
 			slots[0] = ExecInitExtraTupleSlot(ins.estate, RelationGetDescr(rel), &TTSOpsVirtual);
@@ -447,13 +450,13 @@ es_batch_direct(EsApply *a, List *all, int first, int last, char kind, char **de
 				if (deleted)
 					deleted[k - first] = key ? MemoryContextStrdup(cxt, key) : NULL;
 			}
-			else if (kind == 'U')
+			else if (kind == ES_UPDATE_UPDATE)
 				all_found = false;	/* the statements say why */
 			else if (deleted)
 				deleted[k - first] = NULL;
 			ResetPerTupleExprContext(ins.estate);
 		}
-		if (kind != 'C')
+		if (kind != ES_UPDATE_CREATE)
 			EvalPlanQualEnd(&epq);
 		if (!all_found)
 			elog(ERROR, "a row to update is not here");

@@ -26,6 +26,8 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 
+#include "consumer/apply.h"
+
 PG_FUNCTION_INFO_V1(eventstream_page_updated);
 PG_FUNCTION_INFO_V1(eventstream_page_facts);
 
@@ -45,16 +47,16 @@ es_page_updates(Jsonb *body, JsonbValue *updates)
  * es_page_doc_key
  *		"<length of ref_table>:<ref_table><docname>" of an update of a page
  *		(NULL when it lacks either or its data is not an object), and its
- *		update_type in *type.
+ *		kind in *kind.
  */
 static char *
-es_page_doc_key(JsonbContainer *upd, char **type)
+es_page_doc_key(JsonbContainer *upd, EsUpdateKind *kind)
 {
 	JsonbValue	ref;
 	JsonbValue	doc;
 	JsonbValue	v;
 
-	*type = NULL;
+	*kind = ES_UPDATE_UNKNOWN;
 	if (!JsonContainerIsObject(upd) ||
 		!getKeyJsonValueFromContainer(upd, "ref_table", 9, &ref) || ref.type != jbvString ||
 		!getKeyJsonValueFromContainer(upd, "docname", 7, &doc) || doc.type != jbvString ||
@@ -62,7 +64,7 @@ es_page_doc_key(JsonbContainer *upd, char **type)
 		!JsonContainerIsObject(v.val.binary.data) ||
 		!getKeyJsonValueFromContainer(upd, "update_type", 11, &v) || v.type != jbvString)
 		return NULL;
-	*type = pnstrdup(v.val.string.val, v.val.string.len);
+	*kind = es_update_kind(pnstrdup(v.val.string.val, v.val.string.len));
 	return psprintf("%d:%.*s%.*s", ref.val.string.len, ref.val.string.len, ref.val.string.val,
 					doc.val.string.len, doc.val.string.val);
 }
@@ -101,17 +103,17 @@ eventstream_page_updated(PG_FUNCTION_ARGS)
 	it = JsonbIteratorInit(updates.val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		char	   *type;
+		EsUpdateKind kind;
 		char	   *key;
 
 		if (tok != WJB_ELEM || v.type != jbvBinary)
 			continue;
-		key = es_page_doc_key(v.val.binary.data, &type);
+		key = es_page_doc_key(v.val.binary.data, &kind);
 		if (key == NULL)
 			continue;
-		if (strcmp(type, "Create") == 0 && strlen(key) < NAMEDATALEN * 4)
+		if (kind == ES_UPDATE_CREATE && strlen(key) < NAMEDATALEN * 4)
 			(void) hash_search(created, key, HASH_ENTER, NULL);
-		else if (strcmp(type, "Update") == 0)
+		else if (kind == ES_UPDATE_UPDATE)
 			updated = lappend(updated, key);
 	}
 	foreach(lc, updated)
