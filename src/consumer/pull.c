@@ -530,7 +530,7 @@ es_pull_run(void)
 		for (p = es_producers; p; p = p->next)
 			if (p->easy == easy || p->pre_easy == easy)
 				break;
-		if (p != NULL && p->pre_easy == easy && p->pre_taken)
+		if (p != NULL && p->pre_easy == easy && p->pre_state == ES_PRE_TAKEN)
 		{
 			/* The next page, which the apply said to ask for: go on. */
 			es_pull_take_prefetch(p);
@@ -539,7 +539,7 @@ es_pull_run(void)
 		else if (p != NULL && p->pre_easy == easy)
 		{
 			/* The next page: kept until the current one is applied. */
-			p->pre_done = true;
+			p->pre_state = ES_PRE_DONE;
 			p->pre_code = result;
 		}
 		else if (p != NULL)
@@ -549,9 +549,9 @@ es_pull_run(void)
 	}
 	/* Next pages that had arrived while the previous one was applied. */
 	for (EsProducer *p = es_producers; p; p = p->next)
-		while (p->pre_ready && p->easy != NULL)
+		while (p->pre_state == ES_PRE_READY && p->easy != NULL)
 		{
-			p->pre_ready = false;
+			p->pre_state = ES_PRE_NONE;
 			es_pull_done(p, p->pre_code_taken);
 		}
 	es_pull_start_due();

@@ -28,6 +28,25 @@
 
 #define ES_LONGPOLL_S		25		/* wait= of a pull that may park */
 
+/*
+ * Where a producer's next page stands, asked for while its current page is
+ * applied (pull_prefetch.c).  From NONE, es_pull_prefetch_at sends it
+ * (SENT); es_pull_run notes when it finishes first (DONE); es_pull_finish,
+ * once the current page is applied, makes it the producer's request --
+ * still in flight (TAKEN: es_pull_run hands it to es_pull_done when it
+ * finishes) or finished (READY: es_pull_run hands it over at once) -- or
+ * drops it (NONE).
+ */
+typedef enum EsPrefetchState
+{
+	ES_PRE_NONE,				/* none; pre_easy is NULL */
+	ES_PRE_SENT,				/* pre_easy in flight */
+	ES_PRE_DONE,				/* pre_easy finished with pre_code */
+	ES_PRE_TAKEN,				/* pre_easy in flight, the producer's request */
+	ES_PRE_READY				/* taken when finished: easy, with
+								 * pre_code_taken, for es_pull_done */
+} EsPrefetchState;
+
 /* One producer this site pulls from (malloc'd strings). */
 typedef struct EsProducer
 {
@@ -48,11 +67,9 @@ typedef struct EsProducer
 	EsResponse	pre_resp;
 	char	   *pre_path;		/* the path it answers, as _next_request says it */
 	bool		pre_wait;		/* it is a long-poll (wait=) */
-	bool		pre_done;		/* pre_easy finished with pre_code */
-	CURLcode	pre_code;
-	bool		pre_taken;		/* it is the producer's current request */
-	bool		pre_ready;		/* taken and finished: for es_pull_done */
-	CURLcode	pre_code_taken; /* pre_code of that one */
+	EsPrefetchState pre_state;	/* see EsPrefetchState */
+	CURLcode	pre_code;		/* ES_PRE_DONE: how it finished */
+	CURLcode	pre_code_taken; /* ES_PRE_READY: pre_code of that one */
 	char	   *deps;			/* JSON array of the documents fetched for it */
 	/* Earlier pages of the window being received (es_pull_hold) */
 	List	   *held;			/* of EsHeld (pull_page.c), in held_cxt; NIL: none */

@@ -363,16 +363,16 @@ es_pull_finish(EsProducer *p, char *error)
 		 * for this site.  Sent again, its cursor acknowledges the apply.
 		 */
 		if (error == NULL && p->path != NULL && strcmp(p->path, p->pre_path) == 0 &&
-			(p->pre_done || !p->pre_wait))
+			(p->pre_state == ES_PRE_DONE || !p->pre_wait))
 		{
-			if (p->pre_done)
+			if (p->pre_state == ES_PRE_DONE)
 			{
 				p->pre_code_taken = p->pre_code;
 				es_pull_take_prefetch(p);
-				p->pre_ready = true;
+				p->pre_state = ES_PRE_READY;
 			}
 			else
-				p->pre_taken = true;
+				p->pre_state = ES_PRE_TAKEN;
 		}
 		else
 			es_pull_drop_prefetch(p);

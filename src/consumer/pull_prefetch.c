@@ -44,10 +44,8 @@ es_pull_drop_prefetch(EsProducer *p)
 	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
 	free(p->pre_path);
 	p->pre_path = NULL;
-	p->pre_done = false;
+	p->pre_state = ES_PRE_NONE;
 	p->pre_wait = false;
-	p->pre_taken = false;
-	p->pre_ready = false;
 }
 
 /*
@@ -67,8 +65,7 @@ es_pull_take_prefetch(EsProducer *p)
 	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
 	free(p->pre_path);
 	p->pre_path = NULL;
-	p->pre_done = false;
-	p->pre_taken = false;
+	p->pre_state = ES_PRE_NONE;
 }
 
 /*
@@ -177,7 +174,7 @@ es_pull_prefetch_at(EsProducer *p, const char *cursor, int cursor_len, bool drai
 	memset(&p->pre_resp, 0, sizeof(p->pre_resp));
 	es_client_setup(p->pre_easy, url, p->auth, &p->pre_resp, (drained ? ES_LONGPOLL_S : 0) + 30);
 	es_set_str(&p->pre_path, path);
-	p->pre_done = false;
+	p->pre_state = ES_PRE_SENT;
 	p->pre_wait = drained;
 	if (curl_multi_add_handle(es_multi, p->pre_easy) != CURLM_OK)
 	{
