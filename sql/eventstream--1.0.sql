@@ -37,7 +37,7 @@ COMMENT ON TABLE eventstream.site IS
 -- Producer side: the Event Update Log
 ------------------------------------------------------------------------------
 
--- The sequence hands out blocks of ids, not ids (src/shmem.c); the id
+-- The sequence hands out blocks of ids, not ids (src/producer/logids.c); the id
 -- column has no default.
 CREATE SEQUENCE eventstream.update_log_id_seq;
 CREATE TABLE eventstream.update_log (
@@ -53,7 +53,7 @@ CREATE TABLE eventstream.update_log (
 ALTER SEQUENCE eventstream.update_log_id_seq OWNED BY eventstream.update_log.id;
 -- Every index here is paid for by every captured row: the primary key is
 -- the only one.  Serving finds where a window starts from a low bound kept
--- in shared memory (src/shmem.c), not from an index on txid.
+-- in shared memory (src/producer/logids.c), not from an index on txid.
 COMMENT ON TABLE eventstream.update_log IS
 	'Event Update Log: one row per Create, Update (four-key diff) or Delete of a subscribed document, written by the capture trigger in the changing transaction.';
 COMMENT ON COLUMN eventstream.update_log.txid IS
@@ -946,7 +946,7 @@ $$;
 -- Serving updates
 ------------------------------------------------------------------------------
 
--- The JSON texts of update logs, in the order of ids, as served (src/serve.c).
+-- The JSON texts of update logs, in the order of ids, as served (src/producer/serve.c).
 -- A negative id stands for "the whole current document" of that log,
 -- served as a Create.
 CREATE FUNCTION eventstream._log_texts(ids bigint[]) RETURNS text[]
@@ -966,7 +966,7 @@ CREATE FUNCTION eventstream._log_page(ids bigint[], max_bytes bigint, OUT n inte
  * early and committed late is still delivered; within a window, logs go in
  * id order, which is the producer's order for every document (row locks
  * order its writers).  <low> is a lower bound of the ids of logs not
- * visible in <from>, taken just before it (src/shmem.c), so a window is
+ * visible in <from>, taken just before it (src/producer/logids.c), so a window is
  * read from the primary key starting there.  A window larger than a page is
  * continued after <after_id>.  Pulling with a cursor acknowledges
  * everything before it.
@@ -3326,7 +3326,7 @@ COMMENT ON FUNCTION eventstream.remote_name(regclass, text) IS
 	'The producer and producer-side docname of a local row that got its own key (use_same_name = false).';
 
 -- How long a healthy link to a producer may stay silent: the worker's
--- long-poll (wait=25, src/pull.c) is answered within 25 seconds, and every
+-- long-poll (wait=25, src/consumer/pull.c) is answered within 25 seconds, and every
 -- answer applied sets last_success_at.  Silence for longer means the
 -- producer does not answer (a request hangs until it times out after 55
 -- seconds), or this site's worker is not pulling.

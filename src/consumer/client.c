@@ -6,10 +6,10 @@
  * es_client_setup() applies the options every request to a producer
  * shares (timeouts, TLS verification against eventstream.ca_file, a cap
  * on the response body); es_client_bad_text() refuses a body that is not
- * text in the database encoding before anything reads it; the background worker drives such handles with
- * a multi handle (src/pull.c), and eventstream._http_request() runs one
- * from SQL, blocking, for the configuration functions (add_producer,
- * subscribe, ...) and sync_now().
+ * text in the database encoding before anything reads it.  The site
+ * worker drives such handles with a multi handle (src/consumer/pull.c),
+ * and eventstream._http_request() runs one from SQL, blocking, for the
+ * configuration functions (add_producer, subscribe, ...) and sync_now().
  *
  * libcurl frames must never be crossed by a longjmp: callbacks only copy
  * bytes and report interrupts by returning a failure, and every handle is

@@ -3,7 +3,7 @@
  * pagejson.c
  *	  Reading the JSON a producer answers with into jsonb, quickly.
  *
- * A consumer reads every page of updates into jsonb once (pull.c).  With
+ * A consumer reads every page of updates into jsonb once (pull_page.c).  With
  * jsonb_in that was a fifth of the applying worker's time: its parser is
  * general (a callback per token, every string copied twice, every number
  * through numeric_in).  es_read_jsonb() reads the JSON producers write --
