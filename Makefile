@@ -1,33 +1,47 @@
 # Makefile for eventstream (PGXS)
 #
-# Build out of tree with VPATH so that the source stays untouched:
-#   make -f /path/to/src/Makefile VPATH=/path/to/src
-# test/run.sh does that for you; see README.md.
+# The C sources are in src/, one folder per part (see src/eventstream.h).
+# test/run.sh builds a copy of the tree; see README.md.  To build out of
+# tree with VPATH, so that the source stays untouched:
+#   make -f /path/to/eventstream/Makefile VPATH=/path/to/eventstream
 
 MODULE_big = eventstream
 OBJS = \
-	src/eventstream.o \
-	src/shmem.o \
-	src/rowjson.o \
-	src/pagejson.o \
-	src/capture.o \
-	src/condition.o \
-	src/document.o \
-	src/serve.o \
-	src/http.o \
-	src/keys.o \
-	src/client.o \
-	src/pull.o \
-	src/apply.o \
-	src/failed.o \
-	src/mapping.o \
-	src/worker.o
+	src/site/eventstream.o \
+	src/site/shmem.o \
+	src/site/launcher.o \
+	src/site/worker.o \
+	src/producer/capture.o \
+	src/producer/rowjson.o \
+	src/producer/logids.o \
+	src/producer/serve.o \
+	src/producer/document.o \
+	src/producer/condition.o \
+	src/producer/keys.o \
+	src/http/server.o \
+	src/http/api.o \
+	src/consumer/client.o \
+	src/consumer/pull.o \
+	src/consumer/pull_page.o \
+	src/consumer/pull_prefetch.o \
+	src/consumer/pagejson.o \
+	src/consumer/apply.o \
+	src/consumer/apply_statements.o \
+	src/consumer/apply_jsonb.o \
+	src/consumer/apply_direct.o \
+	src/consumer/apply_batch.o \
+	src/consumer/apply_log.o \
+	src/consumer/apply_page.o \
+	src/consumer/mapping.o \
+	src/consumer/failed.o
 
 EXTENSION = eventstream
 DATA_built = eventstream--1.0.sql
 PGFILEDESC = "eventstream - stream table changes between PostgreSQL sites"
 
 SHLIB_LINK += -lcurl -lmicrohttpd
+# Headers are included by their path under src/ ("consumer/apply.h").
+PG_CPPFLAGS += -I$(srcdir)/src
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 
 # The install script, eventstream--1.0.sql, is these parts in this order,
@@ -99,3 +113,12 @@ eventstream--1.0.sql: $(SQL_PARTS) $(firstword $(MAKEFILE_LIST))
 		rm -f $@.tmp; exit 1; \
 	fi
 	mv $@.tmp $@
+
+# Out of tree, the objects' folders are made first (named by absolute
+# paths, which VPATH does not look up in the source tree).
+ifdef VPATH
+es_objdirs := $(addprefix $(CURDIR)/,$(sort $(dir $(OBJS))))
+$(OBJS): | $(es_objdirs)
+$(es_objdirs):
+	$(MKDIR_P) $@
+endif

@@ -22,7 +22,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/failed.c
+ *	  src/consumer/failed.c
  *
  *-------------------------------------------------------------------------
  */
@@ -35,7 +35,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "eventstream.h"
+#include "consumer/failed.h"
 
 #define ES_FAILED_WINDOW_MS	60000	/* the limit's period: a minute */
 #define ES_FAILED_ERROR_MAX	200		/* bytes of the error a line quotes */

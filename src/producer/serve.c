@@ -16,7 +16,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/serve.c
+ *	  src/producer/serve.c
  *
  *-------------------------------------------------------------------------
  */
@@ -32,8 +32,6 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
-
-#include "eventstream.h"
 
 PG_FUNCTION_INFO_V1(eventstream_log_texts);
 PG_FUNCTION_INFO_V1(eventstream_log_page);

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
- * shmem.c
- *	  Shared memory: update log ids, and where each backend's open
- *	  transaction starts in the update log, so serving can find a window
+ * logids.c
+ *	  Update log ids, and where each backend's open transaction starts in
+ *	  the update log, in shared memory, so serving can find a window
  *	  without a txid index.
  *
  * Ids.  Update log ids must grow in the order they are drawn, across all
@@ -38,7 +38,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/shmem.c
+ *	  src/producer/logids.c
  *
  *-------------------------------------------------------------------------
  */
@@ -49,13 +49,12 @@
 #include "commands/sequence.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
-#include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
-#include "utils/builtins.h"
 
-#include "eventstream.h"
+#include "producer/logids.h"
+#include "site/worker.h"
 
 PG_FUNCTION_INFO_V1(eventstream_log_low_bound);
 
@@ -93,25 +92,20 @@ typedef struct EsShared
 
 static EsShared *es_shared = NULL;
 static EsDbIds *es_my_ids = NULL;	/* this backend's database entry */
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* Whether this backend's slot holds something for the current transaction. */
 static bool es_slot_used = false;
 static int	es_xact_logs = 0;	/* logs this transaction wrote */
 static bool es_callback_registered = false;
 
-static void es_shmem_request(void);
-static void es_shmem_startup(void);
-static Size es_shmem_size(void);
 static void es_slot_xact_callback(XactEvent event, void *arg);
 
 /*
- * es_shmem_size
+ * es_logids_shmem_size
  *		One slot per PGPROC (every backend, auxiliary and prepared-xact proc).
  */
-static Size
-es_shmem_size(void)
+Size
+es_logids_shmem_size(void)
 {
 	int			nslots = MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
 
@@ -119,45 +113,16 @@ es_shmem_size(void)
 }
 
 /*
- * es_shmem_init
- *		Install the hooks; called from _PG_init while preloading.
+ * es_logids_shmem_init
+ *		Create or attach to the shared state of the ids; called from the
+ *		shmem_startup_hook (src/site/shmem.c), under AddinShmemInitLock.
  */
 void
-es_shmem_init(void)
-{
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = es_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = es_shmem_startup;
-}
-
-/*
- * es_shmem_request
- *		shmem_request_hook: reserve our space.
- */
-static void
-es_shmem_request(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(es_shmem_size());
-	RequestAddinShmemSpace(es_workers_shmem_size());
-}
-
-/*
- * es_shmem_startup
- *		shmem_startup_hook: create or attach to the shared state.
- */
-static void
-es_shmem_startup(void)
+es_logids_shmem_init(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	es_shared = ShmemInitStruct("eventstream", es_shmem_size(), &found);
+	es_shared = ShmemInitStruct("eventstream", es_logids_shmem_size(), &found);
 	if (!found)
 	{
 		int			i;
@@ -175,8 +140,6 @@ es_shmem_startup(void)
 			pg_atomic_init_u64(&es_shared->slots[i].s.first_id, 0);
 		}
 	}
-	es_workers_shmem_init();
-	LWLockRelease(AddinShmemInitLock);
 }
 
 /*

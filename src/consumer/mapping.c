@@ -12,14 +12,15 @@
  * (one expression, nothing that could end it early), and evaluated
  * (eventstream._eval_filter) as the subscriber role, read-only, under
  * eventstream.condition_timeout, in a subtransaction rolled back
- * afterwards.  The rest of mapping (renaming, defaults, child tables,
- * diffs) is in the extension's SQL script; linking the dependencies is in
- * apply.c.
+ * afterwards -- with the checks and the sandbox of the producer's
+ * conditions (src/producer/condition.c).  The rest of mapping (renaming,
+ * defaults, child tables, diffs) is in the extension's SQL script; linking
+ * the dependencies is in the apply (es_link_value, src/consumer/apply.c).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/mapping.c
+ *	  src/consumer/mapping.c
  *
  *-------------------------------------------------------------------------
  */
@@ -33,7 +34,7 @@
 #include "utils/guc.h"
 #include "utils/json.h"
 
-#include "eventstream.h"
+#include "producer/condition.h"
 
 PG_FUNCTION_INFO_V1(eventstream_check_filter_expression);
 PG_FUNCTION_INFO_V1(eventstream_eval_filter);

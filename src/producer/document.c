@@ -11,7 +11,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/document.c
+ *	  src/producer/document.c
  *
  *-------------------------------------------------------------------------
  */
@@ -24,7 +24,8 @@
 #include "utils/builtins.h"
 #include "utils/rel.h"
 
-#include "eventstream.h"
+#include "producer/condition.h"
+#include "producer/rowjson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_document);
 

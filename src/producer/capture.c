@@ -39,7 +39,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/capture.c
+ *	  src/producer/capture.c
  *
  *-------------------------------------------------------------------------
  */
@@ -66,6 +66,8 @@
 #include "utils/xid8.h"
 
 #include "eventstream.h"
+#include "producer/logids.h"
+#include "producer/rowjson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_capture);
 

@@ -3,7 +3,10 @@
  * eventstream.c
  *	  Module entry point: settings, the preload check and the apply origin.
  *
- * _PG_init defines the eventstream.* settings.  The extension requires
+ * _PG_init defines the eventstream.* settings (those of the site worker
+ * in es_workers_init) and, while preloading, installs the shared memory
+ * hooks (src/site/shmem.c) and registers the launcher
+ * (src/site/launcher.c).  The extension requires
  * shared_preload_libraries = 'eventstream' (its background workers can only
  * be registered from there); CREATE EXTENSION calls
  * eventstream._assert_preloaded() first so that a missing preload is a clear
@@ -17,7 +20,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/eventstream.c
+ *	  src/site/eventstream.c
  *
  *-------------------------------------------------------------------------
  */
@@ -32,6 +35,13 @@
 #include "utils/uuid.h"
 
 #include "eventstream.h"
+#include "consumer/client.h"
+#include "consumer/failed.h"
+#include "consumer/pull.h"
+#include "http/server.h"
+#include "producer/condition.h"
+#include "site/launcher.h"
+#include "site/shmem.h"
 
 PG_MODULE_MAGIC;
 
@@ -41,19 +51,14 @@ PG_FUNCTION_INFO_V1(eventstream_assert_preloaded);
 PG_FUNCTION_INFO_V1(eventstream_set_origin);
 
 /* Whether the library was loaded through shared_preload_libraries. */
-bool		es_preloaded = false;
+static bool es_preloaded = false;
 
 /* Origin stamped on logs written by this transaction, if set. */
 bool		es_apply_origin_set = false;
 pg_uuid_t	es_apply_origin;
 
-/* GUCs: this site's HTTP endpoint (per database, ALTER DATABASE ... SET). */
-int			es_http_port = 0;
-char	   *es_http_listen_address = NULL;
-char	   *es_http_tls_cert_file = NULL;
-char	   *es_site_url = NULL;
-char	   *es_http_tls_key_file = NULL;
-int			es_http_max_request_size = 1024;	/* kB */
+/* GUCs read by SQL only (the HTTP server's are in src/http/server.c). */
+static char *es_site_url = NULL;
 static int	es_http_max_response_size = 8192;	/* kB, read by _pull_page */
 
 /* GUC: how long an idle consumer holds back pruning of the update log. */

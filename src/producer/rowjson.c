@@ -18,7 +18,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/rowjson.c
+ *	  src/producer/rowjson.c
  *
  *-------------------------------------------------------------------------
  */
@@ -38,7 +38,7 @@
 #include "utils/rel.h"
 #include "utils/typcache.h"
 
-#include "eventstream.h"
+#include "producer/rowjson.h"
 
 static EsValueKind es_kind_for_type(Oid basetypid);
 

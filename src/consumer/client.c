@@ -6,10 +6,10 @@
  * es_client_setup() applies the options every request to a producer
  * shares (timeouts, TLS verification against eventstream.ca_file, a cap
  * on the response body); es_client_bad_text() refuses a body that is not
- * text in the database encoding before anything reads it; the background worker drives such handles with
- * a multi handle (src/pull.c), and eventstream._http_request() runs one
- * from SQL, blocking, for the configuration functions (add_producer,
- * subscribe, ...) and sync_now().
+ * text in the database encoding before anything reads it.  The site
+ * worker drives such handles with a multi handle (src/consumer/pull.c),
+ * and eventstream._http_request() runs one from SQL, blocking, for the
+ * configuration functions (add_producer, subscribe, ...) and sync_now().
  *
  * libcurl frames must never be crossed by a longjmp: callbacks only copy
  * bytes and report interrupts by returning a failure, and every handle is
@@ -18,7 +18,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/client.c
+ *	  src/consumer/client.c
  *
  *-------------------------------------------------------------------------
  */
@@ -34,11 +34,12 @@
 #include "utils/builtins.h"
 
 #include "eventstream.h"
+#include "consumer/client.h"
 
 PG_FUNCTION_INFO_V1(eventstream_http_request);
 PG_FUNCTION_INFO_V1(eventstream_urlencode);
 
-/* GUCs (defined in eventstream.c). */
+/* GUCs (registered by _PG_init, src/site/eventstream.c). */
 char	   *es_ca_file = NULL;
 int			es_client_max_response_size = 64 * 1024;	/* kB */
 

@@ -26,7 +26,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/condition.c
+ *	  src/producer/condition.c
  *
  *-------------------------------------------------------------------------
  */
@@ -56,7 +56,9 @@
 #include "storage/latch.h"
 #include "storage/lock.h"
 
-#include "eventstream.h"
+#include "producer/condition.h"
+#include "producer/rowjson.h"
+#include "site/worker.h"
 
 PG_FUNCTION_INFO_V1(eventstream_check_condition);
 PG_FUNCTION_INFO_V1(eventstream_condition_allows);

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * http.c
+ * server.c
  *	  The site's HTTP endpoint: libmicrohttpd driven from the site worker's
  *	  own wait loop.
  *
@@ -9,21 +9,21 @@
  * es_http_run() whenever it wakes.  Request handlers therefore run on the
  * worker's stack, between its transactions.
  *
- * Endpoints so far: health (no key), POST consumers (register or update
- * the calling consumer), GET updates (its next page) and GET
- * documents/<table>/<docname> (one document with its children) and GET
- * documents/<table>?filters= (docnames matching equality filters) and GET
- * snapshot/<table>?after= (pages of existing documents, initial sync).  Everything under
- * /api/eventstream/v1/ but health needs "Authorization: token key:secret"
- * (or Basic with the same pair), checked before routing.  An API request
- * runs in a transaction of its own inside PG_TRY (es_http_api): an ERROR
- * becomes a JSON error reply and never longjmps through libmicrohttpd
- * frames.  Request state and replies are malloc'd, and bodies are capped.
+ * The handler answers GET (or HEAD) health itself (no key, no
+ * transaction: the site id and version) and, while the site shuts down,
+ * everything with 503.  Any other request under ES_API_PREFIX goes to
+ * es_http_api (src/http/api.c: the key, the route table, the endpoints),
+ * in a transaction of its own, with its body collected first, up to
+ * eventstream.http_max_request_size (413 beyond; 400 for a NUL byte).  A GET of updates with
+ * wait= that finds nothing yet is parked (suspended) until a commit writes
+ * logs (es_http_wake, from the worker) or its deadline, at most
+ * ES_MAX_WAIT_S.  Request state and replies are malloc'd: no PostgreSQL
+ * allocation lives in libmicrohttpd frames.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/http.c
+ *	  src/http/server.c
  *
  *-------------------------------------------------------------------------
  */
@@ -36,22 +36,14 @@
 #include <poll.h>
 #include <stdarg.h>
 
-#include "access/xact.h"
-#include "catalog/pg_type.h"
-#include "common/base64.h"
-#include "executor/spi.h"
-#include "miscadmin.h"
+#include "lib/stringinfo.h"
 #include "storage/fd.h"
-#include "utils/builtins.h"
-#include "mb/pg_wchar.h"
-#include "utils/json.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "eventstream.h"
-
-#define ES_API_PREFIX	"/api/eventstream/v1/"
+#include "http/api.h"
+#include "http/server.h"
 
 /* Per-request state, malloc'd (no PostgreSQL allocation in MHD frames). */
 typedef struct EsRequest
@@ -67,16 +59,23 @@ typedef struct EsRequest
 
 #define ES_MAX_WAIT_S	300		/* longest long-poll accepted */
 
+/* GUCs (registered by _PG_init): see server.h. */
+int			es_http_port = 0;
+char	   *es_http_listen_address = NULL;
+char	   *es_http_tls_cert_file = NULL;
+char	   *es_http_tls_key_file = NULL;
+int			es_http_max_request_size = 1024;	/* kB */
+
 /* Long-polls parked until a commit writes logs or their deadline passes. */
 static EsRequest *es_parked = NULL;
 
 static struct MHD_Daemon *es_daemon = NULL;
-static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
 static bool es_in_run = false;	/* inside MHD_run, i.e. maybe in a handler */
 static bool es_shutting_down = false;	/* answer everything 503 */
 static char es_site_id[64];
 static char *es_tls_cert = NULL;	/* PEM texts, kept while the daemon runs */
 static char *es_tls_key = NULL;
+static EsHttpBeforePark es_before_park = NULL;	/* given to es_http_start */
 
 /*
  * es_http_logger
@@ -125,309 +124,6 @@ es_http_error(struct MHD_Connection *conn, unsigned int status,
 	snprintf(body, sizeof(body), "{\"error\": {\"code\": \"%s\", \"message\": \"%s\"}}",
 			 code, message);
 	return es_http_reply(conn, status, body);
-}
-
-/*
- * es_http_status_for
- *		HTTP status for an error raised while serving a request.
- */
-static unsigned int
-es_http_status_for(int sqlerrcode)
-{
-	switch (sqlerrcode)
-	{
-		case ERRCODE_INSUFFICIENT_PRIVILEGE:
-			return MHD_HTTP_FORBIDDEN;
-		case ERRCODE_UNDEFINED_OBJECT:
-		case ERRCODE_UNDEFINED_TABLE:
-			return MHD_HTTP_NOT_FOUND;
-		case ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE:
-			return MHD_HTTP_CONFLICT;
-		case ERRCODE_STATEMENT_TOO_COMPLEX:	/* e.g. JSON nested too deeply */
-			return MHD_HTTP_BAD_REQUEST;
-		default:
-			break;
-	}
-	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
-	{
-		case ERRCODE_DATA_EXCEPTION:
-		case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:
-		case ERRCODE_INVALID_TEXT_REPRESENTATION:
-			return MHD_HTTP_BAD_REQUEST;
-		default:
-			return MHD_HTTP_INTERNAL_SERVER_ERROR;
-	}
-}
-
-/*
- * es_http_credentials
- *		Split "token key:secret" or "Basic base64(key:secret)" into key and
- *		secret (palloc'd).  False when the header is missing or malformed.
- */
-static bool
-es_http_credentials(const char *header, char **key, char **secret)
-{
-	char	   *pair;
-	char	   *colon;
-
-	if (header == NULL)
-		return false;
-	if (pg_strncasecmp(header, "token ", 6) == 0)
-		pair = pstrdup(header + 6);
-	else if (pg_strncasecmp(header, "basic ", 6) == 0)
-	{
-		const char *enc = header + 6;
-		int			enclen = strlen(enc);
-		int			len = pg_b64_dec_len(enclen);
-
-		pair = palloc(len + 1);
-		len = pg_b64_decode(enc, enclen, pair, len);
-		if (len < 0)
-			return false;
-		pair[len] = '\0';
-	}
-	else
-		return false;
-	colon = strchr(pair, ':');
-	if (colon == NULL)
-		return false;
-	*colon = '\0';
-	*key = pair;
-	*secret = colon + 1;
-	return true;
-}
-
-/*
- * es_http_query
- *		Run one SQL statement with text arguments and return the text of
- *		the first column of its one row (NULL for NULL).  Inside SPI.
- */
-static char *
-es_http_query(const char *sql, int nargs, const char **args)
-{
-	Oid			types[8];
-	Datum		values[8];
-	char		nulls[8];
-	int			i;
-
-	for (i = 0; i < nargs; i++)
-	{
-		/* Request bytes become text only when valid in the database encoding. */
-		if (args[i])
-			(void) pg_verifymbstr(args[i], strlen(args[i]), false);
-		types[i] = TEXTOID;
-		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
-		nulls[i] = args[i] ? ' ' : 'n';
-	}
-	if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 1) < 0 ||
-		SPI_processed != 1)
-		elog(ERROR, "unexpected result from \"%s\"", sql);
-	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-}
-
-/*
- * es_http_api
- *		Serve an authenticated API request in a transaction of its own.
- *		Returns the HTTP status and sets *reply (malloc'd JSON).
- *
- * Called from the access handler, i.e. from the worker's wait loop with no
- * transaction open.  Any ERROR is caught here and becomes a JSON error
- * reply: nothing longjmps through libmicrohttpd.
- */
-static unsigned int
-es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
-			const char *body, bool may_park, char **reply)
-{
-	MemoryContext callercxt = MemoryContextSwitchTo(es_request_cxt);
-	MemoryContext oldcxt = es_request_cxt;
-	volatile unsigned int status = MHD_HTTP_OK;
-	char	   *volatile result = NULL;
-
-	PG_TRY();
-	{
-		char	   *key;
-		char	   *secret;
-		const char *args[6];
-		char	   *role;
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		SPI_connect();
-
-		args[0] = NULL;
-		if (!es_http_credentials(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
-								 &key, &secret))
-			role = NULL;
-		else
-		{
-			args[0] = key;
-			args[1] = secret;
-			role = es_http_query("SELECT eventstream._check_api_key($1, $2)::text", 2, args);
-		}
-
-		if (role == NULL)
-		{
-			status = MHD_HTTP_UNAUTHORIZED;
-			result = "{\"error\": {\"code\": \"unauthorized\", \"message\": \"A valid API key is required.\"}}";
-		}
-		else if (strcmp(url, ES_API_PREFIX "consumers") == 0 && strcmp(method, "POST") == 0)
-		{
-			/* Register or update the calling consumer: {consumer_url, site_id, tables}. */
-			args[1] = role;
-			args[2] = body ? body : "";
-			result = es_http_query("SELECT eventstream._register_consumer(b->>'consumer_url', (b->>'site_id')::uuid,"
-								   "  $1, $2::regrole, b->'tables')::text"
-								   "  FROM (SELECT $3::jsonb AS b) r", 3, args);
-		}
-		else if (strcmp(url, ES_API_PREFIX "updates") == 0 && strcmp(method, "GET") == 0)
-		{
-			const char *consumer = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "consumer");
-			const char *cursor = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "cursor");
-			const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
-			char	   *owner;
-
-			args[1] = consumer;
-			owner = es_http_query("SELECT (SELECT c.api_key = $1 FROM eventstream.consumer c"
-								  " WHERE c.consumer_url = $2)::text", 2, args);
-			if (owner == NULL)
-			{
-				status = MHD_HTTP_NOT_FOUND;
-				result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such consumer.\"}}";
-			}
-			else if (strcmp(owner, "true") != 0)
-			{
-				status = MHD_HTTP_FORBIDDEN;
-				result = "{\"error\": {\"code\": \"forbidden\", \"message\": \"This consumer was registered with another key.\"}}";
-			}
-			else
-			{
-				args[0] = consumer;
-				args[1] = cursor;
-				args[2] = limit ? limit : "100";
-				args[3] = may_park ? "true" : "false";
-				/* ack=: what a pipelining consumer has applied (see _pull_page) */
-				args[4] = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "ack");
-				/*
-				 * '' = nothing yet and the caller may wait for more: only a
-				 * page that ends at the newest commit; one that ends earlier
-				 * (nothing for this consumer up to a tick) moves its cursor on
-				 * at once.
-				 */
-				result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
-									   "            THEN '' ELSE p.page END"
-									   "  FROM eventstream._pull_page($1, $2, $3::integer, $5) p", 5, args);
-				if (result != NULL && result[0] == '\0')
-					status = 0;
-			}
-		}
-		else if (strncmp(url, ES_API_PREFIX "documents/", strlen(ES_API_PREFIX "documents/")) == 0 &&
-				 strchr(url + strlen(ES_API_PREFIX "documents/"), '/') != NULL &&
-				 strcmp(method, "GET") == 0)
-		{
-			/* documents/<table>/<docname>: the docname is the rest of the path. */
-			const char *rest = url + strlen(ES_API_PREFIX "documents/");
-			const char *slash = strchr(rest, '/');
-
-			args[0] = pnstrdup(rest, slash - rest);
-			args[1] = slash + 1;
-			args[2] = role;
-			result = es_http_query("SELECT eventstream._serve_document($1, $2, $3::regrole)::text", 3, args);
-		}
-		else if (strncmp(url, ES_API_PREFIX "snapshot/", strlen(ES_API_PREFIX "snapshot/")) == 0 &&
-				 strcmp(method, "GET") == 0)
-		{
-			/*
-			 * snapshot/<table>?after=<docname>&limit=<n>[&consumer=<url>]:
-			 * existing documents; for a consumer (its initial sync), only
-			 * with the key it registered with, and only what it may have.
-			 */
-			const char *after = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "after");
-			const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
-			const char *consumer = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "consumer");
-			char	   *owner = NULL;
-
-			if (consumer != NULL)
-			{
-				args[1] = consumer;
-				owner = es_http_query("SELECT (SELECT c.api_key = $1 FROM eventstream.consumer c"
-									  " WHERE c.consumer_url = $2)::text", 2, args);
-			}
-			if (consumer != NULL && owner == NULL)
-			{
-				status = MHD_HTTP_NOT_FOUND;
-				result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such consumer.\"}}";
-			}
-			else if (consumer != NULL && strcmp(owner, "true") != 0)
-			{
-				status = MHD_HTTP_FORBIDDEN;
-				result = "{\"error\": {\"code\": \"forbidden\", \"message\": \"This consumer was registered with another key.\"}}";
-			}
-			else
-			{
-				args[0] = url + strlen(ES_API_PREFIX "snapshot/");
-				args[1] = after;
-				args[2] = limit ? limit : "100";
-				args[3] = role;
-				args[4] = consumer;
-				result = es_http_query("SELECT eventstream._serve_snapshot($1, $2, $3::integer, $4::regrole, $5)::text",
-									   5, args);
-			}
-		}
-		else if (strncmp(url, ES_API_PREFIX "documents/", strlen(ES_API_PREFIX "documents/")) == 0 &&
-				 strcmp(method, "GET") == 0)
-		{
-			/* documents/<table>?filters=<json>&limit=<n>: matching docnames. */
-			const char *filters = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "filters");
-			const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
-
-			args[0] = url + strlen(ES_API_PREFIX "documents/");
-			args[1] = filters ? filters : "{}";
-			args[2] = limit ? limit : "20";
-			args[3] = role;
-			result = es_http_query("SELECT eventstream._serve_filtered($1, $2::jsonb, $3::integer, $4::regrole)::text",
-								   4, args);
-		}
-		else
-		{
-			status = MHD_HTTP_NOT_FOUND;
-			result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such endpoint.\"}}";
-		}
-
-		/* Out of SPI memory before it goes away. */
-		*reply = strdup(result);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		StringInfoData buf;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		status = es_http_status_for(edata->sqlerrcode);
-		initStringInfo(&buf);
-		appendStringInfo(&buf, "{\"error\": {\"code\": \"%s\", \"message\": ",
-						 unpack_sql_state(edata->sqlerrcode));
-		escape_json(&buf, edata->message);
-		if (edata->hint)
-		{
-			appendStringInfoString(&buf, ", \"hint\": ");
-			escape_json(&buf, edata->hint);
-		}
-		appendStringInfoString(&buf, "}}");
-		*reply = strdup(buf.data);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(callercxt);
-	MemoryContextReset(es_request_cxt);
-	return status;
 }
 
 /*
@@ -561,8 +257,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	 * the worker, even one that lands between this pull's snapshot and the
 	 * parking (it would otherwise be missed until the deadline).
 	 */
-	if (may_park)
-		es_worker_expect_waiters();
+	if (may_park && es_before_park != NULL)
+		es_before_park();
 	status = es_http_api(conn, method, url, req->body, may_park, &reply);
 	if (reply == NULL)
 		return es_http_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "Out of memory.");
@@ -616,12 +312,14 @@ es_http_read_pem(const char *setting, const char *path)
 /*
  * es_http_start
  *		Start listening on address:port for this site, with TLS when
- *		eventstream.http_tls_cert_file and _key_file are set.  Returns false
- *		(with a WARNING) when that is not possible; the worker carries on
- *		without an endpoint rather than serving plain HTTP by mistake.
+ *		eventstream.http_tls_cert_file and _key_file are set; before_park
+ *		runs before every request that may park.  Returns false (with a
+ *		WARNING) when that is not possible; the worker carries on without
+ *		an endpoint rather than serving plain HTTP by mistake.
  */
 bool
-es_http_start(const char *address, int port, const char *site_id)
+es_http_start(const char *address, int port, const char *site_id,
+			  EsHttpBeforePark before_park)
 {
 	struct sockaddr_in addr;
 	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
@@ -629,9 +327,8 @@ es_http_start(const char *address, int port, const char *site_id)
 	struct MHD_OptionItem tls_options[3];
 
 	strlcpy(es_site_id, site_id, sizeof(es_site_id));
-	if (es_request_cxt == NULL)
-		es_request_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream request",
-											   ALLOCSET_DEFAULT_SIZES);
+	es_before_park = before_park;
+	es_http_api_init();
 	memset(&addr, 0, sizeof(addr));
 	addr.sin_family = AF_INET;
 	addr.sin_port = htons((uint16) port);

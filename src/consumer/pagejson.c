@@ -3,7 +3,7 @@
  * pagejson.c
  *	  Reading the JSON a producer answers with into jsonb, quickly.
  *
- * A consumer reads every page of updates into jsonb once (pull.c).  With
+ * A consumer reads every page of updates into jsonb once (pull_page.c).  With
  * jsonb_in that was a fifth of the applying worker's time: its parser is
  * general (a callback per token, every string copied twice, every number
  * through numeric_in).  es_read_jsonb() reads the JSON producers write --
@@ -29,7 +29,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/pagejson.c
+ *	  src/consumer/pagejson.c
  *
  *-------------------------------------------------------------------------
  */
@@ -45,7 +45,8 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 
-#include "eventstream.h"
+#include "consumer/client.h"
+#include "consumer/pagejson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_read_json);
 

@@ -13,7 +13,7 @@
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
- *	  src/keys.c
+ *	  src/producer/keys.c
  *
  *-------------------------------------------------------------------------
  */
@@ -21,8 +21,6 @@
 
 #include "fmgr.h"
 #include "utils/builtins.h"
-
-#include "eventstream.h"
 
 PG_FUNCTION_INFO_V1(eventstream_equal_secrets);
 

@@ -1,0 +1,25 @@
+/*-------------------------------------------------------------------------
+ *
+ * pagejson.h
+ *	  Reading a producer's answer into jsonb: src/consumer/pagejson.c.
+ *
+ * Exports the quick JSON reader, the bounded reading of a whole page and
+ * the bound (es_page_budget), for the pulls.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/consumer/pagejson.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ES_PAGEJSON_H
+#define ES_PAGEJSON_H
+
+#include "utils/jsonb.h"
+
+extern Jsonb *es_read_jsonb(const char *text, size_t len, Size budget);
+extern Size es_page_budget(void);
+extern Jsonb *es_read_page(char *text, size_t len, Size budget);
+
+#endif							/* ES_PAGEJSON_H */

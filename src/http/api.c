@@ -1,0 +1,485 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  The API endpoints of the site's HTTP server.
+ *
+ * es_http_api serves an authenticated request under ES_API_PREFIX in a
+ * transaction of its own inside PG_TRY: an ERROR becomes a JSON error
+ * reply and never longjmps through libmicrohttpd frames.  The caller's
+ * key ("Authorization: token key:secret", or Basic with the same pair) is
+ * checked first; then the first route of es_api_routes that matches the
+ * method and path picks the endpoint:
+ *	  POST consumers                      register or update the calling
+ *	                                      consumer
+ *	  GET  updates?consumer=&cursor=      its next page of updates (a
+ *	                                      long-poll with wait=)
+ *	  GET  documents/<table>/<docname>    one document with its children
+ *	  GET  snapshot/<table>?after=        a page of existing documents
+ *	                                      (initial sync)
+ *	  GET  documents/<table>?filters=     docnames matching equality filters
+ * Each endpoint is one SQL function of the extension, called with the
+ * request's arguments as text.
+ *
+ * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
+ *
+ * IDENTIFICATION
+ *	  src/http/api.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <microhttpd.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/base64.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "http/api.h"
+
+/* A request as its endpoint sees it. */
+typedef struct EsApiCall
+{
+	struct MHD_Connection *conn;
+	const char *url;			/* the path, ES_API_PREFIX included */
+	const char *body;			/* NUL-terminated, or NULL */
+	bool		may_park;		/* a long-poll that may wait for updates */
+	const char *key;			/* the caller's API key */
+	const char *role;			/* the role it gives (_check_api_key) */
+} EsApiCall;
+
+/*
+ * An endpoint: the reply's JSON text (in the request's memory), with
+ * *status set when it is not 200 (0: nothing yet, park the long-poll).
+ * Runs inside the request's transaction, connected to SPI.
+ */
+typedef char *(*EsApiEndpoint) (EsApiCall *call, unsigned int *status);
+
+/* How a route's path matches a request's. */
+typedef enum EsApiMatch
+{
+	ES_MATCH_EXACT,				/* the same path */
+	ES_MATCH_PREFIX,			/* the path, then anything */
+	ES_MATCH_PREFIX_SLASH		/* the path, then anything holding a '/' */
+} EsApiMatch;
+
+typedef struct EsApiRoute
+{
+	const char *method;
+	const char *path;
+	EsApiMatch	match;
+	EsApiEndpoint endpoint;
+} EsApiRoute;
+
+static char *es_api_consumers(EsApiCall *call, unsigned int *status);
+static char *es_api_updates(EsApiCall *call, unsigned int *status);
+static char *es_api_document(EsApiCall *call, unsigned int *status);
+static char *es_api_snapshot(EsApiCall *call, unsigned int *status);
+static char *es_api_filtered(EsApiCall *call, unsigned int *status);
+
+/* The routes, tried in order. */
+static const EsApiRoute es_api_routes[] = {
+	{"POST", ES_API_PREFIX "consumers", ES_MATCH_EXACT, es_api_consumers},
+	{"GET", ES_API_PREFIX "updates", ES_MATCH_EXACT, es_api_updates},
+	{"GET", ES_API_PREFIX "documents/", ES_MATCH_PREFIX_SLASH, es_api_document},
+	{"GET", ES_API_PREFIX "snapshot/", ES_MATCH_PREFIX, es_api_snapshot},
+	{"GET", ES_API_PREFIX "documents/", ES_MATCH_PREFIX, es_api_filtered},
+};
+
+static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
+
+/*
+ * es_http_status_for
+ *		HTTP status for an error raised while serving a request.
+ */
+static unsigned int
+es_http_status_for(int sqlerrcode)
+{
+	switch (sqlerrcode)
+	{
+		case ERRCODE_INSUFFICIENT_PRIVILEGE:
+			return MHD_HTTP_FORBIDDEN;
+		case ERRCODE_UNDEFINED_OBJECT:
+		case ERRCODE_UNDEFINED_TABLE:
+			return MHD_HTTP_NOT_FOUND;
+		case ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE:
+			return MHD_HTTP_CONFLICT;
+		case ERRCODE_STATEMENT_TOO_COMPLEX:	/* e.g. JSON nested too deeply */
+			return MHD_HTTP_BAD_REQUEST;
+		default:
+			break;
+	}
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_DATA_EXCEPTION:
+		case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:
+		case ERRCODE_INVALID_TEXT_REPRESENTATION:
+			return MHD_HTTP_BAD_REQUEST;
+		default:
+			return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+/*
+ * es_http_credentials
+ *		Split "token key:secret" or "Basic base64(key:secret)" into key and
+ *		secret (palloc'd).  False when the header is missing or malformed.
+ */
+static bool
+es_http_credentials(const char *header, char **key, char **secret)
+{
+	char	   *pair;
+	char	   *colon;
+
+	if (header == NULL)
+		return false;
+	if (pg_strncasecmp(header, "token ", 6) == 0)
+		pair = pstrdup(header + 6);
+	else if (pg_strncasecmp(header, "basic ", 6) == 0)
+	{
+		const char *enc = header + 6;
+		int			enclen = strlen(enc);
+		int			len = pg_b64_dec_len(enclen);
+
+		pair = palloc(len + 1);
+		len = pg_b64_decode(enc, enclen, pair, len);
+		if (len < 0)
+			return false;
+		pair[len] = '\0';
+	}
+	else
+		return false;
+	colon = strchr(pair, ':');
+	if (colon == NULL)
+		return false;
+	*colon = '\0';
+	*key = pair;
+	*secret = colon + 1;
+	return true;
+}
+
+/*
+ * es_http_query
+ *		Run one SQL statement with text arguments and return the text of
+ *		the first column of its one row (NULL for NULL).  Inside SPI.
+ */
+static char *
+es_http_query(const char *sql, int nargs, const char **args)
+{
+	Oid			types[8];
+	Datum		values[8];
+	char		nulls[8];
+	int			i;
+
+	for (i = 0; i < nargs; i++)
+	{
+		/* Request bytes become text only when valid in the database encoding. */
+		if (args[i])
+			(void) pg_verifymbstr(args[i], strlen(args[i]), false);
+		types[i] = TEXTOID;
+		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
+		nulls[i] = args[i] ? ' ' : 'n';
+	}
+	if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 1) < 0 ||
+		SPI_processed != 1)
+		elog(ERROR, "unexpected result from \"%s\"", sql);
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+
+/*
+ * es_api_consumers
+ *		POST consumers: register or update the calling consumer.
+ */
+static char *
+es_api_consumers(EsApiCall *call, unsigned int *status)
+{
+	const char *args[3];
+
+	/* Register or update the calling consumer: {consumer_url, site_id, tables}. */
+	args[0] = call->key;
+	args[1] = call->role;
+	args[2] = call->body ? call->body : "";
+	return es_http_query("SELECT eventstream._register_consumer(b->>'consumer_url', (b->>'site_id')::uuid,"
+						 "  $1, $2::regrole, b->'tables')::text"
+						 "  FROM (SELECT $3::jsonb AS b) r", 3, args);
+}
+
+/*
+ * es_api_updates
+ *		GET updates?consumer=&cursor=&limit=[&ack=]: the consumer's next
+ *		page, for the key it registered with.
+ */
+static char *
+es_api_updates(EsApiCall *call, unsigned int *status)
+{
+	const char *consumer = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "consumer");
+	const char *cursor = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "cursor");
+	const char *limit = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "limit");
+	const char *args[5];
+	char	   *owner;
+	char	   *result;
+
+	args[0] = call->key;
+	args[1] = consumer;
+	owner = es_http_query("SELECT (SELECT c.api_key = $1 FROM eventstream.consumer c"
+						  " WHERE c.consumer_url = $2)::text", 2, args);
+	if (owner == NULL)
+	{
+		*status = MHD_HTTP_NOT_FOUND;
+		result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such consumer.\"}}";
+	}
+	else if (strcmp(owner, "true") != 0)
+	{
+		*status = MHD_HTTP_FORBIDDEN;
+		result = "{\"error\": {\"code\": \"forbidden\", \"message\": \"This consumer was registered with another key.\"}}";
+	}
+	else
+	{
+		args[0] = consumer;
+		args[1] = cursor;
+		args[2] = limit ? limit : "100";
+		args[3] = call->may_park ? "true" : "false";
+		/* ack=: what a pipelining consumer has applied (see _pull_page) */
+		args[4] = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "ack");
+		/*
+		 * '' = nothing yet and the caller may wait for more: only a
+		 * page that ends at the newest commit; one that ends earlier
+		 * (nothing for this consumer up to a tick) moves its cursor on
+		 * at once.
+		 */
+		result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
+							   "            THEN '' ELSE p.page END"
+							   "  FROM eventstream._pull_page($1, $2, $3::integer, $5) p", 5, args);
+		if (result != NULL && result[0] == '\0')
+			*status = 0;
+	}
+	return result;
+}
+
+/*
+ * es_api_document
+ *		GET documents/<table>/<docname>: one document with its children.
+ */
+static char *
+es_api_document(EsApiCall *call, unsigned int *status)
+{
+	/* documents/<table>/<docname>: the docname is the rest of the path. */
+	const char *rest = call->url + strlen(ES_API_PREFIX "documents/");
+	const char *slash = strchr(rest, '/');
+	const char *args[3];
+
+	args[0] = pnstrdup(rest, slash - rest);
+	args[1] = slash + 1;
+	args[2] = call->role;
+	return es_http_query("SELECT eventstream._serve_document($1, $2, $3::regrole)::text", 3, args);
+}
+
+/*
+ * es_api_snapshot
+ *		GET snapshot/<table>?after=<docname>&limit=<n>[&consumer=<url>]:
+ *		existing documents; for a consumer (its initial sync), only with
+ *		the key it registered with, and only what it may have.
+ */
+static char *
+es_api_snapshot(EsApiCall *call, unsigned int *status)
+{
+	const char *after = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "after");
+	const char *limit = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "limit");
+	const char *consumer = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "consumer");
+	const char *args[5];
+	char	   *owner = NULL;
+	char	   *result;
+
+	args[0] = call->key;
+	if (consumer != NULL)
+	{
+		args[1] = consumer;
+		owner = es_http_query("SELECT (SELECT c.api_key = $1 FROM eventstream.consumer c"
+							  " WHERE c.consumer_url = $2)::text", 2, args);
+	}
+	if (consumer != NULL && owner == NULL)
+	{
+		*status = MHD_HTTP_NOT_FOUND;
+		result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such consumer.\"}}";
+	}
+	else if (consumer != NULL && strcmp(owner, "true") != 0)
+	{
+		*status = MHD_HTTP_FORBIDDEN;
+		result = "{\"error\": {\"code\": \"forbidden\", \"message\": \"This consumer was registered with another key.\"}}";
+	}
+	else
+	{
+		args[0] = call->url + strlen(ES_API_PREFIX "snapshot/");
+		args[1] = after;
+		args[2] = limit ? limit : "100";
+		args[3] = call->role;
+		args[4] = consumer;
+		result = es_http_query("SELECT eventstream._serve_snapshot($1, $2, $3::integer, $4::regrole, $5)::text",
+							   5, args);
+	}
+	return result;
+}
+
+/*
+ * es_api_filtered
+ *		GET documents/<table>?filters=<json>&limit=<n>: the docnames of the
+ *		documents matching equality filters.
+ */
+static char *
+es_api_filtered(EsApiCall *call, unsigned int *status)
+{
+	const char *filters = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "filters");
+	const char *limit = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "limit");
+	const char *args[4];
+
+	args[0] = call->url + strlen(ES_API_PREFIX "documents/");
+	args[1] = filters ? filters : "{}";
+	args[2] = limit ? limit : "20";
+	args[3] = call->role;
+	return es_http_query("SELECT eventstream._serve_filtered($1, $2::jsonb, $3::integer, $4::regrole)::text",
+						 4, args);
+}
+
+/*
+ * es_api_route
+ *		The first route that matches method and url, or NULL.
+ */
+static const EsApiRoute *
+es_api_route(const char *method, const char *url)
+{
+	for (int i = 0; i < (int) lengthof(es_api_routes); i++)
+	{
+		const EsApiRoute *r = &es_api_routes[i];
+		size_t		len = strlen(r->path);
+
+		if (strcmp(method, r->method) != 0 || strncmp(url, r->path, len) != 0)
+			continue;
+		if (r->match == ES_MATCH_EXACT && url[len] != '\0')
+			continue;
+		if (r->match == ES_MATCH_PREFIX_SLASH && strchr(url + len, '/') == NULL)
+			continue;
+		return r;
+	}
+	return NULL;
+}
+
+/*
+ * es_http_api_init
+ *		Set up the request memory; called when the server starts.
+ */
+void
+es_http_api_init(void)
+{
+	if (es_request_cxt == NULL)
+		es_request_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream request",
+											   ALLOCSET_DEFAULT_SIZES);
+}
+
+/*
+ * es_http_api
+ *		Serve an authenticated API request in a transaction of its own.
+ *		Returns the HTTP status and sets *reply (malloc'd JSON).
+ *
+ * Called from the access handler, i.e. from the worker's wait loop with no
+ * transaction open.  Any ERROR is caught here and becomes a JSON error
+ * reply: nothing longjmps through libmicrohttpd.
+ */
+unsigned int
+es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
+			const char *body, bool may_park, char **reply)
+{
+	MemoryContext callercxt = MemoryContextSwitchTo(es_request_cxt);
+	MemoryContext oldcxt = es_request_cxt;
+	volatile unsigned int status = MHD_HTTP_OK;
+	char	   *volatile result = NULL;
+
+	PG_TRY();
+	{
+		char	   *key = NULL;
+		char	   *secret;
+		const char *args[2];
+		char	   *role;
+		const EsApiRoute *route;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_connect();
+
+		if (!es_http_credentials(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
+								 &key, &secret))
+			role = NULL;
+		else
+		{
+			args[0] = key;
+			args[1] = secret;
+			role = es_http_query("SELECT eventstream._check_api_key($1, $2)::text", 2, args);
+		}
+
+		if (role == NULL)
+		{
+			status = MHD_HTTP_UNAUTHORIZED;
+			result = "{\"error\": {\"code\": \"unauthorized\", \"message\": \"A valid API key is required.\"}}";
+		}
+		else if ((route = es_api_route(method, url)) != NULL)
+		{
+			EsApiCall	call;
+			unsigned int call_status = MHD_HTTP_OK;
+
+			call.conn = conn;
+			call.url = url;
+			call.body = body;
+			call.may_park = may_park;
+			call.key = key;
+			call.role = role;
+			result = route->endpoint(&call, &call_status);
+			status = call_status;
+		}
+		else
+		{
+			status = MHD_HTTP_NOT_FOUND;
+			result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such endpoint.\"}}";
+		}
+
+		/* Out of SPI memory before it goes away. */
+		*reply = strdup(result);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		StringInfoData buf;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		status = es_http_status_for(edata->sqlerrcode);
+		initStringInfo(&buf);
+		appendStringInfo(&buf, "{\"error\": {\"code\": \"%s\", \"message\": ",
+						 unpack_sql_state(edata->sqlerrcode));
+		escape_json(&buf, edata->message);
+		if (edata->hint)
+		{
+			appendStringInfoString(&buf, ", \"hint\": ");
+			escape_json(&buf, edata->hint);
+		}
+		appendStringInfoString(&buf, "}}");
+		*reply = strdup(buf.data);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(callercxt);
+	MemoryContextReset(es_request_cxt);
+	return status;
+}
