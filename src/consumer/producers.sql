@@ -548,7 +548,7 @@ COMMENT ON FUNCTION eventstream.remove_producer(text) IS
 	'Stop pulling from a producer and forget its subscriptions (the sync log and remote names are kept).';
 
 -- How long a healthy link to a producer may stay silent: the worker's
--- long-poll (wait=25, src/pull.c) is answered within 25 seconds, and every
+-- long-poll (wait=25, src/consumer/pull.c) is answered within 25 seconds, and every
 -- answer applied sets last_success_at.  Silence for longer means the
 -- producer does not answer (a request hangs until it times out after 55
 -- seconds), or this site's worker is not pulling.

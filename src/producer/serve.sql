@@ -15,7 +15,7 @@
  *-------------------------------------------------------------------------
  */
 
--- The JSON texts of update logs, in the order of ids, as served (src/serve.c).
+-- The JSON texts of update logs, in the order of ids, as served (src/producer/serve.c).
 -- A negative id stands for "the whole current document" of that log,
 -- served as a Create.
 CREATE FUNCTION eventstream._log_texts(ids bigint[]) RETURNS text[]
@@ -35,7 +35,7 @@ CREATE FUNCTION eventstream._log_page(ids bigint[], max_bytes bigint, OUT n inte
  * early and committed late is still delivered; within a window, logs go in
  * id order, which is the producer's order for every document (row locks
  * order its writers).  <low> is a lower bound of the ids of logs not
- * visible in <from>, taken just before it (src/shmem.c), so a window is
+ * visible in <from>, taken just before it (src/producer/logids.c), so a window is
  * read from the primary key starting there.  A window larger than a page is
  * continued after <after_id>.  Pulling with a cursor acknowledges
  * everything before it.

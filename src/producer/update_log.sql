@@ -15,7 +15,7 @@
  *-------------------------------------------------------------------------
  */
 
--- The sequence hands out blocks of ids, not ids (src/shmem.c); the id
+-- The sequence hands out blocks of ids, not ids (src/producer/logids.c); the id
 -- column has no default.
 CREATE SEQUENCE eventstream.update_log_id_seq;
 CREATE TABLE eventstream.update_log (
@@ -31,7 +31,7 @@ CREATE TABLE eventstream.update_log (
 ALTER SEQUENCE eventstream.update_log_id_seq OWNED BY eventstream.update_log.id;
 -- Every index here is paid for by every captured row: the primary key is
 -- the only one.  Serving finds where a window starts from a low bound kept
--- in shared memory (src/shmem.c), not from an index on txid.
+-- in shared memory (src/producer/logids.c), not from an index on txid.
 COMMENT ON TABLE eventstream.update_log IS
 	'Event Update Log: one row per Create, Update (four-key diff) or Delete of a subscribed document, written by the capture trigger in the changing transaction.';
 COMMENT ON COLUMN eventstream.update_log.txid IS
