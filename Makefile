@@ -74,17 +74,21 @@ SQL_PARTS = \
 	src/consumer/mapping.sql \
 	src/site/privileges.sql
 
-# Limits the SQL and the C share, defined here only: make writes each into
-# the install script where a part says @NAME@, and passes it to the C
+# Constants the SQL and the C share, defined here only: make writes each
+# into the install script where a part says @NAME@, and passes it to the C
 # compiler as ES_NAME.
-#   PAGE_LIMIT      the most updates a page may hold (limit= of a pull)
-#   PAGE_DEFAULT    the updates a page holds when a pull gives no limit=
-#   DOCUMENT_LIMIT  the most documents a snapshot page, or docnames a
-#                   filtered look-up, may hold
+#   PAGE_LIMIT        the most updates a page may hold (limit= of a pull)
+#   PAGE_DEFAULT      the updates (or documents, of a snapshot) a page
+#                     holds when a pull gives no limit=
+#   DOCUMENT_LIMIT    the most documents a snapshot page, or docnames a
+#                     filtered look-up, may hold
+#   PROTOCOL_VERSION  the version of the protocol between sites, sent in
+#                     the Eventstream-Protocol header (docs/protocol.md)
 PAGE_LIMIT = 10000
 PAGE_DEFAULT = 100
 DOCUMENT_LIMIT = 1000
-SQL_CONSTANTS = PAGE_LIMIT PAGE_DEFAULT DOCUMENT_LIMIT
+PROTOCOL_VERSION = 1
+SQL_CONSTANTS = PAGE_LIMIT PAGE_DEFAULT DOCUMENT_LIMIT PROTOCOL_VERSION
 PG_CPPFLAGS += $(foreach c,$(SQL_CONSTANTS),-DES_$(c)=$($(c)))
 
 # Every test layer runs against its own temporary instance with the library

@@ -13,7 +13,8 @@
  * it saying what it exports; a file reached only from SQL (the extension's
  * script declares its functions) has none.  Headers include no header of
  * another part.  This one keeps what is truly shared: the extension's
- * names and version, and the apply origin.
+ * names and version, the protocol's version and headers, and the apply
+ * origin.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -30,6 +31,19 @@
 #define EVENTSTREAM_SCHEMA		"eventstream"
 #define EVENTSTREAM_LOG_TABLE	"update_log"
 #define EVENTSTREAM_VERSION		"1.0"
+
+/*
+ * The protocol between sites (docs/protocol.md).  Every answer of the HTTP
+ * endpoint says its version (ES_PROTOCOL_VERSION, from the Makefile) in
+ * the first header; a page of updates also says in the others what a
+ * consumer needs before it parses the page.
+ */
+#define ES_PROTOCOL				CppAsString2(ES_PROTOCOL_VERSION)
+#define ES_HEADER_PROTOCOL		"Eventstream-Protocol"
+#define ES_HEADER_CURSOR		"Eventstream-Cursor"
+#define ES_HEADER_MORE			"Eventstream-More"
+#define ES_HEADER_COMPLETE		"Eventstream-Complete"
+#define ES_HEADER_ACKS			"Eventstream-Acks"
 
 /*
  * The apply origin: the site the change being applied came from, stamped

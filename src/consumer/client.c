@@ -6,7 +6,10 @@
  * es_client_setup() applies the options every request to a producer
  * shares (timeouts, TLS verification against eventstream.ca_file, a cap
  * on the response body); es_client_bad_text() refuses a body that is not
- * text in the database encoding before anything reads it.  The site
+ * text in the database encoding before anything reads it;
+ * es_client_header() reads a header of the answer, and
+ * es_client_protocol_known() says whether it is in a version of the
+ * protocol this site speaks.  The site
  * worker drives such handles with a multi handle (src/consumer/pull.c),
  * and eventstream._http_request() runs one from SQL, blocking, for the
  * configuration functions (add_producer, subscribe, ...) and sync_now().
@@ -181,12 +184,61 @@ es_client_bad_text(EsResponse *resp, const char *url)
 }
 
 /*
+ * es_client_header
+ *		The value of the response header name of a finished transfer
+ *		(palloc'd; its first, when sent more than once), or NULL when it
+ *		was not sent.
+ */
+char *
+es_client_header(void *curl, const char *name)
+{
+	struct curl_header *h;
+
+	if (curl_easy_header(curl, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+		return NULL;
+	return pstrdup(h->value);
+}
+
+/*
+ * es_client_protocol_known
+ *		Whether protocol, the Eventstream-Protocol header of an answer
+ *		(NULL: not sent), is a version this site speaks.  An answer without
+ *		the header is read as this version's: a producer older than the
+ *		header sends none.
+ */
+bool
+es_client_protocol_known(const char *protocol)
+{
+	return protocol == NULL || strcmp(protocol, ES_PROTOCOL) == 0;
+}
+
+/*
+ * es_client_protocol_error
+ *		Why an answer from url in a version of the protocol this site does
+ *		not speak is refused, naming both versions.
+ */
+char *
+es_client_protocol_error(const char *protocol, const char *url)
+{
+	char		shown[33];
+	int			i;
+
+	/* The value as printable ASCII: it reaches last_error and the log. */
+	for (i = 0; protocol[i] != '\0' && i < (int) sizeof(shown) - 1; i++)
+		shown[i] = (protocol[i] >= 0x20 && protocol[i] < 0x7f) ? protocol[i] : '?';
+	shown[i] = '\0';
+	return psprintf("%s answered in version \"%s\" of the eventstream protocol (%s header); this site speaks version %s",
+					url, shown, ES_HEADER_PROTOCOL, ES_PROTOCOL);
+}
+
+/*
  * eventstream_http_request
  *		_http_request(method, url, auth, body, timeout_s) -> (status, body):
  *		one blocking request from SQL.  A transfer that fails (no answer,
- *		refused certificate, body too large) is an ERROR, and so is a body
- *		that is not text in the database encoding; any HTTP status is
- *		returned.  Superuser only (not granted to PUBLIC).
+ *		refused certificate, body too large) is an ERROR, and so are an
+ *		answer in a version of the protocol this site does not speak and
+ *		a body that is not text in the database encoding; any HTTP status
+ *		is returned.  Superuser only (not granted to PUBLIC).
  */
 Datum
 eventstream_http_request(PG_FUNCTION_ARGS)
@@ -204,6 +256,7 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 	CURLcode	code = CURLE_OK;
 	long		status = 0;
 	char	   *failure = NULL;
+	char	   *protocol_error = NULL;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -228,11 +281,18 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		if (code != CURLE_OK)
 			failure = es_client_failure(code, &resp, url);
-		else if ((failure = es_client_bad_text(&resp, url)) == NULL)
+		else
 		{
-			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-			values[0] = Int32GetDatum((int32) status);
-			values[1] = CStringGetTextDatum(resp.data ? resp.data : "");
+			char	   *protocol = es_client_header(curl, ES_HEADER_PROTOCOL);
+
+			if (!es_client_protocol_known(protocol))
+				protocol_error = es_client_protocol_error(protocol, url);
+			else if ((failure = es_client_bad_text(&resp, url)) == NULL)
+			{
+				curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+				values[0] = Int32GetDatum((int32) status);
+				values[1] = CStringGetTextDatum(resp.data ? resp.data : "");
+			}
 		}
 	}
 	PG_FINALLY();
@@ -244,6 +304,12 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
+	if (protocol_error)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s", protocol_error),
+				 errdetail("Nothing of the response was used."),
+				 errhint("Upgrade eventstream on this site to a version that speaks the producer's.")));
 	if (failure && code == CURLE_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),

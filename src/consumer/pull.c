@@ -17,8 +17,9 @@
  * eventstream._apply_response() in a transaction of its own, which also
  * stores the next cursor: the network is never used inside a transaction, and a
  * crash between the two loses nothing (the page is pulled again).  A
- * producer that fails (unreachable, HTTP error, malformed page, apply
- * error) gets last_error and is retried after an exponential backoff with
+ * producer that fails (unreachable, HTTP error, an answer in a protocol
+ * version this site does not speak, malformed page, apply error) gets
+ * last_error and is retried after an exponential backoff with
  * jitter.
  *
  * This file holds the producers pulled from, the multi handle and what
@@ -50,6 +51,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "eventstream.h"
 #include "consumer/client.h"
 #include "consumer/pull.h"
 #include "consumer/pull_internal.h"
@@ -432,6 +434,24 @@ es_pull_caught(MemoryContext cxt, const char *what, const char *url)
 }
 
 /*
+ * es_pull_free_head
+ *		Free what an EsPageHead holds.
+ */
+static void
+es_pull_free_head(EsPageHead *head)
+{
+	if (head->protocol)
+		pfree(head->protocol);
+	if (head->cursor)
+		pfree(head->cursor);
+	if (head->more)
+		pfree(head->more);
+	if (head->acks)
+		pfree(head->acks);
+	memset(head, 0, sizeof(EsPageHead));
+}
+
+/*
  * es_pull_done
  *		A producer's request finished: hold its answer and look for what it
  *		refers to that is not here, or record why there is no answer.
@@ -441,7 +461,13 @@ es_pull_done(EsProducer *p, CURLcode code)
 {
 	long		status = 0;
 	char	   *error = NULL;
+	EsPageHead	head;
 
+	/* The headers live in the handle: read before it goes. */
+	head.protocol = es_client_header(p->easy, ES_HEADER_PROTOCOL);
+	head.cursor = es_client_header(p->easy, ES_HEADER_CURSOR);
+	head.more = es_client_header(p->easy, ES_HEADER_MORE);
+	head.acks = es_client_header(p->easy, ES_HEADER_ACKS);
 	curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &status);
 	curl_multi_remove_handle(es_multi, p->easy);
 	curl_easy_cleanup(p->easy);
@@ -449,6 +475,8 @@ es_pull_done(EsProducer *p, CURLcode code)
 
 	if (code != CURLE_OK)
 		error = es_client_failure(code, &p->resp, p->url);
+	else if (!es_client_protocol_known(head.protocol))
+		error = es_client_protocol_error(head.protocol, p->url);	/* nothing read */
 	else if (status != 200)
 		error = psprintf("%s answered HTTP %ld: %.300s", p->url, status,
 						 p->resp.data ? p->resp.data : "");
@@ -460,6 +488,7 @@ es_pull_done(EsProducer *p, CURLcode code)
 	{
 		free(p->resp.data);
 		p->resp.data = NULL;
+		es_pull_free_head(&head);
 		es_pull_finish(p, error);
 		return;
 	}
@@ -470,7 +499,8 @@ es_pull_done(EsProducer *p, CURLcode code)
 	p->rounds = 0;
 	p->fetching = 0;
 	es_test_pause("received");
-	es_pull_prefetch_early(p);
+	es_pull_prefetch_early(p, &head);
+	es_pull_free_head(&head);
 	error = es_pull_parse(p);
 	if (error)
 	{

@@ -84,6 +84,20 @@ typedef struct EsProducer
 } EsProducer;
 
 /*
+ * What the Eventstream-* headers of a producer's answer say (palloc'd;
+ * NULL: not sent).  The protocol version is checked by es_pull_done; the
+ * others let es_pull_prefetch_early ask for the next page before this one
+ * is parsed.
+ */
+typedef struct EsPageHead
+{
+	char	   *protocol;
+	char	   *cursor;
+	char	   *more;
+	char	   *acks;
+} EsPageHead;
+
+/*
  * A fetch of what an answer refers to (a dependency): a document, or the
  * docnames matching a mapping's filters.
  */
@@ -119,6 +133,6 @@ extern void es_pull_take_prefetch(EsProducer *p);
 extern char *es_path_after(const char *path, const char *cursor, int cursor_len);
 extern char *es_pull_ack(EsProducer *p, const char *path);
 extern void es_pull_prefetch(EsProducer *p);
-extern void es_pull_prefetch_early(EsProducer *p);
+extern void es_pull_prefetch_early(EsProducer *p, const EsPageHead *head);
 
 #endif							/* ES_PULL_INTERNAL_H */

@@ -214,56 +214,41 @@ es_pull_prefetch(EsProducer *p)
 
 /*
  * es_pull_prefetch_early
- *		es_pull_prefetch_at before the page just received is parsed, when
- *		it begins the way this extension's producers write it:
- *		{"cursor": "<cursor>", "more": ..., "complete": ..., "acks": true,
- *		and the cursor is plain (digits, letters, ':', ',', '/').  Parsing
- *		a page takes about as long as the producer takes to build the next:
- *		asked for first, the two overlap.  Anything else waits for the
- *		parse; and a guess is only a request: its answer is used only if
- *		the page, parsed and applied, says exactly that path next.
+ *		es_pull_prefetch_at before the page just received is parsed, from
+ *		what its headers say (see docs/protocol.md): Eventstream-Acks: true,
+ *		Eventstream-More: true or false, and an Eventstream-Cursor that is
+ *		plain (digits, lowercase letters, ':', ',', '/', as the producer
+ *		writes cursors).  Parsing a page takes about as long as the producer
+ *		takes to build the next: asked for first, the two overlap.  An
+ *		answer without those headers (a producer that sends none) waits for
+ *		the parse (es_pull_prefetch); and a guess is only a request: its
+ *		answer is used only if the page, parsed and applied, says exactly
+ *		that path next.  es_pull_done has checked the protocol version.
  */
 void
-es_pull_prefetch_early(EsProducer *p)
+es_pull_prefetch_early(EsProducer *p, const EsPageHead *head)
 {
-	static const char head[] = "{\"cursor\": \"";
-	const char *s = p->body;
-	const char *cursor;
-	int			len = 0;
+	const char *cursor = head->cursor;
+	int			len;
 	bool		drained;
 
-	if (s == NULL || strncmp(s, head, sizeof(head) - 1) != 0)
+	if (head->protocol == NULL || cursor == NULL || head->more == NULL || head->acks == NULL ||
+		strcmp(head->acks, "true") != 0)
 		return;
-	cursor = s + sizeof(head) - 1;
-	while (cursor[len] != '\0' && cursor[len] != '"')
+	if (strcmp(head->more, "false") == 0)
+		drained = true;
+	else if (strcmp(head->more, "true") == 0)
+		drained = false;
+	else
+		return;
+	for (len = 0; cursor[len] != '\0'; len++)
 	{
 		char		c = cursor[len];
 
 		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || c == ':' || c == ',' || c == '/'))
 			return;
-		len++;
 	}
-	s = cursor + len;
-	if (strncmp(s, "\", \"more\": ", strlen("\", \"more\": ")) != 0)
-		return;
-	s += strlen("\", \"more\": ");
-	drained = (strncmp(s, "false", 5) == 0);
-	if (drained)
-		s += 5;
-	else if (strncmp(s, "true", 4) == 0)
-		s += 4;
-	else
-		return;
-	if (strncmp(s, ", \"complete\": ", strlen(", \"complete\": ")) != 0)
-		return;
-	s += strlen(", \"complete\": ");
-	if (strncmp(s, "false", 5) == 0)
-		s += 5;
-	else if (strncmp(s, "true", 4) == 0)
-		s += 4;
-	else
-		return;
-	if (strncmp(s, ", \"acks\": true", strlen(", \"acks\": true")) != 0)
+	if (len == 0)
 		return;
 	es_pull_prefetch_at(p, cursor, len, drained);
 }

@@ -18,7 +18,9 @@
  *	                                      (initial sync)
  *	  GET  documents/<table>?filters=     docnames matching equality filters
  * Each endpoint is one SQL function of the extension, called with the
- * request's arguments as text.
+ * request's arguments as text.  A page of updates also says, for the
+ * server's Eventstream-* headers, its next cursor, "more" and "complete"
+ * (EsApiReply).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -52,6 +54,10 @@ typedef struct EsApiCall
 	bool		may_park;		/* a long-poll that may wait for updates */
 	const char *key;			/* the caller's API key */
 	const char *role;			/* the role it gives (_check_api_key) */
+	/* Set by an endpoint answering with a page of updates */
+	char	   *cursor;			/* the page's next cursor, or NULL */
+	bool		more;
+	bool		complete;
 } EsApiCall;
 
 /*
@@ -167,7 +173,8 @@ es_http_credentials(const char *header, char **key, char **secret)
 /*
  * es_http_query
  *		Run one SQL statement with text arguments and return the text of
- *		the first column of its one row (NULL for NULL).  Inside SPI.
+ *		the first column of its one row (NULL for NULL); the row stays in
+ *		SPI_tuptable for its other columns.  Inside SPI.
  */
 static char *
 es_http_query(const char *sql, int nargs, const char **args)
@@ -214,7 +221,8 @@ es_api_consumers(EsApiCall *call, unsigned int *status)
 /*
  * es_api_updates
  *		GET updates?consumer=&cursor=&limit=[&ack=]: the consumer's next
- *		page, for the key it registered with.
+ *		page, for the key it registered with; call->cursor, more and
+ *		complete say what the page does (its Eventstream-* headers).
  */
 static char *
 es_api_updates(EsApiCall *call, unsigned int *status)
@@ -244,7 +252,7 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 	{
 		args[0] = consumer;
 		args[1] = cursor;
-		args[2] = limit ? limit : "100";
+		args[2] = limit ? limit : CppAsString2(ES_PAGE_DEFAULT);
 		args[3] = call->may_park ? "true" : "false";
 		/* ack=: what a pipelining consumer has applied (see _pull_page) */
 		args[4] = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "ack");
@@ -255,10 +263,22 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 		 * at once.
 		 */
 		result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
-							   "            THEN '' ELSE p.page END"
+							   "            THEN '' ELSE p.page END,"
+							   "       p.next_cursor, p.more::text, p.complete::text"
 							   "  FROM eventstream._pull_page($1, $2, $3::integer, $5) p", 5, args);
 		if (result != NULL && result[0] == '\0')
 			*status = 0;
+		else if (result != NULL)
+		{
+			HeapTuple	row = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			char	   *more = SPI_getvalue(row, desc, 3);
+			char	   *complete = SPI_getvalue(row, desc, 4);
+
+			call->cursor = SPI_getvalue(row, desc, 2);
+			call->more = more != NULL && strcmp(more, "true") == 0;
+			call->complete = complete != NULL && strcmp(complete, "true") == 0;
+		}
 	}
 	return result;
 }
@@ -318,7 +338,7 @@ es_api_snapshot(EsApiCall *call, unsigned int *status)
 	{
 		args[0] = call->url + strlen(ES_API_PREFIX "snapshot/");
 		args[1] = after;
-		args[2] = limit ? limit : "100";
+		args[2] = limit ? limit : CppAsString2(ES_PAGE_DEFAULT);
 		args[3] = call->role;
 		args[4] = consumer;
 		result = es_http_query("SELECT eventstream._serve_snapshot($1, $2, $3::integer, $4::regrole, $5)::text",
@@ -383,9 +403,22 @@ es_http_api_init(void)
 }
 
 /*
+ * es_http_api_free
+ *		Free what an EsApiReply holds.
+ */
+void
+es_http_api_free(EsApiReply *reply)
+{
+	free(reply->body);
+	free(reply->cursor);
+	memset(reply, 0, sizeof(EsApiReply));
+}
+
+/*
  * es_http_api
  *		Serve an authenticated API request in a transaction of its own.
- *		Returns the HTTP status and sets *reply (malloc'd JSON).
+ *		Returns the HTTP status and fills *reply (its body NULL when out of
+ *		memory); the caller frees it with es_http_api_free.
  *
  * Called from the access handler, i.e. from the worker's wait loop with no
  * transaction open.  Any ERROR is caught here and becomes a JSON error
@@ -393,13 +426,14 @@ es_http_api_init(void)
  */
 unsigned int
 es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
-			const char *body, bool may_park, char **reply)
+			const char *body, bool may_park, EsApiReply *reply)
 {
 	MemoryContext callercxt = MemoryContextSwitchTo(es_request_cxt);
 	MemoryContext oldcxt = es_request_cxt;
 	volatile unsigned int status = MHD_HTTP_OK;
 	char	   *volatile result = NULL;
 
+	memset(reply, 0, sizeof(EsApiReply));
 	PG_TRY();
 	{
 		char	   *key = NULL;
@@ -439,8 +473,17 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			call.may_park = may_park;
 			call.key = key;
 			call.role = role;
+			call.cursor = NULL;
+			call.more = false;
+			call.complete = false;
 			result = route->endpoint(&call, &call_status);
 			status = call_status;
+			if (call.cursor != NULL && status == MHD_HTTP_OK)
+			{
+				reply->cursor = strdup(call.cursor);
+				reply->more = call.more;
+				reply->complete = call.complete;
+			}
 		}
 		else
 		{
@@ -449,7 +492,7 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 		}
 
 		/* Out of SPI memory before it goes away. */
-		*reply = strdup(result);
+		reply->body = strdup(result);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -464,6 +507,7 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 		FlushErrorState();
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(oldcxt);
+		es_http_api_free(reply);	/* the commit failed: no page */
 		status = es_http_status_for(edata->sqlerrcode);
 		initStringInfo(&buf);
 		appendStringInfo(&buf, "{\"error\": {\"code\": \"%s\", \"message\": ",
@@ -475,7 +519,7 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			escape_json(&buf, edata->hint);
 		}
 		appendStringInfoString(&buf, "}}");
-		*reply = strdup(buf.data);
+		reply->body = strdup(buf.data);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();

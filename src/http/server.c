@@ -17,8 +17,10 @@
  * eventstream.http_max_request_size (413 beyond; 400 for a NUL byte).  A GET of updates with
  * wait= that finds nothing yet is parked (suspended) until a commit writes
  * logs (es_http_wake, from the worker) or its deadline, at most
- * ES_MAX_WAIT_S.  Request state and replies are malloc'd: no PostgreSQL
- * allocation lives in libmicrohttpd frames.
+ * ES_MAX_WAIT_S.  Every answer carries the Eventstream-Protocol header, and
+ * a page of updates its other Eventstream-* headers (docs/protocol.md).
+ * Request state and replies are malloc'd: no PostgreSQL allocation lives
+ * in libmicrohttpd frames.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -92,10 +94,12 @@ es_http_logger(void *cls, const char *fmt, va_list ap)
 
 /*
  * es_http_reply
- *		Queue a JSON reply; body is copied.
+ *		Queue a JSON reply; body is copied.  With page (a page of updates
+ *		answered 200), the headers that say what the page does.
  */
 static enum MHD_Result
-es_http_reply(struct MHD_Connection *conn, unsigned int status, const char *body)
+es_http_reply(struct MHD_Connection *conn, unsigned int status, const char *body,
+			  const EsApiReply *page)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
@@ -105,6 +109,19 @@ es_http_reply(struct MHD_Connection *conn, unsigned int status, const char *body
 	if (resp == NULL)
 		return MHD_NO;
 	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, ES_HEADER_PROTOCOL, ES_PROTOCOL);
+
+	/*
+	 * This producer always takes ack= (a page's "acks" is true).  A header
+	 * that cannot be added leaves the consumer to read the page first.
+	 */
+	if (page != NULL && page->cursor != NULL && status == MHD_HTTP_OK)
+	{
+		MHD_add_response_header(resp, ES_HEADER_CURSOR, page->cursor);
+		MHD_add_response_header(resp, ES_HEADER_MORE, page->more ? "true" : "false");
+		MHD_add_response_header(resp, ES_HEADER_COMPLETE, page->complete ? "true" : "false");
+		MHD_add_response_header(resp, ES_HEADER_ACKS, "true");
+	}
 	ret = MHD_queue_response(conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -123,7 +140,7 @@ es_http_error(struct MHD_Connection *conn, unsigned int status,
 
 	snprintf(body, sizeof(body), "{\"error\": {\"code\": \"%s\", \"message\": \"%s\"}}",
 			 code, message);
-	return es_http_reply(conn, status, body);
+	return es_http_reply(conn, status, body, NULL);
 }
 
 /*
@@ -170,7 +187,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 				size_t *upload_data_size, void **con_cls)
 {
 	EsRequest  *req = *con_cls;
-	char	   *reply = NULL;
+	EsApiReply	reply;
 	unsigned int status;
 	enum MHD_Result ret;
 	bool		may_park;
@@ -215,6 +232,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 		if (resp == NULL)
 			return MHD_NO;
 		MHD_add_response_header(resp, "Content-Type", "application/json");
+		MHD_add_response_header(resp, ES_HEADER_PROTOCOL, ES_PROTOCOL);
 		MHD_add_response_header(resp, "Connection", "close");
 		ret = MHD_queue_response(conn, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
 		MHD_destroy_response(resp);
@@ -235,7 +253,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 								 "Use GET.");
 		snprintf(body, sizeof(body), "{\"site_id\": \"%s\", \"version\": \"%s\"}",
 				 es_site_id, EVENTSTREAM_VERSION);
-		return es_http_reply(conn, MHD_HTTP_OK, body);
+		return es_http_reply(conn, MHD_HTTP_OK, body, NULL);
 	}
 	if (strncmp(url, ES_API_PREFIX, strlen(ES_API_PREFIX)) != 0)
 		return es_http_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "No such endpoint.");
@@ -260,12 +278,15 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	if (may_park && es_before_park != NULL)
 		es_before_park();
 	status = es_http_api(conn, method, url, req->body, may_park, &reply);
-	if (reply == NULL)
+	if (reply.body == NULL)
+	{
+		es_http_api_free(&reply);
 		return es_http_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "Out of memory.");
+	}
 	if (status == 0)
 	{
 		/* Nothing yet: park until a commit writes logs or the deadline. */
-		free(reply);
+		es_http_api_free(&reply);
 		req->conn = conn;
 		req->parked = true;
 		req->next = es_parked;
@@ -273,8 +294,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 		MHD_suspend_connection(conn);
 		return MHD_YES;
 	}
-	ret = es_http_reply(conn, status, reply);
-	free(reply);
+	ret = es_http_reply(conn, status, reply.body, &reply);
+	es_http_api_free(&reply);
 	return ret;
 }
 

@@ -43,10 +43,13 @@ CREATE FUNCTION eventstream._log_page(ids bigint[], max_bytes bigint, OUT n inte
  * served: how many updates the page has; news: the subscription statuses
  * changed since the consumer was last told; caught_up: the page ends at the
  * newest commit, so a long-poll that got nothing may wait for the next one.
+ * next_cursor, more and complete are the page's "cursor", "more" and
+ * "complete", for the endpoint's Eventstream-* headers.
  */
 CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer, ack text DEFAULT NULL,
 										OUT page text, OUT served integer, OUT news boolean,
-										OUT caught_up boolean)
+										OUT caught_up boolean, OUT next_cursor text, OUT more boolean,
+										OUT complete boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- Walk the primary key in order and stop after a page; estimates of the
@@ -72,7 +75,6 @@ DECLARE
 	ack_snapshot pg_snapshot;
 	ack_low bigint;
 	ids bigint[] := '{}';
-	more boolean := false;
 	last_id bigint;
 	allowed boolean;
 	block bigint[];
@@ -101,6 +103,7 @@ DECLARE
 	at_tick boolean := false;	-- the window ends at a tick, not at the newest commit
 	skipped integer := 0;
 BEGIN
+	more := false;
 	PERFORM eventstream._check_limit(lim, @PAGE_LIMIT@);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
 	IF NOT FOUND THEN
@@ -372,12 +375,12 @@ BEGIN
 	-- "complete": the page ends its window, i.e. a set of whole transactions.
 	-- "acks": this producer takes ack= (see above).
 	-- "newest_at": when the page's last update was logged.  The cursor
-	-- comes first: a consumer can ask for the next page before it has
-	-- parsed this one (the updates come last).
+	-- comes first, the updates last.
+	next_cursor := CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id, max_to)
+						ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END;
+	complete := NOT more;
 	page := format('{"cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s, "updates": [%s]}',
-				   to_json(CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id, max_to)
-								ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END),
-				   to_json(more), to_json(NOT more),
+				   to_json(next_cursor), to_json(more), to_json(complete),
 				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l
 									  WHERE l.id = abs(ids[cardinality(ids)])))::text, 'null'),
 				   tables_now,

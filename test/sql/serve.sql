@@ -166,7 +166,11 @@ SELECT (SELECT string_agg(e->>'docname', ',') FROM jsonb_array_elements(p.page::
   FROM eventstream._pull_page('http://consumer-p', :'c2', 2, :'c1') p;
 SELECT served_page - acked_page AS pages_not_acknowledged FROM eventstream.consumer
  WHERE consumer_url = 'http://consumer-p';
-SELECT (SELECT string_agg(e->>'docname', ',') FROM jsonb_array_elements(p.page::jsonb->'updates') e) AS first_page_again
+-- The page's cursor, more and complete come as columns too (the
+-- endpoint's headers).
+SELECT (SELECT string_agg(e->>'docname', ',') FROM jsonb_array_elements(p.page::jsonb->'updates') e) AS first_page_again,
+	   p.next_cursor = p.page::jsonb->>'cursor' AS same_cursor, p.more, p.complete,
+	   p.more = (p.page::jsonb->'more')::boolean AND p.complete = (p.page::jsonb->'complete')::boolean AS same_flags
   FROM eventstream._pull_page('http://consumer-p', :'c1', 2) p;
 -- An ack after the cursor is refused.
 SELECT eventstream._pull_page('http://consumer-p', :'c1', 2, :'c2');

@@ -48,6 +48,31 @@ like($body, qr/"version": "1\.0"/, 'and the version');
 is($status, '401', 'other API paths need a key');
 like($body, qr/"error": \{"code": "unauthorized"/, 'errors are JSON');
 
+# curl -i: (status, {header name in lowercase => value}, body)
+sub api_headers
+{
+	my ($url, $auth) = @_;
+	my @cmd = ('curl', '-s', '-i', '--max-time', '10');
+	push @cmd, ('-H', "Authorization: $auth") if defined $auth;
+	my ($out, $err);
+	IPC::Run::run([ @cmd, $url ], '>', \$out, '2>', \$err);
+	my ($head, $rest) = split /\r\n\r\n/, ($out // ''), 2;
+	my ($code) = ($head // '') =~ m{^HTTP/\S+ (\d+)};
+	my %headers;
+	foreach my $line (split /\r\n/, $head // '')
+	{
+		$headers{ lc $1 } = $2 if $line =~ /^([^:\s]+):\s*(.*?)\s*$/;
+	}
+	return ($code // '', \%headers, $rest // '');
+}
+
+my $headers;
+($status, $headers, $body) = api_headers("$base/health");
+is($headers->{'eventstream-protocol'}, '1', 'health says the protocol version (Eventstream-Protocol: 1)');
+ok(!exists $headers->{'eventstream-cursor'}, '  and no page headers');
+($status, $headers, $body) = api_headers("$base/updates?consumer=x&cursor=y");
+is("$status $headers->{'eventstream-protocol'}", '401 1', 'so does an error');
+
 ($status, $body) = http('GET', "http://127.0.0.1:$port/nope");
 is($status, '404', 'unknown paths are 404');
 
@@ -125,6 +150,16 @@ my $q = 'consumer=' . uri_escape('http://branch-1:8000') . '&cursor=' . uri_esca
 is($status, '200', 'pull with the registering key');
 like($body, qr/"docname" ?: "A".*"docname" ?: "B"/s, 'the updates arrive in order');
 
+# The page again: its headers say what the body says.
+($status, $headers, $body) = api_headers("$base/updates?$q", "token $key:$secret");
+my ($page_cursor) = $body =~ /"cursor": "([^"]+)"/;
+is($status, '200', 'the page again');
+is($headers->{'eventstream-protocol'}, '1', '  Eventstream-Protocol: 1');
+is($headers->{'eventstream-cursor'}, $page_cursor, "  Eventstream-Cursor: the page's cursor");
+is(join(' ', map { $headers->{"eventstream-$_"} // 'none' } qw(more complete acks)), 'false true true',
+	'  Eventstream-More, -Complete, -Acks');
+like($body, qr/"more": false, "complete": true, "acks": true/, '  as the body says');
+
 require MIME::Base64;
 my $basic = 'Basic ' . MIME::Base64::encode_base64("$key:$secret", '');
 ($status, $body) = api('GET', "$base/updates?$q", $basic);
@@ -144,6 +179,9 @@ $node->safe_psql('site', q{
 });
 ($status, $body) = api('GET', "$base/documents/public.item/" . uri_escape('C/1'), "token $key:$secret");
 is($status, '200', 'a document by table and docname');
+($status, $headers) = api_headers("$base/documents/public.item/" . uri_escape('C/1'), "token $key:$secret");
+is(($headers->{'eventstream-protocol'} // 'none') . ' ' . ($headers->{'eventstream-cursor'} // 'none'), '1 none',
+	'  with Eventstream-Protocol, no page headers');
 like($body, qr/"name": "cherry"/, 'with its fields');
 like($body, qr/"public\.item_price": \[\{[^]]*"rate": 3/, 'and its child rows');
 ($status, $body) = api('GET', "$base/documents/item/nope", "token $key:$secret");

@@ -545,6 +545,7 @@ sub fake_serve
 
 	my $status = 200;
 	my $reply;
+	my $page_head;    # mode v1: a page's cursor and more, for its headers
 	if ($target =~ m{^/api/eventstream/v1/health})
 	{
 		$reply = qq({"site_id": "$fake_site_id", "version": "1.0"});
@@ -601,6 +602,17 @@ sub fake_serve
 			$reply = '{"updates": [' . fake_create(6, 'G6') . qq(], "cursor": "not/a cursor", "more": false, )
 			  . qq("tables": $page_tables});
 		}
+		elsif ($mode eq 'v2' || ($mode eq 'v1' && $cursor eq 'v1/6/6:6:/6'))
+		{
+			# A valid page, but in v2 mode the answer says protocol version
+			# 2.  In v1 mode its headers, not its body (which has no
+			# "acks"), say the producer takes ack=.  More is waiting: the
+			# next request is no long-poll (one still in flight when the
+			# page is applied is sent again without ack=).
+			$reply = '{"updates": [' . fake_create(8, 'G8') . qq(], "cursor": "v1/7/7:7:/7", "more": true, )
+			  . qq("complete": true, "tables": $page_tables});
+			$page_head = [ 'v1/7/7:7:/7', 'true' ];
+		}
 		elsif ($mode eq 'refuse' && $cursor ne 'v1/5/5:5:/5' && $cursor ne 'v1/6/6:6:/6')
 		{
 			# The stored cursor is refused (say the producer was restored).
@@ -622,6 +634,7 @@ sub fake_serve
 			# Nothing new: hold a long-poll a little, then answer empty.
 			Time::HiRes::sleep(1) if $query =~ /(?:^|&)wait=/;
 			$reply = qq({"updates": [], "cursor": "$cursor", "more": false, "tables": $page_tables});
+			$page_head = [ $cursor, 'false' ];
 		}
 	}
 	else
@@ -630,8 +643,16 @@ sub fake_serve
 		$reply = '{"error": {"code": "not_found", "message": "no such path"}}';
 	}
 	my $text = $status == 200 ? 'OK' : $status == 400 ? 'Bad Request' : 'Not Found';
-	my $out = "HTTP/1.1 $status $text\r\nContent-Type: application/json\r\nContent-Length: "
-	  . length($reply) . "\r\nConnection: close\r\n\r\n$reply";
+	# Other modes send no Eventstream-* headers, as a producer older than
+	# them.
+	my $extra = '';
+	$extra = "Eventstream-Protocol: 2\r\n" if $mode eq 'v2';
+	$extra = "Eventstream-Protocol: 1\r\n" if $mode eq 'v1';
+	$extra .= "Eventstream-Cursor: $page_head->[0]\r\nEventstream-More: $page_head->[1]\r\n"
+	  . "Eventstream-Complete: true\r\nEventstream-Acks: true\r\n"
+	  if $mode eq 'v1' && $page_head && $status == 200;
+	my $out = "HTTP/1.1 $status $text\r\nContent-Type: application/json\r\n$extra"
+	  . "Content-Length: " . length($reply) . "\r\nConnection: close\r\n\r\n$reply";
 	while (length $out)
 	{
 		my $n = syswrite($conn, $out);
@@ -765,6 +786,32 @@ is(sq($S2, "SELECT snapshot_pending::text FROM eventstream.producer_table WHERE 
 like(slurp_file("$fake_dir/requests"), qr/^refuse GET \/api\/eventstream\/v1\/snapshot\//m, '  (which the worker made)');
 ($ret, $out, $err) = q_try($S2, "SELECT eventstream.reset_cursor('http://nowhere.invalid')");
 like($err, qr/producer "http:\/\/nowhere.invalid" is not added/, 'G: reset_cursor() of an unknown producer fails');
+
+# (f) answers in a version of the protocol this site does not speak
+# (Eventstream-Protocol: 2): refused whole, both versions named; in
+# version 1 again, the page flows, and its headers let the worker ask for
+# the next one before parsing it
+is(sq($S2, $fake_cursor), 'v1/6/6:6:/6', 'G: (the stored cursor)');
+set_fake_mode('v2');
+my $versions = qr/answered in version "2" of the eventstream protocol \(Eventstream-Protocol header\); this site speaks version 1/;
+ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*$versions/ }),
+	'G: a page in protocol version 2: failing, and last_error names both versions');
+note("last_error: $state");
+like($state, qr/\Q$fake_url\E/, '  and the producer');
+is(sq($S2, "SELECT count(*) FROM note WHERE name = 'G8'"), '0', '  nothing of the page was applied');
+is(sq($S2, $fake_cursor), 'v1/6/6:6:/6', '  the stored cursor is unchanged');
+($ret, $out, $err) = q_try($S2, "SELECT eventstream.sync_now('$fake_url')");
+like($err, $versions, 'G: sync_now refuses it too');
+is(sq($S2, "SELECT count(*) FROM note WHERE name = 'G8'"), '0', '  nothing applied');
+set_fake_mode('v1');
+sq($S2, "SELECT eventstream.set_keys('$fake_url', 'fakekey8', 'fakesecret')");
+ok(wait_query($S2, "SELECT count(*) FROM note WHERE name = 'G8'", '1', 30),
+	'G: in protocol version 1 again, the page is applied');
+ok(wait_query($S2, "SELECT s.state || ' ' || (s.last_error IS NULL)::text || ' ' || p.cursor FROM eventstream.producer_status s"
+		. " JOIN eventstream.producer p USING (producer_url) WHERE producer_url = '$fake_url'",
+		'streaming true v1/7/7:7:/7', 30), '  the producer is streaming again, at the page\'s cursor');
+ok(wait_until(30, sub { slurp_file("$fake_dir/requests") =~ /^v1 GET \/api\/eventstream\/v1\/updates\?[^\n]*cursor=v1%2F7%2F7%3A7%3A%2F7[^\n]*&ack=v1%2F6/m }),
+	'  the next page was asked for from the headers (ack= of the stored cursor; the body has no "acks")');
 
 sq($S2, "SELECT eventstream.remove_producer('$fake_url')");
 kill 'TERM', $fake_pid;
