@@ -242,7 +242,7 @@ es_pull_refresh(void)
 			p->backoff_ms = 0;
 			es_pull_cancel(p);
 		}
-		if (p->body == NULL &&
+		if (es_pull_state(p) != ES_PULL_RECEIVED &&
 			(p->path == NULL || strcmp(p->held ? p->held_path : p->path, path) != 0))
 		{
 			/*
@@ -300,8 +300,7 @@ es_pull_start_due(void)
 		char	   *url;
 		long		wait;
 
-		if (p->easy != NULL || p->body != NULL || p->pre_easy != NULL ||
-			p->next_attempt > now || p->path == NULL)
+		if (es_pull_state(p) != ES_PULL_IDLE || p->next_attempt > now || p->path == NULL)
 			continue;
 		/* Only a pull of updates that found nothing last time may park. */
 		wait = (p->drained && strncmp(p->path, "updates?", 8) == 0) ? ES_LONGPOLL_S : 0;
@@ -608,7 +607,7 @@ es_pull_timeout(void)
 	}
 	for (p = es_producers; p; p = p->next)
 	{
-		if (p->easy == NULL && p->body == NULL && p->pre_easy == NULL)
+		if (es_pull_state(p) == ES_PULL_IDLE)
 		{
 			long		left = p->next_attempt > now ?
 				(long) TimestampDifferenceMilliseconds(now, p->next_attempt) : 0;

@@ -84,6 +84,33 @@ typedef struct EsProducer
 } EsProducer;
 
 /*
+ * What a producer's pull is doing.  It is derived from the handles (never
+ * stored beside them, so the two cannot disagree): IDLE, nothing in
+ * flight, and es_pull_start_due sends its request once next_attempt has
+ * passed; REQUESTING, a request in flight (easy, or a next page asked for
+ * ahead, pre_easy); RECEIVED, an answer held in body while what it refers
+ * to is fetched (fetching), until es_pull_finish applies or drops it.
+ * Pages of a window held in memory (held) are orthogonal: the producer is
+ * REQUESTING the next one, or RECEIVED its last.
+ */
+typedef enum EsPullState
+{
+	ES_PULL_IDLE,
+	ES_PULL_REQUESTING,
+	ES_PULL_RECEIVED
+} EsPullState;
+
+static inline EsPullState
+es_pull_state(const EsProducer *p)
+{
+	if (p->body != NULL)
+		return ES_PULL_RECEIVED;
+	if (p->easy != NULL || p->pre_easy != NULL)
+		return ES_PULL_REQUESTING;
+	return ES_PULL_IDLE;
+}
+
+/*
  * What the Eventstream-* headers of a producer's answer say (palloc'd;
  * NULL: not sent).  The protocol version is checked by es_pull_done; the
  * others let es_pull_prefetch_early ask for the next page before this one
