@@ -16,10 +16,13 @@ set +e
 $as_pg make PG_CONFIG=$PG_BIN/pg_config with_llvm=no installcheck 2>&1 | tee installcheck.log
 status=${PIPESTATUS[0]}
 set -e
-# Under ES_VALGRIND, memcheck's reports that name this library.
+# Under ES_VALGRIND, memcheck's reports with a frame of this library: a
+# function of ours (es_*, eventstream_*, named from the debug information)
+# or an address in eventstream.so.
 if [ -d valgrind ]; then
-	reports=$(grep -l 'eventstream\.so' valgrind/*.log 2>/dev/null || true)
-	echo "== valgrind: $(cat valgrind/*.log 2>/dev/null | grep -cE '^==[0-9]+== (Invalid|Conditional|Use of|Syscall|Mismatched|Source and)') errors in $(ls valgrind | wc -l) server processes; $(echo -n "$reports" | grep -c .) logs name eventstream.so"
+	ours='(: (es|eventstream)_[A-Za-z0-9_]+ \(|eventstream\.so)'
+	reports=$(grep -lE "$ours" valgrind/*.log 2>/dev/null || true)
+	echo "== valgrind: $(cat valgrind/*.log 2>/dev/null | grep -cE '^==[0-9]+== (Invalid|Conditional|Use of|Syscall|Mismatched|Source and)') errors in $(ls valgrind | wc -l) server processes; $(echo -n "$reports" | grep -c .) logs show a frame of eventstream"
 	for f in $reports; do echo "== $f"; cat "$f"; done
 	[ -z "$reports" ] || status=1
 fi

@@ -62,7 +62,7 @@ if [ -n "${ES_VALGRIND:-}" ]; then
 	mv "$PG_BIN/postgres" "$PG_BIN/postgres.real"
 	cat > "$PG_BIN/postgres" <<-EOF
 	#!/bin/sh
-	exec valgrind --quiet --error-limit=no --num-callers=30 --log-file=$ES_BUILD/valgrind/%p.log "\$(dirname "\$0")/postgres.real" "\$@"
+	exec valgrind --quiet --error-limit=no --num-callers=30 --suppressions=$ES_BUILD/test/valgrind.supp --log-file=$ES_BUILD/valgrind/%p.log "\$(dirname "\$0")/postgres.real" "\$@"
 	EOF
 	chmod 755 "$PG_BIN/postgres"
 	chown -R postgres:postgres "$ES_BUILD"

@@ -900,6 +900,8 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext oldcxt;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -912,7 +914,8 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	SPI_connect();
 	es_apply_begin(&a, a.producer_url, a.subscriber);
 	es_apply_one(&a, upd, &out);
-	SPI_finish();
+	/* out's strings are in SPI's memory, which SPI_finish frees: copy first. */
+	oldcxt = MemoryContextSwitchTo(caller);
 	values[0] = CStringGetTextDatum(out.ok ? "Synced" : "Failed");
 	nulls[1] = out.error == NULL;
 	values[1] = out.error ? CStringGetTextDatum(out.error) : (Datum) 0;
@@ -922,5 +925,7 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	values[3] = out.note ? CStringGetTextDatum(out.note) : (Datum) 0;
 	nulls[4] = !OidIsValid(out.local);
 	values[4] = ObjectIdGetDatum(out.local);
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
