@@ -14,7 +14,7 @@
  * ES_JSON_MAX_DEPTH, a string too long for jsonb) and whatever is not JSON
  * makes it give up and return NULL: the caller then uses jsonb_in, whose
  * result or error is the reference.  The result is the jsonb jsonb_in
- * would make (sql/apply.sql compares the two).
+ * would make (test/sql/apply.sql compares the two).
  *
  * Reading a page is bounded in memory, whatever its shape: a tree of
  * jsonb values takes tens of bytes per value: a page of the usual shape
