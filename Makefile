@@ -28,6 +28,7 @@ OBJS = \
 	src/consumer/apply.o \
 	src/consumer/apply_statements.o \
 	src/consumer/apply_jsonb.o \
+	src/consumer/apply_values.o \
 	src/consumer/apply_direct.o \
 	src/consumer/apply_batch.o \
 	src/consumer/apply_log.o \
@@ -87,7 +88,7 @@ SQL_PARTS = \
 PAGE_LIMIT = 10000
 PAGE_DEFAULT = 100
 DOCUMENT_LIMIT = 1000
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SQL_CONSTANTS = PAGE_LIMIT PAGE_DEFAULT DOCUMENT_LIMIT PROTOCOL_VERSION
 PG_CPPFLAGS += $(foreach c,$(SQL_CONSTANTS),-DES_$(c)=$($(c)))
 

@@ -475,7 +475,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 				ListCell   *fc;
 
 				initStringInfo(&sql);
-				appendStringInfo(&sql, "DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE ",
+				appendStringInfo(&sql, "DELETE FROM %s t USING eventstream._populate(NULL::%s, $1) k WHERE ",
 								 ct->qualname, ct->qualname);
 				foreach(fc, fkcols)
 					appendStringInfo(&sql, "%st.%s = k.%s", foreach_current_index(fc) > 0 ? " AND " : "",

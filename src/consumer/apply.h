@@ -114,6 +114,14 @@ typedef struct EsWrite
 	TupleTableSlot **slots;
 } EsWrite;
 
+/* How values of one column are read from a page (apply_values.c). */
+typedef struct EsValueInput
+{
+	FmgrInfo	input;			/* the type's input function */
+	Oid			ioparam;
+	int32		typmod;
+} EsValueInput;
+
 /* apply.c: the dispatch */
 extern EsUpdateKind es_update_kind(const char *update_type);
 extern EsSub *es_sub(EsApply *a, const char *ref);
@@ -157,6 +165,10 @@ extern List *es_elements(Jsonb *j);
 extern void es_json_pair(StringInfo buf, const char *key, const char *value);
 extern Jsonb *es_with_field(Jsonb *obj, const char *key, Jsonb *value);
 extern Jsonb *es_slice(List *elems, int from, int to);
+
+/* apply_values.c: values of a page as column values */
+extern void es_value_input_init(EsValueInput *in, Oid typid, int32 typmod, MemoryContext mcxt);
+extern Datum es_value_datum(EsValueInput *in, JsonbValue *v);
 
 /* apply_direct.c: straight writes */
 extern bool es_write_usable(Relation rel);

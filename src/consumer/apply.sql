@@ -15,6 +15,15 @@
  *-------------------------------------------------------------------------
  */
 
+-- A row of base's type from a page's values, and a row in the format of a
+-- page (apply_values.c): the apply's statements use them, as the
+-- subscriber role (privileges.sql lets every role call them).
+CREATE FUNCTION eventstream._populate(base anyelement, doc jsonb) RETURNS anyelement
+	LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'eventstream_populate';
+
+CREATE FUNCTION eventstream._row_json(r anyelement) RETURNS jsonb
+	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_row_json';
+
 -- fetched: the documents fetched for the updates (see _fetch_missing),
 -- which mapped subscriptions link to.
 CREATE FUNCTION eventstream._apply_updates(producer_url text, subscriber regrole, updates jsonb, why text,

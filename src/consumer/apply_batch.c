@@ -218,7 +218,7 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 
 		appendStringInfo(&sql, "WITH del AS (DELETE FROM %s t USING (SELECT e.o, r.%s"
 						 " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
-						 " pg_catalog.jsonb_populate_record(NULL::%s, pg_catalog.jsonb_build_object(%s, e.u->>'docname')) r"
+						 " eventstream._populate(NULL::%s, pg_catalog.jsonb_build_object(%s, e.u->>'docname')) r"
 						 " WHERE e.o BETWEEN $2 AND $3) k WHERE t.%s = k.%s"
 						 " RETURNING k.o, pg_catalog.jsonb_build_object(%s, t.%s) AS r)"
 						 " SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'existed', '[]'::jsonb,"
@@ -236,7 +236,7 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 		appendStringInfoString(&sql, ") = ROW(");
 		es_append_cols(&sql, cols, "s.");
 		appendStringInfo(&sql, ") FROM (SELECT r.* FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
-						 " pg_catalog.jsonb_populate_record(NULL::%s, (e.u->'data'->'changed') ||"
+						 " eventstream._populate(NULL::%s, (e.u->'data'->'changed') ||"
 						 " pg_catalog.jsonb_build_object(%s, e.u->>'docname')) r"
 						 " WHERE e.o BETWEEN $2 AND $3) s WHERE t.%s = s.%s RETURNING 1)"
 						 " SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*), 'existed', '[]'::jsonb) FROM upd",
@@ -256,7 +256,7 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 	appendStringInfoString(&sql, ") SELECT ");
 	es_append_cols(&sql, cols, "r.");
 	appendStringInfo(&sql, " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
-					 " pg_catalog.jsonb_populate_record(NULL::%s, e.u->'data') r"
+					 " eventstream._populate(NULL::%s, e.u->'data') r"
 					 " WHERE e.o BETWEEN $2 AND $3 ORDER BY e.o", t->qualname);
 	initStringInfo(&plain);
 	appendStringInfo(&plain, "%s RETURNING 1)"

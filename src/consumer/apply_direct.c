@@ -182,46 +182,9 @@ typedef struct EsDirectCol
 {
 	AttrNumber	attnum;
 	const char *name;
-	bool		jsonb;			/* a jsonb column: the value as it is */
-	FmgrInfo	input;			/* otherwise its type's input function */
-	Oid			ioparam;
-	int32		typmod;
-	Oid			output;			/* and its output function */
+	EsValueInput in;			/* how its values are read */
+	Oid			output;			/* its type's output function */
 } EsDirectCol;
-
-/*
- * es_direct_value
- *		The datum jsonb_populate_record makes of value v for column c: the
- *		value itself for a jsonb column; otherwise the type's input function
- *		applied to the string (without quotes), the number or true/false, or
- *		the JSON text of an object or array.
- */
-static Datum
-es_direct_value(EsDirectCol *c, JsonbValue *v)
-{
-	char	   *str;
-
-	if (c->jsonb)
-		return JsonbPGetDatum(JsonbValueToJsonb(v));
-	switch (v->type)
-	{
-		case jbvString:
-			str = pnstrdup(v->val.string.val, v->val.string.len);
-			break;
-		case jbvNumeric:
-			str = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-			break;
-		case jbvBool:
-			str = v->val.boolean ? "true" : "false";
-			break;
-		case jbvBinary:
-			str = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
-			break;
-		default:
-			elog(ERROR, "unexpected jsonb value type %d", (int) v->type);
-	}
-	return InputFunctionCall(&c->input, str, c->ioparam, c->typmod);
-}
 
 /*
  * es_direct_fill
@@ -238,7 +201,7 @@ es_direct_fill(TupleTableSlot *slot, EsDirectCol *dc, int ncols, JsonbContainer 
 			v.type == jbvNull;
 
 		slot->tts_isnull[dc[i].attnum - 1] = isnull;
-		slot->tts_values[dc[i].attnum - 1] = isnull ? (Datum) 0 : es_direct_value(&dc[i], &v);
+		slot->tts_values[dc[i].attnum - 1] = isnull ? (Datum) 0 : es_value_datum(&dc[i].in, &v);
 	}
 }
 
@@ -285,7 +248,7 @@ es_direct_row(EsWrite *ins, EsUpdateKind kind, EsDirectCol *dc, int ncols, EsDir
 		elog(ERROR, "an update without its docname");
 	ExecClearTuple(slots[0]);
 	memset(slots[0]->tts_isnull, true, sizeof(bool) * slots[0]->tts_tupleDescriptor->natts);
-	slots[0]->tts_values[pk->attnum - 1] = es_direct_value(pk, &v);
+	slots[0]->tts_values[pk->attnum - 1] = es_value_datum(&pk->in, &v);
 	slots[0]->tts_isnull[pk->attnum - 1] = false;
 	ExecStoreVirtualTuple(slots[0]);
 	if (!RelationFindReplTupleByIndex(ins->rel, RelationGetPrimaryKeyIndex(ins->rel), LockTupleExclusive,
@@ -312,36 +275,21 @@ es_direct_row(EsWrite *ins, EsUpdateKind kind, EsDirectCol *dc, int ncols, EsDir
 
 /*
  * es_direct_col
- *		Fill c for column name of rel; false when jsonb_populate_record
- *		would not fill it from the value's text (a domain, array, composite
- *		or json column): the statements take such columns.
+ *		Fill c for column name of rel; false when rel has no such column.
  */
 static bool
 es_direct_col(Relation rel, const char *name, EsDirectCol *c)
 {
 	Form_pg_attribute att;
-	Oid			infunc;
-	char		typtype;
+	bool		varlena;
 
 	c->name = name;
 	c->attnum = get_attnum(RelationGetRelid(rel), name);
 	if (c->attnum <= 0)
 		return false;
 	att = TupleDescAttr(RelationGetDescr(rel), c->attnum - 1);
-	typtype = get_typtype(att->atttypid);
-	c->typmod = att->atttypmod;
-	c->jsonb = att->atttypid == JSONBOID;
-	if (att->atttypid == JSONOID || type_is_array(att->atttypid) ||
-		(typtype != TYPTYPE_BASE && typtype != TYPTYPE_ENUM && typtype != TYPTYPE_RANGE))
-		return false;
-	if (!c->jsonb)
-	{
-		bool		varlena;
-
-		getTypeInputInfo(att->atttypid, &infunc, &c->ioparam);
-		fmgr_info(infunc, &c->input);
-		getTypeOutputInfo(att->atttypid, &c->output, &varlena);
-	}
+	es_value_input_init(&c->in, att->atttypid, att->atttypmod, CurrentMemoryContext);
+	getTypeOutputInfo(att->atttypid, &c->output, &varlena);
 	return true;
 }
 
@@ -355,9 +303,7 @@ es_direct_col(Relation rel, const char *name, EsDirectCol *c)
  *		applies a change (execReplication.c).  Only where that is exactly
  *		what the statements of es_apply_batch would do: the table is usable
  *		for it (es_write_usable), the subscriber has the privileges they
- *		need on the whole table, every column given is of a type
- *		jsonb_populate_record fills from the value's text (a base, enum or
- *		range type; jsonb as is), and the key of an Update or Delete is one
+ *		need on the whole table, and the key of an Update or Delete is one
  *		column of a type whose text is its JSON text (an integer, text or
  *		uuid).  False, having done nothing, otherwise, or when anything fails
  *		(a row is there already, an Update's row is not, a value does not

@@ -476,7 +476,7 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 	{
 		appendStringInfoString(&sql, ") SELECT ");
 		es_append_cols(&sql, cols, "r.");
-		appendStringInfo(&sql, " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r", t->qualname);
+		appendStringInfo(&sql, " FROM eventstream._populate(NULL::%s, $1) r", t->qualname);
 	}
 	if (keyed)
 	{
@@ -495,7 +495,7 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 		if (!rest)
 			appendStringInfoString(&sql, "NOTHING");
 	}
-	appendStringInfoString(&sql, " RETURNING pg_catalog.jsonb_build_object('row', pg_catalog.to_jsonb(t.*),"
+	appendStringInfoString(&sql, " RETURNING pg_catalog.jsonb_build_object('row', eventstream._row_json(t.*),"
 						   " 'inserted', t.xmax::text = '0')");
 	res = es_run(a->subscriber, sql.data, row);
 	if (res == NULL)
@@ -523,7 +523,7 @@ Jsonb *
 es_select(EsApply *a, EsTable *t, Jsonb *key)
 {
 	return es_run(a->subscriber,
-				  psprintf("SELECT pg_catalog.to_jsonb(t.*) FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s",
+				  psprintf("SELECT eventstream._row_json(t.*) FROM %s t, eventstream._populate(NULL::%s, $1) k WHERE %s",
 						   t->qualname, t->qualname, es_key_match(t)),
 				  key);
 }
@@ -533,8 +533,8 @@ Jsonb *
 es_delete(EsApply *a, EsTable *t, Jsonb *key)
 {
 	return es_run(a->subscriber,
-				  psprintf("DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE %s"
-						   " RETURNING pg_catalog.to_jsonb(t.*)",
+				  psprintf("DELETE FROM %s t USING eventstream._populate(NULL::%s, $1) k WHERE %s"
+						   " RETURNING eventstream._row_json(t.*)",
 						   t->qualname, t->qualname, es_key_match(t)),
 				  key);
 }
@@ -554,9 +554,9 @@ es_update(EsApply *a, EsTable *t, Jsonb *set, Jsonb *key)
 	es_append_cols(&sql, cols, "");
 	appendStringInfoString(&sql, ") = (SELECT ");
 	es_append_cols(&sql, cols, "s.");
-	appendStringInfo(&sql, " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->'s') s)"
-					 " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1->'k') k WHERE %s"
-					 " RETURNING pg_catalog.to_jsonb(t.*)",
+	appendStringInfo(&sql, " FROM eventstream._populate(NULL::%s, $1->'s') s)"
+					 " FROM eventstream._populate(NULL::%s, $1->'k') k WHERE %s"
+					 " RETURNING eventstream._row_json(t.*)",
 					 t->qualname, t->qualname, es_key_match(t));
 	initStringInfo(&arg);
 	appendStringInfo(&arg, "{\"s\": %s, \"k\": %s}",

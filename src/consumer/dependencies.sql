@@ -239,7 +239,7 @@ BEGIN
 		 GROUP BY refs.rt
 	LOOP
 		EXECUTE format('SELECT array_agg(k.j) FROM unnest($1) k(j)'
-					   ' WHERE NOT EXISTS (SELECT 1 FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, k.j) k2 WHERE %s)',
+					   ' WHERE NOT EXISTS (SELECT 1 FROM %s t, eventstream._populate(NULL::%s, k.j) k2 WHERE %s)',
 					   r.rt, r.rt, replace(eventstream._key_match(r.rt), 'k.', 'k2.'))
 			INTO gone USING r.keys;
 		result := result || (SELECT coalesce(jsonb_agg(jsonb_build_object(

@@ -1054,6 +1054,7 @@ eventstream_capture(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	EsTrigger  *t;
+	int			styles;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -1066,9 +1067,11 @@ eventstream_capture(PG_FUNCTION_ARGS)
 				 errmsg("eventstream._capture: must be fired AFTER ... FOR EACH ROW")));
 
 	t = es_trigger_lookup(trigdata);
+	styles = es_output_styles_push();
 	if (t->is_child)
 		es_capture_child(t, trigdata);
 	else
 		es_capture_doc(t, trigdata);
+	es_output_styles_pop(styles);
 	return PointerGetDatum(NULL);
 }

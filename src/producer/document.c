@@ -68,7 +68,9 @@ eventstream_document(PG_FUNCTION_ARGS)
 	SPITupleTable *children;
 	Jsonb	   *result;
 	MemoryContext spicxt;
+	int			styles;
 
+	styles = es_output_styles_push();
 	rel = table_open(relid, AccessShareLock);
 	relname = es_qualified_relname(rel);
 	match = es_docname_match(rel, 1);
@@ -84,6 +86,7 @@ eventstream_document(PG_FUNCTION_ARGS)
 	if (SPI_processed == 0)
 	{
 		SPI_finish();
+		es_output_styles_pop(styles);
 		PG_RETURN_NULL();
 	}
 
@@ -128,5 +131,6 @@ eventstream_document(PG_FUNCTION_ARGS)
 	result = JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 	MemoryContextSwitchTo(spicxt);
 	SPI_finish();
+	es_output_styles_pop(styles);
 	PG_RETURN_JSONB_P(result);
 }

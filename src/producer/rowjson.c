@@ -9,11 +9,18 @@
  * tuple descriptor and cached by the caller; per row we only switch on the
  * precomputed kind of each column.
  *
- * Value rendering follows to_jsonb(): booleans and numbers are JSON booleans
- * and numbers, json/jsonb are embedded, date/time types are ISO 8601
- * strings (independent of DateStyle), and every other type travels as its
- * PostgreSQL text form, which the consumer casts back with the column's
- * input function.
+ * A value travels so that the consumer gets exactly what was written:
+ * booleans and integers are JSON booleans and numbers; float4/float8 are
+ * JSON numbers of their shortest exact decimal digits (the digits that read
+ * back as the same value, as extra_float_digits > 0 prints), and strings
+ * for -0, NaN and the infinities, which a JSON number cannot hold; numeric
+ * is a number (NaN and the infinities strings); date/time types are ISO
+ * 8601 strings; json and jsonb, and every other type, travel as their
+ * PostgreSQL text, a JSON string that the consumer reads back with the
+ * column's input function (consumer/apply_values.c).  A JSON null is
+ * always SQL NULL: a jsonb 'null' is the string "null".  Text output is
+ * made in fixed styles, whatever the writing session set (see
+ * es_output_styles_push).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -28,9 +35,14 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "common/shortest_dec.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/bytea.h"
 #include "utils/datetime.h"
 #include "utils/datum.h"
+#include "utils/float.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -68,10 +80,6 @@ es_kind_for_type(Oid basetypid)
 		case TIMESTAMPOID:
 		case TIMESTAMPTZOID:
 			return ES_KIND_DATETIME;
-		case JSONOID:
-			return ES_KIND_JSON;
-		case JSONBOID:
-			return ES_KIND_JSONB;
 		default:
 			return ES_KIND_TEXT;
 	}
@@ -141,6 +149,53 @@ es_encoder_build(TupleDesc tupdesc, const AttrNumber *pkattnums, int npk,
 	}
 	MemoryContextSwitchTo(oldcxt);
 	return enc;
+}
+
+/*
+ * es_output_styles_push
+ *		Make the output functions write values in the wire's fixed styles,
+ *		whatever the session set: DateStyle ISO, IntervalStyle postgres,
+ *		extra_float_digits 3 (shortest exact digits) and bytea_output hex,
+ *		the styles PostgreSQL's logical replication asks of its walsender.
+ *
+ * Returns the GUC nest level to give to es_output_styles_pop, or 0 when the
+ * session's styles are these already (the usual case: nothing is set).  An
+ * ERROR in between needs nothing more: the abort of the (sub)transaction
+ * restores the session's settings.
+ */
+int
+es_output_styles_push(void)
+{
+	int			level;
+
+	if (DateStyle == USE_ISO_DATES && IntervalStyle == INTSTYLE_POSTGRES &&
+		extra_float_digits > 0 && bytea_output == BYTEA_OUTPUT_HEX)
+		return 0;
+	level = NewGUCNestLevel();
+	if (DateStyle != USE_ISO_DATES)
+		(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (IntervalStyle != INTSTYLE_POSTGRES)
+		(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (extra_float_digits <= 0)
+		(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (bytea_output != BYTEA_OUTPUT_HEX)
+		(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/*
+ * es_output_styles_pop
+ *		Give the session its own styles back after es_output_styles_push.
+ */
+void
+es_output_styles_pop(int level)
+{
+	if (level > 0)
+		AtEOXact_GUC(true, level);
 }
 
 /*
@@ -216,16 +271,30 @@ es_push_value(JsonbParseState **state, EsColumn *col, Datum value,
 
 		case ES_KIND_FLOAT:
 			{
+				char		buf[32];
 				double		d;
 
-				d = (col->basetypid == FLOAT4OID) ?
-					(double) DatumGetFloat4(value) : DatumGetFloat8(value);
-				if (isnan(d) || isinf(d))
-					break;		/* JSON has no NaN/Infinity: use text */
+				if (col->basetypid == FLOAT4OID)
+				{
+					d = DatumGetFloat4(value);
+					float_to_shortest_decimal_buf(DatumGetFloat4(value), buf);
+				}
+				else
+				{
+					d = DatumGetFloat8(value);
+					double_to_shortest_decimal_buf(d, buf);
+				}
+				if (isnan(d) || isinf(d) || (d == 0 && signbit(d)))
+				{
+					/* -0, NaN, Infinity, -Infinity: their text */
+					es_push_string(state, pstrdup(buf), tok);
+					return;
+				}
 				v.type = jbvNumeric;
-				v.val.numeric = DatumGetNumeric((col->basetypid == FLOAT4OID) ?
-												DirectFunctionCall1(float4_numeric, value) :
-												DirectFunctionCall1(float8_numeric, value));
+				v.val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+																	CStringGetDatum(buf),
+																	ObjectIdGetDatum(InvalidOid),
+																	Int32GetDatum(-1)));
 				pushJsonbValue(state, tok, &v);
 				return;
 			}
@@ -251,25 +320,8 @@ es_push_value(JsonbParseState **state, EsColumn *col, Datum value,
 				return;
 			}
 
-		case ES_KIND_JSON:
-		case ES_KIND_JSONB:
-			{
-				Jsonb	   *jb;
-
-				if (col->kind == ES_KIND_JSON)
-					jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-															CStringGetDatum(TextDatumGetCString(value))));
-				else
-					jb = DatumGetJsonbPCopy(value);
-				v.type = jbvBinary;
-				v.val.binary.data = &jb->root;
-				v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
-				pushJsonbValue(state, tok, &v);
-				return;
-			}
-
 		case ES_KIND_TEXT:
-			break;
+			break;		/* json and jsonb too: their text */
 	}
 
 	es_push_string(state, OutputFunctionCall(&col->outfn, value), tok);

@@ -32,12 +32,12 @@ typedef enum EsValueKind
 {
 	ES_KIND_BOOL,
 	ES_KIND_INT,				/* int2/int4/int8: JSON number */
-	ES_KIND_FLOAT,				/* float4/float8: number, or string for NaN/Inf */
+	ES_KIND_FLOAT,				/* float4/float8: shortest exact number, or
+								 * string for -0/NaN/Inf */
 	ES_KIND_NUMERIC,			/* numeric: number, or string for NaN/Inf */
 	ES_KIND_DATETIME,			/* date/time types: ISO 8601 string */
-	ES_KIND_JSON,				/* json: parsed and embedded */
-	ES_KIND_JSONB,				/* jsonb: embedded as is */
-	ES_KIND_TEXT				/* anything else: the type's text form */
+	ES_KIND_TEXT				/* anything else (json and jsonb too): the
+								 * type's text form, in fixed styles */
 } EsValueKind;
 
 typedef struct EsColumn
@@ -70,6 +70,8 @@ typedef struct EsEncoder
 
 extern EsEncoder *es_encoder_build(TupleDesc tupdesc, const AttrNumber *pkattnums,
 								   int npk, MemoryContext mcxt);
+extern int	es_output_styles_push(void);
+extern void es_output_styles_pop(int level);
 extern void es_push_value(JsonbParseState **state, EsColumn *col, Datum value,
 						  bool isnull, JsonbIteratorToken tok);
 extern JsonbValue *es_row_to_jsonb(JsonbParseState **state, EsEncoder *enc,

@@ -433,6 +433,7 @@ $$;
 CREATE FUNCTION eventstream._serve_document(ref_table text, docname text, role regrole) RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
+	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
@@ -457,6 +458,7 @@ CREATE FUNCTION eventstream._serve_filtered(ref_table text, filters jsonb, "limi
 		RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
+	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
@@ -495,6 +497,7 @@ CREATE FUNCTION eventstream._serve_snapshot(ref_table text, after text, "limit" 
 		RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
+	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);

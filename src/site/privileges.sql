@@ -16,6 +16,11 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA eventstream FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstream FROM PUBLIC;
 
+-- The apply's statements run as the subscriber role and convert values
+-- with these two (they read and render only what they are given).
+GRANT USAGE ON SCHEMA eventstream TO PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstream._populate(anyelement, jsonb), eventstream._row_json(anyelement) TO PUBLIC;
+
 SELECT pg_catalog.pg_extension_config_dump('eventstream.site', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer_table', '');
