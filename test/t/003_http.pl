@@ -68,10 +68,10 @@ sub api_headers
 
 my $headers;
 ($status, $headers, $body) = api_headers("$base/health");
-is($headers->{'eventstream-protocol'}, '1', 'health says the protocol version (Eventstream-Protocol: 1)');
+is($headers->{'eventstream-protocol'}, '2', 'health says the protocol version (Eventstream-Protocol: 2)');
 ok(!exists $headers->{'eventstream-cursor'}, '  and no page headers');
 ($status, $headers, $body) = api_headers("$base/updates?consumer=x&cursor=y");
-is("$status $headers->{'eventstream-protocol'}", '401 1', 'so does an error');
+is("$status $headers->{'eventstream-protocol'}", '401 2', 'so does an error');
 
 ($status, $body) = http('GET', "http://127.0.0.1:$port/nope");
 is($status, '404', 'unknown paths are 404');
@@ -154,7 +154,7 @@ like($body, qr/"docname" ?: "A".*"docname" ?: "B"/s, 'the updates arrive in orde
 ($status, $headers, $body) = api_headers("$base/updates?$q", "token $key:$secret");
 my ($page_cursor) = $body =~ /"cursor": "([^"]+)"/;
 is($status, '200', 'the page again');
-is($headers->{'eventstream-protocol'}, '1', '  Eventstream-Protocol: 1');
+is($headers->{'eventstream-protocol'}, '2', '  Eventstream-Protocol: 2');
 is($headers->{'eventstream-cursor'}, $page_cursor, "  Eventstream-Cursor: the page's cursor");
 is(join(' ', map { $headers->{"eventstream-$_"} // 'none' } qw(more complete acks)), 'false true true',
 	'  Eventstream-More, -Complete, -Acks');
@@ -180,7 +180,7 @@ $node->safe_psql('site', q{
 ($status, $body) = api('GET', "$base/documents/public.item/" . uri_escape('C/1'), "token $key:$secret");
 is($status, '200', 'a document by table and docname');
 ($status, $headers) = api_headers("$base/documents/public.item/" . uri_escape('C/1'), "token $key:$secret");
-is(($headers->{'eventstream-protocol'} // 'none') . ' ' . ($headers->{'eventstream-cursor'} // 'none'), '1 none',
+is(($headers->{'eventstream-protocol'} // 'none') . ' ' . ($headers->{'eventstream-cursor'} // 'none'), '2 none',
 	'  with Eventstream-Protocol, no page headers');
 like($body, qr/"name": "cherry"/, 'with its fields');
 like($body, qr/"public\.item_price": \[\{[^]]*"rate": 3/, 'and its child rows');

@@ -602,10 +602,10 @@ sub fake_serve
 			$reply = '{"updates": [' . fake_create(6, 'G6') . qq(], "cursor": "not/a cursor", "more": false, )
 			  . qq("tables": $page_tables});
 		}
-		elsif ($mode eq 'v2' || ($mode eq 'v1' && $cursor eq 'v1/6/6:6:/6'))
+		elsif ($mode eq 'unknown' || ($mode eq 'current' && $cursor eq 'v1/6/6:6:/6'))
 		{
-			# A valid page, but in v2 mode the answer says protocol version
-			# 2.  In v1 mode its headers, not its body (which has no
+			# A valid page, but in mode unknown the answer says protocol
+			# version 3.  In mode current its headers, not its body (which has no
 			# "acks"), say the producer takes ack=.  More is waiting: the
 			# next request is no long-poll (one still in flight when the
 			# page is applied is sent again without ack=).
@@ -646,11 +646,11 @@ sub fake_serve
 	# Other modes send no Eventstream-* headers, as a producer older than
 	# them.
 	my $extra = '';
-	$extra = "Eventstream-Protocol: 2\r\n" if $mode eq 'v2';
-	$extra = "Eventstream-Protocol: 1\r\n" if $mode eq 'v1';
+	$extra = "Eventstream-Protocol: 3\r\n" if $mode eq 'unknown';
+	$extra = "Eventstream-Protocol: 2\r\n" if $mode eq 'current';
 	$extra .= "Eventstream-Cursor: $page_head->[0]\r\nEventstream-More: $page_head->[1]\r\n"
 	  . "Eventstream-Complete: true\r\nEventstream-Acks: true\r\n"
-	  if $mode eq 'v1' && $page_head && $status == 200;
+	  if $mode eq 'current' && $page_head && $status == 200;
 	my $out = "HTTP/1.1 $status $text\r\nContent-Type: application/json\r\n$extra"
 	  . "Content-Length: " . length($reply) . "\r\nConnection: close\r\n\r\n$reply";
 	while (length $out)
@@ -788,14 +788,14 @@ like(slurp_file("$fake_dir/requests"), qr/^refuse GET \/api\/eventstream\/v1\/sn
 like($err, qr/producer "http:\/\/nowhere.invalid" is not added/, 'G: reset_cursor() of an unknown producer fails');
 
 # (f) answers in a version of the protocol this site does not speak
-# (Eventstream-Protocol: 2): refused whole, both versions named; in
-# version 1 again, the page flows, and its headers let the worker ask for
+# (Eventstream-Protocol: 3): refused whole, both versions named; in
+# version 2 again, the page flows, and its headers let the worker ask for
 # the next one before parsing it
 is(sq($S2, $fake_cursor), 'v1/6/6:6:/6', 'G: (the stored cursor)');
-set_fake_mode('v2');
-my $versions = qr/answered in version "2" of the eventstream protocol \(Eventstream-Protocol header\); this site speaks version 1/;
+set_fake_mode('unknown');
+my $versions = qr/answered in version "3" of the eventstream protocol \(Eventstream-Protocol header\); this site speaks version 2/;
 ok(wait_until(30, sub { $state = sq($S2, $fake_state); $state =~ /^failing .*$versions/ }),
-	'G: a page in protocol version 2: failing, and last_error names both versions');
+	'G: a page in protocol version 3: failing, and last_error names both versions');
 note("last_error: $state");
 like($state, qr/\Q$fake_url\E/, '  and the producer');
 is(sq($S2, "SELECT count(*) FROM note WHERE name = 'G8'"), '0', '  nothing of the page was applied');
@@ -803,10 +803,10 @@ is(sq($S2, $fake_cursor), 'v1/6/6:6:/6', '  the stored cursor is unchanged');
 ($ret, $out, $err) = q_try($S2, "SELECT eventstream.sync_now('$fake_url')");
 like($err, $versions, 'G: sync_now refuses it too');
 is(sq($S2, "SELECT count(*) FROM note WHERE name = 'G8'"), '0', '  nothing applied');
-set_fake_mode('v1');
+set_fake_mode('current');
 sq($S2, "SELECT eventstream.set_keys('$fake_url', 'fakekey8', 'fakesecret')");
 ok(wait_query($S2, "SELECT count(*) FROM note WHERE name = 'G8'", '1', 30),
-	'G: in protocol version 1 again, the page is applied');
+	'G: in protocol version 2 again, the page is applied');
 ok(wait_query($S2, "SELECT s.state || ' ' || (s.last_error IS NULL)::text || ' ' || p.cursor FROM eventstream.producer_status s"
 		. " JOIN eventstream.producer p USING (producer_url) WHERE producer_url = '$fake_url'",
 		'streaming true v1/7/7:7:/7', 30), '  the producer is streaming again, at the page\'s cursor');
