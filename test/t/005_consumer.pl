@@ -545,7 +545,7 @@ sub fake_serve
 
 	my $status = 200;
 	my $reply;
-	my $page_head;    # mode v1: a page's cursor and more, for its headers
+	my $page_head;    # mode current: a page's cursor and more, for its headers
 	if ($target =~ m{^/api/eventstream/v1/health})
 	{
 		$reply = qq({"site_id": "$fake_site_id", "version": "1.0"});
@@ -605,8 +605,8 @@ sub fake_serve
 		elsif ($mode eq 'unknown' || ($mode eq 'current' && $cursor eq 'v1/6/6:6:/6'))
 		{
 			# A valid page, but in mode unknown the answer says protocol
-			# version 3.  In mode current its headers, not its body (which has no
-			# "acks"), say the producer takes ack=.  More is waiting: the
+			# version 3.  In mode current its headers, not its body (which
+			# has no "acks"), say the producer takes ack=.  More is waiting: the
 			# next request is no long-poll (one still in flight when the
 			# page is applied is sent again without ack=).
 			$reply = '{"updates": [' . fake_create(8, 'G8') . qq(], "cursor": "v1/7/7:7:/7", "more": true, )
@@ -810,7 +810,7 @@ ok(wait_query($S2, "SELECT count(*) FROM note WHERE name = 'G8'", '1', 30),
 ok(wait_query($S2, "SELECT s.state || ' ' || (s.last_error IS NULL)::text || ' ' || p.cursor FROM eventstream.producer_status s"
 		. " JOIN eventstream.producer p USING (producer_url) WHERE producer_url = '$fake_url'",
 		'streaming true v1/7/7:7:/7', 30), '  the producer is streaming again, at the page\'s cursor');
-ok(wait_until(30, sub { slurp_file("$fake_dir/requests") =~ /^v1 GET \/api\/eventstream\/v1\/updates\?[^\n]*cursor=v1%2F7%2F7%3A7%3A%2F7[^\n]*&ack=v1%2F6/m }),
+ok(wait_until(30, sub { slurp_file("$fake_dir/requests") =~ /^current GET \/api\/eventstream\/v1\/updates\?[^\n]*cursor=v1%2F7%2F7%3A7%3A%2F7[^\n]*&ack=v1%2F6/m }),
 	'  the next page was asked for from the headers (ack= of the stored cursor; the body has no "acks")');
 
 sq($S2, "SELECT eventstream.remove_producer('$fake_url')");
