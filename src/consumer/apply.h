@@ -48,6 +48,8 @@ typedef struct EsTable
 	char	  **cols;
 	int			npk;			/* primary key columns */
 	char	  **pk;
+	int			narb;			/* the columns of the unique index an */
+	char	  **arb;			/* upsert's ON CONFLICT names (pk here) */
 } EsTable;
 
 /* A subscription as the apply needs it. */
@@ -58,6 +60,8 @@ typedef struct EsSub
 	bool		same_name;
 	char	   *mapping;		/* its mapping, or NULL */
 	bool		dropped;		/* unsubscribed or no longer approved */
+	int			nrkey;			/* the producer's key columns (0: it did */
+	char	  **rkey;			/* not say) */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
@@ -172,6 +176,13 @@ extern bool es_batch_direct(EsApply *a, List *all, int first, int last, EsUpdate
 extern char *es_batch_key(EsApply *a, Jsonb *upd);
 extern bool es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last,
 						   List **existed, char **deleted);
+
+/* apply_keys.c: the producer's key, row-level security */
+extern bool es_key_differs(EsTable *t, EsSub *sub);
+extern EsTable *es_match_table(EsTable *t, EsSub *sub);
+extern bool es_batchable(EsApply *a, EsSub *sub, EsUpdateKind kind);
+extern void es_check_hidden(EsApply *a, EsTable *t, Jsonb *key, EsUpdateKind kind, const char *docname);
+extern void es_check_other_document(EsTable *t, const char *docname);
 
 /* apply_log.c: the sync_log rows */
 extern void es_log_flush(EsApply *a);
