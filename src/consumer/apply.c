@@ -35,6 +35,8 @@
  *   apply_jsonb.c       jsonb helpers
  *   apply_direct.c      straight writes into a table, without statements
  *   apply_batch.c       runs of updates as one statement
+ *   apply_keys.c        matching rows on the producer's key; rows that
+ *                       row-level security hides from the subscriber
  *   apply_log.c         the sync_log rows
  *   apply_page.c        quick facts about a page of updates, for _missing_for
  *

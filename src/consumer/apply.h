@@ -4,7 +4,8 @@
  *	  Declarations shared by the files of the apply (src/consumer/apply*.c).
  *
  * The apply's interface is SQL: _apply_updates(), _apply_update()
- * (apply.c), _page_updated() and _page_facts() (apply_page.c).  What is
+ * (apply.c), _page_updated() and _page_facts() (apply_page.c),
+ * _check_remote_key() (apply_keys.c).  What is
  * declared here is what its files share: the state of one call (EsApply),
  * the local tables and subscriptions as it sees them, the outcome of one
  * update, the straight writes (EsWrite) and the functions each file offers

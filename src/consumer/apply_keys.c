@@ -246,7 +246,8 @@ es_check_hidden(EsApply *a, EsTable *t, Jsonb *key, EsUpdateKind kind, const cha
 	values[0] = PointerGetDatum(key);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
-	rc = SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 1);
+	/* Not read-only: it sees what this transaction wrote until now. */
+	rc = SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, false, 1);
 	SetUserIdAndSecContext(save_userid, save_sec);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not look for a row of %s: %s", t->qualname, SPI_result_code_string(rc));
