@@ -47,10 +47,10 @@ typedef struct EsTable
 	char	   *qualname;		/* quoted, schema-qualified */
 	int			ncols;			/* columns a row may set (not generated) */
 	char	  **cols;
-	int			npk;			/* primary key columns */
-	char	  **pk;
-	int			narb;			/* the columns of the unique index an */
-	char	  **arb;			/* upsert's ON CONFLICT names (pk here) */
+	int			npk;			/* primary key columns (matched on the */
+	char	  **pk;				/* producer's key: those, es_match_table) */
+	int			narb;			/* the columns an upsert's ON CONFLICT */
+	char	  **arb;			/* names: pk, or a unique index on some */
 } EsTable;
 
 /* A subscription as the apply needs it. */
@@ -61,8 +61,8 @@ typedef struct EsSub
 	bool		same_name;
 	char	   *mapping;		/* its mapping, or NULL */
 	bool		dropped;		/* unsubscribed or no longer approved */
-	int			nrkey;			/* the producer's key columns (0: it did */
-	char	  **rkey;			/* not say) */
+	int			nrkey;			/* the producer's key columns, in key */
+	char	  **rkey;			/* order (none: the producer did not say) */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
