@@ -31,6 +31,7 @@ OBJS = \
 	src/consumer/apply_values.o \
 	src/consumer/apply_direct.o \
 	src/consumer/apply_batch.o \
+	src/consumer/apply_keys.o \
 	src/consumer/apply_log.o \
 	src/consumer/apply_page.o \
 	src/consumer/mapping.o \

@@ -35,6 +35,8 @@
  *   apply_jsonb.c       jsonb helpers
  *   apply_direct.c      straight writes into a table, without statements
  *   apply_batch.c       runs of updates as one statement
+ *   apply_keys.c        matching rows on the producer's key; rows that
+ *                       row-level security hides from the subscriber
  *   apply_log.c         the sync_log rows
  *   apply_page.c        quick facts about a page of updates, for _missing_for
  *
@@ -144,7 +146,7 @@ es_sub(EsApply *a, const char *ref)
 	appendStringInfoChar(&arg, '}');
 	pt = es_run(InvalidOid,
 				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name,"
-				"                                     'mapping', t.mapping,"
+				"                                     'mapping', t.mapping, 'key', t.remote_key,"
 				"                                     'off', t.unsubscribe OR t.status <> 'Approved')"
 				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
 				es_jsonb_parse(arg.data));
@@ -157,6 +159,16 @@ es_sub(EsApply *a, const char *ref)
 		sub->same_name = strcmp(es_field_text(pt, "same"), "true") == 0;
 		sub->mapping = es_field_text(pt, "mapping");
 		sub->dropped = strcmp(es_field_text(pt, "off"), "true") == 0;
+		if (es_is_array(es_field(pt, "key")))
+		{
+			List	   *names = es_elements(es_field(pt, "key"));
+			ListCell   *lc2;
+
+			sub->nrkey = list_length(names);
+			sub->rkey = palloc(sizeof(char *) * Max(sub->nrkey, 1));
+			foreach(lc2, names)
+				sub->rkey[foreach_current_index(lc2)] = es_scalar_text(lfirst(lc2));
+		}
 	}
 	a->subs = lappend(a->subs, sub);
 	MemoryContextSwitchTo(old);
@@ -363,6 +375,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	Oid			relid;
 	bool		same_name;
 	EsTable    *t;
+	EsTable    *mt;
 	Jsonb	   *key = NULL;
 	Jsonb	   *cur = NULL;
 	char	   *origin = es_origin(a, upd);
@@ -397,6 +410,13 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	t = es_table(relid);
 
 	/*
+	 * Rows kept under the producer's names are matched on the producer's
+	 * key (mt), which the docname renders; t unless the producer says its
+	 * key is another one.
+	 */
+	mt = same_name && sub->mapping == NULL ? es_match_table(t, sub) : t;
+
+	/*
 	 * Changes applied here carry the site they came from (no loops), the
 	 * rows a mapping links as well.
 	 */
@@ -415,7 +435,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 
 	/* The local row's key (a Create of the same name carries it). */
 	if (same_name)
-		key = kind == ES_UPDATE_CREATE ? NULL : es_key_of(t, remote);
+		key = kind == ES_UPDATE_CREATE && mt == t ? NULL : es_key_of(mt, remote);
 	else
 	{
 		Jsonb	   *found;
@@ -445,7 +465,21 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		 */
 		if (same_name && sub->mapping != NULL)
 			key = es_key_of(t, remote);
-		cur = same_name && key == NULL ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, key, &inserted);
+		if (mt != t)
+		{
+			/*
+			 * Matched on the producer's key: a row there with the same
+			 * arbiter values but other key values is another document.
+			 */
+			cur = es_upsert(a, mt, data, key, &inserted);
+			if (!inserted && (cur = es_select(a, mt, key)) == NULL)
+			{
+				es_check_hidden(a, mt, key, ES_UPDATE_CREATE, remote);
+				es_check_other_document(mt, remote);
+			}
+		}
+		else
+			cur = same_name && key == NULL ? es_upsert_keyed(a, t, data, &inserted) : es_upsert(a, t, data, key, &inserted);
 		if (!inserted)
 			es_note(notes, "the row existed: it now has the producer's values");
 		if (!same_name && key == NULL)
@@ -503,7 +537,9 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		/* The changed columns, or (for child rows only) the row as it is. */
 		changed = es_field(data, "changed");
 		if (key != NULL)
-			cur = es_is_object(changed) ? es_update(a, t, changed, key) : es_select(a, t, key);
+			cur = es_is_object(changed) ? es_update(a, mt, changed, key) : es_select(a, mt, key);
+		if (cur == NULL && key != NULL)
+			es_check_hidden(a, mt, key, ES_UPDATE_UPDATE, remote);
 		if (cur == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
@@ -536,7 +572,10 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 						Jsonb	   *k = es_concat(es_key_of(ct, dn), es_parent_values(link, cur, ct));
 
 						if (es_delete(a, ct, k) == NULL)
+						{
+							es_check_hidden(a, ct, k, ES_UPDATE_DELETE, dn);
 							es_note(notes, "removed row %s of %s was not here", dn, ct->qualname);
+						}
 					}
 					else if (p == 1)
 					{
@@ -545,7 +584,11 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 						Jsonb	   *k = es_key_from_row(ct, rr);
 
 						if (k == NULL || es_update(a, ct, rr, k) == NULL)
+						{
+							if (k != NULL)
+								es_check_hidden(a, ct, k, ES_UPDATE_UPDATE, es_docname_of(ct, rr));
 							es_note(notes, "changed row %s of %s was not here", es_docname_of(ct, rr), ct->qualname);
+						}
 					}
 					else
 					{
@@ -562,7 +605,9 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	else if (kind == ES_UPDATE_DELETE)
 	{
 		if (key != NULL)
-			cur = es_delete(a, t, key);
+			cur = es_delete(a, mt, key);
+		if (cur == NULL && key != NULL)
+			es_check_hidden(a, mt, key, ES_UPDATE_DELETE, remote);
 		if (cur == NULL)
 			es_note(notes, "the row was not here: nothing to delete");
 		if (!same_name)
@@ -571,7 +616,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 						  " WHERE d.producer_url = $1->>'p' AND d.local_table = ($1->>'r')::oid::regclass"
 						  "   AND d.remote_docname = $1->>'d'",
 						  es_remote_arg(a, relid, remote, NULL));
-		*docname = cur ? es_docname_of(t, cur) : (same_name ? remote : NULL);
+		*docname = cur ? es_docname_of(t, cur) : (same_name && mt == t ? remote : NULL);
 		return;
 	}
 	else

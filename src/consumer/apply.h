@@ -4,7 +4,8 @@
  *	  Declarations shared by the files of the apply (src/consumer/apply*.c).
  *
  * The apply's interface is SQL: _apply_updates(), _apply_update()
- * (apply.c), _page_updated() and _page_facts() (apply_page.c).  What is
+ * (apply.c), _page_updated() and _page_facts() (apply_page.c),
+ * _check_remote_key() (apply_keys.c).  What is
  * declared here is what its files share: the state of one call (EsApply),
  * the local tables and subscriptions as it sees them, the outcome of one
  * update, the straight writes (EsWrite) and the functions each file offers
@@ -46,8 +47,10 @@ typedef struct EsTable
 	char	   *qualname;		/* quoted, schema-qualified */
 	int			ncols;			/* columns a row may set (not generated) */
 	char	  **cols;
-	int			npk;			/* primary key columns */
-	char	  **pk;
+	int			npk;			/* primary key columns (matched on the */
+	char	  **pk;				/* producer's key: those, es_match_table) */
+	int			narb;			/* the columns an upsert's ON CONFLICT */
+	char	  **arb;			/* names: pk, or a unique index on some */
 } EsTable;
 
 /* A subscription as the apply needs it. */
@@ -58,6 +61,8 @@ typedef struct EsSub
 	bool		same_name;
 	char	   *mapping;		/* its mapping, or NULL */
 	bool		dropped;		/* unsubscribed or no longer approved */
+	int			nrkey;			/* the producer's key columns, in key */
+	char	  **rkey;			/* order (none: the producer did not say) */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
@@ -184,6 +189,13 @@ extern bool es_batch_direct(EsApply *a, List *all, int first, int last, EsUpdate
 extern char *es_batch_key(EsApply *a, Jsonb *upd);
 extern bool es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last,
 						   List **existed, char **deleted);
+
+/* apply_keys.c: the producer's key, row-level security */
+extern bool es_key_differs(EsTable *t, EsSub *sub);
+extern EsTable *es_match_table(EsTable *t, EsSub *sub);
+extern bool es_batchable(EsApply *a, EsSub *sub, EsUpdateKind kind);
+extern void es_check_hidden(EsApply *a, EsTable *t, Jsonb *key, EsUpdateKind kind, const char *docname);
+extern void es_check_other_document(EsTable *t, const char *docname);
 
 /* apply_log.c: the sync_log rows */
 extern void es_log_flush(EsApply *a);

@@ -36,6 +36,12 @@ CREATE FUNCTION eventstream._apply_update(producer_url text, subscriber regrole,
 										  OUT local_table regclass)
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_apply_update';
 
+-- Raise when the rows of tbl cannot be matched on a producer's key columns
+-- remote_key: tbl lacks one of them, or has no primary key or unique index
+-- on some of them alone (see apply_keys.c).
+CREATE FUNCTION eventstream._check_remote_key(tbl regclass, remote_key text[]) RETURNS void
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_check_remote_key';
+
 -- Apply fetched dependencies, deepest first, each as a Create of its own.
 CREATE FUNCTION eventstream._apply_deps(p eventstream.producer, deps jsonb) RETURNS integer
 	LANGUAGE plpgsql
@@ -190,7 +196,7 @@ BEGIN
 				  DETAIL = 'A page is {"updates": [...], "cursor": "...", "more": true|false, ...}.';
 	END IF;
 	PERFORM eventstream._check_cursor(p.producer_url, page->>'cursor');
-	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables');
+	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables', page->'keys');
 	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
 	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
 	   AND NOT eventstream._snapshot_holding(p.producer_url) THEN

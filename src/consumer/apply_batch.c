@@ -5,7 +5,8 @@
  *
  * es_batch_key says which run an update may join: Creates of the same
  * name without child rows, Updates that set columns only, Deletes by a
- * one-column key, each of one table, origin and set of columns.
+ * one-column key, each of one table, origin and set of columns (of a table
+ * whose rows are matched on its primary key; see es_batchable).
  * es_apply_batch applies such a run with one statement in one
  * subtransaction (for Creates, a plain INSERT first, then the upsert), and
  * says nothing was done when that fails: the caller then applies the run
@@ -47,7 +48,8 @@ es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin,
 	List	   *cols;
 	ListCell   *lc;
 
-	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL || !es_is_object(changed))
+	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL || !es_is_object(changed) ||
+		!es_batchable(a, sub, ES_UPDATE_UPDATE))
 		return NULL;
 	for (int p = 0; p < (int) lengthof(parts); p++)
 	{
@@ -98,7 +100,8 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	{
 		/* By key, of a table with a one-column key, under the same name. */
 		sub = es_sub(a, ref);
-		if (!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1)
+		if (!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1 ||
+			!es_batchable(a, sub, kind))
 			return NULL;
 		return psprintf("D/%u/%s", sub->relid, origin ? origin : "");
 	}
@@ -111,7 +114,7 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	if (kind != ES_UPDATE_CREATE)
 		return NULL;
 	sub = es_sub(a, ref);
-	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL)
+	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL || !es_batchable(a, sub, kind))
 		return NULL;
 	t = es_table(sub->relid);
 

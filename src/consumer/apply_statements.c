@@ -167,6 +167,8 @@ es_table(Oid relid)
 			t->pk[i] = pstrdup(NameStr(TupleDescAttr(desc, idx->rd_index->indkey.values[i] - 1)->attname));
 		RelationClose(idx);
 	}
+	t->narb = t->npk;
+	t->arb = t->pk;
 	MemoryContextSwitchTo(old);
 	RelationClose(rel);
 	if (t->npk == 0)
@@ -449,9 +451,12 @@ es_upsert_as_is(EsApply *a, EsTable *t, Jsonb *row, bool *inserted)
 
 /*
  * es_upsert_core
- *		The statement of es_upsert: keyed, ON CONFLICT on the primary key;
- *		otherwise a plain INSERT without the key columns.  NULL when the row
- *		was there and had nothing else to set.
+ *		The statement of es_upsert: keyed, ON CONFLICT on the arbiter
+ *		columns (the primary key, or for a table matched on the producer's
+ *		key a unique index on some of its columns: the row there is updated
+ *		only when it has the other key columns' values too); otherwise a
+ *		plain INSERT without the key columns.  NULL when the row was there
+ *		and had nothing else to set, or is another row.
  */
 static Jsonb *
 es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
@@ -481,8 +486,8 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 	if (keyed)
 	{
 		appendStringInfoString(&sql, " ON CONFLICT (");
-		for (int i = 0; i < t->npk; i++)
-			appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", quote_identifier(t->pk[i]));
+		for (int i = 0; i < t->narb; i++)
+			appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", quote_identifier(t->arb[i]));
 		appendStringInfoString(&sql, ") DO ");
 		foreach(lc, cols)
 		{
@@ -494,6 +499,24 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 		}
 		if (!rest)
 			appendStringInfoString(&sql, "NOTHING");
+		else
+		{
+			/* The key columns the arbiter does not cover must be equal. */
+			bool		where = false;
+
+			for (int i = 0; i < t->npk; i++)
+			{
+				bool		arb = false;
+
+				for (int j = 0; j < t->narb; j++)
+					arb = arb || strcmp(t->pk[i], t->arb[j]) == 0;
+				if (arb)
+					continue;
+				appendStringInfo(&sql, "%st.%s = EXCLUDED.%s", where ? " AND " : " WHERE ",
+								 quote_identifier(t->pk[i]), quote_identifier(t->pk[i]));
+				where = true;
+			}
+		}
 	}
 	appendStringInfoString(&sql, " RETURNING pg_catalog.jsonb_build_object('row', eventstream._row_json(t.*),"
 						   " 'inserted', t.xmax::text = '0')");

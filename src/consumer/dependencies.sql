@@ -167,7 +167,7 @@ BEGIN
 		WITH d AS MATERIALIZED (
 			SELECT u.kind, u.ref, u.docname, u.data,
 				   CASE WHEN u.dependency THEN to_regclass(u.ref) ELSE t.local_table END AS tbl,
-				   coalesce(t.use_same_name, true) AS same
+				   coalesce(t.use_same_name, true) AS same, t.remote_key AS rkey
 			  FROM (SELECT x->>'update_type' AS kind, x->>'ref_table' AS ref, x->>'docname' AS docname,
 						   x->'data' AS data, coalesce((x->>'dependency')::boolean, false) AS dependency
 					  FROM jsonb_array_elements(docs) x
@@ -226,12 +226,14 @@ BEGIN
 			 WHERE x.rt IS NOT NULL
 			UNION
 			-- the row an Update is for (same name); a one-column key is
-			-- built here, without a function call per update
+			-- built here, without a function call per update.  Not when
+			-- the producer's key is another one than the table's: such a
+			-- row is not looked for (an Update of it fails, resyncably).
 			SELECT d.tbl, d.ref, d.docname,
 				   CASE WHEN cardinality(k.pk) = 1 THEN jsonb_build_object(k.pk[1], d.docname)
 						ELSE eventstream._key_of(d.tbl, d.docname) END
 			  FROM d JOIN tk k ON k.tbl = d.tbl
-			 WHERE d.kind = 'Update' AND d.same AND targets
+			 WHERE d.kind = 'Update' AND d.same AND targets AND (d.rkey IS NULL OR d.rkey = k.pk)
 		)
 		SELECT refs.rt, array_agg(refs.key) AS keys
 		  FROM refs
@@ -313,13 +315,16 @@ BEGIN
 		-- would go through the whole table.  If any is not (or the key is
 		-- not one column), _missing_documents says which.
 		FOR tgt IN
-			SELECT t.local_table AS tbl, array_agg(u.docname) AS names
+			SELECT t.local_table AS tbl, t.remote_key AS rkey, array_agg(u.docname) AS names
 			  FROM eventstream._page_updated(body) u
 			  JOIN eventstream.producer_table t
 				ON t.producer_url = _missing_for.producer_url AND t.ref_table = u.ref_table AND t.use_same_name
 			 WHERE settled
-			 GROUP BY t.local_table
+			 GROUP BY t.local_table, t.remote_key
 		LOOP
+			-- (a table whose key is another one than the producer's: its
+			-- rows are not looked for, see _missing_documents)
+			CONTINUE WHEN tgt.rkey IS NOT NULL AND tgt.rkey IS DISTINCT FROM eventstream._pk_names(tgt.tbl);
 			SELECT a.attname, format_type(a.atttypid, a.atttypmod) INTO pk_name, pk_type
 			  FROM pg_attribute a
 			 WHERE a.attrelid = tgt.tbl AND cardinality(eventstream._pk_attnums(tgt.tbl)) = 1

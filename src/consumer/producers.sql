@@ -64,6 +64,7 @@ CREATE TABLE eventstream.producer_table (
 	snapshot_failures	integer NOT NULL DEFAULT 0,
 	snapshot_retry_at	timestamptz,
 	snapshot_from		bigint,
+	remote_key			text[],
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -78,6 +79,8 @@ COMMENT ON COLUMN eventstream.producer_table.snapshot_from IS
 	'The first sync log id of the copy under way: rows this producer gave before it and the copy did not bring are deleted at its end.';
 COMMENT ON COLUMN eventstream.producer_table.snapshot_error IS
 	'Why the last request or page of the initial sync failed; it is retried at snapshot_retry_at, the other tables streaming meanwhile.';
+COMMENT ON COLUMN eventstream.producer_table.remote_key IS
+	'The key columns of the producer''s table, in key order, as it last said (NULL: it does not say); rows are matched on them.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 
@@ -259,7 +262,13 @@ BEGIN
 																				   'unsubscribed', t.unsubscribe)
 														 ORDER BY t.ref_table), '[]')
 										FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url)));
-	PERFORM eventstream._mirror_statuses(p.producer_url, reply->'tables');
+	PERFORM eventstream._mirror_statuses(p.producer_url, reply->'tables', reply->'keys');
+	-- A table subscribed now under the producer's names must be able to
+	-- match its rows on the producer's key.
+	PERFORM eventstream._check_remote_key(pt.local_table, pt.remote_key)
+	   FROM eventstream.producer_table pt
+	  WHERE pt.producer_url = p.producer_url AND pt.ref_table = ANY (strict) AND pt.use_same_name
+		AND pt.mapping IS NULL AND NOT pt.unsubscribe AND pt.remote_key IS NOT NULL;
 	FOR t IN SELECT x FROM jsonb_array_elements(coalesce(reply->'tables', '[]')) x
 			  WHERE jsonb_typeof(x->'error') = 'object' AND NOT coalesce((x->>'unsubscribed')::boolean, false)
 			  ORDER BY x->>'ref_table' LOOP
@@ -276,11 +285,20 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION eventstream._mirror_statuses(producer_url text, tables jsonb) RETURNS void
+-- Mirror what the producer says of the subscribed tables: their statuses
+-- (tables), and the key columns of each (keys, {"schema.table": [...]},
+-- NULL from a producer that does not say).
+CREATE FUNCTION eventstream._mirror_statuses(producer_url text, tables jsonb, keys jsonb DEFAULT NULL) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF jsonb_typeof(keys) = 'object' THEN
+		UPDATE eventstream.producer_table t
+		   SET remote_key = ARRAY(SELECT jsonb_array_elements_text(keys->t.ref_table))
+		 WHERE t.producer_url = _mirror_statuses.producer_url AND jsonb_typeof(keys->t.ref_table) = 'array'
+		   AND t.remote_key IS DISTINCT FROM ARRAY(SELECT jsonb_array_elements_text(keys->t.ref_table));
+	END IF;
 	UPDATE eventstream.producer_table t
 		   SET status = x->>'status', readable = coalesce((x->>'readable')::boolean, true),
 			   error = x->'error'->>'message',

@@ -231,23 +231,30 @@ es_pull_apply(EsProducer *p, bool *more)
 
 		/*
 		 * The pages held for this window first (es_pull_hold), under the
-		 * table statuses its last page gives: a table rejected while the
-		 * window was on its way gets none of its updates applied, the
-		 * first pages' included (_apply_updates drops them).
+		 * table statuses (and key columns) its last page gives: a table
+		 * rejected while the window was on its way gets none of its
+		 * updates applied, the first pages' included (_apply_updates drops
+		 * them).
 		 */
 		if (p->held != NIL)
 		{
 			JsonbValue *tables = es_pull_page_field(p, "tables");
+			JsonbValue *keys = es_pull_page_field(p, "keys");
 
 			if (tables != NULL && tables->type == jbvBinary)
 			{
-				Oid			mirror_types[2] = {TEXTOID, JSONBOID};
-				Datum		mirror_values[2];
+				Oid			mirror_types[3] = {TEXTOID, JSONBOID, JSONBOID};
+				Datum		mirror_values[3];
+				char		mirror_nulls[3] = {' ', ' ', ' '};
 
 				mirror_values[0] = values[0];
 				mirror_values[1] = JsonbPGetDatum(JsonbValueToJsonb(tables));
-				if (SPI_execute_with_args("SELECT eventstream._mirror_statuses($1, $2)",
-										  2, mirror_types, mirror_values, NULL, false, 1) != SPI_OK_SELECT)
+				if (keys != NULL && keys->type == jbvBinary)
+					mirror_values[2] = JsonbPGetDatum(JsonbValueToJsonb(keys));
+				else
+					mirror_nulls[2] = 'n';
+				if (SPI_execute_with_args("SELECT eventstream._mirror_statuses($1, $2, $3)",
+										  3, mirror_types, mirror_values, mirror_nulls, false, 1) != SPI_OK_SELECT)
 					elog(ERROR, "could not mirror the statuses of a producer's tables");
 			}
 		}

@@ -450,7 +450,8 @@ BEGIN
 		'consumer_url', url,
 		'producer_site_id', (SELECT s.site_id FROM eventstream.site s),
 		'cursor', format('v1/%s/%s/%s', greatest(c.acked_page, 1), c.acked_snapshot, c.acked_low),
-		'tables', eventstream._consumer_tables(url));
+		'tables', eventstream._consumer_tables(url),
+		'keys', eventstream._consumer_keys(url));
 END
 $$;
 
@@ -468,6 +469,24 @@ AS $$
 	  FROM eventstream.consumer_table ct
 	  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
 	 WHERE ct.consumer_url = _consumer_tables.consumer_url
+$$;
+
+-- The key columns of a consumer's subscribed tables, in key order, as sent
+-- with every reply: {"schema.table": ["a", "b"]}.  A docname is the key
+-- rendered (see _docname_of); a consumer whose table has another key
+-- matches rows on these columns.  Tables that are gone, have no key or
+-- that the consumer's role cannot read are left out.
+CREATE FUNCTION eventstream._consumer_keys(consumer_url text) RETURNS jsonb
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(jsonb_object_agg(x.ref_table, to_jsonb(x.key) ORDER BY x.ref_table), '{}')
+	  FROM (SELECT ct.ref_table, eventstream._pk_names(to_regclass(ct.ref_table)) AS key
+			  FROM eventstream.consumer_table ct
+			  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
+			 WHERE ct.consumer_url = _consumer_keys.consumer_url AND NOT ct.unsubscribed
+			   AND coalesce(has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT'), false)) x
+	 WHERE x.key IS NOT NULL
 $$;
 
 -- Producer side: how each consumer is doing.

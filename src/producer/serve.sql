@@ -379,11 +379,11 @@ BEGIN
 	next_cursor := CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id, max_to)
 						ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END;
 	complete := NOT more;
-	page := format('{"cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s, "updates": [%s]}',
+	page := format('{"cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s, "keys": %s, "updates": [%s]}',
 				   to_json(next_cursor), to_json(more), to_json(complete),
 				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l
 									  WHERE l.id = abs(ids[cardinality(ids)])))::text, 'null'),
-				   tables_now,
+				   tables_now, eventstream._consumer_keys(c.consumer_url),
 				   coalesce(body, array_to_string(texts, ', ')));
 END
 $$;
