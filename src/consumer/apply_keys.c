@@ -238,7 +238,7 @@ es_check_hidden(EsApply *a, EsTable *t, Jsonb *key, EsUpdateKind kind, const cha
 	table_close(rel, AccessShareLock);
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT 1 FROM %s t, pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE ",
+	appendStringInfo(&sql, "SELECT 1 FROM %s t, eventstream._populate(NULL::%s, $1) k WHERE ",
 					 t->qualname, t->qualname);
 	for (int i = 0; i < t->npk; i++)
 		appendStringInfo(&sql, "%st.%s = k.%s", i > 0 ? " AND " : "",
