@@ -57,7 +57,7 @@ typedef struct EsSub
 	Oid			relid;			/* InvalidOid: not subscribed */
 	bool		same_name;
 	char	   *mapping;		/* its mapping, or NULL */
-	bool		dropped;		/* unsubscribed or no longer approved */
+	bool		dropped;		/* unsubscribed here */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
