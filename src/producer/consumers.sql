@@ -313,10 +313,10 @@ $$;
 -- Whether a consumer holds a document of a conditioned subscription, as
 -- the pull of page pageno sees it: the latest change of consumer_document,
 -- other pulls of that same page left aside (NULL pageno: the latest of
--- all).
+-- all).  Plain SQL without a SET clause: inlined into its callers, which
+-- are SECURITY DEFINER with a safe search_path.
 CREATE FUNCTION eventstream._holds(consumer_url text, ref_table text, docname text, pageno bigint) RETURNS boolean
 	LANGUAGE sql STABLE
-	SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT coalesce((SELECT d.held FROM eventstream.consumer_document d
 					  WHERE d.consumer_url = _holds.consumer_url AND d.ref_table = _holds.ref_table
@@ -390,7 +390,7 @@ CREATE FUNCTION eventstream.reject(consumer_url text, ref_table text) RETURNS vo
 		SELECT eventstream._set_status(consumer_url, ref_table, 'Rejected');
 	END;
 COMMENT ON FUNCTION eventstream.reject(text, text) IS
-	'Reject a consumer''s subscription to a table: nothing of it is ever served.';
+	'Reject a consumer''s subscription to a table: nothing written after the rejection is served to it; what was written before it (committed before it, or earlier in the same transaction) still is.';
 
 CREATE FUNCTION eventstream.remove_consumer(consumer_url text) RETURNS void
 	LANGUAGE plpgsql

@@ -101,6 +101,7 @@ SELECT e->>'update_type' AS update_type, e->>'docname' AS docname
   FROM jsonb_array_elements(eventstream._pull('http://consumer-c:8000', :'saved', 10)->'updates') e;
 UPDATE cursors SET cur = :'first_pull' WHERE consumer = 'http://consumer-c:8000';
 SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+DELETE FROM note WHERE id = 41;
 SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
 
 -- A rejection applies from where it is made: the rows its transaction
