@@ -147,7 +147,7 @@ es_sub(EsApply *a, const char *ref)
 	pt = es_run(InvalidOid,
 				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name,"
 				"                                     'mapping', t.mapping, 'key', t.remote_key,"
-				"                                     'off', t.unsubscribe OR t.status <> 'Approved')"
+				"                                     'off', t.unsubscribe)"
 				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
 				es_jsonb_parse(arg.data));
 	old = MemoryContextSwitchTo(a->subs_cxt);
@@ -798,9 +798,12 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 		all = es_elements(updates);
 
 		/*
-		 * Updates of a table unsubscribed or rejected since they were
-		 * served (the window was on its way): it is to receive no more, so
-		 * none of the window's are applied -- not the first pages' only.
+		 * Updates of a table unsubscribed since they were served (the
+		 * window was on its way): it is to receive no more, so none of the
+		 * window's are applied -- not the first pages' only.  A table the
+		 * producer rejected meanwhile is not dropped: the producer serves
+		 * only what was written before the rejection, as under the
+		 * approval.
 		 */
 		es_apply_reset();
 		foreach(lc2, all)

@@ -60,7 +60,7 @@ typedef struct EsSub
 	Oid			relid;			/* InvalidOid: not subscribed */
 	bool		same_name;
 	char	   *mapping;		/* its mapping, or NULL */
-	bool		dropped;		/* unsubscribed or no longer approved */
+	bool		dropped;		/* unsubscribed here */
 	int			nrkey;			/* the producer's key columns, in key */
 	char	  **rkey;			/* order (none: the producer did not say) */
 } EsSub;

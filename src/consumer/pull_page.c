@@ -230,11 +230,11 @@ es_pull_apply(EsProducer *p, bool *more)
 		values[0] = CStringGetTextDatum(p->url);
 
 		/*
-		 * The pages held for this window first (es_pull_hold), under the
-		 * table statuses (and key columns) its last page gives: a table
-		 * rejected while the window was on its way gets none of its
-		 * updates applied, the first pages' included (_apply_updates drops
-		 * them).
+		 * The pages held for this window first (es_pull_hold), with the
+		 * table statuses (and key columns) its last page gives mirrored
+		 * first.  A table rejected while the window was on its way still
+		 * gets its updates applied: the producer served them because they
+		 * were written before the rejection.
 		 */
 		if (p->held != NIL)
 		{

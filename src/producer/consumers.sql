@@ -52,6 +52,9 @@ CREATE TABLE eventstream.consumer_table (
 	unsubscribed		boolean NOT NULL DEFAULT false,
 	condition			text,
 	approved_snapshot	pg_snapshot,
+	ended_snapshot		pg_snapshot,
+	ended_txid			xid8,
+	ended_id			bigint,
 	condition_error		text,
 	condition_error_at	timestamptz,
 	PRIMARY KEY (consumer_url, ref_table)
@@ -60,6 +63,10 @@ COMMENT ON TABLE eventstream.consumer_table IS
 	'Event Consumer Document Type: one row per table a consumer subscribed to; the producer admin sets status.';
 COMMENT ON COLUMN eventstream.consumer_table.approved_snapshot IS
 	'Taken when the subscription (re)became Approved and subscribed: logs committed before it are not served (the initial sync covers them).';
+COMMENT ON COLUMN eventstream.consumer_table.ended_snapshot IS
+	'Taken when an approved subscription stopped being Approved (rejected, or set back to Pending): logs committed before it are still served, those committed after it are not.';
+COMMENT ON COLUMN eventstream.consumer_table.ended_txid IS
+	'The transaction that ended the approval: its own logs are still served when their id is below ended_id (written before the change).';
 COMMENT ON COLUMN eventstream.consumer_table.condition_error IS
 	'Latest error raised by the condition; documents whose condition fails are not served.';
 
@@ -85,21 +92,31 @@ CREATE VIEW eventstream.update_log_consumer AS
 COMMENT ON VIEW eventstream.update_log_consumer IS
 	'Read receipts: which consumer was served which update log.';
 
--- Conditioned subscriptions only.  consumer_document: the documents a
--- consumer has been served (so it keeps hearing about them, their Delete
--- included, after they stop matching).  withheld: logs a condition kept from
--- a consumer, replayed when the document starts to match.  page / served_page
--- tie each change to the pull that made it, so pulling a page again (the
--- consumer did not apply it) undoes it first.
+-- Conditioned subscriptions only.  consumer_document: whether a consumer
+-- holds a document, as the changes of that state (a document is served:
+-- held; it stops matching and is served a Delete: not held), the latest
+-- (largest seq) deciding, no row meaning not held.  Each change names the
+-- pull that made it: its page and the cursor that pull returned (token).
+-- A page may be pulled more than once (the consumer did not apply it, or
+-- two of its sessions pulled it), and the consumer goes on from one of
+-- those pulls, the one whose cursor it pulls the next page with: the
+-- changes of the others are dropped then (see _pull_page).  withheld: logs
+-- a condition kept from a consumer, replayed when the document starts to
+-- match.  page / served_page tie each change to the page that made it, so
+-- pulling a page again undoes it first.
 CREATE TABLE eventstream.consumer_document (
 	consumer_url	text NOT NULL,		-- cleaned up by remove_consumer
 	ref_table		text NOT NULL,
 	docname			text NOT NULL,
-	page			bigint NOT NULL,
-	PRIMARY KEY (consumer_url, ref_table, docname)
+	seq				bigint GENERATED ALWAYS AS IDENTITY,
+	page			bigint,				-- NULL: served by an initial sync
+	token			text,				-- NULL while its pull runs, and for an initial sync
+	held			boolean NOT NULL,
+	PRIMARY KEY (consumer_url, ref_table, docname, seq)
 );
+CREATE INDEX consumer_document_page_idx ON eventstream.consumer_document (consumer_url, page);
 COMMENT ON TABLE eventstream.consumer_document IS
-	'Documents of conditioned subscriptions that a consumer has been served.';
+	'Documents of conditioned subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching: not held), with the pull that made it; the latest counts.';
 CREATE TABLE eventstream.withheld (
 	consumer_url	text NOT NULL,		-- cleaned up by remove_consumer
 	ref_table		text NOT NULL,
@@ -234,7 +251,15 @@ BEGIN
 END
 $$;
 
--- Stamp the start of every approved period of a subscription.
+/*
+ * Stamp the start and the end of every approved period of a subscription.
+ * It starts when it becomes Approved and subscribed.  It ends when its
+ * status changes from Approved (reject(), or an UPDATE to Pending): the
+ * logs served are then those of transactions committed before the change,
+ * and those the changing transaction wrote before it (their ids are below
+ * the next id to be drawn now), as under the old status.  Unsubscribing
+ * ends it at once: the consumer asked for nothing more.
+ */
 CREATE FUNCTION eventstream._consumer_table_approval() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -243,11 +268,89 @@ BEGIN
 	IF NEW.status = 'Approved' AND NOT NEW.unsubscribed THEN
 		IF TG_OP = 'INSERT' OR OLD.status <> 'Approved' OR OLD.unsubscribed THEN
 			NEW.approved_snapshot := pg_current_snapshot();
+			NEW.ended_snapshot := NULL;
+			NEW.ended_txid := NULL;
+			NEW.ended_id := NULL;
 		END IF;
+	ELSIF NEW.unsubscribed THEN
+		NEW.ended_snapshot := NULL;
+		NEW.ended_txid := NULL;
+		NEW.ended_id := NULL;
+	ELSIF TG_OP = 'UPDATE' AND OLD.status = 'Approved' AND NOT OLD.unsubscribed THEN
+		-- The transaction's own id first: it then is in no snapshot's
+		-- future.  Every log it wrote so far is visible to it, every log
+		-- written later gets a larger id than any drawn so far.
+		NEW.ended_txid := pg_current_xact_id();
+		NEW.ended_snapshot := pg_current_snapshot();
+		NEW.ended_id := coalesce((SELECT max(l.id) FROM eventstream.update_log l), 0) + 1;
 	END IF;
 	RETURN NEW;
 END
 $$;
+
+-- Whether a log (by its txid and id) was written under an approval that
+-- ended as end_snapshot, end_txid and end_id say (see
+-- _consumer_table_approval); true when the approval has not ended.  Plain
+-- SQL without a SET clause: inlined into the queries that use it.
+CREATE FUNCTION eventstream._before_end(txid xid8, id bigint, end_snapshot pg_snapshot, end_txid xid8,
+										end_id bigint) RETURNS boolean
+	LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT end_snapshot IS NULL
+		OR CASE WHEN txid = end_txid THEN id < end_id
+				ELSE pg_catalog.pg_visible_in_snapshot(txid, end_snapshot) END
+$$;
+
+-- Whether every log an ended approval still serves is visible in snap
+-- (a consumer whose cursor is past snap has had all of them).
+CREATE FUNCTION eventstream._end_passed(end_snapshot pg_snapshot, end_txid xid8, snap pg_snapshot) RETURNS boolean
+	LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT pg_catalog.pg_snapshot_xmax(end_snapshot) <= pg_catalog.pg_snapshot_xmin(snap)
+	   AND end_txid < pg_catalog.pg_snapshot_xmin(snap)
+$$;
+
+-- Whether a consumer holds a document of a conditioned subscription, as
+-- the pull of page pageno sees it: the latest change of consumer_document,
+-- other pulls of that same page left aside (NULL pageno: the latest of
+-- all).  Plain SQL without a SET clause: inlined into its callers, which
+-- are SECURITY DEFINER with a safe search_path.
+CREATE FUNCTION eventstream._holds(consumer_url text, ref_table text, docname text, pageno bigint) RETURNS boolean
+	LANGUAGE sql STABLE
+AS $$
+	SELECT coalesce((SELECT d.held FROM eventstream.consumer_document d
+					  WHERE d.consumer_url = _holds.consumer_url AND d.ref_table = _holds.ref_table
+						AND d.docname = _holds.docname
+						AND NOT (d.page IS NOT DISTINCT FROM _holds.pageno AND d.token IS NOT NULL)
+					  ORDER BY d.seq DESC LIMIT 1), false)
+$$;
+
+/*
+ * Record that a consumer now holds a document, or no longer does, as of
+ * page (NULL: an initial sync); _pull_page names the pull (token) when it
+ * ends.  Changes the consumer acknowledged (pages before acked_page, whose
+ * other pulls were dropped, and initial syncs) cannot be undone: of those
+ * only the latest counts, and only if it says "held", so the rest is
+ * deleted; a document keeps a row or two.
+ */
+CREATE FUNCTION eventstream._set_holds(consumer_url text, ref_table text, docname text, held boolean,
+									   page bigint, acked_page bigint) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	DELETE FROM eventstream.consumer_document d
+	 WHERE d.consumer_url = _set_holds.consumer_url AND d.ref_table = _set_holds.ref_table
+	   AND d.docname = _set_holds.docname
+	   AND (d.page IS NULL OR d.page < _set_holds.acked_page)
+	   AND (NOT d.held
+			OR d.seq < (SELECT max(x.seq) FROM eventstream.consumer_document x
+						 WHERE x.consumer_url = _set_holds.consumer_url AND x.ref_table = _set_holds.ref_table
+						   AND x.docname = _set_holds.docname
+						   AND (x.page IS NULL OR x.page < _set_holds.acked_page)));
+	INSERT INTO eventstream.consumer_document (consumer_url, ref_table, docname, page, held)
+		VALUES (_set_holds.consumer_url, _set_holds.ref_table, _set_holds.docname, _set_holds.page,
+				_set_holds.held);
+END;
 CREATE TRIGGER approval BEFORE INSERT OR UPDATE ON eventstream.consumer_table
 	FOR EACH ROW EXECUTE FUNCTION eventstream._consumer_table_approval();
 
@@ -287,7 +390,7 @@ CREATE FUNCTION eventstream.reject(consumer_url text, ref_table text) RETURNS vo
 		SELECT eventstream._set_status(consumer_url, ref_table, 'Rejected');
 	END;
 COMMENT ON FUNCTION eventstream.reject(text, text) IS
-	'Reject a consumer''s subscription to a table: nothing of it is ever served.';
+	'Reject a consumer''s subscription to a table: nothing written after the rejection is served to it; what was written before it (committed before it, or earlier in the same transaction) still is.';
 
 CREATE FUNCTION eventstream.remove_consumer(consumer_url text) RETURNS void
 	LANGUAGE plpgsql
@@ -501,10 +604,11 @@ SELECT c.consumer_url,
 		  FROM eventstream.update_log l
 		  JOIN eventstream.consumer_table ct
 			ON ct.consumer_url = c.consumer_url AND ct.ref_table = l.ref_table
-		   AND ct.status = 'Approved' AND NOT ct.unsubscribed
+		   AND (ct.status = 'Approved' OR ct.ended_snapshot IS NOT NULL) AND NOT ct.unsubscribed
 		 WHERE l.id >= c.acked_low
 		   AND NOT pg_visible_in_snapshot(l.txid, c.acked_snapshot)
 		   AND NOT pg_visible_in_snapshot(l.txid, ct.approved_snapshot)
+		   AND eventstream._before_end(l.txid, l.id, ct.ended_snapshot, ct.ended_txid, ct.ended_id)
 		   AND l.origin IS DISTINCT FROM c.site_id) AS updates_waiting,
 	   (SELECT count(*) FROM eventstream.consumer_table ct
 		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed) AS tables_approved,

@@ -32,6 +32,8 @@ $$;
  * holding logs back and are marked aged_out if that loses them anything.
  * Logs a condition withheld from a consumer are kept (within the retention
  * period) so the document's history can be replayed if it starts to match.
+ * A subscription rejected since holds back the logs still to be served to
+ * it (those committed before the rejection) until they are acknowledged.
  * Returns the number of logs deleted.
  */
 CREATE FUNCTION eventstream.prune(max_logs bigint DEFAULT NULL) RETURNS bigint
@@ -56,7 +58,10 @@ BEGIN
 	  FROM eventstream.consumer c
 	 WHERE c.acked_at > now() - retention AND NOT c.aged_out
 	   AND EXISTS (SELECT 1 FROM eventstream.consumer_table ct
-					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed);
+					WHERE ct.consumer_url = c.consumer_url AND NOT ct.unsubscribed
+					  AND (ct.status = 'Approved'
+						   OR (ct.ended_snapshot IS NOT NULL
+							   AND NOT eventstream._end_passed(ct.ended_snapshot, ct.ended_txid, c.acked_snapshot))));
 	horizon := least(horizon, eventstream._low_bound());
 	IF horizon IS NULL THEN
 		RETURN 0;
@@ -65,7 +70,10 @@ BEGIN
 	UPDATE eventstream.consumer c SET aged_out = true
 	 WHERE NOT c.aged_out AND c.acked_at <= now() - retention AND c.acked_low < horizon
 	   AND EXISTS (SELECT 1 FROM eventstream.consumer_table ct
-					WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed)
+					WHERE ct.consumer_url = c.consumer_url AND NOT ct.unsubscribed
+					  AND (ct.status = 'Approved'
+						   OR (ct.ended_snapshot IS NOT NULL
+							   AND NOT eventstream._end_passed(ct.ended_snapshot, ct.ended_txid, c.acked_snapshot))))
 	   AND EXISTS (SELECT 1 FROM eventstream.update_log l WHERE l.id >= c.acked_low AND l.id < horizon);
 
 	-- At most max_logs of them (the oldest that go), when asked: the

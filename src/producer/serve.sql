@@ -89,6 +89,13 @@ DECLARE
 	cond text;
 	t_snaps pg_snapshot[];
 	t_oids regclass[];
+	t_end_snaps pg_snapshot[];
+	t_end_txids xid8[];
+	t_end_ids bigint[];
+	any_ended boolean;	-- some table's approval ended (see _consumer_table_approval)
+	leaving boolean;	-- the document stops matching: it is served a Delete
+	new_held boolean;
+	changed_holds boolean := false;	-- consumer_document has changes of this pull
 	texts text[] := '{}';
 	body text;			-- the updates, when _log_page rendered them
 	n_fit integer;
@@ -180,8 +187,15 @@ BEGIN
 	 WHERE eventstream.consumer.consumer_url = c.consumer_url;
 	DELETE FROM eventstream.served_page sp
 	 WHERE sp.consumer_url = c.consumer_url AND sp.page >= pageno;
+	-- Of the documents' changes: those of pages after this one go, and of
+	-- the pulls of the page before, those the consumer did not go on from
+	-- (their cursor is not this one; a page before the acknowledged one
+	-- was settled so already).  Those of other pulls of this page stay
+	-- until the next page says which the consumer went on from.
 	DELETE FROM eventstream.consumer_document d
-	 WHERE d.consumer_url = c.consumer_url AND d.page >= pageno;
+	 WHERE d.consumer_url = c.consumer_url
+	   AND (d.page > pageno
+			OR (d.page = pageno - 1 AND pageno - 1 >= c.acked_page AND d.token IS DISTINCT FROM cursor));
 	DELETE FROM eventstream.withheld w
 	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < ack_page);
 	UPDATE eventstream.withheld w SET served_page = NULL
@@ -190,12 +204,19 @@ BEGIN
 	BEGIN
 		-- The servable tables, as arrays: the page query then has no join
 		-- and walks the primary key in order, stopping after lim + 1 rows
-		-- (a FOR loop runs it as a cursor, which favours that plan).
+		-- (a FOR loop runs it as a cursor, which favours that plan).  A
+		-- table whose approval ended (rejected) is served what was written
+		-- before that until the cursor is past it.
 		SELECT coalesce(array_agg(ct.ref_table), '{}'), array_agg(ct.condition),
-			   array_agg(ct.approved_snapshot), array_agg(to_regclass(ct.ref_table))
-		  INTO t_names, t_conds, t_snaps, t_oids
+			   array_agg(ct.approved_snapshot), array_agg(to_regclass(ct.ref_table)),
+			   array_agg(ct.ended_snapshot), array_agg(ct.ended_txid), array_agg(ct.ended_id),
+			   coalesce(bool_or(ct.ended_snapshot IS NOT NULL), false)
+		  INTO t_names, t_conds, t_snaps, t_oids, t_end_snaps, t_end_txids, t_end_ids, any_ended
 		  FROM eventstream.consumer_table ct
-		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed
+		 WHERE ct.consumer_url = c.consumer_url AND NOT ct.unsubscribed
+		   AND (ct.status = 'Approved'
+				OR (ct.ended_snapshot IS NOT NULL
+					AND NOT eventstream._end_passed(ct.ended_snapshot, ct.ended_txid, s_from)))
 		   AND to_regclass(ct.ref_table) IS NOT NULL
 		   AND has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT');
 		LOOP
@@ -247,6 +268,10 @@ BEGIN
 						   AND l.txid >= pg_snapshot_xmin(s_from) AND l.txid < pg_snapshot_xmax(s_to)
 						   AND pg_visible_in_snapshot(l.txid, s_to) AND NOT pg_visible_in_snapshot(l.txid, s_from)
 						   AND NOT pg_visible_in_snapshot(l.txid, t_snaps[array_position(t_names, l.ref_table)])
+						   AND (NOT any_ended
+								OR eventstream._before_end(l.txid, l.id, t_end_snaps[array_position(t_names, l.ref_table)],
+														   t_end_txids[array_position(t_names, l.ref_table)],
+														   t_end_ids[array_position(t_names, l.ref_table)]))
 						   AND l.origin IS DISTINCT FROM c.site_id
 						 ORDER BY l.id
 						 LIMIT lim + 1) x;
@@ -296,16 +321,20 @@ BEGIN
 				END IF;
 
 				-- Conditioned table: the document's current state decides.
-				held := EXISTS (SELECT 1 FROM eventstream.consumer_document d
-								 WHERE d.consumer_url = c.consumer_url
-								   AND d.ref_table = c_tables[i] AND d.docname = c_docs[i]);
+				held := eventstream._holds(c.consumer_url, c_tables[i], c_docs[i], pageno);
 				allowed := eventstream._condition_allows(c.consumer_url, t_oids[array_position(t_names, c_tables[i])],
 														 c_tables[i], cond, c.role, c_docs[i],
 														 jsonb_build_object('id', c_ids[i], 'update_type', c_types[i],
 																			'ref_table', c_tables[i], 'docname', c_docs[i]));
-				-- A document that is gone: tell the consumer if it has it.
+				-- A document the consumer holds that no longer matches leaves
+				-- it: this log is served as a Delete of it (as logical
+				-- replication turns an UPDATE out of a row filter into a
+				-- DELETE), and what follows is withheld until it matches
+				-- again.  A document that is gone: tell the consumer if it
+				-- holds it.
+				leaving := held AND allowed IS FALSE;
 				allowed := coalesce(allowed, held);
-				IF NOT allowed THEN
+				IF NOT allowed AND NOT leaving THEN
 					INSERT INTO eventstream.withheld (consumer_url, ref_table, docname, update_log_id, page)
 						VALUES (c.consumer_url, c_tables[i], c_docs[i], c_ids[i], pageno)
 						ON CONFLICT DO NOTHING;
@@ -313,29 +342,39 @@ BEGIN
 					CONTINUE;
 				END IF;
 
-				-- Its history the consumer has not seen goes first: what was
-				-- withheld since it was last served, or, for a document it never
-				-- had, everything since the latest withheld Create.  Without such
-				-- a Create the history is incomplete (the document predates the
-				-- subscription, or its logs were pruned): the consumer gets the
-				-- whole current document as a Create instead (negative id).
-				SELECT coalesce(array_agg(w.update_log_id ORDER BY w.update_log_id), '{}'),
-					   max(w.update_log_id) FILTER (WHERE l2.update_type = 'Create')
-				  INTO block, start_id
-				  FROM eventstream.withheld w
-				  JOIN eventstream.update_log l2 ON l2.id = w.update_log_id
-				 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
-				   AND w.docname = c_docs[i] AND w.served_page IS NULL;
-				IF c_types[i] = 'Create' THEN
+				IF leaving THEN
 					block := ARRAY[c_ids[i]];
-				ELSIF held THEN
-					block := block || c_ids[i];
-				ELSIF start_id IS NOT NULL THEN
-					block := ARRAY(SELECT x FROM unnest(block) x WHERE x >= start_id ORDER BY x) || c_ids[i];
+					block_texts := eventstream._log_texts(block);
+					IF c_types[i] <> 'Delete' THEN
+						block_texts[1] := (block_texts[1]::jsonb || '{"data": null, "update_type": "Delete"}')::text;
+					END IF;
 				ELSE
-					block := ARRAY[-c_ids[i]];
+					-- Its history the consumer has not seen goes first: what
+					-- was withheld since it was last served, or, for a
+					-- document it does not hold, everything since the latest
+					-- withheld Create.  Without such a Create the history is
+					-- incomplete (the document predates the subscription, it
+					-- left the consumer since, or its logs were pruned): the
+					-- consumer gets the whole current document as a Create
+					-- instead (negative id).
+					SELECT coalesce(array_agg(w.update_log_id ORDER BY w.update_log_id), '{}'),
+						   max(w.update_log_id) FILTER (WHERE l2.update_type = 'Create')
+					  INTO block, start_id
+					  FROM eventstream.withheld w
+					  JOIN eventstream.update_log l2 ON l2.id = w.update_log_id
+					 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
+					   AND w.docname = c_docs[i] AND w.served_page IS NULL;
+					IF c_types[i] = 'Create' THEN
+						block := ARRAY[c_ids[i]];
+					ELSIF held THEN
+						block := block || c_ids[i];
+					ELSIF start_id IS NOT NULL THEN
+						block := ARRAY(SELECT x FROM unnest(block) x WHERE x >= start_id ORDER BY x) || c_ids[i];
+					ELSE
+						block := ARRAY[-c_ids[i]];
+					END IF;
+					block_texts := eventstream._log_texts(block);
 				END IF;
-				block_texts := eventstream._log_texts(block);
 				block_bytes := (SELECT sum(octet_length(x) + 2) FROM unnest(block_texts) x);
 				IF cardinality(ids) > 0 AND
 				   (cardinality(ids) + cardinality(block) > lim OR bytes + block_bytes > max_bytes) THEN
@@ -347,12 +386,18 @@ BEGIN
 					texts[cardinality(texts) + 1] := block_texts[j];
 				END LOOP;
 				bytes := bytes + block_bytes;
-				UPDATE eventstream.withheld w SET served_page = pageno
-				 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
-				   AND w.docname = c_docs[i] AND w.served_page IS NULL;
-				INSERT INTO eventstream.consumer_document (consumer_url, ref_table, docname, page)
-					VALUES (c.consumer_url, c_tables[i], c_docs[i], pageno)
-					ON CONFLICT DO NOTHING;
+				IF NOT leaving THEN
+					UPDATE eventstream.withheld w SET served_page = pageno
+					 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
+					   AND w.docname = c_docs[i] AND w.served_page IS NULL;
+				END IF;
+				-- The consumer holds the document after this unless it left,
+				-- or the last thing served is its Delete.
+				new_held := NOT leaving AND (block[cardinality(block)] < 0 OR c_types[i] <> 'Delete');
+				IF new_held <> held THEN
+					PERFORM eventstream._set_holds(c.consumer_url, c_tables[i], c_docs[i], new_held, pageno, ack_page);
+					changed_holds := true;
+				END IF;
 				last_id := c_ids[i];
 			END LOOP;
 		END IF;
@@ -379,6 +424,10 @@ BEGIN
 	next_cursor := CASE WHEN more THEN format('v1/%s/%s/%s/%s/%s/%s/%s', pageno + 1, s_from, low_from, s_to, low_to, last_id, max_to)
 						ELSE format('v1/%s/%s/%s', pageno + 1, s_to, low_to) END;
 	complete := NOT more;
+	IF changed_holds THEN
+		UPDATE eventstream.consumer_document d SET token = next_cursor
+		 WHERE d.consumer_url = c.consumer_url AND d.page = pageno AND d.token IS NULL;
+	END IF;
 	page := format('{"cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s, "keys": %s, "updates": [%s]}',
 				   to_json(next_cursor), to_json(more), to_json(complete),
 				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l
@@ -550,9 +599,10 @@ BEGIN
 																jsonb_build_object('update_type', 'Create',
 																				   'ref_table', ct.ref_table, 'docname', n))
 							ORDER BY o);
-			INSERT INTO eventstream.consumer_document (consumer_url, ref_table, docname, page)
-				SELECT consumer, ct.ref_table, n, 0 FROM unnest(names) n
-				ON CONFLICT DO NOTHING;
+			PERFORM eventstream._set_holds(consumer, ct.ref_table, n, true, NULL,
+										   (SELECT x.acked_page FROM eventstream.consumer x WHERE x.consumer_url = consumer))
+			   FROM unnest(names) n
+			  WHERE NOT eventstream._holds(consumer, ct.ref_table, n, NULL);
 		END IF;
 	END IF;
 	SELECT coalesce(array_agg(jsonb_build_object('docname', n, 'data', eventstream._document(tbl, n)) ORDER BY o), '{}')

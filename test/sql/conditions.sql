@@ -44,14 +44,101 @@ SELECT l.docname, l.update_type, count(*) AS receipts
   FROM eventstream.update_log_consumer uc JOIN eventstream.update_log l ON l.id = uc.update_log_id
  WHERE uc.consumer_url = 'http://consumer-c:8000' GROUP BY l.id, l.docname, l.update_type ORDER BY l.id;
 
--- A document the consumer has hears about its end even if it no longer
--- matches; one it never had does not.
+-- A document the consumer holds that stops matching leaves it: the change
+-- is served as a Delete (logical replication's UPDATE out of a row
+-- filter); what follows is withheld, its end included.  One it never had
+-- is never mentioned.
 UPDATE note SET public = false, content = 'hidden' WHERE id = 1;
-SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT n, update_type, docname, data FROM pull('http://consumer-c:8000');
 DELETE FROM note WHERE id = 1;
 INSERT INTO note VALUES (3, 'three', false);
 DELETE FROM note WHERE id = 3;
 SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-c:8000');
+
+-- Back in the condition, it is created again with its whole current state,
+-- once; the changes made while it was out are not replayed.
+INSERT INTO note VALUES (40, 'forty', true, 'a');
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+UPDATE note SET public = false WHERE id = 40;
+UPDATE note SET content = 'b' WHERE id = 40;
+SELECT n, update_type, docname, data FROM pull('http://consumer-c:8000');
+UPDATE note SET content = 'c' WHERE id = 40;
+UPDATE note SET public = true, title = 'FORTY' WHERE id = 40;
+SELECT n, update_type, docname, data FROM pull('http://consumer-c:8000');
+UPDATE note SET content = 'd' WHERE id = 40;
+SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-c:8000');
+-- Out and back in before the consumer pulls: it matches now, so its
+-- changes are served as they are.
+BEGIN;
+UPDATE note SET public = false WHERE id = 40;
+UPDATE note SET public = true, content = 'e' WHERE id = 40;
+COMMIT;
+SELECT n, update_type, docname, data->'changed' AS changed FROM pull('http://consumer-c:8000');
+-- Pulling the page of a Delete again gives it again (the consumer did not
+-- apply it); the next page withholds what follows.
+UPDATE note SET public = false WHERE id = 40;
+SELECT cur AS saved FROM cursors WHERE consumer = 'http://consumer-c:8000' \gset
+SELECT e->>'update_type' AS update_type, e->>'docname' AS docname
+  FROM jsonb_array_elements(eventstream._pull('http://consumer-c:8000', :'saved', 10)->'updates') e;
+SELECT e->>'update_type' AS update_type, e->>'docname' AS docname
+  FROM jsonb_array_elements(eventstream._pull('http://consumer-c:8000', :'saved', 10)->'updates') e;
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+UPDATE note SET content = 'f' WHERE id = 40;
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT held, count(*) FROM eventstream.consumer_document
+ WHERE consumer_url = 'http://consumer-c:8000' AND docname = '40' GROUP BY held;
+DELETE FROM note WHERE id = 40;
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+-- A page pulled twice, the second time with the Delete, the consumer going
+-- on from the first (two of its sessions pulled it): the Delete comes on
+-- the next page.
+INSERT INTO note VALUES (41, 'forty-one', true);
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+SELECT cur AS saved FROM cursors WHERE consumer = 'http://consumer-c:8000' \gset
+SELECT eventstream._pull('http://consumer-c:8000', :'saved', 10)->>'cursor' AS first_pull \gset
+UPDATE note SET public = false WHERE id = 41;
+SELECT e->>'update_type' AS update_type, e->>'docname' AS docname
+  FROM jsonb_array_elements(eventstream._pull('http://consumer-c:8000', :'saved', 10)->'updates') e;
+UPDATE cursors SET cur = :'first_pull' WHERE consumer = 'http://consumer-c:8000';
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+DELETE FROM note WHERE id = 41;
+SELECT n, update_type, docname FROM pull('http://consumer-c:8000');
+
+-- A rejection applies from where it is made: the rows its transaction
+-- wrote before it, and transactions committed before it, are served as
+-- under the approval; what is written after it is not.
+CREATE TABLE plain (id int PRIMARY KEY, v text);
+GRANT SELECT ON plain TO es_sub;
+SELECT register('http://consumer-r:8000', '00000000-0000-0000-0000-0000000000e1', '["plain"]');
+SELECT eventstream.approve('http://consumer-r:8000', 'plain');
+SELECT register('http://consumer-r2:8000', '00000000-0000-0000-0000-0000000000e2', '["plain"]');
+SELECT eventstream.approve('http://consumer-r2:8000', 'plain');
+INSERT INTO plain VALUES (1, 'committed before');
+BEGIN;
+INSERT INTO plain VALUES (2, 'before reject');
+SELECT eventstream.reject('http://consumer-r:8000', 'plain');
+INSERT INTO plain VALUES (3, 'after reject');
+COMMIT;
+INSERT INTO plain VALUES (4, 'committed after');
+SELECT n, update_type, docname FROM pull('http://consumer-r:8000');
+SELECT n, update_type, docname FROM pull('http://consumer-r:8000');
+-- The other consumer, still approved, gets all of them.
+SELECT n, update_type, docname FROM pull('http://consumer-r2:8000');
+SELECT consumer_url, tables_approved, updates_waiting FROM eventstream.consumer_status
+ WHERE consumer_url LIKE 'http://consumer-r%' ORDER BY 1;
+-- The only consumer rejected in the middle of a transaction: the rows
+-- before are logged and served, the capture trigger is gone after it.
+SELECT eventstream.remove_consumer('http://consumer-r2:8000');
+SELECT eventstream.approve('http://consumer-r:8000', 'plain');
+BEGIN;
+INSERT INTO plain VALUES (5, 'before reject');
+SELECT eventstream.reject('http://consumer-r:8000', 'plain');
+INSERT INTO plain VALUES (6, 'after reject');
+COMMIT;
+SELECT n, update_type, docname FROM pull('http://consumer-r:8000');
+SELECT count(*) AS capture_triggers FROM pg_trigger WHERE tgname = 'eventstream_capture' AND tgrelid = 'plain'::regclass;
+SELECT eventstream.remove_consumer('http://consumer-r:8000');
+DROP TABLE plain;
 
 -- Pulling a page again (the consumer did not apply it) replays the same
 -- history again.
