@@ -29,6 +29,14 @@
  *								  child row deleted because its parent is
  *								  gone (cascade) logs nothing
  *
+ * A table the trigger needs that has no primary key (it was dropped while
+ * the table is subscribed: the document table, a child table, or a child
+ * table's parent) leaves nothing to name the document by.  Its changes are
+ * then not logged, and not refused either: the application's transaction
+ * goes on, with one WARNING per table and transaction (also in the server
+ * log), and consumer_status counts the subscription in tables_without_key
+ * until the key is back.
+ *
  * The hot path (a document table without children) runs no SPI and no
  * planner: the log tuple is formed directly and inserted with
  * simple_heap_insert() plus index_insert() on the log's indexes, whose
@@ -56,6 +64,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "nodes/execnodes.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -122,6 +131,8 @@ typedef struct EsTrigger
 	text	   *ref_table_text;	/* ref_table as a text datum */
 	EsEncoder  *enc;			/* for this table's rows, with its primary key */
 	bool		is_child;
+	char	   *nokey_table;	/* set: this table lacks its primary key */
+	LocalTransactionId warned_lxid; /* transaction last warned about it */
 	/* document table */
 	int			nchildren;
 	EsChild    *children;
@@ -484,9 +495,18 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	t->relid = RelationGetRelid(rel);
 	t->ref_table = es_qualified_relname(rel);
 	t->ref_table_text = cstring_to_text(t->ref_table);
+	t->is_child = (strcmp(trig->tgargs[0], "child") == 0);
+	if (t->is_child)
+		t->parent_relid = pg_strtoint32(trig->tgargs[1]);
+	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+	{
+		t->nokey_table = t->ref_table;
+		MemoryContextSwitchTo(oldcxt);
+		t->valid = true;
+		return;
+	}
 	npk = es_pk_attnums(rel, pk);
 	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
-	t->is_child = (strcmp(trig->tgargs[0], "child") == 0);
 
 	if (t->is_child)
 	{
@@ -494,7 +514,6 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		int			nfk;
 		Relation	parent;
 
-		t->parent_relid = pg_strtoint32(trig->tgargs[1]);
 		es_parse_attnums(trig->tgargs[2], fk, &nfk);
 		for (i = 0; i < nfk; i++)
 		{
@@ -519,6 +538,14 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		}
 		t->parent_ref_table = es_qualified_relname(parent);
 		t->parent_ref_table_text = cstring_to_text(t->parent_ref_table);
+		if (!OidIsValid(RelationGetPrimaryKeyIndex(parent)))
+		{
+			t->nokey_table = t->parent_ref_table;
+			table_close(parent, AccessShareLock);
+			MemoryContextSwitchTo(oldcxt);
+			t->valid = true;
+			return;
+		}
 		npk = es_pk_attnums(parent, pk);
 		if (npk != nfk)
 			elog(ERROR, "capture trigger key of \"%s\" does not match its parent",
@@ -561,15 +588,18 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 			c->ref_table = es_qualified_relname(crel);
 			{
 				AttrNumber	cpk[ES_MAX_KEYS];
-				int			ncpk = es_pk_attnums(crel, cpk);
+				int			ncpk = 0;
 				StringInfoData order;
 				int			k;
 
+				/* A child that lost its key lists its rows in no set order. */
+				if (OidIsValid(RelationGetPrimaryKeyIndex(crel)))
+					ncpk = es_pk_attnums(crel, cpk);
 				initStringInfo(&order);
 				for (k = 0; k < ncpk; k++)
-					appendStringInfo(&order, "%s%s", k > 0 ? ", " : "",
+					appendStringInfo(&order, "%s%s", k > 0 ? ", " : " ORDER BY ",
 									 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(crel), cpk[k] - 1)->attname)));
-				c->rows_sql = psprintf("SELECT * FROM ONLY %s WHERE %s ORDER BY %s",
+				c->rows_sql = psprintf("SELECT * FROM ONLY %s WHERE %s%s",
 									   c->ref_table,
 									   es_key_condition(crel, c->fk, c->nfk),
 									   order.data);
@@ -1046,6 +1076,25 @@ es_capture_child(EsTrigger *t, TriggerData *trigdata)
 }
 
 /*
+ * es_warn_nokey
+ *		Say, once per transaction and trigger, that the changes of t's table
+ *		are not captured because t->nokey_table lacks its primary key.
+ */
+static void
+es_warn_nokey(EsTrigger *t)
+{
+	if (t->warned_lxid == MyProc->lxid)
+		return;
+	t->warned_lxid = MyProc->lxid;
+	ereport(WARNING,
+			(errcode(ERRCODE_WARNING),
+			 errmsg("changes of table \"%s\" are not captured: table \"%s\" has no primary key",
+					t->ref_table, t->nokey_table),
+			 errdetail("eventstream names documents and child rows by their primary key; its consumers do not receive these changes."),
+			 errhint("Add the primary key again, then have the consumers copy the table again with eventstream.resync_table().")));
+}
+
+/*
  * eventstream_capture
  *		The AFTER ROW trigger function eventstream._capture().
  */
@@ -1066,7 +1115,9 @@ eventstream_capture(PG_FUNCTION_ARGS)
 				 errmsg("eventstream._capture: must be fired AFTER ... FOR EACH ROW")));
 
 	t = es_trigger_lookup(trigdata);
-	if (t->is_child)
+	if (t->nokey_table != NULL)
+		es_warn_nokey(t);
+	else if (t->is_child)
 		es_capture_child(t, trigdata);
 	else
 		es_capture_doc(t, trigdata);
