@@ -525,6 +525,13 @@ es_prepared_load(EsDbIds *e)
 	int			rc;
 	int			i;
 
+	/* Without prepared transactions there is nothing to recover. */
+	if (es_shared->nprepared == 0)
+	{
+		if (e != NULL)
+			e->prepared_loaded = true;
+		return;
+	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	rc = SPI_execute(psprintf("SELECT p.transaction FROM pg_catalog.pg_prepared_xact() p"

@@ -133,12 +133,31 @@ INSERT INTO wrong VALUES (1);
 DROP TABLE wrong;
 SELECT eventstream._capture();
 
--- A transaction that wrote logs cannot be prepared (it would outlive its
--- backend's low-bound slot).
+-- A transaction that wrote logs can be prepared: until it ends, the low
+-- bound stays at or below its first log id, although its backend's slot
+-- is cleared and later transactions commit; after COMMIT PREPARED its logs
+-- are visible and the bound moves on; after ROLLBACK PREPARED nothing of it
+-- remains.
 BEGIN;
 INSERT INTO item (code) VALUES ('prepared');
+INSERT INTO item (code) VALUES ('prepared-2');
+SELECT min(id) AS prepared_first FROM eventstream.update_log WHERE txid = pg_current_xact_id() \gset
 PREPARE TRANSACTION 'es_prepared';
-SELECT count(*) AS prepared_logs FROM eventstream.update_log WHERE docname = 'prepared';
+SELECT count(*) AS prepared_logs FROM eventstream.update_log WHERE docname LIKE 'prepared%';
+INSERT INTO item (code) VALUES ('after-prepared');
+SELECT eventstream._low_bound() <= :prepared_first AS bound_below_prepared;
+COMMIT PREPARED 'es_prepared';
+SELECT docname FROM eventstream.update_log WHERE docname LIKE 'prepared%' ORDER BY id;
+SELECT eventstream._low_bound() > :prepared_first AS bound_past_committed;
+BEGIN;
+INSERT INTO item (code) VALUES ('rolled-back');
+SELECT min(id) AS prepared_first FROM eventstream.update_log WHERE txid = pg_current_xact_id() \gset
+PREPARE TRANSACTION 'es_rolled_back';
+SELECT eventstream._low_bound() <= :prepared_first AS bound_below_prepared;
+ROLLBACK PREPARED 'es_rolled_back';
+SELECT eventstream._low_bound() > :prepared_first AS bound_past_rolled_back,
+	   count(*) AS rolled_back_logs
+  FROM eventstream.update_log WHERE docname = 'rolled-back';
 
 -- The log is written without an executor: expression indexes on it are
 -- refused clearly, and writes work again once the index is gone.
@@ -147,3 +166,23 @@ INSERT INTO item (code) VALUES ('expr-index');
 DROP INDEX eventstream.update_log_expr;
 INSERT INTO item (code) VALUES ('no-expr-index');
 SELECT docname FROM eventstream.update_log WHERE docname LIKE '%expr-index' ORDER BY id;
+
+-- A subscribed table that lost its primary key: writes succeed and are not
+-- logged, with one WARNING per transaction and table; consumer_status
+-- counts the subscription until the key is back.
+SELECT tgrelid::regclass AS captured FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
+ALTER TABLE item DROP CONSTRAINT item_pkey;
+SELECT count(*) AS logs_before FROM eventstream.update_log \gset
+INSERT INTO item (code) VALUES ('no-key-1'), ('no-key-2');
+BEGIN;
+UPDATE item SET name = 'changed' WHERE code = 'no-key-1';
+DELETE FROM item WHERE code = 'no-key-2';
+COMMIT;
+SELECT count(*) - :logs_before AS logs_written, count(*) FILTER (WHERE docname LIKE 'no-key%') AS no_key_logs
+  FROM eventstream.update_log;
+SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
+ALTER TABLE item ADD PRIMARY KEY (code);
+INSERT INTO item (code) VALUES ('key-back');
+SELECT docname FROM eventstream.update_log WHERE id > (SELECT max(id) - 1 FROM eventstream.update_log);
+SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
