@@ -87,6 +87,20 @@ INSERT INTO invoice VALUES (5, 'Raviga');
 SELECT docname, data ? 'public.extra_item' AS has_extra, data ? 'public.invoice_item' AS has_items
   FROM eventstream.update_log WHERE docname IN ('4', '5') AND update_type = 'Create' ORDER BY docname;
 
+-- A child table that lost its primary key: changes of its rows are not
+-- captured (one WARNING per transaction), its parent's still are (the
+-- parent's Create reads the child's rows in no set order); with the key
+-- back the child's are captured again.
+ALTER TABLE invoice_item DROP CONSTRAINT invoice_item_pkey;
+SELECT max(id) AS before_nokey FROM eventstream.update_log \gset
+INSERT INTO invoice_item VALUES (5, 1, 'fig', 1);
+UPDATE invoice SET id = 50 WHERE id = 5;
+SELECT update_type, docname, data->'public.invoice_item' AS items
+  FROM eventstream.update_log WHERE id > :before_nokey ORDER BY id;
+ALTER TABLE invoice_item ADD PRIMARY KEY (invoice_id, line);
+UPDATE invoice_item SET qty = 2 WHERE invoice_id = 50;
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :before_nokey ORDER BY id;
+
 -- Unregistering a child table removes its capture; its rows leave the
 -- parent's documents.
 SELECT eventstream.remove_child_table('invoice_item');
