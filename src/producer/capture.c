@@ -14,7 +14,10 @@
  *		one argument per registered child table, naming the child's foreign
  *		key columns in the order of the parent's primary key columns;
  *	  child table:	   'child', '<parent oid>', '<attnum>[,<attnum>...]'
- *		this child's foreign key columns in parent primary key order.
+ *		this child's foreign key columns in parent primary key order;
+ *	  either, last:	   'key:<column>[,<column>...]'
+ *		the table's primary key columns by (quoted) name, as of the last
+ *		_sync_capture() that saw the table with a primary key.
  *
  * What gets logged (data is jsonb, see rowjson.c for value rendering):
  *	  INSERT on a document table  Create, the row plus one array per child
@@ -29,13 +32,15 @@
  *								  child row deleted because its parent is
  *								  gone (cascade) logs nothing
  *
- * A table the trigger needs that has no primary key (it was dropped while
- * the table is subscribed: the document table, a child table, or a child
- * table's parent) leaves nothing to name the document by.  Its changes are
- * then not logged, and not refused either: the application's transaction
- * goes on, with one WARNING per table and transaction (also in the server
- * log), and consumer_status counts the subscription in tables_without_key
- * until the key is back.
+ * A table whose primary key was dropped while it is subscribed keeps being
+ * captured as before, its documents (or child rows) named by the columns
+ * of the key argument, as long as they all still exist; the application's
+ * transaction gets one WARNING per table and transaction (also in the
+ * server log), and consumer_status counts the subscription in
+ * tables_without_key until the key is back.  When even those columns are
+ * gone, or the table is a child whose parent lost its key, nothing names
+ * the document: the change is not logged, and not refused either, again
+ * with one WARNING per table and transaction.
  *
  * The hot path (a document table without children) runs no SPI and no
  * planner: the log tuple is formed directly and inserted with
@@ -72,6 +77,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 #include "utils/xid8.h"
 
 #include "eventstream.h"
@@ -132,6 +138,7 @@ typedef struct EsTrigger
 	EsEncoder  *enc;			/* for this table's rows, with its primary key */
 	bool		is_child;
 	char	   *nokey_table;	/* set: this table lacks its primary key */
+	bool		nokey_logged;	/* ... and is logged by its former key */
 	LocalTransactionId warned_lxid; /* transaction last warned about it */
 	/* document table */
 	int			nchildren;
@@ -158,6 +165,7 @@ static void es_log_table_load(void);
 static EsTrigger *es_trigger_lookup(TriggerData *trigdata);
 static void es_trigger_build(EsTrigger *entry, TriggerData *trigdata);
 static void es_parse_attnums(const char *str, AttrNumber *out, int *n);
+static int	es_named_attnums(Relation rel, const char *names, AttrNumber *out);
 static char *es_key_condition(Relation rel, const AttrNumber *attnums, int n);
 static void es_log_insert(const char *update_type, text *ref_table,
 						  const char *docname, Jsonb *data);
@@ -453,6 +461,32 @@ es_pk_attnums(Relation rel, AttrNumber *out)
 }
 
 /*
+ * es_named_attnums
+ *		The columns of rel named in names (a trigger's "key:" argument
+ *		without its prefix), in order; 0 if any of them no longer exists.
+ */
+static int
+es_named_attnums(Relation rel, const char *names, AttrNumber *out)
+{
+	List	   *list;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (!SplitIdentifierString(pstrdup(names), ',', &list) || list == NIL ||
+		list_length(list) > ES_MAX_KEYS)
+		elog(ERROR, "invalid capture trigger argument \"key:%s\"", names);
+	foreach(lc, list)
+	{
+		AttrNumber	attnum = get_attnum(RelationGetRelid(rel), lfirst(lc));
+
+		if (attnum <= 0)
+			return 0;
+		out[n++] = attnum;
+	}
+	return n;
+}
+
+/*
  * es_trigger_build
  *		Fill a cache entry from the trigger's arguments and the relation.
  *
@@ -466,6 +500,8 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	Relation	rel = trigdata->tg_relation;
 	AttrNumber	pk[ES_MAX_KEYS];
 	int			npk;
+	int			nargs = trig->tgnargs;
+	const char *keyarg = NULL;
 	MemoryContext oldcxt;
 	int			i;
 
@@ -483,9 +519,11 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 								   ALLOCSET_SMALL_SIZES);
 	oldcxt = MemoryContextSwitchTo(t->cxt);
 
-	if (trig->tgnargs < 1 ||
+	if (nargs > 1 && strncmp(trig->tgargs[nargs - 1], "key:", 4) == 0)
+		keyarg = trig->tgargs[--nargs] + 4;
+	if (nargs < 1 ||
 		(strcmp(trig->tgargs[0], "doc") != 0 && strcmp(trig->tgargs[0], "child") != 0) ||
-		(strcmp(trig->tgargs[0], "child") == 0 && trig->tgnargs != 3))
+		(strcmp(trig->tgargs[0], "child") == 0 && nargs != 3))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("eventstream._capture: invalid trigger arguments on \"%s\"",
@@ -498,14 +536,21 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	t->is_child = (strcmp(trig->tgargs[0], "child") == 0);
 	if (t->is_child)
 		t->parent_relid = pg_strtoint32(trig->tgargs[1]);
-	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+	if (OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		npk = es_pk_attnums(rel, pk);
+	else
 	{
+		/* Named by the former key, if its columns are all still there. */
 		t->nokey_table = t->ref_table;
-		MemoryContextSwitchTo(oldcxt);
-		t->valid = true;
-		return;
+		npk = keyarg ? es_named_attnums(rel, keyarg, pk) : 0;
+		t->nokey_logged = (npk > 0);
+		if (npk == 0)
+		{
+			MemoryContextSwitchTo(oldcxt);
+			t->valid = true;
+			return;
+		}
 	}
-	npk = es_pk_attnums(rel, pk);
 	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
 
 	if (t->is_child)
@@ -541,6 +586,7 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		if (!OidIsValid(RelationGetPrimaryKeyIndex(parent)))
 		{
 			t->nokey_table = t->parent_ref_table;
+			t->nokey_logged = false;
 			table_close(parent, AccessShareLock);
 			MemoryContextSwitchTo(oldcxt);
 			t->valid = true;
@@ -564,8 +610,8 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		 * A child table dropped since the trigger was made is skipped (the
 		 * sql_drop event trigger also unregisters it and resyncs).
 		 */
-		t->children = palloc0(sizeof(EsChild) * Max(trig->tgnargs - 1, 1));
-		for (i = 1; i < trig->tgnargs; i++)
+		t->children = palloc0(sizeof(EsChild) * Max(nargs - 1, 1));
+		for (i = 1; i < nargs; i++)
 		{
 			EsChild    *c = &t->children[t->nchildren];
 			char	   *arg = pstrdup(trig->tgargs[i]);
@@ -1077,8 +1123,9 @@ es_capture_child(EsTrigger *t, TriggerData *trigdata)
 
 /*
  * es_warn_nokey
- *		Say, once per transaction and trigger, that the changes of t's table
- *		are not captured because t->nokey_table lacks its primary key.
+ *		Say, once per transaction and trigger, that t->nokey_table lacks its
+ *		primary key, and whether the changes of t's table are still captured
+ *		(named by the former key) or not.
  */
 static void
 es_warn_nokey(EsTrigger *t)
@@ -1086,12 +1133,19 @@ es_warn_nokey(EsTrigger *t)
 	if (t->warned_lxid == MyProc->lxid)
 		return;
 	t->warned_lxid = MyProc->lxid;
-	ereport(WARNING,
-			(errcode(ERRCODE_WARNING),
-			 errmsg("changes of table \"%s\" are not captured: table \"%s\" has no primary key",
-					t->ref_table, t->nokey_table),
-			 errdetail("eventstream names documents and child rows by their primary key; its consumers do not receive these changes."),
-			 errhint("Add the primary key again, then have the consumers copy the table again with eventstream.resync_table().")));
+	if (t->nokey_logged)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("table \"%s\" has no primary key", t->nokey_table),
+				 errdetail("eventstream still captures its changes, naming its rows by the columns of its former primary key, which nothing keeps unique now."),
+				 errhint("Add the primary key again.")));
+	else
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("changes of table \"%s\" are not captured: table \"%s\" has no primary key",
+						t->ref_table, t->nokey_table),
+				 errdetail("eventstream names documents and child rows by their primary key, or by the columns of the former one while they all exist; its consumers do not receive these changes."),
+				 errhint("Add the primary key again, then have the consumers copy the table again with eventstream.resync_table().")));
 }
 
 /*
@@ -1116,8 +1170,12 @@ eventstream_capture(PG_FUNCTION_ARGS)
 
 	t = es_trigger_lookup(trigdata);
 	if (t->nokey_table != NULL)
+	{
 		es_warn_nokey(t);
-	else if (t->is_child)
+		if (!t->nokey_logged)
+			return PointerGetDatum(NULL);
+	}
+	if (t->is_child)
 		es_capture_child(t, trigdata);
 	else
 		es_capture_doc(t, trigdata);

@@ -495,7 +495,8 @@ SELECT c.consumer_url,
 		 WHERE ct.consumer_url = c.consumer_url AND ct.condition_error IS NOT NULL) AS condition_errors,
 	   c.aged_out,
 	   -- Approved subscriptions whose table (or one of its child tables)
-	   -- lost its primary key: their changes are not captured (capture.c).
+	   -- lost its primary key: captured by the former key's columns while
+	   -- they exist, not captured once one is gone (capture.c).
 	   (SELECT count(*) FROM eventstream.consumer_table ct
 		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed
 		   AND EXISTS (SELECT 1 FROM pg_class r
@@ -506,4 +507,4 @@ SELECT c.consumer_url,
 										   WHERE k.conrelid = r.oid AND k.contype = 'p'))) AS tables_without_key
   FROM eventstream.consumer c;
 COMMENT ON VIEW eventstream.consumer_status IS
-	'Per consumer: last pull, age of its acknowledged cursor, updates waiting for it (an upper bound when conditions withhold some), subscriptions, condition errors, aged out, subscribed tables whose changes are not captured for lack of a primary key.';
+	'Per consumer: last pull, age of its acknowledged cursor, updates waiting for it (an upper bound when conditions withhold some), subscriptions, condition errors, aged out, subscribed tables that lost their primary key.';

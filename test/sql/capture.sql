@@ -167,22 +167,56 @@ DROP INDEX eventstream.update_log_expr;
 INSERT INTO item (code) VALUES ('no-expr-index');
 SELECT docname FROM eventstream.update_log WHERE docname LIKE '%expr-index' ORDER BY id;
 
--- A subscribed table that lost its primary key: writes succeed and are not
--- logged, with one WARNING per transaction and table; consumer_status
--- counts the subscription until the key is back.
-SELECT tgrelid::regclass AS captured FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+-- A subscribed table that lost its primary key: writes succeed and are
+-- still logged, naming the documents by the columns of the former key that
+-- the trigger's last argument remembers, with one WARNING per transaction
+-- and table; consumer_status counts the subscription until the key is back.
+CREATE VIEW capture_args AS
+	SELECT tgrelid::regclass AS captured, encode(tgargs, 'escape') AS args
+	  FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+SELECT * FROM capture_args;
 SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
 ALTER TABLE item DROP CONSTRAINT item_pkey;
-SELECT count(*) AS logs_before FROM eventstream.update_log \gset
-INSERT INTO item (code) VALUES ('no-key-1'), ('no-key-2');
+SELECT * FROM capture_args;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+INSERT INTO item (code, name) VALUES ('no-key-1', 'a'), ('no-key-2', 'b');
 BEGIN;
 UPDATE item SET name = 'changed' WHERE code = 'no-key-1';
 DELETE FROM item WHERE code = 'no-key-2';
 COMMIT;
-SELECT count(*) - :logs_before AS logs_written, count(*) FILTER (WHERE docname LIKE 'no-key%') AS no_key_logs
-  FROM eventstream.update_log;
+SELECT update_type, docname, data->'changed' AS changed
+  FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
 SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
+
+-- A reconfiguration keeps the remembered key of a table without one.
+SELECT eventstream._sync_capture();
+SELECT * FROM capture_args;
+
+-- Once a column of the former key is gone too (renamed here), nothing names
+-- the documents: writes succeed, are not logged, and warn.
+ALTER TABLE item RENAME COLUMN code TO code_renamed;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+INSERT INTO item (code_renamed) VALUES ('no-key-3');
+UPDATE item SET name = 'unlogged' WHERE code_renamed = 'no-key-1';
+SELECT count(*) AS logs_written FROM eventstream.update_log WHERE id > :logs_before;
+ALTER TABLE item RENAME COLUMN code_renamed TO code;
+UPDATE item SET name = 'logged again' WHERE code = 'no-key-1';
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
+
+-- The key back ends the WARNINGs and the count.  With the key, ALTER TABLE
+-- refreshes the remembered key: a renamed key column is remembered by its
+-- new name, and documents are named by it once the key is dropped again.
+DELETE FROM item WHERE code = 'no-key-3';
 ALTER TABLE item ADD PRIMARY KEY (code);
 INSERT INTO item (code) VALUES ('key-back');
 SELECT docname FROM eventstream.update_log WHERE id > (SELECT max(id) - 1 FROM eventstream.update_log);
 SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
+ALTER TABLE item RENAME COLUMN code TO item_code;
+SELECT * FROM capture_args;
+ALTER TABLE item DROP CONSTRAINT item_pkey;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+UPDATE item SET name = 'renamed key' WHERE item_code = 'key-back';
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
+ALTER TABLE item RENAME COLUMN item_code TO code;
+ALTER TABLE item ADD PRIMARY KEY (code);
+SELECT * FROM capture_args;

@@ -9,9 +9,14 @@
 #    served.  A transaction prepared before a restart of the producer and
 #    committed after it is served too.
 # B. Once the primary key of a subscribed table is dropped, writing to the
-#    table still works: the change is not logged, the session gets one
-#    WARNING per transaction, and consumer_status counts the subscription
-#    in tables_without_key until the key is back.
+#    table still works and is still captured: INSERT, UPDATE and DELETE
+#    reach the consumer, the documents named by the former key's column,
+#    which the capture trigger remembers by name; the session gets one
+#    WARNING per transaction, and consumer_status counts the subscription in
+#    tables_without_key until the key is back.  Once that column is dropped
+#    too, nothing names the documents: writes still work, are not logged,
+#    and warn so; with a key again, resync_table() brings the consumer back
+#    in line.
 #
 # Nothing sleeps a fixed time hoping: every wait polls for its condition
 # with a deadline.
@@ -168,6 +173,7 @@ is($ret, 0, 'A3: a transaction that changed only uncaptured tables is prepared a
 ######################################################################
 
 my $nokey_sql = "SELECT tables_without_key FROM eventstream.consumer_status WHERE consumer_url = '$C->{url}'";
+my $nokey_rows = "SELECT coalesce(string_agg(name || '=' || v, ',' ORDER BY name), '') FROM nokey";
 is(sq($P, $nokey_sql), '0', 'B: consumer_status counts no table without a key');
 sq($P, "INSERT INTO nokey VALUES ('K1', 'keyed')");
 sq($P, 'ALTER TABLE nokey DROP CONSTRAINT nokey_pkey');
@@ -175,23 +181,48 @@ sq($P, 'ALTER TABLE nokey DROP CONSTRAINT nokey_pkey');
 	  . "UPDATE nokey SET v = 'changed' WHERE name = 'K1'; DELETE FROM nokey WHERE name = 'K3'; SELECT count(*) FROM nokey");
 is($ret, 0, 'B: INSERT, UPDATE and DELETE on a subscribed table without a primary key succeed') or diag($err);
 is($out, '2', '  and do their work');
-my @warnings = $err =~ /WARNING:  changes of table "public\.nokey" are not captured: table "public\.nokey" has no primary key/g;
+my @warnings = $err =~ /WARNING:  table "public\.nokey" has no primary key/g;
 is(scalar(@warnings), 3, 'B: one WARNING per transaction (three statements, three transactions)');
+like($err, qr/DETAIL:  eventstream still captures its changes, naming its rows by the columns of its former primary key/,
+	'  saying the changes are still captured');
+like($err, qr/HINT:  Add the primary key again\./, '  with a hint');
+unlike($err, qr/not captured/, '  and none says they are not');
+($ret, $out, $err) = q_try($P, "BEGIN; INSERT INTO nokey VALUES ('K4', 'x'); INSERT INTO nokey VALUES ('K5', 'x'); COMMIT;");
+@warnings = $err =~ /WARNING:  table "public\.nokey" has no primary key/g;
+is(scalar(@warnings), 1, 'B: two rows in one transaction: one WARNING');
+is(sq($P, "SELECT string_agg(update_type || ':' || docname, ',' ORDER BY id) FROM eventstream.update_log "
+	  . "WHERE ref_table = 'public.nokey' AND docname <> 'K1' OR (docname = 'K1' AND update_type = 'Update')"),
+	'Create:K2,Create:K3,Update:K1,Delete:K3,Create:K4,Create:K5',
+	'B: the changes are logged, named by the former key');
+is(sq($P, $nokey_sql), '1', 'B: consumer_status counts the subscription in tables_without_key');
+ok(wait_query($C, $nokey_rows, 'K1=changed,K2=no key,K4=x,K5=x', 30),
+	'B: the consumer receives them: K2, K4 and K5 created, K1 updated, K3 created and deleted');
+
+# The key column dropped too: nothing names the documents any more.
+sq($P, 'ALTER TABLE nokey DROP COLUMN name');
+my $logs_before = sq($P, 'SELECT max(id) FROM eventstream.update_log');
+($ret, $out, $err) = q_try($P, "INSERT INTO nokey (v) VALUES ('nameless'); UPDATE nokey SET v = 'y' WHERE v = 'x'; "
+	  . "SELECT count(*) FROM nokey");
+is($ret, 0, 'B: with the former key column dropped too, INSERT and UPDATE still succeed') or diag($err);
+is($out, '5', '  and do their work');
+@warnings = $err =~ /WARNING:  changes of table "public\.nokey" are not captured: table "public\.nokey" has no primary key/g;
+is(scalar(@warnings), 2, 'B: one WARNING per transaction says the changes are not captured');
 like($err, qr/HINT:  Add the primary key again, then have the consumers copy the table again with eventstream.resync_table\(\)\./,
 	'  with a hint');
-($ret, $out, $err) = q_try($P, "BEGIN; INSERT INTO nokey VALUES ('K4', 'x'); INSERT INTO nokey VALUES ('K5', 'x'); COMMIT;");
-@warnings = $err =~ /WARNING:  changes of table/g;
-is(scalar(@warnings), 1, 'B: two rows in one transaction: one WARNING');
-is(sq($P, "SELECT count(*) FROM eventstream.update_log WHERE ref_table = 'public.nokey' AND docname <> 'K1'"), '0',
-	'B: the changes are not logged');
-is(sq($P, $nokey_sql), '1', 'B: consumer_status counts the subscription in tables_without_key');
+is(sq($P, "SELECT count(*) FROM eventstream.update_log WHERE id > $logs_before"), '0', 'B: and they are not logged');
+is(sq($P, $nokey_sql), '1', 'B: consumer_status still counts the subscription');
 
-sq($P, "DELETE FROM nokey WHERE name IN ('K4', 'K5'); ALTER TABLE nokey ADD PRIMARY KEY (name)");
+# A key again: captured again, no WARNING; resync_table() catches up.
+sq($P, "DELETE FROM nokey; ALTER TABLE nokey ADD COLUMN name text; "
+	  . "INSERT INTO nokey (name, v) VALUES ('K1', 'back'); ALTER TABLE nokey ADD PRIMARY KEY (name)");
 is(sq($P, $nokey_sql), '0', 'B: once the key is back, tables_without_key is 0');
-($ret, $out, $err) = q_try($P, "INSERT INTO nokey VALUES ('K6', 'keyed again')");
+($ret, $out, $err) = q_try($P, "INSERT INTO nokey (name, v) VALUES ('K6', 'keyed again')");
 unlike($err, qr/WARNING/, 'B: and no more WARNING');
 sync_now($C, $P->{url});
-is(sq($C, "SELECT string_agg(name || '=' || v, ',' ORDER BY name) FROM nokey"), 'K1=keyed,K6=keyed again',
-	'B: changes are captured again; those made without the key were not served');
+is(sq($C, "SELECT v FROM nokey WHERE name = 'K6'"), 'keyed again', 'B: changes are captured again');
+sq($C, "SELECT eventstream.resync_table('$P->{url}', 'nokey')");
+ok(wait_query($C, "SELECT snapshot_pending FROM eventstream.producer_table WHERE ref_table = 'public.nokey'", 'f', 60),
+	'B: resync_table() copies the table again');
+is(sq($C, $nokey_rows), sq($P, $nokey_rows), '  and the consumer has what the producer has');
 
 done_testing();
