@@ -220,3 +220,23 @@ SELECT update_type, docname FROM eventstream.update_log WHERE id > :logs_before 
 ALTER TABLE item RENAME COLUMN item_code TO code;
 ALTER TABLE item ADD PRIMARY KEY (code);
 SELECT * FROM capture_args;
+
+-- A table owner's ALTER TABLE refreshes the remembered key too, and a key
+-- column whose name needs quoting is found by that name once the key is
+-- dropped.
+CREATE ROLE es_owner;
+ALTER TABLE line OWNER TO es_owner;
+SET ROLE es_owner;
+ALTER TABLE line RENAME COLUMN pos TO "Pos, No";
+RESET ROLE;
+SELECT * FROM capture_args;
+ALTER TABLE line DROP CONSTRAINT line_pkey;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+INSERT INTO line VALUES ('quoted', 1, 'x');
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
+ALTER TABLE line RENAME COLUMN "Pos, No" TO pos;
+ALTER TABLE line ADD PRIMARY KEY (inv, pos);
+DELETE FROM line WHERE inv = 'quoted';
+ALTER TABLE line OWNER TO CURRENT_USER;
+DROP ROLE es_owner;
+SELECT * FROM capture_args;
