@@ -14,7 +14,10 @@
  *		one argument per registered child table, naming the child's foreign
  *		key columns in the order of the parent's primary key columns;
  *	  child table:	   'child', '<parent oid>', '<attnum>[,<attnum>...]'
- *		this child's foreign key columns in parent primary key order.
+ *		this child's foreign key columns in parent primary key order;
+ *	  either, last:	   'key:<column>[,<column>...]'
+ *		the table's primary key columns by (quoted) name, as of the last
+ *		_sync_capture() that saw the table with a primary key.
  *
  * What gets logged (data is jsonb, see rowjson.c for value rendering):
  *	  INSERT on a document table  Create, the row plus one array per child
@@ -28,6 +31,16 @@
  *								  "added" / "row_changed" / "removed"; a
  *								  child row deleted because its parent is
  *								  gone (cascade) logs nothing
+ *
+ * A table whose primary key was dropped while it is subscribed keeps being
+ * captured as before, its documents (or child rows) named by the columns
+ * of the key argument, as long as they all still exist; the application's
+ * transaction gets one WARNING per table and transaction (also in the
+ * server log), and consumer_status counts the subscription in
+ * tables_without_key until the key is back.  When even those columns are
+ * gone, or the table is a child whose parent lost its key, nothing names
+ * the document: the change is not logged, and not refused either, again
+ * with one WARNING per table and transaction.
  *
  * The hot path (a document table without children) runs no SPI and no
  * planner: the log tuple is formed directly and inserted with
@@ -56,6 +69,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "nodes/execnodes.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -63,6 +77,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 #include "utils/xid8.h"
 
 #include "eventstream.h"
@@ -122,6 +137,9 @@ typedef struct EsTrigger
 	text	   *ref_table_text;	/* ref_table as a text datum */
 	EsEncoder  *enc;			/* for this table's rows, with its primary key */
 	bool		is_child;
+	char	   *nokey_table;	/* set: this table lacks its primary key */
+	bool		nokey_logged;	/* ... and is logged by its former key */
+	LocalTransactionId warned_lxid; /* transaction last warned about it */
 	/* document table */
 	int			nchildren;
 	EsChild    *children;
@@ -147,6 +165,7 @@ static void es_log_table_load(void);
 static EsTrigger *es_trigger_lookup(TriggerData *trigdata);
 static void es_trigger_build(EsTrigger *entry, TriggerData *trigdata);
 static void es_parse_attnums(const char *str, AttrNumber *out, int *n);
+static int	es_named_attnums(Relation rel, const char *names, AttrNumber *out);
 static char *es_key_condition(Relation rel, const AttrNumber *attnums, int n);
 static void es_log_insert(const char *update_type, text *ref_table,
 						  const char *docname, Jsonb *data);
@@ -442,6 +461,32 @@ es_pk_attnums(Relation rel, AttrNumber *out)
 }
 
 /*
+ * es_named_attnums
+ *		The columns of rel named in names (a trigger's "key:" argument
+ *		without its prefix), in order; 0 if any of them no longer exists.
+ */
+static int
+es_named_attnums(Relation rel, const char *names, AttrNumber *out)
+{
+	List	   *list;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (!SplitIdentifierString(pstrdup(names), ',', &list) || list == NIL ||
+		list_length(list) > ES_MAX_KEYS)
+		elog(ERROR, "invalid capture trigger argument \"key:%s\"", names);
+	foreach(lc, list)
+	{
+		AttrNumber	attnum = get_attnum(RelationGetRelid(rel), lfirst(lc));
+
+		if (attnum <= 0)
+			return 0;
+		out[n++] = attnum;
+	}
+	return n;
+}
+
+/*
  * es_trigger_build
  *		Fill a cache entry from the trigger's arguments and the relation.
  *
@@ -455,6 +500,8 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	Relation	rel = trigdata->tg_relation;
 	AttrNumber	pk[ES_MAX_KEYS];
 	int			npk;
+	int			nargs = trig->tgnargs;
+	const char *keyarg = NULL;
 	MemoryContext oldcxt;
 	int			i;
 
@@ -472,9 +519,11 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 								   ALLOCSET_SMALL_SIZES);
 	oldcxt = MemoryContextSwitchTo(t->cxt);
 
-	if (trig->tgnargs < 1 ||
+	if (nargs > 1 && strncmp(trig->tgargs[nargs - 1], "key:", 4) == 0)
+		keyarg = trig->tgargs[--nargs] + 4;
+	if (nargs < 1 ||
 		(strcmp(trig->tgargs[0], "doc") != 0 && strcmp(trig->tgargs[0], "child") != 0) ||
-		(strcmp(trig->tgargs[0], "child") == 0 && trig->tgnargs != 3))
+		(strcmp(trig->tgargs[0], "child") == 0 && nargs != 3))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("eventstream._capture: invalid trigger arguments on \"%s\"",
@@ -484,9 +533,25 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	t->relid = RelationGetRelid(rel);
 	t->ref_table = es_qualified_relname(rel);
 	t->ref_table_text = cstring_to_text(t->ref_table);
-	npk = es_pk_attnums(rel, pk);
-	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
 	t->is_child = (strcmp(trig->tgargs[0], "child") == 0);
+	if (t->is_child)
+		t->parent_relid = pg_strtoint32(trig->tgargs[1]);
+	if (OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		npk = es_pk_attnums(rel, pk);
+	else
+	{
+		/* Named by the former key, if its columns are all still there. */
+		t->nokey_table = t->ref_table;
+		npk = keyarg ? es_named_attnums(rel, keyarg, pk) : 0;
+		t->nokey_logged = (npk > 0);
+		if (npk == 0)
+		{
+			MemoryContextSwitchTo(oldcxt);
+			t->valid = true;
+			return;
+		}
+	}
+	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
 
 	if (t->is_child)
 	{
@@ -494,7 +559,6 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		int			nfk;
 		Relation	parent;
 
-		t->parent_relid = pg_strtoint32(trig->tgargs[1]);
 		es_parse_attnums(trig->tgargs[2], fk, &nfk);
 		for (i = 0; i < nfk; i++)
 		{
@@ -519,6 +583,15 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		}
 		t->parent_ref_table = es_qualified_relname(parent);
 		t->parent_ref_table_text = cstring_to_text(t->parent_ref_table);
+		if (!OidIsValid(RelationGetPrimaryKeyIndex(parent)))
+		{
+			t->nokey_table = t->parent_ref_table;
+			t->nokey_logged = false;
+			table_close(parent, AccessShareLock);
+			MemoryContextSwitchTo(oldcxt);
+			t->valid = true;
+			return;
+		}
 		npk = es_pk_attnums(parent, pk);
 		if (npk != nfk)
 			elog(ERROR, "capture trigger key of \"%s\" does not match its parent",
@@ -537,8 +610,8 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		 * A child table dropped since the trigger was made is skipped (the
 		 * sql_drop event trigger also unregisters it and resyncs).
 		 */
-		t->children = palloc0(sizeof(EsChild) * Max(trig->tgnargs - 1, 1));
-		for (i = 1; i < trig->tgnargs; i++)
+		t->children = palloc0(sizeof(EsChild) * Max(nargs - 1, 1));
+		for (i = 1; i < nargs; i++)
 		{
 			EsChild    *c = &t->children[t->nchildren];
 			char	   *arg = pstrdup(trig->tgargs[i]);
@@ -561,15 +634,18 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 			c->ref_table = es_qualified_relname(crel);
 			{
 				AttrNumber	cpk[ES_MAX_KEYS];
-				int			ncpk = es_pk_attnums(crel, cpk);
+				int			ncpk = 0;
 				StringInfoData order;
 				int			k;
 
+				/* A child that lost its key lists its rows in no set order. */
+				if (OidIsValid(RelationGetPrimaryKeyIndex(crel)))
+					ncpk = es_pk_attnums(crel, cpk);
 				initStringInfo(&order);
 				for (k = 0; k < ncpk; k++)
-					appendStringInfo(&order, "%s%s", k > 0 ? ", " : "",
+					appendStringInfo(&order, "%s%s", k > 0 ? ", " : " ORDER BY ",
 									 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(crel), cpk[k] - 1)->attname)));
-				c->rows_sql = psprintf("SELECT * FROM ONLY %s WHERE %s ORDER BY %s",
+				c->rows_sql = psprintf("SELECT * FROM ONLY %s WHERE %s%s",
 									   c->ref_table,
 									   es_key_condition(crel, c->fk, c->nfk),
 									   order.data);
@@ -1046,6 +1122,33 @@ es_capture_child(EsTrigger *t, TriggerData *trigdata)
 }
 
 /*
+ * es_warn_nokey
+ *		Say, once per transaction and trigger, that t->nokey_table lacks its
+ *		primary key, and whether the changes of t's table are still captured
+ *		(named by the former key) or not.
+ */
+static void
+es_warn_nokey(EsTrigger *t)
+{
+	if (t->warned_lxid == MyProc->lxid)
+		return;
+	t->warned_lxid = MyProc->lxid;
+	if (t->nokey_logged)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("table \"%s\" has no primary key", t->nokey_table),
+				 errdetail("eventstream still captures its changes, naming its rows by the columns of its former primary key, which nothing keeps unique now."),
+				 errhint("Add the primary key again.")));
+	else
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("changes of table \"%s\" are not captured: table \"%s\" has no primary key",
+						t->ref_table, t->nokey_table),
+				 errdetail("eventstream names documents and child rows by their primary key, or by the columns of the former one while they all exist; its consumers do not receive these changes."),
+				 errhint("Add the primary key again, then have the consumers copy the table again with eventstream.resync_table().")));
+}
+
+/*
  * eventstream_capture
  *		The AFTER ROW trigger function eventstream._capture().
  */
@@ -1067,6 +1170,12 @@ eventstream_capture(PG_FUNCTION_ARGS)
 				 errmsg("eventstream._capture: must be fired AFTER ... FOR EACH ROW")));
 
 	t = es_trigger_lookup(trigdata);
+	if (t->nokey_table != NULL)
+	{
+		es_warn_nokey(t);
+		if (!t->nokey_logged)
+			return PointerGetDatum(NULL);
+	}
 	styles = es_output_styles_push();
 	if (t->is_child)
 		es_capture_child(t, trigdata);

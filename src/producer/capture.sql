@@ -6,7 +6,8 @@
  *
  * _capture() (in C) logs every change of a subscribed document, stamped
  * with the apply origin _set_origin() sets; _sync_capture() installs,
- * replaces and removes it whenever subscriptions or child tables change.
+ * replaces and removes it whenever subscriptions or child tables change,
+ * and when ALTER TABLE changes a captured table (its primary key).
  *
  * Part of the install script eventstream--1.0.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
@@ -23,6 +24,28 @@ CREATE FUNCTION eventstream._set_origin(origin uuid) RETURNS void
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_set_origin';
 
 /*
+ * The last capture trigger argument of tbl: 'key:' and its primary key
+ * columns by quoted name, in key order.  A table without a primary key
+ * keeps the one its trigger has (old_args, pg_trigger.tgargs), so the
+ * trigger still names its rows by the former key; none when neither has.
+ */
+CREATE FUNCTION eventstream._capture_key_arg(tbl regclass, old_args bytea) RETURNS text[]
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(
+		(SELECT ARRAY['key:' || string_agg(quote_ident(a.attname), ',' ORDER BY k.ord)]
+		   FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
+		   JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum
+		 HAVING count(*) > 0),
+		-- tgargs is each argument followed by a zero byte; 'key:' is last.
+		(SELECT ARRAY[convert_from(substring(old_args FROM p + 1 FOR length(old_args) - p - 1), 'UTF8')]
+		   FROM position('\x006b65793a'::bytea IN old_args) AS p
+		  WHERE p > 0),
+		'{}')
+$$;
+
+/*
  * Install, replace or remove eventstream_capture triggers so that exactly the
  * tables some consumer has an Approved, subscribed subscription to, and their
  * registered child tables, carry one with up-to-date arguments.
@@ -37,7 +60,11 @@ BEGIN
 	-- Serialize concurrent reconfigurations.
 	PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
 	FOR r IN
-		WITH docs AS (
+		WITH existing AS (
+			SELECT t.tgrelid::regclass AS tbl, t.tgargs
+			  FROM pg_trigger t
+			 WHERE t.tgname = 'eventstream_capture' AND t.tgparentid = 0
+		), docs AS (
 			SELECT DISTINCT to_regclass(ct.ref_table) AS tbl
 			  FROM eventstream.consumer_table ct
 			 WHERE ct.status = 'Approved' AND NOT ct.unsubscribed
@@ -48,15 +75,13 @@ BEGIN
 			SELECT d.tbl,
 				   ARRAY['doc'] || coalesce((SELECT array_agg(ch.child::oid::text || ':' || ch.fk ORDER BY ch.child::oid)
 											   FROM children ch WHERE ch.parent = d.tbl AND ch.fk IS NOT NULL),
-											'{}') AS args
+											'{}')
+					   || eventstream._capture_key_arg(d.tbl, (SELECT e.tgargs FROM existing e WHERE e.tbl = d.tbl)) AS args
 			  FROM docs d WHERE d.tbl IS NOT NULL
 			UNION ALL
 			SELECT ch.child, ARRAY['child', ch.parent::oid::text, ch.fk]
+					   || eventstream._capture_key_arg(ch.child, (SELECT e.tgargs FROM existing e WHERE e.tbl = ch.child))
 			  FROM children ch WHERE ch.fk IS NOT NULL
-		), existing AS (
-			SELECT t.tgrelid::regclass AS tbl, t.tgargs
-			  FROM pg_trigger t
-			 WHERE t.tgname = 'eventstream_capture' AND t.tgparentid = 0
 		)
 		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs,
 			   (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
@@ -77,6 +102,23 @@ BEGIN
 	END LOOP;
 END
 $$;
+
+-- ALTER TABLE on a captured table may change its primary key, or a key
+-- column's name: refresh the triggers' key arguments.
+CREATE FUNCTION eventstream._on_alter_table() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+				 JOIN pg_trigger t ON t.tgrelid = c.objid
+				WHERE c.classid = 'pg_class'::regclass AND t.tgname = 'eventstream_capture') THEN
+		PERFORM eventstream._sync_capture();
+	END IF;
+END
+$$;
+CREATE EVENT TRIGGER eventstream_alter_table ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+	EXECUTE FUNCTION eventstream._on_alter_table();
 
 -- Keep capture in step with every change of subscriptions or structure,
 -- whether made through the functions below or by UPDATE on the tables.

@@ -616,7 +616,18 @@ SELECT c.consumer_url,
 		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Pending' AND NOT ct.unsubscribed) AS tables_pending,
 	   (SELECT count(*) FROM eventstream.consumer_table ct
 		 WHERE ct.consumer_url = c.consumer_url AND ct.condition_error IS NOT NULL) AS condition_errors,
-	   c.aged_out
+	   c.aged_out,
+	   -- Approved subscriptions whose table (or one of its child tables)
+	   -- lost its primary key: captured by the former key's columns while
+	   -- they exist, not captured once one is gone (capture.c).
+	   (SELECT count(*) FROM eventstream.consumer_table ct
+		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed
+		   AND EXISTS (SELECT 1 FROM pg_class r
+						WHERE (r.oid = to_regclass(ct.ref_table)
+							   OR r.oid IN (SELECT ch.child::oid FROM eventstream.child_table ch
+											 WHERE ch.parent = to_regclass(ct.ref_table)))
+						  AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+										   WHERE k.conrelid = r.oid AND k.contype = 'p'))) AS tables_without_key
   FROM eventstream.consumer c;
 COMMENT ON VIEW eventstream.consumer_status IS
-	'Per consumer: last pull, age of its acknowledged cursor, updates waiting for it (an upper bound when conditions withhold some), subscriptions, condition errors, aged out.';
+	'Per consumer: last pull, age of its acknowledged cursor, updates waiting for it (an upper bound when conditions withhold some), subscriptions, condition errors, aged out, subscribed tables that lost their primary key.';

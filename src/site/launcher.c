@@ -15,7 +15,9 @@
  * the database to themselves (DROP DATABASE, ALTER DATABASE ... RENAME / SET
  * TABLESPACE, CREATE DATABASE ... TEMPLATE) terminate its worker first,
  * through a ProcessUtility hook, so they never wait on it; the launcher
- * starts a worker again later if the database is still there.
+ * starts a worker again later if the database is still there.  The same
+ * hook tells the update log ids (src/producer/logids.c) when COMMIT
+ * PREPARED or ROLLBACK PREPARED ended a prepared transaction.
  *
  * Shared state: one EsSiteWorker entry per database that has (had) a
  * worker, protected by es_workers->mutex (see launcher.h).
@@ -54,6 +56,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "producer/logids.h"
 #include "site/launcher.h"
 #include "site/worker.h"
 
@@ -376,8 +379,10 @@ es_has_option(List *options, const char *name)
  * es_process_utility
  *		ProcessUtility hook: free databases from their site worker before
  *		commands that need them to themselves (DROP DATABASE, ALTER DATABASE
- *		RENAME / SET TABLESPACE, CREATE DATABASE ... TEMPLATE), and wake the
- *		worker after DROP EXTENSION eventstream.
+ *		RENAME / SET TABLESPACE, CREATE DATABASE ... TEMPLATE), wake the
+ *		worker after DROP EXTENSION eventstream, and after COMMIT PREPARED
+ *		or ROLLBACK PREPARED free the ended transaction's update log entry
+ *		(src/producer/logids.c).
  */
 static void
 es_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -421,6 +426,14 @@ es_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 								queryEnv, dest, qc);
+
+	if (IsA(stmt, TransactionStmt))
+	{
+		TransactionStmtKind kind = ((TransactionStmt *) stmt)->kind;
+
+		if (kind == TRANS_STMT_COMMIT_PREPARED || kind == TRANS_STMT_ROLLBACK_PREPARED)
+			es_prepared_finished(kind == TRANS_STMT_COMMIT_PREPARED);
+	}
 }
 
 /*

@@ -133,12 +133,31 @@ INSERT INTO wrong VALUES (1);
 DROP TABLE wrong;
 SELECT eventstream._capture();
 
--- A transaction that wrote logs cannot be prepared (it would outlive its
--- backend's low-bound slot).
+-- A transaction that wrote logs can be prepared: until it ends, the low
+-- bound stays at or below its first log id, although its backend's slot
+-- is cleared and later transactions commit; after COMMIT PREPARED its logs
+-- are visible and the bound moves on; after ROLLBACK PREPARED nothing of it
+-- remains.
 BEGIN;
 INSERT INTO item (code) VALUES ('prepared');
+INSERT INTO item (code) VALUES ('prepared-2');
+SELECT min(id) AS prepared_first FROM eventstream.update_log WHERE txid = pg_current_xact_id() \gset
 PREPARE TRANSACTION 'es_prepared';
-SELECT count(*) AS prepared_logs FROM eventstream.update_log WHERE docname = 'prepared';
+SELECT count(*) AS prepared_logs FROM eventstream.update_log WHERE docname LIKE 'prepared%';
+INSERT INTO item (code) VALUES ('after-prepared');
+SELECT eventstream._low_bound() <= :prepared_first AS bound_below_prepared;
+COMMIT PREPARED 'es_prepared';
+SELECT docname FROM eventstream.update_log WHERE docname LIKE 'prepared%' ORDER BY id;
+SELECT eventstream._low_bound() > :prepared_first AS bound_past_committed;
+BEGIN;
+INSERT INTO item (code) VALUES ('rolled-back');
+SELECT min(id) AS prepared_first FROM eventstream.update_log WHERE txid = pg_current_xact_id() \gset
+PREPARE TRANSACTION 'es_rolled_back';
+SELECT eventstream._low_bound() <= :prepared_first AS bound_below_prepared;
+ROLLBACK PREPARED 'es_rolled_back';
+SELECT eventstream._low_bound() > :prepared_first AS bound_past_rolled_back,
+	   count(*) AS rolled_back_logs
+  FROM eventstream.update_log WHERE docname = 'rolled-back';
 
 -- The log is written without an executor: expression indexes on it are
 -- refused clearly, and writes work again once the index is gone.
@@ -147,3 +166,77 @@ INSERT INTO item (code) VALUES ('expr-index');
 DROP INDEX eventstream.update_log_expr;
 INSERT INTO item (code) VALUES ('no-expr-index');
 SELECT docname FROM eventstream.update_log WHERE docname LIKE '%expr-index' ORDER BY id;
+
+-- A subscribed table that lost its primary key: writes succeed and are
+-- still logged, naming the documents by the columns of the former key that
+-- the trigger's last argument remembers, with one WARNING per transaction
+-- and table; consumer_status counts the subscription until the key is back.
+CREATE VIEW capture_args AS
+	SELECT tgrelid::regclass AS captured, encode(tgargs, 'escape') AS args
+	  FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+SELECT * FROM capture_args;
+SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
+ALTER TABLE item DROP CONSTRAINT item_pkey;
+SELECT * FROM capture_args;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+INSERT INTO item (code, name) VALUES ('no-key-1', 'a'), ('no-key-2', 'b');
+BEGIN;
+UPDATE item SET name = 'changed' WHERE code = 'no-key-1';
+DELETE FROM item WHERE code = 'no-key-2';
+COMMIT;
+SELECT update_type, docname, data->'changed' AS changed
+  FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
+SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
+
+-- A reconfiguration keeps the remembered key of a table without one.
+SELECT eventstream._sync_capture();
+SELECT * FROM capture_args;
+
+-- Once a column of the former key is gone too (renamed here), nothing names
+-- the documents: writes succeed, are not logged, and warn.
+ALTER TABLE item RENAME COLUMN code TO code_renamed;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+INSERT INTO item (code_renamed) VALUES ('no-key-3');
+UPDATE item SET name = 'unlogged' WHERE code_renamed = 'no-key-1';
+SELECT count(*) AS logs_written FROM eventstream.update_log WHERE id > :logs_before;
+ALTER TABLE item RENAME COLUMN code_renamed TO code;
+UPDATE item SET name = 'logged again' WHERE code = 'no-key-1';
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
+
+-- The key back ends the WARNINGs and the count.  With the key, ALTER TABLE
+-- refreshes the remembered key: a renamed key column is remembered by its
+-- new name, and documents are named by it once the key is dropped again.
+DELETE FROM item WHERE code = 'no-key-3';
+ALTER TABLE item ADD PRIMARY KEY (code);
+INSERT INTO item (code) VALUES ('key-back');
+SELECT docname FROM eventstream.update_log WHERE id > (SELECT max(id) - 1 FROM eventstream.update_log);
+SELECT consumer_url, tables_without_key FROM eventstream.consumer_status ORDER BY 1;
+ALTER TABLE item RENAME COLUMN code TO item_code;
+SELECT * FROM capture_args;
+ALTER TABLE item DROP CONSTRAINT item_pkey;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+UPDATE item SET name = 'renamed key' WHERE item_code = 'key-back';
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
+ALTER TABLE item RENAME COLUMN item_code TO code;
+ALTER TABLE item ADD PRIMARY KEY (code);
+SELECT * FROM capture_args;
+
+-- A table owner's ALTER TABLE refreshes the remembered key too, and a key
+-- column whose name needs quoting is found by that name once the key is
+-- dropped.
+CREATE ROLE es_owner;
+ALTER TABLE line OWNER TO es_owner;
+SET ROLE es_owner;
+ALTER TABLE line RENAME COLUMN pos TO "Pos, No";
+RESET ROLE;
+SELECT * FROM capture_args;
+ALTER TABLE line DROP CONSTRAINT line_pkey;
+SELECT max(id) AS logs_before FROM eventstream.update_log \gset
+INSERT INTO line VALUES ('quoted', 1, 'x');
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :logs_before ORDER BY id;
+ALTER TABLE line RENAME COLUMN "Pos, No" TO pos;
+ALTER TABLE line ADD PRIMARY KEY (inv, pos);
+DELETE FROM line WHERE inv = 'quoted';
+ALTER TABLE line OWNER TO CURRENT_USER;
+DROP ROLE es_owner;
+SELECT * FROM capture_args;

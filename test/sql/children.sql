@@ -87,6 +87,22 @@ INSERT INTO invoice VALUES (5, 'Raviga');
 SELECT docname, data ? 'public.extra_item' AS has_extra, data ? 'public.invoice_item' AS has_items
   FROM eventstream.update_log WHERE docname IN ('4', '5') AND update_type = 'Create' ORDER BY docname;
 
+-- A child table that lost its primary key: changes of its rows are still
+-- captured, the rows named by the columns of the former key (one WARNING
+-- per transaction); its parent's Create reads the child's rows in no set
+-- order.  With the key back there is no WARNING.
+ALTER TABLE invoice_item DROP CONSTRAINT invoice_item_pkey;
+SELECT max(id) AS before_nokey FROM eventstream.update_log \gset
+INSERT INTO invoice_item VALUES (5, 1, 'fig', 1);
+UPDATE invoice_item SET qty = 3 WHERE invoice_id = 5;
+UPDATE invoice SET id = 50 WHERE id = 5;
+SELECT update_type, docname, data->'public.invoice_item' AS items,
+	   data->'added' AS added, data->'removed' AS removed, data->'row_changed' AS row_changed
+  FROM eventstream.update_log WHERE id > :before_nokey ORDER BY id;
+ALTER TABLE invoice_item ADD PRIMARY KEY (invoice_id, line);
+UPDATE invoice_item SET qty = 2 WHERE invoice_id = 50;
+SELECT update_type, docname FROM eventstream.update_log WHERE id > :before_nokey ORDER BY id;
+
 -- Unregistering a child table removes its capture; its rows leave the
 -- parent's documents.
 SELECT eventstream.remove_child_table('invoice_item');
