@@ -244,7 +244,11 @@ BEGIN
 	r := eventstream._apply_updates(p.producer_url, p.subscriber,
 		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
 													  'docname', d->>'docname', 'data', d->'data',
-													  'origin', p.producer_site_id) ORDER BY o), '[]')
+													  'origin', p.producer_site_id)
+								   -- a document read with a character this database cannot hold
+								   || CASE WHEN d ? 'encoding_error'
+										   THEN jsonb_build_object('encoding_error', d->'encoding_error')
+										   ELSE '{}' END ORDER BY o), '[]')
 		   FROM jsonb_array_elements(page->'documents') WITH ORDINALITY x(d, o)),
 		'initial sync', false, deps);
 	applied := r[1];
