@@ -183,7 +183,7 @@ es_client_bad_text(EsResponse *resp, const char *url)
 	valid = pg_encoding_verifymbstr(PG_UTF8, resp->data, (int) resp->len);
 	if ((size_t) valid == resp->len)
 		return NULL;
-	return psprintf("the response from %s is not valid UTF-8 text: %s at byte %d",
+	return psprintf("the response from %s is not valid UTF8 text: %s at byte %d",
 					url, resp->data[valid] == '\0' ? "a NUL byte" : "an invalid byte sequence", valid);
 }
 

@@ -7,12 +7,13 @@
  * jsonb_in that was a fifth of the applying worker's time: its parser is
  * general (a callback per token, every string copied twice, every number
  * through numeric_in).  es_read_jsonb() reads the JSON producers write --
- * objects, arrays, strings with the short escapes, numbers, literals --
+ * objects, arrays, strings with their escapes, numbers, literals --
  * straight into pushJsonbValue(): strings without escapes are taken in
  * place, integers of up to 18 digits become numerics without numeric_in.
- * Whatever it does not know (a \u escape, a nesting deeper than
- * ES_JSON_MAX_DEPTH, a string too long for jsonb) and whatever is not JSON
- * makes it give up and return NULL: the caller then uses jsonb_in, whose
+ * Whatever it does not know (a \u escape jsonb_in would refuse or convert
+ * to another encoding than UTF-8, a nesting deeper than ES_JSON_MAX_DEPTH,
+ * a string too long for jsonb) and whatever is not JSON makes it give up
+ * and return NULL: the caller then uses jsonb_in, whose
  * result or error is the reference.  The result is the jsonb jsonb_in
  * would make (test/sql/apply.sql compares the two).
  *
@@ -82,6 +83,8 @@ typedef struct EsJsonReader
 	MemoryContext cxt;			/* where it is built */
 	Size		budget;			/* the most cxt may take */
 	bool		convert;		/* strings are UTF-8 to convert */
+	bool		utf8;			/* strings are read as UTF-8 (convert, or a
+								 * UTF8 database) */
 	bool		units_next;		/* the value read next is "updates" or
 								 * "documents" of the page */
 	bool		in_units;		/* reading the elements of that array */
@@ -216,6 +219,77 @@ es_fail_unit(EsJsonReader *r)
 }
 
 /*
+ * es_hex4
+ *		The value of the four hex digits at p, or -1 when there are not four
+ *		before end.
+ */
+static int
+es_hex4(const char *p, const char *end)
+{
+	int			v = 0;
+
+	if (end - p < 4)
+		return -1;
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = p[i];
+
+		if (c >= '0' && c <= '9')
+			v = v * 16 + (c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v = v * 16 + (c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v = v * 16 + (c - 'A' + 10);
+		else
+			return -1;
+	}
+	return v;
+}
+
+/*
+ * es_read_escape_u
+ *		Decode the \u escape whose 'u' q points to (with the low half that
+ *		follows a surrogate's high half) into buf, as jsonb_in does: in
+ *		UTF-8 when the text read is UTF-8 (a UTF8 database, or strings
+ *		converted from the wire afterwards), otherwise only a character of
+ *		ASCII.  Returns where the escape ends, or NULL to leave it to
+ *		jsonb_in (and its error): \u0000, which text cannot hold, a lone
+ *		surrogate, a character beyond ASCII in text of another encoding, or
+ *		what is not an escape.
+ */
+static const char *
+es_read_escape_u(EsJsonReader *r, const char *q, StringInfo buf)
+{
+	int			c = es_hex4(q + 1, r->end);
+	unsigned char utf8[8];
+
+	if (c <= 0)
+		return NULL;
+	q += 5;
+	if (c >= 0xD800 && c <= 0xDBFF)
+	{
+		int			lo = (r->end - q >= 2 && q[0] == '\\' && q[1] == 'u') ? es_hex4(q + 2, r->end) : -1;
+
+		if (lo < 0xDC00 || lo > 0xDFFF)
+			return NULL;
+		c = (int) surrogate_pair_to_codepoint((pg_wchar) c, (pg_wchar) lo);
+		q += 6;
+	}
+	else if (c >= 0xDC00 && c <= 0xDFFF)
+		return NULL;
+	if (c <= 0x7F)
+		appendStringInfoChar(buf, (char) c);
+	else if (r->utf8)
+	{
+		unicode_to_utf8((pg_wchar) c, utf8);
+		appendBinaryStringInfo(buf, (char *) utf8, pg_utf_mblen(utf8));
+	}
+	else
+		return NULL;
+	return q;
+}
+
+/*
  * es_read_string
  *		Read the string starting at the quote r->p points to into v.  A
  *		string without escapes is taken in place (the text outlives the
@@ -279,8 +353,13 @@ es_read_string(EsJsonReader *r, JsonbValue *v)
 			case 't':
 				appendStringInfoChar(&buf, '\t');
 				break;
+			case 'u':
+				q = es_read_escape_u(r, q, &buf);
+				if (q == NULL)
+					return false;
+				continue;
 			default:
-				return false;	/* \u (encoding rules) or not JSON */
+				return false;	/* not JSON */
 		}
 		q++;
 	}
@@ -518,6 +597,7 @@ es_read_jsonb(const char *text, size_t len, Size budget, bool wire)
 	r.cxt = CurrentMemoryContext;
 	r.budget = budget;
 	r.convert = wire && es_wire_converts();
+	r.utf8 = r.convert || GetDatabaseEncoding() == PG_UTF8;
 	r.units_next = false;
 	r.in_units = false;
 	r.bad = 0;

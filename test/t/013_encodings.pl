@@ -115,22 +115,24 @@ like(sq($C, "SELECT d->>'encoding_error' || ' ' || (d->'data' = 'null') FROM jso
 	'_http_request marks the document it cannot hold, without its data');
 
 # One producer transaction: good rows, a dependency with ü in its docname
-# (fetched with documents/), a value with € (not in LATIN1).
+# (fetched with documents/), a value with a control character (a \u escape
+# in the page), a value with € (not in LATIN1).
 sq($P, q{
 	BEGIN;
 	INSERT INTO label VALUES ('Bronze Künstler');
 	INSERT INTO band VALUES ('Björk', 'Homogenic', 'Bronze Künstler');
 	INSERT INTO band VALUES ('price', '5 €');
 	INSERT INTO band VALUES ('good', 'plain');
+	INSERT INTO band VALUES ('ctrl', E'bell \\007 ö');
 	UPDATE band SET v = 'Lemmy Kilmister' WHERE name = 'Motörhead';
 	COMMIT;
 });
 ok(wait_query($C, "SELECT count(*) FROM eventstream.sync_log WHERE remote_ref_table = 'public.band' "
-		  . "AND note IS DISTINCT FROM 'initial sync' AND remote_docname IN ('Björk', 'price', 'good', 'Motörhead')", '4', 60),
-	'the four updates arrived');
+		  . "AND note IS DISTINCT FROM 'initial sync' AND remote_docname IN ('Björk', 'price', 'good', 'ctrl', 'Motörhead')", '5', 60),
+	'the five updates arrived');
 is(sq($C, "SELECT string_agg(remote_docname || ':' || update_type || ':' || status, ',' ORDER BY remote_docname) "
 	  . "FROM eventstream.sync_log WHERE remote_ref_table = 'public.band' AND note IS DISTINCT FROM 'initial sync'"),
-	'Björk:Create:Synced,Motörhead:Update:Synced,good:Create:Synced,price:Create:Failed',
+	'Björk:Create:Synced,Motörhead:Update:Synced,ctrl:Create:Synced,good:Create:Synced,price:Create:Failed',
 	'only the update with € is Failed; the others of the transaction are Synced');
 like(sq($C, "SELECT error FROM eventstream.sync_log WHERE remote_docname = 'price'"),
 	qr/^character U\+20AC has no equivalent in encoding "LATIN1"/, '  its error names the character and the encoding');
@@ -138,6 +140,9 @@ is(utf8_hex($C, "SELECT v FROM band WHERE name = 'Motörhead'"), utf8_hex($P, "S
 	'the Update of Motörhead applied');
 is(utf8_hex($C, "SELECT name || '/' || label FROM band WHERE v = 'Homogenic'"),
 	utf8_hex($P, "SELECT name || '/' || label FROM band WHERE v = 'Homogenic'"), 'Björk arrives exactly, with its label');
+is(utf8_hex($C, "SELECT v FROM band WHERE name = 'ctrl'"), utf8_hex($P, "SELECT v FROM band WHERE name = 'ctrl'"),
+	'a value with a control character and ö arrives exactly');
+is(sq($C, "SELECT octet_length(v) FROM band WHERE name = 'ctrl'"), '8', '  (8 bytes in LATIN1)');
 is(rows($C, 'label'), '("Bronze Künstler")', 'the label came along (documents/ with ü in the path)');
 is(sq($C, "SELECT count(*) FROM band WHERE name = 'price'"), '0', 'nothing of the Failed update was applied');
 
