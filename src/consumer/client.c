@@ -325,19 +325,20 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 
 				/*
 				 * A character this database cannot hold fails only the
-				 * update or snapshot document holding it: the answer is read
-				 * as a page would be (pagejson.c), with those marked, and
-				 * returned as that page's text.  Elsewhere in the answer it
-				 * is an error.
+				 * update or snapshot document holding it: a successful
+				 * answer is read as a page would be (pagejson.c), with those
+				 * marked, and returned as that page's text; elsewhere in it
+				 * the character is an error.  An error answer keeps '?' for
+				 * it.
 				 */
-				if (bad != 0)
+				curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+				if (bad != 0 && status == 200)
 				{
 					Jsonb	   *page = es_read_page(resp.data, resp.len, es_page_budget(), true);
 
 					text = JsonbToCString(NULL, &page->root, VARSIZE(page));
 					len = strlen(text);
 				}
-				curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
 				values[0] = Int32GetDatum((int32) status);
 				values[1] = PointerGetDatum(cstring_to_text_with_len(text, len));
 			}

@@ -70,18 +70,30 @@ es_wire_prepare(void)
 		return;
 	if (own)
 		StartTransactionCommand();
-	to = FindDefaultConversionProc(PG_UTF8, enc);
-	from = FindDefaultConversionProc(enc, PG_UTF8);
-	if (!OidIsValid(to) || !OidIsValid(from))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("no default conversion between encodings \"UTF8\" and \"%s\"",
-						GetDatabaseEncodingName()),
-				 errdetail("Text between sites is UTF-8; this database must convert it.")));
-	to_info = MemoryContextAlloc(TopMemoryContext, sizeof(FmgrInfo));
-	from_info = MemoryContextAlloc(TopMemoryContext, sizeof(FmgrInfo));
-	fmgr_info_cxt(to, to_info, TopMemoryContext);
-	fmgr_info_cxt(from, from_info, TopMemoryContext);
+	PG_TRY();
+	{
+		to = FindDefaultConversionProc(PG_UTF8, enc);
+		from = FindDefaultConversionProc(enc, PG_UTF8);
+		if (!OidIsValid(to) || !OidIsValid(from))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("no default conversion between encodings \"UTF8\" and \"%s\"",
+							GetDatabaseEncodingName()),
+					 errdetail("Text between sites is UTF-8; this database must convert it.")));
+		to_info = MemoryContextAlloc(TopMemoryContext, sizeof(FmgrInfo));
+		from_info = MemoryContextAlloc(TopMemoryContext, sizeof(FmgrInfo));
+		fmgr_info_cxt(to, to_info, TopMemoryContext);
+		fmgr_info_cxt(from, from_info, TopMemoryContext);
+	}
+	PG_CATCH();
+	{
+		/* The caller, outside any transaction, is left outside one. */
+		if (own)
+			AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	if (own)
 		CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
@@ -101,7 +113,8 @@ static char *
 es_wire_convert(FmgrInfo *proc, int src_enc, int dest_enc,
 				const char *s, int len, int *outlen, pg_wchar *bad)
 {
-	char	   *dst = palloc((Size) len * MAX_CONVERSION_GROWTH + 1);
+	char	   *dst = MemoryContextAllocHuge(CurrentMemoryContext,
+											 (Size) len * MAX_CONVERSION_GROWTH + 1);
 	int			dlen = 0;
 
 	*bad = 0;
