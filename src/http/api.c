@@ -18,13 +18,15 @@
  *	                                      (initial sync)
  *	  GET  documents/<table>?filters=     docnames matching equality filters
  * Each endpoint is one SQL function of the extension, called with the
- * request's arguments as text.  The wire is UTF-8 whatever the database
- * encoding: the path, the query parameters, the credentials and the body
- * are converted to the database encoding first (a request that is not
- * valid UTF-8, or holds a character the database cannot, is answered 400),
- * and every answer, errors included, is converted to UTF-8.  A page of updates also says, for the
+ * request's arguments as text.  A page of updates also says, for the
  * server's Eventstream-* headers, its next cursor, "more" and "complete"
  * (EsApiReply).
+ *
+ * The wire is UTF-8 whatever the database encoding: the path, the query
+ * parameters, the credentials and the body are converted to the database
+ * encoding first (a request that is not valid UTF-8, or holds a character
+ * the database cannot, is answered 400), and every answer, errors
+ * included, is converted to UTF-8 (src/site/wire.c).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -178,9 +180,9 @@ es_http_credentials(const char *header, char **key, char **secret)
 /*
  * es_http_query
  *		Run one SQL statement with text arguments (in the database
- *		encoding: es_api_text converts what a request gives) and return the text of
- *		the first column of its one row (NULL for NULL); the row stays in
- *		SPI_tuptable for its other columns.  Inside SPI.
+ *		encoding: es_api_text converts what a request gives) and return
+ *		the text of the first column of its one row (NULL for NULL); the
+ *		row stays in SPI_tuptable for its other columns.  Inside SPI.
  */
 static char *
 es_http_query(const char *sql, int nargs, const char **args)
