@@ -371,11 +371,14 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 
 	/* Read from a page with a character this database cannot hold. */
 	if (encoding_error != NULL)
+	{
+		es_note(notes, "%s", ES_ENCODING_NOTE);
 		ereport(ERROR,
 				(errcode(ERRCODE_UNTRANSLATABLE_CHARACTER),
 				 errmsg("%s", encoding_error),
 				 errdetail("The producer sent this update with a character the database encoding cannot hold; nothing of it was applied."),
 				 errhint("Change the value on the producer: its next update of the document is applied.")));
+	}
 	if (type == NULL || ref == NULL || remote == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

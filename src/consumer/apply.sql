@@ -379,6 +379,14 @@ BEGIN
 		RAISE EXCEPTION 'sync log % is %, not Failed', sync_log_id, l.status
 			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
 	END IF;
+	-- An update read with a character this database cannot hold was logged
+	-- without its data (apply.c, ES_ENCODING_NOTE): nothing to apply again.
+	IF coalesce(l.note, '') LIKE '%no data kept: a character this database cannot hold%' THEN
+		RAISE EXCEPTION 'sync log % has no data to apply again', sync_log_id
+			USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = l.error,
+				  HINT = format('Once the producer holds a value this database can hold, bring the document with eventstream.refetch(%L, %L, %L).',
+								l.producer_url, l.remote_ref_table, l.remote_docname);
+	END IF;
 	p := eventstream._producer_row(l.producer_url);
 	-- A later update of the same document was applied: this one, applied
 	-- again now, would roll the document back to an older state.

@@ -25,6 +25,9 @@
  */
 #define ES_ENCODING_ERROR_KEY	"encoding_error"
 
+/* The sync log's note of such an update (resync() looks for it). */
+#define ES_ENCODING_NOTE	"no data kept: a character this database cannot hold"
+
 extern Jsonb *es_read_jsonb(const char *text, size_t len, Size budget, bool wire);
 extern Size es_page_budget(void);
 extern Jsonb *es_read_page(char *text, size_t len, Size budget, bool wire);
