@@ -11,6 +11,7 @@ OBJS = \
 	src/site/shmem.o \
 	src/site/launcher.o \
 	src/site/worker.o \
+	src/site/wire.o \
 	src/producer/capture.o \
 	src/producer/rowjson.o \
 	src/producer/logids.o \

@@ -70,6 +70,7 @@
 
 #include "eventstream.h"
 #include "consumer/apply.h"
+#include "consumer/pagejson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_apply_updates);
 PG_FUNCTION_INFO_V1(eventstream_apply_update);
@@ -379,7 +380,18 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 	Jsonb	   *key = NULL;
 	Jsonb	   *cur = NULL;
 	char	   *origin = es_origin(a, upd);
+	char	   *encoding_error = es_field_text(upd, ES_ENCODING_ERROR_KEY);
 
+	/* Read from a page with a character this database cannot hold. */
+	if (encoding_error != NULL)
+	{
+		es_note(notes, "%s", ES_ENCODING_NOTE);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNTRANSLATABLE_CHARACTER),
+				 errmsg("%s", encoding_error),
+				 errdetail("The producer sent this update with a character the database encoding cannot hold; nothing of it was applied."),
+				 errhint("Change the value on the producer: its next update of the document is applied.")));
+	}
 	if (type == NULL || ref == NULL || remote == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -259,7 +259,11 @@ BEGIN
 	r := eventstream._apply_updates(p.producer_url, p.subscriber,
 		(SELECT coalesce(jsonb_agg(jsonb_build_object('update_type', 'Create', 'ref_table', pt.ref_table,
 													  'docname', d->>'docname', 'data', d->'data',
-													  'origin', p.producer_site_id) ORDER BY o), '[]')
+													  'origin', p.producer_site_id)
+								   -- a document read with a character this database cannot hold
+								   || CASE WHEN d ? 'encoding_error'
+										   THEN jsonb_build_object('encoding_error', d->'encoding_error')
+										   ELSE '{}' END ORDER BY o), '[]')
 		   FROM jsonb_array_elements(page->'documents') WITH ORDINALITY x(d, o)),
 		'initial sync', false, deps);
 	applied := r[1];
@@ -389,6 +393,14 @@ BEGIN
 	IF l.status <> 'Failed' THEN
 		RAISE EXCEPTION 'sync log % is %, not Failed', sync_log_id, l.status
 			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Only Failed entries are resynced.';
+	END IF;
+	-- An update read with a character this database cannot hold was logged
+	-- without its data (apply.c, ES_ENCODING_NOTE): nothing to apply again.
+	IF coalesce(l.note, '') LIKE '%no data kept: a character this database cannot hold%' THEN
+		RAISE EXCEPTION 'sync log % has no data to apply again', sync_log_id
+			USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = l.error,
+				  HINT = format('Once the producer holds a value this database can hold, bring the document with eventstream.refetch(%L, %L, %L).',
+								l.producer_url, l.remote_ref_table, l.remote_docname);
 	END IF;
 	p := eventstream._producer_row(l.producer_url);
 	-- A later update of the same document was applied: this one, applied

@@ -31,6 +31,7 @@
 
 #include "eventstream.h"
 #include "consumer/apply.h"
+#include "consumer/pagejson.h"
 
 /*
  * es_batch_key_update
@@ -98,9 +99,14 @@ es_batch_key(EsApply *a, Jsonb *upd)
 		return NULL;
 	if (kind == ES_UPDATE_DELETE)
 	{
-		/* By key, of a table with a one-column key, under the same name. */
+		/*
+		 * By key, of a table with a one-column key, under the same name;
+		 * not one read with a character this database cannot hold (a
+		 * Create's or an Update's has no data then).
+		 */
 		sub = es_sub(a, ref);
-		if (!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1 ||
+		if (es_field_text(upd, ES_ENCODING_ERROR_KEY) != NULL ||
+			!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1 ||
 			!es_batchable(a, sub, kind))
 			return NULL;
 		return psprintf("D/%u/%s", sub->relid, origin ? origin : "");

@@ -6,7 +6,9 @@
  * es_client_setup() applies the options every request to a producer
  * shares (timeouts, TLS verification against eventstream.ca_file, a cap
  * on the response body); es_client_bad_text() refuses a body that is not
- * text in the database encoding before anything reads it;
+ * UTF-8 text (the wire's encoding, src/site/wire.c) before anything reads
+ * it, and es_client_text() makes a piece of a body fit for an error
+ * message;
  * es_client_header() reads a header of the answer, and
  * es_client_protocol_known() says whether it is in a version of the
  * protocol this site speaks.  The site
@@ -35,9 +37,12 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 
 #include "eventstream.h"
 #include "consumer/client.h"
+#include "consumer/pagejson.h"
+#include "site/wire.h"
 
 PG_FUNCTION_INFO_V1(eventstream_http_request);
 PG_FUNCTION_INFO_V1(eventstream_urlencode);
@@ -163,10 +168,10 @@ es_client_failure(int code, EsResponse *resp, const char *url)
 
 /*
  * es_client_bad_text
- *		NULL when the body resp holds is text in the database encoding
- *		(every byte of it: a NUL byte is refused too), otherwise why not,
- *		naming url.  Text read from a producer reaches tables and the sync
- *		log as it is, so it is checked as the input functions check it.
+ *		NULL when the body resp holds is UTF-8 text (every byte of it: a
+ *		NUL byte is refused too), otherwise why not, naming url.  What is
+ *		read from a producer is converted to the database encoding
+ *		(src/site/wire.c) only once it is known to be valid UTF-8.
  */
 char *
 es_client_bad_text(EsResponse *resp, const char *url)
@@ -175,12 +180,33 @@ es_client_bad_text(EsResponse *resp, const char *url)
 
 	if (resp->data == NULL || resp->len == 0)
 		return NULL;
-	valid = pg_encoding_verifymbstr(GetDatabaseEncoding(), resp->data, (int) resp->len);
+	valid = pg_encoding_verifymbstr(PG_UTF8, resp->data, (int) resp->len);
 	if ((size_t) valid == resp->len)
 		return NULL;
-	return psprintf("the response from %s is not valid %s text: %s at byte %d",
-					url, GetDatabaseEncodingName(),
-					resp->data[valid] == '\0' ? "a NUL byte" : "an invalid byte sequence", valid);
+	return psprintf("the response from %s is not valid UTF8 text: %s at byte %d",
+					url, resp->data[valid] == '\0' ? "a NUL byte" : "an invalid byte sequence", valid);
+}
+
+/*
+ * es_client_text
+ *		At most max bytes of the start of data, an answer's body in UTF-8,
+ *		as text of the database encoding for an error message: cut at its
+ *		first byte that is not valid UTF-8 and at a character's end, a
+ *		character the database encoding cannot hold shown as '?'.
+ */
+char *
+es_client_text(const char *data, int max)
+{
+	int			len;
+	int			outlen;
+	pg_wchar	bad;
+
+	if (data == NULL)
+		return "";
+	len = strnlen(data, max + 4);
+	len = pg_encoding_verifymbstr(PG_UTF8, data, len);
+	len = pg_encoding_mbcliplen(PG_UTF8, data, len, max);
+	return es_wire_to_server(pnstrdup(data, len), len, &outlen, &bad);
 }
 
 /*
@@ -236,9 +262,11 @@ es_client_protocol_error(const char *protocol, const char *url)
  *		_http_request(method, url, auth, body, timeout_s) -> (status, body):
  *		one blocking request from SQL.  A transfer that fails (no answer,
  *		refused certificate, body too large) is an ERROR, and so are an
- *		answer in a version of the protocol this site does not speak and
- *		a body that is not text in the database encoding; any HTTP status
- *		is returned.  Superuser only (not granted to PUBLIC).
+ *		answer in a version of the protocol this site does not speak and a
+ *		body that is not UTF-8 text; any HTTP status is returned.  The body
+ *		sent is converted to UTF-8, the one received from it (a character
+ *		the database encoding cannot hold: see below).  Superuser only (not
+ *		granted to PUBLIC).
  */
 Datum
 eventstream_http_request(PG_FUNCTION_ARGS)
@@ -274,6 +302,7 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 		curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
 		if (body)
 		{
+			body = es_wire_from_server(body, strlen(body), NULL);
 			curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
 			curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
 		}
@@ -289,9 +318,29 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 				protocol_error = es_client_protocol_error(protocol, url);
 			else if ((failure = es_client_bad_text(&resp, url)) == NULL)
 			{
+				int			len;
+				pg_wchar	bad;
+				char	   *text = es_wire_to_server(resp.data ? resp.data : "", (int) resp.len,
+													 &len, &bad);
+
+				/*
+				 * A character this database cannot hold fails only the
+				 * update or snapshot document holding it: a successful
+				 * answer is read as a page would be (pagejson.c), with those
+				 * marked, and returned as that page's text; elsewhere in it
+				 * the character is an error.  An error answer keeps '?' for
+				 * it.
+				 */
 				curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+				if (bad != 0 && status == 200)
+				{
+					Jsonb	   *page = es_read_page(resp.data, resp.len, es_page_budget(), true);
+
+					text = JsonbToCString(NULL, &page->root, VARSIZE(page));
+					len = strlen(text);
+				}
 				values[0] = Int32GetDatum((int32) status);
-				values[1] = CStringGetTextDatum(resp.data ? resp.data : "");
+				values[1] = PointerGetDatum(cstring_to_text_with_len(text, len));
 			}
 		}
 	}
@@ -326,14 +375,16 @@ eventstream_http_request(PG_FUNCTION_ARGS)
 /*
  * eventstream_urlencode
  *		_urlencode(text) -> text: percent-encode everything but RFC 3986's
- *		unreserved characters, byte by byte (a query parameter's value).
+ *		unreserved characters, byte by byte of the text's UTF-8 (a path
+ *		segment or a query parameter's value).
  */
 Datum
 eventstream_urlencode(PG_FUNCTION_ARGS)
 {
 	text	   *in = PG_GETARG_TEXT_PP(0);
-	const unsigned char *p = (const unsigned char *) VARDATA_ANY(in);
-	int			len = VARSIZE_ANY_EXHDR(in);
+	int			len;
+	const unsigned char *p = (const unsigned char *) es_wire_from_server(VARDATA_ANY(in),
+																		 VARSIZE_ANY_EXHDR(in), &len);
 	StringInfoData buf;
 	static const char hex[] = "0123456789ABCDEF";
 

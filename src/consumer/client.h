@@ -5,10 +5,10 @@
  *
  * Exports what the pulls need to run requests to producers on handles of
  * their own (the options every request shares, the headers of an answer,
- * the texts of failures, of bodies that are not text and of answers in a
- * protocol version this site does not speak), the URL encoding of a path
- * segment, and the settings eventstream.ca_file and
- * eventstream.client_max_response_size.
+ * the texts of failures, of bodies that are not UTF-8 text and of answers in
+ * a protocol version this site does not speak, a piece of a body for an
+ * error message), the URL encoding of a path segment, and the settings
+ * eventstream.ca_file and eventstream.client_max_response_size.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -42,6 +42,7 @@ extern void es_client_setup(void *curl, const char *url, const char *auth,
 							EsResponse *resp, long timeout_s);
 extern char *es_client_failure(int code, EsResponse *resp, const char *url);
 extern char *es_client_bad_text(EsResponse *resp, const char *url);
+extern char *es_client_text(const char *data, int max);
 extern char *es_client_header(void *curl, const char *name);
 extern bool es_client_protocol_known(const char *protocol);
 extern char *es_client_protocol_error(const char *protocol, const char *url);

@@ -7,14 +7,26 @@
  * jsonb_in that was a fifth of the applying worker's time: its parser is
  * general (a callback per token, every string copied twice, every number
  * through numeric_in).  es_read_jsonb() reads the JSON producers write --
- * objects, arrays, strings with the short escapes, numbers, literals --
+ * objects, arrays, strings with their escapes, numbers, literals --
  * straight into pushJsonbValue(): strings without escapes are taken in
  * place, integers of up to 18 digits become numerics without numeric_in.
- * Whatever it does not know (a \u escape, a nesting deeper than
- * ES_JSON_MAX_DEPTH, a string too long for jsonb) and whatever is not JSON
- * makes it give up and return NULL: the caller then uses jsonb_in, whose
+ * Whatever it does not know (a \u escape jsonb_in would refuse or convert
+ * to another encoding than UTF-8, a nesting deeper than ES_JSON_MAX_DEPTH,
+ * a string too long for jsonb) and whatever is not JSON makes it give up
+ * and return NULL: the caller then uses jsonb_in, whose
  * result or error is the reference.  The result is the jsonb jsonb_in
  * would make (test/sql/apply.sql compares the two).
+ *
+ * A producer's answer is UTF-8 (src/site/wire.c).  In a database of
+ * another encoding, es_read_page(..., wire = true) converts every string
+ * (key or value) as it reads it.  A character the database encoding
+ * cannot hold fails only the update (or the snapshot's document) holding
+ * it: an element of the page's "updates" or "documents" array gets its
+ * "data" set to null and an "encoding_error" naming the character, which
+ * the apply makes a Failed update (apply.c); the other strings of the
+ * element read '?' for it.  Anywhere else in the page, and in a page the
+ * quick reading gives up on (jsonb_in converts the whole text first), it
+ * fails the page.  A UTF8 database converts nothing.
  *
  * Reading a page is bounded in memory, whatever its shape: a tree of
  * jsonb values takes tens of bytes per value: a page of the usual shape
@@ -47,6 +59,7 @@
 
 #include "consumer/client.h"
 #include "consumer/pagejson.h"
+#include "site/wire.h"
 
 PG_FUNCTION_INFO_V1(eventstream_read_json);
 
@@ -69,6 +82,14 @@ typedef struct EsJsonReader
 	JsonbValue *res;			/* the container closed last */
 	MemoryContext cxt;			/* where it is built */
 	Size		budget;			/* the most cxt may take */
+	bool		convert;		/* strings are UTF-8 to convert */
+	bool		utf8;			/* strings are read as UTF-8 (convert, or a
+								 * UTF8 database) */
+	bool		units_next;		/* the value read next is "updates" or
+								 * "documents" of the page */
+	bool		in_units;		/* reading the elements of that array */
+	pg_wchar	bad;			/* first character the database encoding
+								 * cannot hold, since the element began */
 } EsJsonReader;
 
 /* Values counted by es_count_values (a JsonSemAction's state). */
@@ -93,6 +114,20 @@ es_page_too_large(Size budget)
 			 errdetail("Reading a page may take four times eventstream.client_max_response_size (%d kB).",
 					   es_client_max_response_size),
 			 errhint("Raise eventstream.client_max_response_size on this site, or lower eventstream.http_max_response_size on the producer.")));
+}
+
+/*
+ * es_page_untranslatable
+ *		Raise the error of a page holding a character the database encoding
+ *		cannot, where it fails the whole page.
+ */
+static void
+es_page_untranslatable(pg_wchar c)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNTRANSLATABLE_CHARACTER),
+			 errmsg("%s", es_wire_untranslatable(c)),
+			 errdetail("Only an update, or a document of a snapshot, holding such a character fails alone; this one is elsewhere in the answer, which fails whole.")));
 }
 
 /* Raise when the reading has taken more than its budget. */
@@ -134,6 +169,127 @@ es_at_delimiter(EsJsonReader *r)
 }
 
 /*
+ * es_convert_string
+ *		Convert the string v holds from UTF-8 to the database encoding,
+ *		noting in r->bad the first character it cannot hold.
+ */
+static void
+es_convert_string(EsJsonReader *r, JsonbValue *v)
+{
+	int			len;
+	pg_wchar	bad;
+
+	v->val.string.val = es_wire_to_server(v->val.string.val, v->val.string.len, &len, &bad);
+	v->val.string.len = len;
+	if (bad != 0 && r->bad == 0)
+		r->bad = bad;
+}
+
+/*
+ * es_fail_unit
+ *		The element of the page's updates (or documents) being read holds a
+ *		character the database encoding cannot (r->bad): its "data" becomes
+ *		null and it gets an "encoding_error" saying why, for the apply to
+ *		make it a Failed update.  Called before the element's object is
+ *		closed, when it is the top of r->state.
+ */
+static void
+es_fail_unit(EsJsonReader *r)
+{
+	JsonbValue *obj = &r->state->contVal;
+	JsonbValue	k;
+	JsonbValue	v;
+
+	for (int i = 0; i < obj->val.object.nPairs; i++)
+	{
+		JsonbPair  *pair = &obj->val.object.pairs[i];
+
+		if (pair->key.val.string.len == 4 && memcmp(pair->key.val.string.val, "data", 4) == 0)
+			pair->value.type = jbvNull;
+	}
+	k.type = jbvString;
+	k.val.string.val = ES_ENCODING_ERROR_KEY;
+	k.val.string.len = strlen(ES_ENCODING_ERROR_KEY);
+	pushJsonbValue(&r->state, WJB_KEY, &k);
+	v.type = jbvString;
+	v.val.string.val = es_wire_untranslatable(r->bad);
+	v.val.string.len = strlen(v.val.string.val);
+	pushJsonbValue(&r->state, WJB_VALUE, &v);
+	r->bad = 0;
+}
+
+/*
+ * es_hex4
+ *		The value of the four hex digits at p, or -1 when there are not four
+ *		before end.
+ */
+static int
+es_hex4(const char *p, const char *end)
+{
+	int			v = 0;
+
+	if (end - p < 4)
+		return -1;
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = p[i];
+
+		if (c >= '0' && c <= '9')
+			v = v * 16 + (c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v = v * 16 + (c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v = v * 16 + (c - 'A' + 10);
+		else
+			return -1;
+	}
+	return v;
+}
+
+/*
+ * es_read_escape_u
+ *		Decode the \u escape whose 'u' q points to (with the low half that
+ *		follows a surrogate's high half) into buf, as jsonb_in does: in
+ *		UTF-8 when the text read is UTF-8 (a UTF8 database, or strings
+ *		converted from the wire afterwards), otherwise only a character of
+ *		ASCII.  Returns where the escape ends, or NULL to leave it to
+ *		jsonb_in (and its error): \u0000, which text cannot hold, a lone
+ *		surrogate, a character beyond ASCII in text of another encoding, or
+ *		what is not an escape.
+ */
+static const char *
+es_read_escape_u(EsJsonReader *r, const char *q, StringInfo buf)
+{
+	int			c = es_hex4(q + 1, r->end);
+	unsigned char utf8[8];
+
+	if (c <= 0)
+		return NULL;
+	q += 5;
+	if (c >= 0xD800 && c <= 0xDBFF)
+	{
+		int			lo = (r->end - q >= 2 && q[0] == '\\' && q[1] == 'u') ? es_hex4(q + 2, r->end) : -1;
+
+		if (lo < 0xDC00 || lo > 0xDFFF)
+			return NULL;
+		c = (int) surrogate_pair_to_codepoint((pg_wchar) c, (pg_wchar) lo);
+		q += 6;
+	}
+	else if (c >= 0xDC00 && c <= 0xDFFF)
+		return NULL;
+	if (c <= 0x7F)
+		appendStringInfoChar(buf, (char) c);
+	else if (r->utf8)
+	{
+		unicode_to_utf8((pg_wchar) c, utf8);
+		appendBinaryStringInfo(buf, (char *) utf8, pg_utf_mblen(utf8));
+	}
+	else
+		return NULL;
+	return q;
+}
+
+/*
  * es_read_string
  *		Read the string starting at the quote r->p points to into v.  A
  *		string without escapes is taken in place (the text outlives the
@@ -157,6 +313,8 @@ es_read_string(EsJsonReader *r, JsonbValue *v)
 		v->val.string.val = (char *) s;
 		v->val.string.len = q - s;
 		r->p = q + 1;
+		if (r->convert)
+			es_convert_string(r, v);
 		return v->val.string.len <= JENTRY_OFFLENMASK;
 	}
 
@@ -195,8 +353,13 @@ es_read_string(EsJsonReader *r, JsonbValue *v)
 			case 't':
 				appendStringInfoChar(&buf, '\t');
 				break;
+			case 'u':
+				q = es_read_escape_u(r, q, &buf);
+				if (q == NULL)
+					return false;
+				continue;
 			default:
-				return false;	/* \u (encoding rules) or not JSON */
+				return false;	/* not JSON */
 		}
 		q++;
 	}
@@ -205,7 +368,9 @@ es_read_string(EsJsonReader *r, JsonbValue *v)
 	v->val.string.val = buf.data;
 	v->val.string.len = buf.len;
 	r->p = q + 1;
-	return buf.len <= JENTRY_OFFLENMASK;
+	if (r->convert)
+		es_convert_string(r, v);
+	return v->val.string.len <= JENTRY_OFFLENMASK;
 }
 
 /*
@@ -311,9 +476,19 @@ es_read_container(EsJsonReader *r, int depth)
 {
 	bool		object = (*r->p == '{');
 	char		close = object ? '}' : ']';
+	bool		units = false;	/* the page's "updates" or "documents" */
+	bool		unit = false;	/* an element of those */
 
 	if (depth >= ES_JSON_MAX_DEPTH)
 		return false;
+	if (depth == 1 && !object && r->units_next)
+		units = true;
+	else if (depth == 2 && object && r->in_units)
+	{
+		unit = true;
+		r->bad = 0;
+	}
+	r->units_next = false;
 	pushJsonbValue(&r->state, object ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
 	es_check_budget(r);
 	r->p++;
@@ -333,14 +508,20 @@ es_read_container(EsJsonReader *r, int depth)
 			if (r->p >= r->end || *r->p != '"' || !es_read_string(r, &key))
 				return false;
 			pushJsonbValue(&r->state, WJB_KEY, &key);
+			r->units_next = r->convert && depth == 0 &&
+				((key.val.string.len == 7 && memcmp(key.val.string.val, "updates", 7) == 0) ||
+				 (key.val.string.len == 9 && memcmp(key.val.string.val, "documents", 9) == 0));
 			es_skip_space(r);
 			if (r->p >= r->end || *r->p != ':')
 				return false;
 			r->p++;
 			es_skip_space(r);
 		}
+		r->in_units = units;
 		if (!es_read_value(r, object ? WJB_VALUE : WJB_ELEM, depth + 1))
 			return false;
+		r->in_units = false;
+		r->units_next = false;
 		es_skip_space(r);
 		if (r->p >= r->end)
 			return false;
@@ -352,6 +533,8 @@ es_read_container(EsJsonReader *r, int depth)
 		es_skip_space(r);
 	}
 	r->p++;
+	if (unit && r->bad != 0)
+		es_fail_unit(r);
 	r->res = pushJsonbValue(&r->state, object ? WJB_END_OBJECT : WJB_END_ARRAY, NULL);
 	return true;
 }
@@ -396,12 +579,14 @@ es_read_value(EsJsonReader *r, JsonbIteratorToken tok, int depth)
  * es_read_jsonb
  *		The jsonb of the JSON object or array text[0 .. len), or NULL when
  *		the quick reading above gives up (see the file header): the caller
- *		then uses jsonb_in.  text must stay as it is until this returns.
- *		Allocates in CurrentMemoryContext, several times the result's size;
- *		raises when that context holds more than budget bytes.
+ *		then uses jsonb_in.  With wire, text is UTF-8 (valid: the caller
+ *		checked) and its strings are converted to the database encoding.
+ *		text must stay as it is until this returns.  Allocates in
+ *		CurrentMemoryContext, several times the result's size; raises when
+ *		that context holds more than budget bytes.
  */
 Jsonb *
-es_read_jsonb(const char *text, size_t len, Size budget)
+es_read_jsonb(const char *text, size_t len, Size budget, bool wire)
 {
 	EsJsonReader r;
 
@@ -411,6 +596,11 @@ es_read_jsonb(const char *text, size_t len, Size budget)
 	r.res = NULL;
 	r.cxt = CurrentMemoryContext;
 	r.budget = budget;
+	r.convert = wire && es_wire_converts();
+	r.utf8 = r.convert || GetDatabaseEncoding() == PG_UTF8;
+	r.units_next = false;
+	r.in_units = false;
+	r.bad = 0;
 	es_skip_space(&r);
 	if (r.p >= r.end || (*r.p != '{' && *r.p != '['))
 		return NULL;
@@ -419,6 +609,8 @@ es_read_jsonb(const char *text, size_t len, Size budget)
 	es_skip_space(&r);
 	if (r.p != r.end)
 		return NULL;
+	if (r.bad != 0)
+		es_page_untranslatable(r.bad);
 	/* The outermost container closed last. */
 	return JsonbValueToJsonb(r.res);
 }
@@ -459,21 +651,32 @@ es_page_budget(void)
  * es_read_page
  *		The jsonb of a producer's answer text[0 .. len): es_read_jsonb, or
  *		jsonb_in when that gives up, with jsonb_in's error when the text is
- *		not JSON.  Reading takes at most about budget bytes of
+ *		not JSON.  With wire, text is UTF-8 and converted to the database
+ *		encoding (see the file header).  Reading takes at most about budget bytes of
  *		CurrentMemoryContext: a page that would take more is refused with a
  *		clear error before it is read (see the file header).  text must be
  *		NUL-terminated at len.
  */
 Jsonb *
-es_read_page(char *text, size_t len, Size budget)
+es_read_page(char *text, size_t len, Size budget, bool wire)
 {
-	Jsonb	   *j = es_read_jsonb(text, len, budget);
+	Jsonb	   *j = es_read_jsonb(text, len, budget, wire);
 	JsonLexContext *lex;
 	JsonSemAction sem;
 	EsJsonCount count;
 
 	if (j != NULL)
 		return j;
+	if (wire && es_wire_converts())
+	{
+		int			outlen;
+		pg_wchar	bad;
+
+		text = es_wire_to_server(text, (int) len, &outlen, &bad);
+		len = outlen;
+		if (bad != 0)
+			es_page_untranslatable(bad);
+	}
 
 	/*
 	 * Check the text and count its values (the lexer copies no string when
@@ -506,5 +709,5 @@ eventstream_read_json(PG_FUNCTION_ARGS)
 {
 	char	   *body = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
-	PG_RETURN_JSONB_P(es_read_page(body, strlen(body), es_page_budget()));
+	PG_RETURN_JSONB_P(es_read_page(body, strlen(body), es_page_budget(), false));
 }

@@ -477,8 +477,8 @@ es_pull_done(EsProducer *p, CURLcode code)
 	else if (!es_client_protocol_known(head.protocol))
 		error = es_client_protocol_error(head.protocol, p->url);	/* nothing read */
 	else if (status != 200)
-		error = psprintf("%s answered HTTP %ld: %.300s", p->url, status,
-						 p->resp.data ? p->resp.data : "");
+		error = psprintf("%s answered HTTP %ld: %s", p->url, status,
+						 es_client_text(p->resp.data, 300));
 	else
 		error = es_client_bad_text(&p->resp, p->url);	/* nothing applied */
 	curl_slist_free_all(p->resp.headers);

@@ -37,6 +37,7 @@
 #include "consumer/pagejson.h"
 #include "consumer/pull.h"
 #include "consumer/pull_internal.h"
+#include "site/wire.h"
 #include "site/worker.h"
 
 int			es_window_memory = 64 * 1024;	/* kB */
@@ -102,7 +103,7 @@ es_pull_parse(EsProducer *p)
 		Jsonb	   *parsed;
 
 		MemoryContextSwitchTo(parse_cxt);
-		parsed = es_read_page(p->body, strlen(p->body), es_page_budget());
+		parsed = es_read_page(p->body, strlen(p->body), es_page_budget(), true);
 		p->page = MemoryContextAlloc(p->page_cxt, VARSIZE(parsed));
 		memcpy(p->page, parsed, VARSIZE(parsed));
 		MemoryContextSwitchTo(cxt);
@@ -525,6 +526,19 @@ es_fetch_done(EsFetch *f, CURLcode code)
 	{
 		StringInfoData buf;
 		char	   *bad = (code == CURLE_OK && status == 200) ? es_client_bad_text(&f->resp, p->url) : NULL;
+		char	   *doc = NULL;
+
+		/* The document in the database encoding: one it cannot hold is none. */
+		if (code == CURLE_OK && status == 200 && f->resp.data && bad == NULL)
+		{
+			int			len;
+			pg_wchar	c;
+
+			doc = es_wire_to_server(f->resp.data, (int) f->resp.len, &len, &c);
+			if (c != 0)
+				bad = psprintf("the answer from %s holds a character this database cannot: %s",
+							   p->url, es_wire_untranslatable(c));
+		}
 
 		initStringInfo(&buf);
 		appendStringInfoString(&buf, p->deps && strcmp(p->deps, "[]") != 0 ? p->deps : "[");
@@ -534,14 +548,14 @@ es_fetch_done(EsFetch *f, CURLcode code)
 			appendStringInfoString(&buf, ", ");
 		/* The want as it was, with what came of it. */
 		appendBinaryStringInfo(&buf, f->want, strlen(f->want) - 1);	/* without its } */
-		if (code == CURLE_OK && status == 200 && f->resp.data && bad == NULL)
-			appendStringInfo(&buf, ", \"data\": %s", f->resp.data);
+		if (doc != NULL && bad == NULL)
+			appendStringInfo(&buf, ", \"data\": %s", doc);
 		else
 		{
 			appendStringInfoString(&buf, ", \"data\": null, \"error\": ");
 			escape_json(&buf, code != CURLE_OK ? es_client_failure(code, &f->resp, p->url)
 						: bad ? bad
-						: psprintf("HTTP %ld: %.200s", status, f->resp.data ? f->resp.data : ""));
+						: psprintf("HTTP %ld: %s", status, es_client_text(f->resp.data, 200)));
 		}
 		appendStringInfoString(&buf, "}]");
 		es_set_str(&p->deps, buf.data);

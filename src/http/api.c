@@ -22,6 +22,12 @@
  * server's Eventstream-* headers, its next cursor, "more" and "complete"
  * (EsApiReply).
  *
+ * The wire is UTF-8 whatever the database encoding: the path, the query
+ * parameters, the credentials and the body are converted to the database
+ * encoding first (a request that is not valid UTF-8, or holds a character
+ * the database cannot, is answered 400), and every answer, errors
+ * included, is converted to UTF-8 (src/site/wire.c).
+ *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
  * IDENTIFICATION
@@ -44,6 +50,7 @@
 #include "utils/snapmgr.h"
 
 #include "http/api.h"
+#include "site/wire.h"
 
 /* A request as its endpoint sees it. */
 typedef struct EsApiCall
@@ -172,9 +179,10 @@ es_http_credentials(const char *header, char **key, char **secret)
 
 /*
  * es_http_query
- *		Run one SQL statement with text arguments and return the text of
- *		the first column of its one row (NULL for NULL); the row stays in
- *		SPI_tuptable for its other columns.  Inside SPI.
+ *		Run one SQL statement with text arguments (in the database
+ *		encoding: es_api_text converts what a request gives) and return
+ *		the text of the first column of its one row (NULL for NULL); the
+ *		row stays in SPI_tuptable for its other columns.  Inside SPI.
  */
 static char *
 es_http_query(const char *sql, int nargs, const char **args)
@@ -186,9 +194,6 @@ es_http_query(const char *sql, int nargs, const char **args)
 
 	for (i = 0; i < nargs; i++)
 	{
-		/* Request bytes become text only when valid in the database encoding. */
-		if (args[i])
-			(void) pg_verifymbstr(args[i], strlen(args[i]), false);
 		types[i] = TEXTOID;
 		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
 		nulls[i] = args[i] ? ' ' : 'n';
@@ -199,6 +204,31 @@ es_http_query(const char *sql, int nargs, const char **args)
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
+/*
+ * es_api_text
+ *		What the request gave (UTF-8), in the database encoding: NULL for
+ *		NULL; a request that is not valid UTF-8 or holds a character the
+ *		database encoding cannot is refused with the conversion's error
+ *		(a 400).  In the request's transaction.
+ */
+static const char *
+es_api_text(const char *s)
+{
+	if (s == NULL)
+		return NULL;
+	return pg_any_to_server(s, strlen(s), PG_UTF8);
+}
+
+/*
+ * es_api_param
+ *		The query parameter name of the request, in the database encoding
+ *		(NULL when not given).
+ */
+static const char *
+es_api_param(EsApiCall *call, const char *name)
+{
+	return es_api_text(MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, name));
+}
 
 /*
  * es_api_consumers
@@ -227,9 +257,9 @@ es_api_consumers(EsApiCall *call, unsigned int *status)
 static char *
 es_api_updates(EsApiCall *call, unsigned int *status)
 {
-	const char *consumer = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "consumer");
-	const char *cursor = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "cursor");
-	const char *limit = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "limit");
+	const char *consumer = es_api_param(call, "consumer");
+	const char *cursor = es_api_param(call, "cursor");
+	const char *limit = es_api_param(call, "limit");
 	const char *args[5];
 	char	   *owner;
 	char	   *result;
@@ -255,7 +285,7 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 		args[2] = limit ? limit : CppAsString2(ES_PAGE_DEFAULT);
 		args[3] = call->may_park ? "true" : "false";
 		/* ack=: what a pipelining consumer has applied (see _pull_page) */
-		args[4] = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "ack");
+		args[4] = es_api_param(call, "ack");
 		/*
 		 * '' = nothing yet and the caller may wait for more: only a
 		 * page that ends at the newest commit; one that ends earlier
@@ -310,9 +340,9 @@ es_api_document(EsApiCall *call, unsigned int *status)
 static char *
 es_api_snapshot(EsApiCall *call, unsigned int *status)
 {
-	const char *after = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "after");
-	const char *limit = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "limit");
-	const char *consumer = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "consumer");
+	const char *after = es_api_param(call, "after");
+	const char *limit = es_api_param(call, "limit");
+	const char *consumer = es_api_param(call, "consumer");
 	const char *args[5];
 	char	   *owner = NULL;
 	char	   *result;
@@ -355,8 +385,8 @@ es_api_snapshot(EsApiCall *call, unsigned int *status)
 static char *
 es_api_filtered(EsApiCall *call, unsigned int *status)
 {
-	const char *filters = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "filters");
-	const char *limit = MHD_lookup_connection_value(call->conn, MHD_GET_ARGUMENT_KIND, "limit");
+	const char *filters = es_api_param(call, "filters");
+	const char *limit = es_api_param(call, "limit");
 	const char *args[4];
 
 	args[0] = call->url + strlen(ES_API_PREFIX "documents/");
@@ -421,7 +451,8 @@ es_http_api_free(EsApiReply *reply)
  *		memory); the caller frees it with es_http_api_free.
  *
  * Called from the access handler, i.e. from the worker's wait loop with no
- * transaction open.  Any ERROR is caught here and becomes a JSON error
+ * transaction open.  The request's texts are UTF-8 and so is the reply
+ * (see the file header).  Any ERROR is caught here and becomes a JSON error
  * reply: nothing longjmps through libmicrohttpd.
  */
 unsigned int
@@ -452,8 +483,9 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			role = NULL;
 		else
 		{
+			key = (char *) es_api_text(key);
 			args[0] = key;
-			args[1] = secret;
+			args[1] = es_api_text(secret);
 			role = es_http_query("SELECT eventstream._check_api_key($1, $2)::text", 2, args);
 		}
 
@@ -468,8 +500,8 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			unsigned int call_status = MHD_HTTP_OK;
 
 			call.conn = conn;
-			call.url = url;
-			call.body = body;
+			call.url = es_api_text(url);
+			call.body = es_api_text(body);
 			call.may_park = may_park;
 			call.key = key;
 			call.role = role;
@@ -491,8 +523,8 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			result = "{\"error\": {\"code\": \"not_found\", \"message\": \"No such endpoint.\"}}";
 		}
 
-		/* Out of SPI memory before it goes away. */
-		reply->body = strdup(result);
+		/* In UTF-8, out of SPI memory before it goes away. */
+		reply->body = strdup(es_wire_from_server(result, strlen(result), NULL));
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -519,7 +551,7 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			escape_json(&buf, edata->hint);
 		}
 		appendStringInfoString(&buf, "}}");
-		reply->body = strdup(buf.data);
+		reply->body = strdup(es_wire_from_server(buf.data, buf.len, NULL));
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();

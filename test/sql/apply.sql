@@ -237,6 +237,7 @@ INSERT INTO json_texts VALUES ('{}'), ('[]'), (' { "a" : 1 , "b":[1,2,{"c":null}
   ('[0, -0, 12, -12, 1.50, 0.000, 123456789012345678, -999999999999999999, 1234567890123456789,
     -9223372036854775808, 1e5, 1E-3, 2.5e+10, -1.5E-7]'),
   ('["a\"b", "\\", "\/", "\b\f\n\r\t", "é ü", "x\u0041y", "\ud83d\ude00", ""]'),
+  ('{"\u00e9\u20AC": "\u0001\u001f\u00e9\u20ac\uD83D\uDE00x"}'),
   ('[true, false, null]'), ('{"k\"ey": {"n": {"d": [[[]]]}}}'),
   (repeat('[', 70) || repeat(']', 70)),
   ('{"cursor": "v1/4", "more": true, "updates": [{"id": 1, "data": {"id": 1, "v": "v1", "n": 1},
@@ -254,17 +255,22 @@ SELECT eventstream._read_json('[truex]');
 SELECT eventstream._read_json('{"a": 1}x');
 SELECT eventstream._read_json('["\x"]');
 SELECT eventstream._read_json('["\u0000"]');
+SELECT eventstream._read_json('["\ud83d"]');
+SELECT eventstream._read_json('["\ud83dx"]');
+SELECT eventstream._read_json('["\ude00"]');
+SELECT eventstream._read_json('["\u00g1"]');
 SELECT eventstream._read_json('{"a": 1,');
 SELECT eventstream._read_json(E'["a\tb"]');
 -- Reading is bounded: a page that would take more than four times
 -- eventstream.client_max_response_size to read is refused, whatever its
--- shape, by the quick reading and before jsonb_in (a \u escape) alike.
+-- shape, by the quick reading and before jsonb_in (a nesting deeper than
+-- the quick reading goes) alike.
 SET eventstream.client_max_response_size = '64kB';
 SELECT jsonb_array_length(eventstream._read_json('[' || repeat('1,', 1000) || '1]')) AS small_enough;
 SELECT eventstream._read_json('[' || repeat('1,', 30000) || '1]');
 SELECT eventstream._read_json('[' || repeat('[],', 20000) || '[]]');
-SELECT eventstream._read_json('["\u00e9", ' || repeat('1,', 30000) || '1]');
-SELECT eventstream._read_json('["\u00e9", ' || repeat('1,', 30000) || '1');
+SELECT eventstream._read_json('[' || repeat('[', 70) || repeat(']', 70) || ', ' || repeat('1,', 30000) || '1]');
+SELECT eventstream._read_json('[' || repeat('[', 70) || repeat(']', 70) || ', ' || repeat('1,', 30000) || '1');
 RESET eventstream.client_max_response_size;
 
 -- producer_status tells how a producer is doing: the lag counts while pulls

@@ -719,7 +719,7 @@ is(sq($S2, $fake_applied), '0/0/0', '  nothing was applied');
 isnt($ret, 0, 'G: sync_now fails on it too');
 like($err, qr/larger than eventstream\.client_max_response_size/, '  naming the setting');
 
-# (b2) a page whose text is not valid in the database encoding (UTF8):
+# (b2) a page whose text is not valid UTF-8 (the encoding of the wire):
 # an invalid byte sequence in a value, or a NUL byte
 foreach my $bad (['badutf8', 'an invalid byte sequence', 'fakekey3'], ['nul', 'a NUL byte', 'fakekey4'])
 {

@@ -111,12 +111,13 @@ log_statement = none
 
 # A database on $node that is a site: HTTP port set before CREATE
 # EXTENSION, health polled.  %o: settings => { name => value } for the
-# database.
+# database; encoding => its encoding (with the C locale).
 sub add_site
 {
 	my ($node, $db, %o) = @_;
 	my $port = PostgreSQL::Test::Cluster::get_free_port();
-	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql('postgres', "CREATE DATABASE $db"
+		  . ($o{encoding} ? " ENCODING '$o{encoding}' LOCALE 'C' TEMPLATE template0" : ''));
 	$node->safe_psql('postgres', "ALTER DATABASE $db SET eventstream.http_port = $port");
 	foreach my $k (sort keys %{ $o{settings} // {} })
 	{
