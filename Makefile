@@ -30,6 +30,7 @@ OBJS = \
 	src/consumer/apply_jsonb.o \
 	src/consumer/apply_direct.o \
 	src/consumer/apply_batch.o \
+	src/consumer/apply_fk.o \
 	src/consumer/apply_log.o \
 	src/consumer/apply_page.o \
 	src/consumer/mapping.o \

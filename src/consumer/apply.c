@@ -59,6 +59,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -473,14 +474,19 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 				List	   *fkcols = es_keys(fk);
 				StringInfoData sql;
 				ListCell   *fc;
+				Jsonb	   *gone;
 
 				initStringInfo(&sql);
-				appendStringInfo(&sql, "DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE ",
+				appendStringInfo(&sql, "WITH d AS (DELETE FROM %s t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) k WHERE ",
 								 ct->qualname, ct->qualname);
 				foreach(fc, fkcols)
 					appendStringInfo(&sql, "%st.%s = k.%s", foreach_current_index(fc) > 0 ? " AND " : "",
 									 quote_identifier(lfirst(fc)), quote_identifier(lfirst(fc)));
-				(void) es_run(a->subscriber, sql.data, fk);
+				appendStringInfoString(&sql, " RETURNING pg_catalog.to_jsonb(t.*) AS row)"
+									   " SELECT pg_catalog.jsonb_agg(d.row) FROM d");
+				gone = es_run(a->subscriber, sql.data, fk);
+				foreach(fc, es_elements(gone))
+					es_fk_deleted(ct, lfirst(fc));
 			}
 			foreach(rc, es_elements(rows))
 			{
@@ -606,6 +612,30 @@ es_subxact_caught(MemoryContext cxt, ResourceOwner owner)
 }
 
 /*
+ * es_apply_replica
+ *		Make the rest of the calling function apply as a logical
+ *		replication subscriber does: session_replication_role = replica,
+ *		so that of the triggers on the tables written the ones enabled
+ *		ENABLE REPLICA or ENABLE ALWAYS fire and the ordinary ones do not.
+ *		The setting is a superuser's: it is set here for the apply only,
+ *		whoever calls it, as a function's SET clause would set it (the
+ *		caller undoes it with AtEOXact_GUC at the level returned, an error
+ *		with the transaction or subtransaction).  Foreign keys stay
+ *		enforced (apply_fk.c).  The capture trigger is ENABLE ALWAYS
+ *		(capture.sql), so that what is applied here is logged for the
+ *		sites subscribed to this one.
+ */
+static int
+es_apply_replica(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
  * es_apply_one
  *		Apply one update in a subtransaction of its own; an error is caught
  *		and described in the outcome.  The caller is connected to SPI.
@@ -660,6 +690,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	MemoryContext per_update;
 	int			n = 0;
 	int			failed = 0;
+	int			nestlevel;
 	Datum		counts[2];
 	ListCell   *lc2;
 
@@ -679,6 +710,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	memset(a.lognull, 0, sizeof(a.lognull));
 	a.batch_cxt = AllocSetContextCreate(cxt, "eventstream sync log rows", ALLOCSET_DEFAULT_SIZES);
 	a.subs_cxt = cxt;
+	nestlevel = es_apply_replica();
 	SPI_connect();
 	es_apply_begin(&a, a.producer_url, a.subscriber);
 	if (a.dependency)
@@ -876,6 +908,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	}
 	es_log_flush(&a);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	MemoryContextSwitchTo(cxt);
 	MemoryContextDelete(per_update);
 	MemoryContextDelete(a.batch_cxt);
@@ -902,6 +935,7 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	bool		nulls[5] = {false, false, false, false, false};
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext oldcxt;
+	int			nestlevel;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -911,6 +945,7 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	a.dependency = PG_GETARG_BOOL(3);
 	a.fetched = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_JSONB_P(4) : NULL;
 	a.subs_cxt = CurrentMemoryContext;
+	nestlevel = es_apply_replica();
 	SPI_connect();
 	es_apply_begin(&a, a.producer_url, a.subscriber);
 	es_apply_one(&a, upd, &out);
@@ -927,5 +962,6 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	values[4] = ObjectIdGetDatum(out.local);
 	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -5,7 +5,10 @@
  *
  * es_batch_key says which run an update may join: Creates of the same
  * name without child rows, Updates that set columns only, Deletes by a
- * one-column key, each of one table, origin and set of columns.
+ * one-column key, each of one table, origin and set of columns, of tables
+ * whose foreign keys the statement would not enforce (apply_fk.c: a run
+ * of Creates or Updates of a table with foreign keys, of Deletes of one
+ * that others refer to, goes row by row).
  * es_apply_batch applies such a run with one statement in one
  * subtransaction (for Creates, a plain INSERT first, then the upsert), and
  * says nothing was done when that fails: the caller then applies the run
@@ -57,7 +60,7 @@ es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin,
 			return NULL;
 	}
 	t = es_table(sub->relid);
-	if (t->npk != 1)
+	if (t->npk != 1 || es_fk_has(t, true))
 		return NULL;
 	cols = es_given_columns(t, changed, true);
 	if (cols == NIL || list_length(cols) != list_length(es_keys(changed)))
@@ -98,7 +101,8 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	{
 		/* By key, of a table with a one-column key, under the same name. */
 		sub = es_sub(a, ref);
-		if (!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1)
+		if (!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1 ||
+			es_fk_has(es_table(sub->relid), false))
 			return NULL;
 		return psprintf("D/%u/%s", sub->relid, origin ? origin : "");
 	}
@@ -114,6 +118,8 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL)
 		return NULL;
 	t = es_table(sub->relid);
+	if (es_fk_has(t, true))
+		return NULL;
 
 	/* The columns it gives. */
 	initStringInfo(&key);
@@ -292,9 +298,13 @@ run:
 		memcpy(&es_apply_origin, u, sizeof(pg_uuid_t));
 		es_apply_origin_set = true;
 	}
-	/* DO NOTHING skips rows that were there: count those as existing. */
+	/*
+	 * DO NOTHING skips rows that were there: count those as existing.  The
+	 * upsert tells them by their xmax, which a partitioned table's rows do
+	 * not have: its rows go row by row once the plain INSERT failed.
+	 */
 	ok = (plain.data != NULL && es_batch_run(a, plain.data, page, first, last, true, &res)) ||
-		es_batch_run(a, sql.data, page, first, last, rest, &res);
+		((plain.data == NULL || !t->partitioned) && es_batch_run(a, sql.data, page, first, last, rest, &res));
 	if (ok)
 		foreach(lc, es_elements(es_field(res, "existed")))
 			*existed = lappend(*existed, es_docname_of(t, lfirst(lc)));
