@@ -127,6 +127,18 @@ TRUNCATE r_audit;
 SELECT r_apply(r_creates('public.r_trig', 21, 60)) AS processed_failed;
 SELECT count(*) AS audited, (SELECT count(*) FROM r_trig) AS rows FROM r_audit;
 
+-- Rules likewise: an ordinary one is not applied (so the statements'
+-- INSERT ... ON CONFLICT takes the table, row by row as in a run); one
+-- ENABLE ALWAYS would be, which INSERT ... ON CONFLICT refuses, and the
+-- straight path does not take the table either.
+CREATE RULE r_trig_rule AS ON INSERT TO r_trig DO ALSO INSERT INTO r_audit VALUES ('rule', 'INSERT', NEW.id, 'any');
+TRUNCATE r_audit;
+SELECT r_apply(r_creates('public.r_trig', 61, 62)) AS few, r_apply(r_creates('public.r_trig', 63, 90)) AS run;
+ALTER TABLE r_trig ENABLE ALWAYS RULE r_trig_rule;
+SELECT r_apply(r_creates('public.r_trig', 91, 92)) AS few, r_apply(r_creates('public.r_trig', 93, 120)) AS run;
+SELECT count(*) AS audited, (SELECT count(*) FROM r_trig) AS rows, (SELECT DISTINCT error FROM r_failed()) AS error FROM r_audit;
+DROP RULE r_trig_rule ON r_trig;
+
 -- Foreign keys stay enforced: a row referring to one that is not here
 -- fails (resyncable); deleting a row takes the rows referring to it ON
 -- DELETE CASCADE along, sets those ON DELETE SET NULL, and fails while
