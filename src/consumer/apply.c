@@ -10,6 +10,9 @@
  * entry and the others go on.  _apply_update() applies one update the same
  * way without logging it (resync).
  *
+ * Both functions apply as a logical replication subscriber does, with
+ * session_replication_role = replica (es_apply_replica): of the triggers
+ * and rules of the tables written, those enabled REPLICA or ALWAYS fire.
  * Writes to user tables run as the producer's subscriber role (the user id
  * is switched around each statement, SECURITY_LOCAL_USERID_CHANGE); the
  * bookkeeping (sync_log, remote_document) runs as the caller, the
@@ -35,6 +38,7 @@
  *   apply_jsonb.c       jsonb helpers
  *   apply_direct.c      straight writes into a table, without statements
  *   apply_batch.c       runs of updates as one statement
+ *   apply_fk.c          the foreign keys the apply enforces itself
  *   apply_log.c         the sync_log rows
  *   apply_page.c        quick facts about a page of updates, for _missing_for
  *
