@@ -65,6 +65,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
@@ -615,27 +616,86 @@ es_subxact_caught(MemoryContext cxt, ResourceOwner owner)
 	return edata;
 }
 
+/* Whether es_replica_needed is known, and it (see es_replica_matters). */
+static bool es_replica_known = false;
+static bool es_replica_needed = false;
+
+/*
+ * es_replica_invalidate
+ *		Relcache callback: a trigger or rule may have come, gone or changed
+ *		its ENABLE state (each sends an invalidation of its table).
+ */
+static void
+es_replica_invalidate(Datum arg, Oid relid)
+{
+	es_replica_known = false;
+}
+
+/*
+ * es_replica_matters
+ *		Whether applying with session_replication_role = replica can differ
+ *		from applying without it in this database: some table outside the
+ *		extension's schema has a trigger (but the capture trigger, ENABLE
+ *		ALWAYS) or a rule that is not disabled.  Without one, what fires is
+ *		the same either way: foreign keys are then left to their own
+ *		triggers (apply_fk.c), and the role is not changed, which would cost
+ *		a reset of the session's plan cache (see assign_session_
+ *		replication_role) twice per call.  Known until the next relcache
+ *		invalidation.  The caller is connected to SPI.
+ */
+static bool
+es_replica_matters(void)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(es_replica_invalidate, (Datum) 0);
+		registered = true;
+	}
+	if (es_replica_known)
+		return es_replica_needed;
+	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+					"                WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgname <> 'eventstream_capture'"
+					"                  AND c.relnamespace <> 'eventstream'::pg_catalog.regnamespace)"
+					"    OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class"
+					"                WHERE r.ev_enabled <> 'D' AND r.rulename <> '_RETURN'"
+					"                  AND c.relnamespace <> 'eventstream'::pg_catalog.regnamespace)",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the triggers and rules of the database");
+	{
+		bool		isnull;
+
+		es_replica_needed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	es_replica_known = true;
+	return es_replica_needed;
+}
+
 /*
  * es_apply_replica
  *		Make the rest of the calling function apply as a logical
  *		replication subscriber does: session_replication_role = replica,
- *		so that of the triggers on the tables written the ones enabled
- *		ENABLE REPLICA or ENABLE ALWAYS fire and the ordinary ones do not.
- *		The setting is a superuser's: it is set here for the apply only,
- *		whoever calls it, as a function's SET clause would set it (the
- *		caller undoes it with AtEOXact_GUC at the level returned, an error
- *		with the transaction or subtransaction).  Foreign keys stay
- *		enforced (apply_fk.c).  The capture trigger is ENABLE ALWAYS
- *		(capture.sql), so that what is applied here is logged for the
- *		sites subscribed to this one.
+ *		so that of the triggers and rules on the tables written the ones
+ *		enabled REPLICA or ALWAYS fire and the ordinary ones do not (when
+ *		that can make a difference: es_replica_matters).  The setting is a
+ *		superuser's: it is set here for the apply only, whoever calls it,
+ *		as a function's SET clause would set it; the caller undoes it with
+ *		AtEOXact_GUC at the level returned, an error with the transaction
+ *		or subtransaction.  Foreign keys stay enforced (apply_fk.c).  The
+ *		capture trigger is ENABLE ALWAYS (capture.sql), so that what is
+ *		applied here is logged for the sites subscribed to this one.  The
+ *		caller is connected to SPI.
  */
 static int
 es_apply_replica(void)
 {
 	int			nestlevel = NewGUCNestLevel();
 
-	(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (es_replica_matters())
+		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
 }
 
@@ -714,8 +774,8 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	memset(a.lognull, 0, sizeof(a.lognull));
 	a.batch_cxt = AllocSetContextCreate(cxt, "eventstream sync log rows", ALLOCSET_DEFAULT_SIZES);
 	a.subs_cxt = cxt;
-	nestlevel = es_apply_replica();
 	SPI_connect();
+	nestlevel = es_apply_replica();
 	es_apply_begin(&a, a.producer_url, a.subscriber);
 	if (a.dependency)
 	{
@@ -949,8 +1009,8 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	a.dependency = PG_GETARG_BOOL(3);
 	a.fetched = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_JSONB_P(4) : NULL;
 	a.subs_cxt = CurrentMemoryContext;
-	nestlevel = es_apply_replica();
 	SPI_connect();
+	nestlevel = es_apply_replica();
 	es_apply_begin(&a, a.producer_url, a.subscriber);
 	es_apply_one(&a, upd, &out);
 	/* out's strings are in SPI's memory, which SPI_finish frees: copy first. */

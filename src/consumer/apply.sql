@@ -555,13 +555,13 @@ AS $$
 				  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = u.n) AS setcols,
 			   CASE WHEN fr.relkind = 'p' THEN '' ELSE 'ONLY ' END || c.conrelid::regclass::text AS fref,
 			   CASE WHEN pr.relkind = 'p' THEN '' ELSE 'ONLY ' END || c.confrelid::regclass::text AS pref,
-			   fr.relowner AS fowner, pr.relowner AS powner
+			   fr.relowner AS fowner, pr.relowner AS powner, fr.relname::text AS fname, pr.relname::text AS pname
 		  FROM pg_constraint c
 		  JOIN pg_class fr ON fr.oid = c.conrelid
 		  JOIN pg_class pr ON pr.oid = c.confrelid
 		 WHERE c.contype = 'f' AND (c.conrelid = tbl OR c.confrelid = tbl)
 	), outs AS (
-		SELECT k.conname, k.confrelid, k.powner,
+		SELECT k.conname, k.confrelid, k.powner, k.pname,
 			   (SELECT string_agg(format('r.%s IS NULL', f), ' OR ') FROM unnest(k.fcols) f) AS anynull,
 			   (SELECT string_agg(format('r.%s IS NULL', f), ' AND ') FROM unnest(k.fcols) f) AS allnull,
 			   (SELECT string_agg(format('x.%s = r.%s', p, f), ' AND ') FROM unnest(k.pcols, k.fcols) u(p, f)) AS match,
@@ -576,14 +576,14 @@ AS $$
 	)
 	SELECT jsonb_build_object(
 		'out', coalesce((SELECT jsonb_agg(jsonb_build_object(
-			'name', o.conname, 'table', o.confrelid::regclass::text, 'owner', o.powner, 'cols', to_jsonb(o.fnames),
+			'name', o.conname, 'relname', o.pname, 'owner', o.powner, 'cols', to_jsonb(o.fnames),
 			'sql', format('SELECT pg_catalog.jsonb_build_object(''ok'', %s EXISTS (SELECT 1 FROM %s x WHERE %s FOR KEY SHARE OF x))'
 						  ' FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r',
 						  CASE WHEN o.confmatchtype = 'f' THEN format('(%s) OR NOT (%s) AND', o.allnull, o.anynull)
 							   ELSE o.anynull || ' OR' END,
 						  o.pref, o.match, tbl))) FROM outs o), '[]'),
 		'in', coalesce((SELECT jsonb_agg(jsonb_build_object(
-			'name', i.conname, 'table', i.conrelid::regclass::text, 'relid', i.conrelid::oid, 'owner', i.fowner,
+			'name', i.conname, 'relname', i.fname, 'relid', i.conrelid::oid, 'owner', i.fowner,
 			'action', i.confdeltype,
 			'sql', CASE i.confdeltype
 				WHEN 'c' THEN format('WITH d AS (DELETE FROM %s x USING pg_catalog.jsonb_populate_record(NULL::%s, $1) r WHERE %s'

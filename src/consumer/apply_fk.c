@@ -26,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include "commands/trigger.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -73,12 +74,17 @@ es_fk_load(EsTable *t)
 
 /*
  * es_fk_has
- *		Whether t has foreign keys of its own (referring), or keys of other
- *		tables refer to it (!referring).  The caller is connected to SPI.
+ *		Whether the apply enforces foreign keys of t itself -- those of its
+ *		own (referring), or keys of other tables referring to it
+ *		(!referring): when it runs with session_replication_role = replica
+ *		(otherwise their triggers do) and t has some.  The caller is
+ *		connected to SPI.
  */
 bool
 es_fk_has(EsTable *t, bool referring)
 {
+	if (SessionReplicationRole != SESSION_REPLICATION_ROLE_REPLICA)
+		return false;
 	es_fk_load(t);
 	return (referring ? t->fk_out : t->fk_in) != NULL;
 }
@@ -132,8 +138,8 @@ es_fk_check_keys(Oid relid, Jsonb *keys, Jsonb *row)
 					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 					 errmsg("insert or update on table \"%s\" violates foreign key constraint \"%s\"",
 							get_rel_name(relid), es_field_text(key, "name")),
-					 errdetail("%s is not present in table %s.",
-							   es_fk_key_text(es_field(key, "cols"), row), es_field_text(key, "table"))));
+					 errdetail("%s is not present in table \"%s\".",
+							   es_fk_key_text(es_field(key, "cols"), row), es_field_text(key, "relname"))));
 	}
 }
 
@@ -167,10 +173,10 @@ es_fk_deleted_keys(Oid relid, Jsonb *keys, Jsonb *row)
 			if (res != NULL && strcmp(es_field_text(res, "n"), "0") != 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-						 errmsg("update or delete on table \"%s\" violates foreign key constraint \"%s\" on table %s",
-								get_rel_name(relid), es_field_text(key, "name"), es_field_text(key, "table")),
-						 errdetail("%s is still referenced from table %s.",
-								   es_fk_key_text(es_field(key, "cols"), row), es_field_text(key, "table"))));
+						 errmsg("update or delete on table \"%s\" violates foreign key constraint \"%s\" on table \"%s\"",
+								get_rel_name(relid), es_field_text(key, "name"), es_field_text(key, "relname")),
+						 errdetail("%s is still referenced from table \"%s\".",
+								   es_fk_key_text(es_field(key, "cols"), row), es_field_text(key, "relname"))));
 			continue;
 		}
 		if (rows == NIL)

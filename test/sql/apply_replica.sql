@@ -172,6 +172,9 @@ SELECT r_apply('[
 SELECT (SELECT count(*) FROM r_child WHERE parent = 1) AS children, (SELECT count(*) FROM r_grandchild) AS grandchildren,
 	   (SELECT parent FROM r_loose) AS loose_parent, (SELECT count(*) FROM r_parent) AS parents;
 SELECT * FROM r_failed() WHERE docname = '2';
+-- The errors are PostgreSQL's own, details included.
+SELECT remote_docname, error FROM eventstream.sync_log
+ WHERE producer_url = 'http://r.invalid' AND status = 'Failed' AND remote_docname IN ('2', '11') ORDER BY id;
 
 DELETE FROM eventstream.producer WHERE producer_url = 'http://r.invalid';
 DROP TABLE r_hash, r_list, r_sub, r_trig, r_audit, r_parent, r_child, r_grandchild, r_loose, r_strict;
