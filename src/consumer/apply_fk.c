@@ -5,9 +5,11 @@
  *
  * The apply writes with session_replication_role = replica (apply.c,
  * es_apply_replica), as logical replication does, so that the consumer's
- * triggers fire as they would on a subscriber.  The triggers that enforce
- * foreign keys do not fire then either, but the apply keeps foreign keys
- * enforced: an update that refers to a row that is not here fails (and is
+ * triggers fire as they would on a subscriber (where no trigger or rule
+ * could tell, it leaves the role as it is: then foreign keys are enforced
+ * by their own triggers and nothing here runs).  The triggers that enforce
+ * foreign keys do not fire under the replica role either, but the apply
+ * keeps foreign keys enforced: an update that refers to a row that is not here fails (and is
  * resyncable), and a document deleted takes the rows referring to it
  * along (its child rows are not logged by the producer: they go with
  * their parent through the key's ON DELETE CASCADE).  So, for each row the
