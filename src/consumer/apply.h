@@ -176,6 +176,7 @@ extern bool es_batch_direct(EsApply *a, List *all, int first, int last, EsUpdate
 
 /* apply_fk.c: foreign keys enforced by the apply */
 extern bool es_fk_has(EsTable *t, bool referring);
+extern char *es_fk_conds(EsTable *t);
 extern void es_fk_check(EsTable *t, Jsonb *row);
 extern void es_fk_deleted(EsTable *t, Jsonb *row);
 

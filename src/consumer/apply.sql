@@ -524,7 +524,8 @@ COMMENT ON FUNCTION eventstream.remote_name(regclass, text) IS
 -- triggers that enforce foreign keys do not fire (see apply.c,
 -- es_apply_replica): "out" are tbl's own keys, each a statement that says
 -- whether the row $1 (jsonb, as stored) refers to a row that is there
--- (locking it as the key's own check does); "in" are the keys of other
+-- (locking it as the key's own check does), and that condition alone, over
+-- the row aliased r; "in" are the keys of other
 -- tables referring to tbl, each a statement doing the ON DELETE action
 -- for the deleted row $1: the count of rows still referring to it (NO
 -- ACTION, RESTRICT), or the rows deleted (CASCADE) or set to their
@@ -560,7 +561,7 @@ AS $$
 		  JOIN pg_class fr ON fr.oid = c.conrelid
 		  JOIN pg_class pr ON pr.oid = c.confrelid
 		 WHERE c.contype = 'f' AND (c.conrelid = tbl OR c.confrelid = tbl)
-	), outs AS (
+	), outs0 AS (
 		SELECT k.conname, k.confrelid, k.powner, k.pname,
 			   (SELECT string_agg(format('r.%s IS NULL', f), ' OR ') FROM unnest(k.fcols) f) AS anynull,
 			   (SELECT string_agg(format('r.%s IS NULL', f), ' AND ') FROM unnest(k.fcols) f) AS allnull,
@@ -568,6 +569,12 @@ AS $$
 			   k.fnames, k.pref, k.confmatchtype
 		  FROM k LEFT JOIN pg_constraint pc ON pc.oid = k.conparentid
 		 WHERE k.conrelid = tbl AND (pc.oid IS NULL OR pc.conrelid <> k.conrelid)
+	), outs AS (
+		SELECT o.*, format('(%s EXISTS (SELECT 1 FROM %s x WHERE %s FOR KEY SHARE OF x))',
+						   CASE WHEN o.confmatchtype = 'f' THEN format('(%s) OR NOT (%s) AND', o.allnull, o.anynull)
+								ELSE o.anynull || ' OR' END,
+						   o.pref, o.match) AS cond
+		  FROM outs0 o
 	), ins AS (
 		SELECT k.*,
 			   (SELECT string_agg(format('x.%s = r.%s', f, p), ' AND ') FROM unnest(k.fcols, k.pcols) u(f, p)) AS match
@@ -577,11 +584,9 @@ AS $$
 	SELECT jsonb_build_object(
 		'out', coalesce((SELECT jsonb_agg(jsonb_build_object(
 			'name', o.conname, 'relname', o.pname, 'owner', o.powner, 'cols', to_jsonb(o.fnames),
-			'sql', format('SELECT pg_catalog.jsonb_build_object(''ok'', %s EXISTS (SELECT 1 FROM %s x WHERE %s FOR KEY SHARE OF x))'
-						  ' FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r',
-						  CASE WHEN o.confmatchtype = 'f' THEN format('(%s) OR NOT (%s) AND', o.allnull, o.anynull)
-							   ELSE o.anynull || ' OR' END,
-						  o.pref, o.match, tbl))) FROM outs o), '[]'),
+			'sql', format('SELECT pg_catalog.jsonb_build_object(''ok'', %s) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r',
+						  o.cond, tbl),
+			'cond', o.cond)) FROM outs o), '[]'),
 		'in', coalesce((SELECT jsonb_agg(jsonb_build_object(
 			'name', i.conname, 'relname', i.fname, 'relid', i.conrelid::oid, 'owner', i.fowner,
 			'action', i.confdeltype,

@@ -5,10 +5,9 @@
  *
  * es_batch_key says which run an update may join: Creates of the same
  * name without child rows, Updates that set columns only, Deletes by a
- * one-column key, each of one table, origin and set of columns, of tables
- * whose foreign keys the statement would not enforce (apply_fk.c: a run
- * of Creates or Updates of a table with foreign keys, of Deletes of one
- * that others refer to, goes row by row).
+ * one-column key, each of one table, origin and set of columns (Deletes
+ * not of a table others refer to with foreign keys the apply enforces
+ * itself, apply_fk.c: those go row by row).
  * es_apply_batch applies such a run with one statement in one
  * subtransaction (for Creates, a plain INSERT first, then the upsert), and
  * says nothing was done when that fails: the caller then applies the run
@@ -60,7 +59,7 @@ es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin,
 			return NULL;
 	}
 	t = es_table(sub->relid);
-	if (t->npk != 1 || es_fk_has(t, true))
+	if (t->npk != 1)
 		return NULL;
 	cols = es_given_columns(t, changed, true);
 	if (cols == NIL || list_length(cols) != list_length(es_keys(changed)))
@@ -118,8 +117,6 @@ es_batch_key(EsApply *a, Jsonb *upd)
 	if (!OidIsValid(sub->relid) || !sub->same_name || sub->mapping != NULL)
 		return NULL;
 	t = es_table(sub->relid);
-	if (es_fk_has(t, true))
-		return NULL;
 
 	/* The columns it gives. */
 	initStringInfo(&key);
@@ -153,12 +150,16 @@ es_batch_key(EsApply *a, Jsonb *upd)
 /*
  * es_batch_run
  *		Run a batch statement (see es_apply_batch) over updates first..last
- *		of page in a subtransaction of its own.  True when it ran and, if
- *		every is set, counted every update ("n"); otherwise it is rolled
- *		back and the error, if any, is forgotten.  *res gets its result.
+ *		of page in a subtransaction of its own, then check, if given: the
+ *		statement counting the rows written that break a foreign key the
+ *		apply enforces itself (run as the caller, who may read the tables
+ *		referred to).  True when it ran, if every is set counted every
+ *		update ("n"), and check counted none; otherwise it is rolled back
+ *		and the error, if any, is forgotten.  *res gets its result.
  */
 static bool
-es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool every, Jsonb **res)
+es_batch_run(EsApply *a, const char *sql, const char *check, Jsonb *page, int first, int last, bool every,
+			 Jsonb **res)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -171,6 +172,12 @@ es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool
 	{
 		out = es_run_range(a->subscriber, sql, page, first, last);
 		ok = out != NULL && (every ? atoi(es_field_text(out, "n")) == last - first + 1 : true);
+		if (ok && check != NULL)
+		{
+			Jsonb	   *broken = es_run_range(InvalidOid, check, page, first, last);
+
+			ok = broken != NULL && strcmp(es_field_text(broken, "n"), "0") == 0;
+		}
 		if (ok)
 			ReleaseCurrentSubTransaction();
 		else
@@ -211,6 +218,9 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 	bool		rest = false;
 	bool		ok;
 	Jsonb	   *res = NULL;
+	char	   *conds;
+	StringInfoData chk;
+	const char *check = NULL;
 
 	initStringInfo(&sql);
 	plain.data = NULL;
@@ -291,6 +301,31 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 
 run:
 
+	/*
+	 * The rows written, found by the key the updates give, that break a
+	 * foreign key the apply enforces itself (Creates and Updates).
+	 */
+	conds = kind == ES_UPDATE_DELETE ? NULL : es_fk_conds(t);
+	if (conds != NULL)
+	{
+		StringInfoData src;
+
+		initStringInfo(&src);
+		if (kind == ES_UPDATE_CREATE)
+			appendStringInfoString(&src, "e.u->'data'");
+		else
+			appendStringInfo(&src, "pg_catalog.jsonb_build_object(%s, e.u->>'docname')", quote_literal_cstr(t->pk[0]));
+		initStringInfo(&chk);
+		appendStringInfo(&chk, "SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*))"
+						 " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
+						 " pg_catalog.jsonb_populate_record(NULL::%s, %s) d, %s r WHERE e.o BETWEEN $2 AND $3",
+						 t->qualname, src.data, t->qualname);
+		for (int i = 0; i < t->npk; i++)
+			appendStringInfo(&chk, " AND r.%s = d.%s", quote_identifier(t->pk[i]), quote_identifier(t->pk[i]));
+		appendStringInfo(&chk, " AND NOT (%s)", conds);
+		check = chk.data;
+	}
+
 	if (origin)
 	{
 		pg_uuid_t  *u = DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(origin)));
@@ -303,8 +338,8 @@ run:
 	 * upsert tells them by their xmax, which a partitioned table's rows do
 	 * not have: its rows go row by row once the plain INSERT failed.
 	 */
-	ok = (plain.data != NULL && es_batch_run(a, plain.data, page, first, last, true, &res)) ||
-		((plain.data == NULL || !t->partitioned) && es_batch_run(a, sql.data, page, first, last, rest, &res));
+	ok = (plain.data != NULL && es_batch_run(a, plain.data, check, page, first, last, true, &res)) ||
+		((plain.data == NULL || !t->partitioned) && es_batch_run(a, sql.data, check, page, first, last, rest, &res));
 	if (ok)
 		foreach(lc, es_elements(es_field(res, "existed")))
 			*existed = lappend(*existed, es_docname_of(t, lfirst(lc)));

@@ -196,6 +196,27 @@ es_fk_deleted_keys(Oid relid, Jsonb *keys, Jsonb *row)
 }
 
 /*
+ * es_fk_conds
+ *		When the apply enforces t's own foreign keys (es_fk_has), the
+ *		condition that a row of t, aliased r, satisfies them all, for a
+ *		statement checking many rows at once; NULL otherwise.  The caller is
+ *		connected to SPI.
+ */
+char *
+es_fk_conds(EsTable *t)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	if (!es_fk_has(t, true))
+		return NULL;
+	initStringInfo(&buf);
+	foreach(lc, es_elements(t->fk_out))
+		appendStringInfo(&buf, "%s%s", buf.len > 0 ? " AND " : "", es_field_text(lfirst(lc), "cond"));
+	return buf.data;
+}
+
+/*
  * es_fk_check
  *		es_fk_check_keys for a row the apply wrote into t (as stored).  The
  *		caller is connected to SPI.

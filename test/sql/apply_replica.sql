@@ -172,6 +172,19 @@ SELECT r_apply('[
 SELECT (SELECT count(*) FROM r_child WHERE parent = 1) AS children, (SELECT count(*) FROM r_grandchild) AS grandchildren,
 	   (SELECT parent FROM r_loose) AS loose_parent, (SELECT count(*) FROM r_parent) AS parents;
 SELECT * FROM r_failed() WHERE docname = '2';
+-- Runs of Creates and Updates (one statement each) are checked too: a run
+-- with a row referring to a missing one goes row by row, and only that
+-- one fails.
+INSERT INTO r_parent VALUES (3, 'p3');
+SELECT r_apply((SELECT jsonb_agg(jsonb_build_object('id', 300 + g, 'update_type', 'Create', 'ref_table', 'public.r_child',
+		'docname', (300 + g)::text, 'data', jsonb_build_object('id', 300 + g, 'parent', CASE WHEN g = 7 THEN 99 ELSE 3 END))
+		ORDER BY g) FROM generate_series(1, 20) g)) AS creates,
+	   r_apply((SELECT jsonb_agg(jsonb_build_object('id', 400 + g, 'update_type', 'Update', 'ref_table', 'public.r_child',
+		'docname', (300 + g)::text, 'data', jsonb_build_object('changed', jsonb_build_object('parent', CASE WHEN g = 9 THEN 98 ELSE 3 END),
+		'added', '{}'::jsonb, 'row_changed', '{}'::jsonb, 'removed', '{}'::jsonb)) ORDER BY g)
+	  FROM generate_series(1, 20) g)) AS updates;
+SELECT count(*), min(parent), max(parent) FROM r_child WHERE id > 300;
+SELECT * FROM r_failed() WHERE docname::int > 300;
 -- The errors are PostgreSQL's own, details included.
 SELECT remote_docname, error FROM eventstream.sync_log
  WHERE producer_url = 'http://r.invalid' AND status = 'Failed' AND remote_docname IN ('2', '11') ORDER BY id;
