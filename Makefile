@@ -33,6 +33,7 @@ OBJS = \
 	src/consumer/apply_direct.o \
 	src/consumer/apply_batch.o \
 	src/consumer/apply_keys.o \
+	src/consumer/apply_fk.o \
 	src/consumer/apply_log.o \
 	src/consumer/apply_page.o \
 	src/consumer/mapping.o \
@@ -99,7 +100,7 @@ PG_CPPFLAGS += $(foreach c,$(SQL_CONSTANTS),-DES_$(c)=$($(c)))
 # pg_regress reads test/sql/ and test/expected/, the isolation tester
 # test/specs/ and test/expected/; their results go to results/ and
 # output_iso/ of the build directory.
-REGRESS = capture diff children conditions consumers serve retention keys apply mapping plpgsql
+REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql
 REGRESS_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
 ISOLATION = out_of_order_commit concurrent_capture
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/eventstream.conf

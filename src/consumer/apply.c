@@ -10,6 +10,9 @@
  * entry and the others go on.  _apply_update() applies one update the same
  * way without logging it (resync).
  *
+ * Both functions apply as a logical replication subscriber does, with
+ * session_replication_role = replica (es_apply_replica): of the triggers
+ * and rules of the tables written, those enabled REPLICA or ALWAYS fire.
  * Writes to user tables run as the producer's subscriber role (the user id
  * is switched around each statement, SECURITY_LOCAL_USERID_CHANGE); the
  * bookkeeping (sync_log, remote_document) runs as the caller, the
@@ -37,6 +40,7 @@
  *   apply_batch.c       runs of updates as one statement
  *   apply_keys.c        matching rows on the producer's key; rows that
  *                       row-level security hides from the subscriber
+ *   apply_fk.c          the foreign keys the apply enforces itself
  *   apply_log.c         the sync_log rows
  *   apply_page.c        quick facts about a page of updates, for _missing_for
  *
@@ -61,7 +65,9 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
@@ -519,14 +525,19 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 				List	   *fkcols = es_keys(fk);
 				StringInfoData sql;
 				ListCell   *fc;
+				Jsonb	   *gone;
 
 				initStringInfo(&sql);
-				appendStringInfo(&sql, "DELETE FROM %s t USING eventstream._populate(NULL::%s, $1) k WHERE ",
+				appendStringInfo(&sql, "WITH d AS (DELETE FROM %s t USING eventstream._populate(NULL::%s, $1) k WHERE ",
 								 ct->qualname, ct->qualname);
 				foreach(fc, fkcols)
 					appendStringInfo(&sql, "%st.%s = k.%s", foreach_current_index(fc) > 0 ? " AND " : "",
 									 quote_identifier(lfirst(fc)), quote_identifier(lfirst(fc)));
-				(void) es_run(a->subscriber, sql.data, fk);
+				appendStringInfoString(&sql, " RETURNING eventstream._row_json(t.*) AS row)"
+									   " SELECT pg_catalog.jsonb_agg(d.row) FROM d");
+				gone = es_run(a->subscriber, sql.data, fk);
+				foreach(fc, es_elements(gone))
+					es_fk_deleted(ct, lfirst(fc));
 			}
 			foreach(rc, es_elements(rows))
 			{
@@ -662,6 +673,89 @@ es_subxact_caught(MemoryContext cxt, ResourceOwner owner)
 	return edata;
 }
 
+/* Whether es_replica_needed is known, and it (see es_replica_matters). */
+static bool es_replica_known = false;
+static bool es_replica_needed = false;
+
+/*
+ * es_replica_invalidate
+ *		Relcache callback: a trigger or rule may have come, gone or changed
+ *		its ENABLE state (each sends an invalidation of its table).
+ */
+static void
+es_replica_invalidate(Datum arg, Oid relid)
+{
+	es_replica_known = false;
+}
+
+/*
+ * es_replica_matters
+ *		Whether applying with session_replication_role = replica can differ
+ *		from applying without it in this database: some table outside the
+ *		extension's schema has a trigger (but the capture trigger, ENABLE
+ *		ALWAYS) or a rule that is not disabled.  Without one, what fires is
+ *		the same either way: foreign keys are then left to their own
+ *		triggers (apply_fk.c), and the role is not changed, which would cost
+ *		a reset of the session's plan cache (see assign_session_
+ *		replication_role) twice per call.  Known until the next relcache
+ *		invalidation.  The caller is connected to SPI.
+ */
+static bool
+es_replica_matters(void)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(es_replica_invalidate, (Datum) 0);
+		registered = true;
+	}
+	if (es_replica_known)
+		return es_replica_needed;
+	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+					"                WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgname <> 'eventstream_capture'"
+					"                  AND c.relnamespace <> 'eventstream'::pg_catalog.regnamespace)"
+					"    OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class"
+					"                WHERE r.ev_enabled <> 'D' AND r.rulename <> '_RETURN'"
+					"                  AND c.relnamespace <> 'eventstream'::pg_catalog.regnamespace)",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the triggers and rules of the database");
+	{
+		bool		isnull;
+
+		es_replica_needed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	es_replica_known = true;
+	return es_replica_needed;
+}
+
+/*
+ * es_apply_replica
+ *		Make the rest of the calling function apply as a logical
+ *		replication subscriber does: session_replication_role = replica,
+ *		so that of the triggers and rules on the tables written the ones
+ *		enabled REPLICA or ALWAYS fire and the ordinary ones do not (when
+ *		that can make a difference: es_replica_matters).  The setting is a
+ *		superuser's: it is set here for the apply only, whoever calls it,
+ *		as a function's SET clause would set it; the caller undoes it with
+ *		AtEOXact_GUC at the level returned, an error with the transaction
+ *		or subtransaction.  Foreign keys stay enforced (apply_fk.c).  The
+ *		capture trigger is ENABLE ALWAYS (capture.sql), so that what is
+ *		applied here is logged for the sites subscribed to this one.  The
+ *		caller is connected to SPI.
+ */
+static int
+es_apply_replica(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	if (es_replica_matters())
+		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
 /*
  * es_apply_one
  *		Apply one update in a subtransaction of its own; an error is caught
@@ -717,6 +811,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	MemoryContext per_update;
 	int			n = 0;
 	int			failed = 0;
+	int			nestlevel;
 	Datum		counts[2];
 	ListCell   *lc2;
 
@@ -737,6 +832,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	a.batch_cxt = AllocSetContextCreate(cxt, "eventstream sync log rows", ALLOCSET_DEFAULT_SIZES);
 	a.subs_cxt = cxt;
 	SPI_connect();
+	nestlevel = es_apply_replica();
 	es_apply_begin(&a, a.producer_url, a.subscriber);
 	if (a.dependency)
 	{
@@ -936,6 +1032,7 @@ eventstream_apply_updates(PG_FUNCTION_ARGS)
 	}
 	es_log_flush(&a);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	MemoryContextSwitchTo(cxt);
 	MemoryContextDelete(per_update);
 	MemoryContextDelete(a.batch_cxt);
@@ -962,6 +1059,7 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	bool		nulls[5] = {false, false, false, false, false};
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext oldcxt;
+	int			nestlevel;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -972,6 +1070,7 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	a.fetched = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_JSONB_P(4) : NULL;
 	a.subs_cxt = CurrentMemoryContext;
 	SPI_connect();
+	nestlevel = es_apply_replica();
 	es_apply_begin(&a, a.producer_url, a.subscriber);
 	es_apply_one(&a, upd, &out);
 	/* out's strings are in SPI's memory, which SPI_finish frees: copy first. */
@@ -987,5 +1086,6 @@ eventstream_apply_update(PG_FUNCTION_ARGS)
 	values[4] = ObjectIdGetDatum(out.local);
 	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

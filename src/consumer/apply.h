@@ -51,6 +51,12 @@ typedef struct EsTable
 	char	  **pk;				/* producer's key: those, es_match_table) */
 	int			narb;			/* the columns an upsert's ON CONFLICT */
 	char	  **arb;			/* names: pk, or a unique index on some */
+	bool		partitioned;	/* a partitioned table (its rows are in its
+								 * partitions) */
+	bool		fk_loaded;		/* fk_out and fk_in are filled (apply_fk.c) */
+	Jsonb	   *fk_out;			/* its foreign keys, or NULL */
+	Jsonb	   *fk_in;			/* keys of other tables referring to it, or
+								 * NULL */
 } EsTable;
 
 /* A subscription as the apply needs it. */
@@ -184,6 +190,12 @@ extern void es_insert_store(EsWrite *ins, TupleTableSlot *slot);
 extern void es_write_finish(EsWrite *ins);
 extern bool es_batch_direct(EsApply *a, List *all, int first, int last, EsUpdateKind kind,
 							char **deleted);
+
+/* apply_fk.c: foreign keys enforced by the apply */
+extern bool es_fk_has(EsTable *t, bool referring);
+extern char *es_fk_conds(EsTable *t);
+extern void es_fk_check(EsTable *t, Jsonb *row);
+extern void es_fk_deleted(EsTable *t, Jsonb *row);
 
 /* apply_batch.c: runs as one statement */
 extern char *es_batch_key(EsApply *a, Jsonb *upd);

@@ -545,3 +545,95 @@ AS $$
 $$;
 COMMENT ON FUNCTION eventstream.remote_name(regclass, text) IS
 	'The producer and producer-side docname of a local row that got its own key (use_same_name = false).';
+
+-- The foreign keys the apply enforces itself on tbl, as statements.  The
+-- apply writes with session_replication_role = replica, under which the
+-- triggers that enforce foreign keys do not fire (see apply.c,
+-- es_apply_replica): "out" are tbl's own keys, each a statement that says
+-- whether the row $1 (jsonb, as stored) refers to a row that is there
+-- (locking it as the key's own check does), and that condition alone, over
+-- the row aliased r; "in" are the keys of other
+-- tables referring to tbl, each a statement doing the ON DELETE action
+-- for the deleted row $1: the count of rows still referring to it (NO
+-- ACTION, RESTRICT), or the rows deleted (CASCADE) or set to their
+-- defaults (SET DEFAULT), or none (SET NULL).  Each runs as the owner of
+-- the table it reads or writes, as PostgreSQL's own checks do.  Clones of
+-- a key on partitions are left out: the key of the partitioned table
+-- covers them.
+CREATE FUNCTION eventstream._apply_fks(tbl regclass) RETURNS jsonb
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH k AS (
+		SELECT c.oid, c.conparentid, c.conname, c.conrelid, c.confrelid, c.confmatchtype, c.confdeltype,
+			   (SELECT array_agg(quote_ident(a.attname) ORDER BY u.o)
+				  FROM unnest(c.conkey) WITH ORDINALITY u(n, o)
+				  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = u.n) AS fcols,
+			   (SELECT array_agg(a.attname::text ORDER BY u.o)
+				  FROM unnest(c.conkey) WITH ORDINALITY u(n, o)
+				  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = u.n) AS fnames,
+			   (SELECT array_agg(a.attname::text ORDER BY u.o)
+				  FROM unnest(c.confkey) WITH ORDINALITY u(n, o)
+				  JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = u.n) AS pnames,
+			   (SELECT array_agg(quote_ident(a.attname) ORDER BY u.o)
+				  FROM unnest(c.confkey) WITH ORDINALITY u(n, o)
+				  JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = u.n) AS pcols,
+			   (SELECT array_agg(quote_ident(a.attname) ORDER BY u.o)
+				  FROM unnest(c.confdelsetcols) WITH ORDINALITY u(n, o)
+				  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = u.n) AS setcols,
+			   CASE WHEN fr.relkind = 'p' THEN '' ELSE 'ONLY ' END || c.conrelid::regclass::text AS fref,
+			   CASE WHEN pr.relkind = 'p' THEN '' ELSE 'ONLY ' END || c.confrelid::regclass::text AS pref,
+			   fr.relowner AS fowner, pr.relowner AS powner, fr.relname::text AS fname, pr.relname::text AS pname
+		  FROM pg_constraint c
+		  JOIN pg_class fr ON fr.oid = c.conrelid
+		  JOIN pg_class pr ON pr.oid = c.confrelid
+		 WHERE c.contype = 'f' AND (c.conrelid = tbl OR c.confrelid = tbl)
+	), outs0 AS (
+		SELECT k.conname, k.confrelid, k.powner, k.pname,
+			   (SELECT string_agg(format('r.%s IS NULL', f), ' OR ') FROM unnest(k.fcols) f) AS anynull,
+			   (SELECT string_agg(format('r.%s IS NULL', f), ' AND ') FROM unnest(k.fcols) f) AS allnull,
+			   (SELECT string_agg(format('x.%s = r.%s', p, f), ' AND ') FROM unnest(k.pcols, k.fcols) u(p, f)) AS match,
+			   k.fnames, k.pref, k.confmatchtype
+		  FROM k LEFT JOIN pg_constraint pc ON pc.oid = k.conparentid
+		 WHERE k.conrelid = tbl AND (pc.oid IS NULL OR pc.conrelid <> k.conrelid)
+	), outs AS (
+		SELECT o.*, format('(%s EXISTS (SELECT 1 FROM %s x WHERE %s FOR KEY SHARE OF x))',
+						   CASE WHEN o.confmatchtype = 'f' THEN format('(%s) OR NOT (%s) AND', o.allnull, o.anynull)
+								ELSE o.anynull || ' OR' END,
+						   o.pref, o.match) AS cond
+		  FROM outs0 o
+	), ins AS (
+		SELECT k.*,
+			   (SELECT string_agg(format('x.%s = r.%s', f, p), ' AND ') FROM unnest(k.fcols, k.pcols) u(f, p)) AS match
+		  FROM k LEFT JOIN pg_constraint pc ON pc.oid = k.conparentid
+		 WHERE k.confrelid = tbl AND (pc.oid IS NULL OR pc.confrelid <> k.confrelid)
+	)
+	SELECT jsonb_build_object(
+		'out', coalesce((SELECT jsonb_agg(jsonb_build_object(
+			'name', o.conname, 'relname', o.pname, 'owner', o.powner, 'cols', to_jsonb(o.fnames),
+			'sql', format('SELECT pg_catalog.jsonb_build_object(''ok'', %s) FROM eventstream._populate(NULL::%s, $1) r',
+						  o.cond, tbl),
+			'cond', o.cond)) FROM outs o), '[]'),
+		'in', coalesce((SELECT jsonb_agg(jsonb_build_object(
+			'name', i.conname, 'relname', i.fname, 'relid', i.conrelid::oid, 'owner', i.fowner,
+			'action', i.confdeltype,
+			'sql', CASE i.confdeltype
+				WHEN 'c' THEN format('WITH d AS (DELETE FROM %s x USING eventstream._populate(NULL::%s, $1) r WHERE %s'
+									 ' RETURNING eventstream._row_json(x.*) AS row)'
+									 ' SELECT pg_catalog.jsonb_build_object(''rows'', coalesce(pg_catalog.jsonb_agg(d.row), ''[]'')) FROM d',
+									 i.fref, tbl, i.match)
+				WHEN 'n' THEN format('WITH d AS (UPDATE %s x SET %s FROM eventstream._populate(NULL::%s, $1) r WHERE %s'
+									 ' RETURNING 1) SELECT pg_catalog.jsonb_build_object(''rows'', ''[]''::jsonb, ''n'', pg_catalog.count(*)) FROM d',
+									 i.fref, (SELECT string_agg(format('%s = NULL', f), ', ') FROM unnest(coalesce(i.setcols, i.fcols)) f),
+									 tbl, i.match)
+				WHEN 'd' THEN format('WITH d AS (UPDATE %s x SET %s FROM eventstream._populate(NULL::%s, $1) r WHERE %s'
+									 ' RETURNING eventstream._row_json(x.*) AS row)'
+									 ' SELECT pg_catalog.jsonb_build_object(''rows'', coalesce(pg_catalog.jsonb_agg(d.row), ''[]'')) FROM d',
+									 i.fref, (SELECT string_agg(format('%s = DEFAULT', f), ', ') FROM unnest(coalesce(i.setcols, i.fcols)) f),
+									 tbl, i.match)
+				ELSE format('SELECT pg_catalog.jsonb_build_object(''n'', pg_catalog.count(*)) FROM'
+							' (SELECT 1 FROM %s x, eventstream._populate(NULL::%s, $1) r WHERE %s LIMIT 1) s',
+							i.fref, tbl, i.match)
+			END,
+			'cols', to_jsonb(i.pnames))) FROM ins i), '[]'))
+$$;

@@ -6,7 +6,9 @@
  * es_batch_key says which run an update may join: Creates of the same
  * name without child rows, Updates that set columns only, Deletes by a
  * one-column key, each of one table, origin and set of columns (of a table
- * whose rows are matched on its primary key; see es_batchable).
+ * whose rows are matched on its primary key, see es_batchable; Deletes
+ * not of a table others refer to with foreign keys the apply enforces
+ * itself, apply_fk.c: those go row by row).
  * es_apply_batch applies such a run with one statement in one
  * subtransaction (for Creates, a plain INSERT first, then the upsert), and
  * says nothing was done when that fails: the caller then applies the run
@@ -107,7 +109,7 @@ es_batch_key(EsApply *a, Jsonb *upd)
 		sub = es_sub(a, ref);
 		if (es_field_text(upd, ES_ENCODING_ERROR_KEY) != NULL ||
 			!OidIsValid(sub->relid) || !sub->same_name || es_table(sub->relid)->npk != 1 ||
-			!es_batchable(a, sub, kind))
+			!es_batchable(a, sub, kind) || es_fk_has(es_table(sub->relid), false))
 			return NULL;
 		return psprintf("D/%u/%s", sub->relid, origin ? origin : "");
 	}
@@ -156,12 +158,16 @@ es_batch_key(EsApply *a, Jsonb *upd)
 /*
  * es_batch_run
  *		Run a batch statement (see es_apply_batch) over updates first..last
- *		of page in a subtransaction of its own.  True when it ran and, if
- *		every is set, counted every update ("n"); otherwise it is rolled
- *		back and the error, if any, is forgotten.  *res gets its result.
+ *		of page in a subtransaction of its own, then check, if given: the
+ *		statement counting the rows written that break a foreign key the
+ *		apply enforces itself (run as the caller, who may read the tables
+ *		referred to).  True when it ran, if every is set counted every
+ *		update ("n"), and check counted none; otherwise it is rolled back
+ *		and the error, if any, is forgotten.  *res gets its result.
  */
 static bool
-es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool every, Jsonb **res)
+es_batch_run(EsApply *a, const char *sql, const char *check, Jsonb *page, int first, int last, bool every,
+			 Jsonb **res)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -174,6 +180,12 @@ es_batch_run(EsApply *a, const char *sql, Jsonb *page, int first, int last, bool
 	{
 		out = es_run_range(a->subscriber, sql, page, first, last);
 		ok = out != NULL && (every ? atoi(es_field_text(out, "n")) == last - first + 1 : true);
+		if (ok && check != NULL)
+		{
+			Jsonb	   *broken = es_run_range(InvalidOid, check, page, first, last);
+
+			ok = broken != NULL && strcmp(es_field_text(broken, "n"), "0") == 0;
+		}
 		if (ok)
 			ReleaseCurrentSubTransaction();
 		else
@@ -214,6 +226,9 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 	bool		rest = false;
 	bool		ok;
 	Jsonb	   *res = NULL;
+	char	   *conds;
+	StringInfoData chk;
+	const char *check = NULL;
 
 	initStringInfo(&sql);
 	plain.data = NULL;
@@ -294,6 +309,31 @@ es_apply_batch(EsApply *a, Jsonb *page, Jsonb *upd, int first, int last, List **
 
 run:
 
+	/*
+	 * The rows written, found by the key the updates give, that break a
+	 * foreign key the apply enforces itself (Creates and Updates).
+	 */
+	conds = kind == ES_UPDATE_DELETE ? NULL : es_fk_conds(t);
+	if (conds != NULL)
+	{
+		StringInfoData src;
+
+		initStringInfo(&src);
+		if (kind == ES_UPDATE_CREATE)
+			appendStringInfoString(&src, "e.u->'data'");
+		else
+			appendStringInfo(&src, "pg_catalog.jsonb_build_object(%s, e.u->>'docname')", quote_literal_cstr(t->pk[0]));
+		initStringInfo(&chk);
+		appendStringInfo(&chk, "SELECT pg_catalog.jsonb_build_object('n', pg_catalog.count(*))"
+						 " FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e(u, o),"
+						 " eventstream._populate(NULL::%s, %s) d, %s r WHERE e.o BETWEEN $2 AND $3",
+						 t->qualname, src.data, t->qualname);
+		for (int i = 0; i < t->npk; i++)
+			appendStringInfo(&chk, " AND r.%s = d.%s", quote_identifier(t->pk[i]), quote_identifier(t->pk[i]));
+		appendStringInfo(&chk, " AND NOT (%s)", conds);
+		check = chk.data;
+	}
+
 	if (origin)
 	{
 		pg_uuid_t  *u = DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(origin)));
@@ -301,9 +341,13 @@ run:
 		memcpy(&es_apply_origin, u, sizeof(pg_uuid_t));
 		es_apply_origin_set = true;
 	}
-	/* DO NOTHING skips rows that were there: count those as existing. */
-	ok = (plain.data != NULL && es_batch_run(a, plain.data, page, first, last, true, &res)) ||
-		es_batch_run(a, sql.data, page, first, last, rest, &res);
+	/*
+	 * DO NOTHING skips rows that were there: count those as existing.  The
+	 * upsert tells them by their xmax, which a partitioned table's rows do
+	 * not have: its rows go row by row once the plain INSERT failed.
+	 */
+	ok = (plain.data != NULL && es_batch_run(a, plain.data, check, page, first, last, true, &res)) ||
+		((plain.data == NULL || !t->partitioned) && es_batch_run(a, sql.data, check, page, first, last, rest, &res));
 	if (ok)
 		foreach(lc, es_elements(es_field(res, "existed")))
 			*existed = lappend(*existed, es_docname_of(t, lfirst(lc)));

@@ -23,11 +23,14 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "utils/fmgrprotos.h"
+#include "rewrite/rewriteDefine.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/acl.h"
 #include "utils/jsonb.h"
@@ -38,14 +41,62 @@
 #include "consumer/apply.h"
 
 /*
+ * es_triggers_silent
+ *		Whether none of rel's triggers would fire now: each is a user's
+ *		trigger, disabled, or an ordinary one (not ENABLE REPLICA or ENABLE
+ *		ALWAYS) while session_replication_role is replica, as the apply
+ *		sets it.  Foreign keys and deferred unique checks are internal
+ *		triggers: the statements enforce them (apply_fk.c).
+ */
+static bool
+es_triggers_silent(Relation rel)
+{
+	if (rel->trigdesc == NULL)
+		return true;
+	for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+	{
+		Trigger    *tg = &rel->trigdesc->triggers[i];
+
+		if (tg->tgisinternal)
+			return false;
+		if (tg->tgenabled == TRIGGER_DISABLED)
+			continue;
+		if (tg->tgenabled != TRIGGER_FIRES_ON_ORIGIN ||
+			SessionReplicationRole != SESSION_REPLICATION_ROLE_REPLICA)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * es_rules_silent
+ *		Whether none of rel's rules would be applied now (as es_triggers_
+ *		silent says of triggers): each is disabled, or an ordinary one
+ *		while session_replication_role is replica.
+ */
+static bool
+es_rules_silent(Relation rel)
+{
+	if (rel->rd_rules == NULL)
+		return true;
+	for (int i = 0; i < rel->rd_rules->numLocks; i++)
+	{
+		char		enabled = rel->rd_rules->rules[i]->enabled;
+
+		if (enabled != RULE_DISABLED &&
+			(enabled != RULE_FIRES_ON_ORIGIN || SessionReplicationRole != SESSION_REPLICATION_ROLE_REPLICA))
+			return false;
+	}
+	return true;
+}
+
+/*
  * es_write_usable
  *		Whether rows can go straight into rel: a plain table, not a
  *		partition (its constraint is not checked here), without triggers
- *		(foreign keys and deferred unique checks are triggers too), row
+ *		or rules that would fire (es_triggers_silent, es_rules_silent), row
  *		security or stored generated columns, in a transaction that may
- *		write.  Rules are not applied, as logical replication does not
- *		apply them (the statements cannot: INSERT ... ON CONFLICT refuses
- *		a table with rules).
+ *		write.
  */
 bool
 es_write_usable(Relation rel)
@@ -53,7 +104,7 @@ es_write_usable(Relation rel)
 	TupleDesc	desc = RelationGetDescr(rel);
 
 	return rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relispartition &&
-		rel->trigdesc == NULL && !rel->rd_rel->relrowsecurity &&
+		es_triggers_silent(rel) && es_rules_silent(rel) && !rel->rd_rel->relrowsecurity &&
 		!(desc->constr && desc->constr->has_generated_stored) && !XactReadOnly;
 }
 

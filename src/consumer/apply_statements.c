@@ -22,6 +22,7 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -143,6 +144,10 @@ es_table(Oid relid)
 	}
 	old = MemoryContextSwitchTo(es_apply_cxt);
 	desc = RelationGetDescr(rel);
+	t->partitioned = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
+	t->fk_loaded = false;
+	t->fk_out = NULL;
+	t->fk_in = NULL;
 	t->qualname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 											 RelationGetRelationName(rel));
 	t->cols = palloc(sizeof(char *) * Max(desc->natts, 1));
@@ -518,8 +523,25 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 			}
 		}
 	}
-	appendStringInfoString(&sql, " RETURNING pg_catalog.jsonb_build_object('row', eventstream._row_json(t.*),"
-						   " 'inserted', t.xmax::text = '0')");
+	if (!t->partitioned)
+		appendStringInfoString(&sql, " RETURNING pg_catalog.jsonb_build_object('row', eventstream._row_json(t.*),"
+							   " 'inserted', t.xmax::text = '0')");
+	else
+	{
+		/*
+		 * A partitioned table's rows have no xmax to tell: whether the row
+		 * was there is read before, with the statement's snapshot.
+		 */
+		StringInfoData upsert;
+
+		initStringInfo(&upsert);
+		appendStringInfo(&upsert, "WITH pre AS (SELECT pg_catalog.count(*) AS n FROM %s t,"
+						 " eventstream._populate(NULL::%s, $1) k WHERE %s),"
+						 " ins AS (%s RETURNING eventstream._row_json(t.*) AS row)"
+						 " SELECT pg_catalog.jsonb_build_object('row', ins.row, 'inserted', pre.n = 0) FROM ins, pre",
+						 t->qualname, t->qualname, keyed ? es_key_match(t) : "false", sql.data);
+		sql = upsert;
+	}
 	res = es_run(a->subscriber, sql.data, row);
 	if (res == NULL)
 	{
@@ -528,6 +550,7 @@ es_upsert_core(EsApply *a, EsTable *t, Jsonb *row, bool keyed, bool *inserted)
 		return NULL;
 	}
 	*inserted = strcmp(es_field_text(res, "inserted"), "true") == 0;
+	es_fk_check(t, es_field(res, "row"));
 	return es_field(res, "row");
 }
 
@@ -555,11 +578,14 @@ es_select(EsApply *a, EsTable *t, Jsonb *key)
 Jsonb *
 es_delete(EsApply *a, EsTable *t, Jsonb *key)
 {
-	return es_run(a->subscriber,
-				  psprintf("DELETE FROM %s t USING eventstream._populate(NULL::%s, $1) k WHERE %s"
-						   " RETURNING eventstream._row_json(t.*)",
-						   t->qualname, t->qualname, es_key_match(t)),
-				  key);
+	Jsonb	   *row = es_run(a->subscriber,
+							 psprintf("DELETE FROM %s t USING eventstream._populate(NULL::%s, $1) k WHERE %s"
+									  " RETURNING eventstream._row_json(t.*)",
+									  t->qualname, t->qualname, es_key_match(t)),
+							 key);
+
+	es_fk_deleted(t, row);
+	return row;
 }
 
 /* Set the columns that set gives on the row of t with key; the row, or NULL. */
@@ -569,6 +595,7 @@ es_update(EsApply *a, EsTable *t, Jsonb *set, Jsonb *key)
 	List	   *cols = es_given_columns(t, set, true);
 	StringInfoData sql;
 	StringInfoData arg;
+	Jsonb	   *row;
 
 	if (cols == NIL)
 		return es_select(a, t, key);
@@ -585,7 +612,9 @@ es_update(EsApply *a, EsTable *t, Jsonb *set, Jsonb *key)
 	appendStringInfo(&arg, "{\"s\": %s, \"k\": %s}",
 					 JsonbToCString(NULL, &set->root, VARSIZE(set)),
 					 JsonbToCString(NULL, &key->root, VARSIZE(key)));
-	return es_run(a->subscriber, sql.data, es_jsonb_parse(arg.data));
+	row = es_run(a->subscriber, sql.data, es_jsonb_parse(arg.data));
+	es_fk_check(t, row);
+	return row;
 }
 
 /*

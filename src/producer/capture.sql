@@ -48,7 +48,12 @@ $$;
 /*
  * Install, replace or remove eventstream_capture triggers so that exactly the
  * tables some consumer has an Approved, subscribed subscription to, and their
- * registered child tables, carry one with up-to-date arguments.
+ * registered child tables, carry one with up-to-date arguments, enabled
+ * ALWAYS: a site's apply runs with session_replication_role = replica
+ * (src/consumer/apply.c), and what it applies to a table others subscribe
+ * to is captured for them too (A -> B -> C).  A trigger found in another
+ * state (made by an earlier version, or altered by hand) is enabled ALWAYS
+ * again.
  */
 CREATE FUNCTION eventstream._sync_capture() RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -61,7 +66,7 @@ BEGIN
 	PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
 	FOR r IN
 		WITH existing AS (
-			SELECT t.tgrelid::regclass AS tbl, t.tgargs
+			SELECT t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
 			  FROM pg_trigger t
 			 WHERE t.tgname = 'eventstream_capture' AND t.tgparentid = 0
 		), docs AS (
@@ -83,12 +88,15 @@ BEGIN
 					   || eventstream._capture_key_arg(ch.child, (SELECT e.tgargs FROM existing e WHERE e.tbl = ch.child))
 			  FROM children ch WHERE ch.fk IS NOT NULL
 		)
-		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs,
+		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs, e.tgenabled,
 			   (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
 				  FROM unnest(d.args) WITH ORDINALITY AS x(a, i)) AS want
 		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl
 	LOOP
 		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
+			IF r.tgenabled <> 'A' THEN
+				EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_capture', r.tbl);
+			END IF;
 			CONTINUE;
 		END IF;
 		IF r.tgargs IS NOT NULL THEN
@@ -98,6 +106,7 @@ BEGIN
 			EXECUTE format('CREATE TRIGGER eventstream_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
 						   'FOR EACH ROW EXECUTE FUNCTION eventstream._capture(%s)',
 						   r.tbl, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(r.args) a));
+			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_capture', r.tbl);
 		END IF;
 	END LOOP;
 END

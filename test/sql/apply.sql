@@ -198,6 +198,7 @@ INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, st
 	VALUES ('http://p.invalid', 'public.a_slow', 'a_slow', 'Approved');
 CREATE FUNCTION a_slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(5); RETURN NEW; END$$;
 CREATE TRIGGER a_slow BEFORE INSERT ON a_slow FOR EACH ROW EXECUTE FUNCTION a_slow();
+ALTER TABLE a_slow ENABLE ALWAYS TRIGGER a_slow;	-- an ordinary one does not fire on apply
 SET statement_timeout = '200ms';
 SELECT eventstream._apply_updates('http://p.invalid', 'es_applier',
 	(SELECT jsonb_agg(jsonb_set(u, '{ref_table}', '"public.a_slow"')) FROM jsonb_array_elements(plains(101, 102)) u),
