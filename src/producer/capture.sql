@@ -119,9 +119,14 @@ CREATE FUNCTION eventstream._on_alter_table() RETURNS event_trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- Only when a captured table's key is no longer the one its trigger
+	-- remembers: not for the ALTER TABLE ... ENABLE ALWAYS TRIGGER that
+	-- _sync_capture itself runs.
 	IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
-				 JOIN pg_trigger t ON t.tgrelid = c.objid
-				WHERE c.classid = 'pg_class'::regclass AND t.tgname = 'eventstream_capture') THEN
+				 JOIN pg_trigger t ON t.tgrelid = c.objid AND t.tgname = 'eventstream_capture'
+				 CROSS JOIN LATERAL eventstream._capture_key_arg(t.tgrelid::regclass, t.tgargs) AS k(arg)
+				WHERE c.classid = 'pg_class'::regclass
+				  AND position(convert_to(k.arg[1], 'UTF8') || '\x00'::bytea IN t.tgargs) = 0) THEN
 		PERFORM eventstream._sync_capture();
 	END IF;
 END
