@@ -29,7 +29,8 @@ CREATE TABLE eventstream.consumer (
 	acked_low		bigint NOT NULL,
 	acked_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	aged_out		boolean NOT NULL DEFAULT false,
-	sent_tables		jsonb
+	sent_tables		jsonb,
+	sent_tables_page bigint
 );
 COMMENT ON TABLE eventstream.consumer IS
 	'Event Consumer: one row per site that registered to pull from this one.';
@@ -41,6 +42,8 @@ COMMENT ON COLUMN eventstream.consumer.acked_low IS
 	'Every log with a lower id is visible in acked_snapshot, hence acknowledged.';
 COMMENT ON COLUMN eventstream.consumer.sent_tables IS
 	'Subscription statuses as last told to the consumer: a long-poll answers at once when they change.';
+COMMENT ON COLUMN eventstream.consumer.sent_tables_page IS
+	'The page a pull asks for once the consumer took the answer that told it sent_tables (NULL: told at registration); a pull of an earlier page answers at once, for the consumer may have given that answer up.';
 COMMENT ON COLUMN eventstream.consumer.aged_out IS
 	'Set when logs the consumer had not acknowledged were pruned after eventstream.retention_period; its pulls then fail until it is removed and registered again.';
 
@@ -548,7 +551,8 @@ BEGIN
 					    WHERE ct.consumer_url = url AND ct.ref_table = d.ref_table
 						  AND ct.condition IS NOT NULL AND NOT ct.unsubscribed);
 
-	UPDATE eventstream.consumer x SET sent_tables = eventstream._consumer_tables(url) WHERE x.consumer_url = url;
+	UPDATE eventstream.consumer x SET sent_tables = eventstream._consumer_tables(url), sent_tables_page = NULL
+	 WHERE x.consumer_url = url;
 	RETURN jsonb_build_object(
 		'consumer_url', url,
 		'producer_site_id', (SELECT s.site_id FROM eventstream.site s),

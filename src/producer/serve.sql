@@ -413,9 +413,13 @@ BEGIN
 	served := cardinality(ids);
 	caught_up := NOT more AND NOT at_tick;
 	tables_now := eventstream._consumer_tables(c.consumer_url);
-	news := tables_now IS DISTINCT FROM c.sent_tables;
+	-- News: statuses the consumer was not told, or told in an answer it did
+	-- not go on from (a long-poll it gave up and asked again, answered
+	-- meanwhile: the pull asks for that answer's page again, or earlier).
+	news := tables_now IS DISTINCT FROM c.sent_tables OR coalesce(pageno < c.sent_tables_page, false);
 	IF news THEN
-		UPDATE eventstream.consumer x SET sent_tables = tables_now WHERE x.consumer_url = c.consumer_url;
+		UPDATE eventstream.consumer x SET sent_tables = tables_now, sent_tables_page = pageno + 1
+		 WHERE x.consumer_url = c.consumer_url;
 	END IF;
 	-- "complete": the page ends its window, i.e. a set of whole transactions.
 	-- "acks": this producer takes ack= (see above).
