@@ -271,13 +271,15 @@ es_push_value(JsonbParseState **state, EsColumn *col, Datum value,
 
 		case ES_KIND_FLOAT:
 			{
-				char		buf[32];
+				char		buf[DOUBLE_SHORTEST_DECIMAL_LEN];
 				double		d;
 
 				if (col->basetypid == FLOAT4OID)
 				{
-					d = DatumGetFloat4(value);
-					float_to_shortest_decimal_buf(DatumGetFloat4(value), buf);
+					float4		f = DatumGetFloat4(value);
+
+					d = f;
+					float_to_shortest_decimal_buf(f, buf);
 				}
 				else
 				{
