@@ -36,6 +36,9 @@
  * (apply_log.c).  The other files of the apply, which share apply.h:
  *   apply_statements.c  table and plan cache, the statements on user tables
  *   apply_jsonb.c       jsonb helpers
+ *   apply_values.c      a page's values read by their columns' input
+ *                       functions (_populate), local rows as a page
+ *                       writes them (_row_json)
  *   apply_direct.c      straight writes into a table, without statements
  *   apply_batch.c       runs of updates as one statement
  *   apply_keys.c        matching rows on the producer's key; rows that
