@@ -39,8 +39,20 @@ OBJS = \
 	src/consumer/mapping.o \
 	src/consumer/failed.o
 
+# The extension's version is the control file's default_version (1.1): its
+# install script, eventstream--$(EXTVERSION).sql, is built from SQL_PARTS.
+# Each earlier version keeps its install script, frozen under sql/ as make
+# built it, and its own control file where its settings differ; the update
+# script from the version before, eventstream--$(PREVIOUS)--$(EXTVERSION).sql,
+# is built (see below).  To start version 1.2: build
+# eventstream--1.0--1.1.sql once and freeze it under sql/ (into DATA), set
+# PREVIOUS to 1.1 and default_version to 1.2, and begin
+# sql/update--1.1--1.2.sql.
 EXTENSION = eventstream
-DATA_built = eventstream--1.0.sql
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(srcdir)/eventstream.control)
+PREVIOUS = 1.0
+DATA = sql/eventstream--1.0.sql eventstream--1.0.control
+DATA_built = eventstream--$(EXTVERSION).sql eventstream--$(PREVIOUS)--$(EXTVERSION).sql
 PGFILEDESC = "eventstream - stream table changes between PostgreSQL sites"
 
 SHLIB_LINK += -lcurl -lmicrohttpd
@@ -48,7 +60,7 @@ SHLIB_LINK += -lcurl -lmicrohttpd
 PG_CPPFLAGS += -I$(srcdir)/src
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 
-# The install script, eventstream--1.0.sql, is these parts in this order,
+# The install script, eventstream--$(EXTVERSION).sql, is these parts in this order,
 # each beside the C of the module it serves.  An object comes after what
 # creating it needs: a table before the views over it, the triggers on it
 # and the functions taking or returning its rows; a function before the
@@ -94,24 +106,39 @@ DOCUMENT_LIMIT = 1000
 PROTOCOL_VERSION = 2
 SQL_CONSTANTS = PAGE_LIMIT PAGE_DEFAULT DOCUMENT_LIMIT PROTOCOL_VERSION
 PG_CPPFLAGS += $(foreach c,$(SQL_CONSTANTS),-DES_$(c)=$($(c)))
+# The C knows its version too (the health answer, the HTTP client's name).
+PG_CPPFLAGS += -DES_VERSION='"$(EXTVERSION)"'
 
-# Every test layer runs against its own temporary instance with the library
-# preloaded, so none of them depends on a running server or a free fixed port.
-# pg_regress reads test/sql/ and test/expected/, the isolation tester
-# test/specs/ and test/expected/; their results go to results/ and
-# output_iso/ of the build directory.
+# make installcheck runs the regression and isolation tests the PGXS way,
+# against the running server that PGHOST, PGPORT (and the other libpq
+# variables) name, in a database contrib_regression (isolation_regression)
+# it makes again.  That server must preload the library and allow prepared
+# transactions, as test/eventstream.conf sets: one line of its
+# postgresql.conf, include '/path/to/eventstream/test/eventstream.conf',
+# and a restart.  pg_regress reads test/sql/ and test/expected/, the
+# isolation tester test/specs/ and test/expected/; their results go to
+# results/ and output_iso/ of the build directory.
+#
+# With ES_TEMP_INSTANCE=1 (test/run.sh) each layer runs against temporary
+# instances instead, started with test/eventstream.conf on free ports, and
+# the TAP tests (test/t/, their own clusters) run too; PROVE_TESTS names
+# some of them.
 REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql
-REGRESS_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
+REGRESS_OPTS = --inputdir=$(srcdir)/test
 ISOLATION = out_of_order_commit concurrent_capture
-ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/eventstream.conf
+ISOLATION_OPTS = --inputdir=$(srcdir)/test
+ifdef ES_TEMP_INSTANCE
+REGRESS_OPTS += --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
+ISOLATION_OPTS += --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/eventstream.conf
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
+endif
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-eventstream--1.0.sql: $(SQL_PARTS) $(firstword $(MAKEFILE_LIST))
+eventstream--$(EXTVERSION).sql: $(SQL_PARTS) $(firstword $(MAKEFILE_LIST))
 	{ echo '-- $@, built by make from the SQL_PARTS the Makefile lists: edit those.'; \
 	  for f in $(filter %.sql,$^); do \
 		echo; sed $(foreach c,$(SQL_CONSTANTS),-e 's/@$(c)@/$($(c))/g') "$$f"; \
@@ -120,6 +147,23 @@ eventstream--1.0.sql: $(SQL_PARTS) $(firstword $(MAKEFILE_LIST))
 		echo '$@: a part names a constant that SQL_CONSTANTS does not list' >&2; \
 		rm -f $@.tmp; exit 1; \
 	fi
+	mv $@.tmp $@
+
+# The update script from PREVIOUS: the hand-written part (tables, columns,
+# indexes, event triggers, objects dropped or whose signature changed, what
+# runs once), then every function, procedure, view and trigger of the new
+# install script again as CREATE OR REPLACE, with its comments, privileges
+# and configuration tables (sql/rerunnable.pl picks them), then the
+# hand-written part that needs those (an event trigger on a new function).
+# test/t/022_upgrade.pl compares an updated database with a fresh one.
+eventstream--$(PREVIOUS)--$(EXTVERSION).sql: sql/update--$(PREVIOUS)--$(EXTVERSION).sql \
+		eventstream--$(EXTVERSION).sql sql/rerunnable.pl sql/update--$(PREVIOUS)--$(EXTVERSION)-after.sql
+	{ echo '-- $@, built by make from sql/update--$(PREVIOUS)--$(EXTVERSION).sql,'; \
+	  echo '-- the install script of $(EXTVERSION) and sql/update--$(PREVIOUS)--$(EXTVERSION)-after.sql: edit those.'; \
+	  echo; cat $(srcdir)/sql/update--$(PREVIOUS)--$(EXTVERSION).sql; \
+	  echo; echo '-- Every function, procedure, view and trigger of $(EXTVERSION) again, with comments and privileges.'; \
+	  echo; $(PERL) $(srcdir)/sql/rerunnable.pl eventstream--$(EXTVERSION).sql; \
+	  cat $(srcdir)/sql/update--$(PREVIOUS)--$(EXTVERSION)-after.sql; } > $@.tmp
 	mv $@.tmp $@
 
 # Out of tree, the objects' folders are made first (named by absolute

@@ -30,7 +30,7 @@
 
 #define EVENTSTREAM_SCHEMA		"eventstream"
 #define EVENTSTREAM_LOG_TABLE	"update_log"
-#define EVENTSTREAM_VERSION		"1.0"
+#define EVENTSTREAM_VERSION		ES_VERSION	/* from the Makefile */
 
 /*
  * The protocol between sites (docs/protocol.md).  Every answer of the HTTP

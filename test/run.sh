@@ -13,7 +13,7 @@ given_build=${ES_BUILD:-}
 
 cd "$ES_BUILD"
 set +e
-$as_pg make PG_CONFIG=$PG_BIN/pg_config with_llvm=no installcheck 2>&1 | tee installcheck.log
+$as_pg make PG_CONFIG=$PG_BIN/pg_config with_llvm=no ES_TEMP_INSTANCE=1 installcheck 2>&1 | tee installcheck.log
 status=${PIPESTATUS[0]}
 set -e
 # Under ES_VALGRIND, memcheck's reports with a frame of this library: a

@@ -9,7 +9,7 @@
  * inbox for its last page, and so do updates while an initial sync is
  * under way.  resync(), refetch() and resync_table() repair by hand.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

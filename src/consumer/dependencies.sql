@@ -8,7 +8,7 @@
  * Document fields ask for) and that this site does not have are fetched
  * from the producer, round after round.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------
@@ -299,8 +299,7 @@ BEGIN
 	IF NOT body ? 'documents' AND coalesce(have, '[]') = '[]' AND NOT mapped
 	   AND NOT EXISTS (SELECT 1 FROM pg_constraint c
 					    WHERE c.contype = 'f'
-						  AND c.connamespace <> (SELECT e.extnamespace FROM pg_extension e
-												  WHERE e.extname = 'eventstream'))
+						  AND c.connamespace <> 'eventstream'::pg_catalog.regnamespace)
 	   AND NOT EXISTS (SELECT 1 FROM eventstream.dynamic_link)
 	   AND NOT facts.own_tables THEN
 		IF NOT targets OR NOT facts.updates THEN

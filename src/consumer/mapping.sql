@@ -8,7 +8,7 @@
  * for the documents a field links to.  The filters' eval: expressions are
  * checked and evaluated in C.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

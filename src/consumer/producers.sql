@@ -9,7 +9,7 @@
  * wait in the inbox; every update received is logged in sync_log.  The
  * view producer_status says how each producer is doing.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

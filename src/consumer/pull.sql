@@ -8,7 +8,7 @@
  * the answer to _apply_response().  sync_now() does the same from the
  * calling session.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -9,7 +9,7 @@
  * replaces and removes it whenever subscriptions or child tables change,
  * and when ALTER TABLE changes a captured table (its primary key).
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

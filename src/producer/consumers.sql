@@ -10,7 +10,7 @@
  * conditioned subscriptions per document (consumer_document, withheld).
  * The view consumer_status says how each consumer is doing.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

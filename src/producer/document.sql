@@ -9,7 +9,7 @@
  * add_child_table(), remove_child_table() and add_dynamic_link() are the
  * public API, and dropped tables are forgotten by an event trigger.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -7,7 +7,7 @@
  * salted hash.  The HTTP endpoint checks every request's key with
  * _check_api_key(), which compares the hashes in constant time (in C).
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -6,7 +6,7 @@
  * prune() deletes the logs every consumer has acknowledged; the site
  * worker runs it periodically, in steps.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -9,7 +9,7 @@
  * initial sync.  The logs of a page are rendered in C (_log_texts,
  * _log_page).
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -9,7 +9,7 @@
  * logs from a low bound of the ids not yet committed, kept in shared
  * memory.  The site worker records ticks while logs are written.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -7,7 +7,7 @@
  * The last part: REVOKE ... ON ALL ... covers the objects that exist when
  * it runs.  The configuration tables are dumped with the database.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -10,7 +10,7 @@
  * subscriptions or producers change.  eventstream.site holds the site_id
  * every log and registration carries.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------
@@ -24,6 +24,10 @@
  * versions and are not granted to PUBLIC.  Every public object has a
  * COMMENT.  All functions run with a fixed search_path.
  */
+
+-- The extension's own schema is pg_catalog (eventstream.control); its
+-- objects are in this one, a member, so that DROP EXTENSION drops it.
+CREATE SCHEMA eventstream;
 
 CREATE FUNCTION eventstream._assert_preloaded() RETURNS void
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_assert_preloaded';

@@ -7,7 +7,7 @@
  * the text of its primary key, rendered here in SQL exactly as the capture
  * trigger renders it in C.  Helpers of the producer and of the consumer.
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

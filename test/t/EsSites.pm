@@ -111,7 +111,8 @@ log_statement = none
 
 # A database on $node that is a site: HTTP port set before CREATE
 # EXTENSION, health polled.  %o: settings => { name => value } for the
-# database; encoding => its encoding (with the C locale).
+# database; encoding => its encoding (with the C locale); version => the
+# extension's version to install (the default version otherwise).
 sub add_site
 {
 	my ($node, $db, %o) = @_;
@@ -123,7 +124,7 @@ sub add_site
 	{
 		$node->safe_psql('postgres', "ALTER DATABASE $db SET $k = '$o{settings}{$k}'");
 	}
-	$node->safe_psql($db, 'CREATE EXTENSION eventstream');
+	$node->safe_psql($db, 'CREATE EXTENSION eventstream' . ($o{version} ? " VERSION '$o{version}'" : ''));
 	my $s = { node => $node, db => $db, port => $port, url => "http://127.0.0.1:$port",
 		name => $node->name . "/$db" };
 	ok(health_ok($s), "$s->{name}: the site answers health");
