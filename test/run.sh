@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test/run.sh -- set up (test/setup.sh), then run every test layer:
 # pg_regress (test/sql/), isolation (test/specs/) and TAP (test/t/),
-# each against temporary servers it starts itself on free ports.
+# each against temporary servers it starts itself on free ports
+# (make ES_TEMP_INSTANCE=1 installcheck; without it, make installcheck
+# runs pg_regress and isolation against the running server, the PGXS way).
 #
 # On success the build directory is removed.  On failure it is kept (its
 # path is printed), and what is needed to see why is printed here: the
