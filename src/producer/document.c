@@ -72,13 +72,13 @@ eventstream_document(PG_FUNCTION_ARGS)
 
 	styles = es_output_styles_push();
 	rel = table_open(relid, AccessShareLock);
-	relname = es_qualified_relname(rel);
+	relname = es_scan_relname(rel);
 	match = es_docname_match(rel, 1);
 	table_close(rel, AccessShareLock);
 
 	SPI_connect();
 	values[0] = docname;
-	rc = SPI_execute_with_args(psprintf("SELECT * FROM ONLY %s AS doc WHERE %s",
+	rc = SPI_execute_with_args(psprintf("SELECT * FROM %s AS doc WHERE %s",
 										relname, match),
 							   1, argtypes, values, NULL, true, 2);
 	if (rc != SPI_OK_SELECT)

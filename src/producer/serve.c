@@ -177,7 +177,7 @@ es_read_logs(EsLogReader *r, ArrayType *ids)
 		if (SPI_execute_with_args("SELECT l.id, CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,"
 								  "       l.ref_table, l.docname,"
 								  "       CASE WHEN u.id < 0"
-								  "            THEN eventstream._document(pg_catalog.to_regclass(l.ref_table), l.docname)"
+								  "            THEN eventstream._document(eventstream._published(l.ref_table), l.docname)"
 								  "            ELSE l.data END,"
 								  "       l.origin"
 								  "  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, ord)"
