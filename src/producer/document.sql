@@ -160,9 +160,9 @@ $$;
 
 -- Forget child tables, dynamic links and published names of dropped
 -- tables, and resync the capture triggers of the parents of dropped child
--- tables.
+-- tables.  As the extension's owner: any table owner may drop a table.
 CREATE FUNCTION eventstream._on_sql_drop() RETURNS event_trigger
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -271,3 +271,14 @@ SELECT eventstream.remove_consumer('http://consumer-p:8000');
 SELECT count(*) AS parted_triggers FROM pg_trigger
  WHERE tgname = 'eventstream_capture' AND tgrelid::regclass::text LIKE 'parted%';
 SELECT ref_table, relid FROM eventstream.published_table ORDER BY 1;
+
+-- A table owner with no rights on eventstream's tables drops a table: the
+-- event trigger that forgets dropped tables runs as the extension's owner.
+CREATE ROLE es_dropper;
+GRANT CREATE ON SCHEMA public TO es_dropper;
+SET ROLE es_dropper;
+CREATE TABLE dropped_by_owner (id int PRIMARY KEY);
+DROP TABLE dropped_by_owner;
+RESET ROLE;
+REVOKE CREATE ON SCHEMA public FROM es_dropper;
+DROP ROLE es_dropper;
