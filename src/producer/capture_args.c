@@ -30,12 +30,16 @@
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "catalog/pg_type.h"
-#include "executor/spi.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
 #include "utils/varlena.h"
 
+#include "eventstream.h"
 #include "producer/capture_args.h"
 
 static void es_invalid_args(Relation rel);
@@ -58,30 +62,55 @@ es_invalid_args(Relation rel)
 
 /*
  * es_published_relid
- *		The table a published name stands for; InvalidOid when none.
+ *		The table a published name stands for, as eventstream._published()
+ *		finds it: the table bound to the name in eventstream.published_table,
+ *		else the table of that name unless it is bound to another name;
+ *		InvalidOid when none.
+ *
+ * Read without SPI and without privilege checks: the trigger runs as
+ * whoever writes to the table, who need not be allowed to read the
+ * extension's tables.  The table is small (one row per published table).
  */
 static Oid
 es_published_relid(const char *ref_table)
 {
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		values[1];
-	bool		isnull = true;
+	Oid			nsp = get_namespace_oid(EVENTSTREAM_SCHEMA, false);
+	Oid			pubrel = get_relname_relid("published_table", nsp);
+	Oid			byname;
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		bound = false;
+	bool		byname_bound = false;
 	Oid			relid = InvalidOid;
 
-	values[0] = CStringGetTextDatum(ref_table);
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT eventstream._published($1)::pg_catalog.oid",
-							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up published table \"%s\"", ref_table);
-	if (SPI_processed == 1)
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	byname = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(ref_table)),
+							  NoLock, true);
+	if (!OidIsValid(pubrel))
+		return byname;
 
-		if (!isnull)
-			relid = DatumGetObjectId(d);
+	rel = table_open(pubrel, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while ((tup = systable_getnext(scan)) != NULL)
+	{
+		bool		isnull;
+		Datum		name = heap_getattr(tup, 1, RelationGetDescr(rel), &isnull);
+		Datum		oid = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
+
+		if (strcmp(TextDatumGetCString(name), ref_table) == 0)
+		{
+			bound = true;
+			relid = DatumGetObjectId(oid);
+		}
+		else if (OidIsValid(byname) && DatumGetObjectId(oid) == byname)
+			byname_bound = true;
 	}
-	SPI_finish();
-	return relid;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	if (bound)
+		return SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)) ? relid : InvalidOid;
+	return byname_bound ? InvalidOid : byname;
 }
 
 /*

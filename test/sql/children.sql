@@ -141,6 +141,20 @@ SELECT eventstream._sync_capture();
 SELECT tgrelid::regclass AS captured, encode(tgargs, 'escape') AS args, tgenabled
   FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
 
+-- A role that may write the tables but not read eventstream's own: its
+-- writes are captured (the trigger finds the tables its arguments name
+-- without reading eventstream.published_table as that role).
+CREATE ROLE es_writer;
+GRANT SELECT, INSERT ON invoice, invoice_item TO es_writer;
+SELECT max(id) AS before_writer FROM eventstream.update_log \gset
+SET ROLE es_writer;
+INSERT INTO invoice VALUES (9, 'Aviato');
+INSERT INTO invoice_item VALUES (9, 1, 'lime', 1);
+RESET ROLE;
+SELECT update_type, docname, data FROM eventstream.update_log WHERE id > :before_writer ORDER BY id;
+REVOKE ALL ON invoice, invoice_item FROM es_writer;
+DROP ROLE es_writer;
+
 -- Unregistering a child table removes its capture; its rows leave the
 -- parent's documents.
 SELECT eventstream.remove_child_table('invoice_item');
