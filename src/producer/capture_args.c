@@ -33,6 +33,9 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
@@ -111,6 +114,22 @@ es_published_relid(const char *ref_table)
 	if (bound)
 		return SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)) ? relid : InvalidOid;
 	return byname_bound ? InvalidOid : byname;
+}
+
+/*
+ * es_has_function
+ *		Whether the extension's SQL has function eventstream.name(argtype):
+ *		the library may run under the SQL of an earlier version until ALTER
+ *		EXTENSION UPDATE, and then resolves names as that version did.
+ */
+bool
+es_has_function(const char *name, Oid argtype)
+{
+	Oid			argtypes[1] = {argtype};
+
+	return OidIsValid(LookupFuncName(list_make2(makeString(EVENTSTREAM_SCHEMA),
+												makeString(pstrdup(name))),
+									 1, argtypes, true));
 }
 
 /*

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * capture_args.h
- *	  The capture trigger's arguments, read (capture_args.c).
+ *	  The capture trigger's arguments, read (capture_args.c), and what the
+ *	  producer's C needs to know of the extension's SQL version.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -45,5 +46,6 @@ extern void es_capture_args_read(Trigger *trig, Relation rel, EsCaptureArgs *arg
 extern int	es_arg_fk(Relation rel, const EsArgTable *table, AttrNumber *out);
 extern int	es_named_attnums(Relation rel, const char *names, AttrNumber *out);
 extern int	es_pk_attnums(Relation rel, AttrNumber *out);
+extern bool es_has_function(const char *name, Oid argtype);
 
 #endif							/* ES_CAPTURE_ARGS_H */

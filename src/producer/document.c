@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/rel.h"
 
+#include "producer/capture_args.h"
 #include "producer/condition.h"
 #include "producer/rowjson.h"
 
@@ -99,12 +100,17 @@ eventstream_document(PG_FUNCTION_ARGS)
 	}
 	MemoryContextSwitchTo(spicxt);
 
-	/* Child tables: their wire name and a query for the rows of this parent. */
+	/*
+	 * Child tables: their published name (the wire name under the SQL of
+	 * version 1.0) and a query for the rows of this parent.
+	 */
 	values[1] = ObjectIdGetDatum(relid);
-	rc = SPI_execute_with_args("SELECT eventstream._wire_name(child),"
-							   "       eventstream._child_rows_query(child, parent)"
-							   "  FROM eventstream.child_table WHERE parent = $2"
-							   " ORDER BY 1",
+	rc = SPI_execute_with_args(psprintf("SELECT eventstream.%s(child),"
+										"       eventstream._child_rows_query(child, parent)"
+										"  FROM eventstream.child_table WHERE parent = $2"
+										" ORDER BY 1",
+										es_has_function("_published_name", REGCLASSOID) ?
+										"_published_name" : "_wire_name"),
 							   2, argtypes, values, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));

@@ -163,6 +163,9 @@ is(sq($P, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop.item'::regclass
 is(sq($P, "SELECT count(*) FROM eventstream.update_log WHERE id > $from"), '0', '  and its rows are not logged');
 is(sq($P, "SELECT eventstream._serve_document('shop.item', '1', 'branch')->>'v'"), 'updated',
 	'the published name still serves the renamed table\'s documents');
+is(sq($P, "SELECT string_agg(k, ',') FROM jsonb_object_keys(eventstream._serve_document('shop.item', '1', 'branch')) k "
+	  . "WHERE k LIKE '%.%'"),
+	'shop.line', '  naming the renamed child table by its published name');
 ($ret, $out, $err) = q_try($P, "SELECT eventstream._register_consumer('http://other:1', gen_random_uuid(), "
 	  . "'k', 'branch', '[\"store.goods\"]')");
 isnt($ret, 0, "subscribing to the renamed table's new name is refused");
