@@ -16,10 +16,10 @@
  * publish_via_partition_root does for logical replication.  The key
  * argument names the table's primary key columns as of the last
  * _sync_capture() that saw the table with a primary key.
-
+ *
  * What gets logged (data is jsonb, see rowjson.c for value rendering):
  *	  INSERT on a document table  Create, the row plus one array per child
- *								  table (keyed by the child's wire name)
+ *								  table (keyed by the child's published name)
  *	  UPDATE on a document table  Update with the four-key diff, only the
  *								  changed columns in "changed"; nothing when
  *								  no column changed (typed comparison); a
@@ -430,11 +430,11 @@ es_key_condition(Relation rel, const AttrNumber *attnums, int n)
 /*
  * es_trigger_build_child
  *		The child table part of es_trigger_build: the foreign key columns
- *		and the query that tells whether a child row's parent exists.
- *		Returns false when nothing is logged (the parent is gone or lost its
- *		key).
+ *		and the query that tells whether a child row's parent exists.  When
+ *		the parent is gone (parent_relid left invalid) or lost its key
+ *		(nokey_table set), the query is not made: nothing is logged.
  */
-static bool
+static void
 es_trigger_build_child(EsTrigger *t, Relation rel, EsCaptureArgs *args)
 {
 	AttrNumber	fk[ES_MAX_KEYS];
@@ -464,7 +464,7 @@ es_trigger_build_child(EsTrigger *t, Relation rel, EsCaptureArgs *args)
 	{
 		/* The parent is gone: nothing to log until the next resync. */
 		t->parent_relid = InvalidOid;
-		return false;
+		return;
 	}
 	t->parent_ref_table = args->parent.ref_table ? args->parent.ref_table :
 		es_qualified_relname(parent);
@@ -474,7 +474,7 @@ es_trigger_build_child(EsTrigger *t, Relation rel, EsCaptureArgs *args)
 		t->nokey_table = t->parent_ref_table;
 		t->nokey_logged = false;
 		table_close(parent, AccessShareLock);
-		return false;
+		return;
 	}
 	npk = es_pk_attnums(parent, pk);
 	if (npk != nfk)
@@ -487,7 +487,6 @@ es_trigger_build_child(EsTrigger *t, Relation rel, EsCaptureArgs *args)
 							 es_scan_relname(parent),
 							 es_key_condition(parent, pk, npk));
 	table_close(parent, AccessShareLock);
-	return true;
 }
 
 /*
@@ -597,7 +596,7 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
 
 	if (t->is_child)
-		(void) es_trigger_build_child(t, rel, &args);
+		es_trigger_build_child(t, rel, &args);
 	else
 		es_trigger_build_children(t, rel, &args, npk);
 	MemoryContextSwitchTo(oldcxt);

@@ -5,7 +5,8 @@
  *
  * A document is a row of a subscribed table with the rows of its
  * registered child tables; dynamic links name the table of the document a
- * column refers to.  _document() reads one whole document (in C);
+ * column refers to; published_table binds each subscribed or child table
+ * to the name it travels by.  _document() reads one whole document (in C);
  * add_child_table(), remove_child_table() and add_dynamic_link() are the
  * public API, and dropped tables are forgotten by an event trigger.
  *
