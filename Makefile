@@ -13,6 +13,7 @@ OBJS = \
 	src/site/worker.o \
 	src/site/wire.o \
 	src/producer/capture.o \
+	src/producer/capture_args.o \
 	src/producer/rowjson.o \
 	src/producer/logids.o \
 	src/producer/serve.o \

@@ -7,21 +7,19 @@
  * eventstream._capture() is an AFTER ROW trigger installed by
  * eventstream._sync_capture() on every table that some consumer has an
  * Approved, not unsubscribed subscription to (a "document table"), and on the
- * child tables registered for it.  Its arguments carry everything that does
- * not change while the trigger exists:
- *
- *	  document table:  'doc', '<child oid>:<attnum>[,<attnum>...]', ...
- *		one argument per registered child table, naming the child's foreign
- *		key columns in the order of the parent's primary key columns;
- *	  child table:	   'child', '<parent oid>', '<attnum>[,<attnum>...]'
- *		this child's foreign key columns in parent primary key order;
- *	  either, last:	   'key:<column>[,<column>...]'
- *		the table's primary key columns by (quoted) name, as of the last
- *		_sync_capture() that saw the table with a primary key.
+ * child tables registered for it.  Its arguments (capture_args.c) name the
+ * table, its parent or its child tables by their published names and their
+ * key and foreign key columns by name, so that they hold across renames and
+ * through a dump and restore.  On a partitioned table the trigger is on
+ * every partition too, attached or created later included: a change of any
+ * partition is logged under the partitioned table's name, as
+ * publish_via_partition_root does for logical replication.  The key
+ * argument names the table's primary key columns as of the last
+ * _sync_capture() that saw the table with a primary key.
  *
  * What gets logged (data is jsonb, see rowjson.c for value rendering):
  *	  INSERT on a document table  Create, the row plus one array per child
- *								  table (keyed by the child's wire name)
+ *								  table (keyed by the child's published name)
  *	  UPDATE on a document table  Update with the four-key diff, only the
  *								  changed columns in "changed"; nothing when
  *								  no column changed (typed comparison); a
@@ -76,11 +74,13 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 #include "utils/xid8.h"
 
 #include "eventstream.h"
+#include "producer/capture_args.h"
 #include "producer/logids.h"
 #include "producer/rowjson.h"
 
@@ -99,8 +99,6 @@ enum
 	LOG_CREATED_AT,
 	LOG_NATTS
 };
-
-#define ES_MAX_KEYS INDEX_MAX_KEYS
 
 /* Cached description of eventstream.update_log and its indexes. */
 typedef struct EsLogTable
@@ -161,11 +159,10 @@ static MemoryContext es_capture_cxt = NULL;
 
 static void es_capture_init(void);
 static void es_relcache_callback(Datum arg, Oid relid);
+static void es_namespace_callback(Datum arg, int cacheid, uint32 hashvalue);
 static void es_log_table_load(void);
 static EsTrigger *es_trigger_lookup(TriggerData *trigdata);
 static void es_trigger_build(EsTrigger *entry, TriggerData *trigdata);
-static void es_parse_attnums(const char *str, AttrNumber *out, int *n);
-static int	es_named_attnums(Relation rel, const char *names, AttrNumber *out);
 static char *es_key_condition(Relation rel, const AttrNumber *attnums, int n);
 static void es_log_insert(const char *update_type, text *ref_table,
 						  const char *docname, Jsonb *data);
@@ -196,6 +193,23 @@ es_capture_init(void)
 	es_triggers = hash_create("eventstream triggers", 16, &ctl,
 							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	CacheRegisterRelcacheCallback(es_relcache_callback, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, es_namespace_callback, (Datum) 0);
+}
+
+/*
+ * es_namespace_callback
+ *		A schema changed (ALTER SCHEMA ... RENAME): the queries cached for
+ *		child and parent rows name tables by schema, so rebuild every entry.
+ */
+static void
+es_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	EsTrigger  *t;
+
+	hash_seq_init(&status, es_triggers);
+	while ((t = hash_seq_search(&status)) != NULL)
+		t->valid = false;
 }
 
 /*
@@ -392,28 +406,6 @@ es_log_insert(const char *update_type, text *ref_table,
 }
 
 /*
- * es_parse_attnums
- *		Parse "3,1,2" into attribute numbers.
- */
-static void
-es_parse_attnums(const char *str, AttrNumber *out, int *n)
-{
-	char	   *copy = pstrdup(str);
-	char	   *tok;
-	char	   *save = NULL;
-
-	*n = 0;
-	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-	{
-		if (*n >= ES_MAX_KEYS)
-			elog(ERROR, "too many key columns in capture trigger argument");
-		out[(*n)++] = (AttrNumber) pg_strtoint32(tok);
-	}
-	if (*n == 0)
-		elog(ERROR, "invalid capture trigger argument \"%s\"", str);
-}
-
-/*
  * es_key_condition
  *		"col1 = $1 AND col2 = $2" for the given columns of rel.
  */
@@ -436,54 +428,116 @@ es_key_condition(Relation rel, const AttrNumber *attnums, int n)
 }
 
 /*
- * es_pk_attnums
- *		The primary key columns of rel in key order; errors if it has none.
+ * es_trigger_build_child
+ *		The child table part of es_trigger_build: the foreign key columns
+ *		and the query that tells whether a child row's parent exists.  When
+ *		the parent is gone (parent_relid left invalid) or lost its key
+ *		(nokey_table set), the query is not made: nothing is logged.
  */
-static int
-es_pk_attnums(Relation rel, AttrNumber *out)
+static void
+es_trigger_build_child(EsTrigger *t, Relation rel, EsCaptureArgs *args)
 {
-	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
-	Relation	idx;
-	int			i,
-				n;
+	AttrNumber	fk[ES_MAX_KEYS];
+	AttrNumber	pk[ES_MAX_KEYS];
+	int			nfk;
+	int			npk;
+	int			i;
+	Relation	parent;
 
-	if (!OidIsValid(pkoid))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
-				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
-				 errhint("eventstream identifies documents by their primary key; add one.")));
-	idx = index_open(pkoid, AccessShareLock);
-	n = idx->rd_index->indnkeyatts;
-	for (i = 0; i < n; i++)
-		out[i] = idx->rd_index->indkey.values[i];
-	index_close(idx, AccessShareLock);
-	return n;
+	nfk = es_arg_fk(rel, &args->parent, fk);
+	for (i = 0; i < nfk; i++)
+	{
+		int			j;
+
+		t->fkcol[i] = -1;
+		for (j = 0; j < t->enc->ncolumns; j++)
+			if (t->enc->columns[j].attnum == fk[i])
+				t->fkcol[i] = j;
+		if (t->fkcol[i] < 0)
+			elog(ERROR, "capture trigger names missing column %d", fk[i]);
+	}
+
+	t->parent_relid = args->parent.relid;
+	parent = OidIsValid(t->parent_relid) ?
+		try_table_open(t->parent_relid, AccessShareLock) : NULL;
+	if (parent == NULL)
+	{
+		/* The parent is gone: nothing to log until the next resync. */
+		t->parent_relid = InvalidOid;
+		return;
+	}
+	t->parent_ref_table = args->parent.ref_table ? args->parent.ref_table :
+		es_qualified_relname(parent);
+	t->parent_ref_table_text = cstring_to_text(t->parent_ref_table);
+	if (!OidIsValid(RelationGetPrimaryKeyIndex(parent)))
+	{
+		t->nokey_table = t->parent_ref_table;
+		t->nokey_logged = false;
+		table_close(parent, AccessShareLock);
+		return;
+	}
+	npk = es_pk_attnums(parent, pk);
+	if (npk != nfk)
+		elog(ERROR, "capture trigger key of \"%s\" does not match its parent",
+			 RelationGetRelationName(rel));
+	for (i = 0; i < nfk; i++)
+		t->parent_argtypes[i] = t->enc->columns[t->fkcol[i]].typid;
+	t->nfk = nfk;
+	t->parent_sql = psprintf("SELECT 1 FROM %s WHERE %s",
+							 es_scan_relname(parent),
+							 es_key_condition(parent, pk, npk));
+	table_close(parent, AccessShareLock);
 }
 
 /*
- * es_named_attnums
- *		The columns of rel named in names (a trigger's "key:" argument
- *		without its prefix), in order; 0 if any of them no longer exists.
+ * es_trigger_build_children
+ *		The document table part of es_trigger_build: per child table, its
+ *		name in documents and the query for the rows of one document.  A
+ *		child table dropped since the trigger was made is skipped (the
+ *		sql_drop event trigger also unregisters it and resyncs).
  */
-static int
-es_named_attnums(Relation rel, const char *names, AttrNumber *out)
+static void
+es_trigger_build_children(EsTrigger *t, Relation rel, EsCaptureArgs *args, int npk)
 {
-	List	   *list;
-	ListCell   *lc;
-	int			n = 0;
+	int			i;
 
-	if (!SplitIdentifierString(pstrdup(names), ',', &list) || list == NIL ||
-		list_length(list) > ES_MAX_KEYS)
-		elog(ERROR, "invalid capture trigger argument \"key:%s\"", names);
-	foreach(lc, list)
+	t->children = palloc0(sizeof(EsChild) * Max(args->nchildren, 1));
+	for (i = 0; i < args->nchildren; i++)
 	{
-		AttrNumber	attnum = get_attnum(RelationGetRelid(rel), lfirst(lc));
+		EsArgTable *a = &args->children[i];
+		EsChild    *c = &t->children[t->nchildren];
+		Relation	crel;
+		AttrNumber	cpk[ES_MAX_KEYS];
+		int			ncpk = 0;
+		StringInfoData order;
+		int			k;
 
-		if (attnum <= 0)
-			return 0;
-		out[n++] = attnum;
+		crel = OidIsValid(a->relid) ? try_table_open(a->relid, AccessShareLock) : NULL;
+		if (crel == NULL)
+			continue;
+		c->relid = a->relid;
+		c->nfk = es_arg_fk(crel, a, c->fk);
+		if (c->nfk != npk)
+			elog(ERROR, "capture trigger key of child \"%s\" does not match \"%s\"",
+				 RelationGetRelationName(crel), RelationGetRelationName(rel));
+		t->nchildren++;
+		c->ref_table = a->ref_table ? a->ref_table : es_qualified_relname(crel);
+
+		/* A child that lost its key lists its rows in no set order. */
+		if (OidIsValid(RelationGetPrimaryKeyIndex(crel)))
+			ncpk = es_pk_attnums(crel, cpk);
+		initStringInfo(&order);
+		for (k = 0; k < ncpk; k++)
+			appendStringInfo(&order, "%s%s", k > 0 ? ", " : " ORDER BY ",
+							 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(crel), cpk[k] - 1)->attname)));
+		c->rows_sql = psprintf("SELECT * FROM %s WHERE %s%s",
+							   es_scan_relname(crel),
+							   es_key_condition(crel, c->fk, c->nfk),
+							   order.data);
+		for (k = 0; k < npk; k++)
+			c->argtypes[k] = t->enc->columns[t->enc->pk[k]].typid;
+		table_close(crel, AccessShareLock);
 	}
-	return n;
 }
 
 /*
@@ -491,17 +545,17 @@ es_named_attnums(Relation rel, const char *names, AttrNumber *out)
  *		Fill a cache entry from the trigger's arguments and the relation.
  *
  * Everything is allocated in a context of its own, so a rebuild after
- * invalidation frees the old state wholesale.
+ * invalidation frees the old state wholesale.  The relation may be a
+ * partition of the table the trigger was made on: columns are found by
+ * name, and the rows are logged under the name the arguments give.
  */
 static void
 es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 {
-	Trigger    *trig = trigdata->tg_trigger;
 	Relation	rel = trigdata->tg_relation;
+	EsCaptureArgs args;
 	AttrNumber	pk[ES_MAX_KEYS];
 	int			npk;
-	int			nargs = trig->tgnargs;
-	const char *keyarg = NULL;
 	MemoryContext oldcxt;
 	int			i;
 
@@ -519,30 +573,18 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 								   ALLOCSET_SMALL_SIZES);
 	oldcxt = MemoryContextSwitchTo(t->cxt);
 
-	if (nargs > 1 && strncmp(trig->tgargs[nargs - 1], "key:", 4) == 0)
-		keyarg = trig->tgargs[--nargs] + 4;
-	if (nargs < 1 ||
-		(strcmp(trig->tgargs[0], "doc") != 0 && strcmp(trig->tgargs[0], "child") != 0) ||
-		(strcmp(trig->tgargs[0], "child") == 0 && nargs != 3))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("eventstream._capture: invalid trigger arguments on \"%s\"",
-						RelationGetRelationName(rel)),
-				 errhint("Capture triggers are managed by eventstream; do not create them by hand.")));
-
+	es_capture_args_read(trigdata->tg_trigger, rel, &args);
 	t->relid = RelationGetRelid(rel);
-	t->ref_table = es_qualified_relname(rel);
+	t->ref_table = args.ref_table ? args.ref_table : es_qualified_relname(rel);
 	t->ref_table_text = cstring_to_text(t->ref_table);
-	t->is_child = (strcmp(trig->tgargs[0], "child") == 0);
-	if (t->is_child)
-		t->parent_relid = pg_strtoint32(trig->tgargs[1]);
+	t->is_child = args.is_child;
 	if (OidIsValid(RelationGetPrimaryKeyIndex(rel)))
 		npk = es_pk_attnums(rel, pk);
 	else
 	{
 		/* Named by the former key, if its columns are all still there. */
 		t->nokey_table = t->ref_table;
-		npk = keyarg ? es_named_attnums(rel, keyarg, pk) : 0;
+		npk = args.keyarg ? es_named_attnums(rel, args.keyarg, pk) : 0;
 		t->nokey_logged = (npk > 0);
 		if (npk == 0)
 		{
@@ -554,107 +596,9 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
 
 	if (t->is_child)
-	{
-		AttrNumber	fk[ES_MAX_KEYS];
-		int			nfk;
-		Relation	parent;
-
-		es_parse_attnums(trig->tgargs[2], fk, &nfk);
-		for (i = 0; i < nfk; i++)
-		{
-			int			j;
-
-			t->fkcol[i] = -1;
-			for (j = 0; j < t->enc->ncolumns; j++)
-				if (t->enc->columns[j].attnum == fk[i])
-					t->fkcol[i] = j;
-			if (t->fkcol[i] < 0)
-				elog(ERROR, "capture trigger names missing column %d", fk[i]);
-		}
-
-		parent = try_table_open(t->parent_relid, AccessShareLock);
-		if (parent == NULL)
-		{
-			/* The parent is gone: nothing to log until the next resync. */
-			t->parent_relid = InvalidOid;
-			MemoryContextSwitchTo(oldcxt);
-			t->valid = true;
-			return;
-		}
-		t->parent_ref_table = es_qualified_relname(parent);
-		t->parent_ref_table_text = cstring_to_text(t->parent_ref_table);
-		if (!OidIsValid(RelationGetPrimaryKeyIndex(parent)))
-		{
-			t->nokey_table = t->parent_ref_table;
-			t->nokey_logged = false;
-			table_close(parent, AccessShareLock);
-			MemoryContextSwitchTo(oldcxt);
-			t->valid = true;
-			return;
-		}
-		npk = es_pk_attnums(parent, pk);
-		if (npk != nfk)
-			elog(ERROR, "capture trigger key of \"%s\" does not match its parent",
-				 RelationGetRelationName(rel));
-		for (i = 0; i < nfk; i++)
-			t->parent_argtypes[i] = t->enc->columns[t->fkcol[i]].typid;
-		t->nfk = nfk;
-		t->parent_sql = psprintf("SELECT 1 FROM ONLY %s WHERE %s",
-								 t->parent_ref_table,
-								 es_key_condition(parent, pk, npk));
-		table_close(parent, AccessShareLock);
-	}
+		es_trigger_build_child(t, rel, &args);
 	else
-	{
-		/*
-		 * A child table dropped since the trigger was made is skipped (the
-		 * sql_drop event trigger also unregisters it and resyncs).
-		 */
-		t->children = palloc0(sizeof(EsChild) * Max(nargs - 1, 1));
-		for (i = 1; i < nargs; i++)
-		{
-			EsChild    *c = &t->children[t->nchildren];
-			char	   *arg = pstrdup(trig->tgargs[i]);
-			char	   *colon = strchr(arg, ':');
-			Relation	crel;
-			int			k2;
-
-			if (colon == NULL)
-				elog(ERROR, "invalid capture trigger argument \"%s\"", arg);
-			*colon = '\0';
-			c->relid = pg_strtoint32(arg);
-			es_parse_attnums(colon + 1, c->fk, &c->nfk);
-			if (c->nfk != npk)
-				elog(ERROR, "capture trigger key of child %u does not match \"%s\"",
-					 c->relid, RelationGetRelationName(rel));
-			crel = try_table_open(c->relid, AccessShareLock);
-			if (crel == NULL)
-				continue;
-			t->nchildren++;
-			c->ref_table = es_qualified_relname(crel);
-			{
-				AttrNumber	cpk[ES_MAX_KEYS];
-				int			ncpk = 0;
-				StringInfoData order;
-				int			k;
-
-				/* A child that lost its key lists its rows in no set order. */
-				if (OidIsValid(RelationGetPrimaryKeyIndex(crel)))
-					ncpk = es_pk_attnums(crel, cpk);
-				initStringInfo(&order);
-				for (k = 0; k < ncpk; k++)
-					appendStringInfo(&order, "%s%s", k > 0 ? ", " : " ORDER BY ",
-									 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(crel), cpk[k] - 1)->attname)));
-				c->rows_sql = psprintf("SELECT * FROM ONLY %s WHERE %s%s",
-									   c->ref_table,
-									   es_key_condition(crel, c->fk, c->nfk),
-									   order.data);
-			}
-			for (k2 = 0; k2 < npk; k2++)
-				c->argtypes[k2] = t->enc->columns[t->enc->pk[k2]].typid;
-			table_close(crel, AccessShareLock);
-		}
-	}
+		es_trigger_build_children(t, rel, &args, npk);
 	MemoryContextSwitchTo(oldcxt);
 	t->valid = true;
 }

@@ -6,8 +6,10 @@
  *
  * _capture() (in C) logs every change of a subscribed document, stamped
  * with the apply origin _set_origin() sets; _sync_capture() installs,
- * replaces and removes it whenever subscriptions or child tables change,
- * and when ALTER TABLE changes a captured table (its primary key).
+ * replaces and removes it whenever the functions that change
+ * subscriptions or child tables call _reconfigure(), and the ALTER TABLE
+ * event trigger refreshes the arguments of existing ones when a key or a
+ * key column changes.
  *
  * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
@@ -46,6 +48,98 @@ AS $$
 $$;
 
 /*
+ * The arguments tbl's capture trigger should have now (see capture.c),
+ * NULL when it should have none.  Tables are named by their published
+ * names, columns by their quoted names: nothing in them depends on OIDs,
+ * so a dumped trigger captures as it is once restored elsewhere.
+ *   document table:  'doc', 'name:<published name>', then per child table
+ *                    'child:<its published name>', 'fk:<its foreign key
+ *                    columns in parent key order>', then 'key:...'
+ *   child table:     'child', 'name:<published name>', 'parent:<the
+ *                    parent's published name>', 'fk:<columns>', 'key:...'
+ * A document table is one with an Approved, subscribed subscription, and
+ * not a partition of another such table (a partitioned table's trigger is
+ * on its partitions too).  old_args: the trigger's present pg_trigger.tgargs.
+ */
+CREATE FUNCTION eventstream._capture_args(tbl regclass, old_args bytea) RETURNS text[]
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH docs AS (
+		SELECT DISTINCT ct.ref_table AS name, eventstream._published(ct.ref_table) AS tbl
+		  FROM eventstream.consumer_table ct
+		 WHERE ct.status = 'Approved' AND NOT ct.unsubscribed
+	), me_doc AS (
+		SELECT min(d.name) AS name FROM docs d WHERE d.tbl = $1
+		HAVING count(*) > 0
+		   AND NOT EXISTS (SELECT 1 FROM pg_partition_ancestors($1) a JOIN docs x ON x.tbl = a.relid
+							WHERE a.relid <> $1::oid)
+	), me_child AS (
+		SELECT min(d.name) AS parent_name, eventstream._fk_names(c.child, c.parent, c.fk_name) AS fk
+		  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+		 WHERE c.child = $1
+		 GROUP BY c.child, c.parent, c.fk_name
+	)
+	SELECT CASE
+		WHEN m.name IS NOT NULL THEN
+			ARRAY['doc', 'name:' || m.name]
+			|| coalesce((SELECT array_agg(u.arg ORDER BY ch.name, u.i)
+						   FROM (SELECT eventstream._published_name(c.child) AS name,
+										eventstream._fk_names(c.child, c.parent, c.fk_name) AS fk
+								   FROM eventstream.child_table c WHERE c.parent = $1) ch
+						  CROSS JOIN LATERAL unnest(ARRAY['child:' || ch.name, 'fk:' || ch.fk]) WITH ORDINALITY AS u(arg, i)
+						  WHERE ch.fk IS NOT NULL), '{}')
+			|| eventstream._capture_key_arg($1, $2)
+		WHEN mc.fk IS NOT NULL THEN
+			ARRAY['child', 'name:' || eventstream._published_name($1), 'parent:' || mc.parent_name, 'fk:' || mc.fk]
+			|| eventstream._capture_key_arg($1, $2)
+	END
+	  FROM (SELECT 1) one
+	  LEFT JOIN me_doc m ON true
+	  LEFT JOIN me_child mc ON true
+$$;
+
+-- Whether every child table registered for tbl, and tbl as a child, has
+-- its foreign key: only then do _capture_args() name all of them.
+CREATE FUNCTION eventstream._capture_args_complete(tbl regclass) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT NOT EXISTS (SELECT 1 FROM eventstream.child_table c
+						WHERE (c.parent = $1 OR c.child = $1)
+						  AND eventstream._fk_names(c.child, c.parent, c.fk_name) IS NULL)
+$$;
+
+-- Put a capture trigger with arguments args on tbl in place of the one it
+-- has, if any (none: args NULL), enabled ALWAYS.
+CREATE FUNCTION eventstream._replace_capture(tbl regclass, args text[], has_one boolean) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF has_one THEN
+		EXECUTE format('DROP TRIGGER eventstream_capture ON %s', tbl);
+	END IF;
+	IF args IS NOT NULL THEN
+		EXECUTE format('CREATE TRIGGER eventstream_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+					   'FOR EACH ROW EXECUTE FUNCTION eventstream._capture(%s)',
+					   tbl, (SELECT string_agg(quote_literal(a), ', ' ORDER BY i)
+							   FROM unnest(args) WITH ORDINALITY AS x(a, i)));
+		EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_capture', tbl);
+	END IF;
+END
+$$;
+
+-- args as pg_trigger.tgargs holds them: each followed by a zero byte.
+CREATE FUNCTION eventstream._tgargs(args text[]) RETURNS bytea
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
+	  FROM unnest(args) WITH ORDINALITY AS x(a, i)
+$$;
+
+/*
  * Install, replace or remove eventstream_capture triggers so that exactly the
  * tables some consumer has an Approved, subscribed subscription to, and their
  * registered child tables, carry one with up-to-date arguments, enabled
@@ -53,7 +147,9 @@ $$;
  * (src/consumer/apply.c), and what it applies to a table others subscribe
  * to is captured for them too (A -> B -> C).  A trigger found in another
  * state (made by an earlier version, or altered by hand) is enabled ALWAYS
- * again.
+ * again.  Published names are bound first (_bind_published); triggers are
+ * dropped before others are created, so that a partitioned table's trigger
+ * can take the place of its partitions' own.
  */
 CREATE FUNCTION eventstream._sync_capture() RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -64,34 +160,27 @@ DECLARE
 BEGIN
 	-- Serialize concurrent reconfigurations.
 	PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+	PERFORM eventstream._bind_published();
 	FOR r IN
 		WITH existing AS (
 			SELECT t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
 			  FROM pg_trigger t
 			 WHERE t.tgname = 'eventstream_capture' AND t.tgparentid = 0
-		), docs AS (
-			SELECT DISTINCT to_regclass(ct.ref_table) AS tbl
+		), candidates AS (
+			SELECT eventstream._published(ct.ref_table) AS tbl
 			  FROM eventstream.consumer_table ct
 			 WHERE ct.status = 'Approved' AND NOT ct.unsubscribed
-		), children AS (
-			SELECT c.child, c.parent, eventstream._fk_attnums(c.child, c.parent, c.fk_name) AS fk
-			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
-		), desired AS (
-			SELECT d.tbl,
-				   ARRAY['doc'] || coalesce((SELECT array_agg(ch.child::oid::text || ':' || ch.fk ORDER BY ch.child::oid)
-											   FROM children ch WHERE ch.parent = d.tbl AND ch.fk IS NOT NULL),
-											'{}')
-					   || eventstream._capture_key_arg(d.tbl, (SELECT e.tgargs FROM existing e WHERE e.tbl = d.tbl)) AS args
-			  FROM docs d WHERE d.tbl IS NOT NULL
-			UNION ALL
-			SELECT ch.child, ARRAY['child', ch.parent::oid::text, ch.fk]
-					   || eventstream._capture_key_arg(ch.child, (SELECT e.tgargs FROM existing e WHERE e.tbl = ch.child))
-			  FROM children ch WHERE ch.fk IS NOT NULL
+			UNION
+			SELECT c.child FROM eventstream.child_table c
+			UNION
+			SELECT e.tbl FROM existing e
 		)
-		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs, e.tgenabled,
-			   (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
-				  FROM unnest(d.args) WITH ORDINALITY AS x(a, i)) AS want
-		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl
+		SELECT x.tbl, a.args, e.tgargs, e.tgenabled, eventstream._tgargs(a.args) AS want
+		  FROM candidates x
+		  LEFT JOIN existing e ON e.tbl = x.tbl
+		 CROSS JOIN LATERAL eventstream._capture_args(x.tbl, e.tgargs) AS a(args)
+		 WHERE x.tbl IS NOT NULL
+		 ORDER BY a.args IS NOT NULL, x.tbl::oid
 	LOOP
 		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
 			IF r.tgenabled <> 'A' THEN
@@ -99,55 +188,69 @@ BEGIN
 			END IF;
 			CONTINUE;
 		END IF;
-		IF r.tgargs IS NOT NULL THEN
-			EXECUTE format('DROP TRIGGER eventstream_capture ON %s', r.tbl);
-		END IF;
-		IF r.args IS NOT NULL THEN
-			EXECUTE format('CREATE TRIGGER eventstream_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
-						   'FOR EACH ROW EXECUTE FUNCTION eventstream._capture(%s)',
-						   r.tbl, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(r.args) a));
-			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_capture', r.tbl);
+		IF r.args IS NOT NULL OR r.tgargs IS NOT NULL THEN
+			PERFORM eventstream._replace_capture(r.tbl, r.args, r.tgargs IS NOT NULL);
 		END IF;
 	END LOOP;
 END
 $$;
 
--- ALTER TABLE on a captured table may change its primary key, or a key
--- column's name: refresh the triggers' key arguments.
+/*
+ * ALTER TABLE may change a captured table's primary key, or the name of a
+ * key or foreign key column its trigger or its document's triggers name:
+ * refresh those triggers' arguments.  Only triggers that exist are
+ * replaced, only on the altered tables and the document and child tables
+ * of theirs, and only when every foreign key they name is in place: while
+ * pg_restore replays a dump (keys, then the dumped triggers and their
+ * ENABLE ALWAYS, then foreign keys), no trigger is installed or dropped.
+ */
 CREATE FUNCTION eventstream._on_alter_table() RETURNS event_trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	r record;
 BEGIN
-	-- Only when a captured table's key is no longer the one its trigger
-	-- remembers: not for the ALTER TABLE ... ENABLE ALWAYS TRIGGER that
-	-- _sync_capture itself runs.
-	IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
-				 JOIN pg_trigger t ON t.tgrelid = c.objid AND t.tgname = 'eventstream_capture'
-				 CROSS JOIN LATERAL eventstream._capture_key_arg(t.tgrelid::regclass, t.tgargs) AS k(arg)
-				WHERE c.classid = 'pg_class'::regclass
-				  AND position(convert_to(k.arg[1], 'UTF8') || '\x00'::bytea IN t.tgargs) = 0) THEN
-		PERFORM eventstream._sync_capture();
-	END IF;
+	FOR r IN
+		WITH altered AS (
+			SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+			 WHERE c.classid = 'pg_class'::regclass
+		), related AS (
+			SELECT a.objid AS tbl FROM altered a
+			UNION
+			SELECT ch.parent::oid FROM eventstream.child_table ch JOIN altered a ON a.objid = ch.child::oid
+			UNION
+			SELECT ch.child::oid FROM eventstream.child_table ch JOIN altered a ON a.objid = ch.parent::oid
+		)
+		SELECT t.tgrelid::regclass AS tbl, t.tgargs, a.args
+		  FROM related x
+		  JOIN pg_trigger t ON t.tgrelid = x.tbl AND t.tgname = 'eventstream_capture' AND t.tgparentid = 0
+		 CROSS JOIN LATERAL eventstream._capture_args(t.tgrelid::regclass, t.tgargs) AS a(args)
+		 WHERE a.args IS NOT NULL
+		   AND t.tgargs IS DISTINCT FROM eventstream._tgargs(a.args)
+		   AND eventstream._capture_args_complete(t.tgrelid::regclass)
+	LOOP
+		PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+		PERFORM eventstream._replace_capture(r.tbl, r.args, true);
+	END LOOP;
 END
 $$;
 CREATE EVENT TRIGGER eventstream_alter_table ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
 	EXECUTE FUNCTION eventstream._on_alter_table();
 
--- Keep capture in step with every change of subscriptions or structure,
--- whether made through the functions below or by UPDATE on the tables.
-CREATE FUNCTION eventstream._config_changed() RETURNS trigger
+/*
+ * Subscriptions or child tables changed: bring the capture triggers in
+ * step, and have parked long-polls answer at once with the new statuses.
+ * Called by the functions that change eventstream.consumer_table and
+ * eventstream.child_table, never by a trigger on them: rows restored into
+ * them by pg_restore install nothing (the dump brings the triggers).
+ */
+CREATE FUNCTION eventstream._reconfigure() RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM eventstream._sync_capture();
-	-- Parked long-polls answer at once with the new statuses.
 	PERFORM eventstream._wake_worker();
-	RETURN NULL;
 END
 $$;
-CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventstream.consumer_table
-	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._config_changed();
-CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventstream.child_table
-	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._config_changed();

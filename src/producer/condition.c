@@ -288,8 +288,8 @@ eventstream_check_condition(PG_FUNCTION_ARGS)
 		es_check_expression_shape(cond, "condition must be a single boolean expression");
 
 		rel = table_open(relid, AccessShareLock);
-		sql = psprintf("SELECT 1 FROM ONLY %s AS doc WHERE (\n%s\n)",
-					   es_qualified_relname(rel), cond);
+		sql = psprintf("SELECT 1 FROM %s AS doc WHERE (\n%s\n)",
+					   es_scan_relname(rel), cond);
 		table_close(rel, AccessShareLock);
 		SPI_connect();
 		if (SPI_prepare(sql, 0, NULL) == NULL)
@@ -516,7 +516,7 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 
 	rel = table_open(relid, AccessShareLock);
 	match = es_docname_match(rel, 2);
-	relname = es_qualified_relname(rel);
+	relname = es_scan_relname(rel);
 	table_close(rel, AccessShareLock);
 
 	if (es_is_cmd(cond))
@@ -525,12 +525,12 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 		Oid			fn = es_condition_function(cond, true);
 
 		sql = !OidIsValid(fn) ? NULL :
-			psprintf("SELECT %s.%s($1, pg_catalog.to_jsonb(doc), $3) FROM ONLY %s AS doc WHERE %s",
+			psprintf("SELECT %s.%s($1, pg_catalog.to_jsonb(doc), $3) FROM %s AS doc WHERE %s",
 					 quote_identifier(get_namespace_name(get_func_namespace(fn))),
 					 quote_identifier(get_func_name(fn)), relname, match);
 	}
 	else
-		sql = psprintf("SELECT (\n%s\n) FROM ONLY %s AS doc WHERE %s",
+		sql = psprintf("SELECT (\n%s\n) FROM %s AS doc WHERE %s",
 					   cond, relname, match);
 
 	values[0] = PointerGetDatum(consumer);

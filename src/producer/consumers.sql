@@ -141,7 +141,7 @@ CREATE FUNCTION eventstream._condition_allows(consumer text, tbl regclass, ref_t
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_condition_allows';
 
 -- A table that can be subscribed to: it exists, has a primary key and is
--- not registered as a child table.
+-- not registered as a child table.  Errors name it by its published name.
 CREATE FUNCTION eventstream._subscribable_table(name text) RETURNS regclass
 	LANGUAGE plpgsql STABLE
 AS $$
@@ -153,18 +153,18 @@ BEGIN
 	SELECT n.nspname INTO nsp FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 	 WHERE c.oid = tbl;
 	IF nsp IN ('pg_catalog', 'information_schema', 'eventstream', 'pg_toast') OR nsp LIKE 'pg_temp%' THEN
-		RAISE EXCEPTION 'table "%" cannot be streamed', eventstream._wire_name(tbl)
+		RAISE EXCEPTION 'table "%" cannot be streamed', eventstream._published_name(tbl)
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'System, temporary and eventstream''s own tables cannot be subscribed to.';
 	END IF;
 	IF cardinality(eventstream._pk_attnums(tbl)) = 0 THEN
-		RAISE EXCEPTION 'table "%" has no primary key', eventstream._wire_name(tbl)
+		RAISE EXCEPTION 'table "%" has no primary key', eventstream._published_name(tbl)
 			USING ERRCODE = 'invalid_table_definition',
 				  HINT = 'eventstream identifies documents by their primary key; add one.';
 	END IF;
 	SELECT c.parent INTO parent FROM eventstream.child_table c WHERE c.child = tbl;
 	IF FOUND THEN
-		RAISE EXCEPTION 'table "%" is a child table of "%"', eventstream._wire_name(tbl), eventstream._wire_name(parent)
+		RAISE EXCEPTION 'table "%" is a child table of "%"', eventstream._published_name(tbl), eventstream._published_name(parent)
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Subscribe to the parent table; child rows travel inside its documents.';
 	END IF;
@@ -173,13 +173,18 @@ END
 $$;
 
 -- A subscribable table named on the wire: schema-qualified, or a bare name
--- meaning public (never resolved along search_path).
+-- meaning public (never resolved along search_path).  A published name is
+-- the table bound to it, wherever it lives now; the current name of a table
+-- bound to another name is refused, naming the name to use.
 CREATE FUNCTION eventstream._wire_table(name text) RETURNS regclass
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	qualified text := name;
+	wire text;
+	tbl regclass;
+	bound text;
 BEGIN
 	BEGIN
 		IF cardinality(parse_ident(name)) = 1 THEN
@@ -188,7 +193,22 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'invalid table name "%"', name USING ERRCODE = 'invalid_name';
 	END;
-	RETURN eventstream._subscribable_table(qualified);
+	wire := eventstream._wire_table_name(name);
+	SELECT p.relid INTO tbl FROM eventstream.published_table p
+	  JOIN pg_class c ON c.oid = p.relid
+	 WHERE p.ref_table = wire;
+	IF tbl IS NOT NULL THEN
+		RETURN eventstream._subscribable_table(tbl::text);
+	END IF;
+	tbl := eventstream._subscribable_table(qualified);
+	SELECT p.ref_table INTO bound FROM eventstream.published_table p WHERE p.relid = tbl;
+	IF bound IS DISTINCT FROM wire AND bound IS NOT NULL THEN
+		RAISE EXCEPTION 'table "%" is published as "%"', wire, bound
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The table was renamed after it was first subscribed to as "%s", and keeps that name on the wire.', bound),
+				  HINT = format('Subscribe to "%s".', bound);
+	END IF;
+	RETURN tbl;
 END
 $$;
 
@@ -226,31 +246,36 @@ AS $$
 	SELECT CASE
 		WHEN c.oid IS NULL THEN
 			jsonb_build_object('code', '42P01', 'message', format('table "%s" does not exist', ref_table))
-		WHEN c.relkind <> 'r' THEN
+		WHEN c.relkind NOT IN ('r', 'p') THEN
 			jsonb_build_object('code', '42809', 'message', format('"%s" is not a table', ref_table))
 		WHEN NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) THEN
 			jsonb_build_object('code', '42P16', 'message', format('table "%s" has no primary key', ref_table))
 		WHEN NOT has_table_privilege(role, c.oid, 'SELECT') THEN
 			jsonb_build_object('code', '42501', 'message', format('role "%s" cannot read table "%s"', role, ref_table))
 	END
-	  FROM (SELECT to_regclass(ref_table) AS tbl) x
+	  FROM (SELECT eventstream._published(ref_table) AS tbl) x
 	  LEFT JOIN pg_class c ON c.oid = x.tbl
 $$;
 
--- Canonical wire name for a table name given by a user: the existing
--- table's wire name, or the text itself for a table that is gone.
+-- Canonical wire name for a table name given by a user: a published name
+-- as it is, else the name the existing table is published by (its wire
+-- name unless it is bound to another), or the text itself for a table that
+-- is gone.
 CREATE FUNCTION eventstream._canonical_table_name(name text) RETURNS text
 	LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
 	tbl regclass;
 BEGIN
+	IF EXISTS (SELECT 1 FROM eventstream.published_table p WHERE p.ref_table = name) THEN
+		RETURN name;
+	END IF;
 	BEGIN
 		tbl := to_regclass(name);
 	EXCEPTION WHEN OTHERS THEN
 		tbl := NULL;
 	END;
-	RETURN coalesce(eventstream._wire_name(tbl), name);
+	RETURN coalesce(eventstream._published_name(tbl), name);
 END
 $$;
 
@@ -376,6 +401,7 @@ BEGIN
 		RAISE EXCEPTION 'consumer "%" has no subscription to table "%"', consumer_url, ref_table
 			USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM eventstream._reconfigure();
 END
 $$;
 
@@ -407,6 +433,7 @@ BEGIN
 	DELETE FROM eventstream.served_page x WHERE x.consumer_url = remove_consumer.consumer_url;
 	DELETE FROM eventstream.consumer_document x WHERE x.consumer_url = remove_consumer.consumer_url;
 	DELETE FROM eventstream.withheld x WHERE x.consumer_url = remove_consumer.consumer_url;
+	PERFORM eventstream._reconfigure();
 END
 $$;
 COMMENT ON FUNCTION eventstream.remove_consumer(text) IS
@@ -520,14 +547,14 @@ BEGIN
 		IF NOT has_table_privilege(c.role, tbl, 'SELECT')
 		   AND NOT coalesce((item->>'unsubscribed')::boolean, false)
 		   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table x
-							WHERE x.consumer_url = url AND x.ref_table = eventstream._wire_name(tbl)
+							WHERE x.consumer_url = url AND x.ref_table = eventstream._published_name(tbl)
 							  AND NOT x.unsubscribed) THEN
-			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._wire_name(tbl)
+			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._published_name(tbl)
 				USING ERRCODE = 'insufficient_privilege',
 					  HINT = 'GRANT SELECT on the table to the role of the consumer''s API key.';
 		END IF;
 		cond := eventstream._check_condition(tbl, item->>'condition');
-		name := eventstream._wire_name(tbl);
+		name := eventstream._published_name(tbl);
 		IF name = ANY (wanted) THEN
 			RAISE EXCEPTION 'table "%" is listed twice', name USING ERRCODE = 'invalid_parameter_value';
 		END IF;
@@ -550,6 +577,7 @@ BEGIN
 	   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
 					    WHERE ct.consumer_url = url AND ct.ref_table = d.ref_table
 						  AND ct.condition IS NOT NULL AND NOT ct.unsubscribed);
+	PERFORM eventstream._reconfigure();
 
 	UPDATE eventstream.consumer x SET sent_tables = eventstream._consumer_tables(url), sent_tables_page = NULL
 	 WHERE x.consumer_url = url;
@@ -570,7 +598,7 @@ CREATE FUNCTION eventstream._consumer_tables(consumer_url text) RETURNS jsonb
 AS $$
 	SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', ct.ref_table, 'status', ct.status,
 												 'unsubscribed', ct.unsubscribed, 'condition', ct.condition,
-												 'readable', coalesce(has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT'), false))
+												 'readable', coalesce(has_table_privilege(c.role, eventstream._published(ct.ref_table), 'SELECT'), false))
 							  || jsonb_strip_nulls(jsonb_build_object('error', eventstream._table_error(ct.ref_table, c.role)))
 							  ORDER BY ct.ref_table), '[]')
 	  FROM eventstream.consumer_table ct
@@ -588,11 +616,11 @@ CREATE FUNCTION eventstream._consumer_keys(consumer_url text) RETURNS jsonb
 	SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT coalesce(jsonb_object_agg(x.ref_table, to_jsonb(x.key) ORDER BY x.ref_table), '{}')
-	  FROM (SELECT ct.ref_table, eventstream._pk_names(to_regclass(ct.ref_table)) AS key
+	  FROM (SELECT ct.ref_table, eventstream._pk_names(eventstream._published(ct.ref_table)) AS key
 			  FROM eventstream.consumer_table ct
 			  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
 			 WHERE ct.consumer_url = _consumer_keys.consumer_url AND NOT ct.unsubscribed
-			   AND coalesce(has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT'), false)) x
+			   AND coalesce(has_table_privilege(c.role, eventstream._published(ct.ref_table), 'SELECT'), false)) x
 	 WHERE x.key IS NOT NULL
 $$;
 
@@ -627,9 +655,9 @@ SELECT c.consumer_url,
 	   (SELECT count(*) FROM eventstream.consumer_table ct
 		 WHERE ct.consumer_url = c.consumer_url AND ct.status = 'Approved' AND NOT ct.unsubscribed
 		   AND EXISTS (SELECT 1 FROM pg_class r
-						WHERE (r.oid = to_regclass(ct.ref_table)
+						WHERE (r.oid = eventstream._published(ct.ref_table)
 							   OR r.oid IN (SELECT ch.child::oid FROM eventstream.child_table ch
-											 WHERE ch.parent = to_regclass(ct.ref_table)))
+											 WHERE ch.parent = eventstream._published(ct.ref_table)))
 						  AND NOT EXISTS (SELECT 1 FROM pg_constraint k
 										   WHERE k.conrelid = r.oid AND k.contype = 'p'))) AS tables_without_key
   FROM eventstream.consumer c;

@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/rel.h"
 
+#include "producer/capture_args.h"
 #include "producer/condition.h"
 #include "producer/rowjson.h"
 
@@ -72,13 +73,13 @@ eventstream_document(PG_FUNCTION_ARGS)
 
 	styles = es_output_styles_push();
 	rel = table_open(relid, AccessShareLock);
-	relname = es_qualified_relname(rel);
+	relname = es_scan_relname(rel);
 	match = es_docname_match(rel, 1);
 	table_close(rel, AccessShareLock);
 
 	SPI_connect();
 	values[0] = docname;
-	rc = SPI_execute_with_args(psprintf("SELECT * FROM ONLY %s AS doc WHERE %s",
+	rc = SPI_execute_with_args(psprintf("SELECT * FROM %s AS doc WHERE %s",
 										relname, match),
 							   1, argtypes, values, NULL, true, 2);
 	if (rc != SPI_OK_SELECT)
@@ -99,12 +100,17 @@ eventstream_document(PG_FUNCTION_ARGS)
 	}
 	MemoryContextSwitchTo(spicxt);
 
-	/* Child tables: their wire name and a query for the rows of this parent. */
+	/*
+	 * Child tables: their published name (the wire name under the SQL of
+	 * version 1.0) and a query for the rows of this parent.
+	 */
 	values[1] = ObjectIdGetDatum(relid);
-	rc = SPI_execute_with_args("SELECT eventstream._wire_name(child),"
-							   "       eventstream._child_rows_query(child, parent)"
-							   "  FROM eventstream.child_table WHERE parent = $2"
-							   " ORDER BY 1",
+	rc = SPI_execute_with_args(psprintf("SELECT eventstream.%s(child),"
+										"       eventstream._child_rows_query(child, parent)"
+										"  FROM eventstream.child_table WHERE parent = $2"
+										" ORDER BY 1",
+										es_has_function("_published_name", REGCLASSOID) ?
+										"_published_name" : "_wire_name"),
 							   2, argtypes, values, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));

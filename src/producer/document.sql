@@ -5,7 +5,8 @@
  *
  * A document is a row of a subscribed table with the rows of its
  * registered child tables; dynamic links name the table of the document a
- * column refers to.  _document() reads one whole document (in C);
+ * column refers to; published_table binds each subscribed or child table
+ * to the name it travels by.  _document() reads one whole document (in C);
  * add_child_table(), remove_child_table() and add_dynamic_link() are the
  * public API, and dropped tables are forgotten by an event trigger.
  *
@@ -32,11 +33,81 @@ CREATE TABLE eventstream.dynamic_link (
 COMMENT ON TABLE eventstream.dynamic_link IS
 	'Dynamic links: key_column holds the docname of a row of the table named in type_column.';
 
+/*
+ * The name each published table travels by.  A table is bound to the wire
+ * name it was first subscribed by (a document table) or registered by (a
+ * child table), and keeps it through ALTER TABLE ... RENAME / SET SCHEMA
+ * and ALTER SCHEMA ... RENAME: logs, documents and subscriptions go on
+ * naming it so.  relid is a regclass, so that pg_dump writes it by name
+ * and a restore binds the name to the restored table.  _bind_published()
+ * fills and cleans it; the sql_drop event trigger forgets dropped tables.
+ */
+CREATE TABLE eventstream.published_table (
+	ref_table	text PRIMARY KEY,
+	relid		regclass NOT NULL UNIQUE
+);
+COMMENT ON TABLE eventstream.published_table IS
+	'Published names: the wire name each subscribed or child table is bound to, kept through renames.';
+
+/*
+ * The table a wire name stands for: the table bound to it, else the table
+ * of that name unless that one is bound to another name; NULL when none.
+ * Plain SQL without a SET clause: inlined into the queries that use it.
+ */
+CREATE FUNCTION eventstream._published(ref_table text) RETURNS regclass
+	LANGUAGE sql STABLE
+AS $$
+	SELECT coalesce(
+		(SELECT c.oid::pg_catalog.regclass FROM eventstream.published_table p
+		   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid
+		  WHERE p.ref_table OPERATOR(pg_catalog.=) $1),
+		(SELECT t.t FROM pg_catalog.to_regclass($1) t
+		  WHERE NOT EXISTS (SELECT 1 FROM eventstream.published_table q WHERE q.relid OPERATOR(pg_catalog.=) t.t)
+			AND NOT EXISTS (SELECT 1 FROM eventstream.published_table q WHERE q.ref_table OPERATOR(pg_catalog.=) $1)))
+$$;
+
+-- The wire name a table travels by: the name it is bound to, else its own.
+CREATE FUNCTION eventstream._published_name(tbl regclass) RETURNS text
+	LANGUAGE sql STABLE
+AS $$
+	SELECT coalesce((SELECT p.ref_table FROM eventstream.published_table p
+					  WHERE p.relid OPERATOR(pg_catalog.=) $1),
+					eventstream._wire_name($1))
+$$;
+
+/*
+ * Bind the names of subscriptions and child tables not bound yet to the
+ * tables they name now, and forget bindings nothing refers to any more (no
+ * subscription by that name, not a registered child table) or whose table
+ * is gone.  A name whose table is bound to another name stays unbound.
+ */
+CREATE FUNCTION eventstream._bind_published() RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM eventstream.published_table p
+	 WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = p.relid)
+		OR (NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct WHERE ct.ref_table = p.ref_table)
+			AND NOT EXISTS (SELECT 1 FROM eventstream.child_table ch WHERE ch.child = p.relid));
+	INSERT INTO eventstream.published_table (ref_table, relid)
+	SELECT DISTINCT ON (x.tbl) x.ref_table, x.tbl
+	  FROM (SELECT ct.ref_table, to_regclass(ct.ref_table) AS tbl FROM eventstream.consumer_table ct
+			UNION ALL
+			SELECT eventstream._wire_name(ch.child), ch.child FROM eventstream.child_table ch) x
+	 WHERE x.tbl IS NOT NULL
+	   AND NOT EXISTS (SELECT 1 FROM eventstream.published_table p
+					    WHERE p.ref_table = x.ref_table OR p.relid = x.tbl)
+	 ORDER BY x.tbl, x.ref_table
+	ON CONFLICT DO NOTHING;
+END
+$$;
+
 CREATE FUNCTION eventstream._document(tbl regclass, docname text) RETURNS jsonb
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_document';
 
 -- Child FK columns of the registered foreign key, in parent key order, as
--- "3,1": the form the capture trigger takes.  NULL if the key is gone.
+-- "3,1".  NULL if the key is gone.
 CREATE FUNCTION eventstream._fk_attnums(child regclass, parent regclass, fk_name name) RETURNS text
 	LANGUAGE sql STABLE STRICT
 	SET search_path = pg_catalog, pg_temp
@@ -47,6 +118,19 @@ AS $$
 	 CROSS JOIN LATERAL generate_subscripts(con.confkey, 1) AS k
 	 WHERE con.conrelid = child AND con.conname = fk_name AND con.contype = 'f'
 	   AND con.confrelid = parent AND con.confkey[k] = p.attnum
+$$;
+
+-- Child FK columns of the registered foreign key by quoted name, in parent
+-- key order, as "a,b": the form the capture trigger takes.  NULL if the
+-- key is gone.
+CREATE FUNCTION eventstream._fk_names(child regclass, parent regclass, fk_name name) RETURNS text
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT string_agg(quote_ident(a.attname), ',' ORDER BY x.ord)
+	  FROM unnest(string_to_array(eventstream._fk_attnums(child, parent, fk_name), ',')::int2[])
+		   WITH ORDINALITY AS x(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = child AND a.attnum = x.attnum
 $$;
 
 -- Query returning the child rows of the parent whose docname is $1.
@@ -71,14 +155,15 @@ BEGIN
 	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) INTO ord
 	  FROM unnest(pk) WITH ORDINALITY AS k(attnum, ord)
 	  JOIN pg_attribute a ON a.attrelid = child AND a.attnum = k.attnum;
-	RETURN format('SELECT * FROM ONLY %s WHERE %s ORDER BY %s', child, cond, ord);
+	RETURN format('SELECT * FROM %s WHERE %s ORDER BY %s', eventstream._scan_sql(child), cond, ord);
 END
 $$;
 
--- Forget child tables and dynamic links of dropped tables; the DELETE
--- resyncs the capture triggers of their parents.
+-- Forget child tables, dynamic links and published names of dropped
+-- tables, and resync the capture triggers of the parents of dropped child
+-- tables.  As the extension's owner: any table owner may drop a table.
 CREATE FUNCTION eventstream._on_sql_drop() RETURNS event_trigger
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -90,8 +175,12 @@ BEGIN
 	IF gone IS NULL THEN
 		RETURN;
 	END IF;
-	DELETE FROM eventstream.child_table c WHERE c.child::oid = ANY (gone) OR c.parent::oid = ANY (gone);
+	DELETE FROM eventstream.published_table p WHERE p.relid::oid = ANY (gone);
 	DELETE FROM eventstream.dynamic_link l WHERE l.tbl::oid = ANY (gone);
+	DELETE FROM eventstream.child_table c WHERE c.child::oid = ANY (gone) OR c.parent::oid = ANY (gone);
+	IF FOUND THEN
+		PERFORM eventstream._reconfigure();
+	END IF;
 END
 $$;
 CREATE EVENT TRIGGER eventstream_sql_drop ON sql_drop
@@ -138,7 +227,7 @@ BEGIN
 			USING ERRCODE = 'duplicate_object';
 	END IF;
 	IF EXISTS (SELECT 1 FROM eventstream.consumer_table ct
-				WHERE ct.ref_table = eventstream._wire_name(child)) THEN
+				WHERE ct.ref_table = eventstream._published_name(child)) THEN
 		RAISE EXCEPTION 'table "%" has subscriptions of its own', eventstream._wire_name(child)
 			USING ERRCODE = 'object_in_use',
 				  HINT = 'A child table travels inside its parent''s documents and cannot be subscribed to directly.';
@@ -161,6 +250,7 @@ BEGIN
 
 	INSERT INTO eventstream.child_table (child, parent, fk_name) VALUES (add_child_table.child, add_child_table.parent, fk)
 		ON CONFLICT ON CONSTRAINT child_table_pkey DO UPDATE SET fk_name = EXCLUDED.fk_name;
+	PERFORM eventstream._reconfigure();
 END
 $$;
 COMMENT ON FUNCTION eventstream.add_child_table(regclass, regclass) IS
@@ -175,6 +265,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table "%" is not a registered child table', child USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM eventstream._reconfigure();
 END
 $$;
 COMMENT ON FUNCTION eventstream.remove_child_table(regclass) IS

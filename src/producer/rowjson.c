@@ -460,3 +460,17 @@ es_qualified_relname(Relation rel)
 	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 									  RelationGetRelationName(rel));
 }
+
+/*
+ * es_scan_relname
+ *		What a query reads the rows of rel from: "ONLY schema.name" for a
+ *		table (not the tables inheriting from it), "schema.name" for a
+ *		partitioned table (its partitions hold the rows).
+ */
+char *
+es_scan_relname(Relation rel)
+{
+	return psprintf("%s%s",
+					rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+					es_qualified_relname(rel));
+}

@@ -82,5 +82,6 @@ extern bool es_values_equal(EsColumn *col, Datum a, Datum b);
 extern char *es_docname(EsEncoder *enc, const int *colidx, int ncols,
 						HeapTuple tuple, TupleDesc tupdesc);
 extern char *es_qualified_relname(Relation rel);
+extern char *es_scan_relname(Relation rel);
 
 #endif							/* ES_ROWJSON_H */

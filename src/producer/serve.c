@@ -33,6 +33,8 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
+#include "producer/capture_args.h"
+
 PG_FUNCTION_INFO_V1(eventstream_log_texts);
 PG_FUNCTION_INFO_V1(eventstream_log_page);
 
@@ -174,15 +176,18 @@ es_read_logs(EsLogReader *r, ArrayType *ids)
 		Oid			argtypes[1] = {INT8ARRAYOID};
 		Datum		args[1] = {PointerGetDatum(ids)};
 
-		if (SPI_execute_with_args("SELECT l.id, CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,"
-								  "       l.ref_table, l.docname,"
-								  "       CASE WHEN u.id < 0"
-								  "            THEN eventstream._document(pg_catalog.to_regclass(l.ref_table), l.docname)"
-								  "            ELSE l.data END,"
-								  "       l.origin"
-								  "  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, ord)"
-								  "  JOIN eventstream.update_log l ON l.id = pg_catalog.abs(u.id)"
-								  " ORDER BY u.ord",
+		if (SPI_execute_with_args(psprintf("SELECT l.id, CASE WHEN u.id < 0 THEN 'Create' ELSE l.update_type END,"
+										   "       l.ref_table, l.docname,"
+										   "       CASE WHEN u.id < 0"
+										   "            THEN eventstream._document(%s, l.docname)"
+										   "            ELSE l.data END,"
+										   "       l.origin"
+										   "  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, ord)"
+										   "  JOIN eventstream.update_log l ON l.id = pg_catalog.abs(u.id)"
+										   " ORDER BY u.ord",
+										   es_has_function("_published", TEXTOID) ?
+										   "eventstream._published(l.ref_table)" :
+										   "pg_catalog.to_regclass(l.ref_table)"),
 								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read update logs");
 	}

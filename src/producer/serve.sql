@@ -208,7 +208,7 @@ BEGIN
 		-- table whose approval ended (rejected) is served what was written
 		-- before that until the cursor is past it.
 		SELECT coalesce(array_agg(ct.ref_table), '{}'), array_agg(ct.condition),
-			   array_agg(ct.approved_snapshot), array_agg(to_regclass(ct.ref_table)),
+			   array_agg(ct.approved_snapshot), array_agg(eventstream._published(ct.ref_table)),
 			   array_agg(ct.ended_snapshot), array_agg(ct.ended_txid), array_agg(ct.ended_id),
 			   coalesce(bool_or(ct.ended_snapshot IS NOT NULL), false)
 		  INTO t_names, t_conds, t_snaps, t_oids, t_end_snaps, t_end_txids, t_end_ids, any_ended
@@ -217,8 +217,8 @@ BEGIN
 		   AND (ct.status = 'Approved'
 				OR (ct.ended_snapshot IS NOT NULL
 					AND NOT eventstream._end_passed(ct.ended_snapshot, ct.ended_txid, s_from)))
-		   AND to_regclass(ct.ref_table) IS NOT NULL
-		   AND has_table_privilege(c.role, to_regclass(ct.ref_table), 'SELECT');
+		   AND eventstream._published(ct.ref_table) IS NOT NULL
+		   AND has_table_privilege(c.role, eventstream._published(ct.ref_table), 'SELECT');
 		LOOP
 			IF s_to IS NULL THEN
 				-- A new window: its end, with the low bound taken just
@@ -460,7 +460,7 @@ DECLARE
 	tbl regclass := eventstream._wire_table(ref_table);
 BEGIN
 	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
-		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._wire_name(tbl)
+		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._published_name(tbl)
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	RETURN tbl;
@@ -494,7 +494,7 @@ DECLARE
 BEGIN
 	doc := eventstream._document(tbl, docname);
 	IF doc IS NULL THEN
-		RAISE EXCEPTION 'document "%" of table "%" does not exist', docname, eventstream._wire_name(tbl)
+		RAISE EXCEPTION 'document "%" of table "%" does not exist', docname, eventstream._published_name(tbl)
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN doc;
@@ -527,15 +527,15 @@ BEGIN
 	FOR f IN SELECT * FROM jsonb_each(filters) LOOP
 		IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = f.key
 						  AND a.attnum > 0 AND NOT a.attisdropped) THEN
-			RAISE EXCEPTION 'column "%" of table "%" does not exist', f.key, eventstream._wire_name(tbl)
+			RAISE EXCEPTION 'column "%" of table "%" does not exist', f.key, eventstream._published_name(tbl)
 				USING ERRCODE = 'undefined_column';
 		END IF;
 		conds := conds || format(' AND doc.%I::text IS NOT DISTINCT FROM %L', f.key, filters->>f.key);
 	END LOOP;
 	-- The first matches in key order, so that "the first" is always the same.
 	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT %s AS d,'
-				   ' row_number() OVER (ORDER BY %s) AS o FROM ONLY %s AS doc WHERE %s ORDER BY %s LIMIT %s) x',
-				   eventstream._docname_sql(tbl, 'doc'), keys, tbl, conds, keys, "limit")
+				   ' row_number() OVER (ORDER BY %s) AS o FROM %s AS doc WHERE %s ORDER BY %s LIMIT %s) x',
+				   eventstream._docname_sql(tbl, 'doc'), keys, eventstream._scan_sql(tbl), conds, keys, "limit")
 		INTO result;
 	RETURN jsonb_build_object('docnames', result);
 END
@@ -576,11 +576,11 @@ BEGIN
 	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum;
 	BEGIN
 		EXECUTE format('SELECT array_agg(%s ORDER BY %s)'
-					   '  FROM (SELECT * FROM ONLY %s AS doc WHERE $1 IS NULL OR (%s) > (%s) ORDER BY %s LIMIT %s) doc',
-					   eventstream._docname_sql(tbl, 'doc'), keys, tbl, keys, bound, keys, "limit" + 1)
+					   '  FROM (SELECT * FROM %s AS doc WHERE $1 IS NULL OR (%s) > (%s) ORDER BY %s LIMIT %s) doc',
+					   eventstream._docname_sql(tbl, 'doc'), keys, eventstream._scan_sql(tbl), keys, bound, keys, "limit" + 1)
 			INTO names USING after;
 	EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range THEN
-		RAISE EXCEPTION 'invalid docname "%" for table "%"', after, eventstream._wire_name(tbl)
+		RAISE EXCEPTION 'invalid docname "%" for table "%"', after, eventstream._published_name(tbl)
 			USING ERRCODE = 'invalid_parameter_value';
 	END;
 	names := coalesce(names, '{}');
@@ -591,10 +591,10 @@ BEGIN
 		-- For a consumer's initial sync: only an approved subscription, and
 		-- only the documents its condition admits (which it then holds).
 		SELECT * INTO ct FROM eventstream.consumer_table x
-		 WHERE x.consumer_url = consumer AND x.ref_table = eventstream._wire_name(tbl)
+		 WHERE x.consumer_url = consumer AND x.ref_table = eventstream._published_name(tbl)
 		   AND x.status = 'Approved' AND NOT x.unsubscribed;
 		IF NOT FOUND THEN
-			RAISE EXCEPTION 'consumer "%" has no approved subscription to table "%"', consumer, eventstream._wire_name(tbl)
+			RAISE EXCEPTION 'consumer "%" has no approved subscription to table "%"', consumer, eventstream._published_name(tbl)
 				USING ERRCODE = 'insufficient_privilege';
 		END IF;
 		IF ct.condition IS NOT NULL THEN

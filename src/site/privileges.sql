@@ -25,6 +25,7 @@ SELECT pg_catalog.pg_extension_config_dump('eventstream.site', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer_table', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.child_table', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.published_table', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.dynamic_link', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.producer', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.producer_table', '');

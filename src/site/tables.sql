@@ -70,15 +70,21 @@ BEGIN
 		RAISE EXCEPTION 'table "%" does not exist', name USING ERRCODE = 'undefined_table';
 	END IF;
 	SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-	IF kind = 'p' THEN
-		RAISE EXCEPTION 'partitioned table "%" cannot be streamed', name
-			USING ERRCODE = 'feature_not_supported',
-				  HINT = 'Stream its partitions, or a plain table.';
-	ELSIF kind <> 'r' THEN
+	IF kind NOT IN ('r', 'p') THEN
 		RAISE EXCEPTION '"%" is not a table', name USING ERRCODE = 'wrong_object_type';
 	END IF;
 	RETURN tbl;
 END
+$$;
+
+-- What a query reads a table's rows from: ONLY the table itself (not the
+-- tables inheriting from it), or a partitioned table with its partitions.
+CREATE FUNCTION eventstream._scan_sql(tbl regclass) RETURNS text
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN c.relkind = 'p' THEN tbl::text ELSE 'ONLY ' || tbl::text END
+	  FROM pg_class c WHERE c.oid = tbl
 $$;
 
 -- The base type of a type (itself unless a domain).

@@ -240,3 +240,45 @@ DELETE FROM line WHERE inv = 'quoted';
 ALTER TABLE line OWNER TO CURRENT_USER;
 DROP ROLE es_owner;
 SELECT * FROM capture_args;
+
+-- Rows written into the configuration tables directly (as pg_restore
+-- does) install no trigger: only the functions that change subscriptions
+-- do.
+CREATE TABLE restored_doc (id int PRIMARY KEY);
+INSERT INTO eventstream.consumer_table (consumer_url, ref_table, status)
+	VALUES ('http://consumer-a:8000', 'public.restored_doc', 'Approved');
+SELECT count(*) AS restored_triggers FROM pg_trigger WHERE tgrelid = 'restored_doc'::regclass;
+DELETE FROM eventstream.consumer_table WHERE ref_table = 'public.restored_doc';
+
+-- A partition subscribed on its own, then its partitioned table too: the
+-- partition's own trigger gives way to its root's, and its changes are
+-- logged under the root's name.  Removing the consumer removes both and
+-- forgets the published names.
+CREATE TABLE parted (id int, k text, PRIMARY KEY (id, k)) PARTITION BY LIST (k);
+CREATE TABLE parted_a PARTITION OF parted FOR VALUES IN ('a');
+GRANT SELECT ON parted, parted_a TO es_sub;
+SELECT register('http://consumer-p:8000', '00000000-0000-0000-0000-00000000000b', '["parted_a"]') IS NOT NULL AS registered;
+SELECT eventstream.approve('http://consumer-p:8000', 'parted_a');
+INSERT INTO parted VALUES (1, 'a');
+SELECT register('http://consumer-p:8000', '00000000-0000-0000-0000-00000000000b', '["parted_a", "parted"]') IS NOT NULL AS registered;
+SELECT eventstream.approve('http://consumer-p:8000', 'parted');
+SELECT tgrelid::regclass AS captured, tgparentid <> 0 AS cloned, encode(tgargs, 'escape') AS args, tgenabled
+  FROM pg_trigger WHERE tgname = 'eventstream_capture' AND tgrelid::regclass::text LIKE 'parted%' ORDER BY 1;
+INSERT INTO parted VALUES (2, 'a');
+SELECT update_type, ref_table, docname FROM eventstream.update_log WHERE ref_table LIKE 'public.parted%' ORDER BY id;
+SELECT ref_table, relid FROM eventstream.published_table ORDER BY 1;
+SELECT eventstream.remove_consumer('http://consumer-p:8000');
+SELECT count(*) AS parted_triggers FROM pg_trigger
+ WHERE tgname = 'eventstream_capture' AND tgrelid::regclass::text LIKE 'parted%';
+SELECT ref_table, relid FROM eventstream.published_table ORDER BY 1;
+
+-- A table owner with no rights on eventstream's tables drops a table: the
+-- event trigger that forgets dropped tables runs as the extension's owner.
+CREATE ROLE es_dropper;
+GRANT CREATE ON SCHEMA public TO es_dropper;
+SET ROLE es_dropper;
+CREATE TABLE dropped_by_owner (id int PRIMARY KEY);
+DROP TABLE dropped_by_owner;
+RESET ROLE;
+REVOKE CREATE ON SCHEMA public FROM es_dropper;
+DROP ROLE es_dropper;

@@ -28,7 +28,7 @@ SELECT eventstream.add_child_table('invoice_item', 'orphan_item');
 SELECT register('http://consumer-a:8000', '00000000-0000-0000-0000-00000000000a',
 				'["item", "line", "untouched", "public.invoice"]');
 SELECT eventstream.approve('http://consumer-a:8000', 'invoice');
-SELECT tgrelid::regclass AS captured, pg_get_triggerdef(oid) ~ 'child' AS as_child
+SELECT tgrelid::regclass AS captured, pg_get_triggerdef(oid) ~ '_capture\(''child''' AS as_child
   FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
 
 -- A parent and its rows inserted by separate statements: Create, then one
@@ -102,6 +102,58 @@ SELECT update_type, docname, data->'public.invoice_item' AS items,
 ALTER TABLE invoice_item ADD PRIMARY KEY (invoice_id, line);
 UPDATE invoice_item SET qty = 2 WHERE invoice_id = 50;
 SELECT update_type, docname FROM eventstream.update_log WHERE id > :before_nokey ORDER BY id;
+
+-- Renaming a foreign key column of a child table refreshes the arguments
+-- of its trigger and of its parent's, which name the column.
+ALTER TABLE invoice_item RENAME COLUMN invoice_id TO inv;
+SELECT tgrelid::regclass AS captured, encode(tgargs, 'escape') AS args
+  FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+SELECT max(id) AS before_rename FROM eventstream.update_log \gset
+INSERT INTO invoice VALUES (7, 'Hooli');
+INSERT INTO invoice_item VALUES (7, 1, 'kiwi', 4);
+UPDATE invoice SET id = 70 WHERE id = 7;
+SELECT update_type, docname, data FROM eventstream.update_log WHERE id > :before_rename ORDER BY id;
+ALTER TABLE invoice_item RENAME COLUMN inv TO invoice_id;
+
+-- Triggers in the form an earlier version made, naming tables by OID and
+-- columns by number, keep capturing until _sync_capture() writes them anew.
+DROP TRIGGER eventstream_capture ON invoice;
+DROP TRIGGER eventstream_capture ON invoice_item;
+DO $$
+DECLARE
+	fk int2 := (SELECT a.attnum FROM pg_attribute a
+				 WHERE a.attrelid = 'invoice_item'::regclass AND a.attname = 'invoice_id');
+BEGIN
+	EXECUTE format('CREATE TRIGGER eventstream_capture AFTER INSERT OR UPDATE OR DELETE ON invoice '
+				   'FOR EACH ROW EXECUTE FUNCTION eventstream._capture(%L, %L, %L)',
+				   'doc', 'invoice_item'::regclass::oid || ':' || fk, 'key:id');
+	EXECUTE format('CREATE TRIGGER eventstream_capture AFTER INSERT OR UPDATE OR DELETE ON invoice_item '
+				   'FOR EACH ROW EXECUTE FUNCTION eventstream._capture(%L, %L, %L, %L)',
+				   'child', 'invoice'::regclass::oid, fk, 'key:invoice_id,line');
+END
+$$;
+SELECT max(id) AS before_oids FROM eventstream.update_log \gset
+INSERT INTO invoice VALUES (8, 'Bachman');
+INSERT INTO invoice_item VALUES (8, 1, 'plum', 1);
+UPDATE invoice SET id = 80 WHERE id = 8;
+SELECT update_type, docname, data FROM eventstream.update_log WHERE id > :before_oids ORDER BY id;
+SELECT eventstream._sync_capture();
+SELECT tgrelid::regclass AS captured, encode(tgargs, 'escape') AS args, tgenabled
+  FROM pg_trigger WHERE tgname = 'eventstream_capture' ORDER BY 1;
+
+-- A role that may write the tables but not read eventstream's own: its
+-- writes are captured (the trigger finds the tables its arguments name
+-- without reading eventstream.published_table as that role).
+CREATE ROLE es_writer;
+GRANT SELECT, INSERT ON invoice, invoice_item TO es_writer;
+SELECT max(id) AS before_writer FROM eventstream.update_log \gset
+SET ROLE es_writer;
+INSERT INTO invoice VALUES (9, 'Aviato');
+INSERT INTO invoice_item VALUES (9, 1, 'lime', 1);
+RESET ROLE;
+SELECT update_type, docname, data FROM eventstream.update_log WHERE id > :before_writer ORDER BY id;
+REVOKE ALL ON invoice, invoice_item FROM es_writer;
+DROP ROLE es_writer;
 
 -- Unregistering a child table removes its capture; its rows leave the
 -- parent's documents.
