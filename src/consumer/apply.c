@@ -157,7 +157,7 @@ es_sub(EsApply *a, const char *ref)
 	pt = es_run(InvalidOid,
 				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name,"
 				"                                     'mapping', t.mapping, 'key', t.remote_key,"
-				"                                     'off', t.unsubscribe)"
+				"                                     'off', t.unsubscribe, 'ignored', t.ignored_columns)"
 				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
 				es_jsonb_parse(arg.data));
 	old = MemoryContextSwitchTo(a->subs_cxt);
@@ -179,10 +179,109 @@ es_sub(EsApply *a, const char *ref)
 			foreach(lc2, names)
 				sub->rkey[foreach_current_index(lc2)] = es_scalar_text(lfirst(lc2));
 		}
+		if (es_is_array(es_field(pt, "ignored")))
+		{
+			List	   *names = es_elements(es_field(pt, "ignored"));
+			ListCell   *lc2;
+
+			sub->nignored = list_length(names);
+			sub->ignored = palloc(sizeof(char *) * Max(sub->nignored, 1));
+			foreach(lc2, names)
+				sub->ignored[foreach_current_index(lc2)] = es_scalar_text(lfirst(lc2));
+		}
 	}
 	a->subs = lappend(a->subs, sub);
 	MemoryContextSwitchTo(old);
 	return sub;
+}
+
+/*
+ * es_sub_ignores
+ *		Whether sub leaves the producer's column name (len bytes) out
+ *		(eventstream.ignore_columns).
+ */
+bool
+es_sub_ignores(EsSub *sub, const char *name, int len)
+{
+	for (int i = 0; i < sub->nignored; i++)
+		if (strlen(sub->ignored[i]) == (size_t) len && memcmp(sub->ignored[i], name, len) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * es_strip_ignored
+ *		An update's data without the columns its subscription leaves out:
+ *		of a Create, the document's and its child rows'; of an Update, the
+ *		changed columns' and the child rows' added or changed.
+ */
+static Jsonb *
+es_strip_ignored(EsSub *sub, EsUpdateKind kind, Jsonb *data)
+{
+	static const char *const parts[] = {"changed", "row_changed", "added"};
+	ListCell   *lc;
+
+	if (sub->nignored == 0 || !es_is_object(data))
+		return data;
+	if (kind == ES_UPDATE_CREATE)
+	{
+		data = es_without(data, sub->ignored, sub->nignored);
+		foreach(lc, es_keys(data))
+		{
+			Jsonb	   *rows = es_field(data, lfirst(lc));
+			StringInfoData buf;
+			ListCell   *rc;
+
+			if (!es_is_array(rows))
+				continue;
+			initStringInfo(&buf);
+			appendStringInfoChar(&buf, '[');
+			foreach(rc, es_elements(rows))
+			{
+				Jsonb	   *r = es_without(lfirst(rc), sub->ignored, sub->nignored);
+
+				appendStringInfo(&buf, "%s%s", foreach_current_index(rc) > 0 ? ", " : "",
+								 JsonbToCString(NULL, &r->root, VARSIZE(r)));
+			}
+			appendStringInfoChar(&buf, ']');
+			data = es_with_field(data, lfirst(lc), es_jsonb_parse(buf.data));
+		}
+		return data;
+	}
+	if (kind != ES_UPDATE_UPDATE)
+		return data;
+	for (int p = 0; p < (int) lengthof(parts); p++)
+	{
+		Jsonb	   *part = es_field(data, parts[p]);
+
+		if (!es_is_object(part))
+			continue;
+		if (p == 0)
+		{
+			data = es_with_field(data, parts[p], es_without(part, sub->ignored, sub->nignored));
+			continue;
+		}
+		foreach(lc, es_keys(part))
+		{
+			Jsonb	   *rows = es_field(part, lfirst(lc));
+			StringInfoData buf;
+			ListCell   *rc;
+
+			initStringInfo(&buf);
+			appendStringInfoChar(&buf, '[');
+			foreach(rc, es_elements(rows))
+			{
+				Jsonb	   *r = es_without(lfirst(rc), sub->ignored, sub->nignored);
+
+				appendStringInfo(&buf, "%s%s", foreach_current_index(rc) > 0 ? ", " : "",
+								 JsonbToCString(NULL, &r->root, VARSIZE(r)));
+			}
+			appendStringInfoChar(&buf, ']');
+			part = es_with_field(part, lfirst(lc), es_jsonb_parse(buf.data));
+		}
+		data = es_with_field(data, parts[p], part);
+	}
+	return data;
 }
 
 /*
@@ -449,10 +548,16 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		es_apply_origin_set = true;
 	}
 
-	/* A mapped subscription: the data as this site's tables have it. */
+	/*
+	 * A mapped subscription: the data as this site's tables have it (the
+	 * mapping names the columns it takes).  Otherwise without the columns
+	 * the subscription leaves out.
+	 */
 	if (sub->mapping != NULL && es_is_object(data) &&
 		(kind == ES_UPDATE_CREATE || kind == ES_UPDATE_UPDATE))
 		data = es_map(a, sub, type, remote, data, notes);
+	else
+		data = es_strip_ignored(sub, kind, data);
 
 	/* The local row's key (a Create of the same name carries it). */
 	if (same_name)
@@ -480,6 +585,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("a Create needs the document as a JSON object")));
+		es_check_columns(t, data, true);
 		/*
 		 * Same name: the document carries its key (no need to merge it in);
 		 * mapped, the producer's docname is the key.
@@ -522,6 +628,8 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			if (is_col || !es_is_array(rows))
 				continue;
 			ct = es_child_link(name, t, relid, &link);
+			foreach(rc, es_elements(rows))
+				es_check_columns(ct, lfirst(rc), false);
 			if (!inserted)
 			{
 				Jsonb	   *fk = es_parent_values(link, cur, NULL);
@@ -562,6 +670,24 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 					 errmsg("an Update needs the four-key diff as a JSON object")));
 		/* The changed columns, or (for child rows only) the row as it is. */
 		changed = es_field(data, "changed");
+		if (es_is_object(changed))
+			es_check_columns(t, changed, false);
+		for (int p = 1; p < (int) lengthof(parts); p++)
+		{
+			Jsonb	   *part = es_field(data, parts[p]);
+			ListCell   *lc;
+
+			if (es_is_object(part))
+				foreach(lc, es_keys(part))
+				{
+					Jsonb	   *link;
+					EsTable    *ct = es_child_link(lfirst(lc), t, relid, &link);
+					ListCell   *rc;
+
+					foreach(rc, es_elements(es_field(part, lfirst(lc))))
+						es_check_columns(ct, lfirst(rc), false);
+				}
+		}
 		if (key != NULL)
 			cur = es_is_object(changed) ? es_update(a, mt, changed, key) : es_select(a, mt, key);
 		if (cur == NULL && key != NULL)

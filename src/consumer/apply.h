@@ -69,6 +69,8 @@ typedef struct EsSub
 	bool		dropped;		/* unsubscribed here */
 	int			nrkey;			/* the producer's key columns, in key */
 	char	  **rkey;			/* order (none: the producer did not say) */
+	int			nignored;		/* columns of the producer not applied here */
+	char	  **ignored;		/* (producer_table.ignored_columns) */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
@@ -136,6 +138,7 @@ typedef struct EsValueInput
 /* apply.c: the dispatch */
 extern EsUpdateKind es_update_kind(const char *update_type);
 extern EsSub *es_sub(EsApply *a, const char *ref);
+extern bool es_sub_ignores(EsSub *sub, const char *name, int len);
 extern char *es_origin(EsApply *a, Jsonb *upd);
 extern ErrorData *es_subxact_caught(MemoryContext cxt, ResourceOwner owner);
 
@@ -153,6 +156,7 @@ extern Jsonb *es_key_from_row(EsTable *t, Jsonb *row);
 extern bool es_is_pk(EsTable *t, const char *col);
 extern List *es_given_columns(EsTable *t, Jsonb *j, bool skip_pk);
 extern void es_append_cols(StringInfo buf, List *cols, const char *prefix);
+extern void es_check_columns(EsTable *t, Jsonb *row, bool children);
 extern Jsonb *es_upsert(EsApply *a, EsTable *t, Jsonb *row, Jsonb *key, bool *inserted);
 extern Jsonb *es_upsert_keyed(EsApply *a, EsTable *t, Jsonb *row, bool *inserted);
 extern Jsonb *es_select(EsApply *a, EsTable *t, Jsonb *key);

@@ -15,6 +15,9 @@
  *		key columns in the order of the parent's primary key columns;
  *	  child table:	   'child', '<parent oid>', '<attnum>[,<attnum>...]'
  *		this child's foreign key columns in parent primary key order;
+ *	  either, then:	   'added:<column>[,<column>...]' (if any), the
+ *		columns added since the trigger was made, sent with every Update
+ *		(added.c);
  *	  either, last:	   'key:<column>[,<column>...]'
  *		the table's primary key columns by (quoted) name, as of the last
  *		_sync_capture() that saw the table with a primary key.
@@ -81,6 +84,7 @@
 #include "utils/xid8.h"
 
 #include "eventstream.h"
+#include "producer/added.h"
 #include "producer/logids.h"
 #include "producer/rowjson.h"
 
@@ -502,6 +506,7 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 	int			npk;
 	int			nargs = trig->tgnargs;
 	const char *keyarg = NULL;
+	const char *addedarg;
 	MemoryContext oldcxt;
 	int			i;
 
@@ -521,6 +526,7 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 
 	if (nargs > 1 && strncmp(trig->tgargs[nargs - 1], "key:", 4) == 0)
 		keyarg = trig->tgargs[--nargs] + 4;
+	nargs = es_added_strip_arg(trig->tgargs, nargs, &addedarg);
 	if (nargs < 1 ||
 		(strcmp(trig->tgargs[0], "doc") != 0 && strcmp(trig->tgargs[0], "child") != 0) ||
 		(strcmp(trig->tgargs[0], "child") == 0 && nargs != 3))
@@ -552,6 +558,8 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		}
 	}
 	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
+	if (addedarg)
+		es_added_mark(t->enc, addedarg);
 
 	if (t->is_child)
 	{
@@ -982,6 +990,7 @@ es_capture_doc(EsTrigger *t, TriggerData *trigdata)
 	nchanged = es_changed_columns(enc, old, new, tupdesc, changed);
 	if (nchanged == 0)
 		return;
+	nchanged = es_added_append(enc, changed, nchanged);
 
 	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 	es_diff_part_begin(&st, "changed", NULL);
@@ -1091,6 +1100,7 @@ es_capture_child(EsTrigger *t, TriggerData *trigdata)
 	nchanged = es_changed_columns(enc, old, new, tupdesc, changed);
 	if (nchanged == 0)
 		return;
+	nchanged = es_added_append(enc, changed, nchanged);
 
 	/* row_changed: the changed columns plus the row's key columns. */
 	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);

@@ -81,10 +81,12 @@ BEGIN
 				   ARRAY['doc'] || coalesce((SELECT array_agg(ch.child::oid::text || ':' || ch.fk ORDER BY ch.child::oid)
 											   FROM children ch WHERE ch.parent = d.tbl AND ch.fk IS NOT NULL),
 											'{}')
+					   || eventstream._capture_added_arg(d.tbl, (SELECT e.tgargs FROM existing e WHERE e.tbl = d.tbl))
 					   || eventstream._capture_key_arg(d.tbl, (SELECT e.tgargs FROM existing e WHERE e.tbl = d.tbl)) AS args
 			  FROM docs d WHERE d.tbl IS NOT NULL
 			UNION ALL
 			SELECT ch.child, ARRAY['child', ch.parent::oid::text, ch.fk]
+					   || eventstream._capture_added_arg(ch.child, (SELECT e.tgargs FROM existing e WHERE e.tbl = ch.child))
 					   || eventstream._capture_key_arg(ch.child, (SELECT e.tgargs FROM existing e WHERE e.tbl = ch.child))
 			  FROM children ch WHERE ch.fk IS NOT NULL
 		)
