@@ -33,6 +33,7 @@ OBJS = \
 	src/consumer/apply_values.o \
 	src/consumer/apply_direct.o \
 	src/consumer/apply_batch.o \
+	src/consumer/apply_columns.o \
 	src/consumer/apply_keys.o \
 	src/consumer/apply_fk.o \
 	src/consumer/apply_log.o \

@@ -41,6 +41,8 @@
  *                       writes them (_row_json)
  *   apply_direct.c      straight writes into a table, without statements
  *   apply_batch.c       runs of updates as one statement
+ *   apply_columns.c     columns an update gives that the table lacks (the
+ *                       update fails) or the subscription leaves out
  *   apply_keys.c        matching rows on the producer's key; rows that
  *                       row-level security hides from the subscriber
  *   apply_fk.c          the foreign keys the apply enforces itself
@@ -193,95 +195,6 @@ es_sub(EsApply *a, const char *ref)
 	a->subs = lappend(a->subs, sub);
 	MemoryContextSwitchTo(old);
 	return sub;
-}
-
-/*
- * es_sub_ignores
- *		Whether sub leaves the producer's column name (len bytes) out
- *		(eventstream.ignore_columns).
- */
-bool
-es_sub_ignores(EsSub *sub, const char *name, int len)
-{
-	for (int i = 0; i < sub->nignored; i++)
-		if (strlen(sub->ignored[i]) == (size_t) len && memcmp(sub->ignored[i], name, len) == 0)
-			return true;
-	return false;
-}
-
-/*
- * es_strip_ignored
- *		An update's data without the columns its subscription leaves out:
- *		of a Create, the document's and its child rows'; of an Update, the
- *		changed columns' and the child rows' added or changed.
- */
-static Jsonb *
-es_strip_ignored(EsSub *sub, EsUpdateKind kind, Jsonb *data)
-{
-	static const char *const parts[] = {"changed", "row_changed", "added"};
-	ListCell   *lc;
-
-	if (sub->nignored == 0 || !es_is_object(data))
-		return data;
-	if (kind == ES_UPDATE_CREATE)
-	{
-		data = es_without(data, sub->ignored, sub->nignored);
-		foreach(lc, es_keys(data))
-		{
-			Jsonb	   *rows = es_field(data, lfirst(lc));
-			StringInfoData buf;
-			ListCell   *rc;
-
-			if (!es_is_array(rows))
-				continue;
-			initStringInfo(&buf);
-			appendStringInfoChar(&buf, '[');
-			foreach(rc, es_elements(rows))
-			{
-				Jsonb	   *r = es_without(lfirst(rc), sub->ignored, sub->nignored);
-
-				appendStringInfo(&buf, "%s%s", foreach_current_index(rc) > 0 ? ", " : "",
-								 JsonbToCString(NULL, &r->root, VARSIZE(r)));
-			}
-			appendStringInfoChar(&buf, ']');
-			data = es_with_field(data, lfirst(lc), es_jsonb_parse(buf.data));
-		}
-		return data;
-	}
-	if (kind != ES_UPDATE_UPDATE)
-		return data;
-	for (int p = 0; p < (int) lengthof(parts); p++)
-	{
-		Jsonb	   *part = es_field(data, parts[p]);
-
-		if (!es_is_object(part))
-			continue;
-		if (p == 0)
-		{
-			data = es_with_field(data, parts[p], es_without(part, sub->ignored, sub->nignored));
-			continue;
-		}
-		foreach(lc, es_keys(part))
-		{
-			Jsonb	   *rows = es_field(part, lfirst(lc));
-			StringInfoData buf;
-			ListCell   *rc;
-
-			initStringInfo(&buf);
-			appendStringInfoChar(&buf, '[');
-			foreach(rc, es_elements(rows))
-			{
-				Jsonb	   *r = es_without(lfirst(rc), sub->ignored, sub->nignored);
-
-				appendStringInfo(&buf, "%s%s", foreach_current_index(rc) > 0 ? ", " : "",
-								 JsonbToCString(NULL, &r->root, VARSIZE(r)));
-			}
-			appendStringInfoChar(&buf, ']');
-			part = es_with_field(part, lfirst(lc), es_jsonb_parse(buf.data));
-		}
-		data = es_with_field(data, parts[p], part);
-	}
-	return data;
 }
 
 /*

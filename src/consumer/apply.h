@@ -138,7 +138,6 @@ typedef struct EsValueInput
 /* apply.c: the dispatch */
 extern EsUpdateKind es_update_kind(const char *update_type);
 extern EsSub *es_sub(EsApply *a, const char *ref);
-extern bool es_sub_ignores(EsSub *sub, const char *name, int len);
 extern char *es_origin(EsApply *a, Jsonb *upd);
 extern ErrorData *es_subxact_caught(MemoryContext cxt, ResourceOwner owner);
 
@@ -156,7 +155,6 @@ extern Jsonb *es_key_from_row(EsTable *t, Jsonb *row);
 extern bool es_is_pk(EsTable *t, const char *col);
 extern List *es_given_columns(EsTable *t, Jsonb *j, bool skip_pk);
 extern void es_append_cols(StringInfo buf, List *cols, const char *prefix);
-extern void es_check_columns(EsTable *t, Jsonb *row, bool children);
 extern Jsonb *es_upsert(EsApply *a, EsTable *t, Jsonb *row, Jsonb *key, bool *inserted);
 extern Jsonb *es_upsert_keyed(EsApply *a, EsTable *t, Jsonb *row, bool *inserted);
 extern Jsonb *es_select(EsApply *a, EsTable *t, Jsonb *key);
@@ -165,6 +163,11 @@ extern Jsonb *es_update(EsApply *a, EsTable *t, Jsonb *set, Jsonb *key);
 extern EsTable *es_child_link(const char *child_name, EsTable *parent, Oid parent_relid,
 							  Jsonb **link);
 extern Jsonb *es_parent_values(Jsonb *link, Jsonb *parent_row, EsTable *only_pk_of);
+
+/* apply_columns.c: columns the table lacks, columns left out */
+extern void es_check_columns(EsTable *t, Jsonb *row, bool children);
+extern bool es_sub_ignores(EsSub *sub, const char *name, int len);
+extern Jsonb *es_strip_ignored(EsSub *sub, EsUpdateKind kind, Jsonb *data);
 
 /* apply_jsonb.c: jsonb helpers */
 extern Jsonb *es_jsonb_parse(const char *text);

@@ -427,43 +427,6 @@ es_append_cols(StringInfo buf, List *cols, const char *prefix)
 }
 
 /*
- * es_check_columns
- *		Raise when row gives a value for a column t does not have: the
- *		update fails, naming the columns, rather than have its values lost
- *		(as logical replication stops at a "missing replicated column").
- *		With children, a key whose value is an array is a child table's
- *		rows, not a column.  Generated columns count as columns (their
- *		values are computed here).
- */
-void
-es_check_columns(EsTable *t, Jsonb *row, bool children)
-{
-	StringInfoData missing;
-	int			n = 0;
-	ListCell   *lc;
-
-	initStringInfo(&missing);
-	foreach(lc, es_keys(row))
-	{
-		char	   *name = lfirst(lc);
-
-		if (get_attnum(t->relid, name) > 0)
-			continue;
-		if (children && es_is_array(es_field(row, name)))
-			continue;
-		appendStringInfo(&missing, "%s\"%s\"", n > 0 ? ", " : "", name);
-		n++;
-	}
-	if (n > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg_plural("table %s has no column %s that the producer sends",
-							   "table %s has no columns %s that the producer sends",
-							   n, t->qualname, missing.data),
-				 errdetail("Nothing of this update was applied. Add the column to the table, then apply the failed updates again with eventstream.resync_failed(); or leave the column out with eventstream.ignore_columns().")));
-}
-
-/*
  * es_upsert
  *		Insert row into t, or update the row with the same key; key NULL:
  *		the table's defaults make the key.  As the subscriber.  Returns the
