@@ -16,9 +16,10 @@
  * The capture trigger names them in an argument of its own, just before
  * 'key:': 'added:<column>[,<column>...]', quoted names as quote_ident()
  * writes them.  The ALTER TABLE event trigger eventstream._on_add_column()
- * extends it with the columns each ALTER TABLE ... ADD COLUMN adds
- * (_ddl_added_columns reads them from the command), and _sync_capture()
- * carries it over while the columns exist (_capture_added_arg).  Columns
+ * extends it with the columns each ALTER TABLE ... ADD COLUMN adds, and
+ * follows their RENAME COLUMN (_ddl_added_columns reads them from the
+ * command); _sync_capture() carries it over while the columns exist
+ * (_capture_added_arg).  Columns
  * that exist when the trigger is made are not in it: they travel as
  * before, when they change.
  *
@@ -125,12 +126,37 @@ es_added_append(EsEncoder *enc, int *out, int n)
 }
 
 /*
+ * es_put_column
+ *		One row of _ddl_added_columns.
+ */
+static void
+es_put_column(ReturnSetInfo *rsinfo, Oid relid, const char *attname, const char *renamed_from)
+{
+	Datum		values[3];
+	bool		nulls[3] = {false, false, renamed_from == NULL};
+	NameData	name;
+	NameData	from;
+
+	namestrcpy(&name, attname);
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = NameGetDatum(&name);
+	if (renamed_from)
+	{
+		namestrcpy(&from, renamed_from);
+		values[2] = NameGetDatum(&from);
+	}
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
  * eventstream_ddl_added_columns
  *		_ddl_added_columns(command pg_ddl_command) -> SETOF (relid oid,
- *		attname name): the columns an ALTER TABLE command (a row of
- *		pg_event_trigger_ddl_commands(), at ddl_command_end) added, each
- *		with the table it added it to.  The children an ADD COLUMN
- *		recursed into are not listed: they have the same name.
+ *		attname name, renamed_from name): the columns an ALTER TABLE
+ *		command (a row of pg_event_trigger_ddl_commands(), at
+ *		ddl_command_end) added, each with the table it added it to
+ *		(renamed_from NULL); or the column it renamed, with its former
+ *		name.  The children an ADD COLUMN or RENAME COLUMN recursed into
+ *		are not listed: theirs has the same name.
  */
 Datum
 eventstream_ddl_added_columns(PG_FUNCTION_ARGS)
@@ -140,28 +166,30 @@ eventstream_ddl_added_columns(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 
 	InitMaterializedSRF(fcinfo, 0);
+	if (cmd->type == SCT_Simple && cmd->parsetree != NULL && IsA(cmd->parsetree, RenameStmt))
+	{
+		RenameStmt *rs = (RenameStmt *) cmd->parsetree;
+
+		if (rs->renameType == OBJECT_COLUMN && cmd->d.simple.address.classId == RelationRelationId &&
+			cmd->d.simple.address.objectSubId > 0)
+			es_put_column(rsinfo, cmd->d.simple.address.objectId, rs->newname, rs->subname);
+		PG_RETURN_VOID();
+	}
 	if (cmd->type != SCT_AlterTable)
 		PG_RETURN_VOID();
 	foreach(lc, cmd->d.alterTable.subcmds)
 	{
 		CollectedATSubcmd *sub = lfirst(lc);
 		AlterTableCmd *atc = (AlterTableCmd *) sub->parsetree;
-		Datum		values[2];
-		bool		nulls[2] = {false, false};
 		char	   *attname;
-		NameData	name;
 
 		if (!IsA(atc, AlterTableCmd) ||
 			(atc->subtype != AT_AddColumn && atc->subtype != AT_AddColumnRecurse) ||
 			sub->address.classId != RelationRelationId || sub->address.objectSubId <= 0)
 			continue;			/* another subcommand, or ADD COLUMN IF NOT EXISTS of one there */
 		attname = get_attname(sub->address.objectId, sub->address.objectSubId, true);
-		if (attname == NULL)
-			continue;
-		namestrcpy(&name, attname);
-		values[0] = ObjectIdGetDatum(sub->address.objectId);
-		values[1] = NameGetDatum(&name);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		if (attname != NULL)
+			es_put_column(rsinfo, sub->address.objectId, attname, NULL);
 	}
 	PG_RETURN_VOID();
 }
@@ -207,12 +235,32 @@ eventstream_capture_args(PG_FUNCTION_ARGS)
 }
 
 /*
+ * es_name_array
+ *		The elements of a name[] argument (NULL elements as NULL).
+ */
+static char **
+es_name_array(ArrayType *arr, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	char	  **out;
+
+	deconstruct_array(arr, NAMEOID, NAMEDATALEN, false, TYPALIGN_CHAR, &elems, &nulls, n);
+	out = palloc(sizeof(char *) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		out[i] = nulls[i] ? NULL : pstrdup(NameStr(*DatumGetName(elems[i])));
+	return out;
+}
+
+/*
  * eventstream_capture_added_arg
- *		_capture_added_arg(tbl regclass, old_args bytea, new_names name[])
- *		-> text[]: the 'added:' argument of tbl's capture trigger, as an
- *		array of one element (none when it names no column): the columns
- *		its trigger's arguments old_args name, then new_names, those of
- *		them that tbl has, each once.
+ *		_capture_added_arg(tbl regclass, old_args bytea, new_names name[],
+ *		renamed_from name[]) -> text[]: the 'added:' argument of tbl's
+ *		capture trigger, as an array of one element (none when it names no
+ *		column): the columns its trigger's arguments old_args name, then
+ *		new_names -- each one added, or renamed from the name renamed_from
+ *		gives at the same place when that one is named -- those of them
+ *		that tbl has, each once.
  */
 Datum
 eventstream_capture_added_arg(PG_FUNCTION_ARGS)
@@ -236,15 +284,27 @@ eventstream_capture_added_arg(PG_FUNCTION_ARGS)
 		}
 	if (!PG_ARGISNULL(2))
 	{
-		Datum	   *elems;
-		bool	   *nulls;
 		int			n;
+		int			nfrom = 0;
+		char	  **added = es_name_array(PG_GETARG_ARRAYTYPE_P(2), &n);
+		char	  **from = PG_NARGS() > 3 && !PG_ARGISNULL(3) ?
+			es_name_array(PG_GETARG_ARRAYTYPE_P(3), &nfrom) : NULL;
+		List	   *named = list_copy(names);
 
-		deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), NAMEOID, NAMEDATALEN, false, TYPALIGN_CHAR,
-						  &elems, &nulls, &n);
 		for (int i = 0; i < n; i++)
-			if (!nulls[i])
-				names = lappend(names, pstrdup(NameStr(*DatumGetName(elems[i]))));
+		{
+			bool		take = added[i] != NULL;
+
+			if (take && i < nfrom && from[i] != NULL)
+			{
+				/* A rename: of a column named already? */
+				take = false;
+				foreach(lc, named)
+					take = take || strcmp(lfirst(lc), from[i]) == 0;
+			}
+			if (take)
+				names = lappend(names, added[i]);
+		}
 	}
 	foreach(lc, names)
 	{

@@ -9,8 +9,9 @@
  * carry it, and a consumer would keep the value a column of that name had
  * before it was dropped (or its own default).  The capture trigger names
  * such columns in its 'added:' argument (src/producer/added.c), which
- * _on_add_column() extends at each ALTER TABLE ... ADD COLUMN and
- * _sync_capture() carries over (_capture_added_arg).
+ * _on_add_column() extends at each ALTER TABLE ... ADD COLUMN (and follows
+ * through RENAME COLUMN), and _sync_capture() carries over
+ * (_capture_added_arg).
  *
  * Part of the install script eventstream--1.0.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
@@ -18,27 +19,30 @@
  *-------------------------------------------------------------------------
  */
 
-CREATE FUNCTION eventstream._ddl_added_columns(command pg_ddl_command, OUT relid oid, OUT attname name)
+CREATE FUNCTION eventstream._ddl_added_columns(command pg_ddl_command, OUT relid oid, OUT attname name,
+												OUT renamed_from name)
 	RETURNS SETOF record
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_ddl_added_columns';
 COMMENT ON FUNCTION eventstream._ddl_added_columns(pg_ddl_command) IS
-	'The columns an ALTER TABLE command added (at ddl_command_end), with the table each was added to.';
+	'The columns an ALTER TABLE command added (at ddl_command_end), with the table each was added to; or the column it renamed, with its former name.';
 
 CREATE FUNCTION eventstream._capture_args(tgargs bytea) RETURNS text[]
 	LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_capture_args';
 
-CREATE FUNCTION eventstream._capture_added_arg(tbl regclass, old_args bytea, new_names name[] DEFAULT NULL)
+CREATE FUNCTION eventstream._capture_added_arg(tbl regclass, old_args bytea, new_names name[] DEFAULT NULL,
+												renamed_from name[] DEFAULT NULL)
 	RETURNS text[]
 	LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'eventstream_capture_added_arg';
-COMMENT ON FUNCTION eventstream._capture_added_arg(regclass, bytea, name[]) IS
-	'The ''added:'' argument of a capture trigger (empty: none): the columns its arguments name, then new_names, those of them tbl has.';
+COMMENT ON FUNCTION eventstream._capture_added_arg(regclass, bytea, name[], name[]) IS
+	'The ''added:'' argument of a capture trigger (empty: none): the columns its arguments name, then new_names (added, or renamed from the renamed_from at the same place when that one is named), those of them tbl has.';
 
 /*
  * ALTER TABLE ... ADD COLUMN on a captured table (or on a parent of one,
  * which adds the column to it too): the capture trigger is made again
  * with the new columns in its 'added:' argument, everything else as it
- * was.  Any other ALTER TABLE of a captured table drops the columns no
- * longer there from the argument.
+ * was; RENAME COLUMN of one it names, with the new name.  Any other ALTER
+ * TABLE of a captured table drops the columns no longer there from the
+ * argument.
  */
 CREATE FUNCTION eventstream._on_add_column() RETURNS event_trigger
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -55,16 +59,19 @@ BEGIN
 			SELECT c.objid, c.command FROM pg_event_trigger_ddl_commands() c
 			 WHERE c.command_tag = 'ALTER TABLE' AND c.classid = 'pg_class'::regclass
 		), added AS (
-			SELECT a.relid, a.attname
+			SELECT a.relid, a.attname, a.renamed_from
 			  FROM cmds CROSS JOIN LATERAL eventstream._ddl_added_columns(cmds.command) a
 			UNION
-			SELECT i.inhrelid, a.attname FROM added a JOIN pg_inherits i ON i.inhparent = a.relid
+			SELECT i.inhrelid, a.attname, a.renamed_from FROM added a JOIN pg_inherits i ON i.inhparent = a.relid
 		), altered AS (
 			SELECT objid AS relid FROM cmds UNION SELECT relid FROM added
 		)
 		SELECT t.oid, t.tgrelid::regclass AS tbl, t.tgargs,
 			   eventstream._capture_added_arg(t.tgrelid::regclass, t.tgargs,
-											  ARRAY(SELECT a.attname FROM added a WHERE a.relid = t.tgrelid)) AS want
+											  ARRAY(SELECT a.attname FROM added a WHERE a.relid = t.tgrelid
+													 ORDER BY a.attname, a.renamed_from),
+											  ARRAY(SELECT a.renamed_from FROM added a WHERE a.relid = t.tgrelid
+													 ORDER BY a.attname, a.renamed_from)) AS want
 		  FROM altered x
 		  JOIN pg_trigger t ON t.tgrelid = x.relid AND t.tgname = 'eventstream_capture' AND t.tgparentid = 0
 	LOOP

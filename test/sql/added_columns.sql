@@ -51,6 +51,11 @@ ALTER TABLE ac_child DROP COLUMN "Odd Name";
 SELECT * FROM ac_args;
 ALTER TABLE ac_doc ADD COLUMN IF NOT EXISTS a text;
 SELECT * FROM ac_args;
+-- RENAME COLUMN of a column it names follows it; of another one adds
+-- nothing.
+ALTER TABLE ac_child RENAME COLUMN w TO "W 2";
+ALTER TABLE ac_child RENAME COLUMN v TO v2;
+SELECT * FROM ac_args;
 CREATE TABLE ac_free (id int PRIMARY KEY);
 ALTER TABLE ac_free ADD COLUMN x int;
 SELECT count(*) AS triggers_on_free FROM pg_trigger WHERE tgrelid = 'ac_free'::regclass;
