@@ -14,6 +14,7 @@ OBJS = \
 	src/site/wire.o \
 	src/producer/capture.o \
 	src/producer/capture_args.o \
+	src/producer/added.o \
 	src/producer/rowjson.o \
 	src/producer/logids.o \
 	src/producer/serve.o \
@@ -33,6 +34,7 @@ OBJS = \
 	src/consumer/apply_values.o \
 	src/consumer/apply_direct.o \
 	src/consumer/apply_batch.o \
+	src/consumer/apply_columns.o \
 	src/consumer/apply_keys.o \
 	src/consumer/apply_fk.o \
 	src/consumer/apply_log.o \
@@ -81,6 +83,7 @@ SQL_PARTS = \
 	src/producer/document.sql \
 	src/producer/consumers.sql \
 	src/producer/capture.sql \
+	src/producer/added.sql \
 	src/producer/serve.sql \
 	src/producer/retention.sql \
 	src/producer/keys.sql \
@@ -124,7 +127,7 @@ PG_CPPFLAGS += -DES_VERSION='"$(EXTVERSION)"'
 # instances instead, started with test/eventstream.conf on free ports, and
 # the TAP tests (test/t/, their own clusters) run too; PROVE_TESTS names
 # some of them.
-REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql
+REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql added_columns
 REGRESS_OPTS = --inputdir=$(srcdir)/test
 ISOLATION = out_of_order_commit concurrent_capture
 ISOLATION_OPTS = --inputdir=$(srcdir)/test

@@ -41,6 +41,8 @@
  *                       writes them (_row_json)
  *   apply_direct.c      straight writes into a table, without statements
  *   apply_batch.c       runs of updates as one statement
+ *   apply_columns.c     columns an update gives that the table lacks (the
+ *                       update fails) or the subscription leaves out
  *   apply_keys.c        matching rows on the producer's key; rows that
  *                       row-level security hides from the subscriber
  *   apply_fk.c          the foreign keys the apply enforces itself
@@ -157,7 +159,7 @@ es_sub(EsApply *a, const char *ref)
 	pt = es_run(InvalidOid,
 				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name,"
 				"                                     'mapping', t.mapping, 'key', t.remote_key,"
-				"                                     'off', t.unsubscribe)"
+				"                                     'off', t.unsubscribe, 'ignored', t.ignored_columns)"
 				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
 				es_jsonb_parse(arg.data));
 	old = MemoryContextSwitchTo(a->subs_cxt);
@@ -178,6 +180,16 @@ es_sub(EsApply *a, const char *ref)
 			sub->rkey = palloc(sizeof(char *) * Max(sub->nrkey, 1));
 			foreach(lc2, names)
 				sub->rkey[foreach_current_index(lc2)] = es_scalar_text(lfirst(lc2));
+		}
+		if (es_is_array(es_field(pt, "ignored")))
+		{
+			List	   *names = es_elements(es_field(pt, "ignored"));
+			ListCell   *lc2;
+
+			sub->nignored = list_length(names);
+			sub->ignored = palloc(sizeof(char *) * Max(sub->nignored, 1));
+			foreach(lc2, names)
+				sub->ignored[foreach_current_index(lc2)] = es_scalar_text(lfirst(lc2));
 		}
 	}
 	a->subs = lappend(a->subs, sub);
@@ -449,10 +461,16 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		es_apply_origin_set = true;
 	}
 
-	/* A mapped subscription: the data as this site's tables have it. */
+	/*
+	 * A mapped subscription: the data as this site's tables have it (the
+	 * mapping names the columns it takes).  Otherwise without the columns
+	 * the subscription leaves out.
+	 */
 	if (sub->mapping != NULL && es_is_object(data) &&
 		(kind == ES_UPDATE_CREATE || kind == ES_UPDATE_UPDATE))
 		data = es_map(a, sub, type, remote, data, notes);
+	else
+		data = es_strip_ignored(sub, kind, data);
 
 	/* The local row's key (a Create of the same name carries it). */
 	if (same_name)
@@ -480,6 +498,7 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("a Create needs the document as a JSON object")));
+		es_check_columns(t, data, true);
 		/*
 		 * Same name: the document carries its key (no need to merge it in);
 		 * mapped, the producer's docname is the key.
@@ -522,6 +541,8 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 			if (is_col || !es_is_array(rows))
 				continue;
 			ct = es_child_link(name, t, relid, &link);
+			foreach(rc, es_elements(rows))
+				es_check_columns(ct, lfirst(rc), false);
 			if (!inserted)
 			{
 				Jsonb	   *fk = es_parent_values(link, cur, NULL);
@@ -562,6 +583,24 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 					 errmsg("an Update needs the four-key diff as a JSON object")));
 		/* The changed columns, or (for child rows only) the row as it is. */
 		changed = es_field(data, "changed");
+		if (es_is_object(changed))
+			es_check_columns(t, changed, false);
+		for (int p = 1; p < (int) lengthof(parts); p++)
+		{
+			Jsonb	   *part = es_field(data, parts[p]);
+			ListCell   *lc;
+
+			if (es_is_object(part))
+				foreach(lc, es_keys(part))
+				{
+					Jsonb	   *link;
+					EsTable    *ct = es_child_link(lfirst(lc), t, relid, &link);
+					ListCell   *rc;
+
+					foreach(rc, es_elements(es_field(part, lfirst(lc))))
+						es_check_columns(ct, lfirst(rc), false);
+				}
+		}
 		if (key != NULL)
 			cur = es_is_object(changed) ? es_update(a, mt, changed, key) : es_select(a, mt, key);
 		if (cur == NULL && key != NULL)

@@ -69,6 +69,8 @@ typedef struct EsSub
 	bool		dropped;		/* unsubscribed here */
 	int			nrkey;			/* the producer's key columns, in key */
 	char	  **rkey;			/* order (none: the producer did not say) */
+	int			nignored;		/* columns of the producer not applied here */
+	char	  **ignored;		/* (producer_table.ignored_columns) */
 } EsSub;
 
 /* sync_log rows waiting to be inserted, as column arrays. */
@@ -161,6 +163,11 @@ extern Jsonb *es_update(EsApply *a, EsTable *t, Jsonb *set, Jsonb *key);
 extern EsTable *es_child_link(const char *child_name, EsTable *parent, Oid parent_relid,
 							  Jsonb **link);
 extern Jsonb *es_parent_values(Jsonb *link, Jsonb *parent_row, EsTable *only_pk_of);
+
+/* apply_columns.c: columns the table lacks, columns left out */
+extern void es_check_columns(EsTable *t, Jsonb *row, bool children);
+extern bool es_sub_ignores(EsSub *sub, const char *name, int len);
+extern Jsonb *es_strip_ignored(EsSub *sub, EsUpdateKind kind, Jsonb *data);
 
 /* apply_jsonb.c: jsonb helpers */
 extern Jsonb *es_jsonb_parse(const char *text);

@@ -506,6 +506,102 @@ $$;
 COMMENT ON FUNCTION eventstream.refetch(text, text, text) IS
 	'Bring one document to the producer''s current state: fetch it (from this session, over HTTP) and apply it as a Create, or as a Delete when the producer no longer has it; logged in the sync log with the note refetch; once applied, the Failed entries of the document''s earlier updates are marked Synced (note: settled by refetch).  Returns Synced or Failed.';
 
+CREATE FUNCTION eventstream.resync_failed(producer_url text, ref_table text DEFAULT NULL,
+											OUT resynced integer, OUT refetched integer, OUT failed integer)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	url text := rtrim(btrim(resync_failed.producer_url), '/');
+	wire text := CASE WHEN resync_failed.ref_table IS NOT NULL THEN eventstream._qualified(resync_failed.ref_table) END;
+	d record;
+	e record;
+	ok boolean;
+BEGIN
+	-- No lock here: resync() and refetch() fetch from the producer first,
+	-- holding none, while the site worker applies.
+	IF NOT EXISTS (SELECT 1 FROM eventstream.producer x WHERE x.producer_url = url) THEN
+		PERFORM eventstream._producer_row(url);		-- says it is not added
+	END IF;
+	resynced := 0;
+	refetched := 0;
+	failed := 0;
+	-- Document by document, in the order their first failure came.
+	FOR d IN
+		SELECT l.remote_ref_table AS ref, l.remote_docname AS doc, min(l.id) AS first
+		  FROM eventstream.sync_log l
+		 WHERE l.producer_url = url AND l.status = 'Failed' AND l.remote_docname IS NOT NULL
+		   AND (wire IS NULL OR l.remote_ref_table = wire)
+		 GROUP BY l.remote_ref_table, l.remote_docname
+		 ORDER BY min(l.id)
+	LOOP
+		BEGIN
+			IF EXISTS (SELECT 1 FROM eventstream.sync_log x
+						WHERE x.producer_url = url AND x.remote_ref_table = d.ref AND x.remote_docname = d.doc
+						  AND x.id > d.first AND x.status = 'Synced')
+			   OR EXISTS (SELECT 1 FROM eventstream.sync_log x
+						   WHERE x.producer_url = url AND x.remote_ref_table = d.ref AND x.remote_docname = d.doc
+							 AND x.status = 'Failed'
+							 AND coalesce(x.note, '') LIKE '%no data kept: a character this database cannot hold%') THEN
+				-- A later update was applied since (applying the failed ones
+				-- again would roll the document back), or one has no data to
+				-- apply again: the document as the producer has it now.
+				IF eventstream.refetch(url, d.ref, d.doc) = 'Synced' THEN
+					refetched := refetched + 1;
+				ELSE
+					failed := failed + 1;
+				END IF;
+			ELSE
+				-- Its failed updates again, in order; one failing again
+				-- leaves it and the later ones Failed.
+				ok := true;
+				FOR e IN SELECT x.id FROM eventstream.sync_log x
+						  WHERE x.producer_url = url AND x.remote_ref_table = d.ref AND x.remote_docname = d.doc
+							AND x.status = 'Failed'
+						  ORDER BY x.id
+				LOOP
+					IF eventstream.resync(e.id) <> 'Synced' THEN
+						ok := false;
+						EXIT;
+					END IF;
+					resynced := resynced + 1;
+				END LOOP;
+				IF NOT ok THEN
+					failed := failed + 1;
+				END IF;
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			-- Refused (a table not subscribed any more), or the producer
+			-- did not answer: the document stays as it is.
+			failed := failed + 1;
+		END;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION eventstream.resync_failed(text, text) IS
+	'Apply the Failed sync log entries of a producer (of one of its tables, if given) again, document by document: in order with resync(), or, where a later update of the document was applied since, with refetch(); e.g. once a column the updates carry was added here.  Returns the entries resynced, the documents refetched and the documents that still fail.';
+
+CREATE FUNCTION eventstream.ignore_columns(producer_url text, ref_table text, columns text[]) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p eventstream.producer := eventstream._producer_row(producer_url);
+	wire text := eventstream._qualified(ref_table);
+BEGIN
+	UPDATE eventstream.producer_table t
+	   SET ignored_columns = (SELECT array_agg(DISTINCT c ORDER BY c) FROM unnest(ignore_columns.columns) c
+							   WHERE c IS NOT NULL AND c <> '')
+	 WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
+			USING ERRCODE = 'undefined_object', HINT = 'Subscribe to it with eventstream.subscribe().';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION eventstream.ignore_columns(text, text, text[]) IS
+	'Leave these columns of the producer''s table (and of its child rows) out: their values are not applied here, and a local table without them takes the updates (NULL or an empty list: apply every column again).  Not for a mapped subscription, whose mapping names the columns it takes.';
+
 CREATE FUNCTION eventstream.resync_table(producer_url text, ref_table text) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp

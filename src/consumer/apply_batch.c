@@ -4,7 +4,8 @@
  *	  Runs of updates applied as one statement.
  *
  * es_batch_key says which run an update may join: Creates of the same
- * name without child rows, Updates that set columns only, Deletes by a
+ * name without child rows, Updates that set columns only (in both, only
+ * columns the table has and the subscription does not leave out), Deletes by a
  * one-column key, each of one table, origin and set of columns (of a table
  * whose rows are matched on its primary key, see es_batchable; Deletes
  * not of a table others refer to with foreign keys the apply enforces
@@ -66,7 +67,10 @@ es_batch_key_update(EsApply *a, Jsonb *upd, const char *ref, const char *origin,
 		return NULL;
 	cols = es_given_columns(t, changed, true);
 	if (cols == NIL || list_length(cols) != list_length(es_keys(changed)))
-		return NULL;
+		return NULL;			/* a column this table lacks: row by row */
+	foreach(lc, cols)
+		if (es_sub_ignores(sub, lfirst(lc), strlen(lfirst(lc))))
+			return NULL;
 	initStringInfo(&key);
 	appendStringInfo(&key, "U/%u/%s", sub->relid, origin ? origin : "");
 	foreach(lc, cols)
@@ -149,8 +153,13 @@ es_batch_key(EsApply *a, Jsonb *upd)
 				npk++;
 		}
 		tok = JsonbIteratorNext(&it, &value, true);
-		if (col < 0 && value.type == jbvBinary && JsonContainerIsArray(value.val.binary.data))
-			return NULL;		/* child rows: row by row */
+
+		/*
+		 * Child rows, a column this table lacks (the update fails, naming
+		 * it) or one the subscription leaves out: row by row.
+		 */
+		if (col < 0 || es_sub_ignores(sub, v.val.string.val, v.val.string.len))
+			return NULL;
 	}
 	return npk == t->npk ? key.data : NULL;
 }

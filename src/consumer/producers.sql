@@ -65,6 +65,7 @@ CREATE TABLE eventstream.producer_table (
 	snapshot_retry_at	timestamptz,
 	snapshot_from		bigint,
 	remote_key			text[],
+	ignored_columns		text[],
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -81,6 +82,8 @@ COMMENT ON COLUMN eventstream.producer_table.snapshot_error IS
 	'Why the last request or page of the initial sync failed; it is retried at snapshot_retry_at, the other tables streaming meanwhile.';
 COMMENT ON COLUMN eventstream.producer_table.remote_key IS
 	'The key columns of the producer''s table, in key order, as it last said (NULL: it does not say); rows are matched on them.';
+COMMENT ON COLUMN eventstream.producer_table.ignored_columns IS
+	'Columns of the producer''s table (and of its child rows) whose values are not applied here (eventstream.ignore_columns); a column the local table lacks and this does not name fails the update.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 

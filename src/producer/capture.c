@@ -15,7 +15,9 @@
  * partition is logged under the partitioned table's name, as
  * publish_via_partition_root does for logical replication.  The key
  * argument names the table's primary key columns as of the last
- * _sync_capture() that saw the table with a primary key.
+ * _sync_capture() that saw the table with a primary key; an 'added:'
+ * argument before it names the columns added since capture began, which
+ * travel with every Update (added.c).
  *
  * What gets logged (data is jsonb, see rowjson.c for value rendering):
  *	  INSERT on a document table  Create, the row plus one array per child
@@ -80,6 +82,7 @@
 #include "utils/xid8.h"
 
 #include "eventstream.h"
+#include "producer/added.h"
 #include "producer/capture_args.h"
 #include "producer/logids.h"
 #include "producer/rowjson.h"
@@ -594,6 +597,8 @@ es_trigger_build(EsTrigger *t, TriggerData *trigdata)
 		}
 	}
 	t->enc = es_encoder_build(RelationGetDescr(rel), pk, npk, t->cxt);
+	if (args.addedarg)
+		es_added_mark(t->enc, args.addedarg);
 
 	if (t->is_child)
 		es_trigger_build_child(t, rel, &args);
@@ -926,6 +931,7 @@ es_capture_doc(EsTrigger *t, TriggerData *trigdata)
 	nchanged = es_changed_columns(enc, old, new, tupdesc, changed);
 	if (nchanged == 0)
 		return;
+	nchanged = es_added_append(enc, changed, nchanged);
 
 	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 	es_diff_part_begin(&st, "changed", NULL);
@@ -1035,6 +1041,7 @@ es_capture_child(EsTrigger *t, TriggerData *trigdata)
 	nchanged = es_changed_columns(enc, old, new, tupdesc, changed);
 	if (nchanged == 0)
 		return;
+	nchanged = es_added_append(enc, changed, nchanged);
 
 	/* row_changed: the changed columns plus the row's key columns. */
 	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);

@@ -89,9 +89,11 @@ AS $$
 								   FROM eventstream.child_table c WHERE c.parent = $1) ch
 						  CROSS JOIN LATERAL unnest(ARRAY['child:' || ch.name, 'fk:' || ch.fk]) WITH ORDINALITY AS u(arg, i)
 						  WHERE ch.fk IS NOT NULL), '{}')
+			|| eventstream._capture_added_arg($1, $2)
 			|| eventstream._capture_key_arg($1, $2)
 		WHEN mc.fk IS NOT NULL THEN
 			ARRAY['child', 'name:' || eventstream._published_name($1), 'parent:' || mc.parent_name, 'fk:' || mc.fk]
+			|| eventstream._capture_added_arg($1, $2)
 			|| eventstream._capture_key_arg($1, $2)
 	END
 	  FROM (SELECT 1) one

@@ -43,6 +43,7 @@
 #include "utils/varlena.h"
 
 #include "eventstream.h"
+#include "producer/added.h"
 #include "producer/capture_args.h"
 
 static void es_invalid_args(Relation rel);
@@ -245,6 +246,7 @@ es_capture_args_read(Trigger *trig, Relation rel, EsCaptureArgs *args)
 	memset(args, 0, sizeof(EsCaptureArgs));
 	if (nargs > 1 && strncmp(a[nargs - 1], "key:", 4) == 0)
 		args->keyarg = pstrdup(a[--nargs] + 4);
+	nargs = es_added_strip_arg(a, nargs, &args->addedarg);
 	if (nargs < 1 || (strcmp(a[0], "doc") != 0 && strcmp(a[0], "child") != 0))
 		es_invalid_args(rel);
 	args->is_child = (strcmp(a[0], "child") == 0);

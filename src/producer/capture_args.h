@@ -37,6 +37,7 @@ typedef struct EsCaptureArgs
 	bool		is_child;
 	char	   *ref_table;		/* the table's name on the wire; NULL: its own */
 	const char *keyarg;			/* key column names, or NULL */
+	const char *addedarg;		/* 'added:' column names (added.c), or NULL */
 	EsArgTable	parent;			/* child table: its parent */
 	int			nchildren;		/* document table: its child tables */
 	EsArgTable *children;

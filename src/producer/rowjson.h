@@ -66,6 +66,8 @@ typedef struct EsEncoder
 	EsColumn   *columns;
 	int			npk;			/* number of primary key columns */
 	int		   *pk;				/* indexes into columns[] in key order */
+	int			nadded;			/* columns added since capture began, */
+	int		   *added;			/* which every Update sends (added.c) */
 } EsEncoder;
 
 extern EsEncoder *es_encoder_build(TupleDesc tupdesc, const AttrNumber *pkattnums,

@@ -86,7 +86,7 @@ SELECT * FROM r_failed();
 
 -- Triggers: an ordinary one does not fire on apply, one ENABLE REPLICA and
 -- one ENABLE ALWAYS do; a disabled one does not.  Each writes what it saw.
-CREATE TABLE r_trig (id int PRIMARY KEY, v text);
+CREATE TABLE r_trig (id int PRIMARY KEY, v text, region text);
 CREATE TABLE r_audit (trigger_name text, op text, id int, role text);
 GRANT SELECT, INSERT, UPDATE, DELETE ON r_trig TO es_replica;
 GRANT INSERT ON r_audit TO es_replica;

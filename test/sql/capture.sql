@@ -119,7 +119,7 @@ SELECT count(*) AS untouched_logs FROM eventstream.update_log WHERE ref_table = 
 ALTER TABLE item ADD COLUMN added_later text DEFAULT 'x';
 INSERT INTO item (code) VALUES ('after-alter');
 SELECT data->>'added_later' AS new_column FROM eventstream.update_log WHERE docname = 'after-alter';
-ALTER TABLE item DROP COLUMN raw;
+ALTER TABLE item DROP COLUMN raw, DROP COLUMN added_later;
 INSERT INTO item (code) VALUES ('after-drop');
 SELECT data ? 'raw' AS dropped_column_present FROM eventstream.update_log WHERE docname = 'after-drop';
 
