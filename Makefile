@@ -13,6 +13,7 @@ OBJS = \
 	src/site/worker.o \
 	src/site/wire.o \
 	src/producer/capture.o \
+	src/producer/truncate.o \
 	src/producer/rowjson.o \
 	src/producer/logids.o \
 	src/producer/serve.o \
@@ -34,6 +35,7 @@ OBJS = \
 	src/consumer/apply_batch.o \
 	src/consumer/apply_keys.o \
 	src/consumer/apply_fk.o \
+	src/consumer/apply_truncate.o \
 	src/consumer/apply_log.o \
 	src/consumer/apply_page.o \
 	src/consumer/mapping.o \
@@ -100,7 +102,7 @@ PG_CPPFLAGS += $(foreach c,$(SQL_CONSTANTS),-DES_$(c)=$($(c)))
 # pg_regress reads test/sql/ and test/expected/, the isolation tester
 # test/specs/ and test/expected/; their results go to results/ and
 # output_iso/ of the build directory.
-REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql
+REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql truncate
 REGRESS_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/eventstream.conf
 ISOLATION = out_of_order_commit concurrent_capture
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/eventstream.conf
