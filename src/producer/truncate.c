@@ -41,10 +41,12 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -78,10 +80,43 @@ static LocalTransactionId es_pending_lxid = InvalidLocalTransactionId;
 static List *es_pending = NIL;
 
 /*
+ * es_owner_begin
+ *		Run what follows, until es_owner_end, as the owner of relation
+ *		relid: the truncating role need not be able to read the tables or
+ *		write the update log, nor row-level security hide rows from the
+ *		capture (the row capture trigger is handed every row).  An error
+ *		restores the user with the (sub)transaction.
+ */
+static void
+es_owner_begin(Oid relid, Oid *save_userid, int *save_sec)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	GetUserIdAndSecContext(save_userid, save_sec);
+	SetUserIdAndSecContext(owner, *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+/*
+ * es_owner_end
+ *		Back to the user es_owner_begin saved.
+ */
+static void
+es_owner_end(Oid save_userid, int save_sec)
+{
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/*
  * es_truncate_log
  *		Append one row to eventstream.update_log in the current transaction,
- *		with an id drawn as the row capture trigger draws them and the apply
- *		origin it would stamp.  The caller is connected to SPI.
+ *		as the log's owner, with an id drawn as the row capture trigger
+ *		draws them and the apply origin it would stamp.  The caller is
+ *		connected to SPI.
  */
 static void
 es_truncate_log(const char *update_type, const char *ref_table,
@@ -92,11 +127,15 @@ es_truncate_log(const char *update_type, const char *ref_table,
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	Oid			nsp = get_namespace_oid(EVENTSTREAM_SCHEMA, false);
 	Oid			seqid = get_relname_relid("update_log_id_seq", nsp);
+	Oid			logid = get_relname_relid(EVENTSTREAM_LOG_TABLE, nsp);
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
 
-	if (!OidIsValid(seqid))
+	if (!OidIsValid(seqid) || !OidIsValid(logid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("eventstream.update_log_id_seq does not exist"),
+				 errmsg("eventstream.update_log does not exist"),
 				 errhint("Reinstall the extension with DROP EXTENSION eventstream CASCADE; CREATE EXTENSION eventstream.")));
 	values[0] = Int64GetDatum(es_next_log_id(seqid));
 	values[1] = CStringGetTextDatum(update_type);
@@ -108,9 +147,12 @@ es_truncate_log(const char *update_type, const char *ref_table,
 	values[5] = UUIDPGetDatum(&es_apply_origin);
 	if (!es_apply_origin_set)
 		nulls[5] = 'n';
-	if (SPI_execute_with_args("INSERT INTO eventstream.update_log (id, update_type, ref_table, docname, data, origin)"
-							  " VALUES ($1, $2, $3, $4, $5, $6)",
-							  6, argtypes, values, nulls, false, 0) != SPI_OK_INSERT)
+	es_owner_begin(logid, &save_userid, &save_sec);
+	rc = SPI_execute_with_args("INSERT INTO eventstream.update_log (id, update_type, ref_table, docname, data, origin)"
+							   " VALUES ($1, $2, $3, $4, $5, $6)",
+							   6, argtypes, values, nulls, false, 0);
+	es_owner_end(save_userid, save_sec);
+	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "could not write to eventstream.update_log");
 }
 
@@ -312,6 +354,8 @@ es_child_before(Relation rel, int argno, const char *conname)
 	JsonbParseState *st = NULL;
 	MemoryContext txcxt = TopTransactionContext;
 	MemoryContext old;
+	Oid			save_userid;
+	int			save_sec;
 	int			i;
 	int			k;
 
@@ -359,6 +403,7 @@ es_child_before(Relation rel, int argno, const char *conname)
 	table_close(parent, AccessShareLock);
 
 	/* One Update per parent document: the rows come grouped by it. */
+	es_owner_begin(RelationGetRelid(rel), &save_userid, &save_sec);
 	portal = SPI_cursor_open_with_args(NULL, sql.data, 0, NULL, NULL, NULL, true, 0);
 	for (;;)
 	{
@@ -396,6 +441,7 @@ es_child_before(Relation rel, int argno, const char *conname)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+	es_owner_end(save_userid, save_sec);
 	if (cur != NULL)
 	{
 		Jsonb	   *diff = es_removed_end(&st, txcxt);
@@ -424,11 +470,17 @@ es_child_after(Relation rel, int argno)
 	ListCell   *dc;
 	ListCell   *jc;
 	char	   *sql;
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
 
 	if (p == NULL || p->docnames == NIL)
 		return;
 	sql = psprintf("SELECT 1 FROM ONLY %s LIMIT 1", p->parent_ref_table);
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT)
+	es_owner_begin(p->parent_relid, &save_userid, &save_sec);
+	rc = SPI_execute(sql, true, 1);
+	es_owner_end(save_userid, save_sec);
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read table \"%s\"", p->parent_ref_table);
 	if (SPI_processed == 0)
 		return;
