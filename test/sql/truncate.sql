@@ -3,7 +3,9 @@
 -- of its rows would), served in commit order, to conditioned
 -- subscriptions too; applied by emptying the local table.
 \set SHOW_CONTEXT never
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventstream;
+RESET client_min_messages;
 SET timezone = 'UTC';
 
 CREATE TABLE t_doc (id int PRIMARY KEY, v text);
@@ -35,7 +37,7 @@ SELECT eventstream.approve('http://trunc-a:8000', 'public.t_inv');
 -- The triggers: AFTER on every captured table, BEFORE on the child.
 SELECT tgrelid::regclass AS tbl, tgname, tgenabled,
 	   regexp_replace(pg_get_triggerdef(oid), '^.*? (BEFORE|AFTER) ', '\1 ') AS def
-  FROM pg_trigger WHERE tgname LIKE 'eventstream_truncate%' ORDER BY 1, 2;
+  FROM pg_trigger WHERE tgname LIKE 'eventstream_truncate%' AND tgrelid::regclass::text LIKE 't\_%' ORDER BY 1, 2;
 
 -- A document table: one Truncate, in statement order with the rows'
 -- changes of the same transaction.
@@ -160,7 +162,8 @@ SELECT * FROM t_pull();
 -- Unsubscribed: the triggers go.
 SELECT jsonb_array_length(r->'tables') AS tables FROM eventstream._register_consumer('http://trunc-a:8000/',
 		'00000000-0000-0000-0000-0000000000aa', 'key-t', 'es_trunc_sub', '[]') r;
-SELECT count(*) AS truncate_triggers FROM pg_trigger WHERE tgname LIKE 'eventstream_truncate%';
+SELECT count(*) AS truncate_triggers FROM pg_trigger
+ WHERE tgname LIKE 'eventstream_truncate%' AND tgrelid::regclass::text LIKE 't\_%';
 
 -- The apply, without a producer.  A Truncate empties the local table, in
 -- order with the updates around it: a run of Creates stops at it.
