@@ -270,6 +270,21 @@ es_removed_end(JsonbParseState **st, MemoryContext cxt)
 }
 
 /*
+ * es_pending_add
+ *		Add the Update of parent document docname (data diff) to p, in the
+ *		transaction's memory, where p and diff are.
+ */
+static void
+es_pending_add(EsTruncatePending *p, const char *docname, Jsonb *diff)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+	p->docnames = lappend(p->docnames, pstrdup(docname));
+	p->diffs = lappend(p->diffs, diff);
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * es_child_key
  *		Find child table rel's foreign key conname to its parent: fill
  *		*parent_relid and fkattnums[] (the child's columns, in the order of
@@ -353,6 +368,8 @@ es_child_before(Relation rel, int argno, const char *conname)
 	char	   *cur = NULL;
 	JsonbParseState *st = NULL;
 	MemoryContext txcxt = TopTransactionContext;
+	MemoryContext grp;
+	MemoryContext row;
 	MemoryContext old;
 	Oid			save_userid;
 	int			save_sec;
@@ -402,7 +419,13 @@ es_child_before(Relation rel, int argno, const char *conname)
 	MemoryContextSwitchTo(old);
 	table_close(parent, AccessShareLock);
 
-	/* One Update per parent document: the rows come grouped by it. */
+	/*
+	 * One Update per parent document: the rows come grouped by it.  A
+	 * group is built in memory of its own, freed once it is made into its
+	 * Update (kept in the transaction's memory).
+	 */
+	grp = AllocSetContextCreate(CurrentMemoryContext, "eventstream truncate group", ALLOCSET_DEFAULT_SIZES);
+	row = AllocSetContextCreate(CurrentMemoryContext, "eventstream truncate row", ALLOCSET_SMALL_SIZES);
 	es_owner_begin(RelationGetRelid(rel), &save_userid, &save_sec);
 	portal = SPI_cursor_open_with_args(NULL, sql.data, 0, NULL, NULL, NULL, true, 0);
 	for (;;)
@@ -416,19 +439,18 @@ es_child_before(Relation rel, int argno, const char *conname)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[r];
 			TupleDesc	desc = SPI_tuptable->tupdesc;
-			char	   *pdoc = es_docname(enc, fkcol, nppk, tup, desc);
+			char	   *pdoc;
 			JsonbValue	v;
 
+			old = MemoryContextSwitchTo(row);
+			pdoc = es_docname(enc, fkcol, nppk, tup, desc);
+			MemoryContextSwitchTo(grp);
 			if (cur == NULL || strcmp(cur, pdoc) != 0)
 			{
 				if (cur != NULL)
 				{
-					Jsonb	   *diff = es_removed_end(&st, txcxt);
-
-					old = MemoryContextSwitchTo(txcxt);
-					p->docnames = lappend(p->docnames, pstrdup(cur));
-					p->diffs = lappend(p->diffs, diff);
-					MemoryContextSwitchTo(old);
+					es_pending_add(p, cur, es_removed_end(&st, txcxt));
+					MemoryContextReset(grp);
 				}
 				cur = pstrdup(pdoc);
 				es_removed_begin(&st, ref_table);
@@ -437,20 +459,17 @@ es_child_before(Relation rel, int argno, const char *conname)
 			v.val.string.val = es_docname(enc, enc->pk, enc->npk, tup, desc);
 			v.val.string.len = strlen(v.val.string.val);
 			pushJsonbValue(&st, WJB_ELEM, &v);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(row);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
 	es_owner_end(save_userid, save_sec);
 	if (cur != NULL)
-	{
-		Jsonb	   *diff = es_removed_end(&st, txcxt);
-
-		old = MemoryContextSwitchTo(txcxt);
-		p->docnames = lappend(p->docnames, pstrdup(cur));
-		p->diffs = lappend(p->diffs, diff);
-		MemoryContextSwitchTo(old);
-	}
+		es_pending_add(p, cur, es_removed_end(&st, txcxt));
+	MemoryContextDelete(grp);
+	MemoryContextDelete(row);
 	old = MemoryContextSwitchTo(txcxt);
 	es_pending = lappend(es_pending, p);
 	MemoryContextSwitchTo(old);

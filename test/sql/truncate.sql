@@ -70,6 +70,15 @@ TRUNCATE t_line;
 SELECT * FROM t_log();
 SELECT t_clear();
 
+-- Many rows, read a thousand at a time: one Update per parent all the same.
+INSERT INTO t_line SELECT p.no, p.yr, g, 'x' FROM generate_series(1, 1200) g, (VALUES ('A', 2026), ('B', 2025)) p(no, yr);
+SELECT t_clear();
+TRUNCATE t_line;
+SELECT docname, jsonb_array_length(data->'removed'->'public.t_line') AS removed,
+	   data->'removed'->'public.t_line'->>-1 AS last
+  FROM t_log();
+SELECT t_clear();
+
 -- The parent truncated with it (CASCADE, or both named, in either order):
 -- its Truncate says it all.
 INSERT INTO t_line VALUES ('A', 2026, 1, 'one'), ('B', 2025, 1, 'uno');
