@@ -240,9 +240,29 @@ SELECT eventstream._apply_updates('http://trunc.invalid', 'es_trunc_applier', t_
 SELECT count(*) AS rows FROM t_local;
 SELECT status, note FROM eventstream.sync_log WHERE producer_url = 'http://trunc.invalid' AND update_log_id = 70;
 
+-- A mapped subscription: the mapping's local table is emptied.
+CREATE TABLE t_mapped (name text PRIMARY KEY, body text);
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON t_mapped TO es_trunc_applier;
+SELECT eventstream.create_mapping('t_mapped_from_note', 't_mapped', 'public.t_note');
+SELECT eventstream.map_field('t_mapped_from_note', 'body', 'content');
+INSERT INTO eventstream.producer_table (producer_url, ref_table, local_table, status, mapping)
+	VALUES ('http://trunc.invalid', 'public.t_note', 't_mapped', 'Approved', 't_mapped_from_note');
+SELECT eventstream._apply_updates('http://trunc.invalid', 'es_trunc_applier', '[
+  {"id": 80, "update_type": "Create", "ref_table": "public.t_note", "docname": "N1", "data": {"name": "N1", "content": "c"}},
+  {"id": 81, "update_type": "Create", "ref_table": "public.t_note", "docname": "N2", "data": {"name": "N2", "content": "d"}}
+]', NULL, false) AS processed_failed;
+SELECT * FROM t_mapped ORDER BY 1;
+SELECT eventstream._apply_updates('http://trunc.invalid', 'es_trunc_applier', '[
+  {"id": 82, "update_type": "Truncate", "ref_table": "public.t_note", "docname": "", "data": null}
+]', NULL, false) AS processed_failed;
+SELECT count(*) AS rows FROM t_mapped;
+SELECT ref_table, remote_ref_table, status, note FROM eventstream.sync_log
+ WHERE producer_url = 'http://trunc.invalid' AND update_log_id = 82;
+
 DELETE FROM eventstream.producer WHERE producer_url = 'http://trunc.invalid';
+SELECT eventstream.drop_mapping('t_mapped_from_note');
 SELECT eventstream.remove_consumer('http://trunc-a:8000');
-DROP TABLE t_doc, t_other, t_line, t_inv, t_pending, t_local, t_cursor;
+DROP TABLE t_doc, t_other, t_line, t_inv, t_pending, t_local, t_cursor, t_mapped;
 DROP FUNCTION t_log, t_clear, t_pull, t_creates, t_truncate;
 DROP OWNED BY es_trunc_sub, es_trunc_applier, es_trunc_app;
 DROP ROLE es_trunc_sub, es_trunc_applier, es_trunc_app;
