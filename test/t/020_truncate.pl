@@ -7,7 +7,8 @@
 # ON DELETE CASCADE children go along, a restricting reference fails the
 # Truncate, which is resynced once it is gone); a table two producers
 # write into is emptied whole, and the other producer's rows come back
-# with resync_table().
+# with resync_table(); a Truncate applied on a site is captured there for
+# the site subscribed to it (A -> B -> C).
 #
 # Nothing sleeps a fixed time hoping: every wait polls for its condition
 # with a deadline.
@@ -231,6 +232,28 @@ is(sq($C, "SELECT r.producer_url || ' ' || r.remote_docname FROM item i, LATERAL
 sq($P, "INSERT INTO item VALUES ('N3', 'after')");
 ok(wait_query($C, 'SELECT string_agg(v, \',\' ORDER BY v) FROM item', 'after,from the second producer', 30),
 	'and the first producer streams on');
+
+######################################################################
+# A cascade: a Truncate applied here is captured for the next site
+######################################################################
+
+my $T = add_site($node, 'third');
+sq($T, q{
+	CREATE TABLE b (id int PRIMARY KEY, v text);
+	CREATE ROLE applier_t;
+	GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON b TO applier_t;
+});
+sq($C, 'CREATE ROLE branch_c; GRANT SELECT ON b TO branch_c');
+my ($key_c, $secret_c) = key_pair($C, 'branch_c');
+sq($T, "SELECT eventstream.add_producer(producer_url => '$C->{url}', api_key => '$key_c', api_secret => '$secret_c', "
+	  . "subscriber => 'applier_t', tables => ARRAY['b'])");
+sq($C, "SELECT eventstream.approve('$T->{url}', 'b')");
+sq($P, "INSERT INTO b VALUES (7, 'seven'), (8, 'eight')");
+ok(wait_query($T, 'SELECT count(*) FROM b', '2', 30), 'cascade: the rows reach the third site');
+sq($P, 'TRUNCATE b');
+ok(wait_query($T, 'SELECT count(*) FROM b', '0', 30), 'cascade: so does the Truncate');
+is(sq($C, "SELECT origin = '$P->{site_id}' FROM eventstream.update_log WHERE update_type = 'Truncate'"), 't',
+	'  logged on the middle site with the first one as its origin');
 
 is(sq($C, "SELECT count(*) FROM eventstream.sync_log WHERE status = 'Failed' AND resynced_at IS NULL"), '0',
 	'nothing Failed in the end');
