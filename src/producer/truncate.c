@@ -39,7 +39,6 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
-#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
@@ -287,10 +286,10 @@ es_pending_add(EsTruncatePending *p, const char *docname, Jsonb *diff)
 /*
  * es_child_key
  *		Find child table rel's foreign key conname to its parent: fill
- *		*parent_relid and fkattnums[] (the child's columns, in the order of
- *		the parent's primary key ppk[], nppk of them, as the parent's
- *		primary key is read after opening it).  NULL when all is well, or
- *		why the truncation cannot be logged.
+ *		*parent_relid, ppk[] and *nppk (the parent's primary key columns)
+ *		and fkattnums[] (the child's foreign key columns, in the order of
+ *		ppk[]).  Returns NULL when all is well, otherwise why the
+ *		truncation cannot be logged.
  */
 static char *
 es_child_key(Relation rel, const char *conname, Oid *parent_relid,
