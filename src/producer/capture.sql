@@ -123,11 +123,12 @@ COMMENT ON FUNCTION eventstream._capture_truncate() IS
 /*
  * Install, replace or remove the truncate capture triggers (truncate.c) so
  * that the tables _sync_capture captures carry them, enabled ALWAYS:
- * eventstream_truncate (AFTER TRUNCATE) on document tables, argument
- * 'doc', and on their registered child tables, argument 'child:<fk name>'
- * (a table may be both); and on child tables eventstream_truncate_rows
- * (BEFORE TRUNCATE, the child arguments only), which reads the rows that
- * go.  Called by _sync_capture.
+ * eventstream_truncate (AFTER TRUNCATE) on document tables, arguments
+ * 'doc' and the name the table travels by, and on their registered child
+ * tables, 'child', the foreign key's name, the parent's and the child's
+ * names (a table may be both); and on child tables
+ * eventstream_truncate_rows (BEFORE TRUNCATE, the child arguments only),
+ * which reads the rows that go.  Called by _sync_capture.
  */
 CREATE FUNCTION eventstream._sync_truncate() RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -142,16 +143,20 @@ BEGIN
 			  FROM eventstream.consumer_table ct
 			 WHERE ct.status = 'Approved' AND NOT ct.unsubscribed
 		), wanted AS (
-			SELECT d.tbl, 'doc'::text AS arg FROM docs d WHERE d.tbl IS NOT NULL
-			UNION
-			SELECT c.child, 'child:' || c.fk_name
+			SELECT d.tbl, 1 AS ord, ARRAY['doc', eventstream._wire_name(d.tbl)] AS arg
+			  FROM docs d WHERE d.tbl IS NOT NULL
+			UNION ALL
+			SELECT c.child, 2, ARRAY['child', c.fk_name::text, eventstream._wire_name(c.parent),
+									 eventstream._wire_name(c.child)]
 			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
 		), desired AS (
-			SELECT 'eventstream_truncate'::name AS tgname, w.tbl, array_agg(w.arg ORDER BY w.arg) AS args
-			  FROM wanted w GROUP BY w.tbl
+			SELECT 'eventstream_truncate'::name AS tgname, w.tbl, array_agg(a.x ORDER BY w.ord, a.i) AS args
+			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)
+			 GROUP BY w.tbl
 			UNION ALL
-			SELECT 'eventstream_truncate_rows'::name, w.tbl, array_agg(w.arg ORDER BY w.arg)
-			  FROM wanted w WHERE w.arg <> 'doc' GROUP BY w.tbl
+			SELECT 'eventstream_truncate_rows'::name, w.tbl, array_agg(a.x ORDER BY w.ord, a.i)
+			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)
+			 WHERE w.ord = 2 GROUP BY w.tbl
 		), existing AS (
 			SELECT t.tgname, t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
 			  FROM pg_trigger t

@@ -9,12 +9,16 @@
  * eventstream._sync_truncate() installs twice on the tables that carry the
  * row capture trigger (capture.c): as eventstream_truncate, AFTER
  * TRUNCATE, and, on child tables, as eventstream_truncate_rows, BEFORE
- * TRUNCATE.  Its arguments say what the table is:
+ * TRUNCATE.  Its arguments say what the table is, with the names the
+ * tables travel by (what the row capture trigger logs them as):
  *
- *	  'doc'				  a document table
- *	  'child:<fk name>'	  a child table, part of its parent's documents
- *						  through its foreign key <fk name>
+ *	  'doc', <name>		  a document table, logged as <name>
+ *	  'child', <fk name>, <parent's name>, <name>
+ *						  a child table, part of its parent's documents
+ *						  through its foreign key <fk name>, its rows
+ *						  listed under <name> in their diffs
  *
+ * (a table may be both: the groups follow each other).
  * What gets logged:
  *	  TRUNCATE of a document table  one Truncate: docname '', data NULL
  *	  TRUNCATE of a child table     one Update per parent document that had
@@ -69,7 +73,8 @@ typedef struct EsTruncatePending
 	Oid			relid;			/* the child table */
 	int			argno;			/* its trigger argument */
 	Oid			parent_relid;
-	char	   *parent_ref_table;	/* parent's wire name */
+	char	   *parent_ref_table;	/* the name the parent travels by */
+	char	   *parent_sql;		/* SELECT 1 FROM ONLY <parent> LIMIT 1 */
 	List	   *docnames;		/* parent docnames (char *) ... */
 	List	   *diffs;			/* ... and their Updates' data (Jsonb *) */
 } EsTruncatePending;
@@ -343,12 +348,14 @@ es_child_key(Relation rel, const char *conname, Oid *parent_relid,
 /*
  * es_child_before
  *		Before child table rel is truncated: read its rows, through its
- *		foreign key conname, into the Updates of their parents that a
- *		DELETE of each row would log, and keep them (in the transaction's
- *		memory) for es_child_after.  The caller is connected to SPI.
+ *		foreign key conname, into the Updates of their parents (logged as
+ *		parent_ref) that a DELETE of each row would log, the rows listed
+ *		under child_ref, and keep them (in the transaction's memory) for
+ *		es_child_after.  The caller is connected to SPI.
  */
 static void
-es_child_before(Relation rel, int argno, const char *conname)
+es_child_before(Relation rel, int argno, const char *conname,
+				const char *parent_ref, const char *child_ref)
 {
 	AttrNumber	ppk[INDEX_MAX_KEYS];
 	AttrNumber	cpk[INDEX_MAX_KEYS];
@@ -362,7 +369,7 @@ es_child_before(Relation rel, int argno, const char *conname)
 	EsTruncatePending *p;
 	StringInfoData sql;
 	Portal		portal;
-	char	   *ref_table = es_qualified_relname(rel);
+	char	   *relname = es_qualified_relname(rel);
 	char	   *why;
 	char	   *cur = NULL;
 	JsonbParseState *st = NULL;
@@ -381,7 +388,7 @@ es_child_before(Relation rel, int argno, const char *conname)
 	why = es_child_key(rel, conname, &parent_relid, ppk, &nppk, fkatt);
 	ncpk = es_pk_of(rel, cpk);
 	if (why == NULL && ncpk == 0)
-		why = psprintf("Table \"%s\" has no primary key.", ref_table);
+		why = psprintf("Table \"%s\" has no primary key.", relname);
 	if (why != NULL)
 	{
 		es_warn_uncaptured(rel, why);
@@ -390,7 +397,7 @@ es_child_before(Relation rel, int argno, const char *conname)
 
 	enc = es_encoder_build(RelationGetDescr(rel), cpk, ncpk, CurrentMemoryContext);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT * FROM ONLY %s WHERE ", ref_table);
+	appendStringInfo(&sql, "SELECT * FROM ONLY %s WHERE ", relname);
 	for (i = 0; i < nppk; i++)
 	{
 		fkcol[i] = -1;
@@ -398,7 +405,7 @@ es_child_before(Relation rel, int argno, const char *conname)
 			if (enc->columns[k].attnum == fkatt[i])
 				fkcol[i] = k;
 		if (fkcol[i] < 0)
-			elog(ERROR, "foreign key column %d of \"%s\" not found", fkatt[i], ref_table);
+			elog(ERROR, "foreign key column %d of \"%s\" not found", fkatt[i], relname);
 		appendStringInfo(&sql, "%s%s IS NOT NULL", i > 0 ? " AND " : "",
 						 quote_identifier(enc->columns[fkcol[i]].name));
 	}
@@ -414,7 +421,8 @@ es_child_before(Relation rel, int argno, const char *conname)
 	p->relid = RelationGetRelid(rel);
 	p->argno = argno;
 	p->parent_relid = parent_relid;
-	p->parent_ref_table = es_qualified_relname(parent);
+	p->parent_ref_table = pstrdup(parent_ref);
+	p->parent_sql = psprintf("SELECT 1 FROM ONLY %s LIMIT 1", es_qualified_relname(parent));
 	MemoryContextSwitchTo(old);
 	table_close(parent, AccessShareLock);
 
@@ -452,7 +460,7 @@ es_child_before(Relation rel, int argno, const char *conname)
 					MemoryContextReset(grp);
 				}
 				cur = pstrdup(pdoc);
-				es_removed_begin(&st, ref_table);
+				es_removed_begin(&st, child_ref);
 			}
 			v.type = jbvString;
 			v.val.string.val = es_docname(enc, enc->pk, enc->npk, tup, desc);
@@ -487,19 +495,17 @@ es_child_after(Relation rel, int argno)
 	EsTruncatePending *p = es_pending_take(RelationGetRelid(rel), argno);
 	ListCell   *dc;
 	ListCell   *jc;
-	char	   *sql;
 	Oid			save_userid;
 	int			save_sec;
 	int			rc;
 
 	if (p == NULL || p->docnames == NIL)
 		return;
-	sql = psprintf("SELECT 1 FROM ONLY %s LIMIT 1", p->parent_ref_table);
 	es_owner_begin(p->parent_relid, &save_userid, &save_sec);
-	rc = SPI_execute(sql, true, 1);
+	rc = SPI_execute(p->parent_sql, true, 1);
 	es_owner_end(save_userid, save_sec);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read table \"%s\"", p->parent_ref_table);
+		elog(ERROR, "could not run \"%s\"", p->parent_sql);
 	if (SPI_processed == 0)
 		return;
 	forboth(dc, p->docnames, jc, p->diffs)
@@ -516,11 +522,13 @@ Datum
 eventstream_capture_truncate(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Trigger    *trig;
 	Relation	rel;
+	char	  **args;
+	int			nargs;
 	bool		before;
 	int			styles;
 	int			i;
+	int			n;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -531,33 +539,34 @@ eventstream_capture_truncate(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("eventstream._capture_truncate: must be fired ON TRUNCATE ... FOR EACH STATEMENT")));
-	trig = trigdata->tg_trigger;
+	args = trigdata->tg_trigger->tgargs;
+	nargs = trigdata->tg_trigger->tgnargs;
 	rel = trigdata->tg_relation;
 	before = TRIGGER_FIRED_BEFORE(trigdata->tg_event);
 
 	SPI_connect();
 	styles = es_output_styles_push();
-	for (i = 0; i < trig->tgnargs; i++)
+	for (i = 0; i < nargs; i += n)
 	{
-		const char *arg = trig->tgargs[i];
-
-		if (strcmp(arg, "doc") == 0)
+		if (strcmp(args[i], "doc") == 0 && i + 1 < nargs)
 		{
+			n = 2;
 			if (!before)
-				es_truncate_log("Truncate", es_qualified_relname(rel), "", NULL);
+				es_truncate_log("Truncate", args[i + 1], "", NULL);
 		}
-		else if (strncmp(arg, "child:", 6) == 0)
+		else if (strcmp(args[i], "child") == 0 && i + 3 < nargs)
 		{
+			n = 4;
 			if (before)
-				es_child_before(rel, i, arg + 6);
+				es_child_before(rel, i, args[i + 1], args[i + 2], args[i + 3]);
 			else
 				es_child_after(rel, i);
 		}
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-					 errmsg("eventstream._capture_truncate: invalid trigger argument \"%s\" on \"%s\"",
-							arg, RelationGetRelationName(rel)),
+					 errmsg("eventstream._capture_truncate: invalid trigger arguments on \"%s\"",
+							RelationGetRelationName(rel)),
 					 errhint("Capture triggers are managed by eventstream; do not create them by hand.")));
 	}
 	es_output_styles_pop(styles);
