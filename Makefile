@@ -15,6 +15,7 @@ OBJS = \
 	src/producer/capture.o \
 	src/producer/capture_args.o \
 	src/producer/added.o \
+	src/producer/truncate.o \
 	src/producer/rowjson.o \
 	src/producer/logids.o \
 	src/producer/serve.o \
@@ -37,6 +38,7 @@ OBJS = \
 	src/consumer/apply_columns.o \
 	src/consumer/apply_keys.o \
 	src/consumer/apply_fk.o \
+	src/consumer/apply_truncate.o \
 	src/consumer/apply_log.o \
 	src/consumer/apply_page.o \
 	src/consumer/mapping.o \
@@ -127,7 +129,7 @@ PG_CPPFLAGS += -DES_VERSION='"$(EXTVERSION)"'
 # instances instead, started with test/eventstream.conf on free ports, and
 # the TAP tests (test/t/, their own clusters) run too; PROVE_TESTS names
 # some of them.
-REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql added_columns
+REGRESS = capture diff children conditions consumers serve retention keys apply apply_replica mapping plpgsql added_columns truncate
 REGRESS_OPTS = --inputdir=$(srcdir)/test
 ISOLATION = out_of_order_commit concurrent_capture
 ISOLATION_OPTS = --inputdir=$(srcdir)/test

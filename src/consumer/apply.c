@@ -4,8 +4,8 @@
  *	  Consumer side: applying updates received from a producer.
  *
  * eventstream._apply_updates() applies a list of updates (Create with the
- * whole document, Update with Frappe's four-key diff, Delete) to the local
- * tables, each in a subtransaction of its own, and writes one sync_log row
+ * whole document, Update with Frappe's four-key diff, Delete, Truncate) to
+ * the local tables, each in a subtransaction of its own, and writes one sync_log row
  * per update in the calling transaction: a failing update becomes a Failed
  * entry and the others go on.  _apply_update() applies one update the same
  * way without logging it (resync).
@@ -46,6 +46,7 @@
  *   apply_keys.c        matching rows on the producer's key; rows that
  *                       row-level security hides from the subscriber
  *   apply_fk.c          the foreign keys the apply enforces itself
+ *   apply_truncate.c    a Truncate: the local table emptied
  *   apply_log.c         the sync_log rows
  *   apply_page.c        quick facts about a page of updates, for _missing_for
  *
@@ -105,6 +106,8 @@ es_update_kind(const char *update_type)
 		return ES_UPDATE_UPDATE;
 	if (strcmp(update_type, "Delete") == 0)
 		return ES_UPDATE_DELETE;
+	if (strcmp(update_type, "Truncate") == 0)
+		return ES_UPDATE_TRUNCATE;
 	return ES_UPDATE_UNKNOWN;
 }
 
@@ -461,6 +464,14 @@ es_apply_doc(EsApply *a, Jsonb *upd, Oid *local, char **docname, StringInfo note
 		es_apply_origin_set = true;
 	}
 
+	/* A Truncate empties the whole table (apply_truncate.c). */
+	if (kind == ES_UPDATE_TRUNCATE)
+	{
+		es_note(notes, "%s", es_apply_truncate(a, t));
+		*docname = NULL;
+		return;
+	}
+
 	/*
 	 * A mapped subscription: the data as this site's tables have it (the
 	 * mapping names the columns it takes).  Otherwise without the columns
@@ -734,7 +745,7 @@ es_replica_invalidate(Datum arg, Oid relid)
  * es_replica_matters
  *		Whether applying with session_replication_role = replica can differ
  *		from applying without it in this database: some table outside the
- *		extension's schema has a trigger (but the capture trigger, ENABLE
+ *		extension's schema has a trigger (but the capture triggers, ENABLE
  *		ALWAYS) or a rule that is not disabled.  Without one, what fires is
  *		the same either way: foreign keys are then left to their own
  *		triggers (apply_fk.c), and the role is not changed, which would cost
@@ -755,7 +766,8 @@ es_replica_matters(void)
 	if (es_replica_known)
 		return es_replica_needed;
 	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
-					"                WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgname <> 'eventstream_capture'"
+					"                WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'"
+					"                  AND t.tgname NOT IN ('eventstream_capture', 'eventstream_truncate', 'eventstream_truncate_rows')"
 					"                  AND c.relnamespace <> 'eventstream'::pg_catalog.regnamespace)"
 					"    OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class"
 					"                WHERE r.ev_enabled <> 'D' AND r.rulename <> '_RETURN'"

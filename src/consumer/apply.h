@@ -37,7 +37,8 @@ typedef enum EsUpdateKind
 	ES_UPDATE_UNKNOWN = 0,		/* no update_type, or another one */
 	ES_UPDATE_CREATE = 'C',
 	ES_UPDATE_UPDATE = 'U',
-	ES_UPDATE_DELETE = 'D'
+	ES_UPDATE_DELETE = 'D',
+	ES_UPDATE_TRUNCATE = 'T'	/* never batched (es_batch_key) */
 } EsUpdateKind;
 
 /* A local table as the apply sees it. */
@@ -200,6 +201,7 @@ extern bool es_batch_direct(EsApply *a, List *all, int first, int last, EsUpdate
 
 /* apply_fk.c: foreign keys enforced by the apply */
 extern bool es_fk_has(EsTable *t, bool referring);
+extern char *es_apply_truncate(EsApply *a, EsTable *t);
 extern char *es_fk_conds(EsTable *t);
 extern void es_fk_check(EsTable *t, Jsonb *row);
 extern void es_fk_deleted(EsTable *t, Jsonb *row);

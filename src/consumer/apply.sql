@@ -283,6 +283,7 @@ BEGIN
 					   FROM eventstream.sync_log l
 					  WHERE l.producer_url = p.producer_url AND l.remote_ref_table = pt.ref_table
 						AND l.id < pt.snapshot_from AND l.remote_docname IS NOT NULL
+						AND l.update_type <> 'Truncate'
 					  ORDER BY l.remote_docname, l.id DESC) d
 			  WHERE NOT (d.update_type = 'Delete' AND d.status = 'Synced')
 				AND NOT EXISTS (SELECT 1 FROM eventstream.sync_log l
@@ -404,12 +405,21 @@ BEGIN
 	END IF;
 	p := eventstream._producer_row(l.producer_url);
 	-- A later update of the same document was applied: this one, applied
-	-- again now, would roll the document back to an older state.
+	-- again now, would roll the document back to an older state.  A
+	-- Truncate is of every document of its table.
 	SELECT * INTO newer FROM eventstream.sync_log x
 	 WHERE x.id > l.id AND x.producer_url = l.producer_url AND x.remote_ref_table = l.remote_ref_table
-	   AND x.remote_docname = l.remote_docname AND x.status = 'Synced'
+	   AND (x.remote_docname = l.remote_docname OR x.update_type = 'Truncate' OR l.update_type = 'Truncate')
+	   AND x.status = 'Synced'
 	 ORDER BY x.id DESC LIMIT 1;
-	IF FOUND THEN
+	IF FOUND AND l.update_type = 'Truncate' THEN
+		RAISE EXCEPTION 'sync log % is older than an update of the same table applied since', sync_log_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('Sync log %s (%s of "%s") was applied after it; truncating the table now would remove what came since.',
+								  newer.id, newer.update_type, newer.remote_docname),
+				  HINT = format('Copy the table again with eventstream.resync_table(%L, %L).',
+								l.producer_url, l.remote_ref_table);
+	ELSIF FOUND THEN
 		RAISE EXCEPTION 'sync log % is older than an update of the same document applied since', sync_log_id
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  DETAIL = format('Sync log %s (%s of "%s") was applied after it; applying this one again would roll the document back.',

@@ -158,10 +158,13 @@ es_failed_note(const char *producer, int64 sync_log_id, const char *update_type,
 		error = error ? error : "";
 		nl = strchr(error, '\n');
 		message = es_failed_clip(error, nl ? Min(nl - error, ES_FAILED_ERROR_MAX) : ES_FAILED_ERROR_MAX);
-		note->line = psprintf("eventstream: %s from producer %s failed to apply to %s, docname \"%s\": %s; "
+		/* A Truncate names no document (its docname is empty). */
+		note->line = psprintf("eventstream: %s from producer %s failed to apply to %s%s%s%s: %s; "
 							  "apply it again with SELECT eventstream.resync(" INT64_FORMAT ")",
 							  update_type ? update_type : "update", producer, table ? table : "?",
-							  docname ? es_failed_clip(docname, ES_FAILED_NAME_MAX) : "",
+							  docname && docname[0] ? ", docname \"" : "",
+							  docname && docname[0] ? es_failed_clip(docname, ES_FAILED_NAME_MAX) : "",
+							  docname && docname[0] ? "\"" : "",
 							  message, sync_log_id);
 	}
 	es_failed_pending = lappend(es_failed_pending, note);

@@ -10,6 +10,8 @@
  * subscriptions or child tables call _reconfigure(), and the ALTER TABLE
  * event trigger refreshes the arguments of existing ones when a key or a
  * key column changes.
+ * _capture_truncate() (truncate.c) logs TRUNCATE of the same tables;
+ * _sync_truncate(), called by _sync_capture(), keeps its triggers.
  *
  * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
@@ -192,6 +194,79 @@ BEGIN
 		END IF;
 		IF r.args IS NOT NULL OR r.tgargs IS NOT NULL THEN
 			PERFORM eventstream._replace_capture(r.tbl, r.args, r.tgargs IS NOT NULL);
+		END IF;
+	END LOOP;
+	PERFORM eventstream._sync_truncate();
+END
+$$;
+
+CREATE FUNCTION eventstream._capture_truncate() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_capture_truncate';
+COMMENT ON FUNCTION eventstream._capture_truncate() IS
+	'Truncate capture trigger; installed and removed by eventstream, never by hand.';
+
+/*
+ * Install, replace or remove the truncate capture triggers (truncate.c) so
+ * that the tables _sync_capture captures carry them, enabled ALWAYS:
+ * eventstream_truncate (AFTER TRUNCATE) on document tables, arguments
+ * 'doc' and the name the table travels by, and on their registered child
+ * tables, 'child', the foreign key's name, the parent's and the child's
+ * names (a table may be both); and on child tables
+ * eventstream_truncate_rows (BEFORE TRUNCATE, the child arguments only),
+ * which reads the rows that go.  Called by _sync_capture.
+ */
+CREATE FUNCTION eventstream._sync_truncate() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	FOR r IN
+		WITH docs AS (
+			SELECT DISTINCT eventstream._published(ct.ref_table) AS tbl
+			  FROM eventstream.consumer_table ct
+			 WHERE ct.status = 'Approved' AND NOT ct.unsubscribed
+		), wanted AS (
+			SELECT d.tbl, 1 AS ord, ARRAY['doc', eventstream._published_name(d.tbl)] AS arg
+			  FROM docs d WHERE d.tbl IS NOT NULL
+			UNION ALL
+			SELECT c.child, 2, ARRAY['child', c.fk_name::text, eventstream._published_name(c.parent),
+									 eventstream._published_name(c.child)]
+			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+		), desired AS (
+			SELECT 'eventstream_truncate'::name AS tgname, w.tbl, array_agg(a.x ORDER BY w.ord, a.i) AS args
+			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)
+			 GROUP BY w.tbl
+			UNION ALL
+			SELECT 'eventstream_truncate_rows'::name, w.tbl, array_agg(a.x ORDER BY w.ord, a.i)
+			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)
+			 WHERE w.ord = 2 GROUP BY w.tbl
+		), existing AS (
+			SELECT t.tgname, t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
+			  FROM pg_trigger t
+			 WHERE t.tgname IN ('eventstream_truncate', 'eventstream_truncate_rows') AND t.tgparentid = 0
+		)
+		SELECT coalesce(d.tgname, e.tgname) AS tgname, coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs, e.tgenabled,
+			   (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
+				  FROM unnest(d.args) WITH ORDINALITY AS x(a, i)) AS want
+		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl AND e.tgname = d.tgname
+	LOOP
+		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
+			IF r.tgenabled <> 'A' THEN
+				EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.tbl, r.tgname);
+			END IF;
+			CONTINUE;
+		END IF;
+		IF r.tgargs IS NOT NULL THEN
+			EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.tbl);
+		END IF;
+		IF r.args IS NOT NULL THEN
+			EXECUTE format('CREATE TRIGGER %I %s TRUNCATE ON %s '
+						   'FOR EACH STATEMENT EXECUTE FUNCTION eventstream._capture_truncate(%s)',
+						   r.tgname, CASE r.tgname WHEN 'eventstream_truncate' THEN 'AFTER' ELSE 'BEFORE' END,
+						   r.tbl, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(r.args) a));
+			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.tbl, r.tgname);
 		END IF;
 	END LOOP;
 END

@@ -306,7 +306,9 @@ BEGIN
 			texts := '{}';
 			FOR i IN 1 .. least(cardinality(c_ids), lim) LOOP
 				cond := t_conds[array_position(t_names, c_tables[i])];
-				IF cond IS NULL THEN
+				-- A Truncate is served whatever the condition (as logical
+				-- replication sends TRUNCATE whatever the row filter).
+				IF cond IS NULL OR c_types[i] = 'Truncate' THEN
 					block_texts := eventstream._log_texts(ARRAY[c_ids[i]]);
 					block_bytes := octet_length(block_texts[1]) + 2;
 					IF cardinality(ids) > 0 AND bytes + block_bytes > max_bytes THEN
@@ -317,6 +319,19 @@ BEGIN
 					texts[cardinality(texts) + 1] := block_texts[1];	-- appended in place
 					bytes := bytes + block_bytes;
 					last_id := c_ids[i];
+					IF cond IS NOT NULL THEN
+						-- The consumer's table is emptied: it holds none of
+						-- its documents after this, and what was withheld
+						-- went with them.
+						PERFORM eventstream._set_holds(c.consumer_url, c_tables[i], d.docname, false, pageno, ack_page)
+						   FROM (SELECT DISTINCT x.docname FROM eventstream.consumer_document x
+								  WHERE x.consumer_url = c.consumer_url AND x.ref_table = c_tables[i]) d
+						  WHERE eventstream._holds(c.consumer_url, c_tables[i], d.docname, pageno);
+						changed_holds := true;
+						UPDATE eventstream.withheld w SET served_page = pageno
+						 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
+						   AND w.served_page IS NULL;
+					END IF;
 					CONTINUE;
 				END IF;
 

@@ -20,7 +20,7 @@
 CREATE SEQUENCE eventstream.update_log_id_seq;
 CREATE TABLE eventstream.update_log (
 	id			bigint PRIMARY KEY,
-	update_type	text NOT NULL CHECK (update_type IN ('Create', 'Update', 'Delete')),
+	update_type	text NOT NULL CHECK (update_type IN ('Create', 'Update', 'Delete', 'Truncate')),
 	ref_table	text NOT NULL,
 	docname		text NOT NULL,
 	data		jsonb,
@@ -33,7 +33,7 @@ ALTER SEQUENCE eventstream.update_log_id_seq OWNED BY eventstream.update_log.id;
 -- the only one.  Serving finds where a window starts from a low bound kept
 -- in shared memory (src/producer/logids.c), not from an index on txid.
 COMMENT ON TABLE eventstream.update_log IS
-	'Event Update Log: one row per Create, Update (four-key diff) or Delete of a subscribed document, written by the capture trigger in the changing transaction.';
+	'Event Update Log: one row per Create, Update (four-key diff) or Delete of a subscribed document, and one per TRUNCATE of a subscribed table (Truncate, docname empty), written by the capture triggers in the changing transaction.';
 COMMENT ON COLUMN eventstream.update_log.txid IS
 	'Top-level transaction that wrote the log; delivery follows commit order through snapshots of it.';
 COMMENT ON COLUMN eventstream.update_log.origin IS
