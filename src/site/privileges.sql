@@ -21,7 +21,21 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstream FROM PUBLIC;
 GRANT USAGE ON SCHEMA eventstream TO PUBLIC;
 GRANT EXECUTE ON FUNCTION eventstream._populate(anyelement, jsonb), eventstream._row_json(anyelement) TO PUBLIC;
 
+-- What a restore brings back (docs/operations.md): the site's identity,
+-- API keys (their hashes), consumers and their subscriptions, the update
+-- log and the sequence its ids come from, producers with their cursors
+-- and the pages received but not applied yet (inbox), the sync log, remote
+-- names and mappings, each with the sequence its ids come from.  What
+-- serving keeps per page and per document (served_page, consumer_document,
+-- withheld) and the ticks are not: a restored producer re-syncs its
+-- consumers (_adopt_restore).
 SELECT pg_catalog.pg_extension_config_dump('eventstream.site', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.api_key', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.update_log', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.update_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstream.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('eventstream.inbox', 'seq')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('eventstream.sync_log', 'id')::regclass, '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.consumer_table', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstream.child_table', '');
