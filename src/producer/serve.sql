@@ -204,6 +204,15 @@ BEGIN
 				USING ERRCODE = 'invalid_parameter_value',
 					  DETAIL = 'This site was restored from a backup since the cursor was issued.',
 					  HINT = 'Run eventstream.reset_cursor() on the consumer.';
+		ELSIF ack_page < c.acked_page AND ack_page >= c.resync_below THEN
+			RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Pages before %s were acknowledged, and this older cursor cannot be taken back: %s.',
+									  c.acked_page,
+									  CASE WHEN low_from < coalesce((SELECT s.pruned_below FROM eventstream.site s), 0)
+										   THEN 'updates after it were pruned'
+										   ELSE 'a condition decides what the consumer holds' END),
+					  HINT = 'Run eventstream.reset_cursor() on the consumer: it copies its tables again.';
 		ELSE
 			RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
 				USING ERRCODE = 'invalid_parameter_value',
