@@ -175,18 +175,21 @@ BEGIN
 		END IF;
 	END IF;
 	IF ack_page < c.acked_page OR pageno > c.served_page + 1 OR c.resync_pending OR ack_page < c.resync_below THEN
-		-- An older cursor of this consumer (it was restored from a backup)
-		-- is taken back while every log after it is kept and no condition
-		-- decided what it holds: what came after it is served again.
-		-- Otherwise a consumer that says it can (resync) is re-synced: the
-		-- page tells it to start from now and copy its tables again.
+		-- An older cursor of this consumer (it was restored from a backup,
+		-- or a session's pulls were rolled back) is taken back while every
+		-- log after it is kept and no condition decided what it holds: what
+		-- came after it is served again.  Not an older ack= of a request
+		-- asked for ahead: another pull went past it meanwhile, and the
+		-- consumer asks again without it.  Otherwise a consumer that says
+		-- it can (resync) is re-synced: the page tells it to start from now
+		-- and copy its tables again.
 		IF NOT c.resync_pending AND ack_page >= c.resync_below AND ack_page < c.acked_page
-		   AND pageno <= c.served_page + 1
+		   AND ack_page = pageno
 		   AND low_from >= coalesce((SELECT s.pruned_below FROM eventstream.site s), 0)
 		   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
 							WHERE ct.consumer_url = c.consumer_url AND ct.condition IS NOT NULL AND NOT ct.unsubscribed) THEN
 			NULL;
-		ELSIF resync THEN
+		ELSIF resync AND ack_page = pageno THEN
 			next_cursor := eventstream._restart_consumer(c.consumer_url, greatest(pageno, ack_page));
 			tables_now := eventstream._consumer_tables(c.consumer_url);
 			UPDATE eventstream.consumer x SET sent_tables = tables_now, sent_tables_page = NULL
@@ -204,7 +207,7 @@ BEGIN
 				USING ERRCODE = 'invalid_parameter_value',
 					  DETAIL = 'This site was restored from a backup since the cursor was issued.',
 					  HINT = 'Run eventstream.reset_cursor() on the consumer.';
-		ELSIF ack_page < c.acked_page AND ack_page >= c.resync_below THEN
+		ELSIF ack_page < c.acked_page AND ack_page >= c.resync_below AND ack_page = pageno THEN
 			RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
 				USING ERRCODE = 'invalid_parameter_value',
 					  DETAIL = format('Pages before %s were acknowledged, and this older cursor cannot be taken back: %s.',

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * privileges.sql
- *	  Privileges and what pg_dump keeps, for everything the parts before
- *	  created.
+ *	  Privileges, what pg_dump keeps and the triggers that notice a
+ *	  restore, for everything the parts before created.
  *
  * The last part: REVOKE ... ON ALL ... covers the objects that exist when
  * it runs.  The configuration tables are dumped with the database.
@@ -12,6 +12,15 @@
  *
  *-------------------------------------------------------------------------
  */
+
+-- A restore of the configuration into a site that exists makes the worker
+-- wait for its end (see _restore_started and _restore_state).
+CREATE TRIGGER restore_started AFTER INSERT ON eventstream.producer
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._restore_started();
+CREATE TRIGGER restore_started AFTER INSERT ON eventstream.consumer
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._restore_started();
+CREATE TRIGGER restore_started AFTER INSERT ON eventstream.api_key
+	FOR EACH STATEMENT EXECUTE FUNCTION eventstream._restore_started();
 
 REVOKE ALL ON ALL TABLES IN SCHEMA eventstream FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstream FROM PUBLIC;

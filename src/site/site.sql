@@ -89,6 +89,28 @@ CREATE FUNCTION eventstream._wake_worker() RETURNS void
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_wake_worker';
 
 /*
+ * Rows of the configuration written under the settings of pg_dump's
+ * scripts (row_security off): a restore into a database whose extension
+ * was there before it (a data-only restore, say) has started, before its
+ * site row arrives.  A statement trigger of eventstream.producer,
+ * eventstream.consumer and eventstream.api_key (see privileges.sql).
+ */
+CREATE FUNCTION eventstream._restore_started() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF current_setting('row_security') = 'off' THEN
+		UPDATE eventstream.site s SET restore_pending = true, restore_since = now() WHERE NOT s.restore_pending;
+		IF FOUND THEN
+			PERFORM eventstream._wake_worker();
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+/*
  * Whether a restore is under way, for the site worker, which calls it on
  * every round of its duties: 'live' (none), 'pending' (the worker does
  * nothing but wait: the restoring sessions may still be bringing rows,
