@@ -13,6 +13,9 @@
 #     restored into a fresh cluster, rows, foreign keys, API keys, identity
 #     and sequences are back, capture works, and the consumer, pulling with
 #     its old key, converges to the restored producer's data.
+#  D. The producer dumped while its consumer is caught up, restored into a
+#     cluster whose transaction ids are far behind: what is written there
+#     reaches the consumer (re-synced, its cursor naming the old ids).
 #
 # Each restored node takes the HTTP port of the node it replaces (stopped
 # first), so the site's URL is the same.  Nothing sleeps a fixed time: every
@@ -128,6 +131,10 @@ my $tmp = PostgreSQL::Test::Utils::tempdir;
 
 my $P = add_site(new_node('producer'), 'site');
 my $C = add_site(new_node('consumer'), 'site');
+# The producer's transaction ids run well ahead of those of the fresh
+# cluster it is restored into (C): its logs and snapshots, approvals
+# included, name ids the new cluster has not reached yet.
+sq($P, q{DO $$ BEGIN FOR i IN 1 .. 3000 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$});
 sq($P, $schema . q{
 	CREATE ROLE branch;
 	GRANT SELECT ON ALL TABLES IN SCHEMA public TO branch;
@@ -236,10 +243,6 @@ is(sq($C3, q{SELECT state || ':' || coalesce(last_error, '') FROM eventstream.pr
 # C. Producer dumped; the consumer pulls more since; restored
 ######################################################################
 
-# The producer's transaction ids run well ahead of the fresh cluster's it
-# is restored into: its logs and snapshots name ids the new cluster has
-# not reached yet.
-sq($P, q{DO $$ BEGIN FOR i IN 1 .. 3000 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$});
 my $dumpC = "$tmp/producer.dump";
 my $dumpCp = "$tmp/producer.sql";
 my %was = (
@@ -328,5 +331,27 @@ is(sq($C3, q{SELECT state || ':' || coalesce(last_error, '') FROM eventstream.pr
 	'C: the consumer is streaming, no error');
 is(sq($C3, "SELECT producer_site_id FROM eventstream.producer"), $was{site_id},
 	'C: for the consumer, it is the same producer');
+
+######################################################################
+# D. Producer dumped (plain) while its consumer is caught up; restored
+######################################################################
+
+# The consumer's cursor then names the dump's own position, in
+# transaction ids well ahead of the fresh cluster's: a change made on the
+# restored producer must reach the consumer all the same.
+sq($P2, q{DO $$ BEGIN FOR i IN 1 .. 3000 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$});
+sq($P2, q{UPDATE item SET v = 'D before the dump' WHERE id = 2});
+converges($C3, $P2, 'D: before the dump, the consumer');
+my $dumpD = "$tmp/producer_d.sql";
+dump_site($P2, $dumpD, 'plain');
+my $P3 = standin($P2, 'producer_d', ['branch']);
+restore_site($P3, $dumpD, 'plain', $between);
+$after_restore->($P3) if $after_restore;
+ok(wait_query($P3, 'SELECT restore_pending FROM eventstream.site', 'f', 30), 'D: the worker takes the restore over');
+sq($P3, q{UPDATE item SET v = 'D after the restore' WHERE id = 2; INSERT INTO item VALUES (80, 1, 'D new')});
+converges($C3, $P3, 'D: changes made on the restored producer reach the consumer');
+cmp_ok(sq($P3, "SELECT resync_below FROM eventstream.consumer WHERE consumer_url = '$C->{url}'"), '>', 0,
+	'D: the consumer was re-synced, though its cursor was the dump\'s');
+is(sq($C3, "SELECT count(*) FROM eventstream.sync_log WHERE status = 'Failed'"), '0', 'D: none Failed');
 
 done_testing();
