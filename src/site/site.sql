@@ -48,7 +48,9 @@ CREATE TABLE eventstream.site (
 COMMENT ON TABLE eventstream.site IS
 	'This site: its stable site_id (made at CREATE EXTENSION, brought back by a restore, used to prevent loops), update-log pruning state, and whether a restore is under way.';
 COMMENT ON COLUMN eventstream.site.restore_pending IS
-	'A restore (pg_restore, or a plain dump run by psql) is under way or not taken over yet: the site worker neither pulls, serves, ticks nor prunes until the sessions connected since restore_since have ended.';
+	'A restore (pg_restore, or a plain dump run by psql) is under way or not taken over yet: the site worker neither pulls, serves, ticks nor prunes until the client sessions that were connected at restore_since have ended.';
+COMMENT ON COLUMN eventstream.site.restore_since IS
+	'When the restore under way was noticed (NULL: none is).';
 COMMENT ON COLUMN eventstream.site.restored_at IS
 	'When this site''s row was last brought back by a restore; its consumers are re-synced when the worker takes the restore over.';
 
@@ -164,7 +166,10 @@ BEGIN
 	IF NOT s.restore_pending THEN
 		RETURN;
 	END IF;
-	IF s.restored_at IS NOT NULL THEN
+	-- The site row came from the dump (during this restore, not an
+	-- earlier one): what the update log and the consumers' positions hold
+	-- is the dump's.
+	IF s.restored_at >= s.restore_since THEN
 		-- The low bound first, then the snapshot it goes with.
 		low := coalesce(eventstream._low_bound(), 0);
 		UPDATE eventstream.consumer c
@@ -181,7 +186,7 @@ BEGIN
 	END IF;
 	UPDATE eventstream.site SET restore_pending = false, restore_since = NULL;
 	RAISE LOG 'eventstream: the restore of database "%" is complete; site % resumes%', current_database(), s.site_id,
-		CASE WHEN s.restored_at IS NOT NULL THEN ' (its consumers are re-synced)' ELSE '' END;
+		CASE WHEN s.restored_at >= s.restore_since THEN ' (its consumers are re-synced)' ELSE '' END;
 END
 $$;
 
