@@ -197,6 +197,14 @@ BEGIN
 	END IF;
 	PERFORM eventstream._check_cursor(p.producer_url, page->>'cursor');
 	PERFORM eventstream._mirror_statuses(p.producer_url, page->'tables', page->'keys');
+	IF coalesce((page->>'resync')::boolean, false) THEN
+		-- The producer cannot serve from the stored cursor (one of the two
+		-- sites was restored from a backup, and logs were pruned or served
+		-- since): start from its new cursor and copy every approved table
+		-- again; rows it gave that it no longer has are deleted then.
+		PERFORM eventstream._restart_from(p.producer_url, page->>'cursor');
+		RETURN 0;
+	END IF;
 	complete := coalesce((page->>'complete')::boolean, NOT (page->>'more')::boolean);
 	IF complete AND NOT EXISTS (SELECT 1 FROM eventstream.inbox i WHERE i.producer_url = p.producer_url)
 	   AND NOT eventstream._snapshot_holding(p.producer_url) THEN

@@ -534,9 +534,12 @@ BEGIN
 	UPDATE eventstream.producer x
 	   SET cursor = reply->>'cursor', last_error = NULL, last_error_at = NULL
 	 WHERE x.producer_url = p.producer_url;
-	-- What was missed meanwhile is copied again from the rows as they are.
+	-- What was missed meanwhile is copied again from the rows as they are,
+	-- and the rows this producer gave that it no longer has are deleted.
 	IF coalesce(initial_sync, true) THEN
-		UPDATE eventstream.producer_table t SET snapshot_pending = true, snapshot_after = NULL
+		UPDATE eventstream.producer_table t
+		   SET snapshot_pending = true, snapshot_after = NULL, snapshot_from = NULL, snapshot_error = NULL,
+			   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
 		 WHERE t.producer_url = p.producer_url AND t.status = 'Approved' AND NOT t.unsubscribe;
 	END IF;
 	PERFORM eventstream._wake_worker();
@@ -544,7 +547,29 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION eventstream.reset_cursor(text, boolean) IS
-	'Start pulling from a producer again at the position it has for this site (after it refused the stored cursor), dropping pages waiting in the inbox; initial_sync: copy the subscribed tables'' rows again.  Returns the new cursor.';
+	'Start pulling from a producer again at the position it has for this site (after it refused the stored cursor), dropping pages waiting in the inbox; initial_sync: copy the subscribed tables'' rows again, deleting those the producer no longer has.  Returns the new cursor.';
+
+-- Pull from a producer from cursor on, dropping the pages waiting in the
+-- inbox, and copy its approved tables again, deleting the rows it gave
+-- that it no longer has (see _apply_snapshot_page).
+CREATE FUNCTION eventstream._restart_from(producer_url text, cursor text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM eventstream.inbox i WHERE i.producer_url = _restart_from.producer_url;
+	UPDATE eventstream.producer x
+	   SET cursor = _restart_from.cursor, last_pull_at = now(), last_success_at = now(), last_error = NULL,
+		   last_error_at = NULL, behind = false
+	 WHERE x.producer_url = _restart_from.producer_url;
+	UPDATE eventstream.producer_table t
+	   SET snapshot_pending = true, snapshot_after = NULL, snapshot_from = NULL, snapshot_error = NULL,
+		   snapshot_error_at = NULL, snapshot_failures = 0, snapshot_retry_at = NULL
+	 WHERE t.producer_url = _restart_from.producer_url AND t.status = 'Approved' AND NOT t.unsubscribe;
+	RAISE LOG 'eventstream: producer "%" cannot serve this site from its stored cursor: its approved tables are copied again',
+		producer_url;
+END
+$$;
 
 CREATE FUNCTION eventstream.remove_producer(producer_url text) RETURNS void
 	LANGUAGE plpgsql

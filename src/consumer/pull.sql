@@ -14,13 +14,15 @@
  *-------------------------------------------------------------------------
  */
 
--- The path of the next pull for a producer.
+-- The path of the next pull for a producer.  resync=1: this site takes a
+-- page that tells it to copy its tables again (see _apply_page) when the
+-- producer cannot serve from its cursor.
 CREATE FUNCTION eventstream._pull_path(cursor text, wait integer) RETURNS text
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=@PAGE_LIMIT@%s', eventstream._urlencode(eventstream._site_url()),
+	RETURN (SELECT format('updates?consumer=%s&cursor=%s&limit=@PAGE_LIMIT@&resync=1%s', eventstream._urlencode(eventstream._site_url()),
 					  eventstream._urlencode(cursor), CASE WHEN wait > 0 THEN '&wait=' || wait ELSE '' END));
 END
 $$;

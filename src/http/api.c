@@ -123,6 +123,8 @@ es_http_status_for(int sqlerrcode)
 			return MHD_HTTP_NOT_FOUND;
 		case ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE:
 			return MHD_HTTP_CONFLICT;
+		case ERRCODE_CANNOT_CONNECT_NOW:	/* the site is being restored */
+			return MHD_HTTP_SERVICE_UNAVAILABLE;
 		case ERRCODE_STATEMENT_TOO_COMPLEX:	/* e.g. JSON nested too deeply */
 			return MHD_HTTP_BAD_REQUEST;
 		default:
@@ -249,8 +251,33 @@ es_api_consumers(EsApiCall *call, unsigned int *status)
 }
 
 /*
+ * es_api_takes_resync
+ *		Whether a pull may be answered with a page that tells the consumer
+ *		to copy its tables again: it said it takes one (resync=1), and this
+ *		database's _pull_page can give one (once its extension is at a
+ *		version that has it, it stays so).
+ */
+static bool
+es_api_takes_resync(EsApiCall *call)
+{
+	static bool has_resync = false;
+	const char *asked = es_api_param(call, "resync");
+
+	if (asked == NULL || strcmp(asked, "1") != 0)
+		return false;
+	if (!has_resync)
+	{
+		char	   *found = es_http_query("SELECT (to_regprocedure('eventstream._pull_page(text,text,integer,text,boolean)')"
+										  " IS NOT NULL)::text", 0, NULL);
+
+		has_resync = found != NULL && strcmp(found, "true") == 0;
+	}
+	return has_resync;
+}
+
+/*
  * es_api_updates
- *		GET updates?consumer=&cursor=&limit=[&ack=]: the consumer's next
+ *		GET updates?consumer=&cursor=&limit=[&ack=][&resync=1]: the consumer's next
  *		page, for the key it registered with; call->cursor, more and
  *		complete say what the page does (its Eventstream-* headers).
  */
@@ -292,7 +319,12 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 		 * (nothing for this consumer up to a tick) moves its cursor on
 		 * at once.
 		 */
-		result = es_http_query("SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
+		result = es_http_query(es_api_takes_resync(call)
+							   ? "SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
+							   "            THEN '' ELSE p.page END,"
+							   "       p.next_cursor, p.more::text, p.complete::text"
+							   "  FROM eventstream._pull_page($1, $2, $3::integer, $5, resync => true) p"
+							   : "SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
 							   "            THEN '' ELSE p.page END,"
 							   "       p.next_cursor, p.more::text, p.complete::text"
 							   "  FROM eventstream._pull_page($1, $2, $3::integer, $5) p", 5, args);

@@ -331,6 +331,17 @@ es_http_read_pem(const char *setting, const char *path)
 }
 
 /*
+ * es_http_set_site_id
+ *		The site_id health answers with, from now on (a restore brought
+ *		the dumped site's back).
+ */
+void
+es_http_set_site_id(const char *site_id)
+{
+	strlcpy(es_site_id, site_id, sizeof(es_site_id));
+}
+
+/*
  * es_http_start
  *		Start listening on address:port for this site, with TLS when
  *		eventstream.http_tls_cert_file and _key_file are set; before_park

@@ -34,6 +34,7 @@ typedef void (*EsHttpBeforePark) (void);
 
 extern bool es_http_start(const char *address, int port, const char *site_id,
 						  EsHttpBeforePark before_park);
+extern void es_http_set_site_id(const char *site_id);
 extern int	es_http_socket(void);
 extern long es_http_timeout(void);
 extern void es_http_run(void);

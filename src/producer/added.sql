@@ -13,7 +13,7 @@
  * through RENAME COLUMN), and _sync_capture() carries over
  * (_capture_added_arg).
  *
- * Part of the install script eventstream--1.0.sql: the Makefile builds
+ * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
  *
  *-------------------------------------------------------------------------

@@ -30,7 +30,9 @@ CREATE TABLE eventstream.consumer (
 	acked_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	aged_out		boolean NOT NULL DEFAULT false,
 	sent_tables		jsonb,
-	sent_tables_page bigint
+	sent_tables_page bigint,
+	resync_pending	boolean NOT NULL DEFAULT false,
+	resync_below	bigint NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE eventstream.consumer IS
 	'Event Consumer: one row per site that registered to pull from this one.';
@@ -44,6 +46,10 @@ COMMENT ON COLUMN eventstream.consumer.sent_tables IS
 	'Subscription statuses as last told to the consumer: a long-poll answers at once when they change.';
 COMMENT ON COLUMN eventstream.consumer.sent_tables_page IS
 	'The page a pull asks for once the consumer took the answer that told it sent_tables (NULL: told at registration); a pull of an earlier page answers at once, for the consumer may have given that answer up.';
+COMMENT ON COLUMN eventstream.consumer.resync_pending IS
+	'Set when this site was restored from a dump: whatever cursor the consumer pulls with next, it copies its tables again (see _pull_page).';
+COMMENT ON COLUMN eventstream.consumer.resync_below IS
+	'Cursors of pages before this one predate the consumer''s latest re-sync: a pull with one re-syncs it again.';
 COMMENT ON COLUMN eventstream.consumer.aged_out IS
 	'Set when logs the consumer had not acknowledged were pruned after eventstream.retention_period; its pulls then fail until it is removed and registered again.';
 
@@ -471,6 +477,7 @@ DECLARE
 	known eventstream.consumer_table;
 	problem jsonb;
 BEGIN
+	PERFORM eventstream._check_serving();
 	IF url IS NULL OR url !~ '^https?://[^/\s]+' THEN
 		RAISE EXCEPTION 'invalid consumer URL "%"', consumer_url
 			USING ERRCODE = 'invalid_parameter_value',
@@ -500,6 +507,12 @@ BEGIN
 		-- Same key, or a new key of the same role (set_keys() on the consumer).
 		UPDATE eventstream.consumer SET site_id = _register_consumer.site_id, api_key = _register_consumer.api_key
 		 WHERE eventstream.consumer.consumer_url = url RETURNING * INTO c;
+		-- This site was restored since: the consumer starts from now, and
+		-- copies its tables again (eventstream.reset_cursor()).
+		IF c.resync_pending THEN
+			PERFORM eventstream._restart_consumer(url, c.served_page);
+			SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = url;
+		END IF;
 	END IF;
 
 	FOR item IN SELECT * FROM jsonb_array_elements(tables) LOOP

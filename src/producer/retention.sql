@@ -53,6 +53,11 @@ BEGIN
 				  HINT = 'Pass NULL (the default) to prune every acknowledged log.';
 	END IF;
 	PERFORM pg_advisory_xact_lock(hashtext('eventstream.prune'));
+	-- Nothing while a restore is under way: the consumers' positions are
+	-- not all back yet.
+	IF (SELECT s.restore_pending FROM eventstream.site s) THEN
+		RETURN 0;
+	END IF;
 	-- Every log below a consumer's acked_low is acknowledged by it.
 	SELECT min(c.acked_low) INTO horizon
 	  FROM eventstream.consumer c

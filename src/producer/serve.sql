@@ -47,6 +47,7 @@ CREATE FUNCTION eventstream._log_page(ids bigint[], max_bytes bigint, OUT n inte
  * "complete", for the endpoint's Eventstream-* headers.
  */
 CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" integer, ack text DEFAULT NULL,
+										resync boolean DEFAULT false,
 										OUT page text, OUT served integer, OUT news boolean,
 										OUT caught_up boolean, OUT next_cursor text, OUT more boolean,
 										OUT complete boolean)
@@ -111,6 +112,7 @@ DECLARE
 	skipped integer := 0;
 BEGIN
 	more := false;
+	PERFORM eventstream._check_serving();
 	PERFORM eventstream._check_limit(lim, @PAGE_LIMIT@);
 	SELECT * INTO c FROM eventstream.consumer WHERE eventstream.consumer.consumer_url = _pull_page.consumer_url FOR UPDATE;
 	IF NOT FOUND THEN
@@ -172,11 +174,54 @@ BEGIN
 				HINT = 'ack is the cursor the consumer stored last, at most the one it pulls with.';
 		END IF;
 	END IF;
-	IF ack_page < c.acked_page OR pageno > c.served_page + 1 THEN
-		RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = format('Pages before %s were acknowledged; pages %s to %s can be pulled.', c.acked_page, c.acked_page, c.served_page + 1),
-				  HINT = 'Pull with the cursor stored with the updates you last applied.';
+	IF ack_page < c.acked_page OR pageno > c.served_page + 1 OR c.resync_pending OR ack_page < c.resync_below THEN
+		-- An older cursor of this consumer (it was restored from a backup,
+		-- or a session's pulls were rolled back) is taken back while every
+		-- log after it is kept and no condition decided what it holds: what
+		-- came after it is served again.  Not an older ack= of a request
+		-- asked for ahead: another pull went past it meanwhile, and the
+		-- consumer asks again without it.  Otherwise a consumer that says
+		-- it can (resync) is re-synced: the page tells it to start from now
+		-- and copy its tables again.
+		IF NOT c.resync_pending AND ack_page >= c.resync_below AND ack_page < c.acked_page
+		   AND ack_page = pageno
+		   AND low_from >= coalesce((SELECT s.pruned_below FROM eventstream.site s), 0)
+		   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
+							WHERE ct.consumer_url = c.consumer_url AND ct.condition IS NOT NULL AND NOT ct.unsubscribed) THEN
+			NULL;
+		ELSIF resync AND ack_page = pageno THEN
+			next_cursor := eventstream._restart_consumer(c.consumer_url, greatest(pageno, ack_page));
+			tables_now := eventstream._consumer_tables(c.consumer_url);
+			UPDATE eventstream.consumer x SET sent_tables = tables_now, sent_tables_page = NULL
+			 WHERE x.consumer_url = c.consumer_url;
+			served := 0;
+			news := true;
+			caught_up := false;
+			more := false;
+			complete := true;
+			page := format('{"cursor": %s, "more": false, "complete": true, "acks": true, "resync": true, "newest_at": null, "tables": %s, "keys": %s, "updates": []}',
+						   to_json(next_cursor), tables_now, eventstream._consumer_keys(c.consumer_url));
+			RETURN;
+		ELSIF c.resync_pending OR ack_page < c.resync_below THEN
+			RAISE EXCEPTION 'consumer "%" must copy its tables again', consumer_url
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'This site was restored from a backup since the cursor was issued.',
+					  HINT = 'Run eventstream.reset_cursor() on the consumer.';
+		ELSIF ack_page < c.acked_page AND ack_page >= c.resync_below AND ack_page = pageno THEN
+			RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Pages before %s were acknowledged, and this older cursor cannot be taken back: %s.',
+									  c.acked_page,
+									  CASE WHEN low_from < coalesce((SELECT s.pruned_below FROM eventstream.site s), 0)
+										   THEN 'updates after it were pruned'
+										   ELSE 'a condition decides what the consumer holds' END),
+					  HINT = 'Run eventstream.reset_cursor() on the consumer: it copies its tables again.';
+		ELSE
+			RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Pages before %s were acknowledged; pages %s to %s can be pulled.', c.acked_page, c.acked_page, c.served_page + 1),
+					  HINT = 'Pull with the cursor stored with the updates you last applied.';
+		END IF;
 	END IF;
 
 	-- Acknowledge what came before the acknowledged cursor; forget
@@ -456,6 +501,37 @@ BEGIN
 END
 $$;
 
+/*
+ * Start a consumer again from now, after the pages it pulled up to
+ * after_page: it copies its tables again (a page saying "resync", or
+ * registration).  Forgets what it was served; returns its new cursor.
+ */
+CREATE FUNCTION eventstream._restart_consumer(consumer_url text, after_page bigint) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c eventstream.consumer;
+	new_page bigint;
+	low bigint;
+	snap pg_snapshot;
+BEGIN
+	SELECT * INTO c FROM eventstream.consumer x WHERE x.consumer_url = _restart_consumer.consumer_url FOR UPDATE;
+	new_page := greatest(after_page, c.served_page, c.acked_page) + 1;
+	-- The low bound first, then the snapshot it goes with.
+	low := coalesce(eventstream._low_bound(), 0);
+	snap := pg_current_snapshot();
+	UPDATE eventstream.consumer x
+	   SET acked_page = new_page, served_page = new_page - 1, acked_snapshot = snap, acked_low = low,
+		   acked_at = now(), last_pull_at = now(), resync_pending = false, resync_below = new_page
+	 WHERE x.consumer_url = c.consumer_url;
+	DELETE FROM eventstream.served_page x WHERE x.consumer_url = c.consumer_url;
+	DELETE FROM eventstream.consumer_document x WHERE x.consumer_url = c.consumer_url;
+	DELETE FROM eventstream.withheld x WHERE x.consumer_url = c.consumer_url;
+	RETURN format('v1/%s/%s/%s', new_page, snap, low);
+END
+$$;
+
 -- The next page for a consumer as jsonb, for SQL callers; the HTTP
 -- endpoint sends _pull_page's text as it is.
 CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT @PAGE_DEFAULT@)
@@ -507,6 +583,7 @@ DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
 	doc jsonb;
 BEGIN
+	PERFORM eventstream._check_serving();
 	doc := eventstream._document(tbl, docname);
 	IF doc IS NULL THEN
 		RAISE EXCEPTION 'document "%" of table "%" does not exist', docname, eventstream._published_name(tbl)
@@ -580,6 +657,7 @@ DECLARE
 	max_bytes bigint := pg_size_bytes(current_setting('eventstream.http_max_response_size'));
 	bytes bigint := 0;
 BEGIN
+	PERFORM eventstream._check_serving();
 	PERFORM eventstream._check_limit("limit", @DOCUMENT_LIMIT@);
 	SELECT string_agg(format('doc.%I', a.attname), ', ' ORDER BY k.ord),
 		   string_agg(CASE WHEN cardinality(eventstream._pk_attnums(tbl)) = 1

@@ -83,6 +83,10 @@ DECLARE
 	snap pg_snapshot := pg_current_snapshot();
 	top bigint := (SELECT max(l.id) FROM eventstream.update_log l);
 BEGIN
+	-- None while a restore is under way (see _restore_state).
+	IF (SELECT s.restore_pending FROM eventstream.site s) THEN
+		RETURN;
+	END IF;
 	-- Without a bound now (a transaction is drawing its first id), the
 	-- previous tick's will do: any log not visible in this later snapshot
 	-- was not visible in that one either.  Without one, no tick this time.

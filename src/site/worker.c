@@ -8,7 +8,9 @@
  * every eventstream.prune_interval, in steps), the ticks of the update log
  * while logs are written, the site's HTTP endpoint (src/http/server.c) when
  * its database has a port, and the pulls from the producers it consumes
- * from (src/consumer/pull.c), all from one wait loop.  It survives errors:
+ * from (src/consumer/pull.c), all from one wait loop.  While a restore of
+ * its database is under way it only waits for it to end, then takes it
+ * over (eventstream._restore_state()).  It survives errors:
  * one that escapes a duty is logged, the transaction is aborted and the
  * worker sleeps with exponential backoff before carrying on.  It reloads
  * settings on SIGHUP and exits on SIGTERM.  It exits by itself when the
@@ -62,6 +64,15 @@ PGDLLEXPORT void eventstream_worker_main(Datum main_arg);
 #define ES_MALLOC_KEEP		(64 * 1024 * 1024)	/* see eventstream_worker_main */
 #define ES_PRUNE_STEP		20000	/* logs pruned at a time, */
 #define ES_PRUNE_PAUSE_MS	100		/* with this much serving in between */
+#define ES_RESTORE_CHECK_MS	1000	/* whether a restore has ended */
+
+/* A restore of the site's database (see eventstream._restore_state()). */
+typedef enum EsRestoreState
+{
+	ES_RESTORE_NONE,			/* none under way */
+	ES_RESTORE_PENDING,			/* under way: no pulls, no pruning */
+	ES_RESTORE_ADOPTED			/* just taken over */
+} EsRestoreState;
 
 /* GUC eventstream.test_pause_at: see es_test_pause. */
 char	   *es_test_pause_at = NULL;
@@ -167,25 +178,72 @@ es_worker_detach(int code, Datum arg)
 }
 
 /*
+ * es_worker_restore_state
+ *		Whether a restore of this database is under way, or was just taken
+ *		over (eventstream._restore_state()); ES_RESTORE_NONE where the
+ *		extension's version has no such function.  *site_id: the site's
+ *		site_id now, which a restore brings back (palloc'd in cxt; NULL
+ *		when unknown).  In the caller's transaction.
+ */
+static EsRestoreState
+es_worker_restore_state(char **site_id, MemoryContext cxt)
+{
+	EsRestoreState result = ES_RESTORE_NONE;
+
+	*site_id = NULL;
+	SPI_connect();
+	if (SPI_execute("SELECT CASE WHEN to_regprocedure('eventstream._restore_state()') IS NOT NULL"
+					" THEN 'check' END", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1 &&
+		SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) != NULL)
+	{
+		char	   *state;
+		char	   *id;
+
+		if (SPI_execute("SELECT eventstream._restore_state(), (SELECT s.site_id::text FROM eventstream.site s)",
+						false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not read the state of a restore");
+		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		if (state != NULL && strcmp(state, "pending") == 0)
+			result = ES_RESTORE_PENDING;
+		else if (state != NULL && strcmp(state, "adopted") == 0)
+			result = ES_RESTORE_ADOPTED;
+		if (id != NULL)
+			*site_id = MemoryContextStrdup(cxt, id);
+	}
+	SPI_finish();
+	return result;
+}
+
+/*
  * es_worker_duties
  *		One round of a site worker's periodic duties, in one transaction.
  *		Returns false when the extension is gone (the worker should exit).
  *		Pruning deletes ES_PRUNE_STEP logs at most: *prune_more says more
  *		are due (a large backlog is pruned in steps, so that long-polls and
- *		pulls are not held up for seconds).
+ *		pulls are not held up for seconds).  *restore says whether a
+ *		restore is under way (nothing is pruned then) and *site_id is the
+ *		site's site_id (in the caller's memory context).
  */
 static bool
-es_worker_duties(TimestampTz *last_prune, bool *prune_more)
+es_worker_duties(TimestampTz *last_prune, bool *prune_more, EsRestoreState *restore, char **site_id)
 {
 	bool		present;
 	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext cxt = CurrentMemoryContext;
 
 	*prune_more = false;
+	*restore = ES_RESTORE_NONE;
+	*site_id = NULL;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	present = OidIsValid(get_extension_oid("eventstream", true));
-	if (present && es_prune_interval > 0 &&
+	if (present)
+		*restore = es_worker_restore_state(site_id, cxt);
+	if (present && *restore != ES_RESTORE_PENDING && es_prune_interval > 0 &&
 		TimestampDifferenceExceeds(*last_prune, now, es_prune_interval * 1000))
 	{
 		bool		isnull;
@@ -436,6 +494,8 @@ eventstream_worker_main(Datum main_arg)
 	{
 		long		timeout = es_prune_interval > 0 ? es_prune_interval * 1000L : ES_LAUNCHER_NAP_MS;
 		bool		prune_more = false;
+		EsRestoreState restore;
+		char	   *site_id;
 		long		http_timeout;
 
 		CHECK_FOR_INTERRUPTS();
@@ -448,7 +508,7 @@ eventstream_worker_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_cxt);
 		site->recheck = false;
 		last_duties = GetCurrentTimestamp();
-		if (!es_worker_duties(&last_prune, &prune_more))
+		if (!es_worker_duties(&last_prune, &prune_more, &restore, &site_id))
 		{
 			SpinLockAcquire(&es_workers->mutex);
 			site->no_extension = true;
@@ -458,13 +518,24 @@ eventstream_worker_main(Datum main_arg)
 							dbname)));
 			proc_exit(0);
 		}
+		/*
+		 * A restore brings the dumped site's identity back; while one is
+		 * under way, nothing is pulled.
+		 */
+		if (http_up && site_id != NULL)
+			es_http_set_site_id(site_id);
 		/* The producers to pull from, as they are now. */
-		es_pull_refresh();
-		es_pull_start_due();
+		if (restore != ES_RESTORE_PENDING)
+		{
+			es_pull_refresh();
+			es_pull_start_due();
+		}
 		MemoryContextReset(loop_cxt);
 		backoff_ms = 0;
 		if (prune_more)
 			timeout = ES_PRUNE_PAUSE_MS;
+		else if (restore == ES_RESTORE_PENDING)
+			timeout = ES_RESTORE_CHECK_MS;	/* resume soon after it ends */
 
 		/* Wait for the latch, a duty's time, or HTTP traffic. */
 		for (;;)

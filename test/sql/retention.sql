@@ -83,6 +83,28 @@ SELECT eventstream.prune(max_logs => 1) AS pruned_past_the_kept;
 SELECT array_agg(docname ORDER BY id) AS logs_left FROM eventstream.update_log;
 SELECT eventstream.remove_consumer('http://consumer-k');
 
+-- A consumer restored from a backup pulls with an older cursor: taken back
+-- while the logs after it are kept (see serve); once some are pruned,
+-- refused, or, for a consumer that takes it (resync), answered with a page
+-- that starts it from now, to copy its tables again.
+SELECT cur AS old_g FROM cursors WHERE consumer = 'http://consumer-g' \gset
+INSERT INTO ledger VALUES (600, 0);
+SELECT n, docname FROM pull('http://consumer-g');
+SELECT count(*) FROM pull('http://consumer-g');
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT count(*) FROM pull('http://consumer-f');
+SELECT eventstream.prune() > 0 AS pruned;
+SELECT eventstream._pull('http://consumer-g', :'old_g', 10);
+SELECT p.served, p.more, p.complete, p.page::jsonb->'resync' AS resync, p.page::jsonb->'updates' AS updates
+  FROM eventstream._pull_page('http://consumer-g', :'old_g', 10, resync => true) p;
+SELECT resync_below > 0 AS restarted, resync_pending FROM eventstream.consumer WHERE consumer_url = 'http://consumer-g';
+-- A cursor from before the re-sync re-syncs again; the new one serves
+-- what comes after it.
+UPDATE cursors SET cur = (SELECT p.next_cursor FROM eventstream._pull_page('http://consumer-g', :'old_g', 10, resync => true) p)
+ WHERE consumer = 'http://consumer-g';
+INSERT INTO ledger VALUES (601, 0);
+SELECT n, docname FROM pull('http://consumer-g');
+
 -- The retention period is a server-wide setting (postgresql.conf, reload).
 SHOW eventstream.retention_period;
 SET eventstream.retention_period = '1s';

@@ -24,8 +24,14 @@ SELECT count(*) AS receipts, count(DISTINCT update_log_id) AS distinct_logs
 SELECT n, docname FROM pull('http://consumer-f');
 SELECT n, docname FROM pull('http://consumer-f');
 
--- A cursor older than the acknowledged one, or garbage, is refused.
-SELECT eventstream._pull('http://consumer-f', :'saved', 10);
+-- An older cursor of the consumer (it was restored from a backup) is
+-- taken back while the logs after it are kept: what came after it is
+-- served again, and the consumer goes on from there.
+UPDATE cursors SET cur = :'saved' WHERE consumer = 'http://consumer-f';
+SELECT n, docname FROM pull('http://consumer-f');
+SELECT n, docname FROM pull('http://consumer-f');
+
+-- Garbage is refused.
 SELECT eventstream._pull('http://consumer-f', 'v1/oops', 10);
 SELECT eventstream._pull('http://consumer-f', NULL, 10);
 SELECT eventstream._pull('http://consumer-f', 'v1/1/1:1:', 0);
