@@ -6,3 +6,11 @@
  *
  *-------------------------------------------------------------------------
  */
+
+-- Columns added to a captured table travel with every Update.
+CREATE EVENT TRIGGER eventstream_add_column ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+	EXECUTE FUNCTION eventstream._on_add_column();
+
+-- Bind the published names and make every capture trigger again, by name
+-- (1.0's name tables by OID), with the TRUNCATE triggers beside them.
+SELECT eventstream._sync_capture();

@@ -41,3 +41,35 @@ DELETE FROM pg_catalog.pg_depend
    AND refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
    AND refobjid = 'eventstream'::pg_catalog.regnamespace;
 ALTER EXTENSION eventstream ADD SCHEMA eventstream;
+
+/*
+ * Capture follows tables: published names bound to tables; the statement
+ * triggers on consumer_table and child_table, which a restore fired, are
+ * gone (the functions that change those tables reconfigure capture).
+ */
+CREATE TABLE eventstream.published_table (
+	ref_table	text PRIMARY KEY,
+	relid		regclass NOT NULL UNIQUE
+);
+DROP TRIGGER sync_capture ON eventstream.consumer_table;
+DROP TRIGGER sync_capture ON eventstream.child_table;
+DROP FUNCTION eventstream._config_changed();
+
+-- TRUNCATE is logged.
+ALTER TABLE eventstream.update_log DROP CONSTRAINT update_log_update_type_check;
+ALTER TABLE eventstream.update_log ADD CONSTRAINT update_log_update_type_check
+	CHECK (update_type IN ('Create', 'Update', 'Delete', 'Truncate'));
+
+-- Columns a subscription leaves out on purpose (ignore_columns).
+ALTER TABLE eventstream.producer_table ADD COLUMN ignored_columns text[];
+
+-- Restores: the site knows when it is being restored, and which consumers
+-- copy their tables again; _pull_page takes resync.
+ALTER TABLE eventstream.site
+	ADD COLUMN restore_pending boolean NOT NULL DEFAULT false,
+	ADD COLUMN restore_since timestamptz,
+	ADD COLUMN restored_at timestamptz;
+ALTER TABLE eventstream.consumer
+	ADD COLUMN resync_pending boolean NOT NULL DEFAULT false,
+	ADD COLUMN resync_below bigint NOT NULL DEFAULT 0;
+DROP FUNCTION eventstream._pull_page(text, text, integer, text);
