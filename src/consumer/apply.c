@@ -159,10 +159,12 @@ es_sub(EsApply *a, const char *ref)
 	es_json_pair(&arg, "p", text_to_cstring(a->producer_url));
 	es_json_pair(&arg, "t", ref);
 	appendStringInfoChar(&arg, '}');
+	/* ignored_columns is read by name: the SQL of 1.0 has no such column. */
 	pt = es_run(InvalidOid,
 				"SELECT pg_catalog.jsonb_build_object('relid', t.local_table::oid, 'same', t.use_same_name,"
 				"                                     'mapping', t.mapping, 'key', t.remote_key,"
-				"                                     'off', t.unsubscribe, 'ignored', t.ignored_columns)"
+				"                                     'off', t.unsubscribe,"
+				"                                     'ignored', pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.->) 'ignored_columns')"
 				"  FROM eventstream.producer_table t WHERE t.producer_url = $1->>'p' AND t.ref_table = $1->>'t'",
 				es_jsonb_parse(arg.data));
 	old = MemoryContextSwitchTo(a->subs_cxt);
