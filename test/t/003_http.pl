@@ -42,7 +42,9 @@ foreach my $i (1 .. 300)
 }
 is($status, '200', 'health answers 200');
 like($body, qr/"site_id": "\Q$site_id\E"/, 'health gives the site_id');
-like($body, qr/"version": "1\.0"/, 'and the version');
+# The library's version, the control file's default_version.
+my ($version) = slurp_file("$FindBin::RealBin/../../eventstream.control") =~ /^default_version\s*=\s*'([^']+)'/m;
+like($body, qr/"version": "\Q$version\E"/, "and the version, $version");
 
 ($status, $body) = http('GET', "$base/updates?consumer=x&cursor=y");
 is($status, '401', 'other API paths need a key');
