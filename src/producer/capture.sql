@@ -42,8 +42,10 @@ AS $$
 		   FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
 		   JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum
 		 HAVING count(*) > 0),
-		-- tgargs is each argument followed by a zero byte; 'key:' is last.
-		(SELECT ARRAY[convert_from(substring(old_args FROM p + 1 FOR length(old_args) - p - 1), 'UTF8')]
+		-- tgargs is each argument followed by a zero byte, in the database
+		-- encoding; 'key:' is last.
+		(SELECT ARRAY[convert_from(substring(old_args FROM p + 1 FOR length(old_args) - p - 1),
+								   current_setting('server_encoding'))]
 		   FROM position('\x006b65793a'::bytea IN old_args) AS p
 		  WHERE p > 0),
 		'{}')
@@ -134,12 +136,13 @@ BEGIN
 END
 $$;
 
--- args as pg_trigger.tgargs holds them: each followed by a zero byte.
+-- args as pg_trigger.tgargs holds them: each in the database encoding,
+-- followed by a zero byte.
 CREATE FUNCTION eventstream._tgargs(args text[]) RETURNS bytea
-	LANGUAGE sql IMMUTABLE
+	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
+	SELECT string_agg(convert_to(a, current_setting('server_encoding')) || '\x00'::bytea, ''::bytea ORDER BY i)
 	  FROM unnest(args) WITH ORDINALITY AS x(a, i)
 $$;
 
@@ -248,8 +251,7 @@ BEGIN
 			 WHERE t.tgname IN ('eventstream_truncate', 'eventstream_truncate_rows') AND t.tgparentid = 0
 		)
 		SELECT coalesce(d.tgname, e.tgname) AS tgname, coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs, e.tgenabled,
-			   (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY i)
-				  FROM unnest(d.args) WITH ORDINALITY AS x(a, i)) AS want
+			   eventstream._tgargs(d.args) AS want
 		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl AND e.tgname = d.tgname
 	LOOP
 		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
