@@ -11,7 +11,9 @@
  * event trigger refreshes the arguments of existing ones when a key or a
  * key column changes.
  * _capture_truncate() (truncate.c) logs TRUNCATE of the same tables;
- * _sync_truncate(), called by _sync_capture(), keeps its triggers.
+ * _sync_truncate(), called by _sync_capture(), keeps its triggers, and
+ * _sync_truncate_parts() those of partitions (event trigger
+ * eventstream_partition_ddl when partitions come and go).
  *
  * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
@@ -206,14 +208,86 @@ COMMENT ON FUNCTION eventstream._capture_truncate() IS
 	'Truncate capture trigger; installed and removed by eventstream, never by hand.';
 
 /*
+ * Install, replace or remove eventstream_truncate_part (BEFORE TRUNCATE,
+ * arguments 'part' and the root's published name, enabled ALWAYS) so that
+ * exactly the leaf partitions of the partitioned tables that carry a
+ * document table's eventstream_truncate trigger have one: TRUNCATE of a
+ * partition logs a Delete of each of its rows under the root's name
+ * (truncate.c).  Only the topmost such table of a tree counts, as for the
+ * row capture trigger.  The root's trigger is what decides, not the
+ * subscriptions: while pg_restore replays a dump no root has it before
+ * every table and partition is in place.  Called by _sync_truncate and,
+ * when a partition is created, attached or detached, by the event
+ * trigger eventstream_partition_ddl.
+ */
+CREATE FUNCTION eventstream._sync_truncate_parts() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+	FOR r IN
+		WITH roots AS (
+			SELECT t.tgrelid::regclass AS tbl
+			  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+			 WHERE t.tgname = 'eventstream_truncate' AND t.tgparentid = 0 AND c.relkind = 'p'
+			   AND position('\x646f6300'::bytea IN t.tgargs) = 1	-- 'doc' first
+		), tops AS (
+			SELECT x.tbl FROM roots x
+			 WHERE NOT EXISTS (SELECT 1 FROM pg_partition_ancestors(x.tbl) a JOIN roots y ON y.tbl = a.relid
+								WHERE a.relid <> x.tbl)
+		), desired AS (
+			SELECT p.relid AS tbl, ARRAY['part', eventstream._published_name(x.tbl)] AS args
+			  FROM tops x CROSS JOIN LATERAL pg_partition_tree(x.tbl) p
+			  JOIN pg_class c ON c.oid = p.relid
+			 WHERE p.isleaf AND c.relkind = 'r'
+		), existing AS (
+			SELECT t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
+			  FROM pg_trigger t
+			 WHERE t.tgname = 'eventstream_truncate_part' AND t.tgparentid = 0
+		)
+		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs, e.tgenabled, eventstream._tgargs(d.args) AS want
+		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl
+	LOOP
+		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
+			IF r.tgenabled <> 'A' THEN
+				EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_truncate_part', r.tbl);
+			END IF;
+			CONTINUE;
+		END IF;
+		IF r.tgargs IS NOT NULL THEN
+			EXECUTE format('DROP TRIGGER eventstream_truncate_part ON %s', r.tbl);
+		END IF;
+		IF r.args IS NOT NULL THEN
+			EXECUTE format('CREATE TRIGGER eventstream_truncate_part BEFORE TRUNCATE ON %s '
+						   'FOR EACH STATEMENT EXECUTE FUNCTION eventstream._capture_truncate(%s)',
+						   r.tbl, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(r.args) a));
+			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_truncate_part', r.tbl);
+		END IF;
+	END LOOP;
+END
+$$;
+
+CREATE FUNCTION eventstream._on_partition_ddl() RETURNS event_trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_on_partition_ddl';
+COMMENT ON FUNCTION eventstream._on_partition_ddl() IS
+	'Keeps the truncate triggers of partitions created, attached or detached; fired by eventstream_partition_ddl.';
+CREATE EVENT TRIGGER eventstream_partition_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+	EXECUTE FUNCTION eventstream._on_partition_ddl();
+
+/*
  * Install, replace or remove the truncate capture triggers (truncate.c) so
  * that the tables _sync_capture captures carry them, enabled ALWAYS:
  * eventstream_truncate (AFTER TRUNCATE) on document tables, arguments
  * 'doc' and the name the table travels by, and on their registered child
  * tables, 'child', the foreign key's name, the parent's and the child's
- * names (a table may be both); and on child tables
- * eventstream_truncate_rows (BEFORE TRUNCATE, the child arguments only),
- * which reads the rows that go.  Called by _sync_capture.
+ * names (a table may be both); and on child tables and partitioned
+ * document tables eventstream_truncate_rows (BEFORE TRUNCATE, the same
+ * arguments but for a plain table's 'doc'), which reads the rows that go
+ * or notes the statement; then the partitions' ones (_sync_truncate_parts).
+ * Called by _sync_capture.
  */
 CREATE FUNCTION eventstream._sync_truncate() RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -241,7 +315,8 @@ BEGIN
 			UNION ALL
 			SELECT 'eventstream_truncate_rows'::name, w.tbl, array_agg(a.x ORDER BY w.ord, a.i)
 			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)
-			 WHERE w.ord = 2 GROUP BY w.tbl
+			 WHERE w.ord = 2 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = w.tbl) = 'p'
+			 GROUP BY w.tbl
 		), existing AS (
 			SELECT t.tgname, t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
 			  FROM pg_trigger t
@@ -269,6 +344,7 @@ BEGIN
 			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.tbl, r.tgname);
 		END IF;
 	END LOOP;
+	PERFORM eventstream._sync_truncate_parts();
 END
 $$;
 
