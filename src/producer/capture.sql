@@ -11,9 +11,9 @@
  * event trigger refreshes the arguments of existing ones when a key or a
  * key column changes.
  * _capture_truncate() (truncate.c) logs TRUNCATE of the same tables;
- * _sync_truncate(), called by _sync_capture(), keeps its triggers, and
- * _sync_truncate_parts() those of partitions (event trigger
- * eventstream_partition_ddl when partitions come and go).
+ * _sync_truncate(), called by _sync_capture(), keeps its triggers, those
+ * of partitions too (_sync_truncate_parts()), and so does the event
+ * trigger eventstream_partition_ddl when partitions come and go.
  *
  * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
@@ -216,9 +216,7 @@ COMMENT ON FUNCTION eventstream._capture_truncate() IS
  * (truncate.c).  Only the topmost such table of a tree counts, as for the
  * row capture trigger.  The root's trigger is what decides, not the
  * subscriptions: while pg_restore replays a dump no root has it before
- * every table and partition is in place.  Called by _sync_truncate and,
- * when a partition is created, attached or detached, by the event
- * trigger eventstream_partition_ddl.
+ * every table and partition is in place.  Called by _sync_truncate.
  */
 CREATE FUNCTION eventstream._sync_truncate_parts() RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -270,6 +268,25 @@ BEGIN
 END
 $$;
 
+/*
+ * A partition was created, attached or detached (eventstream_partition_ddl):
+ * when a partitioned table carries an eventstream_truncate trigger, bring
+ * the truncate triggers of partitions in step (_sync_truncate).  While
+ * pg_restore replays a dump none has it yet: nothing is made.
+ */
+CREATE FUNCTION eventstream._partitions_changed() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+				WHERE t.tgname = 'eventstream_truncate' AND t.tgparentid = 0 AND c.relkind = 'p') THEN
+		PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+		PERFORM eventstream._sync_truncate();
+	END IF;
+END
+$$;
+
 CREATE FUNCTION eventstream._on_partition_ddl() RETURNS event_trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_on_partition_ddl';
 COMMENT ON FUNCTION eventstream._on_partition_ddl() IS
@@ -278,12 +295,35 @@ CREATE EVENT TRIGGER eventstream_partition_ddl ON ddl_command_end WHEN TAG IN ('
 	EXECUTE FUNCTION eventstream._on_partition_ddl();
 
 /*
+ * The name of partition part's foreign key made from foreign key fk_name
+ * of partitioned table tbl (cloned or attached to it), NULL when none.
+ */
+CREATE FUNCTION eventstream._partition_fk(part regclass, tbl regclass, fk_name name) RETURNS name
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE fk AS (
+		SELECT c.oid, c.conrelid, c.confrelid, c.conname FROM pg_constraint c
+		 WHERE c.conrelid = $2 AND c.conname = $3 AND c.contype = 'f'
+		UNION ALL
+		SELECT c.oid, c.conrelid, c.confrelid, c.conname FROM pg_constraint c JOIN fk ON c.conparentid = fk.oid
+		 WHERE c.contype = 'f'
+	)
+	SELECT min(fk.conname) FROM fk
+	 WHERE fk.conrelid = $1
+	   AND fk.confrelid = (SELECT c.confrelid FROM pg_constraint c
+							WHERE c.conrelid = $2 AND c.conname = $3 AND c.contype = 'f')
+$$;
+
+/*
  * Install, replace or remove the truncate capture triggers (truncate.c) so
  * that the tables _sync_capture captures carry them, enabled ALWAYS:
  * eventstream_truncate (AFTER TRUNCATE) on document tables, arguments
  * 'doc' and the name the table travels by, and on their registered child
  * tables, 'child', the foreign key's name, the parent's and the child's
- * names (a table may be both); and on child tables and partitioned
+ * names (a table may be both), and the leaf partitions of partitioned
+ * child tables the same, with their own foreign key's name (each logs its
+ * rows, the partitioned table has none of its own); and on child tables and partitioned
  * document tables eventstream_truncate_rows (BEFORE TRUNCATE, the same
  * arguments but for a plain table's 'doc'), which reads the rows that go
  * or notes the statement; then the partitions' ones (_sync_truncate_parts).
@@ -308,6 +348,15 @@ BEGIN
 			SELECT c.child, 2, ARRAY['child', c.fk_name::text, eventstream._published_name(c.parent),
 									 eventstream._published_name(c.child)]
 			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+			UNION ALL
+			-- The leaf partitions of a partitioned child table, each with its
+			-- own foreign key made from the child table's.
+			SELECT p.relid, 2, ARRAY['child', eventstream._partition_fk(p.relid, c.child, c.fk_name)::text,
+									 eventstream._published_name(c.parent), eventstream._published_name(c.child)]
+			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+			 CROSS JOIN LATERAL pg_partition_tree(c.child) p
+			  JOIN pg_class k ON k.oid = p.relid AND k.relkind = 'r'
+			 WHERE p.level > 0 AND eventstream._partition_fk(p.relid, c.child, c.fk_name) IS NOT NULL
 		), desired AS (
 			SELECT 'eventstream_truncate'::name AS tgname, w.tbl, array_agg(a.x ORDER BY w.ord, a.i) AS args
 			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)

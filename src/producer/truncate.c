@@ -95,7 +95,7 @@ typedef struct EsTruncatePending
 	int			argno;			/* its trigger argument */
 	Oid			parent_relid;
 	char	   *parent_ref_table;	/* the name the parent travels by */
-	char	   *parent_sql;		/* SELECT 1 FROM ONLY <parent> LIMIT 1 */
+	char	   *parent_sql;		/* SELECT 1 FROM [ONLY] <parent> LIMIT 1 */
 	List	   *docnames;		/* parent docnames (char *) ... */
 	List	   *diffs;			/* ... and their Updates' data (Jsonb *) */
 } EsTruncatePending;
@@ -454,7 +454,10 @@ es_child_before(Relation rel, int argno, const char *conname,
 	p->argno = argno;
 	p->parent_relid = parent_relid;
 	p->parent_ref_table = pstrdup(parent_ref);
-	p->parent_sql = psprintf("SELECT 1 FROM ONLY %s LIMIT 1", es_qualified_relname(parent));
+	/* A partitioned parent's rows are in its partitions. */
+	p->parent_sql = psprintf("SELECT 1 FROM %s%s LIMIT 1",
+							 parent->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+							 es_qualified_relname(parent));
 	MemoryContextSwitchTo(old);
 	table_close(parent, AccessShareLock);
 
@@ -777,7 +780,7 @@ es_changes_partitions(Node *parsetree)
  *		The event trigger function eventstream._on_partition_ddl(), at the
  *		end of CREATE TABLE and ALTER TABLE: when the statement created,
  *		attached or detached a partition, bring the partitions' truncate
- *		triggers in step (eventstream._sync_truncate_parts()).  Other
+ *		triggers in step (eventstream._partitions_changed()).  Other
  *		statements, among them all pg_restore replays before it restores
  *		the triggers, do nothing.
  */
@@ -794,8 +797,8 @@ eventstream_on_partition_ddl(PG_FUNCTION_ARGS)
 	if (!es_changes_partitions(trigdata->parsetree))
 		PG_RETURN_VOID();
 	SPI_connect();
-	if (SPI_execute("SELECT eventstream._sync_truncate_parts()", false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not run eventstream._sync_truncate_parts()");
+	if (SPI_execute("SELECT eventstream._partitions_changed()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not run eventstream._partitions_changed()");
 	SPI_finish();
 	PG_RETURN_VOID();
 }

@@ -338,10 +338,57 @@ SELECT tbl, tgname FROM t_meas_triggers() WHERE tbl = 't_meas_eu_old'::regclass;
 TRUNCATE t_meas_eu_old;
 SELECT count(*) AS logs FROM t_log();
 
+-- A partitioned document table's child table truncated alone: the
+-- Updates of its parents (the parent's rows are in its partitions).
+CREATE TABLE t_pdoc (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+CREATE TABLE t_pdoc_1 PARTITION OF t_pdoc FOR VALUES FROM (1) TO (100);
+CREATE TABLE t_pline (doc int REFERENCES t_pdoc ON DELETE CASCADE, n int, PRIMARY KEY (doc, n));
+-- A partitioned child table: each leaf partition carries the child
+-- triggers, with its own foreign key; a partition truncated alone logs
+-- the Updates of the parents of its rows.
+CREATE TABLE t_pnote (id int PRIMARY KEY, v text);
+CREATE TABLE t_ptag (note int, tag text, PRIMARY KEY (note, tag),
+					 CONSTRAINT t_ptag_note FOREIGN KEY (note) REFERENCES t_pnote ON DELETE CASCADE) PARTITION BY LIST (tag);
+CREATE TABLE t_ptag_red PARTITION OF t_ptag FOR VALUES IN ('red');
+CREATE TABLE t_ptag_blue PARTITION OF t_ptag FOR VALUES IN ('blue');
+GRANT SELECT ON t_pdoc, t_pline, t_pnote, t_ptag TO es_trunc_sub;
+SELECT eventstream.add_child_table('t_pdoc', 't_pline');
+SELECT eventstream.add_child_table('t_pnote', 't_ptag');
+SELECT jsonb_array_length(r->'tables') AS tables FROM eventstream._register_consumer('http://trunc-p:8000/',
+		'00000000-0000-0000-0000-0000000000ab', 'key-p', 'es_trunc_sub', '["t_meas", "t_pdoc", "t_pnote"]') r;
+SELECT eventstream.approve('http://trunc-p:8000', 'public.t_pdoc');
+SELECT eventstream.approve('http://trunc-p:8000', 'public.t_pnote');
+CREATE TABLE t_ptag_green PARTITION OF t_ptag FOR VALUES IN ('green');
+SELECT tgrelid::regclass AS tbl, tgname, regexp_replace(pg_get_triggerdef(oid), '^.*? (BEFORE|AFTER) TRUNCATE ON \S+ ', '')
+  FROM pg_trigger WHERE tgname LIKE 'eventstream_truncate%' AND tgrelid::regclass::text ~ '^t_p(doc|line|note|tag)'
+ ORDER BY tgrelid::regclass::text, tgname;
+INSERT INTO t_pdoc VALUES (1, 'a'), (2, 'b');
+INSERT INTO t_pline VALUES (1, 1), (1, 2);
+INSERT INTO t_pnote VALUES (1, 'x'), (2, 'y');
+INSERT INTO t_ptag VALUES (1, 'red'), (1, 'blue'), (2, 'red'), (2, 'green');
+SELECT t_clear();
+TRUNCATE t_pline;
+SELECT update_type, ref_table, docname, data FROM t_log();
+SELECT t_clear();
+TRUNCATE t_ptag_red;
+SELECT update_type, ref_table, docname, data->'removed' AS removed FROM t_log();
+SELECT t_clear();
+TRUNCATE t_ptag;
+SELECT update_type, ref_table, docname, data->'removed' AS removed FROM t_log() ORDER BY docname;
+SELECT t_clear();
+INSERT INTO t_ptag VALUES (1, 'red');
+SELECT t_clear();
+TRUNCATE t_pnote CASCADE;
+SELECT update_type, ref_table, docname FROM t_log();
+SELECT t_clear();
+
 -- Unsubscribed: every one goes.
 SELECT eventstream.remove_consumer('http://trunc-p:8000');
-SELECT count(*) AS truncate_triggers FROM t_meas_triggers();
-DROP TABLE t_meas, t_meas_eu_old;
+SELECT count(*) AS truncate_triggers FROM pg_trigger
+ WHERE tgname LIKE 'eventstream_truncate%' AND tgrelid::regclass::text LIKE 't\_%';
+SELECT eventstream.remove_child_table('t_pline');
+SELECT eventstream.remove_child_table('t_ptag');
+DROP TABLE t_meas, t_meas_eu_old, t_pline, t_pdoc, t_ptag, t_pnote;
 DROP FUNCTION t_meas_triggers, t_refuse;
 
 DELETE FROM eventstream.producer WHERE producer_url = 'http://trunc.invalid';
