@@ -21,7 +21,10 @@
  *						  a leaf partition of a partitioned document
  *						  table, its rows logged under the root's name
  *
- * (a table may be both doc and child: the groups follow each other).
+ * (a table may be both doc and child: the groups follow each other).  The
+ * leaf partitions of a partitioned child table carry the child triggers
+ * with their own foreign key's name: each logs its own rows (a
+ * partitioned table holds none).
  * What gets logged:
  *	  TRUNCATE of a document table  one Truncate: docname '', data NULL
  *	  TRUNCATE of a child table     one Update per parent document that had

@@ -54,6 +54,15 @@ sq($P, q{
 	CREATE TABLE meas_us_1 PARTITION OF meas_us FOR VALUES WITH (MODULUS 2, REMAINDER 1);
 	GRANT SELECT ON meas TO branch;
 	INSERT INTO meas SELECT g, r, r || g FROM generate_series(1, 6) g, unnest(ARRAY['eu', 'us']) r;
+	CREATE TABLE pnote (id int PRIMARY KEY, v text);
+	CREATE TABLE ptag (note int REFERENCES pnote ON DELETE CASCADE, tag text, PRIMARY KEY (note, tag))
+		PARTITION BY LIST (tag);
+	CREATE TABLE ptag_red PARTITION OF ptag FOR VALUES IN ('red');
+	CREATE TABLE ptag_blue PARTITION OF ptag FOR VALUES IN ('blue');
+	GRANT SELECT ON pnote, ptag TO branch;
+	SELECT eventstream.add_child_table('pnote', 'ptag');
+	INSERT INTO pnote VALUES (1, 'n1'), (2, 'n2');
+	INSERT INTO ptag VALUES (1, 'red'), (1, 'blue'), (2, 'red');
 });
 sq($P2, q{
 	CREATE TABLE item (name text PRIMARY KEY, v text);
@@ -67,6 +76,8 @@ sq($P2, q{
 # TRUNCATE trigger on a, ENABLE ALWAYS, and an ordinary one.
 sq($C, $schema . q{
 	CREATE TABLE meas (id int, region text, v text, PRIMARY KEY (id, region));
+	CREATE TABLE pnote (id int PRIMARY KEY, v text);
+	CREATE TABLE ptag (note int REFERENCES pnote ON DELETE CASCADE, tag text, PRIMARY KEY (note, tag));
 	CREATE ROLE applier;
 	CREATE TABLE par_kid (par_id int REFERENCES par ON DELETE CASCADE, n int, PRIMARY KEY (par_id, n));
 	CREATE TABLE par_ref (id int PRIMARY KEY, par_id int REFERENCES par);
@@ -86,7 +97,7 @@ sq($C, $schema . q{
 	GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO applier;
 });
 
-my @tables = qw(doc a b par meas);
+my @tables = qw(doc a b par meas pnote);
 my ($key, $secret) = key_pair($P, 'branch');
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P->{url}', api_key => '$key', api_secret => '$secret', "
 	  . "subscriber => 'applier', tables => ARRAY['" . join("', '", @tables) . "'])");
@@ -121,7 +132,7 @@ sub last_log { return sq($C, 'SELECT coalesce(max(id), 0) FROM eventstream.sync_
 ok(wait_query($C, "SELECT count(*) FROM eventstream.producer_table WHERE status = 'Approved' AND NOT snapshot_pending",
 		scalar(@tables) + 2, 30),
 	'the initial sync of every table is done');
-same_rows($_, 'initial sync') foreach qw(doc doc_line a b par meas);
+same_rows($_, 'initial sync') foreach qw(doc doc_line a b par meas pnote ptag);
 
 ######################################################################
 # In order with the other changes of its transaction
@@ -246,6 +257,23 @@ sync_now($C, $P->{url});
 same_rows('meas', 'TRUNCATE of the root');
 is(sq($C, 'SELECT count(*) FROM meas'), '0', '  the consumer\'s table is empty');
 is(applied($mark), 'Create Synced 1,Truncate Synced 1', '  one Truncate, no Delete of a partition\'s rows');
+
+# A partition of a partitioned child table, one created later: the
+# documents of its rows lose them.
+sq($P, q{
+	CREATE TABLE ptag_green PARTITION OF ptag FOR VALUES IN ('green');
+	INSERT INTO ptag VALUES (2, 'green');
+});
+sync_now($C, $P->{url});
+same_rows('ptag', 'a partitioned child table');
+sq($P, 'TRUNCATE ptag_red');
+sync_now($C, $P->{url});
+same_rows('ptag', 'TRUNCATE of a partition of a child table');
+is(rows($C, 'ptag'), "(1,blue)\n(2,green)", '  the rows of the other partitions stayed');
+sq($P, 'TRUNCATE ptag_green');
+sync_now($C, $P->{url});
+same_rows('ptag', 'TRUNCATE of a partition of a child table created later');
+same_rows('pnote', '  the documents stay');
 
 ######################################################################
 # The consumer's foreign keys
