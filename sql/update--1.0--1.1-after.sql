@@ -6,3 +6,8 @@
  *
  *-------------------------------------------------------------------------
  */
+
+-- TRUNCATE of partitions: the partitions created, attached or detached
+-- get or lose their truncate triggers (src/producer/capture.sql).
+CREATE EVENT TRIGGER eventstream_partition_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+	EXECUTE FUNCTION eventstream._on_partition_ddl();
