@@ -11,7 +11,9 @@
  * event trigger refreshes the arguments of existing ones when a key or a
  * key column changes.
  * _capture_truncate() (truncate.c) logs TRUNCATE of the same tables;
- * _sync_truncate(), called by _sync_capture(), keeps its triggers.
+ * _sync_truncate(), called by _sync_capture(), keeps its triggers, those
+ * of partitions too (_sync_truncate_parts()), and so does the event
+ * trigger eventstream_partition_ddl when partitions come and go.
  *
  * Part of the install script eventstream--<version>.sql: the Makefile builds
  * it from SQL_PARTS, in the order given there.
@@ -209,14 +211,126 @@ COMMENT ON FUNCTION eventstream._capture_truncate() IS
 	'Truncate capture trigger; installed and removed by eventstream, never by hand.';
 
 /*
+ * Install, replace or remove eventstream_truncate_part (BEFORE TRUNCATE,
+ * arguments 'part' and the root's published name, enabled ALWAYS) so that
+ * exactly the leaf partitions of the partitioned tables that carry a
+ * document table's eventstream_truncate trigger have one: TRUNCATE of a
+ * partition logs a Delete of each of its rows under the root's name
+ * (truncate.c).  Only the topmost such table of a tree counts, as for the
+ * row capture trigger.  The root's trigger is what decides, not the
+ * subscriptions: while pg_restore replays a dump no root has it before
+ * every table and partition is in place.  Called by _sync_truncate.
+ */
+CREATE FUNCTION eventstream._sync_truncate_parts() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+	FOR r IN
+		WITH roots AS (
+			SELECT t.tgrelid::regclass AS tbl
+			  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+			 WHERE t.tgname = 'eventstream_truncate' AND t.tgparentid = 0 AND c.relkind = 'p'
+			   AND position('\x646f6300'::bytea IN t.tgargs) = 1	-- 'doc' first
+		), tops AS (
+			SELECT x.tbl FROM roots x
+			 WHERE NOT EXISTS (SELECT 1 FROM pg_partition_ancestors(x.tbl) a JOIN roots y ON y.tbl = a.relid
+								WHERE a.relid <> x.tbl)
+		), desired AS (
+			SELECT p.relid AS tbl, ARRAY['part', eventstream._published_name(x.tbl)] AS args
+			  FROM tops x CROSS JOIN LATERAL pg_partition_tree(x.tbl) p
+			  JOIN pg_class c ON c.oid = p.relid
+			 WHERE p.isleaf AND c.relkind = 'r'
+		), existing AS (
+			SELECT t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
+			  FROM pg_trigger t
+			 WHERE t.tgname = 'eventstream_truncate_part' AND t.tgparentid = 0
+		)
+		SELECT coalesce(d.tbl, e.tbl) AS tbl, d.args, e.tgargs, e.tgenabled, eventstream._tgargs(d.args) AS want
+		  FROM desired d FULL JOIN existing e ON e.tbl = d.tbl
+	LOOP
+		IF r.args IS NOT NULL AND r.tgargs IS NOT DISTINCT FROM r.want THEN
+			IF r.tgenabled <> 'A' THEN
+				EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_truncate_part', r.tbl);
+			END IF;
+			CONTINUE;
+		END IF;
+		IF r.tgargs IS NOT NULL THEN
+			EXECUTE format('DROP TRIGGER eventstream_truncate_part ON %s', r.tbl);
+		END IF;
+		IF r.args IS NOT NULL THEN
+			EXECUTE format('CREATE TRIGGER eventstream_truncate_part BEFORE TRUNCATE ON %s '
+						   'FOR EACH STATEMENT EXECUTE FUNCTION eventstream._capture_truncate(%s)',
+						   r.tbl, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(r.args) a));
+			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER eventstream_truncate_part', r.tbl);
+		END IF;
+	END LOOP;
+END
+$$;
+
+/*
+ * A partition was created, attached or detached (eventstream_partition_ddl):
+ * when a partitioned table carries an eventstream_truncate trigger, bring
+ * the truncate triggers of partitions in step (_sync_truncate).  While
+ * pg_restore replays a dump none has it yet: nothing is made.
+ */
+CREATE FUNCTION eventstream._partitions_changed() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+				WHERE t.tgname = 'eventstream_truncate' AND t.tgparentid = 0 AND c.relkind = 'p') THEN
+		PERFORM pg_advisory_xact_lock(hashtext('eventstream._sync_capture'));
+		PERFORM eventstream._sync_truncate();
+	END IF;
+END
+$$;
+
+CREATE FUNCTION eventstream._on_partition_ddl() RETURNS event_trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_on_partition_ddl';
+COMMENT ON FUNCTION eventstream._on_partition_ddl() IS
+	'Keeps the truncate triggers of partitions created, attached or detached; fired by eventstream_partition_ddl.';
+CREATE EVENT TRIGGER eventstream_partition_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+	EXECUTE FUNCTION eventstream._on_partition_ddl();
+
+/*
+ * The name of partition part's foreign key made from foreign key fk_name
+ * of partitioned table tbl (cloned or attached to it), NULL when none.
+ */
+CREATE FUNCTION eventstream._partition_fk(part regclass, tbl regclass, fk_name name) RETURNS name
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE fk AS (
+		SELECT c.oid, c.conrelid, c.confrelid, c.conname FROM pg_constraint c
+		 WHERE c.conrelid = $2 AND c.conname = $3 AND c.contype = 'f'
+		UNION ALL
+		SELECT c.oid, c.conrelid, c.confrelid, c.conname FROM pg_constraint c JOIN fk ON c.conparentid = fk.oid
+		 WHERE c.contype = 'f'
+	)
+	SELECT min(fk.conname) FROM fk
+	 WHERE fk.conrelid = $1
+	   AND fk.confrelid = (SELECT c.confrelid FROM pg_constraint c
+							WHERE c.conrelid = $2 AND c.conname = $3 AND c.contype = 'f')
+$$;
+
+/*
  * Install, replace or remove the truncate capture triggers (truncate.c) so
  * that the tables _sync_capture captures carry them, enabled ALWAYS:
  * eventstream_truncate (AFTER TRUNCATE) on document tables, arguments
  * 'doc' and the name the table travels by, and on their registered child
  * tables, 'child', the foreign key's name, the parent's and the child's
- * names (a table may be both); and on child tables
- * eventstream_truncate_rows (BEFORE TRUNCATE, the child arguments only),
- * which reads the rows that go.  Called by _sync_capture.
+ * names (a table may be both), and the leaf partitions of partitioned
+ * child tables the same, with their own foreign key's name (each logs its
+ * rows, the partitioned table has none of its own); and on child tables and partitioned
+ * document tables eventstream_truncate_rows (BEFORE TRUNCATE, the same
+ * arguments but for a plain table's 'doc'), which reads the rows that go
+ * or notes the statement; then the partitions' ones (_sync_truncate_parts).
+ * Called by _sync_capture.
  */
 CREATE FUNCTION eventstream._sync_truncate() RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -237,6 +351,15 @@ BEGIN
 			SELECT c.child, 2, ARRAY['child', c.fk_name::text, eventstream._published_name(c.parent),
 									 eventstream._published_name(c.child)]
 			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+			UNION ALL
+			-- The leaf partitions of a partitioned child table, each with its
+			-- own foreign key made from the child table's.
+			SELECT p.relid, 2, ARRAY['child', eventstream._partition_fk(p.relid, c.child, c.fk_name)::text,
+									 eventstream._published_name(c.parent), eventstream._published_name(c.child)]
+			  FROM eventstream.child_table c JOIN docs d ON d.tbl = c.parent
+			 CROSS JOIN LATERAL pg_partition_tree(c.child) p
+			  JOIN pg_class k ON k.oid = p.relid AND k.relkind = 'r'
+			 WHERE p.level > 0 AND eventstream._partition_fk(p.relid, c.child, c.fk_name) IS NOT NULL
 		), desired AS (
 			SELECT 'eventstream_truncate'::name AS tgname, w.tbl, array_agg(a.x ORDER BY w.ord, a.i) AS args
 			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)
@@ -244,7 +367,8 @@ BEGIN
 			UNION ALL
 			SELECT 'eventstream_truncate_rows'::name, w.tbl, array_agg(a.x ORDER BY w.ord, a.i)
 			  FROM wanted w CROSS JOIN LATERAL unnest(w.arg) WITH ORDINALITY AS a(x, i)
-			 WHERE w.ord = 2 GROUP BY w.tbl
+			 WHERE w.ord = 2 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = w.tbl) = 'p'
+			 GROUP BY w.tbl
 		), existing AS (
 			SELECT t.tgname, t.tgrelid::regclass AS tbl, t.tgargs, t.tgenabled
 			  FROM pg_trigger t
@@ -271,6 +395,7 @@ BEGIN
 			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.tbl, r.tgname);
 		END IF;
 	END LOOP;
+	PERFORM eventstream._sync_truncate_parts();
 END
 $$;
 

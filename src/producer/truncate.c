@@ -17,13 +17,33 @@
  *						  a child table, part of its parent's documents
  *						  through its foreign key <fk name>, its rows
  *						  listed under <name> in their diffs
+ *	  'part', <root's name>
+ *						  a leaf partition of a partitioned document
+ *						  table, its rows logged under the root's name
  *
- * (a table may be both: the groups follow each other).
+ * (a table may be both doc and child: the groups follow each other).  The
+ * leaf partitions of a partitioned child table carry the child triggers
+ * with their own foreign key's name: each logs its own rows (a
+ * partitioned table holds none).
  * What gets logged:
  *	  TRUNCATE of a document table  one Truncate: docname '', data NULL
  *	  TRUNCATE of a child table     one Update per parent document that had
  *									child rows, with all of them "removed",
  *									as a DELETE of each would log
+ *	  TRUNCATE of a partition       one Delete per row it holds, under the
+ *									root's name, as a DELETE of each would
+ *									log (the partition, or a partitioned
+ *									table it belongs to, named alone)
+ *
+ * A partitioned document table carries the trigger BEFORE TRUNCATE too
+ * (eventstream_truncate_rows), and its leaf partitions carry it BEFORE
+ * TRUNCATE only (eventstream_truncate_part, 'part').  TRUNCATE of the
+ * root truncates every partition and fires their BEFORE triggers after
+ * the root's: the root's notes its name for the statement, the
+ * partitions' find it and log nothing, the root's AFTER trigger logs the
+ * one Truncate and takes the note away.  A partition named before its
+ * root in the same statement logs its Deletes before the root's
+ * Truncate, which empties the table all the same.
  *
  * A child table's rows are read before they go (BEFORE TRUNCATE) and the
  * Updates written after the statement (AFTER TRUNCATE), and only when the
@@ -43,13 +63,16 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -63,6 +86,7 @@
 #include "producer/rowjson.h"
 
 PG_FUNCTION_INFO_V1(eventstream_capture_truncate);
+PG_FUNCTION_INFO_V1(eventstream_on_partition_ddl);
 
 /* Rows fetched at a time from a child table being truncated. */
 #define ES_TRUNCATE_FETCH	1000
@@ -74,7 +98,7 @@ typedef struct EsTruncatePending
 	int			argno;			/* its trigger argument */
 	Oid			parent_relid;
 	char	   *parent_ref_table;	/* the name the parent travels by */
-	char	   *parent_sql;		/* SELECT 1 FROM ONLY <parent> LIMIT 1 */
+	char	   *parent_sql;		/* SELECT 1 FROM [ONLY] <parent> LIMIT 1 */
 	List	   *docnames;		/* parent docnames (char *) ... */
 	List	   *diffs;			/* ... and their Updates' data (Jsonb *) */
 } EsTruncatePending;
@@ -82,6 +106,17 @@ typedef struct EsTruncatePending
 /* Pending child truncations of transaction es_pending_lxid. */
 static LocalTransactionId es_pending_lxid = InvalidLocalTransactionId;
 static List *es_pending = NIL;
+
+/*
+ * The names of the partitioned document tables being truncated by the
+ * current statement (between their BEFORE and AFTER triggers), in
+ * transaction es_noted_lxid, subtransaction es_noted_subxid: a statement
+ * that failed in between leaves its notes in a (sub)transaction that
+ * cannot run anything again.  In TopMemoryContext.
+ */
+static LocalTransactionId es_noted_lxid = InvalidLocalTransactionId;
+static SubTransactionId es_noted_subxid = InvalidSubTransactionId;
+static List *es_noted = NIL;
 
 /*
  * es_owner_begin
@@ -422,7 +457,10 @@ es_child_before(Relation rel, int argno, const char *conname,
 	p->argno = argno;
 	p->parent_relid = parent_relid;
 	p->parent_ref_table = pstrdup(parent_ref);
-	p->parent_sql = psprintf("SELECT 1 FROM ONLY %s LIMIT 1", es_qualified_relname(parent));
+	/* A partitioned parent's rows are in its partitions. */
+	p->parent_sql = psprintf("SELECT 1 FROM %s%s LIMIT 1",
+							 parent->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+							 es_qualified_relname(parent));
 	MemoryContextSwitchTo(old);
 	table_close(parent, AccessShareLock);
 
@@ -513,6 +551,138 @@ es_child_after(Relation rel, int argno)
 }
 
 /*
+ * es_noted_current
+ *		Drop the notes left by another (sub)transaction than the current one.
+ */
+static void
+es_noted_current(void)
+{
+	if (es_noted_lxid != MyProc->lxid || es_noted_subxid != GetCurrentSubTransactionId())
+	{
+		list_free_deep(es_noted);
+		es_noted = NIL;
+		es_noted_lxid = MyProc->lxid;
+		es_noted_subxid = GetCurrentSubTransactionId();
+	}
+}
+
+/*
+ * es_note
+ *		The document table logged as ref_table is being truncated by the
+ *		current statement (noted true: its BEFORE trigger) or was (noted
+ *		false: its AFTER trigger).
+ */
+static void
+es_note(const char *ref_table, bool noted)
+{
+	ListCell   *lc;
+
+	es_noted_current();
+	foreach(lc, es_noted)
+	{
+		if (strcmp(lfirst(lc), ref_table) == 0)
+		{
+			if (!noted)
+			{
+				pfree(lfirst(lc));
+				es_noted = foreach_delete_current(es_noted, lc);
+			}
+			return;
+		}
+	}
+	if (noted)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		es_noted = lappend(es_noted, pstrdup(ref_table));
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * es_is_noted
+ *		Whether the current statement truncates the document table logged
+ *		as ref_table (es_note).
+ */
+static bool
+es_is_noted(const char *ref_table)
+{
+	ListCell   *lc;
+
+	es_noted_current();
+	foreach(lc, es_noted)
+		if (strcmp(lfirst(lc), ref_table) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * es_part_before
+ *		Before leaf partition rel of the partitioned document table logged
+ *		as root_ref is truncated: unless the statement truncates the root,
+ *		log a Delete under root_ref of each row rel holds, named by its
+ *		primary key (the root's, by column name) as the row capture
+ *		trigger names it.  The caller is connected to SPI.
+ */
+static void
+es_part_before(Relation rel, const char *root_ref)
+{
+	AttrNumber	pk[INDEX_MAX_KEYS];
+	int			npk;
+	EsEncoder  *enc;
+	Portal		portal;
+	char	   *sql;
+	MemoryContext batch;
+	MemoryContext old;
+	Oid			save_userid;
+	int			save_sec;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || es_is_noted(root_ref))
+		return;
+	npk = es_pk_of(rel, pk);
+	if (npk == 0)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("TRUNCATE of table \"%s\" is not captured", es_qualified_relname(rel)),
+				 errdetail("Partition \"%s\" has no primary key.", es_qualified_relname(rel)),
+				 errhint("Have the consumers copy table \"%s\" again with eventstream.resync_table().", root_ref)));
+		return;
+	}
+	enc = es_encoder_build(RelationGetDescr(rel), pk, npk, CurrentMemoryContext);
+	sql = psprintf("SELECT * FROM ONLY %s", es_qualified_relname(rel));
+	batch = AllocSetContextCreate(CurrentMemoryContext, "eventstream truncate partition", ALLOCSET_DEFAULT_SIZES);
+	es_owner_begin(RelationGetRelid(rel), &save_userid, &save_sec);
+	portal = SPI_cursor_open_with_args(NULL, sql, 0, NULL, NULL, NULL, true, 0);
+	es_owner_end(save_userid, save_sec);
+	for (;;)
+	{
+		List	   *docnames = NIL;
+		ListCell   *lc;
+		uint64		r;
+
+		es_owner_begin(RelationGetRelid(rel), &save_userid, &save_sec);
+		SPI_cursor_fetch(portal, true, ES_TRUNCATE_FETCH);
+		es_owner_end(save_userid, save_sec);
+		if (SPI_processed == 0)
+			break;
+
+		/* Name the rows first: logging them replaces SPI_tuptable. */
+		old = MemoryContextSwitchTo(batch);
+		for (r = 0; r < SPI_processed; r++)
+			docnames = lappend(docnames, es_docname(enc, enc->pk, enc->npk, SPI_tuptable->vals[r],
+													SPI_tuptable->tupdesc));
+		MemoryContextSwitchTo(old);
+		SPI_freetuptable(SPI_tuptable);
+		foreach(lc, docnames)
+			es_truncate_log("Delete", root_ref, lfirst(lc), NULL);
+		MemoryContextReset(batch);
+	}
+	SPI_cursor_close(portal);
+	MemoryContextDelete(batch);
+}
+
+/*
  * eventstream_capture_truncate
  *		The statement trigger function eventstream._capture_truncate():
  *		BEFORE TRUNCATE it reads a child table's rows, AFTER TRUNCATE it
@@ -551,8 +721,15 @@ eventstream_capture_truncate(PG_FUNCTION_ARGS)
 		if (strcmp(args[i], "doc") == 0 && i + 1 < nargs)
 		{
 			n = 2;
+			es_note(args[i + 1], before);
 			if (!before)
 				es_truncate_log("Truncate", args[i + 1], "", NULL);
+		}
+		else if (strcmp(args[i], "part") == 0 && i + 1 < nargs)
+		{
+			n = 2;
+			if (before)
+				es_part_before(rel, args[i + 1]);
 		}
 		else if (strcmp(args[i], "child") == 0 && i + 3 < nargs)
 		{
@@ -572,4 +749,59 @@ eventstream_capture_truncate(PG_FUNCTION_ARGS)
 	es_output_styles_pop(styles);
 	SPI_finish();
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * es_changes_partitions
+ *		Whether DDL statement parsetree creates a partition (CREATE TABLE
+ *		... PARTITION OF), attaches or detaches one.
+ */
+static bool
+es_changes_partitions(Node *parsetree)
+{
+	ListCell   *lc;
+
+	if (parsetree == NULL)
+		return false;
+	if (IsA(parsetree, CreateStmt))
+		return ((CreateStmt *) parsetree)->partbound != NULL;
+	if (!IsA(parsetree, AlterTableStmt))
+		return false;
+	foreach(lc, ((AlterTableStmt *) parsetree)->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+		if (cmd->subtype == AT_AttachPartition || cmd->subtype == AT_DetachPartition ||
+			cmd->subtype == AT_DetachPartitionFinalize)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * eventstream_on_partition_ddl
+ *		The event trigger function eventstream._on_partition_ddl(), at the
+ *		end of CREATE TABLE and ALTER TABLE: when the statement created,
+ *		attached or detached a partition, bring the partitions' truncate
+ *		triggers in step (eventstream._partitions_changed()).  Other
+ *		statements, among them all pg_restore replays before it restores
+ *		the triggers, do nothing.
+ */
+Datum
+eventstream_on_partition_ddl(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("eventstream._on_partition_ddl: not fired by event trigger manager")));
+	trigdata = (EventTriggerData *) fcinfo->context;
+	if (!es_changes_partitions(trigdata->parsetree))
+		PG_RETURN_VOID();
+	SPI_connect();
+	if (SPI_execute("SELECT eventstream._partitions_changed()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not run eventstream._partitions_changed()");
+	SPI_finish();
+	PG_RETURN_VOID();
 }

@@ -259,6 +259,138 @@ SELECT count(*) AS rows FROM t_mapped;
 SELECT ref_table, remote_ref_table, status, note FROM eventstream.sync_log
  WHERE producer_url = 'http://trunc.invalid' AND update_log_id = 82;
 
+-- A partitioned document table: the root carries the BEFORE trigger too
+-- (it notes the statement), every leaf partition, sub-partitions too,
+-- eventstream_truncate_part with the root's name.
+CREATE TABLE t_meas (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE t_meas_eu PARTITION OF t_meas FOR VALUES IN ('eu');
+CREATE TABLE t_meas_us PARTITION OF t_meas FOR VALUES IN ('us') PARTITION BY HASH (id);
+CREATE TABLE t_meas_us_0 PARTITION OF t_meas_us FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE t_meas_us_1 PARTITION OF t_meas_us FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+GRANT SELECT ON t_meas TO es_trunc_sub;
+CREATE FUNCTION t_meas_triggers() RETURNS TABLE (tbl regclass, tgname name, tgenabled "char", def text)
+LANGUAGE sql AS $$
+	SELECT tgrelid::regclass, tgname, tgenabled, regexp_replace(pg_get_triggerdef(oid), '^.*? (BEFORE|AFTER) ', '\1 ')
+	  FROM pg_trigger WHERE tgname LIKE 'eventstream_truncate%' AND tgrelid::regclass::text LIKE 't\_meas%'
+	 ORDER BY tgrelid::regclass::text, tgname
+$$;
+SELECT jsonb_array_length(r->'tables') AS tables FROM eventstream._register_consumer('http://trunc-p:8000/',
+		'00000000-0000-0000-0000-0000000000ab', 'key-p', 'es_trunc_sub', '["t_meas"]') r;
+SELECT eventstream.approve('http://trunc-p:8000', 'public.t_meas');
+SELECT * FROM t_meas_triggers();
+INSERT INTO t_meas VALUES (1, 'eu', 'a'), (2, 'eu', 'b'), (1, 'us', 'c'), (2, 'us', 'd'), (3, 'us', 'e');
+SELECT t_clear();
+
+-- A partition: a Delete of each of its rows, under the root's name.
+TRUNCATE t_meas_eu;
+SELECT * FROM t_log();
+SELECT t_clear();
+
+-- A sub-partitioned partition: its leaves' rows.
+TRUNCATE t_meas_us;
+SELECT update_type, ref_table, docname FROM t_log() ORDER BY docname;
+SELECT t_clear();
+
+-- The root: one Truncate, nothing for its partitions.
+INSERT INTO t_meas VALUES (1, 'eu', 'a'), (1, 'us', 'c'), (2, 'us', 'd');
+SELECT t_clear();
+TRUNCATE t_meas;
+SELECT * FROM t_log();
+SELECT t_clear();
+
+-- A partition named before its root: its Deletes, then the Truncate.
+INSERT INTO t_meas VALUES (1, 'eu', 'a'), (1, 'us', 'c');
+SELECT t_clear();
+TRUNCATE t_meas_eu, t_meas;
+SELECT update_type, ref_table, docname FROM t_log();
+SELECT t_clear();
+
+-- The root's TRUNCATE failing in a savepoint leaves nothing behind: a
+-- partition truncated after it in the transaction logs its rows.
+INSERT INTO t_meas VALUES (1, 'eu', 'a'), (1, 'us', 'c');
+CREATE FUNCTION t_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+CREATE TRIGGER t_refuse BEFORE TRUNCATE ON t_meas_us_1 FOR EACH STATEMENT EXECUTE FUNCTION t_refuse();
+SELECT t_clear();
+BEGIN;
+SAVEPOINT s;
+TRUNCATE t_meas;
+ROLLBACK TO s;
+DROP TRIGGER t_refuse ON t_meas_us_1;
+TRUNCATE t_meas_eu;
+COMMIT;
+SELECT update_type, ref_table, docname FROM t_log();
+SELECT t_clear();
+
+-- Partitions created or attached later (with another column order) get
+-- the trigger; a detached one loses it.
+CREATE TABLE t_meas_asia PARTITION OF t_meas FOR VALUES IN ('asia');
+CREATE TABLE t_meas_af (v text, region text NOT NULL, id int NOT NULL);
+ALTER TABLE t_meas ATTACH PARTITION t_meas_af FOR VALUES IN ('af');
+CREATE TABLE t_meas_eu_old PARTITION OF t_meas FOR VALUES IN ('eu-old');
+SELECT * FROM t_meas_triggers();
+INSERT INTO t_meas VALUES (7, 'asia', 'y'), (8, 'af', 'z'), (9, 'eu-old', 'w');
+SELECT t_clear();
+TRUNCATE t_meas_asia, t_meas_af;
+SELECT * FROM t_log();
+SELECT t_clear();
+ALTER TABLE t_meas DETACH PARTITION t_meas_eu_old;
+SELECT tbl, tgname FROM t_meas_triggers() WHERE tbl = 't_meas_eu_old'::regclass;
+TRUNCATE t_meas_eu_old;
+SELECT count(*) AS logs FROM t_log();
+
+-- A partitioned document table's child table truncated alone: the
+-- Updates of its parents (the parent's rows are in its partitions).
+CREATE TABLE t_pdoc (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+CREATE TABLE t_pdoc_1 PARTITION OF t_pdoc FOR VALUES FROM (1) TO (100);
+CREATE TABLE t_pline (doc int REFERENCES t_pdoc ON DELETE CASCADE, n int, PRIMARY KEY (doc, n));
+-- A partitioned child table: each leaf partition carries the child
+-- triggers, with its own foreign key; a partition truncated alone logs
+-- the Updates of the parents of its rows.
+CREATE TABLE t_pnote (id int PRIMARY KEY, v text);
+CREATE TABLE t_ptag (note int, tag text, PRIMARY KEY (note, tag),
+					 CONSTRAINT t_ptag_note FOREIGN KEY (note) REFERENCES t_pnote ON DELETE CASCADE) PARTITION BY LIST (tag);
+CREATE TABLE t_ptag_red PARTITION OF t_ptag FOR VALUES IN ('red');
+CREATE TABLE t_ptag_blue PARTITION OF t_ptag FOR VALUES IN ('blue');
+GRANT SELECT ON t_pdoc, t_pline, t_pnote, t_ptag TO es_trunc_sub;
+SELECT eventstream.add_child_table('t_pdoc', 't_pline');
+SELECT eventstream.add_child_table('t_pnote', 't_ptag');
+SELECT jsonb_array_length(r->'tables') AS tables FROM eventstream._register_consumer('http://trunc-p:8000/',
+		'00000000-0000-0000-0000-0000000000ab', 'key-p', 'es_trunc_sub', '["t_meas", "t_pdoc", "t_pnote"]') r;
+SELECT eventstream.approve('http://trunc-p:8000', 'public.t_pdoc');
+SELECT eventstream.approve('http://trunc-p:8000', 'public.t_pnote');
+CREATE TABLE t_ptag_green PARTITION OF t_ptag FOR VALUES IN ('green');
+SELECT tgrelid::regclass AS tbl, tgname, regexp_replace(pg_get_triggerdef(oid), '^.*? (BEFORE|AFTER) TRUNCATE ON \S+ ', '')
+  FROM pg_trigger WHERE tgname LIKE 'eventstream_truncate%' AND tgrelid::regclass::text ~ '^t_p(doc|line|note|tag)'
+ ORDER BY tgrelid::regclass::text, tgname;
+INSERT INTO t_pdoc VALUES (1, 'a'), (2, 'b');
+INSERT INTO t_pline VALUES (1, 1), (1, 2);
+INSERT INTO t_pnote VALUES (1, 'x'), (2, 'y');
+INSERT INTO t_ptag VALUES (1, 'red'), (1, 'blue'), (2, 'red'), (2, 'green');
+SELECT t_clear();
+TRUNCATE t_pline;
+SELECT update_type, ref_table, docname, data FROM t_log();
+SELECT t_clear();
+TRUNCATE t_ptag_red;
+SELECT update_type, ref_table, docname, data->'removed' AS removed FROM t_log();
+SELECT t_clear();
+TRUNCATE t_ptag;
+SELECT update_type, ref_table, docname, data->'removed' AS removed FROM t_log() ORDER BY docname;
+SELECT t_clear();
+INSERT INTO t_ptag VALUES (1, 'red');
+SELECT t_clear();
+TRUNCATE t_pnote CASCADE;
+SELECT update_type, ref_table, docname FROM t_log();
+SELECT t_clear();
+
+-- Unsubscribed: every one goes.
+SELECT eventstream.remove_consumer('http://trunc-p:8000');
+SELECT count(*) AS truncate_triggers FROM pg_trigger
+ WHERE tgname LIKE 'eventstream_truncate%' AND tgrelid::regclass::text LIKE 't\_%';
+SELECT eventstream.remove_child_table('t_pline');
+SELECT eventstream.remove_child_table('t_ptag');
+DROP TABLE t_meas, t_meas_eu_old, t_pline, t_pdoc, t_ptag, t_pnote;
+DROP FUNCTION t_meas_triggers, t_refuse;
+
 DELETE FROM eventstream.producer WHERE producer_url = 'http://trunc.invalid';
 SELECT eventstream.drop_mapping('t_mapped_from_note');
 SELECT eventstream.remove_consumer('http://trunc-a:8000');

@@ -45,6 +45,25 @@ sq($P, $schema . q{
 	INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 5) g;
 	INSERT INTO par SELECT g, 'p' || g FROM generate_series(1, 5) g;
 });
+# A partitioned table on the producer only: the consumer's is plain.
+sq($P, q{
+	CREATE TABLE meas (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+	CREATE TABLE meas_eu PARTITION OF meas FOR VALUES IN ('eu');
+	CREATE TABLE meas_us PARTITION OF meas FOR VALUES IN ('us') PARTITION BY HASH (id);
+	CREATE TABLE meas_us_0 PARTITION OF meas_us FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+	CREATE TABLE meas_us_1 PARTITION OF meas_us FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+	GRANT SELECT ON meas TO branch;
+	INSERT INTO meas SELECT g, r, r || g FROM generate_series(1, 6) g, unnest(ARRAY['eu', 'us']) r;
+	CREATE TABLE pnote (id int PRIMARY KEY, v text);
+	CREATE TABLE ptag (note int REFERENCES pnote ON DELETE CASCADE, tag text, PRIMARY KEY (note, tag))
+		PARTITION BY LIST (tag);
+	CREATE TABLE ptag_red PARTITION OF ptag FOR VALUES IN ('red');
+	CREATE TABLE ptag_blue PARTITION OF ptag FOR VALUES IN ('blue');
+	GRANT SELECT ON pnote, ptag TO branch;
+	SELECT eventstream.add_child_table('pnote', 'ptag');
+	INSERT INTO pnote VALUES (1, 'n1'), (2, 'n2');
+	INSERT INTO ptag VALUES (1, 'red'), (1, 'blue'), (2, 'red');
+});
 sq($P2, q{
 	CREATE TABLE item (name text PRIMARY KEY, v text);
 	CREATE ROLE branch_b;
@@ -56,6 +75,9 @@ sq($P2, q{
 # producers write into it, each row under a key of this site's); a
 # TRUNCATE trigger on a, ENABLE ALWAYS, and an ordinary one.
 sq($C, $schema . q{
+	CREATE TABLE meas (id int, region text, v text, PRIMARY KEY (id, region));
+	CREATE TABLE pnote (id int PRIMARY KEY, v text);
+	CREATE TABLE ptag (note int REFERENCES pnote ON DELETE CASCADE, tag text, PRIMARY KEY (note, tag));
 	CREATE ROLE applier;
 	CREATE TABLE par_kid (par_id int REFERENCES par ON DELETE CASCADE, n int, PRIMARY KEY (par_id, n));
 	CREATE TABLE par_ref (id int PRIMARY KEY, par_id int REFERENCES par);
@@ -75,7 +97,7 @@ sq($C, $schema . q{
 	GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO applier;
 });
 
-my @tables = qw(doc a b par);
+my @tables = qw(doc a b par meas pnote);
 my ($key, $secret) = key_pair($P, 'branch');
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P->{url}', api_key => '$key', api_secret => '$secret', "
 	  . "subscriber => 'applier', tables => ARRAY['" . join("', '", @tables) . "'])");
@@ -110,7 +132,7 @@ sub last_log { return sq($C, 'SELECT coalesce(max(id), 0) FROM eventstream.sync_
 ok(wait_query($C, "SELECT count(*) FROM eventstream.producer_table WHERE status = 'Approved' AND NOT snapshot_pending",
 		scalar(@tables) + 2, 30),
 	'the initial sync of every table is done');
-same_rows($_, 'initial sync') foreach qw(doc doc_line a b par);
+same_rows($_, 'initial sync') foreach qw(doc doc_line a b par meas pnote ptag);
 
 ######################################################################
 # In order with the other changes of its transaction
@@ -184,6 +206,74 @@ sq($P, "INSERT INTO b VALUES (1, 'again')");
 ok(wait_query($C, 'SELECT count(*) FROM b', '1', 30), 'the worker applies a Create');
 sq($P, 'TRUNCATE b');
 ok(wait_query($C, 'SELECT count(*) FROM b', '0', 30), 'and a Truncate');
+
+######################################################################
+# A partitioned table: a partition, a sub-partition, a partition created
+# later, the root
+######################################################################
+
+# The consumer's sync log entries of meas since $after, counted by type
+# and status: "<type> <status> <count>", ...
+sub applied
+{
+	my ($after) = @_;
+	return sq($C, "SELECT string_agg(update_type || ' ' || status || ' ' || n, ',' ORDER BY update_type, status) "
+		  . "FROM (SELECT update_type, status, count(*) AS n FROM eventstream.sync_log "
+		  . "WHERE id > $after AND ref_table = 'public.meas' GROUP BY 1, 2) s");
+}
+
+$mark = last_log();
+sq($P, 'TRUNCATE meas_eu');
+sync_now($C, $P->{url});
+same_rows('meas', 'TRUNCATE of a partition');
+is(sq($C, "SELECT string_agg(DISTINCT region, ',') FROM meas"), 'us', '  its rows went, the other partitions\' stayed');
+is(applied($mark), 'Delete Synced 6', '  a Delete of each of its rows, under the root\'s name');
+
+$mark = last_log();
+my $in_us_1 = sq($P, 'SELECT count(*) FROM meas_us_1');
+sq($P, 'TRUNCATE meas_us_1');
+sync_now($C, $P->{url});
+same_rows('meas', 'TRUNCATE of a sub-partition');
+is(sq($C, "SELECT count(*) FROM meas"), 6 - $in_us_1, '  the rows of the other sub-partition stayed');
+is(applied($mark), "Delete Synced $in_us_1", '  a Delete of each of its rows');
+
+sq($P, q{
+	CREATE TABLE meas_asia PARTITION OF meas FOR VALUES IN ('asia');
+	INSERT INTO meas VALUES (1, 'asia', 'asia1'), (2, 'asia', 'asia2'), (1, 'eu', 'eu1');
+});
+sync_now($C, $P->{url});
+same_rows('meas', 'rows of a partition created later');
+$mark = last_log();
+sq($P, 'TRUNCATE meas_asia');
+sync_now($C, $P->{url});
+same_rows('meas', 'TRUNCATE of a partition created later');
+is(sq($C, "SELECT count(*) FROM meas WHERE region = 'asia'"), '0', '  none of its rows is left');
+is(applied($mark), 'Delete Synced 2', '  a Delete of each of its rows');
+
+$mark = last_log();
+sq($P, "INSERT INTO meas VALUES (3, 'asia', 'asia3')");
+sq($P, 'TRUNCATE meas');
+sync_now($C, $P->{url});
+same_rows('meas', 'TRUNCATE of the root');
+is(sq($C, 'SELECT count(*) FROM meas'), '0', '  the consumer\'s table is empty');
+is(applied($mark), 'Create Synced 1,Truncate Synced 1', '  one Truncate, no Delete of a partition\'s rows');
+
+# A partition of a partitioned child table, one created later: the
+# documents of its rows lose them.
+sq($P, q{
+	CREATE TABLE ptag_green PARTITION OF ptag FOR VALUES IN ('green');
+	INSERT INTO ptag VALUES (2, 'green');
+});
+sync_now($C, $P->{url});
+same_rows('ptag', 'a partitioned child table');
+sq($P, 'TRUNCATE ptag_red');
+sync_now($C, $P->{url});
+same_rows('ptag', 'TRUNCATE of a partition of a child table');
+is(rows($C, 'ptag'), "(1,blue)\n(2,green)", '  the rows of the other partitions stayed');
+sq($P, 'TRUNCATE ptag_green');
+sync_now($C, $P->{url});
+same_rows('ptag', 'TRUNCATE of a partition of a child table created later');
+same_rows('pnote', '  the documents stay');
 
 ######################################################################
 # The consumer's foreign keys
