@@ -135,6 +135,28 @@ es_note(StringInfo notes, const char *fmt,...)
 }
 
 /*
+ * es_text_array
+ *		The elements of a JSON array of strings as C strings, their number
+ *		in *n; NULL and 0 when arr is not an array (SQL NULL).
+ */
+static char **
+es_text_array(Jsonb *arr, int *n)
+{
+	char	  **out;
+	List	   *elems;
+	ListCell   *lc;
+
+	*n = 0;
+	if (!es_is_array(arr))
+		return NULL;
+	elems = es_elements(arr);
+	out = palloc(sizeof(char *) * Max(list_length(elems), 1));
+	foreach(lc, elems)
+		out[(*n)++] = es_scalar_text(lfirst(lc));
+	return out;
+}
+
+/*
  * es_sub
  *		The subscription to a producer's table (looked up once per call,
  *		in the call's memory).
@@ -176,26 +198,8 @@ es_sub(EsApply *a, const char *ref)
 		sub->same_name = strcmp(es_field_text(pt, "same"), "true") == 0;
 		sub->mapping = es_field_text(pt, "mapping");
 		sub->dropped = strcmp(es_field_text(pt, "off"), "true") == 0;
-		if (es_is_array(es_field(pt, "key")))
-		{
-			List	   *names = es_elements(es_field(pt, "key"));
-			ListCell   *lc2;
-
-			sub->nrkey = list_length(names);
-			sub->rkey = palloc(sizeof(char *) * Max(sub->nrkey, 1));
-			foreach(lc2, names)
-				sub->rkey[foreach_current_index(lc2)] = es_scalar_text(lfirst(lc2));
-		}
-		if (es_is_array(es_field(pt, "ignored")))
-		{
-			List	   *names = es_elements(es_field(pt, "ignored"));
-			ListCell   *lc2;
-
-			sub->nignored = list_length(names);
-			sub->ignored = palloc(sizeof(char *) * Max(sub->nignored, 1));
-			foreach(lc2, names)
-				sub->ignored[foreach_current_index(lc2)] = es_scalar_text(lfirst(lc2));
-		}
+		sub->rkey = es_text_array(es_field(pt, "key"), &sub->nrkey);
+		sub->ignored = es_text_array(es_field(pt, "ignored"), &sub->nignored);
 	}
 	a->subs = lappend(a->subs, sub);
 	MemoryContextSwitchTo(old);

@@ -79,6 +79,29 @@ es_sub_ignores(EsSub *sub, const char *name, int len)
 }
 
 /*
+ * es_rows_without
+ *		A JSON array of child rows, each without the columns sub leaves out.
+ */
+static Jsonb *
+es_rows_without(EsSub *sub, Jsonb *rows)
+{
+	StringInfoData buf;
+	ListCell   *rc;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	foreach(rc, es_elements(rows))
+	{
+		Jsonb	   *r = es_without(lfirst(rc), sub->ignored, sub->nignored);
+
+		appendStringInfo(&buf, "%s%s", foreach_current_index(rc) > 0 ? ", " : "",
+						 JsonbToCString(NULL, &r->root, VARSIZE(r)));
+	}
+	appendStringInfoChar(&buf, ']');
+	return es_jsonb_parse(buf.data);
+}
+
+/*
  * es_strip_ignored
  *		An update's data without the columns its subscription leaves out:
  *		of a Create, the document's and its child rows'; of an Update, the
@@ -98,22 +121,9 @@ es_strip_ignored(EsSub *sub, EsUpdateKind kind, Jsonb *data)
 		foreach(lc, es_keys(data))
 		{
 			Jsonb	   *rows = es_field(data, lfirst(lc));
-			StringInfoData buf;
-			ListCell   *rc;
 
-			if (!es_is_array(rows))
-				continue;
-			initStringInfo(&buf);
-			appendStringInfoChar(&buf, '[');
-			foreach(rc, es_elements(rows))
-			{
-				Jsonb	   *r = es_without(lfirst(rc), sub->ignored, sub->nignored);
-
-				appendStringInfo(&buf, "%s%s", foreach_current_index(rc) > 0 ? ", " : "",
-								 JsonbToCString(NULL, &r->root, VARSIZE(r)));
-			}
-			appendStringInfoChar(&buf, ']');
-			data = es_with_field(data, lfirst(lc), es_jsonb_parse(buf.data));
+			if (es_is_array(rows))
+				data = es_with_field(data, lfirst(lc), es_rows_without(sub, rows));
 		}
 		return data;
 	}
@@ -132,21 +142,7 @@ es_strip_ignored(EsSub *sub, EsUpdateKind kind, Jsonb *data)
 		}
 		foreach(lc, es_keys(part))
 		{
-			Jsonb	   *rows = es_field(part, lfirst(lc));
-			StringInfoData buf;
-			ListCell   *rc;
-
-			initStringInfo(&buf);
-			appendStringInfoChar(&buf, '[');
-			foreach(rc, es_elements(rows))
-			{
-				Jsonb	   *r = es_without(lfirst(rc), sub->ignored, sub->nignored);
-
-				appendStringInfo(&buf, "%s%s", foreach_current_index(rc) > 0 ? ", " : "",
-								 JsonbToCString(NULL, &r->root, VARSIZE(r)));
-			}
-			appendStringInfoChar(&buf, ']');
-			part = es_with_field(part, lfirst(lc), es_jsonb_parse(buf.data));
+			part = es_with_field(part, lfirst(lc), es_rows_without(sub, es_field(part, lfirst(lc))));
 		}
 		data = es_with_field(data, parts[p], part);
 	}
