@@ -371,8 +371,10 @@ my $ok;
 	my @outer = qw(PGUSER PGDATABASE MAKEFLAGS MFLAGS MAKELEVEL ES_TEMP_INSTANCE REGRESS ISOLATION TAP_TESTS PROVE_TESTS);
 	local @ENV{@outer};
 	delete @ENV{@outer};
+	# One test of each layer: the whole lists run on temporary instances
+	# in this suite already; this checks the way they reach a running server.
 	$ok = IPC::Run::run([ 'make', '-C', $dir, '-f', "$src/Makefile", "VPATH=$src", 'PG_CONFIG=pg_config',
-			'installcheck' ],
+			'REGRESS=capture', 'ISOLATION=out_of_order_commit', 'installcheck' ],
 		'>', \$out, '2>', \$err);
 }
 ok($ok, 'make installcheck against the running server succeeds') or diag("$out\n$err");
