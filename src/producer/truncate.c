@@ -74,6 +74,7 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "storage/proc.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -151,48 +152,85 @@ es_owner_end(Oid save_userid, int save_sec)
 }
 
 /*
- * es_truncate_log
- *		Append one row to eventstream.update_log in the current transaction,
- *		as the log's owner, with an id drawn as the row capture trigger
- *		draws them and the apply origin it would stamp.  The caller is
- *		connected to SPI.
+ * es_truncate_logs
+ *		Append one row to eventstream.update_log per element of docnames,
+ *		each with the matching element of datas (NIL: no data), in the
+ *		current transaction, as the log's owner, in one statement: ids are
+ *		drawn in list order as the row capture trigger draws them, with the
+ *		apply origin it would stamp.  The caller is connected to SPI.
  */
 static void
-es_truncate_log(const char *update_type, const char *ref_table,
-				const char *docname, Jsonb *data)
+es_truncate_logs(const char *update_type, const char *ref_table,
+				 List *docnames, List *datas)
 {
-	Oid			argtypes[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID};
+	Oid			argtypes[6] = {INT8ARRAYOID, TEXTOID, TEXTOID, TEXTARRAYOID, JSONBARRAYOID, UUIDOID};
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	Oid			nsp = get_namespace_oid(EVENTSTREAM_SCHEMA, false);
 	Oid			seqid = get_relname_relid("update_log_id_seq", nsp);
 	Oid			logid = get_relname_relid(EVENTSTREAM_LOG_TABLE, nsp);
+	int			n = list_length(docnames);
+	Datum	   *ids;
+	Datum	   *names;
+	Datum	   *data;
+	bool	   *data_nulls;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	ListCell   *lc;
 	Oid			save_userid;
 	int			save_sec;
 	int			rc;
 
+	if (n == 0)
+		return;
 	if (!OidIsValid(seqid) || !OidIsValid(logid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("eventstream.update_log does not exist"),
 				 errhint("Reinstall the extension with DROP EXTENSION eventstream CASCADE; CREATE EXTENSION eventstream.")));
-	values[0] = Int64GetDatum(es_next_log_id(seqid));
+	ids = palloc(sizeof(Datum) * n);
+	names = palloc(sizeof(Datum) * n);
+	data = palloc0(sizeof(Datum) * n);
+	data_nulls = palloc(sizeof(bool) * n);
+	foreach(lc, docnames)
+	{
+		int			i = foreach_current_index(lc);
+
+		ids[i] = Int64GetDatum(es_next_log_id(seqid));
+		names[i] = CStringGetTextDatum(lfirst(lc));
+		data_nulls[i] = (datas == NIL || list_nth(datas, i) == NULL);
+		if (!data_nulls[i])
+			data[i] = PointerGetDatum(list_nth(datas, i));
+	}
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[1] = CStringGetTextDatum(update_type);
 	values[2] = CStringGetTextDatum(ref_table);
-	values[3] = CStringGetTextDatum(docname);
-	values[4] = PointerGetDatum(data);
-	if (data == NULL)
-		nulls[4] = 'n';
+	values[3] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_md_array(data, data_nulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
 	values[5] = UUIDPGetDatum(&es_apply_origin);
 	if (!es_apply_origin_set)
 		nulls[5] = 'n';
 	es_owner_begin(logid, &save_userid, &save_sec);
 	rc = SPI_execute_with_args("INSERT INTO eventstream.update_log (id, update_type, ref_table, docname, data, origin)"
-							   " VALUES ($1, $2, $3, $4, $5, $6)",
+							   " SELECT u.id, $2, $3, u.docname, u.data, $6"
+							   "   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+							   "        AS u(id, docname, data)",
 							   6, argtypes, values, nulls, false, 0);
 	es_owner_end(save_userid, save_sec);
-	if (rc != SPI_OK_INSERT)
+	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
 		elog(ERROR, "could not write to eventstream.update_log");
+}
+
+/*
+ * es_truncate_log
+ *		es_truncate_logs for one row.
+ */
+static void
+es_truncate_log(const char *update_type, const char *ref_table,
+				const char *docname, Jsonb *data)
+{
+	es_truncate_logs(update_type, ref_table, list_make1((char *) docname),
+					 data ? list_make1(data) : NIL);
 }
 
 /*
@@ -531,8 +569,6 @@ static void
 es_child_after(Relation rel, int argno)
 {
 	EsTruncatePending *p = es_pending_take(RelationGetRelid(rel), argno);
-	ListCell   *dc;
-	ListCell   *jc;
 	Oid			save_userid;
 	int			save_sec;
 	int			rc;
@@ -546,8 +582,7 @@ es_child_after(Relation rel, int argno)
 		elog(ERROR, "could not run \"%s\"", p->parent_sql);
 	if (SPI_processed == 0)
 		return;
-	forboth(dc, p->docnames, jc, p->diffs)
-		es_truncate_log("Update", p->parent_ref_table, lfirst(dc), lfirst(jc));
+	es_truncate_logs("Update", p->parent_ref_table, p->docnames, p->diffs);
 }
 
 /*
@@ -658,7 +693,6 @@ es_part_before(Relation rel, const char *root_ref)
 	for (;;)
 	{
 		List	   *docnames = NIL;
-		ListCell   *lc;
 		uint64		r;
 
 		es_owner_begin(RelationGetRelid(rel), &save_userid, &save_sec);
@@ -672,10 +706,9 @@ es_part_before(Relation rel, const char *root_ref)
 		for (r = 0; r < SPI_processed; r++)
 			docnames = lappend(docnames, es_docname(enc, enc->pk, enc->npk, SPI_tuptable->vals[r],
 													SPI_tuptable->tupdesc));
-		MemoryContextSwitchTo(old);
 		SPI_freetuptable(SPI_tuptable);
-		foreach(lc, docnames)
-			es_truncate_log("Delete", root_ref, lfirst(lc), NULL);
+		es_truncate_logs("Delete", root_ref, docnames, NIL);
+		MemoryContextSwitchTo(old);
 		MemoryContextReset(batch);
 	}
 	SPI_cursor_close(portal);
