@@ -96,6 +96,21 @@ sq($P, qq{
 	-- one that runs a utility statement as the role itself
 	CREATE FUNCTION public.later_sd(c text, d jsonb, l jsonb) RETURNS boolean
 		LANGUAGE plpgsql AS \$\$ BEGIN RETURN public.sd_touch('cmd_later'); END \$\$;
+	CREATE FUNCTION public.with_set(c text, d jsonb, l jsonb) RETURNS boolean
+		LANGUAGE sql SET max_parallel_workers_per_gather = 4 AS \$\$ SELECT true \$\$;
+	-- a parallel worker would run a PARALLEL SAFE function out of the
+	-- hooks' sight: here one that reads a file only superusers may read
+	CREATE FUNCTION public.sd_parsafe() RETURNS boolean LANGUAGE sql SECURITY DEFINER PARALLEL SAFE
+		AS \$\$ SELECT pg_read_file('$tmp/secret.txt') LIKE 'S%' \$\$;
+	CREATE FUNCTION public.in_parallel(c text, d jsonb, l jsonb) RETURNS boolean LANGUAGE plpgsql AS \$\$
+	DECLARE n bigint;
+	BEGIN
+		PERFORM set_config('force_parallel_mode', 'on', true);
+		PERFORM set_config('parallel_setup_cost', '0', true);
+		PERFORM set_config('parallel_tuple_cost', '0', true);
+		SELECT count(*) INTO n FROM public.s1 WHERE public.sd_parsafe();
+		RETURN n > 0;
+	END \$\$;
 	CREATE FUNCTION public.runs_do(c text, d jsonb, l jsonb) RETURNS boolean
 		LANGUAGE plpgsql AS \$\$ BEGIN EXECUTE 'DO \$d\$ BEGIN NULL; END \$d\$'; RETURN true; END \$\$;
 });
@@ -165,6 +180,7 @@ my @refused = (
 	[ 'cmd: public.sd_read', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function reading a file' ],
 	[ 'cmd: public.sd_role', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function setting the role' ],
 	[ 'cmd: public.sd_write', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function writing a table' ],
+	[ 'cmd: public.with_set', qr/with_set\(text, jsonb, jsonb\): it has SET clauses/, 'cmd: a function with SET clauses' ],
 	[ 'public.sd_run()', qr/SECURITY DEFINER/, 'an expression calling a SECURITY DEFINER function' ],
 	[ 'doc.id > 0 AND public.sd_run() IS NOT NULL', qr/SECURITY DEFINER/, '  also inside a larger expression' ],
 	[ '(SELECT v.ok FROM public.sd_view v)', qr/SECURITY DEFINER/, 'a view whose column calls one' ],
@@ -250,6 +266,12 @@ is(made('cmd_later'), 'absent', '  and no program ran');
 
 is(evaluate('cmd: public.runs_do'), '', 'a function running a utility statement (DO): denied');
 like(condition_error(), qr/a condition may not run DO/, '  with the reason recorded');
+
+is(evaluate(q{pg_catalog.set_config('role', 'postgres', true) IS NOT NULL}), '', 'an expression setting the role: denied');
+like(condition_error(), qr/cannot set parameter "role"/, '  with the reason recorded');
+
+is(evaluate('cmd: public.in_parallel'), '', 'a function planning a parallel query around a SECURITY DEFINER function: denied');
+like(condition_error(), qr/sd_parsafe\(\): it is SECURITY DEFINER/, '  the function ran where the sandbox saw it, and was refused');
 
 # A role that may read server files cannot have conditions at all.
 sq($P, q{CREATE ROLE filer IN ROLE pg_read_server_files; GRANT SELECT ON s1 TO filer;
