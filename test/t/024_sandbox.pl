@@ -103,13 +103,12 @@ sq($P, qq{
 	CREATE FUNCTION public.sd_parsafe() RETURNS boolean LANGUAGE sql SECURITY DEFINER PARALLEL SAFE
 		AS \$\$ SELECT pg_read_file('$tmp/secret.txt') LIKE 'S%' \$\$;
 	CREATE FUNCTION public.in_parallel(c text, d jsonb, l jsonb) RETURNS boolean LANGUAGE plpgsql AS \$\$
-	DECLARE n bigint;
 	BEGIN
 		PERFORM set_config('force_parallel_mode', 'on', true);
 		PERFORM set_config('parallel_setup_cost', '0', true);
 		PERFORM set_config('parallel_tuple_cost', '0', true);
-		SELECT count(*) INTO n FROM public.s1 WHERE public.sd_parsafe();
-		RETURN n > 0;
+		PERFORM 1 FROM public.s1 WHERE public.sd_parsafe();
+		RETURN FOUND;
 	END \$\$;
 	CREATE FUNCTION public.runs_do(c text, d jsonb, l jsonb) RETURNS boolean
 		LANGUAGE plpgsql AS \$\$ BEGIN EXECUTE 'DO \$d\$ BEGIN NULL; END \$d\$'; RETURN true; END \$\$;
