@@ -466,6 +466,7 @@ es_sandboxed_value(const char *what, const char *sql, Oid role, int nargs,
 	Oid			save_userid;
 	int			save_sec;
 	char	   *volatile value = NULL;
+	volatile bool sandboxed = true;
 
 	*found = false;
 	*error = NULL;
@@ -512,6 +513,7 @@ es_sandboxed_value(const char *what, const char *sql, Oid role, int nargs,
 		SPI_finish();
 
 		es_sandbox_leave();
+		sandboxed = false;
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -520,7 +522,8 @@ es_sandboxed_value(const char *what, const char *sql, Oid role, int nargs,
 	{
 		ErrorData  *edata;
 
-		es_sandbox_leave();
+		if (sandboxed)
+			es_sandbox_leave();
 		disable_timeout(es_condition_timer, false);
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
