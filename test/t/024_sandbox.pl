@@ -69,6 +69,8 @@ sq($P, qq{
 		PERFORM set_config('role', 'postgres', true);
 		RETURN true;
 	END \$\$;
+	CREATE FUNCTION public.sd_setrole(c text, d jsonb, l jsonb) RETURNS boolean
+		LANGUAGE plpgsql SECURITY DEFINER AS \$\$ BEGIN SET ROLE postgres; RETURN true; END \$\$;
 	CREATE FUNCTION public.sd_write(c text, d jsonb, l jsonb) RETURNS boolean
 		LANGUAGE plpgsql SECURITY DEFINER AS \$\$ BEGIN UPDATE public.victim SET n = n + 1; RETURN true; END \$\$;
 
@@ -178,6 +180,7 @@ my @refused = (
 	[ 'cmd: public.sd_file', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function writing a file' ],
 	[ 'cmd: public.sd_read', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function reading a file' ],
 	[ 'cmd: public.sd_role', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function setting the role' ],
+	[ 'cmd: public.sd_setrole', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function running SET ROLE' ],
 	[ 'cmd: public.sd_write', qr/SECURITY DEFINER/, 'cmd: a SECURITY DEFINER function writing a table' ],
 	[ 'cmd: public.with_set', qr/with_set\(text, jsonb, jsonb\): it has SET clauses/, 'cmd: a function with SET clauses' ],
 	[ 'public.sd_run()', qr/SECURITY DEFINER/, 'an expression calling a SECURITY DEFINER function' ],
