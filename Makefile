@@ -21,6 +21,7 @@ OBJS = \
 	src/producer/serve.o \
 	src/producer/document.o \
 	src/producer/condition.o \
+	src/producer/sandbox.o \
 	src/producer/keys.o \
 	src/http/server.o \
 	src/http/api.o \

@@ -73,3 +73,7 @@ ALTER TABLE eventstream.consumer
 	ADD COLUMN resync_pending boolean NOT NULL DEFAULT false,
 	ADD COLUMN resync_below bigint NOT NULL DEFAULT 0;
 DROP FUNCTION eventstream._pull_page(text, text, integer, text);
+
+-- Conditions are checked as the consumer's role, in the sandbox:
+-- _check_condition takes the role.
+DROP FUNCTION eventstream._check_condition(regclass, text);

@@ -13,7 +13,10 @@
  * (eventstream._eval_filter) as the subscriber role, read-only, under
  * eventstream.condition_timeout, in a subtransaction rolled back
  * afterwards -- with the checks and the sandbox of the producer's
- * conditions (src/producer/condition.c).  The rest of mapping (renaming,
+ * conditions (src/producer/condition.c, src/producer/sandbox.c): an
+ * expression naming a SECURITY DEFINER function (or one with SET clauses)
+ * is refused when written, and whatever it reaches is refused when it
+ * runs.  The rest of mapping (renaming,
  * defaults, child tables, diffs) is in the extension's SQL script; linking
  * the dependencies is in the apply (es_link_value, src/consumer/apply.c).
  *
@@ -35,6 +38,7 @@
 #include "utils/json.h"
 
 #include "producer/condition.h"
+#include "producer/sandbox.h"
 
 PG_FUNCTION_INFO_V1(eventstream_check_filter_expression);
 PG_FUNCTION_INFO_V1(eventstream_eval_filter);
@@ -53,12 +57,14 @@ es_filter_error_context(void *arg)
 
 /*
  * es_check_filter
- *		Raise unless expr is one expression over doc that parses.
+ *		Raise unless expr is one expression over doc that parses and names
+ *		no function the sandbox refuses.  Parse analysis runs in the
+ *		sandbox too.
  */
 static void
 es_check_filter(const char *expr)
 {
-	SPIPlanPtr	plan;
+	SPIPlanPtr volatile plan = NULL;
 	Oid			argtypes[1] = {JSONBOID};
 	int			nestlevel;
 	ErrorContextCallback errcb;
@@ -76,9 +82,19 @@ es_check_filter(const char *expr)
 	(void) set_config_option("search_path", "pg_catalog, public", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	SPI_connect();
-	plan = SPI_prepare(psprintf("SELECT (\n%s\n) FROM (SELECT $1 AS doc) AS s", expr), 1, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	es_sandbox_enter("an eval: filter");
+	PG_TRY();
+	{
+		plan = SPI_prepare(psprintf("SELECT (\n%s\n) FROM (SELECT $1 AS doc) AS s", expr), 1, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		es_sandbox_check_plan(plan, "an eval: filter", ERRCODE_INVALID_PARAMETER_VALUE);
+	}
+	PG_FINALLY();
+	{
+		es_sandbox_leave();
+	}
+	PG_END_TRY();
 	SPI_freeplan(plan);
 	SPI_finish();
 	AtEOXact_GUC(true, nestlevel);
@@ -117,7 +133,8 @@ eventstream_eval_filter(PG_FUNCTION_ARGS)
 
 	es_check_filter(expr);
 	values[0] = PG_GETARG_DATUM(1);
-	value = es_sandboxed_value(psprintf("SELECT (\n%s\n)::text FROM (SELECT $1 AS doc) AS s", expr),
+	value = es_sandboxed_value("an eval: filter",
+							   psprintf("SELECT (\n%s\n)::text FROM (SELECT $1 AS doc) AS s", expr),
 							   PG_GETARG_OID(2), 1, argtypes, values, &found, &error);
 	if (error)
 		ereport(ERROR,

@@ -142,6 +142,39 @@ es_http_status_for(int sqlerrcode)
 }
 
 /*
+ * es_http_status_for_register
+ *		HTTP status for an error raised while registering a consumer
+ *		(POST consumers).  What the registration checks (the consumer's
+ *		tables and conditions: syntax, injection, the sandbox's refusals)
+ *		comes from the request, so every error that is not the server's
+ *		own trouble (resources, shutdown, system or internal errors,
+ *		serialization failures, locks) is the caller's: 400 where
+ *		es_http_status_for would answer 500.
+ */
+static unsigned int
+es_http_status_for_register(int sqlerrcode)
+{
+	unsigned int status = es_http_status_for(sqlerrcode);
+
+	if (status != MHD_HTTP_INTERNAL_SERVER_ERROR)
+		return status;
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_CONNECTION_EXCEPTION:
+		case ERRCODE_TRANSACTION_ROLLBACK:
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+		case ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE:
+		case ERRCODE_OPERATOR_INTERVENTION:
+		case ERRCODE_SYSTEM_ERROR:
+		case ERRCODE_CONFIG_FILE_ERROR:
+		case ERRCODE_INTERNAL_ERROR:
+			return MHD_HTTP_INTERNAL_SERVER_ERROR;
+		default:
+			return MHD_HTTP_BAD_REQUEST;
+	}
+}
+
+/*
  * es_http_credentials
  *		Split "token key:secret" or "Basic base64(key:secret)" into key and
  *		secret (palloc'd).  False when the header is missing or malformed.
@@ -495,6 +528,7 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 	MemoryContext oldcxt = es_request_cxt;
 	volatile unsigned int status = MHD_HTTP_OK;
 	char	   *volatile result = NULL;
+	volatile bool registering = false;
 
 	memset(reply, 0, sizeof(EsApiReply));
 	PG_TRY();
@@ -540,6 +574,7 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			call.cursor = NULL;
 			call.more = false;
 			call.complete = false;
+			registering = route->endpoint == es_api_consumers;
 			result = route->endpoint(&call, &call_status);
 			status = call_status;
 			if (call.cursor != NULL && status == MHD_HTTP_OK)
@@ -572,7 +607,8 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		es_http_api_free(reply);	/* the commit failed: no page */
-		status = es_http_status_for(edata->sqlerrcode);
+		status = registering ? es_http_status_for_register(edata->sqlerrcode)
+			: es_http_status_for(edata->sqlerrcode);
 		initStringInfo(&buf);
 		appendStringInfo(&buf, "{\"error\": {\"code\": \"%s\", \"message\": ",
 						 unpack_sql_state(edata->sqlerrcode));

@@ -13,15 +13,20 @@
  * Validation (eventstream._check_condition) makes sure the text cannot
  * escape the parentheses it is later wrapped in: the core scanner must see
  * balanced parentheses and no ";", the raw parser must see exactly one
- * SELECT of one expression, and parse analysis against the table must
- * accept it as a boolean WHERE clause.
+ * SELECT of one expression, and parse analysis against the table, as the
+ * consumer's role, must accept it as a boolean WHERE clause calling no
+ * function the sandbox refuses (src/producer/sandbox.c).  A consumer's
+ * role that the sandbox refuses (one that may read server files) cannot
+ * have conditions at all.
  *
  * Evaluation (eventstream._condition_allows) runs the expression against
  * the document's current row in a subtransaction that is always rolled
  * back, as the consumer's role, with transaction_read_only on and
- * SECURITY_RESTRICTED_OPERATION set, so a condition can neither write nor
- * change session state nor read what the consumer's role cannot.  An error
- * denies the document and is recorded in eventstream.consumer_table.
+ * SECURITY_RESTRICTED_OPERATION set, in the sandbox (no SECURITY DEFINER
+ * function, no utility statement, no parallel worker), so a condition can
+ * neither write nor change session state nor read what the consumer's
+ * role cannot, not even through a function that runs as its owner.  An
+ * error denies the document and is recorded in eventstream.consumer_table.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -58,6 +63,7 @@
 
 #include "producer/condition.h"
 #include "producer/rowjson.h"
+#include "producer/sandbox.h"
 #include "site/worker.h"
 
 PG_FUNCTION_INFO_V1(eventstream_check_condition);
@@ -244,21 +250,77 @@ es_condition_error_context(void *arg)
 }
 
 /*
+ * es_prepare_condition
+ *		Parse, analyse and rewrite (not plan, not run) the condition cond
+ *		against the table relname as role would when it is evaluated:
+ *		as that role, with search_path pg_catalog, public, in the sandbox;
+ *		and refuse it if it names a function the sandbox refuses.  Errors
+ *		are raised (the caller's user and security context are restored).
+ *		Inside a transaction.
+ */
+static void
+es_prepare_condition(const char *relname, const char *cond, Oid role)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nestlevel;
+	char	   *sql = psprintf("SELECT 1 FROM %s AS doc WHERE (\n%s\n)", relname, cond);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, public", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	SPI_connect();
+	es_sandbox_enter("a condition");
+	PG_TRY();
+	{
+		SPIPlanPtr	plan;
+
+		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		plan = SPI_prepare(sql, 0, NULL);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		es_sandbox_check_plan(plan, "a condition", ERRCODE_INVALID_PARAMETER_VALUE);
+	}
+	PG_FINALLY();
+	{
+		es_sandbox_leave();
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+}
+
+/*
  * eventstream_check_condition
- *		eventstream._check_condition(tbl regclass, condition text) → text
+ *		eventstream._check_condition(tbl regclass, condition text,
+ *			role regrole) → text
  *
  * Returns the condition trimmed, NULL for a NULL or blank one, or raises a
- * clear error.  Must be called inside SPI-capable context (any SQL call).
+ * clear error: the text is not one boolean expression over the table (or
+ * a cmd: naming a function (text, jsonb, jsonb) returning boolean), or it
+ * calls a function the sandbox refuses, or role (the consumer's) is one
+ * the sandbox refuses.  A refusal is ERRCODE_INVALID_PARAMETER_VALUE: the
+ * HTTP API answers it with 400.  Must be called inside SPI-capable
+ * context (any SQL call).
  */
 Datum
 eventstream_check_condition(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
+	Oid			role;
 	char	   *cond;
 	ErrorContextCallback errcb;
 
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the role of a condition must not be NULL")));
+	role = PG_GETARG_OID(2);
 	cond = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	while (*cond == ' ' || *cond == '\t' || *cond == '\n' || *cond == '\r')
 		cond++;
@@ -277,24 +339,22 @@ eventstream_check_condition(PG_FUNCTION_ARGS)
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 
+	es_sandbox_check_role(role, "a condition", ERRCODE_INVALID_PARAMETER_VALUE);
 	if (es_is_cmd(cond))
-		(void) es_condition_function(cond, false);
+		es_sandbox_check_function(es_condition_function(cond, false), "a condition",
+								  ERRCODE_INVALID_PARAMETER_VALUE);
 	else
 	{
 		Relation	rel;
-		char	   *sql;
+		char	   *relname;
 
 		es_check_expression_tokens(cond, "condition must be a single boolean expression");
 		es_check_expression_shape(cond, "condition must be a single boolean expression");
 
 		rel = table_open(relid, AccessShareLock);
-		sql = psprintf("SELECT 1 FROM %s AS doc WHERE (\n%s\n)",
-					   es_scan_relname(rel), cond);
+		relname = es_scan_relname(rel);
 		table_close(rel, AccessShareLock);
-		SPI_connect();
-		if (SPI_prepare(sql, 0, NULL) == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_finish();
+		es_prepare_condition(relname, cond, role);
 	}
 
 	error_context_stack = errcb.previous;
@@ -386,8 +446,10 @@ es_condition_timeout_handler(void)
  * es_sandboxed_value
  *		Run sql (one SELECT) with the given parameters as role, read-only,
  *		with search_path pg_catalog, public, under SECURITY_RESTRICTED_OPERATION
- *		and eventstream.condition_timeout, in a subtransaction that is always
- *		rolled back: whatever the statement did, it did not happen.
+ *		and eventstream.condition_timeout, in the sandbox (sandbox.c), in a
+ *		subtransaction that is always rolled back: whatever the statement
+ *		did, it did not happen.  A role the sandbox refuses is an error.
+ *		what names what runs ("a condition"), a constant string.
  *
  * Returns the first column of the first row as text (NULL for SQL NULL);
  * *found says whether there was a row.  An error (or the timeout) is not
@@ -396,14 +458,15 @@ es_condition_timeout_handler(void)
  * The timeout's message is "ran longer than ...", to follow a subject.
  */
 char *
-es_sandboxed_value(const char *sql, Oid role, int nargs, Oid *argtypes, Datum *values,
-				   bool *found, char **error)
+es_sandboxed_value(const char *what, const char *sql, Oid role, int nargs,
+				   Oid *argtypes, Datum *values, bool *found, char **error)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	Oid			save_userid;
 	int			save_sec;
 	char	   *volatile value = NULL;
+	volatile bool sandboxed = true;
 
 	*found = false;
 	*error = NULL;
@@ -411,10 +474,12 @@ es_sandboxed_value(const char *sql, Oid role, int nargs, Oid *argtypes, Datum *v
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 
+	es_sandbox_enter(what);
 	PG_TRY();
 	{
 		int			rc;
 
+		es_sandbox_check_role(role, what, ERRCODE_INSUFFICIENT_PRIVILEGE);
 		SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
 							   SECURITY_RESTRICTED_OPERATION);
 		(void) set_config_option("transaction_read_only", "on", PGC_USERSET,
@@ -447,6 +512,8 @@ es_sandboxed_value(const char *sql, Oid role, int nargs, Oid *argtypes, Datum *v
 		}
 		SPI_finish();
 
+		es_sandbox_leave();
+		sandboxed = false;
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -455,6 +522,8 @@ es_sandboxed_value(const char *sql, Oid role, int nargs, Oid *argtypes, Datum *v
 	{
 		ErrorData  *edata;
 
+		if (sandboxed)
+			es_sandbox_leave();
 		disable_timeout(es_condition_timer, false);
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
@@ -539,7 +608,7 @@ eventstream_condition_allows(PG_FUNCTION_ARGS)
 	if (sql == NULL)
 		error = psprintf("the function of condition \"%s\" does not exist or does not return boolean", cond);
 	else
-		value = es_sandboxed_value(sql, role, 3, argtypes, values, &found, &error);
+		value = es_sandboxed_value("a condition", sql, role, 3, argtypes, values, &found, &error);
 
 	if (error)
 	{

@@ -28,7 +28,7 @@ extern int	es_condition_timeout;
 extern char *es_docname_match(Relation rel, int paramno);
 extern void es_check_expression_tokens(const char *expr, const char *what);
 extern void es_check_expression_shape(const char *expr, const char *what);
-extern char *es_sandboxed_value(const char *sql, Oid role, int nargs, Oid *argtypes,
-								Datum *values, bool *found, char **error);
+extern char *es_sandboxed_value(const char *what, const char *sql, Oid role, int nargs,
+								Oid *argtypes, Datum *values, bool *found, char **error);
 
 #endif							/* ES_CONDITION_H */

@@ -139,7 +139,7 @@ CREATE INDEX withheld_log_idx ON eventstream.withheld (update_log_id);
 COMMENT ON TABLE eventstream.withheld IS
 	'Update logs a condition kept from a consumer; served_page is set once they were replayed.';
 
-CREATE FUNCTION eventstream._check_condition(tbl regclass, condition text) RETURNS text
+CREATE FUNCTION eventstream._check_condition(tbl regclass, condition text, role regrole) RETURNS text
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_check_condition';
 
 CREATE FUNCTION eventstream._condition_allows(consumer text, tbl regclass, ref_table text,
@@ -566,7 +566,7 @@ BEGIN
 				USING ERRCODE = 'insufficient_privilege',
 					  HINT = 'GRANT SELECT on the table to the role of the consumer''s API key.';
 		END IF;
-		cond := eventstream._check_condition(tbl, item->>'condition');
+		cond := eventstream._check_condition(tbl, item->>'condition', c.role);
 		name := eventstream._published_name(tbl);
 		IF name = ANY (wanted) THEN
 			RAISE EXCEPTION 'table "%" is listed twice', name USING ERRCODE = 'invalid_parameter_value';

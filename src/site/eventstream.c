@@ -40,6 +40,7 @@
 #include "consumer/pull.h"
 #include "http/server.h"
 #include "producer/condition.h"
+#include "producer/sandbox.h"
 #include "site/launcher.h"
 #include "site/shmem.h"
 
@@ -76,6 +77,7 @@ void
 _PG_init(void)
 {
 	es_preloaded = process_shared_preload_libraries_in_progress;
+	es_sandbox_init();
 	if (es_preloaded)
 	{
 		es_shmem_init();
