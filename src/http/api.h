@@ -35,7 +35,7 @@ typedef struct EsApiReply
 } EsApiReply;
 
 extern void es_http_api_init(void);
-extern unsigned int es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
+extern unsigned int es_http_api(struct MHD_Connection *conn, const char *method, const char *path,
 								const char *body, bool may_park, EsApiReply *reply);
 extern void es_http_api_free(EsApiReply *reply);
 
