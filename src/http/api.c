@@ -101,6 +101,7 @@ static char *es_api_updates(EsApiCall *call, unsigned int *status);
 static char *es_api_document(EsApiCall *call, unsigned int *status);
 static char *es_api_snapshot(EsApiCall *call, unsigned int *status);
 static char *es_api_filtered(EsApiCall *call, unsigned int *status);
+static void es_api_bad_escape(const char *esc, const char *where) pg_attribute_noreturn();
 
 /* The routes, tried in order. */
 static const EsApiRoute es_api_routes[] = {
@@ -459,12 +460,12 @@ es_api_hex(char c)
 
 /*
  * es_api_bad_escape
- *		Refuse the malformed or NUL escape at esc of a request's path: a
- *		400 naming it (its bytes that are not printable ASCII shown as
- *		'?', so that the message stays valid text).
+ *		Refuse the malformed or NUL escape at esc of a request's path or
+ *		query string (where): a 400 naming it (its bytes that are not
+ *		printable ASCII shown as '?', so that the message stays valid text).
  */
 static void
-es_api_bad_escape(const char *esc)
+es_api_bad_escape(const char *esc, const char *where)
 {
 	char		shown[4];
 	int			i;
@@ -474,10 +475,10 @@ es_api_bad_escape(const char *esc)
 	shown[i] = '\0';
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_ESCAPE_SEQUENCE),
-			 errmsg("invalid percent-encoding \"%s\" in the request path", shown),
+			 errmsg("invalid percent-encoding \"%s\" in the request %s", shown, where),
 			 strcmp(shown, "%00") == 0
 			 ? errhint("A table name or a docname cannot hold a NUL byte.")
-			 : errhint("Each path segment is percent-encoded: %% followed by two hexadecimal digits stands for a byte, a '%%' is written %%25, a '/' inside a name %%2F.")));
+			 : errhint("%% followed by two hexadecimal digits stands for a byte: a '%%' is written %%25, and a '/' inside a table name or docname %%2F.")));
 }
 
 /*
@@ -519,7 +520,7 @@ es_api_segments(const char *path, char ***seg, int *nseg)
 				int			lo = j + 2 < len ? es_api_hex(p[j + 2]) : -1;
 
 				if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-					es_api_bad_escape(p + j);
+					es_api_bad_escape(p + j, "path");
 				out[outlen++] = (char) (hi * 16 + lo);
 				j += 2;
 			}
@@ -531,6 +532,27 @@ es_api_segments(const char *path, char ***seg, int *nseg)
 		p += len + 1;
 	}
 	Assert(i == n);
+}
+
+/*
+ * es_api_check_query
+ *		Refuse a query string (as the client sent it) holding a malformed
+ *		escape or an escaped NUL, as es_api_segments refuses such a path:
+ *		libmicrohttpd, which decodes the parameters, would keep the one
+ *		as it is and cut the value at the other.  ('+' is a space there,
+ *		and "%2B" a '+'.)
+ */
+static void
+es_api_check_query(const char *query)
+{
+	for (const char *p = query; *p != '\0'; p++)
+	{
+		if (*p != '%')
+			continue;
+		if (es_api_hex(p[1]) < 0 || es_api_hex(p[2]) < 0 || (p[1] == '0' && p[2] == '0'))
+			es_api_bad_escape(p, "query string");
+		p += 2;
+	}
 }
 
 /*
@@ -585,14 +607,15 @@ es_http_api_free(EsApiReply *reply)
  *		memory); the caller frees it with es_http_api_free.
  *
  * Called from the access handler, i.e. from the worker's wait loop with no
- * transaction open; path is the path as the client sent it (percent-encoded,
- * without the query string), under ES_API_PREFIX.  The request's texts are UTF-8 and so is the reply
+ * transaction open; path and query are the path (under ES_API_PREFIX) and
+ * the query string (NULL: none) as the client sent them, percent-encoded;
+ * the query parameters themselves are read decoded from conn.  The request's texts are UTF-8 and so is the reply
  * (see the file header).  Any ERROR is caught here and becomes a JSON error
  * reply: nothing longjmps through libmicrohttpd.
  */
 unsigned int
 es_http_api(struct MHD_Connection *conn, const char *method, const char *path,
-			const char *body, bool may_park, EsApiReply *reply)
+			const char *query, const char *body, bool may_park, EsApiReply *reply)
 {
 	MemoryContext callercxt = MemoryContextSwitchTo(es_request_cxt);
 	MemoryContext oldcxt = es_request_cxt;
@@ -629,6 +652,8 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *path,
 		/* The server hands over only paths under ES_API_PREFIX. */
 		if (role != NULL)
 		{
+			if (query != NULL)
+				es_api_check_query(query);
 			es_api_segments(path + strlen(ES_API_PREFIX), &seg, &nseg);
 			route = es_api_route(method, seg, nseg);
 		}

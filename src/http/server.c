@@ -57,6 +57,7 @@
 typedef struct EsRequest
 {
 	char	   *path;			/* the path as sent, still percent-encoded */
+	char	   *query;			/* the query string as sent, or NULL */
 	bool		started;		/* the access handler has seen it */
 	char	   *body;
 	size_t		len;
@@ -154,7 +155,7 @@ es_http_error(struct MHD_Connection *conn, unsigned int status,
 /*
  * es_http_uri_logged
  *		libmicrohttpd's URI callback: make the request's state, keeping its
- *		path as the client sent it (the query string cut off).
+ *		path and its query string as the client sent them.
  *
  * libmicrohttpd percent-decodes the URL it gives the access handler, and
  * a '/' inside a name (sent as %2F) would be indistinguishable there from
@@ -167,12 +168,17 @@ static void *
 es_http_uri_logged(void *cls, const char *uri, struct MHD_Connection *conn)
 {
 	EsRequest  *req = calloc(1, sizeof(EsRequest));
+	size_t		len = strcspn(uri, "?");
 
 	if (req == NULL)
 		return NULL;
-	req->path = strndup(uri, strcspn(uri, "?"));
-	if (req->path == NULL)
+	req->path = strndup(uri, len);
+	if (uri[len] == '?')
+		req->query = strdup(uri + len + 1);
+	if (req->path == NULL || (uri[len] == '?' && req->query == NULL))
 	{
+		free(req->path);
+		free(req->query);
 		free(req);
 		return NULL;
 	}
@@ -203,6 +209,7 @@ es_http_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 				}
 		}
 		free(req->path);
+		free(req->query);
 		free(req->body);
 		free(req);
 		*con_cls = NULL;
@@ -315,7 +322,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	 */
 	if (may_park && es_before_park != NULL)
 		es_before_park();
-	status = es_http_api(conn, method, req->path, req->body, may_park, &reply);
+	status = es_http_api(conn, method, req->path, req->query, req->body, may_park, &reply);
 	if (reply.body == NULL)
 	{
 		es_http_api_free(&reply);

@@ -39,9 +39,13 @@ my @text_tables = (
 	[ '"quo""te"',         'public."quo""te"' ],
 	[ '"s/x"."in/schema"', '"s/x"."in/schema"' ],);
 
+# 1,800 bytes, 5,400 once escaped.
+my $long = 'ü/' x 600;
+
 # Docnames every text table holds.
 my @docnames = ('x/y', 'a/../b', '..', '.', './z', '50%', '%2F', '%zz', 'q?x#y', 'sp ace', 'plus+sign',
-	'ünï€', 'quo"te', "ap'os", 'back\\slash', 'a//b', 'end/', '/start', ('l' x 200) . '/tail', 'a,b', '');
+	'ünï€', 'quo"te', "ap'os", 'back\\slash', 'a//b', 'end/', '/start', ('l' x 200) . '/tail', 'a,b', '',
+	$long);
 
 # A SQL literal.
 sub lit
@@ -96,7 +100,7 @@ foreach my $t (@text_tables)
 sq($P, q{INSERT INTO "a/b" SELECT 'r/%+?# ' || lpad(i::text, 3, '0'), 'v0' FROM generate_series(1, 120) i});
 sq($P, q{INSERT INTO "com,po" VALUES ('a/b', 1, 'v0'), ('..', 2, 'v0'), ('["x"]', 3, 'v0'), ('%2F,?', 4, 'v0')});
 sq($P, q{INSERT INTO "cu/stomer" VALUES ('pre/1', 'p1'), ('..', 'dots'), ('50% c', 'c50'), ('c/2', 'c2'), ('.', 'dot'),
-		('unused/x', 'never referred to');
+		('unused/x', 'never referred to'), (} . lit($long) . q{, 'long');
 	INSERT INTO "or/der" VALUES (1, 'pre/1', 'v0');
 	INSERT INTO "in/voice" VALUES ('inv/1', 'v0'), ('..', 'v0');
 	INSERT INTO "in/voice item" VALUES (1, 'inv/1', 'i1'), (2, 'inv/1', 'i2'), (3, '..', 'i3');
@@ -140,6 +144,7 @@ foreach my $t (@text_tables)
 sq($P, q{UPDATE "com,po" SET v = 'u' WHERE a = '..'; DELETE FROM "com,po" WHERE a = 'a/b';
 	INSERT INTO "com,po" VALUES ('new/..', 5, 'n');
 	INSERT INTO "or/der" VALUES (2, '..', 'n'), (3, '50% c', 'n'), (4, 'c/2', 'n'), (5, '.', 'n');
+	INSERT INTO "or/der" SELECT 6, id, 'n' FROM "cu/stomer" WHERE name = 'long';
 	UPDATE "or/der" SET v = 'u' WHERE id = 1;
 	INSERT INTO "in/voice" VALUES ('inv/2', 'n');
 	INSERT INTO "in/voice item" VALUES (4, 'inv/2', 'i4');
@@ -150,17 +155,28 @@ my $last = $text_tables[-1][0];
 ok(wait_query($C, "SELECT count(*) FROM $last WHERE id LIKE 'new %'", scalar(@docnames) - 1, 120),
 	'the stream arrives');
 ok(wait_query($C, q{SELECT count(*) FROM "in/voice item"}, '3', 60), '  with the invoice changes');
-ok(wait_query($C, q{SELECT count(*) FROM "or/der"}, '5', 60), '  and the orders');
+ok(wait_query($C, q{SELECT count(*) FROM "or/der"}, '6', 60), '  and the orders');
 foreach my $t (@all)
 {
 	is(digest($C, $t), digest($P, $t), "stream: $t as on the producer") unless $t eq '"cu/stomer"';
 }
 is(rows($C, '"cu/stomer"'), rows($P, '"cu/stomer"', q{id <> 'unused/x'}),
-	"stream: the customers new orders refer to ('..', '.', '50% c', 'c/2') are fetched through documents/");
+	"stream: the customers new orders refer to ('..', '.', '50% c', 'c/2', 1,800 bytes) are fetched through documents/");
 is(sq($C, "SELECT coalesce(string_agg(ref_table || ' ' || coalesce(error, ''), E'\\n'), '') FROM eventstream.sync_log "
 	  . "WHERE status = 'Failed'"), '', 'stream: nothing failed');
 is(sq($C, q{SELECT count(DISTINCT docname) FROM eventstream.sync_log WHERE ref_table = 'public."q?x#y"'}),
 	scalar(@docnames) * 2, 'the sync log names each document by its docname');
+
+# refetch() from a session (eventstream._http_request, not the worker):
+# '.' and '..' segments go as they are.
+sq($C, q{UPDATE "dot.ted" SET v = 'local' WHERE id IN ('.', './z', 'a/../b', '50%')});
+sq($C, q{UPDATE "dot.ted" SET v = 'local' WHERE id = } . lit($long));
+foreach my $d ('.', './z', 'a/../b', '50%', $long)
+{
+	is(sq($C, "SELECT eventstream.refetch('$P->{url}', 'public.\"dot.ted\"', " . lit($d) . ')'), 'Synced',
+		'refetch() of ' . (length($d) > 20 ? 'the 1,800-byte docname' : "'$d'") . ' from a session');
+}
+is(digest($C, '"dot.ted"'), digest($P, '"dot.ted"'), "  brings those documents back to the producer's state");
 
 ######################################################################
 # Direct requests
@@ -254,6 +270,15 @@ foreach my $bad ('documents/public.%22a%2Fb%22/%zz', 'documents/public.%22a%2Fb%
 	($status, $body) = api_get($bad);
 	like("$status $body", qr/^400 .*percent/, "a malformed escape ($bad): 400 saying so");
 }
+foreach my $bad ('snapshot/public.%22a%2Fb%22?after=%zz', 'snapshot/public.%22a%2Fb%22?after=a%00b',
+	'documents/public.%22a%2Fb%22?filters=%7B%7D%')
+{
+	($status, $body) = api_get($bad);
+	like("$status $body", qr/^400 .*percent-encoding .* in the request query string/,
+		"a malformed escape in the query string ($bad): 400 saying so");
+}
+($status, $body) = api_get('documents/public.%22a%2Fb%22/%FF');
+like("$status $body", qr/^400 .*invalid byte sequence for encoding/, 'a segment that is not UTF-8: 400');
 ($status, $body) = api_get('documents/' . enc('public."no/such ta""ble"') . '/x');
 like("$status $body", qr/^404 .*no\/such ta\\"\\"ble/, 'an unknown table: 404 naming it, JSON-escaped');
 ($status, $body) = api_get('snapshot/' . enc('public."no/such"'));
