@@ -70,8 +70,10 @@ my $schema = join('', map { "CREATE TABLE $_->[0] (id text PRIMARY KEY, v text);
 	CREATE TABLE "in/voice" (id text PRIMARY KEY, v text);
 	CREATE TABLE "in/voice item" (id int PRIMARY KEY, invoice text NOT NULL REFERENCES "in/voice" ON DELETE CASCADE,
 								  v text);
+	CREATE TABLE "li/nks" (id int PRIMARY KEY, ref_type text, ref_name text);
 };
-my @subscribed = ((map { $_->[1] } @text_tables), 'public."com,po"', 'public."or/der"', 'public."in/voice"');
+my @subscribed = ((map { $_->[1] } @text_tables), 'public."com,po"', 'public."or/der"', 'public."in/voice"',
+	'public."li/nks"');
 
 my $node = new_node('names');
 my $P = add_site($node, 'producer');
@@ -82,11 +84,13 @@ sq($P, qq{CREATE SCHEMA "s/x";\n$schema
 	GRANT USAGE ON SCHEMA "s/x" TO reader;
 	GRANT SELECT ON ALL TABLES IN SCHEMA public, "s/x" TO reader;
 	SELECT eventstream.add_child_table('"in/voice"', '"in/voice item"');
+	SELECT eventstream.add_dynamic_link('"li/nks"', 'ref_type', 'ref_name');
 });
 sq($C, qq{CREATE SCHEMA "s/x";\n$schema
 	CREATE ROLE applier;
 	GRANT USAGE ON SCHEMA "s/x" TO applier;
 	GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, "s/x" TO applier;
+	SELECT eventstream.add_dynamic_link('"li/nks"', 'ref_type', 'ref_name');
 });
 
 # Rows before the subscription: they come with the initial sync.
@@ -145,6 +149,14 @@ sq($P, q{UPDATE "com,po" SET v = 'u' WHERE a = '..'; DELETE FROM "com,po" WHERE 
 	INSERT INTO "com,po" VALUES ('new/..', 5, 'n');
 	INSERT INTO "or/der" VALUES (2, '..', 'n'), (3, '50% c', 'n'), (4, 'c/2', 'n'), (5, '.', 'n');
 	INSERT INTO "or/der" SELECT 6, id, 'n' FROM "cu/stomer" WHERE name = 'long';
+	-- Dynamic links: the type column names a table as SQL would (quoted
+	-- where needed); a value that names no table, or is no name at all,
+	-- refers to nothing.
+	INSERT INTO "cu/stomer" VALUES ('dyn/1', 'd1'), ('dyn/..', 'd2');
+	INSERT INTO "li/nks" VALUES (1, '"cu/stomer"', 'dyn/1'), (2, 'public."cu/stomer"', 'dyn/..'),
+		(3, 'sp ace', 'x'), (4, 'a/b', 'x'), (5, 'x.y.z', 'x'), (6, 'no_such', 'x'), (7, '"sp ace"', 'sp ace'),
+		(8, '"com,po"', 'not a JSON array'), (9, '"com,po"', '["x"]'), (10, '"or/der"', 'not a number'),
+		(11, '"com,po"', '["x", "not a number"]');
 	UPDATE "or/der" SET v = 'u' WHERE id = 1;
 	INSERT INTO "in/voice" VALUES ('inv/2', 'n');
 	INSERT INTO "in/voice item" VALUES (4, 'inv/2', 'i4');
@@ -156,12 +168,14 @@ ok(wait_query($C, "SELECT count(*) FROM $last WHERE id LIKE 'new %'", scalar(@do
 	'the stream arrives');
 ok(wait_query($C, q{SELECT count(*) FROM "in/voice item"}, '3', 60), '  with the invoice changes');
 ok(wait_query($C, q{SELECT count(*) FROM "or/der"}, '6', 60), '  and the orders');
+ok(wait_query($C, q{SELECT count(*) FROM "li/nks"}, '11', 60),
+	'  and the dynamic links, those whose values name no row (no such table, no name, no key) included');
 foreach my $t (@all)
 {
 	is(digest($C, $t), digest($P, $t), "stream: $t as on the producer") unless $t eq '"cu/stomer"';
 }
 is(rows($C, '"cu/stomer"'), rows($P, '"cu/stomer"', q{id <> 'unused/x'}),
-	"stream: the customers new orders refer to ('..', '.', '50% c', 'c/2', 1,800 bytes) are fetched through documents/");
+	"stream: the customers new orders and dynamic links refer to ('..', '.', '50% c', 'c/2', 'dyn/1', 'dyn/..', 1,800 bytes) are fetched through documents/");
 is(sq($C, "SELECT coalesce(string_agg(ref_table || ' ' || coalesce(error, ''), E'\\n'), '') FROM eventstream.sync_log "
 	  . "WHERE status = 'Failed'"), '', 'stream: nothing failed');
 is(sq($C, q{SELECT count(DISTINCT docname) FROM eventstream.sync_log WHERE ref_table = 'public."q?x#y"'}),
