@@ -37,7 +37,10 @@ my @text_tables = (
 	[ '"%2F"',             'public."%2F"' ],
 	[ '".."',              'public.".."' ],
 	[ '"quo""te"',         'public."quo""te"' ],
-	[ '"s/x"."in/schema"', '"s/x"."in/schema"' ],);
+	[ '"s/x"."in/schema"', '"s/x"."in/schema"' ],
+	[ "\"li\nne\"",          "public.\"li\nne\"" ],
+	# 63 bytes, the longest identifier
+	[ '"' . ('ü/' x 21) . '"', 'public."' . ('ü/' x 21) . '"' ],);
 
 # 1,800 bytes, 5,400 once escaped.
 my $long = 'ü/' x 600;
@@ -46,6 +49,14 @@ my $long = 'ü/' x 600;
 my @docnames = ('x/y', 'a/../b', '..', '.', './z', '50%', '%2F', '%zz', 'q?x#y', 'sp ace', 'plus+sign',
 	'ünï€', 'quo"te', "ap'os", 'back\\slash', 'a//b', 'end/', '/start', ('l' x 200) . '/tail', 'a,b', '',
 	$long);
+
+# A name for a test's description (one line).
+sub shown
+{
+	my ($s) = @_;
+	$s =~ s/\n/\\n/g;
+	return $s;
+}
 
 # A SQL literal.
 sub lit
@@ -114,7 +125,7 @@ my ($key, $secret) = key_pair($P, 'reader');
 my $tables_sql = 'ARRAY[' . join(', ', map { lit($_) } @subscribed) . ']';
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P->{url}', api_key => '$key', api_secret => '$secret', "
 	  . "subscriber => 'applier', tables => $tables_sql)");
-is(sq($P, "SELECT string_agg(ref_table, ' | ' ORDER BY ref_table) FROM eventstream.consumer_table"),
+is(sq($P, "SELECT string_agg(ref_table, ' | ' ORDER BY ref_table COLLATE \"C\") FROM eventstream.consumer_table"),
 	join(' | ', sort @subscribed), 'registration: the producer knows every subscription by its wire name');
 sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest($tables_sql) t");
 
@@ -129,7 +140,7 @@ my @all = ((map { $_->[0] } @text_tables), '"com,po"', '"or/der"', '"cu/stomer"'
 my $cu_before = sq($P, q{SELECT count(*) FROM "cu/stomer" WHERE id = 'pre/1'});
 foreach my $t (grep { $_ ne '"cu/stomer"' } @all)
 {
-	is(digest($C, $t), digest($P, $t), "initial sync: $t copied whole");
+	is(digest($C, $t), digest($P, $t), 'initial sync: ' . shown($t) . ' copied whole');
 }
 is(rows($C, '"cu/stomer"'), '(pre/1,p1)', 'initial sync: the customer an order refers to is fetched through documents/');
 is(sq($C, "SELECT coalesce(string_agg(ref_table || ' ' || coalesce(error, ''), E'\\n'), '') FROM eventstream.sync_log "
@@ -172,7 +183,7 @@ ok(wait_query($C, q{SELECT count(*) FROM "li/nks"}, '11', 60),
 	'  and the dynamic links, those whose values name no row (no such table, no name, no key) included');
 foreach my $t (@all)
 {
-	is(digest($C, $t), digest($P, $t), "stream: $t as on the producer") unless $t eq '"cu/stomer"';
+	is(digest($C, $t), digest($P, $t), 'stream: ' . shown($t) . ' as on the producer') unless $t eq '"cu/stomer"';
 }
 is(rows($C, '"cu/stomer"'), rows($P, '"cu/stomer"', q{id <> 'unused/x'}),
 	"stream: the customers new orders and dynamic links refer to ('..', '.', '50% c', 'c/2', 'dyn/1', 'dyn/..', 1,800 bytes) are fetched through documents/");
@@ -235,7 +246,7 @@ foreach my $t (@text_tables)
 			push @bad, "$d: $status $body";
 		}
 	}
-	is($ok, scalar(@kept), "documents/<table>/<docname>: every document of $t->[0] by its escaped names")
+	is($ok, scalar(@kept), 'documents/<table>/<docname>: every document of ' . shown($t->[0]) . ' by its escaped names')
 	  or diag(join("\n", @bad));
 }
 # The same docname, '..' and '.' segments sent as they are (never
