@@ -7,10 +7,10 @@
  * shares (timeouts, TLS verification against eventstream.ca_file, a cap
  * on the response body, the path sent as it is: its segments are
  * percent-encoded names, see eventstream_urlencode, and a "." or ".."
- * among them is a docname, not to be resolved away); es_client_bad_text() refuses a body that is not
- * UTF-8 text (the wire's encoding, src/site/wire.c) before anything reads
- * it, and es_client_text() makes a piece of a body fit for an error
- * message;
+ * among them is a docname, not to be resolved away);
+ * es_client_bad_text() refuses a body that is not UTF-8 text (the wire's
+ * encoding, src/site/wire.c) before anything reads it, and
+ * es_client_text() makes a piece of a body fit for an error message;
  * es_client_header() reads a header of the answer, and
  * es_client_protocol_known() says whether it is in a version of the
  * protocol this site speaks.  The site

@@ -609,9 +609,10 @@ es_http_api_free(EsApiReply *reply)
  * Called from the access handler, i.e. from the worker's wait loop with no
  * transaction open; path and query are the path (under ES_API_PREFIX) and
  * the query string (NULL: none) as the client sent them, percent-encoded;
- * the query parameters themselves are read decoded from conn.  The request's texts are UTF-8 and so is the reply
- * (see the file header).  Any ERROR is caught here and becomes a JSON error
- * reply: nothing longjmps through libmicrohttpd.
+ * the query parameters themselves are read decoded from conn.  The
+ * request's texts are UTF-8 and so is the reply (see the file header).
+ * Any ERROR is caught here and becomes a JSON error reply: nothing
+ * longjmps through libmicrohttpd.
  */
 unsigned int
 es_http_api(struct MHD_Connection *conn, const char *method, const char *path,

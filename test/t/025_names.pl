@@ -264,6 +264,10 @@ is("$status " . ($status eq '200' ? json_at($body, '{id}') : $body), '200 ', 'an
 ($status, $body) = api_get('documents/public.%22dot.ted%22/x%2Fy%2F..%2F..');
 like("$status $body", qr/^404 .*document \\"x\/y\/..\/..\\" of table \\"public\.\\"dot\.ted\\"\\" does not exist/,
 	'an escaped docname that is not there: 404 naming it');
+($status, $body) = api_get('documents/public.%22a%2fb%22/a%2f..%2fb');
+is("$status " . ($status eq '200' ? json_at($body, '{id}') : $body), '200 a/../b', 'lower-case hexadecimal digits decode too');
+($status, $body) = api_get('documents/public.%22sp%20ace%22/plus+sign');
+is("$status " . ($status eq '200' ? json_at($body, '{id}') : $body), '200 plus+sign', "a '+' in the path is a '+'");
 ($status, $body) = api_get('documents/public.%22%252F%22/%252F');
 is("$status " . ($status eq '200' ? json_at($body, '{id}') : $body), '200 %2F',
 	'a table and a docname named "%2F" are decoded once only');
