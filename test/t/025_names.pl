@@ -82,6 +82,9 @@ my $schema = join('', map { "CREATE TABLE $_->[0] (id text PRIMARY KEY, v text);
 	CREATE TABLE "in/voice item" (id int PRIMARY KEY, invoice text NOT NULL REFERENCES "in/voice" ON DELETE CASCADE,
 								  v text);
 	CREATE TABLE "li/nks" (id int PRIMARY KEY, ref_type text, ref_name text);
+	CREATE TABLE "x.y" (id text PRIMARY KEY, v text);
+	CREATE TABLE "MiXed" (id text PRIMARY KEY, v text);
+	CREATE TABLE plain (id text PRIMARY KEY, v text);
 };
 my @subscribed = ((map { $_->[1] } @text_tables), 'public."com,po"', 'public."or/der"', 'public."in/voice"',
 	'public."li/nks"');
@@ -191,6 +194,21 @@ is(sq($C, "SELECT coalesce(string_agg(ref_table || ' ' || coalesce(error, ''), E
 	  . "WHERE status = 'Failed'"), '', 'stream: nothing failed');
 is(sq($C, q{SELECT count(DISTINCT docname) FROM eventstream.sync_log WHERE ref_table = 'public."q?x#y"'}),
 	scalar(@docnames) * 2, 'the sync log names each document by its docname');
+
+# subscribe() by names as SQL writes them: "x.y" (a dot inside the quotes
+# is no schema's), "MiXed" and Public.PLAIN are public."x.y",
+# public."MiXed" and public.plain, as the producer names them.
+sq($P, q{INSERT INTO "x.y" VALUES ('x/1', 'v'), ('..', 'v'); INSERT INTO "MiXed" VALUES ('m/1', 'v');
+	INSERT INTO plain VALUES ('p/1', 'v')});
+sq($C, qq{SELECT eventstream.subscribe('$P->{url}', '"x.y"'); SELECT eventstream.subscribe('$P->{url}', ' "MiXed" ');
+	SELECT eventstream.subscribe('$P->{url}', 'Public.PLAIN')});
+is(sq($C, "SELECT string_agg(ref_table, ' | ' ORDER BY ref_table COLLATE \"C\") FROM eventstream.producer_table "
+	  . q{WHERE local_table IN ('"x.y"'::regclass, '"MiXed"'::regclass, 'plain'::regclass)}),
+	'public."MiXed" | public."x.y" | public.plain', 'subscribe(): the consumer names the tables as the producer does');
+sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['public.\"x.y\"', 'public.\"MiXed\"', 'public.plain']) t");
+ok(wait_query($C, q{SELECT (SELECT count(*) FROM "x.y") + (SELECT count(*) FROM "MiXed") + (SELECT count(*) FROM plain)},
+		'4', 60),
+	'  their approval arrives and their rows are copied');
 
 # refetch() from a session (eventstream._http_request, not the worker):
 # '.' and '..' segments go as they are.
