@@ -1,12 +1,14 @@
 # Awkward names on the wire, between two real sites: tables whose names
-# hold '/', '%', '?', '#', spaces, quotes, dots, commas and non-ASCII
-# letters, a table in a schema named "s/x", and docnames with '/', '%',
-# '..', '?', '#', '+', spaces, quotes, non-ASCII letters, the empty string
-# and ~200 characters.  Each one must come across the initial sync (over
-# several snapshot pages, so that after= carries such docnames back), the
-# stream (insert, update, delete), dependency fetches (a foreign key to a
+# hold '/', '%', '?', '#', spaces, quotes, dots, commas, a newline and
+# non-ASCII letters (one of 63 bytes), a table in a schema named "s/x", and
+# docnames with '/', '%', '..', '?', '#', '+', spaces, quotes, non-ASCII
+# letters, the empty string, ~200 characters and 1,800 bytes.  Each one
+# must come across registration, the initial sync (over several snapshot
+# pages, so that after= carries such docnames back), the stream (insert,
+# update, delete), dependency fetches (a foreign key and dynamic links to a
 # table named "cu/stomer" that is not subscribed, so its rows come through
-# documents/<table>/<docname>) and child tables; and direct requests to
+# documents/<table>/<docname>), child tables and refetch(); subscribe()
+# must name tables as the producer does; and direct requests to
 # documents/, filters= and snapshot/ with percent-encoded segments must
 # answer what they name, '..' segments included, while malformed escapes
 # are a 400 and an unknown table a 404 naming it.
