@@ -13,11 +13,12 @@
  *-------------------------------------------------------------------------
  */
 
--- The wire name a consumer's table name stands for, whether or not such a
--- table exists now (a subscribed table may have been dropped or renamed
--- since): schema-qualified, a bare name meaning public, quoted only where
--- needed, as _wire_name() gives it.  NULL when the name cannot be read
--- that way; _wire_table() then says what is wrong with it.
+-- The wire name a table name stands for (one a consumer sends, one given
+-- to a function here), whether or not such a table exists now (a
+-- subscribed table may have been dropped or renamed since):
+-- schema-qualified, a bare name meaning public, quoted only where needed,
+-- as _wire_name() gives it.  NULL when the name cannot be read that way;
+-- _wire_table() then says what is wrong with it.
 CREATE FUNCTION eventstream._wire_table_name(name text) RETURNS text
 	LANGUAGE plpgsql IMMUTABLE
 	SET search_path = pg_catalog, pg_temp
