@@ -202,12 +202,15 @@ is(sq($C, q{SELECT count(DISTINCT docname) FROM eventstream.sync_log WHERE ref_t
 # public."MiXed" and public.plain, as the producer names them.
 sq($P, q{INSERT INTO "x.y" VALUES ('x/1', 'v'), ('..', 'v'); INSERT INTO "MiXed" VALUES ('m/1', 'v');
 	INSERT INTO plain VALUES ('p/1', 'v')});
-sq($C, qq{SELECT eventstream.subscribe('$P->{url}', '"x.y"'); SELECT eventstream.subscribe('$P->{url}', ' "MiXed" ');
-	SELECT eventstream.subscribe('$P->{url}', 'Public.PLAIN')});
+my ($ret, $out, $err) = q_try($C, qq{SELECT eventstream.subscribe('$P->{url}', '"x.y"');
+	SELECT eventstream.subscribe('$P->{url}', ' "MiXed" '); SELECT eventstream.subscribe('$P->{url}', 'Public.PLAIN')});
+is("$ret $err", '0 ', 'subscribe() by "x.y", "MiXed" and Public.PLAIN');
 is(sq($C, "SELECT string_agg(ref_table, ' | ' ORDER BY ref_table COLLATE \"C\") FROM eventstream.producer_table "
 	  . q{WHERE local_table IN ('"x.y"'::regclass, '"MiXed"'::regclass, 'plain'::regclass)}),
 	'public."MiXed" | public."x.y" | public.plain', 'subscribe(): the consumer names the tables as the producer does');
-sq($P, "SELECT eventstream.approve('$C->{url}', t) FROM unnest(ARRAY['public.\"x.y\"', 'public.\"MiXed\"', 'public.plain']) t");
+($ret, $out, $err) = q_try($P, "SELECT eventstream.approve('$C->{url}', t) "
+	  . "FROM unnest(ARRAY['public.\"x.y\"', 'public.\"MiXed\"', 'public.plain']) t");
+is("$ret $err", '0 ', '  approved on the producer by those names');
 ok(wait_query($C, q{SELECT (SELECT count(*) FROM "x.y") + (SELECT count(*) FROM "MiXed") + (SELECT count(*) FROM plain)},
 		'4', 60),
 	'  their approval arrives and their rows are copied');
