@@ -5,10 +5,12 @@
  *
  * es_client_setup() applies the options every request to a producer
  * shares (timeouts, TLS verification against eventstream.ca_file, a cap
- * on the response body); es_client_bad_text() refuses a body that is not
- * UTF-8 text (the wire's encoding, src/site/wire.c) before anything reads
- * it, and es_client_text() makes a piece of a body fit for an error
- * message;
+ * on the response body, the path sent as it is: its segments are
+ * percent-encoded names, see eventstream_urlencode, and a "." or ".."
+ * among them is a docname, not to be resolved away);
+ * es_client_bad_text() refuses a body that is not UTF-8 text (the wire's
+ * encoding, src/site/wire.c) before anything reads it, and
+ * es_client_text() makes a piece of a body fit for an error message;
  * es_client_header() reads a header of the answer, and
  * es_client_protocol_known() says whether it is in a version of the
  * protocol this site speaks.  The site
@@ -130,6 +132,8 @@ es_client_setup(void *curl, const char *url, const char *auth,
 	memset(resp, 0, sizeof(EsResponse));
 	resp->max = (size_t) es_client_max_response_size * 1024;
 	curl_easy_setopt(curl, CURLOPT_URL, url);
+	/* Names are escaped segments: "." and ".." are sent as they are. */
+	curl_easy_setopt(curl, CURLOPT_PATH_AS_IS, 1L);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, es_client_write);
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, resp);
 	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);

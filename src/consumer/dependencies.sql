@@ -38,6 +38,29 @@ BEGIN
 END
 $$;
 
+/*
+ * The key, as _key_of gives it, of the row of tbl a dynamic link's key
+ * column names; NULL when the value cannot name a row of tbl (for a key of
+ * several columns not a JSON array of as many values, or a value a key
+ * column cannot hold).  Such a link refers to nothing, as one whose type
+ * column names no table: a value of the producer's rows never fails the
+ * answer that holds it.
+ */
+CREATE FUNCTION eventstream._link_key(tbl regclass, docname text) RETURNS jsonb
+	LANGUAGE plpgsql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	key jsonb;
+BEGIN
+	key := eventstream._key_of(tbl, docname);
+	EXECUTE format('SELECT eventstream._populate(NULL::%s, $1)', tbl) USING key;
+	RETURN key;
+EXCEPTION WHEN data_exception THEN
+	RETURN NULL;
+END
+$$;
+
 -- "t.a = k.a AND t.b = k.b" over the key columns of tbl.
 CREATE FUNCTION eventstream._key_match(tbl regclass) RETURNS text
 	LANGUAGE sql STABLE
@@ -215,15 +238,16 @@ BEGIN
 			  FROM fkrefs f
 			UNION
 			-- dynamic links registered here: the type column names the table
-			SELECT x.rt, eventstream._wire_name(x.rt), x.name, eventstream._key_of(x.rt, x.name)
+			-- as SQL would (schema public when not qualified); a value that
+			-- is no such name refers to nothing (it never fails the answer)
+			SELECT x.rt, eventstream._wire_name(x.rt), x.name, k.key
 			  FROM (SELECT DISTINCT
-						   to_regclass(CASE WHEN position('.' IN rows.r->>l.type_column::text) > 0
-											THEN rows.r->>l.type_column::text
-											ELSE 'public.' || (rows.r->>l.type_column::text) END) AS rt,
+						   to_regclass(eventstream._wire_table_name(rows.r->>l.type_column::text)) AS rt,
 						   rows.r->>l.key_column::text AS name
 					  FROM rows JOIN eventstream.dynamic_link l ON l.tbl = rows.tbl
 					 WHERE rows.r->>l.type_column::text IS NOT NULL AND rows.r->>l.key_column::text IS NOT NULL) x
-			 WHERE x.rt IS NOT NULL
+			 CROSS JOIN LATERAL (SELECT eventstream._link_key(x.rt, x.name) AS key) k
+			 WHERE x.rt IS NOT NULL AND k.key IS NOT NULL
 			UNION
 			-- the row an Update is for (same name); a one-column key is
 			-- built here, without a function call per update.  Not when

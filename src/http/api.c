@@ -7,13 +7,19 @@
  * transaction of its own inside PG_TRY: an ERROR becomes a JSON error
  * reply and never longjmps through libmicrohttpd frames.  The caller's
  * key ("Authorization: token key:secret", or Basic with the same pair) is
- * checked first; then the first route of es_api_routes that matches the
- * method and path picks the endpoint:
+ * checked first; then the path after ES_API_PREFIX, as the client sent it,
+ * is split at '/' into segments and each is percent-decoded on its own
+ * (es_api_segments: so "%2F" is a '/' inside a name, never a separator; a
+ * malformed escape or an escaped NUL is a 400), and the first route of
+ * es_api_routes that matches the method, the first segment and the number
+ * of segments picks the endpoint:
  *	  POST consumers                      register or update the calling
  *	                                      consumer
  *	  GET  updates?consumer=&cursor=      its next page of updates (a
  *	                                      long-poll with wait=)
  *	  GET  documents/<table>/<docname>    one document with its children
+ *	                                      (the segments after <table>,
+ *	                                      joined by '/', are the docname)
  *	  GET  snapshot/<table>?after=        a page of existing documents
  *	                                      (initial sync)
  *	  GET  documents/<table>?filters=     docnames matching equality filters
@@ -56,7 +62,9 @@
 typedef struct EsApiCall
 {
 	struct MHD_Connection *conn;
-	const char *url;			/* the path, ES_API_PREFIX included */
+	char	  **seg;			/* the path's segments after ES_API_PREFIX,
+								 * decoded, in the database encoding */
+	int			nseg;
 	const char *body;			/* NUL-terminated, or NULL */
 	bool		may_park;		/* a long-poll that may wait for updates */
 	const char *key;			/* the caller's API key */
@@ -74,19 +82,17 @@ typedef struct EsApiCall
  */
 typedef char *(*EsApiEndpoint) (EsApiCall *call, unsigned int *status);
 
-/* How a route's path matches a request's. */
-typedef enum EsApiMatch
-{
-	ES_MATCH_EXACT,				/* the same path */
-	ES_MATCH_PREFIX,			/* the path, then anything */
-	ES_MATCH_PREFIX_SLASH		/* the path, then anything holding a '/' */
-} EsApiMatch;
-
+/*
+ * A route: the method, the first segment after ES_API_PREFIX, and how
+ * many segments the path has (at least min_seg, at most max_seg; 0: no
+ * limit).
+ */
 typedef struct EsApiRoute
 {
 	const char *method;
-	const char *path;
-	EsApiMatch	match;
+	const char *first;
+	int			min_seg;
+	int			max_seg;
 	EsApiEndpoint endpoint;
 } EsApiRoute;
 
@@ -95,14 +101,15 @@ static char *es_api_updates(EsApiCall *call, unsigned int *status);
 static char *es_api_document(EsApiCall *call, unsigned int *status);
 static char *es_api_snapshot(EsApiCall *call, unsigned int *status);
 static char *es_api_filtered(EsApiCall *call, unsigned int *status);
+static void es_api_bad_escape(const char *esc, const char *where) pg_attribute_noreturn();
 
 /* The routes, tried in order. */
 static const EsApiRoute es_api_routes[] = {
-	{"POST", ES_API_PREFIX "consumers", ES_MATCH_EXACT, es_api_consumers},
-	{"GET", ES_API_PREFIX "updates", ES_MATCH_EXACT, es_api_updates},
-	{"GET", ES_API_PREFIX "documents/", ES_MATCH_PREFIX_SLASH, es_api_document},
-	{"GET", ES_API_PREFIX "snapshot/", ES_MATCH_PREFIX, es_api_snapshot},
-	{"GET", ES_API_PREFIX "documents/", ES_MATCH_PREFIX, es_api_filtered},
+	{"POST", "consumers", 1, 1, es_api_consumers},
+	{"GET", "updates", 1, 1, es_api_updates},
+	{"GET", "documents", 3, 0, es_api_document},	/* documents/<t>/<d> */
+	{"GET", "snapshot", 2, 2, es_api_snapshot}, /* snapshot/<t> */
+	{"GET", "documents", 2, 2, es_api_filtered},	/* documents/<t>?filters= */
 };
 
 static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
@@ -385,13 +392,19 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 static char *
 es_api_document(EsApiCall *call, unsigned int *status)
 {
-	/* documents/<table>/<docname>: the docname is the rest of the path. */
-	const char *rest = call->url + strlen(ES_API_PREFIX "documents/");
-	const char *slash = strchr(rest, '/');
+	StringInfoData docname;
 	const char *args[3];
 
-	args[0] = pnstrdup(rest, slash - rest);
-	args[1] = slash + 1;
+	/* documents/<table>/<docname>: the docname is the rest of the path. */
+	initStringInfo(&docname);
+	for (int i = 2; i < call->nseg; i++)
+	{
+		if (i > 2)
+			appendStringInfoChar(&docname, '/');
+		appendStringInfoString(&docname, call->seg[i]);
+	}
+	args[0] = call->seg[1];
+	args[1] = docname.data;
 	args[2] = call->role;
 	return es_http_query("SELECT eventstream._serve_document($1, $2, $3::regrole)::text", 3, args);
 }
@@ -431,7 +444,7 @@ es_api_snapshot(EsApiCall *call, unsigned int *status)
 	}
 	else
 	{
-		args[0] = call->url + strlen(ES_API_PREFIX "snapshot/");
+		args[0] = call->seg[1];
 		args[1] = after;
 		args[2] = limit ? limit : CppAsString2(ES_PAGE_DEFAULT);
 		args[3] = call->role;
@@ -454,7 +467,7 @@ es_api_filtered(EsApiCall *call, unsigned int *status)
 	const char *limit = es_api_param(call, "limit");
 	const char *args[4];
 
-	args[0] = call->url + strlen(ES_API_PREFIX "documents/");
+	args[0] = call->seg[1];
 	args[1] = filters ? filters : "{}";
 	args[2] = limit ? limit : "20";
 	args[3] = call->role;
@@ -463,22 +476,133 @@ es_api_filtered(EsApiCall *call, unsigned int *status)
 }
 
 /*
+ * es_api_hex
+ *		The value of a hexadecimal digit, or -1.
+ */
+static int
+es_api_hex(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * es_api_bad_escape
+ *		Refuse the malformed or NUL escape at esc of a request's path or
+ *		query string (where): a 400 naming it (its bytes that are not
+ *		printable ASCII shown as '?', so that the message stays valid text).
+ */
+static void
+es_api_bad_escape(const char *esc, const char *where)
+{
+	char		shown[4];
+	int			i;
+
+	for (i = 0; i < 3 && esc[i] != '\0'; i++)
+		shown[i] = (esc[i] > 0x20 && esc[i] < 0x7f) ? esc[i] : '?';
+	shown[i] = '\0';
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_ESCAPE_SEQUENCE),
+			 errmsg("invalid percent-encoding \"%s\" in the request %s", shown, where),
+			 strcmp(shown, "%00") == 0
+			 ? errhint("A table name or a docname cannot hold a NUL byte.")
+			 : errhint("%% followed by two hexadecimal digits stands for a byte: a '%%' is written %%25, and a '/' inside a table name or docname %%2F.")));
+}
+
+/*
+ * es_api_segments
+ *		Split path (the raw path after ES_API_PREFIX, as the client sent
+ *		it) at each '/' and percent-decode each segment on its own, into
+ *		*seg (palloc'd, in the database encoding; *nseg of them).  A
+ *		malformed escape, an escaped NUL, or a segment that is not UTF-8 or
+ *		that the database encoding cannot hold is an ERROR (a 400).  No
+ *		segment is interpreted: "." and ".." are names like any other.  In
+ *		the request's transaction.
+ */
+static void
+es_api_segments(const char *path, char ***seg, int *nseg)
+{
+	int			n = 1;
+	int			i = 0;
+	const char *p;
+
+	for (p = path; *p != '\0'; p++)
+		if (*p == '/')
+			n++;
+	*seg = palloc(n * sizeof(char *));
+	*nseg = n;
+	p = path;
+	for (;;)
+	{
+		size_t		len = strcspn(p, "/");
+		char	   *out = palloc(len + 1);
+		int			outlen = 0;
+
+		for (size_t j = 0; j < len; j++)
+		{
+			if (p[j] != '%')
+				out[outlen++] = p[j];
+			else
+			{
+				int			hi = j + 1 < len ? es_api_hex(p[j + 1]) : -1;
+				int			lo = j + 2 < len ? es_api_hex(p[j + 2]) : -1;
+
+				if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+					es_api_bad_escape(p + j, "path");
+				out[outlen++] = (char) (hi * 16 + lo);
+				j += 2;
+			}
+		}
+		out[outlen] = '\0';
+		(*seg)[i++] = (char *) es_api_text(out);
+		if (p[len] == '\0')
+			break;
+		p += len + 1;
+	}
+	Assert(i == n);
+}
+
+/*
+ * es_api_check_query
+ *		Refuse a query string (as the client sent it) holding a malformed
+ *		escape or an escaped NUL, as es_api_segments refuses such a path:
+ *		libmicrohttpd, which decodes the parameters, would keep the one
+ *		as it is and cut the value at the other.  ('+' is a space there,
+ *		and "%2B" a '+'.)
+ */
+static void
+es_api_check_query(const char *query)
+{
+	for (const char *p = query; *p != '\0'; p++)
+	{
+		if (*p != '%')
+			continue;
+		if (es_api_hex(p[1]) < 0 || es_api_hex(p[2]) < 0 || (p[1] == '0' && p[2] == '0'))
+			es_api_bad_escape(p, "query string");
+		p += 2;
+	}
+}
+
+/*
  * es_api_route
- *		The first route that matches method and url, or NULL.
+ *		The first route that matches method and the path's segments, or
+ *		NULL.
  */
 static const EsApiRoute *
-es_api_route(const char *method, const char *url)
+es_api_route(const char *method, char **seg, int nseg)
 {
 	for (int i = 0; i < (int) lengthof(es_api_routes); i++)
 	{
 		const EsApiRoute *r = &es_api_routes[i];
-		size_t		len = strlen(r->path);
 
-		if (strcmp(method, r->method) != 0 || strncmp(url, r->path, len) != 0)
+		if (strcmp(method, r->method) != 0 || strcmp(seg[0], r->first) != 0)
 			continue;
-		if (r->match == ES_MATCH_EXACT && url[len] != '\0')
-			continue;
-		if (r->match == ES_MATCH_PREFIX_SLASH && strchr(url + len, '/') == NULL)
+		if (nseg < r->min_seg || (r->max_seg > 0 && nseg > r->max_seg))
 			continue;
 		return r;
 	}
@@ -516,13 +640,16 @@ es_http_api_free(EsApiReply *reply)
  *		memory); the caller frees it with es_http_api_free.
  *
  * Called from the access handler, i.e. from the worker's wait loop with no
- * transaction open.  The request's texts are UTF-8 and so is the reply
- * (see the file header).  Any ERROR is caught here and becomes a JSON error
- * reply: nothing longjmps through libmicrohttpd.
+ * transaction open; path and query are the path (under ES_API_PREFIX) and
+ * the query string (NULL: none) as the client sent them, percent-encoded;
+ * the query parameters themselves are read decoded from conn.  The
+ * request's texts are UTF-8 and so is the reply (see the file header).
+ * Any ERROR is caught here and becomes a JSON error reply: nothing
+ * longjmps through libmicrohttpd.
  */
 unsigned int
-es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
-			const char *body, bool may_park, EsApiReply *reply)
+es_http_api(struct MHD_Connection *conn, const char *method, const char *path,
+			const char *query, const char *body, bool may_park, EsApiReply *reply)
 {
 	MemoryContext callercxt = MemoryContextSwitchTo(es_request_cxt);
 	MemoryContext oldcxt = es_request_cxt;
@@ -537,7 +664,9 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 		char	   *secret;
 		const char *args[2];
 		char	   *role;
-		const EsApiRoute *route;
+		const EsApiRoute *route = NULL;
+		char	  **seg = NULL;
+		int			nseg = 0;
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
@@ -555,18 +684,28 @@ es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
 			role = es_http_query("SELECT eventstream._check_api_key($1, $2)::text", 2, args);
 		}
 
+		/* The server hands over only paths under ES_API_PREFIX. */
+		if (role != NULL)
+		{
+			if (query != NULL)
+				es_api_check_query(query);
+			es_api_segments(path + strlen(ES_API_PREFIX), &seg, &nseg);
+			route = es_api_route(method, seg, nseg);
+		}
+
 		if (role == NULL)
 		{
 			status = MHD_HTTP_UNAUTHORIZED;
 			result = "{\"error\": {\"code\": \"unauthorized\", \"message\": \"A valid API key is required.\"}}";
 		}
-		else if ((route = es_api_route(method, url)) != NULL)
+		else if (route != NULL)
 		{
 			EsApiCall	call;
 			unsigned int call_status = MHD_HTTP_OK;
 
 			call.conn = conn;
-			call.url = es_api_text(url);
+			call.seg = seg;
+			call.nseg = nseg;
 			call.body = es_api_text(body);
 			call.may_park = may_park;
 			call.key = key;

@@ -35,8 +35,9 @@ typedef struct EsApiReply
 } EsApiReply;
 
 extern void es_http_api_init(void);
-extern unsigned int es_http_api(struct MHD_Connection *conn, const char *method, const char *url,
-								const char *body, bool may_park, EsApiReply *reply);
+extern unsigned int es_http_api(struct MHD_Connection *conn, const char *method, const char *path,
+								const char *query, const char *body, bool may_park,
+								EsApiReply *reply);
 extern void es_http_api_free(EsApiReply *reply);
 
 #endif							/* ES_HTTP_API_H */

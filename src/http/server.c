@@ -19,8 +19,10 @@
  * logs (es_http_wake, from the worker) or its deadline, at most
  * ES_MAX_WAIT_S.  Every answer carries the Eventstream-Protocol header, and
  * a page of updates its other Eventstream-* headers (docs/protocol.md).
- * Request state and replies are malloc'd: no PostgreSQL allocation lives
- * in libmicrohttpd frames.
+ * Routing goes by the path as the client sent it, still percent-encoded
+ * (es_http_uri_logged), never by libmicrohttpd's decoded URL.  Request
+ * state and replies are malloc'd: no PostgreSQL allocation lives in
+ * libmicrohttpd frames.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -47,9 +49,16 @@
 #include "http/api.h"
 #include "http/server.h"
 
-/* Per-request state, malloc'd (no PostgreSQL allocation in MHD frames). */
+/*
+ * Per-request state, malloc'd (no PostgreSQL allocation in MHD frames):
+ * made by es_http_uri_logged when the request line is read, freed by
+ * es_http_request_done.
+ */
 typedef struct EsRequest
 {
+	char	   *path;			/* the path as sent, still percent-encoded */
+	char	   *query;			/* the query string as sent, or NULL */
+	bool		started;		/* the access handler has seen it */
 	char	   *body;
 	size_t		len;
 	bool		too_large;
@@ -144,6 +153,39 @@ es_http_error(struct MHD_Connection *conn, unsigned int status,
 }
 
 /*
+ * es_http_uri_logged
+ *		libmicrohttpd's URI callback: make the request's state, keeping its
+ *		path and its query string as the client sent them.
+ *
+ * libmicrohttpd percent-decodes the URL it gives the access handler, and
+ * a '/' inside a name (sent as %2F) would be indistinguishable there from
+ * a separator; so the API splits this raw path into segments first and
+ * decodes each itself (src/http/api.c).  The returned state becomes the
+ * request's *con_cls; NULL (out of memory) makes the handler close the
+ * connection.
+ */
+static void *
+es_http_uri_logged(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	EsRequest  *req = calloc(1, sizeof(EsRequest));
+	size_t		len = strcspn(uri, "?");
+
+	if (req == NULL)
+		return NULL;
+	req->path = strndup(uri, len);
+	if (uri[len] == '?')
+		req->query = strdup(uri + len + 1);
+	if (req->path == NULL || (uri[len] == '?' && req->query == NULL))
+	{
+		free(req->path);
+		free(req->query);
+		free(req);
+		return NULL;
+	}
+	return req;
+}
+
+/*
  * es_http_request_done
  *		Free a request's state when libmicrohttpd is done with it.
  */
@@ -166,6 +208,8 @@ es_http_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 					break;
 				}
 		}
+		free(req->path);
+		free(req->query);
 		free(req->body);
 		free(req);
 		*con_cls = NULL;
@@ -176,10 +220,12 @@ es_http_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
  * es_http_handler
  *		libmicrohttpd's access handler.
  *
- * The first call for a request only sets up its state (queueing a reply
- * there would make libmicrohttpd close keep-alive connections); later calls
- * collect the body, up to eventstream.http_max_request_size; the reply is queued once it is all
- * there.
+ * The request's state was made by es_http_uri_logged.  The first call for
+ * a request only marks it seen (queueing a reply there would make
+ * libmicrohttpd close keep-alive connections); later calls collect the
+ * body, up to eventstream.http_max_request_size; the reply is queued once
+ * it is all there.  Routing uses the raw path the state holds, never url
+ * (already percent-decoded by libmicrohttpd).
  */
 static enum MHD_Result
 es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
@@ -193,11 +239,10 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	bool		may_park;
 
 	if (req == NULL)
+		return MHD_NO;			/* es_http_uri_logged ran out of memory */
+	if (!req->started)
 	{
-		req = calloc(1, sizeof(EsRequest));
-		if (req == NULL)
-			return MHD_NO;
-		*con_cls = req;
+		req->started = true;
 		return MHD_YES;
 	}
 	if (*upload_data_size != 0)
@@ -244,7 +289,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	if (req->body && memchr(req->body, '\0', req->len) != NULL)
 		return es_http_error(conn, MHD_HTTP_BAD_REQUEST, "22021",
 							 "The request body contains a NUL byte.");
-	if (strcmp(url, ES_API_PREFIX "health") == 0)
+	if (strcmp(req->path, ES_API_PREFIX "health") == 0)
 	{
 		char		body[256];
 
@@ -255,11 +300,11 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 				 es_site_id, EVENTSTREAM_VERSION);
 		return es_http_reply(conn, MHD_HTTP_OK, body, NULL);
 	}
-	if (strncmp(url, ES_API_PREFIX, strlen(ES_API_PREFIX)) != 0)
+	if (strncmp(req->path, ES_API_PREFIX, strlen(ES_API_PREFIX)) != 0)
 		return es_http_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "No such endpoint.");
 
 	/* Long-poll: a first GET of updates may ask to wait up to wait= seconds. */
-	if (req->deadline == 0 && strcmp(url, ES_API_PREFIX "updates") == 0)
+	if (req->deadline == 0 && strcmp(req->path, ES_API_PREFIX "updates") == 0)
 	{
 		const char *wait = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "wait");
 		int			secs = wait ? atoi(wait) : 0;
@@ -277,7 +322,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	 */
 	if (may_park && es_before_park != NULL)
 		es_before_park();
-	status = es_http_api(conn, method, url, req->body, may_park, &reply);
+	status = es_http_api(conn, method, req->path, req->query, req->body, may_park, &reply);
 	if (reply.body == NULL)
 	{
 		es_http_api_free(&reply);
@@ -416,6 +461,7 @@ es_http_start(const char *address, int port, const char *site_id,
 								 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
 								 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int) 1,
 								 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 120,
+								 MHD_OPTION_URI_LOG_CALLBACK, es_http_uri_logged, NULL,
 								 MHD_OPTION_NOTIFY_COMPLETED, es_http_request_done, NULL,
 								 MHD_OPTION_ARRAY, tls_options,
 								 MHD_OPTION_END);

@@ -218,30 +218,6 @@ BEGIN
 END
 $$;
 
--- The wire name a consumer's table name stands for, whether or not such a
--- table exists now (a subscribed table may have been dropped or renamed
--- since): schema-qualified, a bare name meaning public, quoted only where
--- needed, as _wire_name() gives it.  NULL when the name cannot be read
--- that way; _wire_table() then says what is wrong with it.
-CREATE FUNCTION eventstream._wire_table_name(name text) RETURNS text
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	parts text[];
-BEGIN
-	BEGIN
-		parts := parse_ident(name);
-	EXCEPTION WHEN OTHERS THEN
-		RETURN NULL;
-	END;
-	IF cardinality(parts) = 1 THEN
-		parts := ARRAY['public'] || parts;
-	END IF;
-	RETURN CASE WHEN cardinality(parts) = 2 THEN format('%I.%I', parts[1], parts[2]) END;
-END
-$$;
-
 -- Why a subscribed table (by its wire name) cannot be served to a role
 -- now, as {"code": SQLSTATE, "message": text}; NULL when it can.  Cheap
 -- enough for every reply: registration and every page report it per table.

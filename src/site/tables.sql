@@ -13,12 +13,41 @@
  *-------------------------------------------------------------------------
  */
 
--- A table name as the wire has it: schema-qualified.
+-- The wire name a table name stands for (one a consumer sends, one given
+-- to a function here), whether or not such a table exists now (a
+-- subscribed table may have been dropped or renamed since):
+-- schema-qualified, a bare name meaning public, quoted only where needed,
+-- as _wire_name() gives it.  NULL when the name cannot be read that way;
+-- _wire_table() then says what is wrong with it.
+CREATE FUNCTION eventstream._wire_table_name(name text) RETURNS text
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[];
+BEGIN
+	BEGIN
+		parts := parse_ident(name);
+	EXCEPTION WHEN OTHERS THEN
+		RETURN NULL;
+	END;
+	IF cardinality(parts) = 1 THEN
+		parts := ARRAY['public'] || parts;
+	END IF;
+	RETURN CASE WHEN cardinality(parts) = 2 THEN format('%I.%I', parts[1], parts[2]) END;
+END
+$$;
+
+-- A table name as the wire has it: schema-qualified (public when not),
+-- quoted only where needed, as SQL reads it ("x.y" is one name, Item is
+-- item), so that it is the name the producer gives the same table.  A
+-- name SQL cannot read is only qualified (what uses it then says so).
 CREATE FUNCTION eventstream._qualified(name text) RETURNS text
 	LANGUAGE sql IMMUTABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END
+	SELECT coalesce(eventstream._wire_table_name(name),
+					CASE WHEN position('.' IN btrim(name)) > 0 THEN btrim(name) ELSE 'public.' || btrim(name) END)
 $$;
 
 -- The wire name of a table: schema-qualified, quoted only where needed.
