@@ -412,26 +412,35 @@ END
 $$;
 
 CREATE FUNCTION eventstream.approve(consumer_url text, ref_table text) RETURNS void
-	LANGUAGE sql
-	BEGIN ATOMIC
-		SELECT eventstream._set_status(consumer_url, ref_table, 'Approved');
-	END;
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM eventstream._assert_admin('approve');
+	PERFORM eventstream._set_status(consumer_url, ref_table, 'Approved');
+END
+$$;
 COMMENT ON FUNCTION eventstream.approve(text, text) IS
 	'Approve a consumer''s subscription to a table: its changes are logged and served from now on.';
 
 CREATE FUNCTION eventstream.reject(consumer_url text, ref_table text) RETURNS void
-	LANGUAGE sql
-	BEGIN ATOMIC
-		SELECT eventstream._set_status(consumer_url, ref_table, 'Rejected');
-	END;
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM eventstream._assert_admin('reject');
+	PERFORM eventstream._set_status(consumer_url, ref_table, 'Rejected');
+END
+$$;
 COMMENT ON FUNCTION eventstream.reject(text, text) IS
 	'Reject a consumer''s subscription to a table: nothing written after the rejection is served to it; what was written before it (committed before it, or earlier in the same transaction) still is.';
 
 CREATE FUNCTION eventstream.remove_consumer(consumer_url text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('remove_consumer');
 	DELETE FROM eventstream.consumer c WHERE c.consumer_url = remove_consumer.consumer_url;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
