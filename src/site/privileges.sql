@@ -51,6 +51,11 @@ GRANT EXECUTE ON FUNCTION
 	eventstream.create_mapping, eventstream.alter_mapping, eventstream.drop_mapping,
 	eventstream.map_field, eventstream.unmap_field
 	TO eventstream_admin;
+-- approve() and reject() run as their caller up to _set_status (see there).
+GRANT EXECUTE ON FUNCTION eventstream._assert_admin TO PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstream._set_status, eventstream._canonical_table_name,
+	eventstream._published_name, eventstream._wire_name
+	TO eventstream_admin;
 GRANT SELECT ON eventstream.site, eventstream.consumer, eventstream.consumer_table,
 	eventstream.child_table, eventstream.dynamic_link, eventstream.published_table,
 	eventstream.producer_table, eventstream.sync_log, eventstream.remote_document,
