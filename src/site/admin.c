@@ -11,9 +11,11 @@
  * (current_user outside SECURITY DEFINER functions: GetOuterUserId()), not
  * the owner the function runs as.  A function run inside a
  * security-restricted operation (an index expression, a maintenance
- * command, a consumer's condition) is refused whoever the session is, so
- * that nobody's code runs an administrative function with the session's
- * rights behind its back.
+ * command, a consumer's condition) is refused whoever the session is, and
+ * so is every one but prune() in the site worker (whose session is the
+ * bootstrap superuser's, and which runs triggers of the tables it applies
+ * to), so that nobody's code runs an administrative function with the
+ * session's rights behind its back.
  *
  * API keys and subscribers name a role that other sites' requests or the
  * apply run as: eventstream._assert_may_grant() lets an administrator name
@@ -34,6 +36,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 
@@ -75,6 +78,13 @@ es_caller(const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("cannot run eventstream.%s() within a security-restricted operation", what)));
+	if (MyBgworkerEntry != NULL &&
+		strcmp(MyBgworkerEntry->bgw_library_name, "eventstream") == 0 &&
+		strcmp(what, "prune") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot run eventstream.%s() in an eventstream worker", what),
+				 errdetail("The worker's session is a superuser's: code it runs as another role, such as a trigger of a table it applies updates to, does not administer the site.")));
 	return GetOuterUserId();
 }
 

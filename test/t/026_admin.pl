@@ -13,7 +13,9 @@
 #    producer, data flows, a failed update resynced, the sync log and the
 #    status views read, the key revoked (the consumer is refused from then
 #    on), the producer and the consumer removed.  It reads the
-#    configuration, not the secrets nor the update log.
+#    configuration, not the secrets nor the update log.  A member's
+#    SECURITY DEFINER trigger fired by the worker's apply cannot make a key
+#    with the worker's superuser session.
 # C. Every public function of the SQL API: ops may call each (none answers
 #    42501); a plain LOGIN role and a pg_monitor member are refused each
 #    with 42501; the plain role reads no table or view of the extension; a
@@ -237,6 +239,29 @@ sq($C, 'ALTER TABLE item DROP CONSTRAINT not_bad');
 is(as_ok('ops', $C, "SELECT eventstream.resync($failed)", 'B: ops resyncs the failed update'), 'Synced',
 	'  Synced');
 is(rows($C, 'item'), "(1,one)\n(2,two)\n(3,bad)", '  and the row is here');
+
+# A member's SECURITY DEFINER trigger on a table the worker applies to
+# does not act with the worker's (superuser's) session.
+sq($C, q{
+	CREATE FUNCTION trap() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+	BEGIN
+		PERFORM eventstream.create_api_key('stranger');
+		RETURN NEW;
+	END
+	$$;
+	ALTER FUNCTION trap() OWNER TO helper;
+	CREATE TRIGGER trap BEFORE INSERT ON item FOR EACH ROW EXECUTE FUNCTION trap();
+	ALTER TABLE item ENABLE ALWAYS TRIGGER trap;
+});
+sq($P, "INSERT INTO item VALUES (4, 'four')");
+ok(wait_query($C, "SELECT status FROM eventstream.sync_log WHERE remote_docname = '4'", 'Failed', 60),
+	'B: an update whose trigger makes a key fails in the worker');
+like(sq($C, "SELECT error FROM eventstream.sync_log WHERE remote_docname = '4'"),
+	qr/cannot run eventstream\.create_api_key\(\) in an eventstream worker/, '  refused, saying why');
+is(sq($C, 'SELECT count(*) FROM eventstream.api_key'), '0', '  and no key was made');
+sq($C, 'DROP TRIGGER trap ON item');
+is(as_ok('ops', $C, "SELECT eventstream.resync(id) FROM eventstream.sync_log WHERE remote_docname = '4'",
+		'B: ops resyncs it once the trigger is gone'), 'Synced', '  Synced');
 
 as_ok('ops', $C, "SELECT eventstream.subscribe('$P->{url}', 'other_item')", 'B: ops subscribes to another table');
 as_ok('ops', $P, "SELECT eventstream.reject('$C->{url}', 'public.other_item')", 'B: ops rejects it on the producer');
