@@ -40,7 +40,6 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 
-
 PG_FUNCTION_INFO_V1(eventstream_assert_admin);
 PG_FUNCTION_INFO_V1(eventstream_assert_may_grant);
 PG_FUNCTION_INFO_V1(eventstream_assert_unprivileged_role);
