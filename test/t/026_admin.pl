@@ -274,6 +274,13 @@ is(as_ok('ops', $C, "SELECT * FROM eventstream.resync_failed('$P->{url}')", 'B: 
 is(as_ok('ops', $C, "SELECT eventstream.refetch('$P->{url}', 'item', '2')", 'B: ops refetches a document'),
 	'Synced', '  Synced');
 
+like(as_ok('ops', $C, "SELECT eventstream.reset_cursor('$P->{url}', initial_sync => false)",
+		'B: ops resets the cursor'), qr/^v1\//, '  and gets the producer\'s');
+as_ok('ops', $C, "SELECT eventstream.resync_table('$P->{url}', 'item')", 'B: ops has the table copied again');
+ok(wait_query($C, "SELECT snapshot_pending FROM eventstream.producer_table WHERE ref_table = 'public.item'", 'f', 60),
+	'  the copy is done');
+is(rows($C, 'item'), "(1,one)\n(2,two)\n(3,bad)\n(4,four)", '  and the rows are the producer\'s');
+ok(wait_query($C, 'SELECT state FROM eventstream.producer_status', 'streaming', 60), '  streaming again');
 is(as_ok('ops', $C, 'SELECT state FROM eventstream.producer_status', 'B: ops reads producer_status'),
 	'streaming', '  streaming');
 is(as_ok('ops', $P, "SELECT consumer_url || ' ' || tables_approved FROM eventstream.consumer_status",
