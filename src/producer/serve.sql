@@ -53,6 +53,9 @@ CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" i
 										OUT complete boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
+	-- Role-served tables are read as the API key's role, whose policies
+	-- always apply.
+	SET row_security = on
 	-- Walk the primary key in order and stop after a page; estimates of the
 	-- snapshot filters are blind and would otherwise pick bitmap + sort.
 	SET enable_bitmapscan = off
@@ -616,6 +619,8 @@ CREATE FUNCTION eventstream._serve_document(ref_table text, docname text, role r
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+	-- Read as the API key's role, whose policies always apply.
+	SET row_security = on
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
@@ -643,6 +648,8 @@ CREATE FUNCTION eventstream._serve_filtered(ref_table text, filters jsonb, "limi
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+	-- Read as the API key's role, whose policies always apply.
+	SET row_security = on
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
@@ -690,6 +697,8 @@ CREATE FUNCTION eventstream._serve_snapshot(ref_table text, after text, "limit" 
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+	-- Read as the API key's role, whose policies always apply.
+	SET row_security = on
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);

@@ -76,6 +76,15 @@ foreach my $s ($C, $K, $B)
 	});
 }
 
+# Run SQL on a site: its output, or its error (an assertion then fails
+# instead of ending the test).
+sub sqe
+{
+	my ($s, $sql) = @_;
+	my ($ret, $out, $err) = q_try($s, $sql);
+	return $ret == 0 ? $out : "ERROR $err";
+}
+
 sub add_producer_sql
 {
 	my ($key, $secret, $tables) = @_;
@@ -122,9 +131,9 @@ my ($bk, $bs) = key_pair($P, 'branch');
 my ($ck, $cs) = key_pair($P, 'colreader');
 my ($xk, $xs) = key_pair($P, 'bypasser');
 sq($C, add_producer_sql($bk, $bs, "'item'"));
-sq($K, add_producer_sql($ck, $cs, "'acct'"));
+is(sqe($K, add_producer_sql($ck, $cs, "'acct'")), '', 'a role with SELECT on some columns, the key among them, registers');
 sq($B, add_producer_sql($xk, $xs, "'item'"));
-sq($P, "SELECT eventstream.approve('$_->{url}', '" . ($_ == $K ? 'acct' : 'item') . "')") foreach ($C, $K, $B);
+sqe($P, "SELECT eventstream.approve('$_->{url}', '" . ($_ == $K ? 'acct' : 'item') . "')") foreach ($C, $K, $B);
 foreach my $s ($C, $K, $B)
 {
 	ok(wait_query($s, "SELECT count(*) FILTER (WHERE status = 'Approved' AND NOT snapshot_pending) "
@@ -137,7 +146,7 @@ foreach my $s ($C, $K, $B)
 
 is(rows($C, 'item'), "(1,north,s1,a)\n(3,north,s3,c)", 'A: the initial sync brings only the rows the policy shows');
 is(rows($C, 'item_line'), "(1,1,north,5)\n(3,1,north,1)", '  and only the visible child rows');
-is(sq($P, "SELECT eventstream._role_served('item', 'branch') || '/' || eventstream._role_served('item', 'bypasser')"),
+is(sqe($P, "SELECT eventstream._role_served('item', 'branch') || '/' || eventstream._role_served('item', 'bypasser')"),
 	'true/false', '  the table is role-served to branch, not to bypasser');
 
 sq($P, q{
@@ -226,9 +235,9 @@ ok(wait_query($B, "SELECT string_agg(id || ':' || region, ',' ORDER BY id) FROM 
 is(rows($B, 'item_line'), "(1,1,north,5)\n(1,2,south,7)\n(2,1,north,3)\n(2,2,south,4)\n(3,1,north,1)\n(5,1,north,2)\n(5,2,south,9)",
 	'  and every child row');
 is(log_of($B, 'item', '4'), 'Create:Synced,Update:Synced', '  by the fast path (the logs as they are)');
-is(sq($P, "SELECT eventstream._rls_applies('owned', 'tabowner') || '/' || eventstream._rls_applies('owned', 'branch')"),
+is(sqe($P, "SELECT eventstream._rls_applies('owned', 'tabowner') || '/' || eventstream._rls_applies('owned', 'branch')"),
 	'false/true', '  row-level security does not apply to the owner');
 sq($P, 'ALTER TABLE owned FORCE ROW LEVEL SECURITY');
-is(sq($P, "SELECT eventstream._rls_applies('owned', 'tabowner')"), 't', '  unless the table forces it');
+is(sqe($P, "SELECT eventstream._rls_applies('owned', 'tabowner')"), 't', '  unless the table forces it');
 
 done_testing();
