@@ -58,12 +58,20 @@ sq($P, q{
 	CREATE TABLE acct (id int PRIMARY KEY, name text, salary int);
 	GRANT SELECT (id, name) ON acct TO colreader;
 	GRANT SELECT (name, salary) ON acct TO nokey;
+	CREATE TABLE acct_note (acct_id int REFERENCES acct, n int, body text, internal text, PRIMARY KEY (acct_id, n));
+	CREATE TABLE acct_tag (acct_id int REFERENCES acct, tag text, PRIMARY KEY (acct_id, tag));
+	SELECT eventstream.add_child_table('acct', 'acct_note');
+	SELECT eventstream.add_child_table('acct', 'acct_tag');
+	GRANT SELECT (acct_id, n, body) ON acct_note TO colreader;
+	GRANT SELECT (acct_id) ON acct_tag TO colreader;
 	CREATE TABLE owned (id int PRIMARY KEY, v text);
 	ALTER TABLE owned OWNER TO tabowner;
 	ALTER TABLE owned ENABLE ROW LEVEL SECURITY;
 	INSERT INTO item VALUES (1, 'north', 's1', 'a'), (2, 'south', 's2', 'b'), (3, 'north', 's3', 'c');
 	INSERT INTO item_line VALUES (1, 1, 'north', 5), (1, 2, 'south', 7), (3, 1, 'north', 1);
 	INSERT INTO acct VALUES (1, 'ann', 100), (2, 'bob', 200);
+	INSERT INTO acct_note VALUES (1, 1, 'hello', 'x-internal');
+	INSERT INTO acct_tag VALUES (1, 'vip');
 });
 foreach my $s ($C, $K, $B)
 {
@@ -72,6 +80,8 @@ foreach my $s ($C, $K, $B)
 		CREATE TABLE item_line (item_id int REFERENCES item ON DELETE CASCADE, n int, region text, qty int,
 								PRIMARY KEY (item_id, n));
 		CREATE TABLE acct (id int PRIMARY KEY, name text, salary int);
+		CREATE TABLE acct_note (acct_id int REFERENCES acct, n int, body text, internal text, PRIMARY KEY (acct_id, n));
+		CREATE TABLE acct_tag (acct_id int REFERENCES acct, tag text, PRIMARY KEY (acct_id, tag));
 		GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO applier;
 	});
 }
@@ -202,16 +212,21 @@ unlike($body, qr/s4|s5|south|west/, '  and nothing of the hidden ones');
 ######################################################################
 
 is(rows($K, 'acct'), "(1,ann,)\n(2,bob,)", 'B: the initial sync brings only the readable columns');
+is(rows($K, 'acct_note'), '(1,1,hello,)', '  of the child rows too');
+is(rows($K, 'acct_tag'), '', '  and no rows of a child table whose key it cannot read');
 sq($P, "INSERT INTO acct VALUES (3, 'cy', 300)");
 sq($P, "UPDATE acct SET salary = 150, name = 'ann2' WHERE id = 1");
+sq($P, "INSERT INTO acct_note VALUES (3, 1, 'hi', 'y-internal')");
 ok(wait_query($K, "SELECT string_agg(id || ':' || name || ':' || coalesce(salary::text, '-'), ',' ORDER BY id) FROM acct",
 	'1:ann2:-,2:bob:-,3:cy:-', 30), '  the stream brings only the readable columns');
-is(sq($K, "SELECT count(*) FROM eventstream.sync_log WHERE data::text LIKE '%salary%'"), '0',
-	'  no served data holds the hidden column');
+is(sq($K, "SELECT count(*) FROM eventstream.sync_log WHERE data::text ~ 'salary|internal|vip'"), '0',
+	'  no served data holds the hidden columns');
+ok(wait_query($K, 'SELECT string_agg(acct_id || body || coalesce(internal, \'-\'), \',\' ORDER BY acct_id) FROM acct_note',
+	'1hello-,3hi-', 30), '  nor the hidden columns of child rows');
 ($st, $body) = api_get($ck, $cs, 'documents/public.acct/3');
 is($st, '200', '  documents serves the row');
-unlike($body, qr/salary|300/, '  without the hidden column');
-like($body, qr/"name": "cy"/, '  with the readable ones');
+unlike($body, qr/salary|300|internal|acct_tag/, '  without the hidden columns and child table');
+like($body, qr/"name": "cy".*"body": "hi"/s, '  with the readable ones');
 ($st, $body) = api_get($ck, $cs, 'documents/public.acct', filters => '{"salary": "300"}');
 is($st, '403', '  filtering on a hidden column is refused');
 like($body, qr/cannot read column \\"salary\\"/, '  with a clear message');
