@@ -243,14 +243,19 @@ BEGIN
 	DELETE FROM eventstream.served_page sp
 	 WHERE sp.consumer_url = c.consumer_url AND sp.page >= pageno;
 	-- Of the documents' changes: those of pages after this one go, and of
-	-- the pulls of the page before, those the consumer did not go on from
-	-- (their cursor is not this one; a page before the acknowledged one
-	-- was settled so already).  Those of other pulls of this page stay
-	-- until the next page says which the consumer went on from.
+	-- the pulls of the page before the acknowledged cursor, those the
+	-- consumer did not go on from (their cursor is not the one it stored;
+	-- a page before the one acknowledged earlier was settled so already).
+	-- A pull asked ahead (ack= an earlier cursor) does not settle the page
+	-- before it: the consumer may still go on from another pull of that
+	-- page, and this pull leaves those aside (_holds_from).  Those of
+	-- other pulls of this page stay until a later page says which the
+	-- consumer went on from.
 	DELETE FROM eventstream.consumer_document d
 	 WHERE d.consumer_url = c.consumer_url
 	   AND (d.page > pageno
-			OR (d.page = pageno - 1 AND pageno - 1 >= c.acked_page AND d.token IS DISTINCT FROM cursor));
+			OR (d.page = ack_page - 1 AND ack_page - 1 >= c.acked_page
+				AND d.token IS DISTINCT FROM coalesce(ack, cursor)));
 	DELETE FROM eventstream.withheld w
 	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < ack_page);
 	UPDATE eventstream.withheld w SET served_page = NULL
@@ -384,7 +389,7 @@ BEGIN
 						PERFORM eventstream._set_holds(c.consumer_url, c_tables[i], d.docname, false, pageno, ack_page)
 						   FROM (SELECT DISTINCT x.docname FROM eventstream.consumer_document x
 								  WHERE x.consumer_url = c.consumer_url AND x.ref_table = c_tables[i]) d
-						  WHERE eventstream._holds(c.consumer_url, c_tables[i], d.docname, pageno);
+						  WHERE eventstream._holds_from(c.consumer_url, c_tables[i], d.docname, pageno, cursor);
 						changed_holds := true;
 						UPDATE eventstream.withheld w SET served_page = pageno
 						 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
@@ -400,7 +405,7 @@ BEGIN
 				-- (negative id), whatever the log was: the logged data holds
 				-- what the role may not see.  A document it cannot see
 				-- (any more) is gone for it.
-				held := eventstream._holds(c.consumer_url, c_tables[i], c_docs[i], pageno);
+				held := eventstream._holds_from(c.consumer_url, c_tables[i], c_docs[i], pageno, cursor);
 				doc := NULL;
 				IF rs THEN
 					doc := eventstream._document_as(t_oids[array_position(t_names, c_tables[i])], c_docs[i], c.role);
@@ -572,6 +577,27 @@ BEGIN
 	DELETE FROM eventstream.withheld x WHERE x.consumer_url = c.consumer_url;
 	RETURN format('v1/%s/%s/%s', new_page, snap, low);
 END
+$$;
+
+/*
+ * Whether a consumer holds a document of a conditioned or role-served
+ * subscription, as the pull of page pageno with cursor sees it: as
+ * _holds(), leaving aside too the changes of the pulls of the page before
+ * that this cursor does not come from (a pull asked ahead, before the
+ * consumer stored a cursor of that page, see _pull_page).  Plain SQL
+ * without a SET clause: inlined into _pull_page.
+ */
+CREATE FUNCTION eventstream._holds_from(consumer_url text, ref_table text, docname text, pageno bigint,
+										cursor text) RETURNS boolean
+	LANGUAGE sql STABLE
+AS $$
+	SELECT coalesce((SELECT d.held FROM eventstream.consumer_document d
+					  WHERE d.consumer_url = _holds_from.consumer_url AND d.ref_table = _holds_from.ref_table
+						AND d.docname = _holds_from.docname
+						AND NOT (d.page IS NOT DISTINCT FROM _holds_from.pageno AND d.token IS NOT NULL)
+						AND NOT (d.page IS NOT DISTINCT FROM _holds_from.pageno - 1
+								 AND d.token IS DISTINCT FROM _holds_from.cursor)
+					  ORDER BY d.seq DESC LIMIT 1), false)
 $$;
 
 -- The next page for a consumer as jsonb, for SQL callers; the HTTP

@@ -19,8 +19,8 @@
 #    by the fast path (Updates stay Updates); the table owner too, unless
 #    the table forces row security.
 #
-# The consumers' workers pull, with no sync_now() beside them (see
-# docs/limitations.md on pulls of one consumer from two sessions at once).
+# sync_now() pulls beside each consumer's worker: two sessions pull pages
+# of one consumer, asking ahead, and the producer keeps what each holds.
 use strict;
 use warnings;
 use FindBin;
@@ -169,6 +169,7 @@ sq($P, q{
 	UPDATE item SET region = 'north', v = 'b2' WHERE id = 2;
 	UPDATE item SET v = 'd2' WHERE id = 4;
 });
+sync_now($C, $P->{url});
 ok(wait_query($C, "SELECT string_agg(id::text, ',' ORDER BY id) FROM item", '1,2,5', 30),
 	'A: the stream brings visible changes, moves out and moves in');
 is(rows($C, 'item'), "(1,north,s1,a2)\n(2,north,s2,b2)\n(5,north,s5,e)",
@@ -185,6 +186,7 @@ is(sq($C, "SELECT count(*) FROM eventstream.sync_log WHERE status = 'Failed'"), 
 # Moving back in, and out after it moved in.
 sq($P, "UPDATE item SET region = 'north' WHERE id = 3");
 sq($P, "UPDATE item SET region = 'west' WHERE id = 5");
+sync_now($C, $P->{url});
 ok(wait_query($C, "SELECT string_agg(id::text, ',' ORDER BY id) FROM item", '1,2,3', 30),
 	'A: a row moving back in arrives again, one moving out goes');
 is(rows($C, 'item_line', 'item_id = 3'), '(3,1,north,1)', '  with its child rows');
@@ -217,6 +219,7 @@ is(rows($K, 'acct_tag'), '', '  and no rows of a child table whose key it cannot
 sq($P, "INSERT INTO acct VALUES (3, 'cy', 300)");
 sq($P, "UPDATE acct SET salary = 150, name = 'ann2' WHERE id = 1");
 sq($P, "INSERT INTO acct_note VALUES (3, 1, 'hi', 'y-internal')");
+sync_now($K, $P->{url});
 ok(wait_query($K, "SELECT string_agg(id || ':' || name || ':' || coalesce(salary::text, '-'), ',' ORDER BY id) FROM acct",
 	'1:ann2:-,2:bob:-,3:cy:-', 30), '  the stream brings only the readable columns');
 is(sq($K, "SELECT count(*) FROM eventstream.sync_log WHERE data::text ~ 'salary|internal|vip'"), '0',
