@@ -75,26 +75,27 @@ es_readable_list(Relation rel, Oid role, const char *qual)
 /*
  * es_execute_as
  *		SPI_execute_with_args(sql) as role (InvalidOid: as the caller), read
- *		only; the caller is connected to SPI.  The role's row-level security
+ *		only; nulls as SPI takes them; the caller is connected to SPI.  The role's row-level security
  *		and privileges apply, under SECURITY_RESTRICTED_OPERATION (what the
  *		table owner's policies call cannot change the session).  The user
  *		id is given back on error too.
  */
 static int
-es_execute_as(const char *sql, Oid role, int nargs, Oid *argtypes, Datum *values, long count)
+es_execute_as(const char *sql, Oid role, int nargs, Oid *argtypes, Datum *values,
+			  const char *nulls, long count)
 {
 	Oid			save_userid;
 	int			save_sec;
 	volatile int rc = 0;
 
 	if (!OidIsValid(role))
-		return SPI_execute_with_args(sql, nargs, argtypes, values, NULL, true, count);
+		return SPI_execute_with_args(sql, nargs, argtypes, values, nulls, true, count);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
-		rc = SPI_execute_with_args(sql, nargs, argtypes, values, NULL, true, count);
+		rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, true, count);
 	}
 	PG_FINALLY();
 	{
@@ -170,7 +171,7 @@ eventstream_document(PG_FUNCTION_ARGS)
 	values[0] = docname;
 	rc = es_execute_as(psprintf("SELECT %s FROM %s AS doc WHERE %s",
 								cols, relname, match),
-					   role, 1, argtypes, values, 2);
+					   role, 1, argtypes, values, NULL, 2);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
@@ -237,7 +238,7 @@ eventstream_document(PG_FUNCTION_ARGS)
 				continue;
 			query = psprintf("SELECT %s %s", ccols, query + 9);
 		}
-		rc = es_execute_as(query, role, 1, argtypes, values, 0);
+		rc = es_execute_as(query, role, 1, argtypes, values, NULL, 0);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
 		MemoryContextSwitchTo(callercxt);
@@ -286,32 +287,21 @@ eventstream_rls_applies(PG_FUNCTION_ARGS)
 Datum
 eventstream_value_as(PG_FUNCTION_ARGS)
 {
-	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Oid			role = PG_GETARG_OID(1);
+	char	   *query;
+	Oid			role;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1] = {PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2)};
 	char		nulls[1] = {PG_ARGISNULL(2) ? 'n' : ' '};
 	MemoryContext callercxt = CurrentMemoryContext;
-	Oid			save_userid;
-	int			save_sec;
-	volatile int rc = 0;
+	int			rc;
 	text	   *result = NULL;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
+	query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	role = PG_GETARG_OID(1);
 	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(role, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		rc = SPI_execute_with_args(query, 1, argtypes, values, nulls, true, 1);
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec);
-	}
-	PG_END_TRY();
+	rc = es_execute_as(query, role, 1, argtypes, values, nulls, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed > 0)
