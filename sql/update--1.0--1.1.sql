@@ -73,3 +73,8 @@ ALTER TABLE eventstream.consumer
 	ADD COLUMN resync_pending boolean NOT NULL DEFAULT false,
 	ADD COLUMN resync_below bigint NOT NULL DEFAULT 0;
 DROP FUNCTION eventstream._pull_page(text, text, integer, text);
+
+-- Row-level security and column privileges (docs/security.md): what a
+-- consumer holds is kept for role-served subscriptions too.
+COMMENT ON TABLE eventstream.consumer_document IS
+	'Documents of conditioned and role-served subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching or its key''s role stopped seeing it: not held), with the pull that made it; the latest counts.';

@@ -126,7 +126,7 @@ CREATE TABLE eventstream.consumer_document (
 );
 CREATE INDEX consumer_document_page_idx ON eventstream.consumer_document (consumer_url, page);
 COMMENT ON TABLE eventstream.consumer_document IS
-	'Documents of conditioned subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching: not held), with the pull that made it; the latest counts.';
+	'Documents of conditioned and role-served subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching or its key''s role stopped seeing it: not held), with the pull that made it; the latest counts.';
 CREATE TABLE eventstream.withheld (
 	consumer_url	text NOT NULL,		-- cleaned up by remove_consumer
 	ref_table		text NOT NULL,
