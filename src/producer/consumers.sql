@@ -259,7 +259,7 @@ AS $$
 			jsonb_build_object('code', '42P16', 'message', format('table "%s" has no primary key', ref_table))
 		WHEN NOT has_any_column_privilege(role, c.oid, 'SELECT') THEN
 			jsonb_build_object('code', '42501', 'message', format('role "%s" cannot read table "%s"', role, ref_table))
-		WHEN eventstream._unreadable_key(c.oid, role) IS NOT NULL THEN
+		WHEN NOT has_table_privilege(role, c.oid, 'SELECT') AND eventstream._unreadable_key(c.oid, role) IS NOT NULL THEN
 			jsonb_build_object('code', '42501', 'message', format('role "%s" cannot read key column "%s" of table "%s"',
 																  role, eventstream._unreadable_key(c.oid, role), ref_table))
 	END

@@ -153,12 +153,14 @@ AS $$
 $$;
 
 -- Whether role may be served tbl: it may read some of its columns, its key
--- columns among them.
+-- columns among them.  (The usual case, SELECT on the table, first: every
+-- pull asks.)
 CREATE FUNCTION eventstream._readable_by(tbl regclass, role regrole) RETURNS boolean
 	LANGUAGE sql STABLE STRICT
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT has_any_column_privilege(role, tbl, 'SELECT') AND eventstream._unreadable_key(tbl, role) IS NULL
+	SELECT CASE WHEN has_table_privilege(role, tbl, 'SELECT') THEN true
+				ELSE has_any_column_privilege(role, tbl, 'SELECT') AND eventstream._unreadable_key(tbl, role) IS NULL END
 $$;
 
 /*
