@@ -219,7 +219,7 @@ is(rows($K, 'acct_tag'), '', '  and no rows of a child table whose key it cannot
 sq($P, "INSERT INTO acct VALUES (3, 'cy', 300)");
 sq($P, "UPDATE acct SET salary = 150, name = 'ann2' WHERE id = 1");
 sq($P, "INSERT INTO acct_note VALUES (3, 1, 'hi', 'y-internal')");
-sync_now($K, $P->{url});
+sqe($K, "SELECT eventstream.sync_now('$P->{url}')");
 ok(wait_query($K, "SELECT string_agg(id || ':' || name || ':' || coalesce(salary::text, '-'), ',' ORDER BY id) FROM acct",
 	'1:ann2:-,2:bob:-,3:cy:-', 30), '  the stream brings only the readable columns');
 is(sq($K, "SELECT count(*) FROM eventstream.sync_log WHERE data::text ~ 'salary|internal|vip'"), '0',
