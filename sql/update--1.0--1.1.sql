@@ -77,3 +77,11 @@ DROP FUNCTION eventstream._pull_page(text, text, integer, text);
 -- Conditions are checked as the consumer's role, in the sandbox:
 -- _check_condition takes the role.
 DROP FUNCTION eventstream._check_condition(regclass, text);
+
+-- Metrics (/metrics): failed updates counted for good, resyncs or not.
+ALTER TABLE eventstream.producer ADD COLUMN failed_total bigint NOT NULL DEFAULT 0;
+UPDATE eventstream.producer SET failed_total = failed_count;
+COMMENT ON COLUMN eventstream.producer.failed_count IS
+	'Updates whose apply failed, less those a resync applied since.';
+COMMENT ON COLUMN eventstream.producer.failed_total IS
+	'Updates whose apply failed, ever (a resync does not take one back): the counter eventstream_producer_updates_failed_total of /metrics.';

@@ -47,6 +47,7 @@
 
 #include "eventstream.h"
 #include "http/api.h"
+#include "http/metrics.h"
 #include "http/server.h"
 
 /*
@@ -117,6 +118,7 @@ es_http_reply(struct MHD_Connection *conn, unsigned int status, const char *body
 										   MHD_RESPMEM_MUST_COPY);
 	if (resp == NULL)
 		return MHD_NO;
+	es_metrics_count_request(status);
 	MHD_add_response_header(resp, "Content-Type", "application/json");
 	MHD_add_response_header(resp, ES_HEADER_PROTOCOL, ES_PROTOCOL);
 
@@ -289,6 +291,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	if (req->body && memchr(req->body, '\0', req->len) != NULL)
 		return es_http_error(conn, MHD_HTTP_BAD_REQUEST, "22021",
 							 "The request body contains a NUL byte.");
+	if (es_metrics_path(req->path))
+		return (enum MHD_Result) es_metrics_serve(conn, method);
 	if (strcmp(req->path, ES_API_PREFIX "health") == 0)
 	{
 		char		body[256];
