@@ -169,6 +169,10 @@ is($status, '403', 'a key whose role is not in pg_monitor or eventstream_admin: 
 my ($pkey, $psecret) = key_pair($C, 'plain');
 ($status) = fetch("$C->{url}/metrics", '-u', "$pkey:$psecret");
 is($status, '403', 'a plain role\'s key on the consumer: 403');
+# A key made for a plain role whose role joins eventstream_admin later.
+sq($C, 'GRANT eventstream_admin TO plain');
+($status) = fetch("$C->{url}/metrics", '-u', "$pkey:$psecret");
+is($status, '200', 'once its role is a member of eventstream_admin: 200');
 ($status) = fetch("$P->{url}/metrics", '-X', 'POST', '-H', "Authorization: token $wkey_p:$wsecret_p");
 is($status, '405', 'POST: 405');
 ($status, $head, $body) = fetch("$P->{url}/metrics", '-H', "Authorization: token $wkey_p:$wsecret_p");
