@@ -41,6 +41,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "eventstream.h"
 #include "http/api.h"
 #include "http/metrics.h"
 #include "site/wire.h"
@@ -394,6 +395,7 @@ es_metrics_reply(struct MHD_Connection *conn, unsigned int status, const char *b
 		return MHD_NO;
 	MHD_add_response_header(resp, "Content-Type",
 							status == MHD_HTTP_OK ? ES_METRICS_CONTENT_TYPE : "text/plain; charset=utf-8");
+	MHD_add_response_header(resp, ES_HEADER_PROTOCOL, ES_PROTOCOL);
 	if (status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(resp, "WWW-Authenticate", "Basic realm=\"eventstream\"");
 	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
