@@ -6,7 +6,8 @@
 # move (requests by status code, updates served, the serve and apply
 # histograms), and only a key whose role is a member of pg_monitor (or
 # eventstream_admin) may read it: 401 with a Basic challenge without a
-# valid key, 403 for another role.
+# valid key, 403 for another role.  A label's double quote and backslash
+# are escaped.
 #
 # Nothing sleeps a fixed time hoping: every wait polls for its condition
 # with a deadline.
@@ -57,7 +58,10 @@ sub promtool_check
 }
 
 my $P = add_site(new_node('producer'), 'site');
-my $C = add_site(new_node('consumer'), 'site');
+# The consumer's URL, as the producer knows it, holds a double quote and a
+# backslash: its label must escape them.
+my $C_url = q{http://branch.example/"one"\two};
+my $C = add_site(new_node('consumer'), 'site', settings => { 'eventstream.site_url' => $C_url });
 
 sq($P, q{
 	CREATE TABLE item (name text PRIMARY KEY, v text);
@@ -79,7 +83,7 @@ sq($C, q{
 my ($key, $secret) = key_pair($P, 'branch');
 sq($C, "SELECT eventstream.add_producer(producer_url => '$P->{url}', api_key => '$key', api_secret => '$secret', "
 	  . "subscriber => 'applier', tables => ARRAY['item'])");
-sq($P, "SELECT eventstream.approve('$C->{url}', 'item')");
+sq($P, "SELECT eventstream.approve('$C_url', 'item')");
 ok(wait_query($C, "SELECT state FROM eventstream.producer_status", 'streaming', 30), 'the consumer streams');
 ok(wait_query($C, "SELECT snapshot_pending FROM eventstream.producer_table", 'f', 30), 'its initial sync is over');
 
@@ -142,8 +146,9 @@ is($status, '200', 'producer: the same under the API prefix');
 ($rc, $said) = promtool_check($body);
 is($rc, 0, 'producer: promtool check metrics passes') or diag("$said\n$body");
 $m = samples($body);
-my $cl = qq{consumer="$C->{url}"};
-is($m->{"eventstream_consumer_updates_waiting{$cl}"}, '0', 'producer: no update waiting for the consumer');
+my $cl = q{consumer="http://branch.example/\"one\"\\\\two"};
+is($m->{"eventstream_consumer_updates_waiting{$cl}"}, '0',
+	'producer: no update waiting for the consumer (its URL escaped in the label)');
 ok(defined $m->{"eventstream_consumer_last_pull_timestamp_seconds{$cl}"}, 'producer: the consumer\'s last pull');
 ok(defined $m->{"eventstream_consumer_cursor_age_seconds{$cl}"}, 'producer: the consumer\'s cursor age');
 is($m->{'eventstream_update_log_rows'}, sq($P, 'SELECT count(*) FROM eventstream.update_log'),
