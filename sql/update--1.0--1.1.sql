@@ -91,6 +91,11 @@ BEGIN
 END
 $$;
 
+-- Row-level security and column privileges (docs/security.md): what a
+-- consumer holds is kept for role-served subscriptions too.
+COMMENT ON TABLE eventstream.consumer_document IS
+	'Documents of conditioned and role-served subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching or its key''s role stopped seeing it: not held), with the pull that made it; the latest counts.';
+
 -- Metrics (/metrics): failed updates counted for good, resyncs or not.
 ALTER TABLE eventstream.producer ADD COLUMN failed_total bigint NOT NULL DEFAULT 0;
 UPDATE eventstream.producer SET failed_total = failed_count;
