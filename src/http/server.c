@@ -11,7 +11,9 @@
  *
  * The handler answers GET (or HEAD) health itself (no key, no
  * transaction: the site id and version) and, while the site shuts down,
- * everything with 503.  Any other request under ES_API_PREFIX goes to
+ * everything with 503.  The metrics (/metrics, or under ES_API_PREFIX) are
+ * src/http/metrics.c's, which also counts every answer es_http_reply
+ * queues.  Any other request under ES_API_PREFIX goes to
  * es_http_api (src/http/api.c: the key, the route table, the endpoints),
  * in a transaction of its own, with its body collected first, up to
  * eventstream.http_max_request_size (413 beyond; 400 for a NUL byte).  A GET of updates with
