@@ -26,6 +26,7 @@ OBJS = \
 	src/producer/keys.o \
 	src/http/server.o \
 	src/http/api.o \
+	src/http/metrics.o \
 	src/consumer/client.o \
 	src/consumer/pull.o \
 	src/consumer/pull_page.o \

@@ -77,6 +77,7 @@ DROP FUNCTION eventstream._pull_page(text, text, integer, text);
 -- Conditions are checked as the consumer's role, in the sandbox:
 -- _check_condition takes the role.
 DROP FUNCTION eventstream._check_condition(regclass, text);
+
 -- Administration without a superuser: the role whose members run the
 -- site (see src/site/site.sql), made unless another site of the cluster
 -- made it already.
@@ -89,7 +90,16 @@ BEGIN
 	END IF;
 END
 $$;
+
 -- Row-level security and column privileges (docs/security.md): what a
 -- consumer holds is kept for role-served subscriptions too.
 COMMENT ON TABLE eventstream.consumer_document IS
 	'Documents of conditioned and role-served subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching or its key''s role stopped seeing it: not held), with the pull that made it; the latest counts.';
+
+-- Metrics (/metrics): failed updates counted for good, resyncs or not.
+ALTER TABLE eventstream.producer ADD COLUMN failed_total bigint NOT NULL DEFAULT 0;
+UPDATE eventstream.producer SET failed_total = failed_count;
+COMMENT ON COLUMN eventstream.producer.failed_count IS
+	'Updates whose apply failed, less those a resync applied since.';
+COMMENT ON COLUMN eventstream.producer.failed_total IS
+	'Updates whose apply failed, ever (a resync does not take one back): the counter eventstream_producer_updates_failed_total of /metrics.';

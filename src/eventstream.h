@@ -6,7 +6,7 @@
  * The C code is in four parts, one folder of src/ each:
  *	  producer/  capturing changes into the update log, and serving them
  *	  consumer/  pulling from producers and applying what they send
- *	  http/      the site's HTTP endpoint
+ *	  http/      the site's HTTP endpoint and its metrics
  *	  site/      the module's entry point, who may administer a site,
  *				 shared memory, the launcher and the site worker that runs
  *				 the HTTP server and the pulls

@@ -58,7 +58,8 @@ BEGIN
 		  WHERE e->'data' IS NOT NULL AND e->'data' <> 'null' AND NOT e ? 'link'),
 		'dependency', true, deps);
 	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
+	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2],
+		   failed_total = x.failed_total + r[2]
 	 WHERE x.producer_url = p.producer_url;
 	RETURN r[1];
 END
@@ -78,7 +79,8 @@ BEGIN
 	n := eventstream._apply_deps(p, deps);
 	r := eventstream._apply_updates(p.producer_url, p.subscriber, updates, NULL, false, deps);
 	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2]
+	   SET synced_count = x.synced_count + r[1] - r[2], failed_count = x.failed_count + r[2],
+		   failed_total = x.failed_total + r[2]
 	 WHERE x.producer_url = p.producer_url;
 	RETURN n + r[1];
 END
@@ -309,6 +311,7 @@ BEGIN
 	 WHERE t.producer_url = pt.producer_url AND t.ref_table = pt.ref_table;
 	UPDATE eventstream.producer x
 	   SET synced_count = x.synced_count + applied - failed, failed_count = x.failed_count + failed,
+		   failed_total = x.failed_total + failed,
 		   last_pull_at = now(), last_success_at = now(), last_error = NULL, last_error_at = NULL
 	 WHERE x.producer_url = p.producer_url;
 	IF NOT eventstream._snapshot_holding(p.producer_url) THEN
@@ -509,7 +512,8 @@ BEGIN
 	PERFORM eventstream._apply_deps(p, deps);
 	n := eventstream._apply_updates(p.producer_url, p.subscriber, jsonb_build_array(upd), 'refetch', false, deps);
 	UPDATE eventstream.producer x
-	   SET synced_count = x.synced_count + n[1] - n[2], failed_count = x.failed_count + n[2]
+	   SET synced_count = x.synced_count + n[1] - n[2], failed_count = x.failed_count + n[2],
+		   failed_total = x.failed_total + n[2]
 	 WHERE x.producer_url = p.producer_url;
 	IF n[2] = 0 THEN
 		-- The document is now as the producer has it: the Failed entries

@@ -31,7 +31,8 @@ CREATE TABLE eventstream.producer (
 	synced_count		bigint NOT NULL DEFAULT 0,
 	failed_count		bigint NOT NULL DEFAULT 0,
 	behind				boolean NOT NULL DEFAULT true,
-	last_update_at		timestamptz
+	last_update_at		timestamptz,
+	failed_total		bigint NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE eventstream.producer IS
 	'Event Producer: one row per site this one pulls from.  The secret is readable by superusers only.';
@@ -41,6 +42,10 @@ COMMENT ON COLUMN eventstream.producer.behind IS
 	'The last page said more was waiting on the producer.';
 COMMENT ON COLUMN eventstream.producer.last_update_at IS
 	'When the newest update received was made on the producer.';
+COMMENT ON COLUMN eventstream.producer.failed_count IS
+	'Updates whose apply failed, less those a resync applied since.';
+COMMENT ON COLUMN eventstream.producer.failed_total IS
+	'Updates whose apply failed, ever (a resync does not take one back): the counter eventstream_producer_updates_failed_total of /metrics.';
 COMMENT ON COLUMN eventstream.producer.cursor IS
 	'Where the next pull starts; stored in the transaction that applied the updates before it.';
 

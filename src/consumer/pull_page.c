@@ -37,6 +37,7 @@
 #include "consumer/pagejson.h"
 #include "consumer/pull.h"
 #include "consumer/pull_internal.h"
+#include "http/metrics.h"
 #include "site/wire.h"
 #include "site/worker.h"
 
@@ -209,6 +210,7 @@ es_pull_apply(EsProducer *p, bool *more)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	char	   *volatile error = NULL;
+	TimestampTz started = GetCurrentTimestamp();
 
 	if (es_pull_hold(p, more))
 	{
@@ -325,6 +327,7 @@ es_pull_apply(EsProducer *p, bool *more)
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		es_metrics_applied(started);
 		es_pull_drop_held(p);
 		pgstat_report_stat(false);
 		pgstat_report_activity(STATE_IDLE, NULL);

@@ -54,8 +54,10 @@
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "http/api.h"
+#include "http/metrics.h"
 #include "site/wire.h"
 
 /* A request as its endpoint sees it. */
@@ -184,9 +186,10 @@ es_http_status_for_register(int sqlerrcode)
 /*
  * es_http_credentials
  *		Split "token key:secret" or "Basic base64(key:secret)" into key and
- *		secret (palloc'd).  False when the header is missing or malformed.
+ *		secret (palloc'd, as sent).  False when the header is missing or
+ *		malformed.  Also used by the metrics endpoint (src/http/metrics.c).
  */
-static bool
+bool
 es_http_credentials(const char *header, char **key, char **secret)
 {
 	char	   *pair;
@@ -330,6 +333,7 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 	const char *args[5];
 	char	   *owner;
 	char	   *result;
+	TimestampTz started = GetCurrentTimestamp();
 
 	args[0] = call->key;
 	args[1] = consumer;
@@ -362,11 +366,11 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 		result = es_http_query(es_api_takes_resync(call)
 							   ? "SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
 							   "            THEN '' ELSE p.page END,"
-							   "       p.next_cursor, p.more::text, p.complete::text"
+							   "       p.next_cursor, p.more::text, p.complete::text, p.served"
 							   "  FROM eventstream._pull_page($1, $2, $3::integer, $5, resync => true) p"
 							   : "SELECT CASE WHEN $4::boolean AND p.served = 0 AND NOT p.news AND p.caught_up"
 							   "            THEN '' ELSE p.page END,"
-							   "       p.next_cursor, p.more::text, p.complete::text"
+							   "       p.next_cursor, p.more::text, p.complete::text, p.served"
 							   "  FROM eventstream._pull_page($1, $2, $3::integer, $5) p", 5, args);
 		if (result != NULL && result[0] == '\0')
 			*status = 0;
@@ -376,10 +380,12 @@ es_api_updates(EsApiCall *call, unsigned int *status)
 			TupleDesc	desc = SPI_tuptable->tupdesc;
 			char	   *more = SPI_getvalue(row, desc, 3);
 			char	   *complete = SPI_getvalue(row, desc, 4);
+			char	   *served = SPI_getvalue(row, desc, 5);
 
 			call->cursor = SPI_getvalue(row, desc, 2);
 			call->more = more != NULL && strcmp(more, "true") == 0;
 			call->complete = complete != NULL && strcmp(complete, "true") == 0;
+			es_metrics_served(served ? atol(served) : 0, started);
 		}
 	}
 	return result;

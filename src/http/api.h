@@ -39,5 +39,6 @@ extern unsigned int es_http_api(struct MHD_Connection *conn, const char *method,
 								const char *query, const char *body, bool may_park,
 								EsApiReply *reply);
 extern void es_http_api_free(EsApiReply *reply);
+extern bool es_http_credentials(const char *header, char **key, char **secret);
 
 #endif							/* ES_HTTP_API_H */

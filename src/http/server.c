@@ -11,7 +11,9 @@
  *
  * The handler answers GET (or HEAD) health itself (no key, no
  * transaction: the site id and version) and, while the site shuts down,
- * everything with 503.  Any other request under ES_API_PREFIX goes to
+ * everything with 503.  The metrics (/metrics, or under ES_API_PREFIX) are
+ * src/http/metrics.c's, which also counts every answer es_http_reply
+ * queues.  Any other request under ES_API_PREFIX goes to
  * es_http_api (src/http/api.c: the key, the route table, the endpoints),
  * in a transaction of its own, with its body collected first, up to
  * eventstream.http_max_request_size (413 beyond; 400 for a NUL byte).  A GET of updates with
@@ -47,6 +49,7 @@
 
 #include "eventstream.h"
 #include "http/api.h"
+#include "http/metrics.h"
 #include "http/server.h"
 
 /*
@@ -117,6 +120,7 @@ es_http_reply(struct MHD_Connection *conn, unsigned int status, const char *body
 										   MHD_RESPMEM_MUST_COPY);
 	if (resp == NULL)
 		return MHD_NO;
+	es_metrics_count_request(status);
 	MHD_add_response_header(resp, "Content-Type", "application/json");
 	MHD_add_response_header(resp, ES_HEADER_PROTOCOL, ES_PROTOCOL);
 
@@ -289,6 +293,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	if (req->body && memchr(req->body, '\0', req->len) != NULL)
 		return es_http_error(conn, MHD_HTTP_BAD_REQUEST, "22021",
 							 "The request body contains a NUL byte.");
+	if (es_metrics_path(req->path))
+		return (enum MHD_Result) es_metrics_serve(conn, method);
 	if (strcmp(req->path, ES_API_PREFIX "health") == 0)
 	{
 		char		body[256];
