@@ -116,9 +116,10 @@ static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
 
 /*
  * es_http_status_for
- *		HTTP status for an error raised while serving a request.
+ *		HTTP status for an error raised while serving a request (an API
+ *		request, or an action of the status page).
  */
-static unsigned int
+unsigned int
 es_http_status_for(int sqlerrcode)
 {
 	switch (sqlerrcode)
@@ -185,8 +186,9 @@ es_http_status_for_register(int sqlerrcode)
  * es_http_credentials
  *		Split "token key:secret" or "Basic base64(key:secret)" into key and
  *		secret (palloc'd).  False when the header is missing or malformed.
+ *		The status page (src/http/status_page.c) takes the same.
  */
-static bool
+bool
 es_http_credentials(const char *header, char **key, char **secret)
 {
 	char	   *pair;

@@ -11,7 +11,9 @@
  *
  * The handler answers GET (or HEAD) health itself (no key, no
  * transaction: the site id and version) and, while the site shuts down,
- * everything with 503.  Any other request under ES_API_PREFIX goes to
+ * everything with 503.  "/" and ES_STATUS_PATH (and the actions under it)
+ * go to the HTML status page (src/http/status_page.c), with the body
+ * collected as below.  Any other request under ES_API_PREFIX goes to
  * es_http_api (src/http/api.c: the key, the route table, the endpoints),
  * in a transaction of its own, with its body collected first, up to
  * eventstream.http_max_request_size (413 beyond; 400 for a NUL byte).  A GET of updates with
@@ -48,6 +50,7 @@
 #include "eventstream.h"
 #include "http/api.h"
 #include "http/server.h"
+#include "http/status_page.h"
 
 /*
  * Per-request state, malloc'd (no PostgreSQL allocation in MHD frames):
@@ -300,6 +303,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 				 es_site_id, EVENTSTREAM_VERSION);
 		return es_http_reply(conn, MHD_HTTP_OK, body, NULL);
 	}
+	if (es_status_page_path(req->path))
+		return es_status_page(conn, method, req->path, req->body);
 	if (strncmp(req->path, ES_API_PREFIX, strlen(ES_API_PREFIX)) != 0)
 		return es_http_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "No such endpoint.");
 
