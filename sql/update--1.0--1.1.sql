@@ -77,3 +77,15 @@ DROP FUNCTION eventstream._pull_page(text, text, integer, text);
 -- Conditions are checked as the consumer's role, in the sandbox:
 -- _check_condition takes the role.
 DROP FUNCTION eventstream._check_condition(regclass, text);
+-- Administration without a superuser: the role whose members run the
+-- site (see src/site/site.sql), made unless another site of the cluster
+-- made it already.
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'eventstream_admin') THEN
+		CREATE ROLE eventstream_admin NOLOGIN;
+		COMMENT ON ROLE eventstream_admin IS
+			'Members administer the eventstream sites of this cluster: approvals, API keys, producers, subscriptions, resyncs and the status views.';
+	END IF;
+END
+$$;

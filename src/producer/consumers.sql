@@ -364,10 +364,19 @@ END;
 CREATE TRIGGER approval BEFORE INSERT OR UPDATE ON eventstream.consumer_table
 	FOR EACH ROW EXECUTE FUNCTION eventstream._consumer_table_approval();
 
+/*
+ * Set the status of a subscription, for approve() and reject(), which
+ * resolve ref_table in their caller's search_path first (they run as the
+ * caller: a BEGIN ATOMIC body is bound when created, so that search_path
+ * reaches nothing but the table name).  SECURITY DEFINER, and executable by
+ * eventstream_admin: it checks its caller itself.
+ */
 CREATE FUNCTION eventstream._set_status(consumer_url text, ref_table text, status text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin(CASE status WHEN 'Approved' THEN 'approve' ELSE 'reject' END);
 	IF ref_table IS NULL THEN
 		RAISE EXCEPTION 'ref_table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -390,7 +399,8 @@ $$;
 CREATE FUNCTION eventstream.approve(consumer_url text, ref_table text) RETURNS void
 	LANGUAGE sql
 	BEGIN ATOMIC
-		SELECT eventstream._set_status(consumer_url, ref_table, 'Approved');
+		SELECT eventstream._assert_admin('approve');
+		SELECT eventstream._set_status(consumer_url, eventstream._canonical_table_name(ref_table), 'Approved');
 	END;
 COMMENT ON FUNCTION eventstream.approve(text, text) IS
 	'Approve a consumer''s subscription to a table: its changes are logged and served from now on.';
@@ -398,16 +408,18 @@ COMMENT ON FUNCTION eventstream.approve(text, text) IS
 CREATE FUNCTION eventstream.reject(consumer_url text, ref_table text) RETURNS void
 	LANGUAGE sql
 	BEGIN ATOMIC
-		SELECT eventstream._set_status(consumer_url, ref_table, 'Rejected');
+		SELECT eventstream._assert_admin('reject');
+		SELECT eventstream._set_status(consumer_url, eventstream._canonical_table_name(ref_table), 'Rejected');
 	END;
 COMMENT ON FUNCTION eventstream.reject(text, text) IS
 	'Reject a consumer''s subscription to a table: nothing written after the rejection is served to it; what was written before it (committed before it, or earlier in the same transaction) still is.';
 
 CREATE FUNCTION eventstream.remove_consumer(consumer_url text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('remove_consumer');
 	DELETE FROM eventstream.consumer c WHERE c.consumer_url = remove_consumer.consumer_url;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';

@@ -187,13 +187,14 @@ CREATE EVENT TRIGGER eventstream_sql_drop ON sql_drop
 	EXECUTE FUNCTION eventstream._on_sql_drop();
 
 CREATE FUNCTION eventstream.add_child_table(parent regclass, child regclass) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	fk name;
 	existing regclass;
 BEGIN
+	PERFORM eventstream._assert_admin('add_child_table');
 	IF parent IS NULL OR child IS NULL THEN
 		RAISE EXCEPTION 'parent and child must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -257,10 +258,11 @@ COMMENT ON FUNCTION eventstream.add_child_table(regclass, regclass) IS
 	'Make child''s rows part of parent''s documents (nested under the child''s table name); child needs a foreign key to parent''s primary key.';
 
 CREATE FUNCTION eventstream.remove_child_table(child regclass) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('remove_child_table');
 	DELETE FROM eventstream.child_table c WHERE c.child = remove_child_table.child;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table "%" is not a registered child table', child USING ERRCODE = 'undefined_object';
@@ -272,12 +274,13 @@ COMMENT ON FUNCTION eventstream.remove_child_table(regclass) IS
 	'Stop treating child''s rows as part of their parent''s documents.';
 
 CREATE FUNCTION eventstream.add_dynamic_link(tbl regclass, type_column name, key_column name) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	col name;
 BEGIN
+	PERFORM eventstream._assert_admin('add_dynamic_link');
 	IF tbl IS NULL OR type_column IS NULL OR key_column IS NULL THEN
 		RAISE EXCEPTION 'tbl, type_column and key_column must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
