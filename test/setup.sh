@@ -19,7 +19,7 @@ set -euo pipefail
 ES_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}	# another (relocated) installation may be given
 # postgresql-15-plpgsql-check: the tests check every PL/pgSQL function with it.
-ES_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libmicrohttpd-dev libipc-run-perl curl openssl postgresql-15-plpgsql-check"
+ES_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libmicrohttpd-dev libipc-run-perl curl openssl postgresql-15-plpgsql-check chromium chromium-driver"
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "eventstream: run this as root (or with sudo): it installs packages and the extension." >&2
