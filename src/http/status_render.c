@@ -8,7 +8,10 @@
  * updates, its consumers (eventstream.consumer_status) with their
  * subscriptions, a chart of the updates applied per minute over the last
  * hour, and the sync log's latest rows filtered by the GET parameters
- * status, table and producer (a plain form).  The page is self-contained:
+ * status, table and producer (a plain form).  A caller that may not act
+ * (pg_monitor) sees only what pg_monitor may read in SQL, the two status
+ * views, and the chart's counts: not the failed updates, subscriptions or
+ * sync log, which hold rows' data and conditions.  The page is self-contained:
  * inline CSS and SVG, no script, no outside asset; every value from the
  * database or the request is HTML-escaped (es_html_escape).  With a token
  * (the caller may act), each failed update has a Resync button and each
@@ -193,8 +196,8 @@ es_render_button(StringInfo html, const char *action, const char *label, const c
 
 /*
  * es_render_producers
- *		The producers this site pulls from, and their failed updates (with
- *		a Resync button each when token is given).
+ *		The producers this site pulls from and, when token is given (the
+ *		caller may act), their failed updates with a Resync button each.
  */
 static void
 es_render_producers(StringInfo html, const char *token)
@@ -238,6 +241,8 @@ es_render_producers(StringInfo html, const char *token)
 		appendStringInfoString(html, "</tr>\n");
 	}
 	appendStringInfoString(html, "</table>\n");
+	if (token == NULL)
+		return;
 
 	n = es_render_rows("SELECT id::text, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS'), producer_url,"
 					   "       ref_table, coalesce(remote_docname, docname), update_type, error"
@@ -272,8 +277,9 @@ es_render_producers(StringInfo html, const char *token)
 
 /*
  * es_render_consumers
- *		The consumers that pull from this site, and their subscriptions
- *		(with Approve / Reject buttons when token is given).
+ *		The consumers that pull from this site and, when token is given
+ *		(the caller may act), their subscriptions with Approve / Reject
+ *		buttons.
  */
 static void
 es_render_consumers(StringInfo html, const char *token)
@@ -307,6 +313,8 @@ es_render_consumers(StringInfo html, const char *token)
 		appendStringInfoString(html, "</tr>\n");
 	}
 	appendStringInfoString(html, "</table>\n");
+	if (token == NULL)
+		return;
 
 	n = es_render_rows("SELECT consumer_url, ref_table, status, condition, condition_error"
 					   "  FROM eventstream.consumer_table WHERE NOT unsubscribed"
@@ -546,12 +554,16 @@ es_status_render(StringInfo html, struct MHD_Connection *conn, const char *role,
 		appendStringInfoString(html, " (eventstream_admin: you may act).</p>\n");
 	else
 		appendStringInfoString(html, "</p>\n<p class=\"note\" id=\"read-only\">Read only: the role is a member of "
-							   "pg_monitor, not of eventstream_admin, so the actions are not shown.</p>\n");
+							   "pg_monitor, not of eventstream_admin. It sees what pg_monitor reads "
+							   "(producer_status, consumer_status) and the chart; the failed updates, the "
+							   "subscriptions, the sync log (which hold rows' data and conditions) and the "
+							   "actions are for eventstream_admin.</p>\n");
 	appendStringInfoString(html, "<p><a href=\"" ES_STATUS_PATH "\">Reload</a></p>\n");
 
 	es_render_producers(html, token);
 	es_render_consumers(html, token);
 	es_render_chart(html);
-	es_render_sync_log(html, conn);
+	if (admin)
+		es_render_sync_log(html, conn);
 	appendStringInfoString(html, "</body></html>\n");
 }
