@@ -442,9 +442,8 @@ es_status_serve(EsStatusAnswer *a, struct MHD_Connection *conn, const char *meth
 	}
 	if (es_status_action(a, path, body ? body : "", roleid))
 	{
-		a->status = MHD_HTTP_SEE_OTHER;
-		a->location = ES_STATUS_PATH;
 		es_status_message(a, MHD_HTTP_SEE_OTHER, "Done", "Done.", NULL, NULL);
+		a->location = ES_STATUS_PATH;
 	}
 }
 
