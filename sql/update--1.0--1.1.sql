@@ -89,3 +89,7 @@ BEGIN
 	END IF;
 END
 $$;
+-- Row-level security and column privileges (docs/security.md): what a
+-- consumer holds is kept for role-served subscriptions too.
+COMMENT ON TABLE eventstream.consumer_document IS
+	'Documents of conditioned and role-served subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching or its key''s role stopped seeing it: not held), with the pull that made it; the latest counts.';
