@@ -316,7 +316,8 @@ es_status_message(EsStatusAnswer *a, unsigned int status, const char *title,
 static bool
 es_status_action(EsStatusAnswer *a, const char *path, const char *body, Oid roleid)
 {
-	const char *action = path + strlen(ES_STATUS_PATH);
+	const char *action = strncmp(path, ES_STATUS_PATH, strlen(ES_STATUS_PATH)) == 0
+		? path + strlen(ES_STATUS_PATH) : "";
 	const char *args[2];
 	const char *sql;
 	int			nargs;
