@@ -248,6 +248,13 @@ $src = page_source();
 like($src, qr/id="sync-log".*good1/s, 'browser: filtering on Synced and the producer shows its rows');
 like($src, qr/<svg id="chart"[^>]*>.*<rect /s, 'browser: the chart has bars');
 
+# A same-origin POST with the right token, from curl: Reject, 303 back.
+($st, $hd, $body) = curl("$P->{url}/status/reject", '-u', "$pops:$pops_secret", '--data', $approve_form,
+	'-H', "Origin: $P->{url}", '-H', 'Sec-Fetch-Site: same-origin');
+is($st, '303', 'Reject from curl with the token: 303');
+like($hd, qr{^Location: /status\r?$}mi, 'Reject: back to /status');
+is(sq($P, $pending_sql), 'Rejected', 'Reject: the subscription is Rejected');
+
 # The screenshot: a PNG, not blank.
 my $png64 = wd('GET', "$S/screenshot");
 my $shot = "$out_dir/status_page.png";
