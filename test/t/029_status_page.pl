@@ -160,7 +160,7 @@ make_path("$out_dir/home");
 my $wd_port = PostgreSQL::Test::Cluster::get_free_port();
 my $wd_log = "$out_dir/chromedriver.log";
 $ENV{HOME} = "$out_dir/home";
-my $driver = IPC::Run::start([ $chromedriver, "--port=$wd_port", "--log-path=$wd_log" ],
+our $driver = IPC::Run::start([ $chromedriver, "--port=$wd_port", "--log-path=$wd_log" ],
 	'<', \undef, '>', \my $wd_out, '2>', \my $wd_err);
 my $http = HTTP::Tiny->new(timeout => 60);
 my $wd = "http://127.0.0.1:$wd_port";
@@ -272,6 +272,10 @@ cmp_ok($colours, '>', 2, "the screenshot is not blank ($colours distinct colours
 
 wd('DELETE', $S) if $sid;
 $driver->kill_kill;
+undef $driver;
+
+# A test that dies half-way leaves no chromedriver (nor its browser) behind.
+END { $driver->kill_kill if $driver; }
 
 done_testing();
 
