@@ -348,7 +348,7 @@ es_status_action(EsStatusAnswer *a, const char *path, const char *body, Oid role
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("the form does not give every field the action needs")));
 
-	/* es_status_page reset es_status_page_caller on an ERROR. */
+	/* On an ERROR, es_status_page resets es_status_page_caller. */
 	es_status_page_caller = roleid;
 	(void) es_status_query(sql, nargs, args);
 	es_status_page_caller = InvalidOid;
