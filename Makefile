@@ -27,6 +27,8 @@ OBJS = \
 	src/http/server.o \
 	src/http/api.o \
 	src/http/metrics.o \
+	src/http/status_page.o \
+	src/http/status_render.o \
 	src/consumer/client.o \
 	src/consumer/pull.o \
 	src/consumer/pull_page.o \

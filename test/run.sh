@@ -11,6 +11,8 @@
 # the tail of every server log it made, with any crash found in them.
 set -euo pipefail
 given_build=${ES_BUILD:-}
+# What only the tests need besides (test/setup.sh installs it too).
+ES_TEST_PACKAGES="prometheus chromium chromium-driver"
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 
 cd "$ES_BUILD"

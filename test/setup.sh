@@ -18,9 +18,11 @@ set -euo pipefail
 
 ES_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}	# another (relocated) installation may be given
-# postgresql-15-plpgsql-check: the tests check every PL/pgSQL function with it;
-# prometheus: its promtool checks the metrics (test/t/028_metrics.pl).
-ES_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libmicrohttpd-dev libipc-run-perl curl openssl postgresql-15-plpgsql-check prometheus"
+# postgresql-15-plpgsql-check: the tests check every PL/pgSQL function with
+# it.  test/run.sh adds ES_TEST_PACKAGES: prometheus (promtool checks the
+# metrics, test/t/028_metrics.pl), chromium and chromium-driver (the status
+# page in a browser, test/t/029_status_page.pl).
+ES_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libmicrohttpd-dev libipc-run-perl curl openssl postgresql-15-plpgsql-check ${ES_TEST_PACKAGES:-}"
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "eventstream: run this as root (or with sudo): it installs packages and the extension." >&2

@@ -118,9 +118,10 @@ static MemoryContext es_request_cxt = NULL;	/* reset after every API request */
 
 /*
  * es_http_status_for
- *		HTTP status for an error raised while serving a request.
+ *		HTTP status for an error raised while serving a request (an API
+ *		request, or an action of the status page).
  */
-static unsigned int
+unsigned int
 es_http_status_for(int sqlerrcode)
 {
 	switch (sqlerrcode)
@@ -187,7 +188,8 @@ es_http_status_for_register(int sqlerrcode)
  * es_http_credentials
  *		Split "token key:secret" or "Basic base64(key:secret)" into key and
  *		secret (palloc'd, as sent).  False when the header is missing or
- *		malformed.  Also used by the metrics endpoint (src/http/metrics.c).
+ *		malformed.  The metrics endpoint (src/http/metrics.c) and the status
+ *		page (src/http/status_page.c) take the same.
  */
 bool
 es_http_credentials(const char *header, char **key, char **secret)

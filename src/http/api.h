@@ -5,7 +5,8 @@
  *
  * Exports, for the server (src/http/server.c), the path every API request
  * is under, the serving of an authenticated API request and its answer,
- * and the set-up of its memory.
+ * and the set-up of its memory; and, for the status page, the reading of
+ * credentials and the HTTP status of an error.
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -40,5 +41,6 @@ extern unsigned int es_http_api(struct MHD_Connection *conn, const char *method,
 								EsApiReply *reply);
 extern void es_http_api_free(EsApiReply *reply);
 extern bool es_http_credentials(const char *header, char **key, char **secret);
+extern unsigned int es_http_status_for(int sqlerrcode);
 
 #endif							/* ES_HTTP_API_H */

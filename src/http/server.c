@@ -11,7 +11,9 @@
  *
  * The handler answers GET (or HEAD) health itself (no key, no
  * transaction: the site id and version) and, while the site shuts down,
- * everything with 503.  The metrics (/metrics, or under ES_API_PREFIX) are
+ * everything with 503.  "/" and ES_STATUS_PATH (and the actions under it)
+ * go to the HTML status page (src/http/status_page.c), with the body
+ * collected as below.  The metrics (/metrics, or under ES_API_PREFIX) are
  * src/http/metrics.c's, which also counts every answer es_http_reply
  * queues.  Any other request under ES_API_PREFIX goes to
  * es_http_api (src/http/api.c: the key, the route table, the endpoints),
@@ -51,6 +53,7 @@
 #include "http/api.h"
 #include "http/metrics.h"
 #include "http/server.h"
+#include "http/status_page.h"
 
 /*
  * Per-request state, malloc'd (no PostgreSQL allocation in MHD frames):
@@ -306,6 +309,8 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 				 es_site_id, EVENTSTREAM_VERSION);
 		return es_http_reply(conn, MHD_HTTP_OK, body, NULL);
 	}
+	if (es_status_page_path(req->path))
+		return es_status_page(conn, method, req->path, req->body);
 	if (strncmp(req->path, ES_API_PREFIX, strlen(ES_API_PREFIX)) != 0)
 		return es_http_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "No such endpoint.");
 

@@ -63,6 +63,55 @@ $$;
 COMMENT ON FUNCTION eventstream.create_api_key(regrole) IS
 	'Make an API key for role (one the caller may grant; not a superuser, nor a member of pg_read_server_files, pg_write_server_files, pg_execute_server_program or eventstream_admin); the secret is returned once and kept only as a salted hash.';
 
+/*
+ * A key for this site's status page (src/http/status_page.c), held by its
+ * operators, never given to another site: its role must have the
+ * privileges of eventstream_admin (the page's actions) or of pg_monitor
+ * (the page only), which create_api_key refuses or does not need.  The
+ * other refusals of create_api_key stay: superusers, roles that read or
+ * write the server's files or run programs, roles the caller may not grant.
+ */
+CREATE FUNCTION eventstream.create_status_key(role regrole, OUT api_key text, OUT api_secret text)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	salt bytea := decode(eventstream._random_hex(1), 'hex');
+	f text;
+BEGIN
+	PERFORM eventstream._assert_admin('create_status_key');
+	IF role IS NULL THEN
+		RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = role) THEN
+		RAISE EXCEPTION 'role "%" is a superuser', role
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Make a role that is a member of eventstream_admin or pg_monitor for the status page.';
+	END IF;
+	FOREACH f IN ARRAY ARRAY['pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program'] LOOP
+		IF pg_has_role(role, f, 'MEMBER') THEN
+			RAISE EXCEPTION 'role "%" cannot be the role of a status page key', role
+				USING ERRCODE = 'insufficient_privilege',
+					  DETAIL = format('It is a member of role "%s".', f);
+		END IF;
+	END LOOP;
+	IF NOT (pg_has_role(role, 'pg_monitor', 'USAGE')
+			OR (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'eventstream_admin')
+				AND pg_has_role(role, 'eventstream_admin', 'USAGE'))) THEN
+		RAISE EXCEPTION 'role "%" is neither a member of eventstream_admin nor of pg_monitor', role
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The status page is for those roles; a key for another site is made with eventstream.create_api_key().';
+	END IF;
+	PERFORM eventstream._assert_may_grant(role, 'create a status page key for');
+	api_key := 'esk_' || eventstream._random_hex(1);
+	api_secret := eventstream._random_hex(2);
+	INSERT INTO eventstream.api_key (api_key, role, secret_salt, secret_hash)
+		VALUES (api_key, role, salt, sha256(salt || convert_to(api_secret, 'UTF8')));
+END
+$$;
+COMMENT ON FUNCTION eventstream.create_status_key(regrole) IS
+	'Make an API key for this site''s status page, for role (one the caller may grant, with the privileges of eventstream_admin, to act, or of pg_monitor, to look; not a superuser, nor a member of pg_read_server_files, pg_write_server_files or pg_execute_server_program); the secret is returned once.  Not for other sites: give them keys of create_api_key.';
+
 CREATE FUNCTION eventstream.revoke_api_key(api_key text) RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp

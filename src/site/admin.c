@@ -9,7 +9,9 @@
  * they run as the extension's owner, so they first check their caller with
  * eventstream._assert_admin().  The caller is the role of the session
  * (current_user outside SECURITY DEFINER functions: GetOuterUserId()), not
- * the owner the function runs as.  A function run inside a
+ * the owner the function runs as; while the status page runs one of its
+ * actions in the site worker, the role of the page's key
+ * (es_status_page_caller, src/http/status_page.c).  A function run inside a
  * security-restricted operation (an index expression, a maintenance
  * command, a consumer's condition) is refused whoever the session is, and
  * so is every one but prune() in the site worker (whose session is the
@@ -39,6 +41,8 @@
 #include "postmaster/bgworker.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+
+#include "http/status_page.h"
 
 PG_FUNCTION_INFO_V1(eventstream_assert_admin);
 PG_FUNCTION_INFO_V1(eventstream_assert_may_grant);
@@ -80,10 +84,15 @@ es_caller(const char *what)
 	if (MyBgworkerEntry != NULL &&
 		strcmp(MyBgworkerEntry->bgw_library_name, "eventstream") == 0 &&
 		strcmp(what, "prune") != 0)
+	{
+		/* An action of the status page: the caller is the key's role. */
+		if (OidIsValid(es_status_page_caller))
+			return es_status_page_caller;
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("cannot run eventstream.%s() in an eventstream worker", what),
 				 errdetail("The worker's session is a superuser's: code it runs as another role, such as a trigger of a table it applies updates to, does not administer the site.")));
+	}
 	return GetOuterUserId();
 }
 

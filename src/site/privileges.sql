@@ -40,7 +40,7 @@ GRANT EXECUTE ON FUNCTION eventstream._populate(anyelement, jsonb), eventstream.
  * pages received but not applied yet (inbox).
  */
 GRANT EXECUTE ON FUNCTION
-	eventstream.create_api_key, eventstream.revoke_api_key,
+	eventstream.create_api_key, eventstream.create_status_key, eventstream.revoke_api_key,
 	eventstream.approve, eventstream.reject, eventstream.remove_consumer,
 	eventstream.add_child_table, eventstream.remove_child_table, eventstream.add_dynamic_link,
 	eventstream.prune,
