@@ -77,3 +77,10 @@ DROP FUNCTION eventstream._pull_page(text, text, integer, text);
 -- Conditions are checked as the consumer's role, in the sandbox:
 -- _check_condition takes the role.
 DROP FUNCTION eventstream._check_condition(regclass, text);
+
+-- Progress: rows copied by an initial sync and the producer's estimate of
+-- its table; the updates the producer says wait after a page.
+ALTER TABLE eventstream.producer_table
+	ADD COLUMN snapshot_rows bigint,
+	ADD COLUMN snapshot_estimate bigint;
+ALTER TABLE eventstream.producer ADD COLUMN updates_behind bigint;

@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 
 #include "access/xact.h"
@@ -30,6 +31,7 @@
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
+#include "utils/numeric.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -198,6 +200,144 @@ es_pull_hold(EsProducer *p, bool *more)
 }
 
 /*
+ * es_pull_array_size
+ *		How many elements v (a field of a page) has when it is an array.
+ */
+static int
+es_pull_array_size(JsonbValue *v)
+{
+	if (v == NULL || v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+		return 0;
+	return JsonContainerSize(v->val.binary.data);
+}
+
+/*
+ * es_pull_snapshot_table
+ *		The table a snapshot request's path names ("snapshot/<table>?..."),
+ *		percent-decoded and palloc'd; NULL for any other path.
+ */
+static char *
+es_pull_snapshot_table(const char *path)
+{
+	StringInfoData buf;
+
+	if (path == NULL || strncmp(path, "snapshot/", 9) != 0)
+		return NULL;
+	initStringInfo(&buf);
+	for (path += 9; *path != '\0' && *path != '?'; path++)
+	{
+		if (path[0] == '%' && isxdigit((unsigned char) path[1]) && isxdigit((unsigned char) path[2]))
+		{
+			char		hex[3] = {path[1], path[2], '\0'};
+
+			appendStringInfoChar(&buf, (char) strtol(hex, NULL, 16));
+			path += 2;
+		}
+		else
+			appendStringInfoChar(&buf, *path);
+	}
+	return buf.data;
+}
+
+/*
+ * es_pull_say_applying
+ *		Say in pg_stat_activity what the apply of the page held is about to
+ *		do: copy rows of a table (with the rows copied once it is applied,
+ *		and the producer's estimate of the table's rows), or apply updates.
+ */
+static void
+es_pull_say_applying(EsProducer *p)
+{
+	const char *path = p->held ? p->held_path : p->sent_path;
+	char	   *table = es_pull_snapshot_table(path);
+
+	if (table != NULL)
+	{
+		int			docs = es_pull_array_size(es_pull_page_field(p, "documents"));
+		JsonbValue *estimate = es_pull_page_field(p, "estimate");
+		int64		done = docs;
+
+		/* Rows of the earlier pages of this copy (it starts without after=). */
+		if (strstr(path, "&after=") != NULL && p->copied_table != NULL &&
+			strcmp(p->copied_table, table) == 0)
+			done += p->copied_rows;
+		if (estimate != NULL && estimate->type == jbvNumeric)
+			es_worker_doing("copying %s from %s (" INT64_FORMAT " of ~%s rows)", table, p->url, done,
+							DatumGetCString(DirectFunctionCall1(numeric_out,
+																NumericGetDatum(estimate->val.numeric))));
+		else
+			es_worker_doing("copying %s from %s (" INT64_FORMAT " rows)", table, p->url, done);
+		pfree(table);
+	}
+	else
+	{
+		int			n = es_pull_array_size(es_pull_page_field(p, "updates"));
+		ListCell   *lc;
+
+		foreach(lc, p->held)
+		{
+			EsHeld	   *h = lfirst(lc);
+
+			if (JB_ROOT_IS_ARRAY(h->updates) && !JB_ROOT_IS_SCALAR(h->updates))
+				n += JB_ROOT_COUNT(h->updates);
+		}
+		es_worker_doing("applying %d updates from %s", n, p->url);
+	}
+}
+
+/*
+ * es_pull_record_progress
+ *		Store the progress the page just applied tells of: for a page of an
+ *		initial sync, the rows copied so far and the producer's estimate of
+ *		the table's rows (producer_table); for a page of updates, how many
+ *		the producer says wait after it (producer.updates_behind).  url,
+ *		path and page are the apply's text, text and jsonb arguments; in
+ *		its transaction, connected to SPI.  Fields a producer does not send
+ *		leave NULL.
+ */
+static void
+es_pull_record_progress(EsProducer *p, Datum url, Datum path, Datum page)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, JSONBOID};
+	Datum		values[3] = {url, path, page};
+	char	   *table = es_pull_snapshot_table(TextDatumGetCString(path));
+
+	if (table != NULL)
+	{
+		if (SPI_execute_with_args("UPDATE eventstream.producer_table t"
+								  "   SET snapshot_rows = CASE WHEN strpos($2, '&after=') = 0 THEN 0"
+								  "                            ELSE coalesce(t.snapshot_rows, 0) END"
+								  "       + CASE WHEN jsonb_typeof($3->'documents') = 'array'"
+								  "              THEN jsonb_array_length($3->'documents') ELSE 0 END,"
+								  "       snapshot_estimate = CASE WHEN jsonb_typeof($3->'estimate') = 'number'"
+								  "                                 AND ($3->>'estimate')::numeric BETWEEN 0 AND 1e18"
+								  "                            THEN round(($3->>'estimate')::numeric)::bigint END"
+								  " WHERE t.producer_url = $1"
+								  "   AND starts_with($2, 'snapshot/' || eventstream._urlencode(t.ref_table) || '?')"
+								  " RETURNING t.snapshot_rows",
+								  3, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not record the progress of an initial sync");
+		/* Kept for what pg_stat_activity says of the next page. */
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			p->copied_rows = isnull ? 0 : DatumGetInt64(d);
+			es_set_str(&p->copied_table, table);
+		}
+		pfree(table);
+	}
+	else if (SPI_execute_with_args("UPDATE eventstream.producer x"
+								   "   SET updates_behind = CASE WHEN jsonb_typeof($3->'behind') = 'number'"
+								   "                              AND ($3->>'behind')::numeric BETWEEN 0 AND 1e18"
+								   "                         THEN round(($3->>'behind')::numeric)::bigint END"
+								   " WHERE x.producer_url = $1 AND $2 IS NOT NULL",
+								   3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record how many updates wait on a producer");
+}
+
+/*
  * es_pull_apply
  *		Apply a page (the response body) in a transaction of its own.
  *		Returns NULL on success, or the error's message (palloc'd in the
@@ -215,6 +355,7 @@ es_pull_apply(EsProducer *p, bool *more)
 		es_test_pause("held");
 		return NULL;
 	}
+	es_pull_say_applying(p);
 	es_test_pause("before-apply");
 	PG_TRY();
 	{
@@ -226,7 +367,6 @@ es_pull_apply(EsProducer *p, bool *more)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "applying updates from a producer");
 		SPI_connect();
 		values[0] = CStringGetTextDatum(p->url);
 
@@ -291,7 +431,7 @@ es_pull_apply(EsProducer *p, bool *more)
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 			es_pull_drop_held(p);
-			pgstat_report_activity(STATE_IDLE, NULL);
+			es_worker_idle();
 			return NULL;
 		}
 		values[1] = CStringGetTextDatum(p->held ? p->held_path : p->sent_path);
@@ -304,7 +444,7 @@ es_pull_apply(EsProducer *p, bool *more)
 		 */
 		if (es_apply_plan == NULL)
 		{
-			SPIPlanPtr	plan = SPI_prepare_cursor("SELECT r.next_path, r.more"
+			SPIPlanPtr	plan = SPI_prepare_cursor("SELECT r.next_path, r.more, r.n"
 												  "  FROM eventstream._apply_response($1, $2, $3, $4::jsonb) r",
 												  4, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
@@ -322,17 +462,19 @@ es_pull_apply(EsProducer *p, bool *more)
 		 */
 		es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 		*more = es_spi_int(2, 0) != 0;
+		if (es_spi_int(3, -1) >= 0)
+			es_pull_record_progress(p, values[0], values[1], values[2]);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		es_pull_drop_held(p);
 		pgstat_report_stat(false);
-		pgstat_report_activity(STATE_IDLE, NULL);
+		es_worker_idle();
 	}
 	PG_CATCH();
 	{
 		error = es_pull_caught(cxt, "could not apply updates from", p->url);
-		pgstat_report_activity(STATE_IDLE, NULL);
+		es_worker_idle();
 	}
 	PG_END_TRY();
 	return error;

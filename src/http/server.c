@@ -41,6 +41,7 @@
 #include <stdarg.h>
 
 #include "lib/stringinfo.h"
+#include "pgstat.h"
 #include "storage/fd.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -240,6 +241,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	unsigned int status;
 	enum MHD_Result ret;
 	bool		may_park;
+	char		activity[256];	/* what pg_stat_activity says meanwhile */
 
 	if (req == NULL)
 		return MHD_NO;			/* es_http_uri_logged ran out of memory */
@@ -325,7 +327,10 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	 */
 	if (may_park && es_before_park != NULL)
 		es_before_park();
+	snprintf(activity, sizeof(activity), "serving %s %s", method, req->path);
+	pgstat_report_activity(STATE_RUNNING, activity);
 	status = es_http_api(conn, method, req->path, req->query, req->body, may_park, &reply);
+	pgstat_report_activity(STATE_IDLE, NULL);
 	if (reply.body == NULL)
 	{
 		es_http_api_free(&reply);

@@ -28,6 +28,7 @@
 #include "postgres.h"
 
 #include <signal.h>
+#include <stdarg.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -111,6 +112,9 @@ static bool es_settings_reloaded = false;	/* es_worker_reload ran */
 static WaitEventSet *es_wait_set = NULL;
 static bool es_http_up = false;
 
+/* What the worker does now, as es_worker_doing last said ("": idle). */
+static char es_doing[256];
+
 /*
  * es_worker_reload
  *		SIGHUP: re-read postgresql.conf and this database's settings
@@ -185,7 +189,10 @@ es_test_pause(const char *point)
 		{
 			ereport(LOG,
 					(errmsg("eventstream worker paused at \"%s\"", point)));
-			pgstat_report_activity(STATE_RUNNING, psprintf("paused at %s", point));
+			if (es_doing[0] != '\0')
+				pgstat_report_activity(STATE_RUNNING, psprintf("paused at %s: %s", point, es_doing));
+			else
+				pgstat_report_activity(STATE_RUNNING, psprintf("paused at %s", point));
 			paused = true;
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -196,7 +203,43 @@ es_test_pause(const char *point)
 			es_worker_reload();
 	}
 	if (paused)
-		pgstat_report_activity(STATE_IDLE, NULL);
+	{
+		if (es_doing[0] != '\0')
+			pgstat_report_activity(STATE_RUNNING, es_doing);
+		else
+			pgstat_report_activity(STATE_IDLE, NULL);
+	}
+}
+
+/*
+ * es_worker_doing
+ *		Say in pg_stat_activity what the worker does now and for which
+ *		producer or consumer ("pulling from <url>", "applying 120 updates
+ *		from <url>", ...): the query column of an active backend.  The text
+ *		is also what a test pause point adds to "paused at <point>".
+ */
+void
+es_worker_doing(const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(es_doing, sizeof(es_doing), fmt, ap);
+	va_end(ap);
+	pgstat_report_activity(STATE_RUNNING, es_doing);
+}
+
+/*
+ * es_worker_idle
+ *		The worker is done with what es_worker_doing said: idle in
+ *		pg_stat_activity (whose query column keeps the last text, as for
+ *		any idle backend).
+ */
+void
+es_worker_idle(void)
+{
+	es_doing[0] = '\0';
+	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -503,9 +546,11 @@ es_worker_http_reopen(const char *dbname, int pull_fd, TimestampTz *retry_at, lo
 	char	   *to;
 
 	from = es_http_config.port > 0 ?
-		psprintf("%s:%d", es_http_config.address, es_http_config.port) : pstrdup("none");
+		psprintf("%s://%s:%d", es_http_config.cert_file[0] ? "https" : "http",
+				 es_http_config.address, es_http_config.port) : pstrdup("none");
 	to = es_http_port > 0 ?
-		psprintf("%s:%d", es_http_listen_address, es_http_port) : pstrdup("none");
+		psprintf("%s://%s:%d", es_http_tls_cert_file[0] ? "https" : "http",
+				 es_http_listen_address, es_http_port) : pstrdup("none");
 	if (es_http_up)
 		es_http_close_for_reload();
 	es_worker_http_remember();
@@ -514,10 +559,15 @@ es_worker_http_reopen(const char *dbname, int pull_fd, TimestampTz *retry_at, lo
 	*retry_at = (!es_http_up && es_http_port > 0) ?
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), *retry_ms) : 0;
 	es_worker_wait_set(pull_fd);
-	ereport(LOG,
-			(errmsg("eventstream HTTP endpoint of database \"%s\" moved from %s to %s%s",
-					dbname, from, to,
-					(es_http_port > 0 && !es_http_up) ? " (not listening yet)" : "")));
+	if (strcmp(from, to) == 0)
+		ereport(LOG,
+				(errmsg("eventstream HTTP endpoint of database \"%s\" reopened at %s with its new TLS files%s",
+						dbname, to, (es_http_port > 0 && !es_http_up) ? " (not listening yet)" : "")));
+	else
+		ereport(LOG,
+				(errmsg("eventstream HTTP endpoint of database \"%s\" moved from %s to %s%s",
+						dbname, from, to,
+						(es_http_port > 0 && !es_http_up) ? " (not listening yet)" : "")));
 	pfree(from);
 	pfree(to);
 }

@@ -88,7 +88,7 @@ like($out, qr/"updates": \[\]/, 'the long-poll parked at the reload got its (emp
 like($out, qr/\n200\z/, '  with 200, not a dropped connection');
 cmp_ok($answered, '<', 10, sprintf('  at the reload (%.2f s), not at its 30 s deadline', $answered));
 like(slurp_file($node->logfile, $logpos),
-	qr/eventstream HTTP endpoint of database "site" moved from 127\.0\.0\.1:$old to 127\.0\.0\.1:$new/,
+	qr/eventstream HTTP endpoint of database "site" moved from http:\/\/127\.0\.0\.1:$old to http:\/\/127\.0\.0\.1:$new/,
 	'the server log says the endpoint moved');
 my $pid = sq($S, "SELECT pid FROM pg_stat_activity WHERE application_name = 'eventstream worker' AND datname = '$db'");
 ok($pid, 'the same site worker runs');
@@ -140,5 +140,117 @@ $node->safe_psql('postgres', 'SELECT pg_reload_conf()');
 ok(health_is("http://127.0.0.1:$new", '200'), 'back to plain http');
 $S->{url} = "http://127.0.0.1:$new";
 $S->{port} = $new;
+
+
+######################################################################
+# Progress: an initial sync and a catch-up, seen in pg_stat_activity and
+# producer_status.  The consumer's worker is stepped from one test pause
+# point to the next (received -> before-apply -> received of the next
+# page ...): nothing depends on timing.
+######################################################################
+
+my $P = add_site($node, 'prod');
+my $C = add_site($node, 'cons');
+# The producer listens on every address after a reload, and the consumer
+# reaches it at 127.0.0.2: a host other than the one its own default
+# site_url names.
+$node->safe_psql('postgres', "ALTER DATABASE prod SET eventstream.http_listen_address = '0.0.0.0'");
+$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+ok(health_is("http://127.0.0.2:$P->{port}", '200'), 'the producer listens on 0.0.0.0 after a reload');
+my $purl = "http://127.0.0.2:$P->{port}";
+sq($P, q{
+	CREATE ROLE reader;
+	CREATE TABLE big (id int PRIMARY KEY, v text);
+	GRANT SELECT ON big TO reader;
+	INSERT INTO big SELECT i, 'v' || i FROM generate_series(1, 250) i;
+	ANALYZE big;
+});
+sq($C, q{
+	CREATE ROLE applier;
+	CREATE TABLE big (id int PRIMARY KEY, v text);
+	GRANT SELECT, INSERT, UPDATE, DELETE ON big TO applier;
+});
+my ($pkey, $psecret) = key_pair($P, 'reader');
+my ($ret, $o, $e) = q_try($C, "SELECT eventstream.add_producer(producer_url => '$purl', api_key => '$pkey', "
+	. "api_secret => '$psecret', subscriber => 'applier', tables => ARRAY['big'])");
+is($ret, 0, 'the consumer subscribes');
+like($e, qr/WARNING:  this site registers with producer "\Q$purl\E" as "http:\/\/127\.0\.0\.1:$C->{port}"/,
+	'without eventstream.site_url, a WARNING says which URL the producer is told');
+like($e, qr/HINT:  Set eventstream\.site_url/, '  and how to set it');
+
+my $worker_q = "SELECT query FROM pg_stat_activity WHERE backend_type = 'eventstream worker' "
+  . "AND datname = 'cons' AND state = 'active'";
+sub pause_at
+{
+	my ($point, $nowait) = @_;
+	sq($C, "ALTER SYSTEM SET eventstream.test_pause_at = '$point'");
+	sq($C, 'SELECT pg_reload_conf()');
+	return '' if $nowait;
+	my $last = '';
+	my $ok = wait_until(20, sub {
+		$last = sq($C, $worker_q);
+		return $last =~ /^paused at \Q$point\E/;
+	});
+	diag("the consumer's worker did not pause at $point: '$last'") unless $ok;
+	return $last;
+}
+my $other = 'before-apply';
+# Steps until the worker says what $want matches; its text.
+sub step_until
+{
+	my ($want) = @_;
+	my $said = '';
+	foreach my $i (1 .. 20)
+	{
+		$other = $other eq 'received' ? 'before-apply' : 'received';
+		$said = pause_at($other);
+		return $said if $said =~ $want;
+	}
+	diag("last said: $said");
+	return $said;
+}
+
+pause_at('received', 'nowait');
+sq($P, "SELECT eventstream.approve('$C->{url}', 'big')");
+sq($P, "INSERT INTO big VALUES (1000, 'after the approval')");    # answers the long-poll at once
+my $said = step_until(qr/^paused at before-apply: copying/);
+like($said, qr/^paused at before-apply: copying public\.big from \Q$purl\E \(100 of ~250 rows\)$/,
+	"pg_stat_activity: the worker copies public.big from the producer (rows of the page applied next, of the producer's estimate)");
+$said = step_until(qr/^paused at received/);
+is($said, "paused at received: pulling from $purl", 'then it pulls from the producer, named');
+is(sq($C, "SELECT rows_copied || ' ' || rows_estimate || ' | ' || copying FROM eventstream.producer_status"),
+	'100 250 | public.big: 100 of ~250 rows', 'producer_status: rows copied of the estimate, mid-copy');
+is(sq($C, "SELECT snapshot_rows || ' ' || snapshot_estimate FROM eventstream.producer_table"), '100 250',
+	'  as producer_table keeps them');
+
+# Catch-up: a backlog larger than a window (8000 logs) arrives in windows
+# that end at ticks; after each, the producer says how many wait.
+sq($C, 'ALTER SYSTEM RESET eventstream.test_pause_at');
+sq($C, 'SELECT pg_reload_conf()');
+ok(wait_query($C, 'SELECT count(*) FROM big', '251', 30), 'the copy ends');
+is(sq($C, "SELECT coalesce(copying, 'none') || ' ' || coalesce(rows_copied::text, 'none') FROM eventstream.producer_status"),
+	'none none', 'producer_status: nothing being copied');
+pause_at('received', 'nowait');    # the worker is in a long-poll
+foreach my $i (0 .. 3)
+{
+	sq($P, "INSERT INTO big SELECT i, 'x' FROM generate_series(2000 + $i * 5000, 2000 + $i * 5000 + 4999) i");
+	sq($P, 'SELECT eventstream._tick()');
+}
+my $behind = '';
+foreach my $i (1 .. 20)
+{
+	$other = $other eq 'received' ? 'before-apply' : 'received';
+	pause_at($other);
+	$behind = sq($C, 'SELECT updates_behind FROM eventstream.producer_status');
+	last if $behind ne '' && $behind > 0;
+}
+cmp_ok($behind || 0, '>', 5000, "catching up: producer_status says how many updates wait on the producer ($behind)");
+sq($C, 'ALTER SYSTEM RESET eventstream.test_pause_at');
+sq($C, 'SELECT pg_reload_conf()');
+ok(wait_query($C, 'SELECT count(*) FROM big', '20251', 30), 'the backlog arrives');
+ok(wait_query($C, 'SELECT updates_behind FROM eventstream.producer_status', '0', 30),
+	'  and then none wait');
+ok(wait_query($C, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'cons' AND state = 'idle'",
+		'1', 30), 'the worker is idle in pg_stat_activity');
 
 done_testing();
