@@ -146,6 +146,42 @@ CREATE TABLE eventstream.remote_document (
 COMMENT ON TABLE eventstream.remote_document IS
 	'For subscriptions with use_same_name = false: the producer and key behind each local row.';
 
+-- Store the progress a page just applied tells of (called by the site
+-- worker in the apply's transaction): for a page of an initial sync
+-- (sent_path "snapshot/<table>?..."), the rows copied so far (the copy
+-- starts with a request without after=) and the producer's estimate of
+-- the table's rows; for a page of updates, how many the producer says
+-- wait after it.  Fields a producer does not send leave NULL.  Returns the
+-- rows copied so far of the table, or NULL for a page of updates.
+CREATE FUNCTION eventstream._record_progress(producer_url text, sent_path text, page jsonb) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rows_copied bigint;
+BEGIN
+	IF starts_with(sent_path, 'snapshot/') THEN
+		UPDATE eventstream.producer_table t
+		   SET snapshot_rows = CASE WHEN strpos(sent_path, '&after=') = 0 THEN 0 ELSE coalesce(t.snapshot_rows, 0) END
+							   + CASE WHEN jsonb_typeof(page->'documents') = 'array'
+									  THEN jsonb_array_length(page->'documents') ELSE 0 END,
+			   snapshot_estimate = CASE WHEN jsonb_typeof(page->'estimate') = 'number'
+											 AND (page->>'estimate')::numeric BETWEEN 0 AND 1e18
+										THEN round((page->>'estimate')::numeric)::bigint END
+		 WHERE t.producer_url = _record_progress.producer_url
+		   AND starts_with(sent_path, 'snapshot/' || eventstream._urlencode(t.ref_table) || '?')
+		RETURNING t.snapshot_rows INTO rows_copied;
+		RETURN rows_copied;
+	END IF;
+	UPDATE eventstream.producer x
+	   SET updates_behind = CASE WHEN jsonb_typeof(page->'behind') = 'number'
+									  AND (page->>'behind')::numeric BETWEEN 0 AND 1e18
+								 THEN round((page->>'behind')::numeric)::bigint END
+	 WHERE x.producer_url = _record_progress.producer_url;
+	RETURN NULL;
+END
+$$;
+
 -- This site's URL as consumers register it.
 CREATE FUNCTION eventstream._site_url() RETURNS text
 	LANGUAGE plpgsql STABLE

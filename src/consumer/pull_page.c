@@ -287,54 +287,37 @@ es_pull_say_applying(EsProducer *p)
 
 /*
  * es_pull_record_progress
- *		Store the progress the page just applied tells of: for a page of an
- *		initial sync, the rows copied so far and the producer's estimate of
- *		the table's rows (producer_table); for a page of updates, how many
- *		the producer says wait after it (producer.updates_behind).  url,
- *		path and page are the apply's text, text and jsonb arguments; in
- *		its transaction, connected to SPI.  Fields a producer does not send
- *		leave NULL.
+ *		Store the progress the page just applied tells of
+ *		(eventstream._record_progress: rows copied by an initial sync and
+ *		the producer's estimate of them, or the updates waiting after a
+ *		page), and keep the rows copied for what pg_stat_activity says of
+ *		the next page.  url, path and page are the apply's text, text and
+ *		jsonb arguments; in its transaction, connected to SPI.  Nothing is
+ *		recorded where the extension's version has no such function.
  */
 static void
 es_pull_record_progress(EsProducer *p, Datum url, Datum path, Datum page)
 {
 	Oid			types[3] = {TEXTOID, TEXTOID, JSONBOID};
 	Datum		values[3] = {url, path, page};
-	char	   *table = es_pull_snapshot_table(TextDatumGetCString(path));
+	char	   *table;
+	bool		isnull;
+	Datum		d;
 
-	if (table != NULL)
+	if (SPI_execute("SELECT to_regprocedure('eventstream._record_progress(text, text, jsonb)') IS NOT NULL",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1 || es_spi_int(1, 0) == 0)
+		return;
+	if (SPI_execute_with_args("SELECT eventstream._record_progress($1, $2, $3)",
+							  3, types, values, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not record the progress of a pull");
+	table = es_pull_snapshot_table(TextDatumGetCString(path));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (table != NULL && !isnull)
 	{
-		if (SPI_execute_with_args("UPDATE eventstream.producer_table t"
-								  "   SET snapshot_rows = CASE WHEN strpos($2, '&after=') = 0 THEN 0"
-								  "                            ELSE coalesce(t.snapshot_rows, 0) END"
-								  "       + CASE WHEN jsonb_typeof($3->'documents') = 'array'"
-								  "              THEN jsonb_array_length($3->'documents') ELSE 0 END,"
-								  "       snapshot_estimate = CASE WHEN jsonb_typeof($3->'estimate') = 'number'"
-								  "                                 AND ($3->>'estimate')::numeric BETWEEN 0 AND 1e18"
-								  "                            THEN round(($3->>'estimate')::numeric)::bigint END"
-								  " WHERE t.producer_url = $1"
-								  "   AND starts_with($2, 'snapshot/' || eventstream._urlencode(t.ref_table) || '?')"
-								  " RETURNING t.snapshot_rows",
-								  3, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not record the progress of an initial sync");
-		/* Kept for what pg_stat_activity says of the next page. */
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-			p->copied_rows = isnull ? 0 : DatumGetInt64(d);
-			es_set_str(&p->copied_table, table);
-		}
-		pfree(table);
+		p->copied_rows = DatumGetInt64(d);
+		es_set_str(&p->copied_table, table);
 	}
-	else if (SPI_execute_with_args("UPDATE eventstream.producer x"
-								   "   SET updates_behind = CASE WHEN jsonb_typeof($3->'behind') = 'number'"
-								   "                              AND ($3->>'behind')::numeric BETWEEN 0 AND 1e18"
-								   "                         THEN round(($3->>'behind')::numeric)::bigint END"
-								   " WHERE x.producer_url = $1 AND $2 IS NOT NULL",
-								   3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not record how many updates wait on a producer");
 }
 
 /*
