@@ -8,6 +8,7 @@
 MODULE_big = eventstream
 OBJS = \
 	src/site/eventstream.o \
+	src/site/admin.o \
 	src/site/shmem.o \
 	src/site/launcher.o \
 	src/site/worker.o \

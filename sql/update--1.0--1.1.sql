@@ -77,6 +77,22 @@ DROP FUNCTION eventstream._pull_page(text, text, integer, text);
 -- Conditions are checked as the consumer's role, in the sandbox:
 -- _check_condition takes the role.
 DROP FUNCTION eventstream._check_condition(regclass, text);
+-- Administration without a superuser: the role whose members run the
+-- site (see src/site/site.sql), made unless another site of the cluster
+-- made it already.
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'eventstream_admin') THEN
+		CREATE ROLE eventstream_admin NOLOGIN;
+		COMMENT ON ROLE eventstream_admin IS
+			'Members administer the eventstream sites of this cluster: approvals, API keys, producers, subscriptions, resyncs and the status views.';
+	END IF;
+END
+$$;
+-- Row-level security and column privileges (docs/security.md): what a
+-- consumer holds is kept for role-served subscriptions too.
+COMMENT ON TABLE eventstream.consumer_document IS
+	'Documents of conditioned and role-served subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching or its key''s role stopped seeing it: not held), with the pull that made it; the latest counts.';
 
 -- Progress: rows copied by an initial sync and the producer's estimate of
 -- its table; the updates the producer says wait after a page.

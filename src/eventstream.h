@@ -7,8 +7,9 @@
  *	  producer/  capturing changes into the update log, and serving them
  *	  consumer/  pulling from producers and applying what they send
  *	  http/      the site's HTTP endpoint
- *	  site/      the module's entry point, shared memory, the launcher and
- *				 the site worker that runs the HTTP server and the pulls
+ *	  site/      the module's entry point, who may administer a site,
+ *				 shared memory, the launcher and the site worker that runs
+ *				 the HTTP server and the pulls
  * A file, or a group of files, that others call into has a header next to
  * it saying what it exports; a file reached only from SQL (the extension's
  * script declares its functions) has none.  Headers include no header of

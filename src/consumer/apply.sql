@@ -369,7 +369,7 @@ END
 $$;
 
 CREATE FUNCTION eventstream.resync(sync_log_id bigint) RETURNS text
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -381,6 +381,7 @@ DECLARE
 	dependency boolean;
 	deps jsonb := '[]';
 BEGIN
+	PERFORM eventstream._assert_admin('resync');
 	-- The update exactly as it was received (what resync changes of an
 	-- entry is its outcome, never these).
 	SELECT * INTO l FROM eventstream.sync_log x WHERE x.id = sync_log_id;
@@ -452,7 +453,7 @@ COMMENT ON FUNCTION eventstream.resync(bigint) IS
 	'Apply a Failed sync log entry again, exactly as it was received; returns and stores the new status.  Refused when a later update of the same document was applied since (eventstream.refetch() brings the document up to date).';
 
 CREATE FUNCTION eventstream.refetch(producer_url text, ref_table text, docname text) RETURNS text
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -464,6 +465,7 @@ DECLARE
 	deps jsonb := '[]';
 	n integer[];
 BEGIN
+	PERFORM eventstream._assert_admin('refetch');
 	-- First, holding no lock (the site worker applies meanwhile), fetch.
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = rtrim(btrim(refetch.producer_url), '/');
 	IF NOT FOUND THEN
@@ -526,7 +528,7 @@ COMMENT ON FUNCTION eventstream.refetch(text, text, text) IS
 
 CREATE FUNCTION eventstream.resync_failed(producer_url text, ref_table text DEFAULT NULL,
 											OUT resynced integer, OUT refetched integer, OUT failed integer)
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -536,6 +538,7 @@ DECLARE
 	e record;
 	ok boolean;
 BEGIN
+	PERFORM eventstream._assert_admin('resync_failed');
 	-- No lock here: resync() and refetch() fetch from the producer first,
 	-- holding none, while the site worker applies.
 	IF NOT EXISTS (SELECT 1 FROM eventstream.producer x WHERE x.producer_url = url) THEN
@@ -600,13 +603,15 @@ COMMENT ON FUNCTION eventstream.resync_failed(text, text) IS
 	'Apply the Failed sync log entries of a producer (of one of its tables, if given) again, document by document: in order with resync(), or, where a later update of the document was applied since, with refetch(); e.g. once a column the updates carry was added here.  Returns the entries resynced, the documents refetched and the documents that still fail.';
 
 CREATE FUNCTION eventstream.ignore_columns(producer_url text, ref_table text, columns text[]) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
+	p eventstream.producer;
 	wire text := eventstream._qualified(ref_table);
 BEGIN
+	PERFORM eventstream._assert_admin('ignore_columns');
+	p := eventstream._producer_row(producer_url);
 	UPDATE eventstream.producer_table t
 	   SET ignored_columns = (SELECT array_agg(DISTINCT c ORDER BY c) FROM unnest(ignore_columns.columns) c
 							   WHERE c IS NOT NULL AND c <> '')
@@ -621,14 +626,16 @@ COMMENT ON FUNCTION eventstream.ignore_columns(text, text, text[]) IS
 	'Leave these columns of the producer''s table (and of its child rows) out: their values are not applied here, and a local table without them takes the updates (NULL or an empty list: apply every column again).  Not for a mapped subscription, whose mapping names the columns it takes.';
 
 CREATE FUNCTION eventstream.resync_table(producer_url text, ref_table text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
+	p eventstream.producer;
 	wire text := eventstream._qualified(ref_table);
 	pt eventstream.producer_table;
 BEGIN
+	PERFORM eventstream._assert_admin('resync_table');
+	p := eventstream._producer_row(producer_url);
 	SELECT * INTO pt FROM eventstream.producer_table t WHERE t.producer_url = p.producer_url AND t.ref_table = wire;
 	IF NOT FOUND OR pt.unsubscribe THEN
 		RAISE EXCEPTION 'table "%" is not subscribed from producer "%"', wire, p.producer_url
@@ -651,11 +658,14 @@ COMMENT ON FUNCTION eventstream.resync_table(text, text) IS
 
 CREATE FUNCTION eventstream.remote_name(local_table regclass, local_docname text,
 										OUT producer_url text, OUT remote_docname text)
-	LANGUAGE sql STABLE
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT d.producer_url, d.remote_docname FROM eventstream.remote_document d
-	 WHERE d.local_table = remote_name.local_table AND d.local_docname = remote_name.local_docname
+BEGIN
+	PERFORM eventstream._assert_admin('remote_name');
+	SELECT d.producer_url, d.remote_docname INTO producer_url, remote_docname FROM eventstream.remote_document d
+	 WHERE d.local_table = remote_name.local_table AND d.local_docname = remote_name.local_docname;
+END
 $$;
 COMMENT ON FUNCTION eventstream.remote_name(regclass, text) IS
 	'The producer and producer-side docname of a local row that got its own key (use_same_name = false).';

@@ -210,10 +210,11 @@ CREATE TRIGGER field_mapping_check BEFORE INSERT OR UPDATE ON eventstream.field_
 	FOR EACH ROW EXECUTE FUNCTION eventstream._check_field_mapping();
 
 CREATE FUNCTION eventstream.create_mapping(mapping_name text, local_table regclass, remote_table text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('create_mapping');
 	IF coalesce(btrim(mapping_name), '') = '' OR local_table IS NULL OR coalesce(btrim(remote_table), '') = '' THEN
 		RAISE EXCEPTION 'mapping_name, local_table and remote_table must be given' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -232,10 +233,11 @@ COMMENT ON FUNCTION eventstream.create_mapping(text, regclass, text) IS
 
 CREATE FUNCTION eventstream.alter_mapping(mapping_name text, local_table regclass DEFAULT NULL,
 										  remote_table text DEFAULT NULL) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('alter_mapping');
 	IF EXISTS (SELECT 1 FROM eventstream.producer_table t WHERE t.mapping = alter_mapping.mapping_name) THEN
 		RAISE EXCEPTION 'mapping "%" is used by a subscription', mapping_name
 			USING ERRCODE = 'object_in_use',
@@ -261,12 +263,13 @@ COMMENT ON FUNCTION eventstream.alter_mapping(text, regclass, text) IS
 	'Change the local or remote table of a mapping; its field rules are checked again.';
 
 CREATE FUNCTION eventstream.drop_mapping(mapping_name text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	used text;
 BEGIN
+	PERFORM eventstream._assert_admin('drop_mapping');
 	SELECT coalesce(string_agg(DISTINCT x.mapping_name, ', '), '') INTO used
 	  FROM eventstream.field_mapping x WHERE x.mapping = drop_mapping.mapping_name;
 	IF used <> '' THEN
@@ -288,13 +291,14 @@ CREATE FUNCTION eventstream.map_field(mapping_name text, local_fieldname text, r
 									  default_value text DEFAULT NULL, mapping_type text DEFAULT NULL,
 									  mapping text DEFAULT NULL, remote_value_filters jsonb DEFAULT NULL)
 		RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	lf text := CASE WHEN nullif(btrim(mapping_type), '') = 'Child Table' THEN eventstream._qualified(local_fieldname)
 					ELSE local_fieldname END;
 BEGIN
+	PERFORM eventstream._assert_admin('map_field');
 	IF coalesce(lf, '') = '' THEN
 		RAISE EXCEPTION 'local_fieldname must be given' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -314,10 +318,11 @@ COMMENT ON FUNCTION eventstream.map_field(text, text, text, text, text, text, js
 	'Add or replace the rule of a mapping for one local column (or child table): where its value comes from, its default, and a nested mapping for child rows (''Child Table'') or a dependency (''Document'' with remote_value_filters).';
 
 CREATE FUNCTION eventstream.unmap_field(mapping_name text, local_fieldname text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('unmap_field');
 	DELETE FROM eventstream.field_mapping f
 	 WHERE f.mapping_name = unmap_field.mapping_name
 	   AND f.local_fieldname IN (unmap_field.local_fieldname, eventstream._qualified(unmap_field.local_fieldname));

@@ -382,7 +382,7 @@ $$;
 CREATE FUNCTION eventstream.add_producer(producer_url text, api_key text, api_secret text,
 										 subscriber regrole, tables text[], initial_sync boolean DEFAULT true)
 		RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -392,6 +392,7 @@ DECLARE
 	name text;
 	wire text;
 BEGIN
+	PERFORM eventstream._assert_admin('add_producer');
 	IF url IS NULL OR url !~ '^https?://[^/\s]+$' THEN
 		RAISE EXCEPTION 'invalid producer URL "%"', producer_url
 			USING ERRCODE = 'invalid_parameter_value',
@@ -409,6 +410,8 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Updates are applied with the subscriber''s privileges: use a role that may write only the subscribed tables.';
 	END IF;
+	PERFORM eventstream._assert_unprivileged_role(subscriber, 'a subscriber');
+	PERFORM eventstream._assert_may_grant(subscriber, 'apply updates as');
 	IF EXISTS (SELECT 1 FROM eventstream.producer x WHERE x.producer_url = url) THEN
 		RAISE EXCEPTION 'producer "%" is already added', url
 			USING ERRCODE = 'duplicate_object',
@@ -470,15 +473,17 @@ $$;
 CREATE FUNCTION eventstream.subscribe(producer_url text, ref_table text, use_same_name boolean DEFAULT true,
 									  mapping text DEFAULT NULL, condition text DEFAULT NULL,
 									  initial_sync boolean DEFAULT true) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
+	p eventstream.producer;
 	wire text := eventstream._qualified(ref_table);
 	m eventstream.document_type_mapping;
 	tbl regclass;
 BEGIN
+	PERFORM eventstream._assert_admin('subscribe');
+	p := eventstream._producer_row(producer_url);
 	IF mapping IS NOT NULL THEN
 		-- The mapping's remote table, written into its local table.
 		SELECT * INTO m FROM eventstream.document_type_mapping x WHERE x.mapping_name = subscribe.mapping;
@@ -528,13 +533,15 @@ COMMENT ON FUNCTION eventstream.subscribe(text, text, boolean, text, text, boole
 	'Subscribe to one more table of a producer, or change a subscription (condition, naming, mapping); told to the producer at once.  mapping: subscribe to the mapping''s remote table and write into its local table.  initial_sync: copy the rows that exist once approved.';
 
 CREATE FUNCTION eventstream.unsubscribe(producer_url text, ref_table text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
+	p eventstream.producer;
 	wire text := eventstream._qualified(ref_table);
 BEGIN
+	PERFORM eventstream._assert_admin('unsubscribe');
+	p := eventstream._producer_row(producer_url);
 	-- An initial sync under way (or failing) is dropped: subscribing again
 	-- starts a new one.
 	UPDATE eventstream.producer_table t
@@ -552,12 +559,14 @@ COMMENT ON FUNCTION eventstream.unsubscribe(text, text) IS
 	'Stop receiving a table from a producer (the producer stops serving it at once, and an initial sync under way is dropped); subscribe() resumes.';
 
 CREATE FUNCTION eventstream.set_keys(producer_url text, api_key text, api_secret text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
+	p eventstream.producer;
 BEGIN
+	PERFORM eventstream._assert_admin('set_keys');
+	p := eventstream._producer_row(producer_url);
 	IF coalesce(api_key, '') = '' OR coalesce(api_secret, '') = '' THEN
 		RAISE EXCEPTION 'api_key and api_secret must be given' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -572,13 +581,15 @@ COMMENT ON FUNCTION eventstream.set_keys(text, text, text) IS
 	'Replace the API key and secret used with a producer (checked with the producer before committing).';
 
 CREATE FUNCTION eventstream.reset_cursor(producer_url text, initial_sync boolean DEFAULT true) RETURNS text
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
+	p eventstream.producer;
 	reply jsonb;
 BEGIN
+	PERFORM eventstream._assert_admin('reset_cursor');
+	p := eventstream._producer_row(producer_url);
 	-- Registering again answers where the producer has this consumer: what
 	-- it acknowledged last, or now when it registers anew (after the
 	-- producer's eventstream.remove_consumer()).
@@ -626,12 +637,14 @@ END
 $$;
 
 CREATE FUNCTION eventstream.remove_producer(producer_url text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
+	p eventstream.producer;
 BEGIN
+	PERFORM eventstream._assert_admin('remove_producer');
+	p := eventstream._producer_row(producer_url);
 	-- Tell the producer to stop serving us, if it can be reached.
 	BEGIN
 		UPDATE eventstream.producer_table t SET unsubscribe = true WHERE t.producer_url = p.producer_url;

@@ -89,17 +89,20 @@ CREATE FUNCTION eventstream._read_json(body text) RETURNS jsonb
 	LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_read_json';
 
 CREATE FUNCTION eventstream.sync_now(producer_url text) RETURNS integer
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p eventstream.producer := eventstream._producer_row(producer_url);
-	path text := (SELECT r.path FROM eventstream._next_request(p.producer_url) r);
+	p eventstream.producer;
+	path text;
 	body jsonb;
 	deps jsonb;
 	res record;
 	total integer := 0;
 BEGIN
+	PERFORM eventstream._assert_admin('sync_now');
+	p := eventstream._producer_row(producer_url);
+	path := (SELECT r.path FROM eventstream._next_request(p.producer_url) r);
 	LOOP
 		IF path LIKE 'snapshot/%' THEN
 			-- A table's initial sync that fails is recorded on it and

@@ -101,7 +101,8 @@ CREATE VIEW eventstream.update_log_consumer AS
 COMMENT ON VIEW eventstream.update_log_consumer IS
 	'Read receipts: which consumer was served which update log.';
 
--- Conditioned subscriptions only.  consumer_document: whether a consumer
+-- Conditioned and role-served subscriptions (_role_served) only.
+-- consumer_document: whether a consumer
 -- holds a document, as the changes of that state (a document is served:
 -- held; it stops matching and is served a Delete: not held), the latest
 -- (largest seq) deciding, no row meaning not held.  Each change names the
@@ -125,7 +126,7 @@ CREATE TABLE eventstream.consumer_document (
 );
 CREATE INDEX consumer_document_page_idx ON eventstream.consumer_document (consumer_url, page);
 COMMENT ON TABLE eventstream.consumer_document IS
-	'Documents of conditioned subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching: not held), with the pull that made it; the latest counts.';
+	'Documents of conditioned and role-served subscriptions: each change of whether the consumer holds one (served: held; served a Delete when it stopped matching or its key''s role stopped seeing it: not held), with the pull that made it; the latest counts.';
 CREATE TABLE eventstream.withheld (
 	consumer_url	text NOT NULL,		-- cleaned up by remove_consumer
 	ref_table		text NOT NULL,
@@ -232,8 +233,11 @@ AS $$
 			jsonb_build_object('code', '42809', 'message', format('"%s" is not a table', ref_table))
 		WHEN NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) THEN
 			jsonb_build_object('code', '42P16', 'message', format('table "%s" has no primary key', ref_table))
-		WHEN NOT has_table_privilege(role, c.oid, 'SELECT') THEN
+		WHEN NOT has_any_column_privilege(role, c.oid, 'SELECT') THEN
 			jsonb_build_object('code', '42501', 'message', format('role "%s" cannot read table "%s"', role, ref_table))
+		WHEN NOT has_table_privilege(role, c.oid, 'SELECT') AND eventstream._unreadable_key(c.oid, role) IS NOT NULL THEN
+			jsonb_build_object('code', '42501', 'message', format('role "%s" cannot read key column "%s" of table "%s"',
+																  role, eventstream._unreadable_key(c.oid, role), ref_table))
 	END
 	  FROM (SELECT eventstream._published(ref_table) AS tbl) x
 	  LEFT JOIN pg_class c ON c.oid = x.tbl
@@ -364,10 +368,19 @@ END;
 CREATE TRIGGER approval BEFORE INSERT OR UPDATE ON eventstream.consumer_table
 	FOR EACH ROW EXECUTE FUNCTION eventstream._consumer_table_approval();
 
+/*
+ * Set the status of a subscription, for approve() and reject(), which
+ * resolve ref_table in their caller's search_path first (they run as the
+ * caller: a BEGIN ATOMIC body is bound when created, so that search_path
+ * reaches nothing but the table name).  SECURITY DEFINER, and executable by
+ * eventstream_admin: it checks its caller itself.
+ */
 CREATE FUNCTION eventstream._set_status(consumer_url text, ref_table text, status text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin(CASE status WHEN 'Approved' THEN 'approve' ELSE 'reject' END);
 	IF ref_table IS NULL THEN
 		RAISE EXCEPTION 'ref_table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -390,7 +403,8 @@ $$;
 CREATE FUNCTION eventstream.approve(consumer_url text, ref_table text) RETURNS void
 	LANGUAGE sql
 	BEGIN ATOMIC
-		SELECT eventstream._set_status(consumer_url, ref_table, 'Approved');
+		SELECT eventstream._assert_admin('approve');
+		SELECT eventstream._set_status(consumer_url, eventstream._canonical_table_name(ref_table), 'Approved');
 	END;
 COMMENT ON FUNCTION eventstream.approve(text, text) IS
 	'Approve a consumer''s subscription to a table: its changes are logged and served from now on.';
@@ -398,16 +412,18 @@ COMMENT ON FUNCTION eventstream.approve(text, text) IS
 CREATE FUNCTION eventstream.reject(consumer_url text, ref_table text) RETURNS void
 	LANGUAGE sql
 	BEGIN ATOMIC
-		SELECT eventstream._set_status(consumer_url, ref_table, 'Rejected');
+		SELECT eventstream._assert_admin('reject');
+		SELECT eventstream._set_status(consumer_url, eventstream._canonical_table_name(ref_table), 'Rejected');
 	END;
 COMMENT ON FUNCTION eventstream.reject(text, text) IS
 	'Reject a consumer''s subscription to a table: nothing written after the rejection is served to it; what was written before it (committed before it, or earlier in the same transaction) still is.';
 
 CREATE FUNCTION eventstream.remove_consumer(consumer_url text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('remove_consumer');
 	DELETE FROM eventstream.consumer c WHERE c.consumer_url = remove_consumer.consumer_url;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'consumer "%" is not registered', consumer_url USING ERRCODE = 'undefined_object';
@@ -530,17 +546,15 @@ BEGIN
 			CONTINUE;
 		END IF;
 		tbl := eventstream._wire_table(item->>'ref_table');
-		-- Only a table the consumer starts to receive must be readable: one
-		-- whose privilege was revoked later is not served (and can still
-		-- be unsubscribed, or kept while other tables change).
-		IF NOT has_table_privilege(c.role, tbl, 'SELECT')
-		   AND NOT coalesce((item->>'unsubscribed')::boolean, false)
+		-- Only a table the consumer starts to receive must be readable (some
+		-- of its columns, the key columns among them): one whose privilege
+		-- was revoked later is not served (and can still be unsubscribed,
+		-- or kept while other tables change).
+		IF NOT coalesce((item->>'unsubscribed')::boolean, false)
 		   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table x
 							WHERE x.consumer_url = url AND x.ref_table = eventstream._published_name(tbl)
 							  AND NOT x.unsubscribed) THEN
-			RAISE EXCEPTION 'role "%" cannot read table "%"', c.role, eventstream._published_name(tbl)
-				USING ERRCODE = 'insufficient_privilege',
-					  HINT = 'GRANT SELECT on the table to the role of the consumer''s API key.';
+			PERFORM eventstream._check_readable(tbl, c.role);
 		END IF;
 		cond := eventstream._check_condition(tbl, item->>'condition', c.role);
 		name := eventstream._published_name(tbl);
@@ -565,7 +579,9 @@ BEGIN
 	 WHERE d.consumer_url = url
 	   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
 					    WHERE ct.consumer_url = url AND ct.ref_table = d.ref_table
-						  AND ct.condition IS NOT NULL AND NOT ct.unsubscribed);
+						  AND (ct.condition IS NOT NULL
+							   OR eventstream._role_served(eventstream._published(ct.ref_table), c.role))
+						  AND NOT ct.unsubscribed);
 	PERFORM eventstream._reconfigure();
 
 	UPDATE eventstream.consumer x SET sent_tables = eventstream._consumer_tables(url), sent_tables_page = NULL
@@ -587,7 +603,7 @@ CREATE FUNCTION eventstream._consumer_tables(consumer_url text) RETURNS jsonb
 AS $$
 	SELECT coalesce(jsonb_agg(jsonb_build_object('ref_table', ct.ref_table, 'status', ct.status,
 												 'unsubscribed', ct.unsubscribed, 'condition', ct.condition,
-												 'readable', coalesce(has_table_privilege(c.role, eventstream._published(ct.ref_table), 'SELECT'), false))
+												 'readable', coalesce(eventstream._readable_by(eventstream._published(ct.ref_table), c.role), false))
 							  || jsonb_strip_nulls(jsonb_build_object('error', eventstream._table_error(ct.ref_table, c.role)))
 							  ORDER BY ct.ref_table), '[]')
 	  FROM eventstream.consumer_table ct
@@ -609,7 +625,7 @@ AS $$
 			  FROM eventstream.consumer_table ct
 			  JOIN eventstream.consumer c ON c.consumer_url = ct.consumer_url
 			 WHERE ct.consumer_url = _consumer_keys.consumer_url AND NOT ct.unsubscribed
-			   AND coalesce(has_table_privilege(c.role, eventstream._published(ct.ref_table), 'SELECT'), false)) x
+			   AND coalesce(eventstream._readable_by(eventstream._published(ct.ref_table), c.role), false)) x
 	 WHERE x.key IS NOT NULL
 $$;
 

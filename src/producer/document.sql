@@ -106,6 +106,91 @@ $$;
 CREATE FUNCTION eventstream._document(tbl regclass, docname text) RETURNS jsonb
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_document';
 
+/*
+ * Row-level security and column privileges (docs/security.md): what an API
+ * key's role reads of a document.  _document_as() reads it as the role (a
+ * row its policies hide is no document; columns it may not read are left
+ * out); _value_as() runs a serving function's query as the role.
+ */
+CREATE FUNCTION eventstream._document_as(tbl regclass, docname text, role regrole) RETURNS jsonb
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'eventstream_document';
+
+CREATE FUNCTION eventstream._value_as(query text, role regrole, arg text) RETURNS text
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_value_as';
+
+-- Whether row-level security restricts what role reads of tbl
+-- (PostgreSQL's check_enable_rls()).
+CREATE FUNCTION eventstream._rls_applies(tbl regclass, role regrole) RETURNS boolean
+	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'eventstream_rls_applies';
+
+/*
+ * Whether a document table is "role-served" to role: role does not see the
+ * whole of every row logged for it, because row-level security applies to
+ * it on the table or one of its child tables, or it lacks SELECT on some of
+ * their columns.  Such a table's logs are served as the current document
+ * read as the role (src/producer/serve.sql, _pull_page).
+ */
+CREATE FUNCTION eventstream._role_served(tbl regclass, role regrole) RETURNS boolean
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(bool_or(eventstream._rls_applies(x.t, role) OR NOT has_table_privilege(role, x.t, 'SELECT')), false)
+	  FROM (SELECT tbl UNION ALL SELECT ch.child FROM eventstream.child_table ch WHERE ch.parent = tbl) x(t)
+$$;
+
+-- The first key column of tbl (in key order) that role may not read; NULL
+-- when it may read them all.
+CREATE FUNCTION eventstream._unreadable_key(tbl regclass, role regrole) RETURNS name
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT a.attname
+	  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
+	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum
+	 WHERE NOT has_column_privilege(role, tbl, k.attnum, 'SELECT')
+	 ORDER BY k.ord
+	 LIMIT 1
+$$;
+
+-- Whether role may be served tbl: it may read some of its columns, its key
+-- columns among them.  (The usual case, SELECT on the table, first: every
+-- pull asks.)
+CREATE FUNCTION eventstream._readable_by(tbl regclass, role regrole) RETURNS boolean
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN has_table_privilege(role, tbl, 'SELECT') THEN true
+				ELSE has_any_column_privilege(role, tbl, 'SELECT') AND eventstream._unreadable_key(tbl, role) IS NULL END
+$$;
+
+/*
+ * Raise why role may not be served tbl (wire name name), if it may not:
+ * it can read none of its columns, or not all of its key columns (the
+ * consumer matches rows on those, and a docname is made of them).
+ */
+CREATE FUNCTION eventstream._check_readable(tbl regclass, role regrole) RETURNS void
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	col name;
+BEGIN
+	IF NOT has_any_column_privilege(role, tbl, 'SELECT') THEN
+		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._published_name(tbl)
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'GRANT SELECT on the table to the role of the consumer''s API key.';
+	END IF;
+	col := eventstream._unreadable_key(tbl, role);
+	IF col IS NOT NULL THEN
+		RAISE EXCEPTION 'role "%" cannot read key column "%" of table "%"', role, col, eventstream._published_name(tbl)
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A consumer finds documents by their key columns, which its role must be able to read.',
+				  HINT = format('GRANT SELECT (%s) ON %s to the role of the consumer''s API key, or SELECT on the whole table.',
+								(SELECT string_agg(quote_ident(x), ', ') FROM unnest(eventstream._pk_names(tbl)) x), tbl);
+	END IF;
+END
+$$;
+
 -- Child FK columns of the registered foreign key, in parent key order, as
 -- "3,1".  NULL if the key is gone.
 CREATE FUNCTION eventstream._fk_attnums(child regclass, parent regclass, fk_name name) RETURNS text
@@ -187,13 +272,14 @@ CREATE EVENT TRIGGER eventstream_sql_drop ON sql_drop
 	EXECUTE FUNCTION eventstream._on_sql_drop();
 
 CREATE FUNCTION eventstream.add_child_table(parent regclass, child regclass) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	fk name;
 	existing regclass;
 BEGIN
+	PERFORM eventstream._assert_admin('add_child_table');
 	IF parent IS NULL OR child IS NULL THEN
 		RAISE EXCEPTION 'parent and child must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -257,10 +343,11 @@ COMMENT ON FUNCTION eventstream.add_child_table(regclass, regclass) IS
 	'Make child''s rows part of parent''s documents (nested under the child''s table name); child needs a foreign key to parent''s primary key.';
 
 CREATE FUNCTION eventstream.remove_child_table(child regclass) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM eventstream._assert_admin('remove_child_table');
 	DELETE FROM eventstream.child_table c WHERE c.child = remove_child_table.child;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table "%" is not a registered child table', child USING ERRCODE = 'undefined_object';
@@ -272,12 +359,13 @@ COMMENT ON FUNCTION eventstream.remove_child_table(regclass) IS
 	'Stop treating child''s rows as part of their parent''s documents.';
 
 CREATE FUNCTION eventstream.add_dynamic_link(tbl regclass, type_column name, key_column name) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	col name;
 BEGIN
+	PERFORM eventstream._assert_admin('add_dynamic_link');
 	IF tbl IS NULL OR type_column IS NULL OR key_column IS NULL THEN
 		RAISE EXCEPTION 'tbl, type_column and key_column must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;

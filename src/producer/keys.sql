@@ -43,6 +43,7 @@ AS $$
 DECLARE
 	salt bytea := decode(eventstream._random_hex(1), 'hex');
 BEGIN
+	PERFORM eventstream._assert_admin('create_api_key');
 	IF role IS NULL THEN
 		RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -51,6 +52,8 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'Requests run with the key''s role: make a role with just the privileges other sites need.';
 	END IF;
+	PERFORM eventstream._assert_unprivileged_role(role, 'the role of an API key');
+	PERFORM eventstream._assert_may_grant(role, 'create an API key for');
 	api_key := 'esk_' || eventstream._random_hex(1);
 	api_secret := eventstream._random_hex(2);
 	INSERT INTO eventstream.api_key (api_key, role, secret_salt, secret_hash)
@@ -58,22 +61,27 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION eventstream.create_api_key(regrole) IS
-	'Make an API key for role; the secret is returned once and kept only as a salted hash.';
+	'Make an API key for role (one the caller may grant; not a superuser, nor a member of pg_read_server_files, pg_write_server_files, pg_execute_server_program or eventstream_admin); the secret is returned once and kept only as a salted hash.';
 
 CREATE FUNCTION eventstream.revoke_api_key(api_key text) RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	key_role regrole;
 BEGIN
-	UPDATE eventstream.api_key k SET revoked_at = now()
-	 WHERE k.api_key = revoke_api_key.api_key AND k.revoked_at IS NULL;
+	PERFORM eventstream._assert_admin('revoke_api_key');
+	SELECT k.role INTO key_role FROM eventstream.api_key k
+	 WHERE k.api_key = revoke_api_key.api_key AND k.revoked_at IS NULL FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'no active API key "%"', api_key USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM eventstream._assert_may_grant(key_role, 'revoke an API key of');
+	UPDATE eventstream.api_key k SET revoked_at = now() WHERE k.api_key = revoke_api_key.api_key;
 END
 $$;
 COMMENT ON FUNCTION eventstream.revoke_api_key(text) IS
-	'Revoke an API key: requests with it fail from now on.';
+	'Revoke an API key (of a role the caller may grant): requests with it fail from now on.';
 
 /*
  * The role of a valid, unrevoked key whose secret matches, or NULL.  The

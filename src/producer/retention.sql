@@ -47,6 +47,7 @@ DECLARE
 	kept_from bigint;
 	deleted bigint;
 BEGIN
+	PERFORM eventstream._assert_admin('prune');
 	IF max_logs < 1 THEN
 		RAISE EXCEPTION 'max_logs must be at least 1, not %', max_logs
 			USING ERRCODE = 'invalid_parameter_value',

@@ -53,6 +53,9 @@ CREATE FUNCTION eventstream._pull_page(consumer_url text, cursor text, "limit" i
 										OUT complete boolean)
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
+	-- Role-served tables are read as the API key's role, whose policies
+	-- always apply.
+	SET row_security = on
 	-- Walk the primary key in order and stop after a page; estimates of the
 	-- snapshot filters are blind and would otherwise pick bitmap + sort.
 	SET enable_bitmapscan = off
@@ -93,6 +96,11 @@ DECLARE
 	t_end_snaps pg_snapshot[];
 	t_end_txids xid8[];
 	t_end_ids bigint[];
+	t_roles boolean[];	-- the table is role-served (_role_served)
+	rs boolean;
+	doc jsonb;
+	prev_table text;	-- the document of the last log served
+	prev_doc text;
 	any_ended boolean;	-- some table's approval ended (see _consumer_table_approval)
 	leaving boolean;	-- the document stops matching: it is served a Delete
 	new_held boolean;
@@ -187,7 +195,9 @@ BEGIN
 		   AND ack_page = pageno
 		   AND low_from >= coalesce((SELECT s.pruned_below FROM eventstream.site s), 0)
 		   AND NOT EXISTS (SELECT 1 FROM eventstream.consumer_table ct
-							WHERE ct.consumer_url = c.consumer_url AND ct.condition IS NOT NULL AND NOT ct.unsubscribed) THEN
+							WHERE ct.consumer_url = c.consumer_url AND NOT ct.unsubscribed
+							  AND (ct.condition IS NOT NULL
+								   OR eventstream._role_served(eventstream._published(ct.ref_table), c.role))) THEN
 			NULL;
 		ELSIF resync AND ack_page = pageno THEN
 			next_cursor := eventstream._restart_consumer(c.consumer_url, greatest(pageno, ack_page));
@@ -214,7 +224,7 @@ BEGIN
 									  c.acked_page,
 									  CASE WHEN low_from < coalesce((SELECT s.pruned_below FROM eventstream.site s), 0)
 										   THEN 'updates after it were pruned'
-										   ELSE 'a condition decides what the consumer holds' END),
+										   ELSE 'a condition or row-level security decides what the consumer holds' END),
 					  HINT = 'Run eventstream.reset_cursor() on the consumer: it copies its tables again.';
 		ELSE
 			RAISE EXCEPTION 'cursor is not current for consumer "%"', consumer_url
@@ -233,14 +243,19 @@ BEGIN
 	DELETE FROM eventstream.served_page sp
 	 WHERE sp.consumer_url = c.consumer_url AND sp.page >= pageno;
 	-- Of the documents' changes: those of pages after this one go, and of
-	-- the pulls of the page before, those the consumer did not go on from
-	-- (their cursor is not this one; a page before the acknowledged one
-	-- was settled so already).  Those of other pulls of this page stay
-	-- until the next page says which the consumer went on from.
+	-- the pulls of the page before the acknowledged cursor, those the
+	-- consumer did not go on from (their cursor is not the one it stored;
+	-- a page before the one acknowledged earlier was settled so already).
+	-- A pull asked ahead (ack= an earlier cursor) does not settle the page
+	-- before it: the consumer may still go on from another pull of that
+	-- page, and this pull leaves those aside (_holds_from).  Those of
+	-- other pulls of this page stay until a later page says which the
+	-- consumer went on from.
 	DELETE FROM eventstream.consumer_document d
 	 WHERE d.consumer_url = c.consumer_url
 	   AND (d.page > pageno
-			OR (d.page = pageno - 1 AND pageno - 1 >= c.acked_page AND d.token IS DISTINCT FROM cursor));
+			OR (d.page = ack_page - 1 AND ack_page - 1 >= c.acked_page
+				AND d.token IS DISTINCT FROM coalesce(ack, cursor)));
 	DELETE FROM eventstream.withheld w
 	 WHERE w.consumer_url = c.consumer_url AND (w.page >= pageno OR w.served_page < ack_page);
 	UPDATE eventstream.withheld w SET served_page = NULL
@@ -251,19 +266,21 @@ BEGIN
 		-- and walks the primary key in order, stopping after lim + 1 rows
 		-- (a FOR loop runs it as a cursor, which favours that plan).  A
 		-- table whose approval ended (rejected) is served what was written
-		-- before that until the cursor is past it.
+		-- before that until the cursor is past it.  A table the role does
+		-- not see whole of is role-served (see below).
 		SELECT coalesce(array_agg(ct.ref_table), '{}'), array_agg(ct.condition),
 			   array_agg(ct.approved_snapshot), array_agg(eventstream._published(ct.ref_table)),
 			   array_agg(ct.ended_snapshot), array_agg(ct.ended_txid), array_agg(ct.ended_id),
-			   coalesce(bool_or(ct.ended_snapshot IS NOT NULL), false)
-		  INTO t_names, t_conds, t_snaps, t_oids, t_end_snaps, t_end_txids, t_end_ids, any_ended
+			   coalesce(bool_or(ct.ended_snapshot IS NOT NULL), false),
+			   array_agg(eventstream._role_served(eventstream._published(ct.ref_table), c.role))
+		  INTO t_names, t_conds, t_snaps, t_oids, t_end_snaps, t_end_txids, t_end_ids, any_ended, t_roles
 		  FROM eventstream.consumer_table ct
 		 WHERE ct.consumer_url = c.consumer_url AND NOT ct.unsubscribed
 		   AND (ct.status = 'Approved'
 				OR (ct.ended_snapshot IS NOT NULL
 					AND NOT eventstream._end_passed(ct.ended_snapshot, ct.ended_txid, s_from)))
 		   AND eventstream._published(ct.ref_table) IS NOT NULL
-		   AND has_table_privilege(c.role, eventstream._published(ct.ref_table), 'SELECT');
+		   AND eventstream._readable_by(eventstream._published(ct.ref_table), c.role);
 		LOOP
 			IF s_to IS NULL THEN
 				-- A new window: its end, with the low bound taken just
@@ -337,8 +354,8 @@ BEGIN
 		END LOOP;
 		more := cardinality(c_ids) > lim;
 
-		IF NOT EXISTS (SELECT 1 FROM unnest(t_conds) x WHERE x IS NOT NULL) THEN
-			-- No condition involved: the page is the first lim candidates,
+		IF NOT EXISTS (SELECT 1 FROM unnest(t_conds) x WHERE x IS NOT NULL) AND NOT coalesce(true = ANY (t_roles), false) THEN
+			-- No condition and no role-served table involved: the page is the first lim candidates,
 			-- cut where it reaches eventstream.http_max_response_size.
 			ids := c_ids[1:lim];
 			SELECT lp.n, lp.body INTO n_fit, body FROM eventstream._log_page(ids, max_bytes) lp;
@@ -351,9 +368,10 @@ BEGIN
 			texts := '{}';
 			FOR i IN 1 .. least(cardinality(c_ids), lim) LOOP
 				cond := t_conds[array_position(t_names, c_tables[i])];
+				rs := t_roles[array_position(t_names, c_tables[i])];
 				-- A Truncate is served whatever the condition (as logical
 				-- replication sends TRUNCATE whatever the row filter).
-				IF cond IS NULL OR c_types[i] = 'Truncate' THEN
+				IF (cond IS NULL AND NOT rs) OR c_types[i] = 'Truncate' THEN
 					block_texts := eventstream._log_texts(ARRAY[c_ids[i]]);
 					block_bytes := octet_length(block_texts[1]) + 2;
 					IF cardinality(ids) > 0 AND bytes + block_bytes > max_bytes THEN
@@ -364,14 +382,14 @@ BEGIN
 					texts[cardinality(texts) + 1] := block_texts[1];	-- appended in place
 					bytes := bytes + block_bytes;
 					last_id := c_ids[i];
-					IF cond IS NOT NULL THEN
+					IF cond IS NOT NULL OR rs THEN
 						-- The consumer's table is emptied: it holds none of
 						-- its documents after this, and what was withheld
 						-- went with them.
 						PERFORM eventstream._set_holds(c.consumer_url, c_tables[i], d.docname, false, pageno, ack_page)
 						   FROM (SELECT DISTINCT x.docname FROM eventstream.consumer_document x
 								  WHERE x.consumer_url = c.consumer_url AND x.ref_table = c_tables[i]) d
-						  WHERE eventstream._holds(c.consumer_url, c_tables[i], d.docname, pageno);
+						  WHERE eventstream._holds_from(c.consumer_url, c_tables[i], d.docname, pageno, cursor);
 						changed_holds := true;
 						UPDATE eventstream.withheld w SET served_page = pageno
 						 WHERE w.consumer_url = c.consumer_url AND w.ref_table = c_tables[i]
@@ -380,21 +398,44 @@ BEGIN
 					CONTINUE;
 				END IF;
 
-				-- Conditioned table: the document's current state decides.
-				held := eventstream._holds(c.consumer_url, c_tables[i], c_docs[i], pageno);
-				allowed := eventstream._condition_allows(c.consumer_url, t_oids[array_position(t_names, c_tables[i])],
-														 c_tables[i], cond, c.role, c_docs[i],
-														 jsonb_build_object('id', c_ids[i], 'update_type', c_types[i],
-																			'ref_table', c_tables[i], 'docname', c_docs[i]));
+				-- Conditioned or role-served table: the document's current
+				-- state decides.  A role-served table (row-level security
+				-- applies to the role, or it may not read some columns) is
+				-- served the document as the role reads it now, as a Create
+				-- (negative id), whatever the log was: the logged data holds
+				-- what the role may not see.  A document it cannot see
+				-- (any more) is gone for it.
+				held := eventstream._holds_from(c.consumer_url, c_tables[i], c_docs[i], pageno, cursor);
+				doc := NULL;
+				IF rs THEN
+					doc := eventstream._document_as(t_oids[array_position(t_names, c_tables[i])], c_docs[i], c.role);
+					allowed := CASE WHEN doc IS NULL THEN NULL END;
+				END IF;
+				IF cond IS NOT NULL AND (NOT rs OR doc IS NOT NULL) THEN
+					allowed := eventstream._condition_allows(c.consumer_url, t_oids[array_position(t_names, c_tables[i])],
+															 c_tables[i], cond, c.role, c_docs[i],
+															 jsonb_build_object('id', c_ids[i], 'update_type', c_types[i],
+																				'ref_table', c_tables[i], 'docname', c_docs[i]));
+				ELSIF rs AND doc IS NOT NULL THEN
+					allowed := true;
+				END IF;
 				-- A document the consumer holds that no longer matches leaves
 				-- it: this log is served as a Delete of it (as logical
 				-- replication turns an UPDATE out of a row filter into a
 				-- DELETE), and what follows is withheld until it matches
 				-- again.  A document that is gone: tell the consumer if it
 				-- holds it.
-				leaving := held AND allowed IS FALSE;
-				allowed := coalesce(allowed, held);
-				IF NOT allowed AND NOT leaving THEN
+				leaving := held AND (allowed IS FALSE OR (rs AND allowed IS NULL));
+				allowed := coalesce(allowed, held AND NOT rs);
+				IF (NOT allowed AND NOT leaving AND rs)
+				   OR (rs AND allowed AND held AND c_tables[i] = prev_table AND c_docs[i] = prev_doc) THEN
+					-- Nothing of it for this consumer: no history is kept,
+					-- the current document is served when it is visible.
+					-- Nor a run of logs of one document: its first served
+					-- it as it is now.
+					last_id := c_ids[i];
+					CONTINUE;
+				ELSIF NOT allowed AND NOT leaving THEN
 					INSERT INTO eventstream.withheld (consumer_url, ref_table, docname, update_log_id, page)
 						VALUES (c.consumer_url, c_tables[i], c_docs[i], c_ids[i], pageno)
 						ON CONFLICT DO NOTHING;
@@ -405,9 +446,13 @@ BEGIN
 				IF leaving THEN
 					block := ARRAY[c_ids[i]];
 					block_texts := eventstream._log_texts(block);
-					IF c_types[i] <> 'Delete' THEN
+					IF c_types[i] <> 'Delete' OR rs THEN
 						block_texts[1] := (block_texts[1]::jsonb || '{"data": null, "update_type": "Delete"}')::text;
 					END IF;
+				ELSIF rs THEN
+					block := ARRAY[-c_ids[i]];
+					block_texts := ARRAY[((eventstream._log_texts(ARRAY[c_ids[i]]))[1]::jsonb
+										  || jsonb_build_object('data', doc, 'update_type', 'Create'))::text];
 				ELSE
 					-- Its history the consumer has not seen goes first: what
 					-- was withheld since it was last served, or, for a
@@ -458,6 +503,8 @@ BEGIN
 					PERFORM eventstream._set_holds(c.consumer_url, c_tables[i], c_docs[i], new_held, pageno, ack_page);
 					changed_holds := true;
 				END IF;
+				prev_table := c_tables[i];
+				prev_doc := c_docs[i];
 				last_id := c_ids[i];
 			END LOOP;
 		END IF;
@@ -538,6 +585,27 @@ BEGIN
 END
 $$;
 
+/*
+ * Whether a consumer holds a document of a conditioned or role-served
+ * subscription, as the pull of page pageno with cursor sees it: as
+ * _holds(), leaving aside too the changes of the pulls of the page before
+ * that this cursor does not come from (a pull asked ahead, before the
+ * consumer stored a cursor of that page, see _pull_page).  Plain SQL
+ * without a SET clause: inlined into _pull_page.
+ */
+CREATE FUNCTION eventstream._holds_from(consumer_url text, ref_table text, docname text, pageno bigint,
+										cursor text) RETURNS boolean
+	LANGUAGE sql STABLE
+AS $$
+	SELECT coalesce((SELECT d.held FROM eventstream.consumer_document d
+					  WHERE d.consumer_url = _holds_from.consumer_url AND d.ref_table = _holds_from.ref_table
+						AND d.docname = _holds_from.docname
+						AND NOT (d.page IS NOT DISTINCT FROM _holds_from.pageno AND d.token IS NOT NULL)
+						AND NOT (d.page IS NOT DISTINCT FROM _holds_from.pageno - 1
+								 AND d.token IS DISTINCT FROM _holds_from.cursor)
+					  ORDER BY d.seq DESC LIMIT 1), false)
+$$;
+
 -- The next page for a consumer as jsonb, for SQL callers; the HTTP
 -- endpoint sends _pull_page's text as it is.
 CREATE FUNCTION eventstream._pull(consumer_url text, cursor text, "limit" integer DEFAULT @PAGE_DEFAULT@)
@@ -548,7 +616,8 @@ AS $$
 	SELECT p.page::jsonb FROM eventstream._pull_page(consumer_url, cursor, "limit") p
 $$;
 
--- A table named on the wire that the API key's role may read.
+-- A table named on the wire that the API key's role may read: some of its
+-- columns, its key columns among them (_check_readable).
 CREATE FUNCTION eventstream._readable_table(ref_table text, role regrole) RETURNS regclass
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
@@ -556,10 +625,7 @@ AS $$
 DECLARE
 	tbl regclass := eventstream._wire_table(ref_table);
 BEGIN
-	IF NOT has_table_privilege(role, tbl, 'SELECT') THEN
-		RAISE EXCEPTION 'role "%" cannot read table "%"', role, eventstream._published_name(tbl)
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
+	PERFORM eventstream._check_readable(tbl, role);
 	RETURN tbl;
 END
 $$;
@@ -577,20 +643,23 @@ END
 $$;
 
 /*
- * One document with its children, for the documents endpoint: the table
- * must be readable by the API key's role.
+ * One document with its children, for the documents endpoint, read as the
+ * API key's role: a row its policies hide does not exist, and the columns
+ * it may not read are left out.
  */
 CREATE FUNCTION eventstream._serve_document(ref_table text, docname text, role regrole) RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+	-- Read as the API key's role, whose policies always apply.
+	SET row_security = on
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
 	doc jsonb;
 BEGIN
 	PERFORM eventstream._check_serving();
-	doc := eventstream._document(tbl, docname);
+	doc := eventstream._document_as(tbl, docname, role);
 	IF doc IS NULL THEN
 		RAISE EXCEPTION 'document "%" of table "%" does not exist', docname, eventstream._published_name(tbl)
 			USING ERRCODE = 'undefined_object';
@@ -602,14 +671,17 @@ $$;
 /*
  * Docnames of the rows of a table matching equality filters {"column":
  * value, ...} (values compared as text), in key order, for mapping
- * dependencies (the consumer takes the first).  The
- * role must be able to read the table; columns must exist.
+ * dependencies (the consumer takes the first).  Read as the API key's
+ * role (its policies hide rows); the columns filtered on must exist and be
+ * readable by it.
  */
 CREATE FUNCTION eventstream._serve_filtered(ref_table text, filters jsonb, "limit" integer, role regrole)
 		RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+	-- Read as the API key's role, whose policies always apply.
+	SET row_security = on
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
@@ -628,40 +700,53 @@ BEGIN
 			RAISE EXCEPTION 'column "%" of table "%" does not exist', f.key, eventstream._published_name(tbl)
 				USING ERRCODE = 'undefined_column';
 		END IF;
-		conds := conds || format(' AND doc.%I::text IS NOT DISTINCT FROM %L', f.key, filters->>f.key);
+		IF NOT has_column_privilege(role, tbl, f.key, 'SELECT') THEN
+			RAISE EXCEPTION 'role "%" cannot read column "%" of table "%"', role, f.key, eventstream._published_name(tbl)
+				USING ERRCODE = 'insufficient_privilege',
+					  HINT = 'Filter on columns the role of the API key may read.';
+		END IF;
+		conds := conds || format(' AND doc.%I::pg_catalog.text IS NOT DISTINCT FROM %L', f.key, filters->>f.key);
 	END LOOP;
 	-- The first matches in key order, so that "the first" is always the same.
-	EXECUTE format('SELECT coalesce(jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT %s AS d,'
-				   ' row_number() OVER (ORDER BY %s) AS o FROM %s AS doc WHERE %s ORDER BY %s LIMIT %s) x',
-				   eventstream._docname_sql(tbl, 'doc'), keys, eventstream._scan_sql(tbl), conds, keys, "limit")
-		INTO result;
+	result := eventstream._value_as(
+		format('SELECT coalesce(pg_catalog.jsonb_agg(d ORDER BY o), ''[]'') FROM (SELECT %s AS d,'
+			   ' pg_catalog.row_number() OVER (ORDER BY %s) AS o FROM %s AS doc WHERE %s ORDER BY %s LIMIT %s) x',
+			   eventstream._docname_sql(tbl, 'doc'), keys, eventstream._scan_sql(tbl), conds, keys, "limit"),
+		role, NULL)::jsonb;
 	RETURN jsonb_build_object('docnames', result);
 END
+$$;
+
+-- How many rows tbl holds, as the planner believes (pg_class.reltuples,
+-- summed over the partitions of a partitioned table); NULL when that is
+-- unknown (never vacuumed or analyzed), and for a table under row-level
+-- security, whose total would tell a consumer about rows its role's
+-- policies hide.
+CREATE FUNCTION eventstream._row_estimate(tbl regclass) RETURNS bigint
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN bool_and(c.reltuples >= 0 OR c.relkind = 'p') AND NOT bool_or(c.relrowsecurity)
+				THEN sum(c.reltuples) FILTER (WHERE c.relkind <> 'p')::bigint END
+	  FROM pg_class c
+	 WHERE c.oid = tbl
+		OR c.oid IN (SELECT pt.relid FROM pg_partition_tree(tbl) pt WHERE pt.isleaf)
 $$;
 
 /*
  * A page of the existing documents of a table in primary key order, after
  * the docname "after" (NULL: from the start), for a consumer's initial sync.
+ * Read as the API key's role: the rows its policies hide are not there, the
+ * columns it may not read are left out.
  */
--- How many rows tbl holds, as the planner believes (pg_class.reltuples,
--- summed over the partitions of a partitioned table); NULL when that is
--- unknown (never vacuumed or analyzed).
-CREATE FUNCTION eventstream._row_estimate(tbl regclass) RETURNS bigint
-	LANGUAGE sql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT CASE WHEN bool_and(c.reltuples >= 0) THEN sum(c.reltuples)::bigint END
-	  FROM pg_class c
-	 WHERE c.oid = tbl AND c.relkind <> 'p'
-		OR c.oid IN (SELECT pt.relid FROM pg_partition_tree(tbl) pt WHERE pt.isleaf)
-$$;
-
 CREATE FUNCTION eventstream._serve_snapshot(ref_table text, after text, "limit" integer, role regrole,
 											consumer text DEFAULT NULL)
 		RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+	-- Read as the API key's role, whose policies always apply.
+	SET row_security = on
 AS $$
 DECLARE
 	tbl regclass := eventstream._readable_table(ref_table, role);
@@ -687,10 +772,11 @@ BEGIN
 	  FROM unnest(eventstream._pk_attnums(tbl)) WITH ORDINALITY AS k(attnum, ord)
 	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum;
 	BEGIN
-		EXECUTE format('SELECT array_agg(%s ORDER BY %s)'
-					   '  FROM (SELECT * FROM %s AS doc WHERE $1 IS NULL OR (%s) > (%s) ORDER BY %s LIMIT %s) doc',
-					   eventstream._docname_sql(tbl, 'doc'), keys, eventstream._scan_sql(tbl), keys, bound, keys, "limit" + 1)
-			INTO names USING after;
+		names := eventstream._value_as(
+			format('SELECT pg_catalog.array_agg(%s ORDER BY %s)'
+				   '  FROM (SELECT %s FROM %s AS doc WHERE $1 IS NULL OR (%s) > (%s) ORDER BY %s LIMIT %s) doc',
+				   eventstream._docname_sql(tbl, 'doc'), keys, keys, eventstream._scan_sql(tbl), keys, bound, keys, "limit" + 1),
+			role, after)::text[];
 	EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range THEN
 		RAISE EXCEPTION 'invalid docname "%" for table "%"', after, eventstream._published_name(tbl)
 			USING ERRCODE = 'invalid_parameter_value';
@@ -715,13 +801,18 @@ BEGIN
 																jsonb_build_object('update_type', 'Create',
 																				   'ref_table', ct.ref_table, 'docname', n))
 							ORDER BY o);
+		END IF;
+		-- What the consumer holds is kept for a condition, and for a table
+		-- served as the role reads it (a document it may no longer see
+		-- leaves it).
+		IF ct.condition IS NOT NULL OR eventstream._role_served(tbl, role) THEN
 			PERFORM eventstream._set_holds(consumer, ct.ref_table, n, true, NULL,
 										   (SELECT x.acked_page FROM eventstream.consumer x WHERE x.consumer_url = consumer))
 			   FROM unnest(names) n
 			  WHERE NOT eventstream._holds(consumer, ct.ref_table, n, NULL);
 		END IF;
 	END IF;
-	SELECT coalesce(array_agg(jsonb_build_object('docname', n, 'data', eventstream._document(tbl, n)) ORDER BY o), '{}')
+	SELECT coalesce(array_agg(jsonb_build_object('docname', n, 'data', eventstream._document_as(tbl, n, role)) ORDER BY o), '{}')
 	  INTO docs
 	  FROM unnest(names) WITH ORDINALITY AS x(n, o);
 	-- The page ends where it reaches eventstream.http_max_response_size.

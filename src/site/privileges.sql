@@ -30,6 +30,55 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstream FROM PUBLIC;
 GRANT USAGE ON SCHEMA eventstream TO PUBLIC;
 GRANT EXECUTE ON FUNCTION eventstream._populate(anyelement, jsonb), eventstream._row_json(anyelement) TO PUBLIC;
 
+/*
+ * Administration: superusers and the members of eventstream_admin (made in
+ * site.sql) run the public functions, which are SECURITY DEFINER and check
+ * their caller first (_assert_admin).  Members read the configuration and
+ * the sync log, but neither the secrets (api_key's hashes, producer's
+ * api_secret) nor what holds other tables' rows and is served from the
+ * producer (update_log, and the pages and receipts of serving), nor the
+ * pages received but not applied yet (inbox).
+ */
+GRANT EXECUTE ON FUNCTION
+	eventstream.create_api_key, eventstream.revoke_api_key,
+	eventstream.approve, eventstream.reject, eventstream.remove_consumer,
+	eventstream.add_child_table, eventstream.remove_child_table, eventstream.add_dynamic_link,
+	eventstream.prune,
+	eventstream.add_producer, eventstream.subscribe, eventstream.unsubscribe, eventstream.set_keys,
+	eventstream.reset_cursor, eventstream.remove_producer, eventstream.sync_now,
+	eventstream.resync, eventstream.refetch, eventstream.resync_failed, eventstream.ignore_columns,
+	eventstream.resync_table, eventstream.remote_name,
+	eventstream.create_mapping, eventstream.alter_mapping, eventstream.drop_mapping,
+	eventstream.map_field, eventstream.unmap_field
+	TO eventstream_admin;
+-- approve() and reject() run as their caller up to _set_status (see there).
+GRANT EXECUTE ON FUNCTION eventstream._assert_admin TO PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstream._set_status, eventstream._canonical_table_name,
+	eventstream._published_name, eventstream._wire_name
+	TO eventstream_admin;
+GRANT SELECT ON eventstream.site, eventstream.consumer, eventstream.consumer_table,
+	eventstream.child_table, eventstream.dynamic_link, eventstream.published_table,
+	eventstream.producer_table, eventstream.sync_log, eventstream.remote_document,
+	eventstream.document_type_mapping, eventstream.field_mapping
+	TO eventstream_admin;
+GRANT SELECT (api_key, role, created_at, last_used_at, revoked_at) ON eventstream.api_key TO eventstream_admin;
+GRANT SELECT (producer_url, api_key, subscriber, enabled, producer_site_id, cursor, behind, created_at,
+			  last_pull_at, last_success_at, last_update_at, last_error, last_error_at, synced_count, failed_count)
+	ON eventstream.producer TO eventstream_admin;
+
+/*
+ * The status views, for the members of eventstream_admin and of
+ * pg_monitor.  A view reads its tables with its owner's privileges, but
+ * the functions it calls run as, and need the EXECUTE privilege of, the
+ * role reading it; _published is inlined into the view, so its table is
+ * read as that role too.
+ */
+GRANT SELECT ON eventstream.consumer_status, eventstream.producer_status, eventstream.update_log_consumer
+	TO eventstream_admin, pg_monitor;
+GRANT EXECUTE ON FUNCTION eventstream._before_end, eventstream._published, eventstream._silence_allowed
+	TO eventstream_admin, pg_monitor;
+GRANT SELECT ON eventstream.published_table TO pg_monitor;
+
 -- What a restore brings back (docs/operations.md): the site's identity,
 -- API keys (their hashes), consumers and their subscriptions, the update
 -- log and the sequence its ids come from, producers with their cursors

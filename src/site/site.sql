@@ -39,6 +39,37 @@ CREATE FUNCTION eventstream._start_worker() RETURNS void
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_start_worker';
 SELECT eventstream._start_worker();
 
+/*
+ * Administration without a superuser: the members of eventstream_admin run
+ * the site (src/site/admin.c; the grants are in privileges.sql).  Roles
+ * belong to the cluster, not to a database: the role is made by the first
+ * CREATE EXTENSION of the cluster, shared by every site of it, and stays
+ * when the extension is dropped (like a role a DBA made).
+ */
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'eventstream_admin') THEN
+		CREATE ROLE eventstream_admin NOLOGIN;
+		COMMENT ON ROLE eventstream_admin IS
+			'Members administer the eventstream sites of this cluster: approvals, API keys, producers, subscriptions, resyncs and the status views.';
+	END IF;
+END
+$$;
+
+-- Raise unless the session's role is a superuser or a member of
+-- eventstream_admin; each public function of the API calls it first.
+CREATE FUNCTION eventstream._assert_admin(function_name text) RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_assert_admin';
+
+-- Raise unless the session's role may grant role (as GRANT decides).
+CREATE FUNCTION eventstream._assert_may_grant(role regrole, action text) RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_assert_may_grant';
+
+-- Raise if role reaches the server's files or programs, or the site's
+-- administration: what a key or a subscriber must not run as.
+CREATE FUNCTION eventstream._assert_unprivileged_role(role regrole, what text) RETURNS void
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_assert_unprivileged_role';
+
 CREATE TABLE eventstream.site (
 	singleton		boolean PRIMARY KEY DEFAULT true CHECK (singleton),
 	site_id			uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),

@@ -183,3 +183,25 @@ SELECT eventstream._pull_page('http://consumer-p', :'c1', 2, :'c2');
 -- So is an ack that is no cursor.
 SELECT eventstream._pull_page('http://consumer-p', :'c1', 2, 'v1/garbage');
 SELECT eventstream.remove_consumer('http://consumer-p');
+-- Row-level security and column privileges: documents, filters and
+-- snapshots are read as the key's role.
+CREATE ROLE es_region;
+CREATE TABLE zoned (id int PRIMARY KEY, region text, secret text);
+ALTER TABLE zoned ENABLE ROW LEVEL SECURITY;
+CREATE POLICY north ON zoned FOR SELECT TO es_region USING (region = 'north');
+GRANT SELECT (id, region) ON zoned TO es_region;
+INSERT INTO zoned VALUES (1, 'north', 's1'), (2, 'south', 's2'), (3, 'north', 's3');
+SELECT eventstream._rls_applies('zoned', 'es_region') AS rls, eventstream._role_served('zoned', 'es_region') AS role_served,
+	   eventstream._readable_by('zoned', 'es_region') AS readable;
+SELECT eventstream._serve_document('zoned', '1', 'es_region');
+SELECT eventstream._serve_document('zoned', '2', 'es_region');
+SELECT eventstream._serve_filtered('zoned', '{"region": "south"}', 5, 'es_region');
+SELECT eventstream._serve_filtered('zoned', '{"region": "north"}', 5, 'es_region');
+SELECT eventstream._serve_filtered('zoned', '{"secret": "s2"}', 5, 'es_region');
+SELECT eventstream._serve_snapshot('zoned', NULL, 10, 'es_region');
+-- Without a key column: refused.
+REVOKE SELECT (id) ON zoned FROM es_region;
+SELECT eventstream._serve_document('zoned', '1', 'es_region');
+SELECT eventstream._serve_snapshot('zoned', NULL, 10, 'es_region');
+DROP TABLE zoned;
+DROP ROLE es_region;

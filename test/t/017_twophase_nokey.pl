@@ -176,6 +176,8 @@ my $nokey_sql = "SELECT tables_without_key FROM eventstream.consumer_status WHER
 my $nokey_rows = "SELECT coalesce(string_agg(name || '=' || v, ',' ORDER BY name), '') FROM nokey";
 is(sq($P, $nokey_sql), '0', 'B: consumer_status counts no table without a key');
 sq($P, "INSERT INTO nokey VALUES ('K1', 'keyed')");
+# The table is copied (its initial sync needs the key) and streaming first.
+ok(wait_query($C, $nokey_rows, 'K1=keyed', 60), 'B: the table is copied and streams while it has its key');
 sq($P, 'ALTER TABLE nokey DROP CONSTRAINT nokey_pkey');
 ($ret, $out, $err) = q_try($P, "INSERT INTO nokey VALUES ('K2', 'no key'), ('K3', 'no key'); "
 	  . "UPDATE nokey SET v = 'changed' WHERE name = 'K1'; DELETE FROM nokey WHERE name = 'K3'; SELECT count(*) FROM nokey");

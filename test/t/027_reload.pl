@@ -253,4 +253,12 @@ ok(wait_query($C, 'SELECT updates_behind FROM eventstream.producer_status', '0',
 ok(wait_query($C, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventstream worker' AND datname = 'cons' AND state = 'idle'",
 		'1', 30), 'the worker is idle in pg_stat_activity');
 
+# The estimate is the planner's (reltuples), and is withheld for a table
+# under row-level security: its total would tell about hidden rows.
+sq($P, 'ANALYZE big');
+is(sq($P, "SELECT eventstream._row_estimate('big')"), '20251', 'the estimate of a table is its reltuples');
+sq($P, 'ALTER TABLE big ENABLE ROW LEVEL SECURITY');
+is(sq($P, "SELECT coalesce(eventstream._row_estimate('big')::text, 'none')"), 'none',
+	'  and none for a table under row-level security');
+
 done_testing();
