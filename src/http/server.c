@@ -22,7 +22,10 @@
  * Routing goes by the path as the client sent it, still percent-encoded
  * (es_http_uri_logged), never by libmicrohttpd's decoded URL.  Request
  * state and replies are malloc'd: no PostgreSQL allocation lives in
- * libmicrohttpd frames.
+ * libmicrohttpd frames.  When a reload changes the address, port or TLS
+ * files, the worker closes the server (es_http_close_for_reload: parked
+ * long-polls get their empty page first) and starts a new one.  While a
+ * request is answered, pg_stat_activity says "serving <method> <path>".
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -649,7 +652,7 @@ es_http_tls_changed(void)
 void
 es_http_close_for_reload(void)
 {
-	if (es_daemon == NULL || es_in_run)
+	if (es_daemon == NULL)
 		return;
 	es_draining = true;
 	for (EsRequest *req = es_parked; req; req = req->next)

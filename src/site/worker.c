@@ -12,8 +12,11 @@
  * its database is under way it only waits for it to end, then takes it
  * over (eventstream._restore_state()).  It survives errors:
  * one that escapes a duty is logged, the transaction is aborted and the
- * worker sleeps with exponential backoff before carrying on.  It reloads
- * settings on SIGHUP and exits on SIGTERM.  It exits by itself when the
+ * worker sleeps with exponential backoff before carrying on.  On SIGHUP
+ * it reads postgresql.conf and its database's settings again
+ * (es_worker_reload) and moves its HTTP endpoint when they changed it;
+ * it exits on SIGTERM.  pg_stat_activity says what it does
+ * (es_worker_doing).  It exits by itself when the
  * extension is dropped (DROP EXTENSION wakes it at commit).  The launcher
  * (src/site/launcher.c) starts it and keeps its shared entry; a commit that
  * wrote update logs sets its latch (es_wake_site).
