@@ -9,6 +9,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes ();
+use IO::Socket::INET;
 use FindBin;
 use lib $FindBin::RealBin;
 use EsSites;
@@ -138,8 +139,24 @@ $node->safe_psql('postgres', qq{
 });
 $node->safe_psql('postgres', 'SELECT pg_reload_conf()');
 ok(health_is("http://127.0.0.1:$new", '200'), 'back to plain http');
-$S->{url} = "http://127.0.0.1:$new";
-$S->{port} = $new;
+
+# A port that is taken: a WARNING, and the worker tries it again until it
+# is free.
+my $taken = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1, Proto => 'tcp')
+  or die "cannot listen: $!";
+my $tport = $taken->sockport;
+$logpos = -s $node->logfile;
+$node->safe_psql('postgres', "ALTER DATABASE $db SET eventstream.http_port = $tport");
+$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+ok(wait_until(10, sub {
+	slurp_file($node->logfile, $logpos) =~ /WARNING:  could not start the eventstream HTTP server on 127\.0\.0\.1:$tport/ }),
+	'a port that is taken: a WARNING');
+like(slurp_file($node->logfile, $logpos), qr/moved from http:\/\/127\.0\.0\.1:$new to http:\/\/127\.0\.0\.1:$tport \(not listening yet\)/,
+	'  and the LOG line says it does not listen yet');
+$taken->close;
+ok(health_is("http://127.0.0.1:$tport", '200'), '  it listens there once the port is free');
+$S->{url} = "http://127.0.0.1:$tport";
+$S->{port} = $tport;
 
 
 ######################################################################
