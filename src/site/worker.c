@@ -537,10 +537,11 @@ es_worker_http_moved(void)
 
 /*
  * es_worker_http_reopen
- *		Move the endpoint of database dbname to the settings of now: parked long-polls are
- *		answered and the server closed (es_http_close_for_reload), then a
- *		new one is started.  When it cannot listen (es_http_start said why
- *		in a WARNING), *retry_at is set for the usual retries.
+ *		Move the endpoint of database dbname to the settings of now:
+ *		parked long-polls are answered and the server closed
+ *		(es_http_close_for_reload), then a new one is started, and one LOG
+ *		line says so.  When it cannot listen (es_http_start said why in a
+ *		WARNING), *retry_at is set for the usual retries.
  */
 static void
 es_worker_http_reopen(const char *dbname, int pull_fd, TimestampTz *retry_at, long *retry_ms)
