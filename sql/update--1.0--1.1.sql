@@ -103,3 +103,9 @@ COMMENT ON COLUMN eventstream.producer.failed_count IS
 	'Updates whose apply failed, less those a resync applied since.';
 COMMENT ON COLUMN eventstream.producer.failed_total IS
 	'Updates whose apply failed, ever (a resync does not take one back): the counter eventstream_producer_updates_failed_total of /metrics.';
+-- Progress: rows copied by an initial sync and the producer's estimate of
+-- its table; the updates the producer says wait after a page.
+ALTER TABLE eventstream.producer_table
+	ADD COLUMN snapshot_rows bigint,
+	ADD COLUMN snapshot_estimate bigint;
+ALTER TABLE eventstream.producer ADD COLUMN updates_behind bigint;

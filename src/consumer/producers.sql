@@ -32,7 +32,8 @@ CREATE TABLE eventstream.producer (
 	failed_count		bigint NOT NULL DEFAULT 0,
 	behind				boolean NOT NULL DEFAULT true,
 	last_update_at		timestamptz,
-	failed_total		bigint NOT NULL DEFAULT 0
+	failed_total		bigint NOT NULL DEFAULT 0,
+	updates_behind		bigint
 );
 COMMENT ON TABLE eventstream.producer IS
 	'Event Producer: one row per site this one pulls from.  The secret is readable by superusers only.';
@@ -40,6 +41,8 @@ COMMENT ON COLUMN eventstream.producer.subscriber IS
 	'Role the updates from this producer are applied as.';
 COMMENT ON COLUMN eventstream.producer.behind IS
 	'The last page said more was waiting on the producer.';
+COMMENT ON COLUMN eventstream.producer.updates_behind IS
+	'How many updates the producer said were waiting after the last page applied (its estimate; NULL: it did not say).';
 COMMENT ON COLUMN eventstream.producer.last_update_at IS
 	'When the newest update received was made on the producer.';
 COMMENT ON COLUMN eventstream.producer.failed_count IS
@@ -71,6 +74,8 @@ CREATE TABLE eventstream.producer_table (
 	snapshot_from		bigint,
 	remote_key			text[],
 	ignored_columns		text[],
+	snapshot_rows		bigint,
+	snapshot_estimate	bigint,
 	PRIMARY KEY (producer_url, ref_table)
 );
 COMMENT ON TABLE eventstream.producer_table IS
@@ -89,6 +94,10 @@ COMMENT ON COLUMN eventstream.producer_table.remote_key IS
 	'The key columns of the producer''s table, in key order, as it last said (NULL: it does not say); rows are matched on them.';
 COMMENT ON COLUMN eventstream.producer_table.ignored_columns IS
 	'Columns of the producer''s table (and of its child rows) whose values are not applied here (eventstream.ignore_columns); a column the local table lacks and this does not name fails the update.';
+COMMENT ON COLUMN eventstream.producer_table.snapshot_rows IS
+	'Rows the producer sent in the pages of the last (or current) initial sync applied so far.';
+COMMENT ON COLUMN eventstream.producer_table.snapshot_estimate IS
+	'How many rows the producer estimated its table holds (pg_class.reltuples) when it served the last page of the copy; NULL: it did not say.';
 COMMENT ON COLUMN eventstream.producer_table.use_same_name IS
 	'true: rows keep the producer''s key; false: the local table''s defaults make the key and remote_document keeps the producer''s.';
 
@@ -141,6 +150,42 @@ CREATE TABLE eventstream.remote_document (
 );
 COMMENT ON TABLE eventstream.remote_document IS
 	'For subscriptions with use_same_name = false: the producer and key behind each local row.';
+
+-- Store the progress a page just applied tells of (called by the site
+-- worker in the apply's transaction): for a page of an initial sync
+-- (sent_path "snapshot/<table>?..."), the rows copied so far (the copy
+-- starts with a request without after=) and the producer's estimate of
+-- the table's rows; for a page of updates, how many the producer says
+-- wait after it.  Fields a producer does not send leave NULL.  Returns the
+-- rows copied so far of the table, or NULL for a page of updates.
+CREATE FUNCTION eventstream._record_progress(producer_url text, sent_path text, page jsonb) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rows_copied bigint;
+BEGIN
+	IF starts_with(sent_path, 'snapshot/') THEN
+		UPDATE eventstream.producer_table t
+		   SET snapshot_rows = CASE WHEN strpos(sent_path, '&after=') = 0 THEN 0 ELSE coalesce(t.snapshot_rows, 0) END
+							   + CASE WHEN jsonb_typeof(page->'documents') = 'array'
+									  THEN jsonb_array_length(page->'documents') ELSE 0 END,
+			   snapshot_estimate = CASE WHEN jsonb_typeof(page->'estimate') = 'number'
+											 AND (page->>'estimate')::numeric BETWEEN 0 AND 1e18
+										THEN round((page->>'estimate')::numeric)::bigint END
+		 WHERE t.producer_url = _record_progress.producer_url
+		   AND starts_with(sent_path, 'snapshot/' || eventstream._urlencode(t.ref_table) || '?')
+		RETURNING t.snapshot_rows INTO rows_copied;
+		RETURN rows_copied;
+	END IF;
+	UPDATE eventstream.producer x
+	   SET updates_behind = CASE WHEN jsonb_typeof(page->'behind') = 'number'
+									  AND (page->>'behind')::numeric BETWEEN 0 AND 1e18
+								 THEN round((page->>'behind')::numeric)::bigint END
+	 WHERE x.producer_url = _record_progress.producer_url;
+	RETURN NULL;
+END
+$$;
 
 -- This site's URL as consumers register it.
 CREATE FUNCTION eventstream._site_url() RETURNS text
@@ -262,6 +307,15 @@ DECLARE
 	t jsonb;
 BEGIN
 	SELECT * INTO p FROM eventstream.producer x WHERE x.producer_url = _push_subscriptions.producer_url FOR UPDATE;
+	-- Without eventstream.site_url this site registers under a URL that
+	-- only this machine can use: say so when the producer is elsewhere.
+	IF current_setting('eventstream.site_url') = ''
+	   AND lower(substring(p.producer_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/]*@)?(\[[^]]*\]|[^:/?#]*)'))
+		   NOT IN ('127.0.0.1', 'localhost', '[::1]') THEN
+		RAISE WARNING 'this site registers with producer "%" as "%"', p.producer_url, eventstream._site_url()
+			USING DETAIL = 'eventstream.site_url is not set, and the producer cannot reach this site at that URL; its admin sees this consumer under it.',
+				  HINT = 'Set eventstream.site_url for this database to the URL other sites reach it at (ALTER DATABASE ... SET eventstream.site_url = ''https://host:port''), then subscribe again.';
+	END IF;
 	reply := eventstream._producer_call(p.producer_url, p.api_key, p.api_secret, 'POST', 'consumers',
 		jsonb_build_object('consumer_url', eventstream._site_url(),
 						   'site_id', (SELECT s.site_id FROM eventstream.site s),
@@ -654,8 +708,25 @@ SELECT p.producer_url,
 					  || 'then SELECT eventstream.resync(id)' END,
 			CASE WHEN s.copies_failing > 0
 				 THEN s.copies_failing || ' initial sync(s) failing: see eventstream.producer_table.snapshot_error' END),
-			'') AS attention
+			'') AS attention,
+	   -- Progress: the updates the producer said were waiting after the
+	   -- last page, and the initial syncs under way.
+	   p.updates_behind,
+	   c.copying,
+	   c.rows_copied,
+	   c.rows_estimate
   FROM eventstream.producer p,
+	   -- (A copy that has no page applied yet has copied nothing: the
+	   -- counts of an earlier copy of the table are not shown.)
+	   LATERAL (SELECT string_agg(format('%s: %s of %s rows', t.ref_table, t.copied,
+										 coalesce('~' || t.snapshot_estimate, 'unknown')), ', ' ORDER BY t.ref_table) AS copying,
+					   sum(t.copied)::bigint AS rows_copied,
+					   sum(t.snapshot_estimate)::bigint AS rows_estimate
+				  FROM (SELECT t.ref_table,
+							   CASE WHEN t.snapshot_after IS NOT NULL THEN t.snapshot_estimate END AS snapshot_estimate,
+							   CASE WHEN t.snapshot_after IS NULL THEN 0 ELSE coalesce(t.snapshot_rows, 0) END AS copied
+						  FROM eventstream.producer_table t
+						 WHERE t.producer_url = p.producer_url AND t.snapshot_pending AND NOT t.unsubscribe) t) c,
 	   LATERAL (SELECT CASE WHEN NOT p.enabled THEN 'disabled'
 							WHEN p.last_error IS NOT NULL THEN 'failing'
 							WHEN coalesce(p.last_success_at, p.created_at) < now() - eventstream._silence_allowed()
@@ -669,4 +740,4 @@ SELECT p.producer_url,
 						 WHERE t.producer_url = p.producer_url AND t.snapshot_pending
 						   AND t.snapshot_error IS NOT NULL) AS copies_failing) s;
 COMMENT ON VIEW eventstream.producer_status IS
-	'Per producer: state (starting, streaming, failing, stalled, disabled), lag (updates received but not applied, whether more is waiting, and how long updates may have waited unseen), last success and error, failed updates, initial syncs failing (producer_table.snapshot_error), and what needs attention.';
+	'Per producer: state (starting, streaming, failing, stalled, disabled), lag (updates received but not applied, whether more is waiting, and how long updates may have waited unseen), last success and error, failed updates, initial syncs failing (producer_table.snapshot_error), what needs attention, and progress (updates_behind: waiting on the producer after the last page; copying, rows_copied, rows_estimate: the initial syncs under way).';

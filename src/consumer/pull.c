@@ -277,6 +277,7 @@ es_pull_refresh(void)
 			free(p->url);
 			free(p->auth);
 			free(p->path);
+			free(p->copied_table);
 			free(p);
 		}
 		else
@@ -497,6 +498,7 @@ es_pull_done(EsProducer *p, CURLcode code)
 	p->resp.data = NULL;
 	p->rounds = 0;
 	p->fetching = 0;
+	es_worker_doing("pulling from %s", p->url);
 	es_test_pause("received");
 	es_pull_prefetch_early(p, &head);
 	es_pull_free_head(&head);

@@ -76,6 +76,9 @@ typedef struct EsProducer
 	Size		held_bytes;
 	char	   *held_path;		/* the request of the first: the stored cursor */
 	MemoryContext held_cxt;
+	/* The initial sync last recorded (es_pull_record_progress) */
+	char	   *copied_table;	/* or NULL */
+	int64		copied_rows;
 	int			rounds;			/* fetch rounds so far */
 	int			fetching;		/* fetches in flight */
 	TimestampTz next_attempt;

@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 
 #include "access/xact.h"
@@ -30,6 +31,7 @@
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
+#include "utils/numeric.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -199,6 +201,127 @@ es_pull_hold(EsProducer *p, bool *more)
 }
 
 /*
+ * es_pull_array_size
+ *		How many elements v (a field of a page) has when it is an array.
+ */
+static int
+es_pull_array_size(JsonbValue *v)
+{
+	if (v == NULL || v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+		return 0;
+	return JsonContainerSize(v->val.binary.data);
+}
+
+/*
+ * es_pull_snapshot_table
+ *		The table a snapshot request's path names ("snapshot/<table>?..."),
+ *		percent-decoded and palloc'd; NULL for any other path.
+ */
+static char *
+es_pull_snapshot_table(const char *path)
+{
+	StringInfoData buf;
+
+	if (path == NULL || strncmp(path, "snapshot/", 9) != 0)
+		return NULL;
+	initStringInfo(&buf);
+	for (path += 9; *path != '\0' && *path != '?'; path++)
+	{
+		if (path[0] == '%' && isxdigit((unsigned char) path[1]) && isxdigit((unsigned char) path[2]))
+		{
+			char		hex[3] = {path[1], path[2], '\0'};
+
+			appendStringInfoChar(&buf, (char) strtol(hex, NULL, 16));
+			path += 2;
+		}
+		else
+			appendStringInfoChar(&buf, *path);
+	}
+	return buf.data;
+}
+
+/*
+ * es_pull_say_applying
+ *		Say in pg_stat_activity what the apply of the page held is about to
+ *		do: copy rows of a table (with the rows copied once it is applied,
+ *		and the producer's estimate of the table's rows), or apply updates.
+ */
+static void
+es_pull_say_applying(EsProducer *p)
+{
+	const char *path = p->held ? p->held_path : p->sent_path;
+	char	   *table = es_pull_snapshot_table(path);
+
+	if (table != NULL)
+	{
+		int			docs = es_pull_array_size(es_pull_page_field(p, "documents"));
+		JsonbValue *estimate = es_pull_page_field(p, "estimate");
+		int64		done = docs;
+
+		/* Rows of the earlier pages of this copy (it starts without after=). */
+		if (strstr(path, "&after=") != NULL && p->copied_table != NULL &&
+			strcmp(p->copied_table, table) == 0)
+			done += p->copied_rows;
+		if (estimate != NULL && estimate->type == jbvNumeric)
+			es_worker_doing("copying %s from %s (" INT64_FORMAT " of ~%s rows)", table, p->url, done,
+							DatumGetCString(DirectFunctionCall1(numeric_out,
+																NumericGetDatum(estimate->val.numeric))));
+		else
+			es_worker_doing("copying %s from %s (" INT64_FORMAT " rows)", table, p->url, done);
+		pfree(table);
+	}
+	else
+	{
+		int			n = es_pull_array_size(es_pull_page_field(p, "updates"));
+		ListCell   *lc;
+
+		foreach(lc, p->held)
+		{
+			EsHeld	   *h = lfirst(lc);
+
+			if (JB_ROOT_IS_ARRAY(h->updates) && !JB_ROOT_IS_SCALAR(h->updates))
+				n += JB_ROOT_COUNT(h->updates);
+		}
+		es_worker_doing("applying %d updates from %s", n, p->url);
+	}
+}
+
+/*
+ * es_pull_record_progress
+ *		Store the progress the page just applied tells of
+ *		(eventstream._record_progress: rows copied by an initial sync and
+ *		the producer's estimate of them, or the updates waiting after a
+ *		page), and keep the rows copied for what pg_stat_activity says of
+ *		the next page.  url, path and page are the apply's text, text and
+ *		jsonb arguments; in its transaction, connected to SPI.  Nothing is
+ *		recorded where the extension's version has no such function.
+ */
+static void
+es_pull_record_progress(EsProducer *p, Datum url, Datum path, Datum page)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, JSONBOID};
+	Datum		values[3] = {url, path, page};
+	char	   *table;
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute("SELECT to_regprocedure('eventstream._record_progress(text, text, jsonb)') IS NOT NULL",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1 || es_spi_int(1, 0) == 0)
+		return;
+	if (SPI_execute_with_args("SELECT eventstream._record_progress($1, $2, $3)",
+							  3, types, values, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not record the progress of a pull");
+	table = es_pull_snapshot_table(TextDatumGetCString(path));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (table != NULL && !isnull)
+	{
+		p->copied_rows = DatumGetInt64(d);
+		es_set_str(&p->copied_table, table);
+	}
+}
+
+/*
  * es_pull_apply
  *		Apply a page (the response body) in a transaction of its own.
  *		Returns NULL on success, or the error's message (palloc'd in the
@@ -217,6 +340,7 @@ es_pull_apply(EsProducer *p, bool *more)
 		es_test_pause("held");
 		return NULL;
 	}
+	es_pull_say_applying(p);
 	es_test_pause("before-apply");
 	PG_TRY();
 	{
@@ -228,7 +352,6 @@ es_pull_apply(EsProducer *p, bool *more)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "applying updates from a producer");
 		SPI_connect();
 		values[0] = CStringGetTextDatum(p->url);
 
@@ -293,7 +416,7 @@ es_pull_apply(EsProducer *p, bool *more)
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 			es_pull_drop_held(p);
-			pgstat_report_activity(STATE_IDLE, NULL);
+			es_worker_idle();
 			return NULL;
 		}
 		values[1] = CStringGetTextDatum(p->held ? p->held_path : p->sent_path);
@@ -306,7 +429,7 @@ es_pull_apply(EsProducer *p, bool *more)
 		 */
 		if (es_apply_plan == NULL)
 		{
-			SPIPlanPtr	plan = SPI_prepare_cursor("SELECT r.next_path, r.more"
+			SPIPlanPtr	plan = SPI_prepare_cursor("SELECT r.next_path, r.more, r.n"
 												  "  FROM eventstream._apply_response($1, $2, $3, $4::jsonb) r",
 												  4, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
@@ -324,18 +447,20 @@ es_pull_apply(EsProducer *p, bool *more)
 		 */
 		es_set_str(&p->path, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 		*more = es_spi_int(2, 0) != 0;
+		if (es_spi_int(3, -1) >= 0)
+			es_pull_record_progress(p, values[0], values[1], values[2]);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		es_metrics_applied(started);
 		es_pull_drop_held(p);
 		pgstat_report_stat(false);
-		pgstat_report_activity(STATE_IDLE, NULL);
+		es_worker_idle();
 	}
 	PG_CATCH();
 	{
 		error = es_pull_caught(cxt, "could not apply updates from", p->url);
-		pgstat_report_activity(STATE_IDLE, NULL);
+		es_worker_idle();
 	}
 	PG_END_TRY();
 	return error;

@@ -26,7 +26,10 @@
  * Routing goes by the path as the client sent it, still percent-encoded
  * (es_http_uri_logged), never by libmicrohttpd's decoded URL.  Request
  * state and replies are malloc'd: no PostgreSQL allocation lives in
- * libmicrohttpd frames.
+ * libmicrohttpd frames.  When a reload changes the address, port or TLS
+ * files, the worker closes the server (es_http_close_for_reload: parked
+ * long-polls get their empty page first) and starts a new one.  While a
+ * request is answered, pg_stat_activity says "serving <method> <path>".
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -45,6 +48,7 @@
 #include <stdarg.h>
 
 #include "lib/stringinfo.h"
+#include "pgstat.h"
 #include "storage/fd.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -89,6 +93,7 @@ static EsRequest *es_parked = NULL;
 static struct MHD_Daemon *es_daemon = NULL;
 static bool es_in_run = false;	/* inside MHD_run, i.e. maybe in a handler */
 static bool es_shutting_down = false;	/* answer everything 503 */
+static bool es_draining = false;	/* closing for a reload: no parking */
 static char es_site_id[64];
 static char *es_tls_cert = NULL;	/* PEM texts, kept while the daemon runs */
 static char *es_tls_key = NULL;
@@ -126,6 +131,8 @@ es_http_reply(struct MHD_Connection *conn, unsigned int status, const char *body
 	es_metrics_count_request(status);
 	MHD_add_response_header(resp, "Content-Type", "application/json");
 	MHD_add_response_header(resp, ES_HEADER_PROTOCOL, ES_PROTOCOL);
+	if (es_draining)
+		MHD_add_response_header(resp, "Connection", "close");
 
 	/*
 	 * This producer always takes ack= (a page's "acks" is true).  A header
@@ -244,6 +251,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	unsigned int status;
 	enum MHD_Result ret;
 	bool		may_park;
+	char		activity[256];	/* what pg_stat_activity says meanwhile */
 
 	if (req == NULL)
 		return MHD_NO;			/* es_http_uri_logged ran out of memory */
@@ -324,7 +332,7 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 			req->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														Min(secs, ES_MAX_WAIT_S) * 1000);
 	}
-	may_park = req->deadline > GetCurrentTimestamp();
+	may_park = !es_draining && req->deadline > GetCurrentTimestamp();
 
 	/*
 	 * A pull that may park announces it first: a commit from now on wakes
@@ -333,7 +341,10 @@ es_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
 	 */
 	if (may_park && es_before_park != NULL)
 		es_before_park();
+	snprintf(activity, sizeof(activity), "serving %s %s", method, req->path);
+	pgstat_report_activity(STATE_RUNNING, activity);
 	status = es_http_api(conn, method, req->path, req->query, req->body, may_park, &reply);
+	pgstat_report_activity(STATE_IDLE, NULL);
 	if (reply.body == NULL)
 	{
 		es_http_api_free(&reply);
@@ -586,6 +597,86 @@ es_http_run(void)
 }
 
 /*
+ * es_http_drain
+ *		Resume every parked long-poll and let libmicrohttpd answer and
+ *		write for up to half a second, until no connection is left open.
+ *		What the resumed requests are answered depends on the caller's
+ *		flags: 503 while shutting down, their empty page while draining.
+ */
+static void
+es_http_drain(void)
+{
+	int			epfd = es_http_socket();
+	const union MHD_DaemonInfo *info;
+	struct pollfd pfd;
+
+	es_http_wake(true);
+	for (int i = 0; i < 50; i++)
+	{
+		(void) MHD_run(es_daemon);
+		info = MHD_get_daemon_info(es_daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+		if (info == NULL || info->num_connections == 0)
+			break;
+		pfd.fd = epfd;
+		pfd.events = POLLIN;
+		(void) poll(&pfd, 1, 10);
+	}
+}
+
+/*
+ * es_http_tls_changed
+ *		Whether the running daemon's certificate or key differ from what
+ *		the files named by the settings hold now (a renewed certificate
+ *		under the same name).  False without a TLS daemon; true when a
+ *		file cannot be read (the restart then says why, and retries).
+ */
+bool
+es_http_tls_changed(void)
+{
+	char	   *cert;
+	char	   *key;
+	bool		changed;
+
+	if (es_daemon == NULL || es_tls_cert == NULL || es_tls_key == NULL)
+		return false;
+	if (es_http_tls_cert_file[0] == '\0' || es_http_tls_key_file[0] == '\0')
+		return true;
+	cert = es_http_read_pem("eventstream.http_tls_cert_file", es_http_tls_cert_file);
+	key = es_http_read_pem("eventstream.http_tls_key_file", es_http_tls_key_file);
+	changed = (cert == NULL || key == NULL ||
+			   strcmp(cert, es_tls_cert) != 0 || strcmp(key, es_tls_key) != 0);
+	if (cert)
+		pfree(cert);
+	if (key)
+		pfree(key);
+	return changed;
+}
+
+/*
+ * es_http_close_for_reload
+ *		Close the server because its address, port or TLS files changed:
+ *		parked long-polls are answered first, with the empty page they
+ *		would get at their deadline (and "Connection: close", so that the
+ *		client's next request finds the new endpoint), then the daemon
+ *		stops.  Called from the worker's loop, never from a handler.
+ */
+void
+es_http_close_for_reload(void)
+{
+	if (es_daemon == NULL)
+		return;
+	es_draining = true;
+	for (EsRequest *req = es_parked; req; req = req->next)
+		req->deadline = 1;		/* long past: answered without parking */
+	if (es_parked != NULL)
+		es_http_drain();
+	MHD_stop_daemon(es_daemon);
+	es_daemon = NULL;
+	es_parked = NULL;
+	es_draining = false;
+}
+
+/*
  * es_http_stop
  *		Close the server (on worker exit).
  *
@@ -600,29 +691,11 @@ es_http_stop(void)
 	{
 		/*
 		 * Parked long-polls are told the site is going away (503) rather
-		 * than cut off: resume them and let libmicrohttpd answer and write
-		 * for a few rounds.  No transaction is started for a 503.
+		 * than cut off.  No transaction is started for a 503.
 		 */
 		es_shutting_down = true;
 		if (es_parked != NULL)
-		{
-			int			epfd = es_http_socket();
-			const union MHD_DaemonInfo *info;
-			struct pollfd pfd;
-
-			es_http_wake(true);
-			/* Up to half a second, until every connection is closed. */
-			for (int i = 0; i < 50; i++)
-			{
-				(void) MHD_run(es_daemon);
-				info = MHD_get_daemon_info(es_daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-				if (info == NULL || info->num_connections == 0)
-					break;
-				pfd.fd = epfd;
-				pfd.events = POLLIN;
-				(void) poll(&pfd, 1, 10);
-			}
-		}
+			es_http_drain();
 		MHD_stop_daemon(es_daemon);
 		es_daemon = NULL;
 	}

@@ -40,6 +40,8 @@ extern long es_http_timeout(void);
 extern void es_http_run(void);
 extern void es_http_wake(bool all);
 extern bool es_http_parked(void);
+extern bool es_http_tls_changed(void);
+extern void es_http_close_for_reload(void);
 extern void es_http_stop(void);
 
 #endif							/* ES_HTTP_SERVER_H */

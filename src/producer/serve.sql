@@ -539,10 +539,16 @@ BEGIN
 		UPDATE eventstream.consumer_document d SET token = next_cursor
 		 WHERE d.consumer_url = c.consumer_url AND d.page = pageno AND d.token IS NULL;
 	END IF;
-	page := format('{"cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "tables": %s, "keys": %s, "updates": [%s]}',
+	-- "behind": about how many updates wait after this page: 0 at the
+	-- newest commit, else the logs written after the page's last one (of
+	-- every table: an estimate, cheap to take from the primary key).
+	page := format('{"cursor": %s, "more": %s, "complete": %s, "acks": true, "newest_at": %s, "behind": %s, "tables": %s, "keys": %s, "updates": [%s]}',
 				   to_json(next_cursor), to_json(more), to_json(complete),
 				   coalesce(to_json((SELECT l.created_at FROM eventstream.update_log l
 									  WHERE l.id = abs(ids[cardinality(ids)])))::text, 'null'),
+				   CASE WHEN caught_up THEN 0
+						ELSE greatest(coalesce((SELECT max(l.id) FROM eventstream.update_log l), 0)
+									  - coalesce(last_id, max_to, low_from - 1), 0) END,
 				   tables_now, eventstream._consumer_keys(c.consumer_url),
 				   coalesce(body, array_to_string(texts, ', ')));
 END
@@ -711,6 +717,22 @@ BEGIN
 END
 $$;
 
+-- How many rows tbl holds, as the planner believes (pg_class.reltuples,
+-- summed over the partitions of a partitioned table); NULL when that is
+-- unknown (never vacuumed or analyzed), and for a table under row-level
+-- security, whose total would tell a consumer about rows its role's
+-- policies hide.
+CREATE FUNCTION eventstream._row_estimate(tbl regclass) RETURNS bigint
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN bool_and(c.reltuples >= 0 OR c.relkind = 'p') AND NOT bool_or(c.relrowsecurity)
+				THEN sum(c.reltuples) FILTER (WHERE c.relkind <> 'p')::bigint END
+	  FROM pg_class c
+	 WHERE c.oid = tbl
+		OR c.oid IN (SELECT pt.relid FROM pg_partition_tree(tbl) pt WHERE pt.isleaf)
+$$;
+
 /*
  * A page of the existing documents of a table in primary key order, after
  * the docname "after" (NULL: from the start), for a consumer's initial sync.
@@ -806,8 +828,12 @@ BEGIN
 	END LOOP;
 	-- "next" moves past the documents a condition left out, not past those
 	-- the size cut left for the next page.
+	-- "estimate": how many rows the table holds, as the planner believes
+	-- (the consumer shows its progress against it); absent when unknown.
 	RETURN jsonb_build_object('documents', to_jsonb(docs),
 							  'next', CASE WHEN cut THEN names[cardinality(names)] ELSE last_name END,
-							  'more', more);
+							  'more', more)
+		   || coalesce(jsonb_build_object('estimate', eventstream._row_estimate(tbl))
+						   - CASE WHEN eventstream._row_estimate(tbl) IS NULL THEN 'estimate' ELSE '' END, '{}');
 END
 $$;

@@ -98,7 +98,7 @@ _PG_init(void)
 	DefineCustomIntVariable("eventstream.http_port",
 							"TCP port of this database's HTTP endpoint (0: none).",
 							"Set it per database with ALTER DATABASE ... SET; the site's worker "
-							"listens there from its next start.",
+							"moves its endpoint there on the next reload.",
 							&es_http_port,
 							0, 0, 65535,
 							PGC_SUSET,
@@ -106,7 +106,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 	DefineCustomStringVariable("eventstream.http_listen_address",
 							   "IPv4 address the HTTP endpoint listens on.",
-							   NULL,
+							   "A change applies on reload.",
 							   &es_http_listen_address,
 							   "127.0.0.1",
 							   PGC_SUSET,
@@ -149,8 +149,9 @@ _PG_init(void)
 
 	DefineCustomStringVariable("eventstream.site_url",
 							   "How other sites reach this one; consumers register under it.",
-							   "Empty: http://127.0.0.1:<eventstream.http_port>, or site:<site_id> "
-							   "without a port.",
+							   "Empty: http://127.0.0.1:<eventstream.http_port>, or http://<site_id>.invalid "
+							   "without a port; registering with a producer on another host without it "
+							   "is a WARNING.",
 							   &es_site_url,
 							   "",
 							   PGC_SUSET,

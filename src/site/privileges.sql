@@ -64,7 +64,7 @@ GRANT SELECT ON eventstream.site, eventstream.consumer, eventstream.consumer_tab
 GRANT SELECT (api_key, role, created_at, last_used_at, revoked_at) ON eventstream.api_key TO eventstream_admin;
 GRANT SELECT (producer_url, api_key, subscriber, enabled, producer_site_id, cursor, behind, created_at,
 			  last_pull_at, last_success_at, last_update_at, last_error, last_error_at, synced_count, failed_count,
-			  failed_total)
+			  failed_total, updates_behind)
 	ON eventstream.producer TO eventstream_admin;
 
 /*

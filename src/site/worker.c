@@ -12,8 +12,11 @@
  * its database is under way it only waits for it to end, then takes it
  * over (eventstream._restore_state()).  It survives errors:
  * one that escapes a duty is logged, the transaction is aborted and the
- * worker sleeps with exponential backoff before carrying on.  It reloads
- * settings on SIGHUP and exits on SIGTERM.  It exits by itself when the
+ * worker sleeps with exponential backoff before carrying on.  On SIGHUP
+ * it reads postgresql.conf and its database's settings again
+ * (es_worker_reload) and moves its HTTP endpoint when they changed it;
+ * it exits on SIGTERM.  pg_stat_activity says what it does
+ * (es_worker_doing).  It exits by itself when the
  * extension is dropped (DROP EXTENSION wakes it at commit).  The launcher
  * (src/site/launcher.c) starts it and keeps its shared entry; a commit that
  * wrote update logs sets its latch (es_wake_site).
@@ -28,11 +31,14 @@
 #include "postgres.h"
 
 #include <signal.h>
+#include <stdarg.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
 
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_db_role_setting.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -46,6 +52,7 @@
 #include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/guc_tables.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -85,6 +92,87 @@ static EsSiteWorker *es_my_site = NULL;
 int			es_prune_interval = 60;
 
 /*
+ * The HTTP endpoint as the worker last set it up (from the settings of
+ * that moment, whether or not it could listen), to tell whether a reload
+ * changes it.  In TopMemoryContext.
+ */
+typedef struct EsHttpConfig
+{
+	int			port;
+	char	   *address;
+	char	   *cert_file;
+	char	   *key_file;
+} EsHttpConfig;
+
+static EsHttpConfig es_http_config;
+static bool es_settings_reloaded = false;	/* es_worker_reload ran */
+
+/*
+ * The worker's wait set and whether its endpoint listens: globals, not
+ * locals of eventstream_worker_main, because a reload replaces them after
+ * its sigsetjmp.
+ */
+static WaitEventSet *es_wait_set = NULL;
+static bool es_http_up = false;
+
+/* What the worker does now, as es_worker_doing last said ("": idle). */
+static char es_doing[256];
+
+/*
+ * es_worker_reload
+ *		SIGHUP: re-read postgresql.conf and this database's settings
+ *		(ALTER DATABASE/ROLE ... SET), as a new connection would see them.
+ *		Called outside any transaction.
+ *
+ * PostgreSQL applies pg_db_role_setting only when a session starts
+ * (process_settings() in postinit.c); a site worker lives as long as the
+ * server, so it applies them again here, with the same priorities.  An
+ * eventstream setting that came from there and is no longer set would
+ * keep its old value: it is first returned to its default, and
+ * postgresql.conf and pg_db_role_setting are then applied over it.
+ * Whether the HTTP endpoint must move is decided by the caller's loop
+ * (es_settings_reloaded).
+ */
+static void
+es_worker_reload(void)
+{
+	struct config_generic **vars = get_guc_variables();
+	int			nvars = GetNumConfigOptions();
+	Relation	relsetting;
+	Snapshot	snapshot;
+
+	Assert(!IsTransactionState());
+	ConfigReloadPending = false;
+	for (int i = 0; i < nvars; i++)
+	{
+		struct config_generic *gconf = vars[i];
+
+		if (strncmp(gconf->name, "eventstream.", strlen("eventstream.")) != 0 ||
+			(gconf->flags & GUC_CUSTOM_PLACEHOLDER) != 0 ||
+			gconf->source < PGC_S_GLOBAL || gconf->source > PGC_S_DATABASE_USER)
+			continue;
+		gconf->source = PGC_S_DEFAULT;
+		gconf->reset_source = PGC_S_DEFAULT;
+		(void) set_config_option(gconf->name, NULL, PGC_SUSET, PGC_S_DEFAULT,
+								 GUC_ACTION_SET, true, 0, false);
+	}
+	ProcessConfigFile(PGC_SIGHUP);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	relsetting = table_open(DbRoleSettingRelationId, AccessShareLock);
+	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+	ApplySetting(snapshot, MyDatabaseId, GetSessionUserId(), relsetting, PGC_S_DATABASE_USER);
+	ApplySetting(snapshot, InvalidOid, GetSessionUserId(), relsetting, PGC_S_USER);
+	ApplySetting(snapshot, MyDatabaseId, InvalidOid, relsetting, PGC_S_DATABASE);
+	ApplySetting(snapshot, InvalidOid, InvalidOid, relsetting, PGC_S_GLOBAL);
+	UnregisterSnapshot(snapshot);
+	table_close(relsetting, AccessShareLock);
+	CommitTransactionCommand();
+	es_settings_reloaded = true;
+}
+
+/*
  * es_test_pause
  *		Wait here while eventstream.test_pause_at names point, re-reading
  *		the configuration on SIGHUP; says so once in the server log and in
@@ -104,7 +192,10 @@ es_test_pause(const char *point)
 		{
 			ereport(LOG,
 					(errmsg("eventstream worker paused at \"%s\"", point)));
-			pgstat_report_activity(STATE_RUNNING, psprintf("paused at %s", point));
+			if (es_doing[0] != '\0')
+				pgstat_report_activity(STATE_RUNNING, psprintf("paused at %s: %s", point, es_doing));
+			else
+				pgstat_report_activity(STATE_RUNNING, psprintf("paused at %s", point));
 			paused = true;
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -112,13 +203,46 @@ es_test_pause(const char *point)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+			es_worker_reload();
 	}
 	if (paused)
-		pgstat_report_activity(STATE_IDLE, NULL);
+	{
+		if (es_doing[0] != '\0')
+			pgstat_report_activity(STATE_RUNNING, es_doing);
+		else
+			pgstat_report_activity(STATE_IDLE, NULL);
+	}
+}
+
+/*
+ * es_worker_doing
+ *		Say in pg_stat_activity what the worker does now and for which
+ *		producer or consumer ("pulling from <url>", "applying 120 updates
+ *		from <url>", ...): the query column of an active backend.  The text
+ *		is also what a test pause point adds to "paused at <point>".
+ */
+void
+es_worker_doing(const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(es_doing, sizeof(es_doing), fmt, ap);
+	va_end(ap);
+	pgstat_report_activity(STATE_RUNNING, es_doing);
+}
+
+/*
+ * es_worker_idle
+ *		The worker is done with what es_worker_doing said: idle in
+ *		pg_stat_activity (whose query column keeps the last text, as for
+ *		any idle backend).
+ */
+void
+es_worker_idle(void)
+{
+	es_doing[0] = '\0';
+	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -331,6 +455,25 @@ es_worker_tick(void)
 }
 
 /*
+ * es_worker_http_remember
+ *		Record the settings the endpoint is set up from now (es_http_config).
+ */
+static void
+es_worker_http_remember(void)
+{
+	if (es_http_config.address)
+		pfree(es_http_config.address);
+	if (es_http_config.cert_file)
+		pfree(es_http_config.cert_file);
+	if (es_http_config.key_file)
+		pfree(es_http_config.key_file);
+	es_http_config.port = es_http_port;
+	es_http_config.address = MemoryContextStrdup(TopMemoryContext, es_http_listen_address);
+	es_http_config.cert_file = MemoryContextStrdup(TopMemoryContext, es_http_tls_cert_file);
+	es_http_config.key_file = MemoryContextStrdup(TopMemoryContext, es_http_tls_key_file);
+}
+
+/*
  * es_worker_http_try
  *		Start this site's HTTP endpoint if its database has a port; true if
  *		it is listening now.  The first failure is a WARNING (from
@@ -353,6 +496,84 @@ es_worker_http_try(void)
 		before_shmem_exit(es_worker_http_stop, (Datum) 0);
 	exit_hook = true;
 	return true;
+}
+
+/*
+ * es_worker_wait_set
+ *		(Re)build the worker's wait set: its latch, postmaster death, the
+ *		epoll set of its pulls and, while it listens, the HTTP server's
+ *		epoll descriptor (each stands for all its sockets).  A wait set
+ *		cannot drop a descriptor, so a moved endpoint needs a new one.
+ */
+static void
+es_worker_wait_set(int pull_fd)
+{
+	if (es_wait_set != NULL)
+		FreeWaitEventSet(es_wait_set);
+	es_wait_set = CreateWaitEventSet(TopMemoryContext, 4);
+	AddWaitEventToSet(es_wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(es_wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(es_wait_set, WL_SOCKET_READABLE, pull_fd, NULL, NULL);
+	if (es_http_up)
+		AddWaitEventToSet(es_wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
+}
+
+/*
+ * es_worker_http_moved
+ *		After a reload: whether the endpoint must be set up again, because
+ *		its port, address or TLS file names changed, or the TLS files of
+ *		the running server hold something else now.
+ */
+static bool
+es_worker_http_moved(void)
+{
+	if (es_http_port != es_http_config.port ||
+		strcmp(es_http_listen_address, es_http_config.address) != 0 ||
+		strcmp(es_http_tls_cert_file, es_http_config.cert_file) != 0 ||
+		strcmp(es_http_tls_key_file, es_http_config.key_file) != 0)
+		return true;
+	return es_http_up && es_http_tls_changed();
+}
+
+/*
+ * es_worker_http_reopen
+ *		Move the endpoint of database dbname to the settings of now:
+ *		parked long-polls are answered and the server closed
+ *		(es_http_close_for_reload), then a new one is started, and one LOG
+ *		line says so.  When it cannot listen (es_http_start said why in a
+ *		WARNING), *retry_at is set for the usual retries.
+ */
+static void
+es_worker_http_reopen(const char *dbname, int pull_fd, TimestampTz *retry_at, long *retry_ms)
+{
+	char	   *from;
+	char	   *to;
+
+	from = es_http_config.port > 0 ?
+		psprintf("%s://%s:%d", es_http_config.cert_file[0] ? "https" : "http",
+				 es_http_config.address, es_http_config.port) : pstrdup("none");
+	to = es_http_port > 0 ?
+		psprintf("%s://%s:%d", es_http_tls_cert_file[0] ? "https" : "http",
+				 es_http_listen_address, es_http_port) : pstrdup("none");
+	if (es_http_up)
+		es_http_close_for_reload();
+	es_worker_http_remember();
+	es_http_up = es_worker_http_try();
+	*retry_ms = ES_HTTP_RETRY_MS;
+	*retry_at = (!es_http_up && es_http_port > 0) ?
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), *retry_ms) : 0;
+	es_worker_wait_set(pull_fd);
+	if (strcmp(from, to) == 0)
+		ereport(LOG,
+				(errmsg("eventstream HTTP endpoint of database \"%s\" reopened at %s with its new TLS files%s",
+						dbname, to, (es_http_port > 0 && !es_http_up) ? " (not listening yet)" : "")));
+	else
+		ereport(LOG,
+				(errmsg("eventstream HTTP endpoint of database \"%s\" moved from %s to %s%s",
+						dbname, from, to,
+						(es_http_port > 0 && !es_http_up) ? " (not listening yet)" : "")));
+	pfree(from);
+	pfree(to);
 }
 
 /*
@@ -392,12 +613,10 @@ eventstream_worker_main(Datum main_arg)
 	bool		other_running;
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
-	WaitEventSet *wait_set;
 	int			pull_fd;
 	TimestampTz last_prune = GetCurrentTimestamp();
 	TimestampTz last_duties = 0;
 	volatile int backoff_ms = 0;	/* survives the longjmp of an error */
-	bool		http_up;
 	volatile TimestampTz http_retry_at = 0;	/* 0: not waiting to retry */
 	volatile long http_retry_ms = ES_HTTP_RETRY_MS;
 	volatile TimestampTz next_tick_at = 0;
@@ -448,25 +667,16 @@ eventstream_worker_main(Datum main_arg)
 	es_my_site = site;
 
 	/* This site's HTTP endpoint, when its database has a port. */
-	http_up = es_worker_http_try();
+	es_worker_http_remember();
+	es_http_up = es_worker_http_try();
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "eventstream worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
 
-	/*
-	 * One wait set for the worker's life: its latch, postmaster death, the
-	 * epoll set of its pulls and the HTTP server's epoll descriptor (each
-	 * stands for all its sockets).
-	 */
 	pull_fd = es_pull_init();
 	before_shmem_exit(es_worker_pull_stop, (Datum) 0);
-	wait_set = CreateWaitEventSet(TopMemoryContext, 4);
-	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, pull_fd, NULL, NULL);
-	if (http_up)
-		AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
-	else if (es_http_port > 0)
+	es_worker_wait_set(pull_fd);
+	if (!es_http_up && es_http_port > 0)
 		http_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), http_retry_ms);
 
 	/*
@@ -499,13 +709,23 @@ eventstream_worker_main(Datum main_arg)
 		long		http_timeout;
 
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(loop_cxt);
 		if (ConfigReloadPending)
+			es_worker_reload();
+		if (es_settings_reloaded)
 		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
+			long		retry_ms;
+			TimestampTz retry_at;
+
+			es_settings_reloaded = false;
+			if (es_worker_http_moved())
+			{
+				es_worker_http_reopen(dbname, pull_fd, &retry_at, &retry_ms);
+				http_retry_at = retry_at;
+				http_retry_ms = retry_ms;
+			}
 		}
 
-		MemoryContextSwitchTo(loop_cxt);
 		site->recheck = false;
 		last_duties = GetCurrentTimestamp();
 		if (!es_worker_duties(&last_prune, &prune_more, &restore, &site_id))
@@ -522,7 +742,7 @@ eventstream_worker_main(Datum main_arg)
 		 * A restore brings the dumped site's identity back; while one is
 		 * under way, nothing is pulled.
 		 */
-		if (http_up && site_id != NULL)
+		if (es_http_up && site_id != NULL)
 			es_http_set_site_id(site_id);
 		/* The producers to pull from, as they are now. */
 		if (restore != ES_RESTORE_PENDING)
@@ -566,7 +786,7 @@ eventstream_worker_main(Datum main_arg)
 			}
 			if (left < 0)
 				left = 0;
-			nevents = WaitEventSetWait(wait_set,
+			nevents = WaitEventSetWait(es_wait_set,
 									   (http_timeout >= 0 && http_timeout < left) ? http_timeout : left,
 									   events, lengthof(events), PG_WAIT_EXTENSION);
 			for (int i = 0; i < nevents; i++)
@@ -596,9 +816,10 @@ eventstream_worker_main(Datum main_arg)
 			/* The port was taken: try again, less and less often. */
 			if (http_retry_at != 0 && GetCurrentTimestamp() >= http_retry_at)
 			{
-				if (es_worker_http_try())
+				es_http_up = es_worker_http_try();
+				if (es_http_up)
 				{
-					AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
+					AddWaitEventToSet(es_wait_set, WL_SOCKET_READABLE, es_http_socket(), NULL, NULL);
 					http_retry_at = 0;
 				}
 				else

@@ -6,7 +6,8 @@
  * Exports the wake-up of a database's site worker when a commit wrote
  * update logs (for the log ids), what it does before a long-poll may
  * park (given to the HTTP server), whether this process is a site worker
- * (for the conditions), the pause points of the tests (for the pulls),
+ * (for the conditions), the pause points of the tests and what the
+ * worker says it does in pg_stat_activity (for the pulls and the server),
  * and the settings eventstream.prune_interval and
  * eventstream.test_pause_at (registered by the launcher's
  * es_workers_init).
@@ -29,6 +30,8 @@ extern char *es_test_pause_at;
 extern bool es_in_site_worker;
 
 extern void es_test_pause(const char *point);
+extern void es_worker_doing(const char *fmt,...) pg_attribute_printf(1, 2);
+extern void es_worker_idle(void);
 extern void es_wake_site(Oid dboid, int nlogs);
 extern void es_worker_expect_waiters(void);
 

@@ -104,7 +104,7 @@ foreach my $case ([ 'received', 3000 ], [ 'held', 3000 ], [ 'before-apply', 3000
 	{
 		my $what = "$name at $point ($rows rows)";
 		my $paused = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventstream worker' "
-		  . "AND datname = 'site' AND state = 'active' AND query = 'paused at $point'";
+		  . "AND datname = 'site' AND state = 'active' AND query LIKE 'paused at $point%'";
 		pause_at($point);
 		my $first = $next_id;
 		$next_id += $rows;
