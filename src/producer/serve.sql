@@ -262,25 +262,6 @@ BEGIN
 	 WHERE w.consumer_url = c.consumer_url AND w.served_page >= pageno;
 
 	BEGIN
-		-- The servable tables, as arrays: the page query then has no join
-		-- and walks the primary key in order, stopping after lim + 1 rows
-		-- (a FOR loop runs it as a cursor, which favours that plan).  A
-		-- table whose approval ended (rejected) is served what was written
-		-- before that until the cursor is past it.  A table the role does
-		-- not see whole of is role-served (see below).
-		SELECT coalesce(array_agg(ct.ref_table), '{}'), array_agg(ct.condition),
-			   array_agg(ct.approved_snapshot), array_agg(eventstream._published(ct.ref_table)),
-			   array_agg(ct.ended_snapshot), array_agg(ct.ended_txid), array_agg(ct.ended_id),
-			   coalesce(bool_or(ct.ended_snapshot IS NOT NULL), false),
-			   array_agg(eventstream._role_served(eventstream._published(ct.ref_table), c.role))
-		  INTO t_names, t_conds, t_snaps, t_oids, t_end_snaps, t_end_txids, t_end_ids, any_ended, t_roles
-		  FROM eventstream.consumer_table ct
-		 WHERE ct.consumer_url = c.consumer_url AND NOT ct.unsubscribed
-		   AND (ct.status = 'Approved'
-				OR (ct.ended_snapshot IS NOT NULL
-					AND NOT eventstream._end_passed(ct.ended_snapshot, ct.ended_txid, s_from)))
-		   AND eventstream._published(ct.ref_table) IS NOT NULL
-		   AND eventstream._readable_by(eventstream._published(ct.ref_table), c.role);
 		LOOP
 			IF s_to IS NULL THEN
 				-- A new window: its end, with the low bound taken just
@@ -314,6 +295,29 @@ BEGIN
 					END IF;
 				END IF;
 			END IF;
+
+			-- The servable tables, as arrays, read after the window's end is
+			-- taken: a rejection committed before it is then seen with the logs
+			-- it ends (read before, the logs written after it in its
+			-- transaction would be served).  The page query then has no join
+			-- and walks the primary key in order, stopping after lim + 1 rows
+			-- (a FOR loop runs it as a cursor, which favours that plan).  A
+			-- table whose approval ended (rejected) is served what was written
+			-- before that until the cursor is past it.  A table the role does
+			-- not see whole of is role-served (see below).
+			SELECT coalesce(array_agg(ct.ref_table), '{}'), array_agg(ct.condition),
+				   array_agg(ct.approved_snapshot), array_agg(eventstream._published(ct.ref_table)),
+				   array_agg(ct.ended_snapshot), array_agg(ct.ended_txid), array_agg(ct.ended_id),
+				   coalesce(bool_or(ct.ended_snapshot IS NOT NULL), false),
+				   array_agg(eventstream._role_served(eventstream._published(ct.ref_table), c.role))
+			  INTO t_names, t_conds, t_snaps, t_oids, t_end_snaps, t_end_txids, t_end_ids, any_ended, t_roles
+			  FROM eventstream.consumer_table ct
+			 WHERE ct.consumer_url = c.consumer_url AND NOT ct.unsubscribed
+			   AND (ct.status = 'Approved'
+					OR (ct.ended_snapshot IS NOT NULL
+						AND NOT eventstream._end_passed(ct.ended_snapshot, ct.ended_txid, s_from)))
+			   AND eventstream._published(ct.ref_table) IS NOT NULL
+			   AND eventstream._readable_by(eventstream._published(ct.ref_table), c.role);
 
 			-- The candidates: the next lim + 1 logs of the window for this
 			-- consumer, in id order (the order of the subquery, which reads
