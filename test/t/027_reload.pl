@@ -158,6 +158,25 @@ ok(health_is("http://127.0.0.1:$tport", '200'), '  it listens there once the por
 $S->{url} = "http://127.0.0.1:$tport";
 $S->{port} = $tport;
 
+# Another site given the port a site listens on does not share it (no
+# SO_REUSEPORT): a WARNING, and every connection to the port still reaches
+# the first site.
+my $D = add_site($node, 'dup');
+$logpos = -s $node->logfile;
+$node->safe_psql('postgres', "ALTER DATABASE dup SET eventstream.http_port = $tport");
+$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+ok(wait_until(10, sub {
+	slurp_file($node->logfile, $logpos) =~ /WARNING:  could not start the eventstream HTTP server on 127\.0\.0\.1:$tport/ }),
+	'a port another site listens on: a WARNING for the second site');
+my $sid = sq($S, 'SELECT site_id FROM eventstream.site');
+my %answered;
+for (1 .. 20)
+{
+	my ($st, $body) = curl("http://127.0.0.1:$tport/api/eventstream/v1/health");
+	$answered{$body =~ /"site_id": "([^"]+)"/ ? $1 : "status $st"}++;
+}
+is(join(',', keys %answered), $sid, '  and the port answers for the first site only');
+
 
 ######################################################################
 # Progress: an initial sync and a catch-up, seen in pg_stat_activity and
