@@ -484,11 +484,12 @@ es_api_filtered(EsApiCall *call, unsigned int *status)
 }
 
 /*
- * es_api_hex
- *		The value of a hexadecimal digit, or -1.
+ * es_http_hex_digit
+ *		The value of a hexadecimal digit, or -1.  The status page's form
+ *		decoding uses it too.
  */
-static int
-es_api_hex(char c)
+int
+es_http_hex_digit(char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -557,8 +558,8 @@ es_api_segments(const char *path, char ***seg, int *nseg)
 				out[outlen++] = p[j];
 			else
 			{
-				int			hi = j + 1 < len ? es_api_hex(p[j + 1]) : -1;
-				int			lo = j + 2 < len ? es_api_hex(p[j + 2]) : -1;
+				int			hi = j + 1 < len ? es_http_hex_digit(p[j + 1]) : -1;
+				int			lo = j + 2 < len ? es_http_hex_digit(p[j + 2]) : -1;
 
 				if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
 					es_api_bad_escape(p + j, "path");
@@ -590,7 +591,7 @@ es_api_check_query(const char *query)
 	{
 		if (*p != '%')
 			continue;
-		if (es_api_hex(p[1]) < 0 || es_api_hex(p[2]) < 0 || (p[1] == '0' && p[2] == '0'))
+		if (es_http_hex_digit(p[1]) < 0 || es_http_hex_digit(p[2]) < 0 || (p[1] == '0' && p[2] == '0'))
 			es_api_bad_escape(p, "query string");
 		p += 2;
 	}

@@ -41,6 +41,7 @@ extern unsigned int es_http_api(struct MHD_Connection *conn, const char *method,
 								EsApiReply *reply);
 extern void es_http_api_free(EsApiReply *reply);
 extern bool es_http_credentials(const char *header, char **key, char **secret);
+extern int	es_http_hex_digit(char c);
 extern unsigned int es_http_status_for(int sqlerrcode);
 
 #endif							/* ES_HTTP_API_H */

@@ -145,22 +145,6 @@ es_status_equal(const char *a, const char *b)
 }
 
 /*
- * es_status_hex
- *		The value of a hexadecimal digit, or -1.
- */
-static int
-es_status_hex(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
  * es_status_form_value
  *		The value of field name in an application/x-www-form-urlencoded
  *		body (UTF-8), decoded and in the database encoding (palloc'd); NULL
@@ -187,8 +171,8 @@ es_status_form_value(const char *body, const char *name)
 
 			for (size_t i = 0; i < vlen; i++)
 			{
-				int			hi = i + 2 < vlen && v[i] == '%' ? es_status_hex(v[i + 1]) : -1;
-				int			lo = hi >= 0 ? es_status_hex(v[i + 2]) : -1;
+				int			hi = i + 2 < vlen && v[i] == '%' ? es_http_hex_digit(v[i + 1]) : -1;
+				int			lo = hi >= 0 ? es_http_hex_digit(v[i + 2]) : -1;
 
 				if (v[i] == '+')
 					out[n++] = ' ';
@@ -244,12 +228,13 @@ es_status_cross_site(struct MHD_Connection *conn)
 }
 
 /*
- * es_status_query
- *		Run sql with text arguments (NULL for NULL); the first column of
- *		its first row as text, or NULL.  Inside SPI.
+ * es_status_rows
+ *		Run sql with text arguments (NULL for NULL), read-only or not, for
+ *		at most limit rows (0: all); its rows are left in SPI_tuptable,
+ *		their number returned.  Inside SPI.
  */
-static char *
-es_status_query(const char *sql, int nargs, const char **args)
+uint64
+es_status_rows(const char *sql, int nargs, const char **args, bool read_only, long limit)
 {
 	Oid			types[4];
 	Datum		values[4];
@@ -262,9 +247,20 @@ es_status_query(const char *sql, int nargs, const char **args)
 		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
 		nulls[i] = args[i] ? ' ' : 'n';
 	}
-	if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 1) < 0)
+	if (SPI_execute_with_args(sql, nargs, types, values, nulls, read_only, limit) < 0)
 		elog(ERROR, "unexpected result from \"%s\"", sql);
-	if (SPI_processed < 1)
+	return SPI_processed;
+}
+
+/*
+ * es_status_query
+ *		Run sql with text arguments (NULL for NULL); the first column of
+ *		its first row as text, or NULL.  Inside SPI.
+ */
+static char *
+es_status_query(const char *sql, int nargs, const char **args)
+{
+	if (es_status_rows(sql, nargs, args, false, 1) < 1)
 		return NULL;
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }

@@ -35,5 +35,7 @@ extern enum MHD_Result es_status_page(struct MHD_Connection *conn, const char *m
 extern void es_status_render(StringInfo html, struct MHD_Connection *conn,
 							 const char *role, bool admin, const char *token);
 extern void es_html_escape(StringInfo buf, const char *s);
+extern uint64 es_status_rows(const char *sql, int nargs, const char **args,
+							 bool read_only, long limit);
 
 #endif							/* ES_HTTP_STATUS_PAGE_H */

@@ -91,30 +91,6 @@ es_html_escape(StringInfo buf, const char *s)
 }
 
 /*
- * es_render_rows
- *		Run sql with text arguments (NULL for NULL); its rows are left in
- *		SPI_tuptable, their number returned.  Inside SPI.
- */
-static uint64
-es_render_rows(const char *sql, int nargs, const char **args)
-{
-	Oid			types[4];
-	Datum		values[4];
-	char		nulls[4] = {0};
-
-	Assert(nargs <= 4);
-	for (int i = 0; i < nargs; i++)
-	{
-		types[i] = TEXTOID;
-		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
-		nulls[i] = args[i] ? ' ' : 'n';
-	}
-	if (SPI_execute_with_args(sql, nargs, types, values, nulls, true, 0) < 0)
-		elog(ERROR, "unexpected result from \"%s\"", sql);
-	return SPI_processed;
-}
-
-/*
  * es_render_value
  *		Column col (from 1) of row i of SPI_tuptable, as text (NULL for
  *		NULL).
@@ -192,6 +168,17 @@ es_render_button(StringInfo html, const char *action, const char *label, const c
 		appendStringInfoChar(html, '"');
 	}
 	appendStringInfo(html, ">%s</button></form>", label);
+}
+
+/*
+ * es_render_rows
+ *		Run a read-only query of the page with text arguments: its rows are
+ *		left in SPI_tuptable, their number returned.  Inside SPI.
+ */
+static uint64
+es_render_rows(const char *sql, int nargs, const char **args)
+{
+	return es_status_rows(sql, nargs, args, true, 0);
 }
 
 /*
