@@ -36,12 +36,26 @@ AS $$
 	SELECT string_agg(replace(gen_random_uuid()::text, '-', ''), '') FROM generate_series(1, uuids)
 $$;
 
-CREATE FUNCTION eventstream.create_api_key(role regrole, OUT api_key text, OUT api_secret text)
-	LANGUAGE plpgsql SECURITY DEFINER
+-- A new key for role, its secret kept salted and hashed: for
+-- create_api_key and create_status_key, once they have checked role.
+CREATE FUNCTION eventstream._issue_key(role regrole, OUT api_key text, OUT api_secret text)
+	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	salt bytea := decode(eventstream._random_hex(1), 'hex');
+BEGIN
+	api_key := 'esk_' || eventstream._random_hex(1);
+	api_secret := eventstream._random_hex(2);
+	INSERT INTO eventstream.api_key (api_key, role, secret_salt, secret_hash)
+		VALUES (api_key, role, salt, sha256(salt || convert_to(api_secret, 'UTF8')));
+END
+$$;
+
+CREATE FUNCTION eventstream.create_api_key(role regrole, OUT api_key text, OUT api_secret text)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
 	PERFORM eventstream._assert_admin('create_api_key');
 	IF role IS NULL THEN
@@ -54,10 +68,7 @@ BEGIN
 	END IF;
 	PERFORM eventstream._assert_unprivileged_role(role, 'the role of an API key');
 	PERFORM eventstream._assert_may_grant(role, 'create an API key for');
-	api_key := 'esk_' || eventstream._random_hex(1);
-	api_secret := eventstream._random_hex(2);
-	INSERT INTO eventstream.api_key (api_key, role, secret_salt, secret_hash)
-		VALUES (api_key, role, salt, sha256(salt || convert_to(api_secret, 'UTF8')));
+	SELECT k.api_key, k.api_secret INTO api_key, api_secret FROM eventstream._issue_key(role) k;
 END
 $$;
 COMMENT ON FUNCTION eventstream.create_api_key(regrole) IS
@@ -76,7 +87,6 @@ CREATE FUNCTION eventstream.create_status_key(role regrole, OUT api_key text, OU
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	salt bytea := decode(eventstream._random_hex(1), 'hex');
 	f text;
 BEGIN
 	PERFORM eventstream._assert_admin('create_status_key');
@@ -103,10 +113,7 @@ BEGIN
 				  HINT = 'The status page is for those roles; a key for another site is made with eventstream.create_api_key().';
 	END IF;
 	PERFORM eventstream._assert_may_grant(role, 'create a status page key for');
-	api_key := 'esk_' || eventstream._random_hex(1);
-	api_secret := eventstream._random_hex(2);
-	INSERT INTO eventstream.api_key (api_key, role, secret_salt, secret_hash)
-		VALUES (api_key, role, salt, sha256(salt || convert_to(api_secret, 'UTF8')));
+	SELECT k.api_key, k.api_secret INTO api_key, api_secret FROM eventstream._issue_key(role) k;
 END
 $$;
 COMMENT ON FUNCTION eventstream.create_status_key(regrole) IS
