@@ -442,6 +442,17 @@ es_http_start(const char *address, int port, const char *site_id,
 
 	memset(tls_options, 0, sizeof(tls_options));
 	tls_options[0].option = MHD_OPTION_END;
+
+	/*
+	 * The PEM texts of a daemon stopped before are dropped: kept, they would
+	 * make a plain daemon look like a TLS one whose files changed
+	 * (es_http_tls_changed), and every reload would reopen it.
+	 */
+	if (es_tls_cert)
+		pfree(es_tls_cert);
+	if (es_tls_key)
+		pfree(es_tls_key);
+	es_tls_cert = es_tls_key = NULL;
 	if (tls)
 	{
 		if (es_http_tls_cert_file[0] == '\0' || es_http_tls_key_file[0] == '\0')
@@ -460,10 +471,6 @@ es_http_start(const char *address, int port, const char *site_id,
 					 errdetail("The HTTP endpoint on port %d is not started.", port)));
 			return false;
 		}
-		if (es_tls_cert)
-			pfree(es_tls_cert);
-		if (es_tls_key)
-			pfree(es_tls_key);
 		es_tls_cert = es_http_read_pem("eventstream.http_tls_cert_file", es_http_tls_cert_file);
 		es_tls_key = es_http_read_pem("eventstream.http_tls_key_file", es_http_tls_key_file);
 		if (es_tls_cert == NULL || es_tls_key == NULL)

@@ -176,6 +176,8 @@ for (1 .. 20)
 	$answered{$body =~ /"site_id": "([^"]+)"/ ? $1 : "status $st"}++;
 }
 is(join(',', keys %answered), $sid, '  and the port answers for the first site only');
+unlike(slurp_file($node->logfile, $logpos), qr/database "site" (reopened|moved)/,
+	'  a reload that changes nothing of a site (its TLS files reset before) leaves its endpoint alone');
 
 
 ######################################################################
