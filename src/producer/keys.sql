@@ -86,8 +86,6 @@ CREATE FUNCTION eventstream.create_status_key(role regrole, OUT api_key text, OU
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	f text;
 BEGIN
 	PERFORM eventstream._assert_admin('create_status_key');
 	IF role IS NULL THEN
@@ -98,13 +96,7 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'Make a role that is a member of eventstream_admin or pg_monitor for the status page.';
 	END IF;
-	FOREACH f IN ARRAY ARRAY['pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program'] LOOP
-		IF pg_has_role(role, f, 'MEMBER') THEN
-			RAISE EXCEPTION 'role "%" cannot be the role of a status page key', role
-				USING ERRCODE = 'insufficient_privilege',
-					  DETAIL = format('It is a member of role "%s".', f);
-		END IF;
-	END LOOP;
+	PERFORM eventstream._assert_unprivileged_role(role, 'the role of a status page key', true);
 	IF NOT (pg_has_role(role, 'pg_monitor', 'USAGE')
 			OR (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'eventstream_admin')
 				AND pg_has_role(role, 'eventstream_admin', 'USAGE'))) THEN

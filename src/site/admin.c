@@ -25,7 +25,8 @@
  * CREATEROLE and the role is not a superuser), and
  * eventstream._assert_unprivileged_role() refuses, for everybody, roles
  * that can read or write the server's files or run programs, and roles
- * that administer the site themselves.
+ * that administer the site themselves (but for the status page's keys,
+ * which are for administrators).
  *
  * Copyright (c) 2026, eventstream authors.  PostgreSQL License.
  *
@@ -163,14 +164,16 @@ eventstream_assert_may_grant(PG_FUNCTION_ARGS)
 
 /*
  * eventstream_assert_unprivileged_role
- *		eventstream._assert_unprivileged_role(role regrole, what text):
- *		error if role is a member of pg_read_server_files,
- *		pg_write_server_files or pg_execute_server_program (directly or
- *		through other roles; superusers are members of every role), or of
+ *		eventstream._assert_unprivileged_role(role regrole, what text,
+ *		allow_admin boolean): error if role is a member of
+ *		pg_read_server_files, pg_write_server_files or
+ *		pg_execute_server_program (directly or through other roles;
+ *		superusers are members of every role), or, unless allow_admin, of
  *		eventstream_admin.  Requests of other sites and the apply run as
  *		role: it must not reach the server's files or programs, nor the
- *		site's administration.  what names what the role would be ("the
- *		role of an API key") for the message.  A NULL role passes.
+ *		site's administration; a status page key (allow_admin) may
+ *		administer.  what names what the role would be ("the role of an
+ *		API key") for the message.  A NULL role passes.
  */
 Datum
 eventstream_assert_unprivileged_role(PG_FUNCTION_ARGS)
@@ -181,21 +184,31 @@ eventstream_assert_unprivileged_role(PG_FUNCTION_ARGS)
 	};
 	Oid			role;
 	const char *what;
+	bool		allow_admin;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_VOID();
 	role = PG_GETARG_OID(0);
 	what = PG_ARGISNULL(1) ? "this role" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	allow_admin = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
 	for (size_t i = 0; i < lengthof(forbidden); i++)
 	{
-		Oid			f = get_role_oid(forbidden[i], true);
+		Oid			f;
 
+		if (allow_admin && strcmp(forbidden[i], ES_ADMIN_ROLE) == 0)
+			continue;
+		f = get_role_oid(forbidden[i], true);
 		if (OidIsValid(f) && is_member_of_role(role, f))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("role \"%s\" cannot be %s", es_role_name(role, false), what),
+					 allow_admin ?
+					 errdetail("It is a member of role \"%s\".  Requests with the key run with the privileges of its role, which must not read or write the server's files or run programs on it.",
+							   forbidden[i]) :
 					 errdetail("It is a member of role \"%s\".  Requests of other sites and the apply run with the privileges of their role, which must not read or write the server's files, run programs on it or administer the site.",
 							   forbidden[i]),
+					 allow_admin ?
+					 errhint("Use a role that is a member of eventstream_admin or pg_monitor and nothing more.") :
 					 errhint("Use a role with just the privileges the other site or the apply needs.")));
 	}
 	PG_RETURN_VOID();

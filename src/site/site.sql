@@ -67,7 +67,7 @@ CREATE FUNCTION eventstream._assert_may_grant(role regrole, action text) RETURNS
 
 -- Raise if role reaches the server's files or programs, or the site's
 -- administration: what a key or a subscriber must not run as.
-CREATE FUNCTION eventstream._assert_unprivileged_role(role regrole, what text) RETURNS void
+CREATE FUNCTION eventstream._assert_unprivileged_role(role regrole, what text, allow_admin boolean DEFAULT false) RETURNS void
 	LANGUAGE c AS 'MODULE_PATHNAME', 'eventstream_assert_unprivileged_role';
 
 CREATE TABLE eventstream.site (

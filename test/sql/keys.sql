@@ -99,6 +99,21 @@ SELECT * FROM eventstream.create_api_key('es_super');
 SELECT * FROM eventstream.create_api_key('es_files2');
 SELECT * FROM eventstream.create_api_key('es_helper');
 SELECT * FROM eventstream.create_api_key('es_ops');
+-- Status page keys: for members of eventstream_admin or pg_monitor, with
+-- the other refusals of create_api_key.
+SELECT * FROM eventstream.create_status_key('es_helper');
+SELECT * FROM eventstream.create_status_key('es_branch');
+SELECT * FROM eventstream.create_status_key('es_super');
+RESET ROLE;
+GRANT eventstream_admin TO es_files2;
+SELECT * FROM eventstream.create_status_key('es_files2');
+REVOKE eventstream_admin FROM es_files2;
+CREATE ROLE es_watch IN ROLE pg_monitor;
+SELECT api_key AS watch_key FROM eventstream.create_status_key('es_watch') \gset
+SELECT role FROM eventstream.api_key WHERE api_key = :'watch_key';
+DELETE FROM eventstream.api_key WHERE api_key = :'watch_key';
+DROP ROLE es_watch;
+SET ROLE es_ops;
 SELECT eventstream.revoke_api_key(:'key2');
 SELECT eventstream.revoke_api_key(:'ops_key');
 SELECT secret_hash FROM eventstream.api_key;
